@@ -1,0 +1,1 @@
+//! VFIO type1 container compatibility.

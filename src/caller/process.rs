@@ -1,0 +1,149 @@
+//! process_vm_readv/writev + pidfd_getfd on a caller's thread id.
+
+use super::CallerMemory;
+use nix::errno::Errno;
+use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
+use nix::unistd::Pid;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::OwnedFd;
+
+/// The memory of one caller, addressed through its thread id (the FUSE header's `pid`).
+#[derive(Debug, Clone)]
+pub struct ProcessMemory {
+    tid: i32,
+    tgid: i32,
+}
+
+impl ProcessMemory {
+    /// Memory of the thread `tid`. Fails with ESRCH when the thread is gone or invisible (tid 0).
+    pub fn new(tid: i32) -> Result<Self, Errno> {
+        if tid <= 0 {
+            return Err(Errno::ESRCH);
+        }
+        let tgid = thread_group_of(tid)?;
+        Ok(Self { tid, tgid })
+    }
+
+    /// The daemon's own memory, through the same syscalls (used by in-process tests and replay).
+    pub fn current() -> Self {
+        let pid = std::process::id() as i32;
+        Self {
+            tid: pid,
+            tgid: pid,
+        }
+    }
+
+    pub fn tid(&self) -> i32 {
+        self.tid
+    }
+}
+
+/// Reads the Tgid line of /proc/<tid>/status: the FUSE header names a thread, pins belong to its process.
+fn thread_group_of(tid: i32) -> Result<i32, Errno> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).map_err(|_| Errno::ESRCH)?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or(Errno::ESRCH)
+}
+
+/// Largest piece handed to one process_vm call; the kernel caps iovec lengths at MAX_RW_COUNT anyway.
+const MAX_CHUNK: usize = 1 << 30;
+
+impl CallerMemory for ProcessMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let len = (buf.len() - done).min(MAX_CHUNK);
+            let base = addr.checked_add(done as u64).ok_or(Errno::EFAULT)?;
+            let remote = [RemoteIoVec {
+                base: base as usize,
+                len,
+            }];
+            let mut local = [IoSliceMut::new(&mut buf[done..done + len])];
+            match process_vm_readv(Pid::from_raw(self.tid), &mut local, &remote) {
+                Ok(0) => return Err(Errno::EFAULT),
+                Ok(n) => done += n,
+                Err(Errno::ESRCH) => return Err(Errno::ESRCH),
+                Err(_) => return Err(Errno::EFAULT),
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&self, addr: u64, buf: &[u8]) -> Result<(), Errno> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let len = (buf.len() - done).min(MAX_CHUNK);
+            let base = addr.checked_add(done as u64).ok_or(Errno::EFAULT)?;
+            let remote = [RemoteIoVec {
+                base: base as usize,
+                len,
+            }];
+            let local = [IoSlice::new(&buf[done..done + len])];
+            match process_vm_writev(Pid::from_raw(self.tid), &local, &remote) {
+                Ok(0) => return Err(Errno::EFAULT),
+                Ok(n) => done += n,
+                Err(Errno::ESRCH) => return Err(Errno::ESRCH),
+                Err(_) => return Err(Errno::EFAULT),
+            }
+        }
+        Ok(())
+    }
+
+    fn pid(&self) -> i32 {
+        self.tgid
+    }
+
+    fn get_fd(&self, fd: i32) -> Result<OwnedFd, Errno> {
+        if fd < 0 {
+            return Err(Errno::EBADF);
+        }
+        let pid = rustix::process::Pid::from_raw(self.tgid).ok_or(Errno::ESRCH)?;
+        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+            .map_err(|e| Errno::from_raw(e.raw_os_error()))?;
+        rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+            .map_err(|e| Errno::from_raw(e.raw_os_error()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_and_writes_own_memory() {
+        let mem = ProcessMemory::current();
+        let src = [1u8, 2, 3, 4, 5];
+        let mut dst = [0u8; 5];
+        mem.read(src.as_ptr() as u64, &mut dst).unwrap();
+        assert_eq!(src, dst);
+        let mut target = vec![0u8; 3];
+        mem.write(target.as_mut_ptr() as u64, &[9, 8, 7]).unwrap();
+        assert_eq!(std::hint::black_box(&target)[..], [9, 8, 7]);
+    }
+
+    #[test]
+    fn bad_pointer_is_efault() {
+        let mem = ProcessMemory::current();
+        let mut buf = [0u8; 8];
+        assert_eq!(mem.read(8, &mut buf), Err(Errno::EFAULT));
+        assert_eq!(mem.write(u64::MAX - 3, &buf), Err(Errno::EFAULT));
+    }
+
+    #[test]
+    fn tid_zero_is_refused() {
+        assert_eq!(ProcessMemory::new(0).unwrap_err(), Errno::ESRCH);
+    }
+
+    #[test]
+    fn fetches_own_fd() {
+        let mem = ProcessMemory::current();
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        use std::os::fd::AsRawFd;
+        let dup = mem.get_fd(file.as_raw_fd()).unwrap();
+        assert_ne!(dup.as_raw_fd(), file.as_raw_fd());
+        assert_eq!(mem.get_fd(-1).unwrap_err(), Errno::EBADF);
+    }
+}

@@ -1,0 +1,48 @@
+//! The boundary between the transport and everything below it.
+//!
+//! The transport (FUSE/CUSE) knows nothing of iommufd: it turns OPEN into [`Service::open`], every
+//! IOCTL/READ/WRITE on that handle into calls on the returned [`OpenFile`], and RELEASE into
+//! [`OpenFile::release`]. Handlers are synchronous and short; the transport runs each request on its
+//! own task so that requests of one open file may run concurrently.
+
+use crate::caller::CallerMemory;
+use nix::errno::Errno;
+use std::sync::Arc;
+
+/// Which node a file was opened on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NodeKind {
+    /// `/dev/iommu`: an iommufd context (which also answers the VFIO container ioctls).
+    Iommu,
+    /// `/dev/vfio/vfio`: the VFIO container compatibility node, also an iommufd context.
+    VfioContainer,
+    /// `vfio/devices/<name>`: an emulated or proxied VFIO device.
+    Device(String),
+}
+
+/// Everything a transport serves.
+pub trait Service: Send + Sync + 'static {
+    /// A new open(); each open of `/dev/iommu` is its own context.
+    fn open(&self, node: &NodeKind) -> Result<Arc<dyn OpenFile>, Errno>;
+    /// The device names to publish under `vfio/devices/`.
+    fn device_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Per-open state.
+pub trait OpenFile: Send + Sync {
+    /// One ioctl. `arg` is the caller's raw argument (a pointer for every iommufd/VFIO ioctl);
+    /// the returned value becomes ioctl()'s return value.
+    fn ioctl(&self, cmd: u32, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno>;
+    /// pread() at a file offset (VFIO device regions).
+    fn read(&self, _offset: u64, _size: u32, _mem: &dyn CallerMemory) -> Result<Vec<u8>, Errno> {
+        Err(Errno::EINVAL)
+    }
+    /// pwrite() at a file offset; returns the bytes written.
+    fn write(&self, _offset: u64, _data: &[u8], _mem: &dyn CallerMemory) -> Result<u32, Errno> {
+        Err(Errno::EINVAL)
+    }
+    /// The last close of this open file (also after the caller was killed).
+    fn release(&self);
+}

@@ -1,0 +1,16 @@
+//! uiommufd: Linux's iommufd served from userspace.
+//!
+//! Layers, each a folder, requests flowing down only:
+//! `transport` (FUSE/CUSE wire, per-open state) → `caller` (the caller's memory and fds) →
+//! `dispatch` (ioctl number → handler, the extensible-struct rule) → `objects` (per-context ID table) →
+//! `iopt` (the io_pagetable: areas, allowed/reserved ranges, IOVA allocation, pin accounting) →
+//! `backends` (mock domain) and `devices` (emulated VFIO PCI devices).
+
+pub mod backends;
+pub mod caller;
+pub mod devices;
+pub mod dispatch;
+pub mod iopt;
+pub mod objects;
+pub mod replay;
+pub mod transport;

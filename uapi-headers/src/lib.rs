@@ -1,0 +1,1 @@
+//! Linux 7.2 iommufd and VFIO type1 uAPI.
