@@ -1,1 +1,47 @@
-//! (filled in by its layer's work)
+//! Backends: the IOMMU domains an io_pagetable mirrors its mappings into.
+//!
+//! A domain receives physically contiguous runs (`paddr` is a real physical address: page frame
+//! number from /proc/<pid>/pagemap × CPU page size + offset), one call per run, IO-page aligned.
+
+use nix::errno::Errno;
+
+/// Access rights of a mapping, as in IOMMU_IOAS_MAP's flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Prot {
+    pub read: bool,
+    pub write: bool,
+}
+
+/// One IOMMU page table the io_pagetable keeps in sync with its areas.
+pub trait Domain: Send + Sync + std::fmt::Debug {
+    /// Bitmap of supported IO page sizes (bit n set: 2^n bytes). The smallest one is the IO page size.
+    fn pgsize_bitmap(&self) -> u64;
+    /// The IOVA aperture `[start, last]` (inclusive).
+    fn aperture(&self) -> (u64, u64);
+    /// IOVA ranges `[start, last]` this domain can never map (reserved regions of its devices).
+    fn reserved_ranges(&self) -> Vec<(u64, u64)> {
+        Vec::new()
+    }
+    /// Maps `len` bytes at `iova` to physically contiguous memory at `paddr`. EEXIST if any part of
+    /// the range is already mapped; on error nothing of the range stays mapped.
+    fn map(&self, iova: u64, paddr: u64, len: u64, prot: Prot) -> Result<(), Errno>;
+    /// Unmaps `[iova, iova + len)`; returns the bytes that were mapped.
+    fn unmap(&self, iova: u64, len: u64) -> u64;
+    /// The physical address `iova` translates to, if mapped.
+    fn translate(&self, iova: u64) -> Option<u64>;
+    /// Turns dirty tracking on or off. EOPNOTSUPP where the domain has none.
+    fn set_dirty_tracking(&self, _enable: bool) -> Result<(), Errno> {
+        Err(Errno::EOPNOTSUPP)
+    }
+    /// Reports dirty IO pages in `[iova, iova + len)` through `mark(iova_of_page, page_size)`, and
+    /// clears their dirty bits unless `no_clear`.
+    fn read_and_clear_dirty(
+        &self,
+        _iova: u64,
+        _len: u64,
+        _no_clear: bool,
+        _mark: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), Errno> {
+        Err(Errno::EOPNOTSUPP)
+    }
+}
