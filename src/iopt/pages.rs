@@ -1,0 +1,197 @@
+//! Pages: what an area's IOVA range is backed by, and the pins taken on it.
+//!
+//! A [`Pages`] covers `npages` CPU pages of one backing ([`PageSource`]): a range of a caller's
+//! anonymous memory (reached through process_vm and /proc, see `crate::iopt::source`) or a file the
+//! daemon mapped itself. Areas share a `Pages` through `Arc` (IOAS_COPY, VFIO v1 splits).
+//!
+//! Pins are counted per CPU page: a page is pinned while at least one user (the domains of an area
+//! that contains it, or an access pin) needs it, and is charged once against the owner's memlock
+//! budget ([`super::accounting`]) for as long as it stays pinned.
+
+use super::accounting::{Account, AccountMode};
+use nix::errno::Errno;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+/// The CPU page size all page bookkeeping is done in.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Where the bytes of a [`Pages`] live. Offsets are relative to the page-aligned start of the backing.
+pub trait PageSource: Send + Sync + fmt::Debug {
+    /// Makes pages `[first, first + count)` resident and returns their physical addresses.
+    /// EFAULT when a page is not mapped (or not writable while `write` is asked).
+    fn pin(&self, first: u64, count: u64, write: bool) -> Result<Vec<u64>, Errno>;
+    /// Copies `buf.len()` bytes at `offset` out of the backing.
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno>;
+    /// Copies `data` into the backing at `offset`.
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno>;
+    /// True for file-backed memory (IOMMU_IOAS_CHANGE_PROCESS only accepts those).
+    fn is_file(&self) -> bool {
+        false
+    }
+    /// The user address this backing starts at, if it is a caller's memory (IOVA alignment hint).
+    fn address_hint(&self) -> u64;
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PinnedPage {
+    users: u32,
+    paddr: u64,
+}
+
+/// A page-aligned window onto a backing, shared by the areas that map it.
+pub struct Pages {
+    source: Arc<dyn PageSource>,
+    /// Byte offset of the first mapped byte inside the first page.
+    pub start_byte: u64,
+    /// Bytes covered from `start_byte`.
+    pub length: u64,
+    pub npages: u64,
+    pub writable: bool,
+    account: Mutex<Account>,
+    pins: Mutex<BTreeMap<u64, PinnedPage>>,
+}
+
+impl fmt::Debug for Pages {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pages")
+            .field("source", &self.source)
+            .field("start_byte", &self.start_byte)
+            .field("length", &self.length)
+            .field("npinned", &self.npinned())
+            .finish()
+    }
+}
+
+impl Pages {
+    /// `start_byte` is the offset of the mapping inside the first page, `length` its size in bytes.
+    /// EINVAL for a zero or absurd length, like the kernel.
+    pub fn new(
+        source: Arc<dyn PageSource>,
+        start_byte: u64,
+        length: u64,
+        writable: bool,
+        account: Account,
+    ) -> Result<Arc<Self>, Errno> {
+        if length == 0 || length > u64::MAX - PAGE_SIZE {
+            return Err(Errno::EINVAL);
+        }
+        let npages = (length + start_byte).div_ceil(PAGE_SIZE);
+        Ok(Arc::new(Self {
+            source,
+            start_byte,
+            length,
+            npages,
+            writable,
+            account: Mutex::new(account),
+            pins: Mutex::new(BTreeMap::new()),
+        }))
+    }
+
+    pub fn source(&self) -> &Arc<dyn PageSource> {
+        &self.source
+    }
+
+    /// Number of distinct CPU pages pinned right now.
+    pub fn npinned(&self) -> u64 {
+        self.pins.lock().unwrap().len() as u64
+    }
+
+    /// Pin users recorded on page `index` (0 when not pinned).
+    pub fn pin_users(&self, index: u64) -> u32 {
+        self.pins
+            .lock()
+            .unwrap()
+            .get(&index)
+            .map_or(0, |p| p.users)
+    }
+
+    pub fn account_mode(&self) -> AccountMode {
+        self.account.lock().unwrap().mode
+    }
+
+    /// Upgrades per-user accounting to per-process, as a context in RLIMIT process mode does.
+    pub fn set_account_mode(&self, mode: AccountMode) {
+        self.account.lock().unwrap().mode = mode;
+    }
+
+    /// Moves the charge of every pinned page to `new_owner` (IOMMU_IOAS_CHANGE_PROCESS).
+    pub fn change_owner(&self, new_owner: Account) -> Result<(), Errno> {
+        let pins = self.pins.lock().unwrap();
+        let n = pins.len() as u64;
+        let mut account = self.account.lock().unwrap();
+        new_owner.charge(n)?;
+        account.uncharge(n);
+        *account = new_owner;
+        Ok(())
+    }
+
+    /// Adds one pin user to pages `[first, last]`, returning their physical addresses. Pages not yet
+    /// pinned are made resident and charged; on any failure nothing changes.
+    pub fn pin(&self, first: u64, last: u64, write: bool) -> Result<Vec<u64>, Errno> {
+        debug_assert!(first <= last && last < self.npages);
+        let mut pins = self.pins.lock().unwrap();
+        let fresh: Vec<u64> = (first..=last).filter(|i| !pins.contains_key(i)).collect();
+        let mut fresh_paddrs = BTreeMap::new();
+        // Fetch the new pages run by run so a large mapping costs few /proc reads.
+        let mut i = 0;
+        while i < fresh.len() {
+            let mut j = i + 1;
+            while j < fresh.len() && fresh[j] == fresh[j - 1] + 1 {
+                j += 1;
+            }
+            let run = self.source.pin(fresh[i], (j - i) as u64, write)?;
+            for (k, paddr) in run.into_iter().enumerate() {
+                fresh_paddrs.insert(fresh[i] + k as u64, paddr);
+            }
+            i = j;
+        }
+        self.account.lock().unwrap().charge(fresh.len() as u64)?;
+        let mut out = Vec::with_capacity((last - first + 1) as usize);
+        for index in first..=last {
+            let entry = pins.entry(index).or_insert(PinnedPage {
+                users: 0,
+                paddr: fresh_paddrs.get(&index).copied().unwrap_or(0),
+            });
+            entry.users += 1;
+            out.push(entry.paddr);
+        }
+        Ok(out)
+    }
+
+    /// Drops one pin user from pages `[first, last]`; pages left without users are uncharged.
+    pub fn unpin(&self, first: u64, last: u64) {
+        let mut pins = self.pins.lock().unwrap();
+        let mut released = 0;
+        for index in first..=last {
+            if let Some(entry) = pins.get_mut(&index) {
+                entry.users -= 1;
+                if entry.users == 0 {
+                    pins.remove(&index);
+                    released += 1;
+                }
+            }
+        }
+        self.account.lock().unwrap().uncharge(released);
+    }
+
+    /// Reads bytes at `offset` (relative to the page-aligned start of the backing).
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.source.read(offset, buf)
+    }
+
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        self.source.write(offset, data)
+    }
+}
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        let n = self.pins.get_mut().unwrap().len() as u64;
+        if n != 0 {
+            tracing::warn!(pages = n, "pages dropped while still pinned; uncharging");
+            self.account.get_mut().unwrap().uncharge(n);
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! Page sources: a caller's anonymous memory (process_vm + /proc), a file the daemon maps itself, and
+//! a plain in-memory buffer for tests.
+
+use super::pages::{PageSource, PAGE_SIZE};
+use nix::errno::Errno;
+use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
+use nix::unistd::Pid;
+use std::io::{IoSlice, IoSliceMut, Read, Seek, SeekFrom};
+use std::os::fd::OwnedFd;
+use std::ptr::NonNull;
+use std::sync::Mutex;
+
+/// Physical address of each page in `[vaddr, vaddr + count * PAGE_SIZE)` of `pid`, from its pagemap.
+/// A page that is not present maps to EFAULT. As root the frame numbers are real.
+pub fn pagemap_paddrs(pid: &str, vaddr: u64, count: u64) -> Result<Vec<u64>, Errno> {
+    let mut f = std::fs::File::open(format!("/proc/{pid}/pagemap")).map_err(|_| Errno::EFAULT)?;
+    f.seek(SeekFrom::Start(vaddr / PAGE_SIZE * 8))
+        .map_err(|_| Errno::EFAULT)?;
+    let mut raw = vec![0u8; count as usize * 8];
+    f.read_exact(&mut raw).map_err(|_| Errno::EFAULT)?;
+    raw.chunks_exact(8)
+        .map(|c| {
+            let entry = u64::from_le_bytes(c.try_into().unwrap());
+            let present = entry & (1 << 63) != 0;
+            if !present {
+                return Err(Errno::EFAULT);
+            }
+            Ok((entry & ((1 << 55) - 1)) * PAGE_SIZE)
+        })
+        .collect()
+}
+
+/// A VMA of /proc/<pid>/maps: `[start, end)` and its permissions.
+#[derive(Debug, Clone, Copy)]
+struct Vma {
+    start: u64,
+    end: u64,
+    read: bool,
+    write: bool,
+}
+
+fn read_vmas(pid: i32) -> Result<Vec<Vma>, Errno> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|_| Errno::EFAULT)?;
+    Ok(maps
+        .lines()
+        .filter_map(|line| {
+            let mut it = line.split_whitespace();
+            let range = it.next()?;
+            let perms = it.next()?.as_bytes();
+            let (s, e) = range.split_once('-')?;
+            Some(Vma {
+                start: u64::from_str_radix(s, 16).ok()?,
+                end: u64::from_str_radix(e, 16).ok()?,
+                read: perms.first() == Some(&b'r'),
+                write: perms.get(1) == Some(&b'w'),
+            })
+        })
+        .collect())
+}
+
+/// Checks that `[start, end)` is fully covered by VMAs with the needed permissions.
+fn check_vmas(vmas: &[Vma], start: u64, end: u64, write: bool) -> Result<(), Errno> {
+    let mut cur = start;
+    for vma in vmas.iter().filter(|v| v.end > start && v.start < end) {
+        if vma.start > cur || !vma.read || (write && !vma.write) {
+            return Err(Errno::EFAULT);
+        }
+        cur = vma.end;
+        if cur >= end {
+            return Ok(());
+        }
+    }
+    if cur >= end {
+        Ok(())
+    } else {
+        Err(Errno::EFAULT)
+    }
+}
+
+/// A range of a caller's anonymous memory, starting at the page-aligned user address `uva`.
+#[derive(Debug)]
+pub struct ProcessSource {
+    pid: i32,
+    uva: u64,
+}
+
+impl ProcessSource {
+    pub fn new(pid: i32, uva: u64) -> Self {
+        debug_assert_eq!(uva % PAGE_SIZE, 0);
+        Self { pid, uva }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+}
+
+impl PageSource for ProcessSource {
+    fn pin(&self, first: u64, count: u64, write: bool) -> Result<Vec<u64>, Errno> {
+        let start = self
+            .uva
+            .checked_add(first * PAGE_SIZE)
+            .ok_or(Errno::EFAULT)?;
+        let end = start.checked_add(count * PAGE_SIZE).ok_or(Errno::EFAULT)?;
+        check_vmas(&read_vmas(self.pid)?, start, end, write)?;
+        // Fault every page in (as pinning does) with one-byte reads, IOV_MAX pages per call.
+        let mut sink = vec![0u8; count.min(1024) as usize];
+        for chunk_first in (0..count).step_by(1024) {
+            let n = (count - chunk_first).min(1024) as usize;
+            let remote: Vec<RemoteIoVec> = (0..n)
+                .map(|k| RemoteIoVec {
+                    base: (start + (chunk_first + k as u64) * PAGE_SIZE) as usize,
+                    len: 1,
+                })
+                .collect();
+            let mut local = [IoSliceMut::new(&mut sink[..n])];
+            let got = process_vm_readv(Pid::from_raw(self.pid), &mut local, &remote)
+                .map_err(|_| Errno::EFAULT)?;
+            if got != n {
+                return Err(Errno::EFAULT);
+            }
+        }
+        pagemap_paddrs(&self.pid.to_string(), start, count)
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let addr = self.uva.checked_add(offset).ok_or(Errno::EFAULT)?;
+        let remote = [RemoteIoVec {
+            base: addr as usize,
+            len: buf.len(),
+        }];
+        let len = buf.len();
+        let n = process_vm_readv(Pid::from_raw(self.pid), &mut [IoSliceMut::new(buf)], &remote)
+            .map_err(|_| Errno::EFAULT)?;
+        if n == len {
+            Ok(())
+        } else {
+            Err(Errno::EFAULT)
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        let addr = self.uva.checked_add(offset).ok_or(Errno::EFAULT)?;
+        let remote = [RemoteIoVec {
+            base: addr as usize,
+            len: data.len(),
+        }];
+        let n = process_vm_writev(Pid::from_raw(self.pid), &[IoSlice::new(data)], &remote)
+            .map_err(|_| Errno::EFAULT)?;
+        if n == data.len() {
+            Ok(())
+        } else {
+            Err(Errno::EFAULT)
+        }
+    }
+
+    fn address_hint(&self) -> u64 {
+        self.uva
+    }
+}
+
+/// A file (memfd, hugetlbfs, …) mapped shared into the daemon; `start` is the page-aligned file
+/// offset of the mapping.
+#[derive(Debug)]
+pub struct FileSource {
+    _file: OwnedFd,
+    map: NonNull<u8>,
+    len: usize,
+    start: u64,
+}
+
+// SAFETY: the mapping is owned by this value and only accessed through copies; a shared file mapping
+// may be used from any thread.
+unsafe impl Send for FileSource {}
+// SAFETY: as above; concurrent copies into a MAP_SHARED mapping are the same races DMA has.
+unsafe impl Sync for FileSource {}
+
+impl FileSource {
+    /// Maps `len` bytes of `file` at page-aligned `start`. Errors follow mmap's errno.
+    pub fn new(file: OwnedFd, start: u64, len: u64, writable: bool) -> Result<Self, Errno> {
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        let len = usize::try_from(len).map_err(|_| Errno::EINVAL)?;
+        let size = std::num::NonZeroUsize::new(len).ok_or(Errno::EINVAL)?;
+        let mut prot = ProtFlags::PROT_READ;
+        if writable {
+            prot |= ProtFlags::PROT_WRITE;
+        }
+        let offset = i64::try_from(start).map_err(|_| Errno::EOVERFLOW)?;
+        // SAFETY: a fresh shared mapping at an address of the kernel's choosing aliases no Rust object.
+        let ptr = unsafe { mmap(None, size, prot, MapFlags::MAP_SHARED, &file, offset)? };
+        Ok(Self {
+            _file: file,
+            map: ptr.cast(),
+            len,
+            start,
+        })
+    }
+
+    fn check(&self, offset: u64, len: usize) -> Result<usize, Errno> {
+        let off = usize::try_from(offset).map_err(|_| Errno::EFAULT)?;
+        match off.checked_add(len) {
+            Some(end) if end <= self.len => Ok(off),
+            _ => Err(Errno::EFAULT),
+        }
+    }
+
+    pub fn file_start(&self) -> u64 {
+        self.start
+    }
+}
+
+impl Drop for FileSource {
+    fn drop(&mut self) {
+        // SAFETY: `map`/`len` describe the mapping created in `new`, unmapped exactly once here.
+        let _ = unsafe { nix::sys::mman::munmap(self.map.cast(), self.len) };
+    }
+}
+
+impl PageSource for FileSource {
+    fn pin(&self, first: u64, count: u64, _write: bool) -> Result<Vec<u64>, Errno> {
+        let off = self.check(first * PAGE_SIZE, (count * PAGE_SIZE) as usize)?;
+        for k in 0..count as usize {
+            // SAFETY: `off + k * PAGE_SIZE` lies inside the mapping (checked above); a volatile read
+            // faults the page in without creating a reference to shared memory.
+            unsafe { std::ptr::read_volatile(self.map.as_ptr().add(off + k * PAGE_SIZE as usize)) };
+        }
+        let vaddr = self.map.as_ptr() as u64 + off as u64;
+        pagemap_paddrs("self", vaddr, count)
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let off = self.check(offset, buf.len())?;
+        // SAFETY: the source range is inside the mapping (checked) and does not overlap `buf`.
+        unsafe { std::ptr::copy_nonoverlapping(self.map.as_ptr().add(off), buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        let off = self.check(offset, data.len())?;
+        // SAFETY: the destination range is inside the (writable when mapped writable) mapping.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_ptr().add(off), data.len()) };
+        Ok(())
+    }
+
+    fn is_file(&self) -> bool {
+        true
+    }
+
+    fn address_hint(&self) -> u64 {
+        self.start
+    }
+}
+
+/// An in-memory backing with made-up physical addresses (unit and property tests, benchmarks).
+#[derive(Debug)]
+pub struct MemorySource {
+    data: Mutex<Vec<u8>>,
+    hint: u64,
+}
+
+impl MemorySource {
+    /// `len` zero bytes pretending to live at user address `hint`.
+    pub fn new(len: usize, hint: u64) -> Self {
+        Self {
+            data: Mutex::new(vec![0; len]),
+            hint,
+        }
+    }
+}
+
+impl PageSource for MemorySource {
+    fn pin(&self, first: u64, count: u64, _write: bool) -> Result<Vec<u64>, Errno> {
+        let len = self.data.lock().unwrap().len() as u64;
+        if (first + count) * PAGE_SIZE > len.next_multiple_of(PAGE_SIZE) {
+            return Err(Errno::EFAULT);
+        }
+        Ok((first..first + count)
+            .map(|i| (self.hint / PAGE_SIZE + i) * PAGE_SIZE)
+            .collect())
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let data = self.data.lock().unwrap();
+        let off = offset as usize;
+        let src = data.get(off..off + buf.len()).ok_or(Errno::EFAULT)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, src: &[u8]) -> Result<(), Errno> {
+        let mut data = self.data.lock().unwrap();
+        let off = offset as usize;
+        let dst = data.get_mut(off..off + src.len()).ok_or(Errno::EFAULT)?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn address_hint(&self) -> u64 {
+        self.hint
+    }
+}
