@@ -1,1 +1,16 @@
-//! Linux 7.2 iommufd and VFIO type1 uAPI.
+//! Linux 7.2 iommufd and VFIO type1 uAPI as plain Rust data.
+//!
+//! Every argument struct is `#[repr(C)]` with the kernel's layout and derives
+//! the zerocopy traits, so it can be read from and written to caller memory as
+//! bytes. Struct, field and constant names are the kernel's (a leading `__` is
+//! dropped from reserved fields). Places where C has implicit padding carry an
+//! explicit `__pad` field; C unions are flattened as documented on each struct.
+//! `tests/layout.rs` pins sizes, offsets and ioctl numbers against the C
+//! headers.
+#![allow(non_camel_case_types)]
+
+pub mod iommufd;
+pub mod selftest;
+pub mod vfio;
+
+pub use iommufd::io;
