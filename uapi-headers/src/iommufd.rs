@@ -4,7 +4,8 @@
 //! struct whose first `u32` is its `size`, so the struct may grow over time.
 //! Struct and field names follow the kernel; `__reserved` fields are named
 //! `reserved` (and `reserved2`). Page-table, hardware-info, fault, vIOMMU and
-//! event-queue structs live in [`hwpt`] and are re-exported here.
+//! event-queue structs live in the private `hwpt` submodule and are
+//! re-exported here.
 
 mod hwpt;
 pub use hwpt::*;

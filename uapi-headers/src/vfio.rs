@@ -5,6 +5,8 @@
 //! array (`data[]`, `devices[]`, ...) are the fixed header only; the trailing
 //! entries follow at `size_of::<header>()` in the caller's buffer.
 
+#![allow(non_upper_case_globals)]
+
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::iommufd::io;
@@ -143,7 +145,9 @@ pub struct vfio_region_sparse_mmap_area {
 }
 
 /// Sparse-mmap capability header; `nr_areas` [`vfio_region_sparse_mmap_area`] follow.
-#[repr(C)]
+///
+/// 8-byte aligned like C, whose trailing [`vfio_region_sparse_mmap_area`] array raises the alignment.
+#[repr(C, align(8))]
 #[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct vfio_region_info_cap_sparse_mmap {
     pub header: vfio_info_cap_header,
@@ -371,7 +375,9 @@ pub struct vfio_iova_range {
 }
 
 /// IOVA-range capability header; `nr_iovas` [`vfio_iova_range`] follow.
-#[repr(C)]
+///
+/// 8-byte aligned like C, whose trailing [`vfio_iova_range`] array raises the alignment.
+#[repr(C, align(8))]
 #[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct vfio_iommu_type1_info_cap_iova_range {
     pub header: vfio_info_cap_header,
