@@ -1,0 +1,133 @@
+//! Accesses: in-daemon users of an IOAS by IOVA (emulated devices, the selftest's access objects).
+//!
+//! An access pins or copies through the IOAS it is attached to. When an IOAS_UNMAP hits a range it
+//! has pinned, its [`AccessOps::unmap`] callback runs (with no IOAS lock held) and must unpin.
+
+use super::ioas::Ioas;
+use super::Context;
+use crate::iopt::PAGE_SIZE;
+use nix::errno::Errno;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// What the owner of an access does when the range it uses is unmapped.
+pub trait AccessOps: Send + Sync {
+    /// `[iova, iova + length)` is being unmapped: release every pin inside it.
+    fn unmap(&self, access: &Access, iova: u64, length: u64);
+}
+
+static NEXT_ACCESS: AtomicU32 = AtomicU32::new(1);
+
+pub struct Access {
+    /// Key of this access in the IOAS's alignment list.
+    key: u32,
+    ioas: Mutex<Option<(u32, Arc<Ioas>)>>,
+    ops: Arc<dyn AccessOps>,
+    /// Accesses that pin need page-aligned IOVAs; rw-only ones accept any.
+    needs_pin: bool,
+}
+
+impl Access {
+    pub fn new(ops: Arc<dyn AccessOps>, needs_pin: bool) -> Arc<Self> {
+        Arc::new(Self {
+            key: NEXT_ACCESS.fetch_add(1, Ordering::Relaxed),
+            ioas: Mutex::new(None),
+            ops,
+            needs_pin,
+        })
+    }
+
+    fn alignment(&self) -> u64 {
+        if self.needs_pin {
+            PAGE_SIZE
+        } else {
+            1
+        }
+    }
+
+    /// Attaches to IOAS `ioas_id` (which gains a user). EINVAL if already attached.
+    pub fn attach(self: &Arc<Self>, ctx: &Context, ioas_id: u32) -> Result<(), Errno> {
+        let ioas = ctx.get_ioas(ioas_id)?;
+        let mut cur = self.ioas.lock().unwrap();
+        if cur.is_some() {
+            return Err(Errno::EINVAL);
+        }
+        ioas.iopt().add_access(self.key, self.alignment())?;
+        ctx.add_user(ioas_id)?;
+        ioas.attach_access(self);
+        *cur = Some((ioas_id, ioas));
+        Ok(())
+    }
+
+    /// Moves to another IOAS (the selftest's ACCESS_REPLACE_IOAS); pins must be gone.
+    pub fn replace(self: &Arc<Self>, ctx: &Context, ioas_id: u32) -> Result<(), Errno> {
+        let new = ctx.get_ioas(ioas_id)?;
+        let mut cur = self.ioas.lock().unwrap();
+        if let Some((old_id, _)) = cur.as_ref() {
+            if *old_id == ioas_id {
+                return Ok(());
+            }
+        }
+        new.iopt().add_access(self.key, self.alignment())?;
+        ctx.add_user(ioas_id)?;
+        new.attach_access(self);
+        if let Some((old_id, old)) = cur.take() {
+            // Let the owner drop pins on the old IOAS before it goes.
+            drop(cur);
+            self.ops.unmap(self, 0, u64::MAX);
+            old.detach_access(self);
+            old.iopt().remove_access(self.key);
+            ctx.remove_user(old_id);
+            cur = self.ioas.lock().unwrap();
+        }
+        *cur = Some((ioas_id, new));
+        Ok(())
+    }
+
+    pub fn ioas(&self) -> Option<Arc<Ioas>> {
+        self.ioas.lock().unwrap().as_ref().map(|(_, i)| i.clone())
+    }
+
+    pub fn ioas_id(&self) -> Option<u32> {
+        self.ioas.lock().unwrap().as_ref().map(|(id, _)| *id)
+    }
+
+    fn attached(&self) -> Result<Arc<Ioas>, Errno> {
+        self.ioas().ok_or(Errno::ENOENT)
+    }
+
+    /// Pins `[iova, iova + length)`; physical address per CPU page.
+    pub fn pin_pages(&self, iova: u64, length: u64, write: bool) -> Result<Vec<u64>, Errno> {
+        self.attached()?.iopt().access_pin(iova, length, write)
+    }
+
+    pub fn unpin_pages(&self, iova: u64, length: u64) {
+        if let Ok(ioas) = self.attached() {
+            ioas.iopt().access_unpin(iova, length);
+        }
+    }
+
+    /// Copies between `buf` and the IOAS.
+    pub fn rw(&self, iova: u64, buf: &mut [u8], write: bool) -> Result<(), Errno> {
+        self.attached()?.iopt().access_rw(iova, buf, write)
+    }
+
+    pub(super) fn notify_unmap(&self, iova: u64, length: u64) {
+        self.ops.unmap(self, iova, length);
+    }
+
+    /// Detaches from its IOAS (releasing pins through the owner first).
+    pub fn detach(&self, ctx: &Context) {
+        let taken = self.ioas.lock().unwrap().take();
+        if let Some((id, ioas)) = taken {
+            self.ops.unmap(self, 0, u64::MAX);
+            ioas.detach_access(self);
+            ioas.iopt().remove_access(self.key);
+            ctx.remove_user(id);
+        }
+    }
+
+    pub(super) fn destroy(&self, ctx: &Context) {
+        self.detach(ctx);
+    }
+}

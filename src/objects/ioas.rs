@@ -1,0 +1,150 @@
+//! The IOAS object: an io_pagetable plus the accesses attached to it.
+
+use super::access::Access;
+use crate::backends::Prot;
+use crate::iopt::accounting::{Account, AccountMode};
+use crate::iopt::{IoPagetable, PageSource, Pages, PagesSlice, UnmapProgress, PAGE_SIZE};
+use nix::errno::Errno;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+/// How many times an unmap asks the accesses to let go before giving up (EDEADLK).
+const MAX_UNMAP_TRIES: u32 = 100;
+
+#[derive(Default)]
+pub struct Ioas {
+    iopt: Mutex<IoPagetable>,
+    accesses: Mutex<Vec<Weak<Access>>>,
+}
+
+impl std::fmt::Debug for Ioas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ioas").finish_non_exhaustive()
+    }
+}
+
+impl Ioas {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn iopt(&self) -> MutexGuard<'_, IoPagetable> {
+        self.iopt.lock().unwrap()
+    }
+
+    /// Builds the Pages for `length` bytes of `source` starting `offset` bytes into it, charged
+    /// to `account` (`mode` upgraded to per-process when the context asks for it).
+    pub fn make_pages(
+        source: Arc<dyn PageSource>,
+        offset_in_page: u64,
+        length: u64,
+        writable: bool,
+        mut account: Account,
+        ctx_mode: AccountMode,
+    ) -> Result<Arc<Pages>, Errno> {
+        if ctx_mode == AccountMode::Process && account.mode == AccountMode::User {
+            account.mode = AccountMode::Process;
+        }
+        Pages::new(source, offset_in_page, length, writable, account)
+    }
+
+    /// IOAS_MAP of caller memory: `user_va` in process `pid`.
+    pub fn map_user(
+        &self,
+        pid: i32,
+        ctx_mode: AccountMode,
+        user_va: u64,
+        length: u64,
+        iova: Option<u64>,
+        prot: Prot,
+    ) -> Result<u64, Errno> {
+        user_va.checked_add(length).ok_or(Errno::EOVERFLOW)?;
+        let base = user_va & !(PAGE_SIZE - 1);
+        let source = Arc::new(crate::iopt::source::ProcessSource::new(pid, base));
+        let pages = Self::make_pages(
+            source,
+            user_va - base,
+            length,
+            prot.write,
+            Account::for_process(pid, AccountMode::User),
+            ctx_mode,
+        )?;
+        self.map_pages(pages, iova, prot)
+    }
+
+    /// Maps a whole Pages object at `iova` (or an allocated IOVA).
+    pub fn map_pages(&self, pages: Arc<Pages>, iova: Option<u64>, prot: Prot) -> Result<u64, Errno> {
+        let slice = PagesSlice {
+            start_byte: pages.start_byte,
+            length: pages.length,
+            pages,
+        };
+        let length = slice.length;
+        self.iopt().map_pages(&[slice], length, iova, prot)
+    }
+
+    /// Unmaps `[start, last]`, asking attached accesses to release pins inside it first.
+    /// Returns the bytes unmapped; on error also the bytes removed before it.
+    pub fn unmap(&self, start: u64, last: u64) -> Result<u64, (Errno, u64)> {
+        let mut total = 0u64;
+        let mut tries = 0u32;
+        let mut cursor = start;
+        loop {
+            let step = self.iopt().unmap_range(cursor, last);
+            match step {
+                Ok(UnmapProgress::Done(n)) => return Ok(total + n),
+                Err((e, n)) => return Err((e, total + n)),
+                Ok(UnmapProgress::NeedAccessRelease {
+                    iova,
+                    length,
+                    unmapped,
+                }) => {
+                    total += unmapped;
+                    if iova != cursor {
+                        tries = 0;
+                    }
+                    cursor = iova;
+                    tries += 1;
+                    if tries > MAX_UNMAP_TRIES {
+                        tracing::warn!(iova, length, "an access does not release its pins");
+                        return Err((Errno::EDEADLK, total));
+                    }
+                    self.notify_unmap(iova, length);
+                }
+            }
+        }
+    }
+
+    /// Calls every attached access's unmap callback, with no lock of this IOAS held.
+    fn notify_unmap(&self, iova: u64, length: u64) {
+        let accesses: Vec<Arc<Access>> = self
+            .accesses
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for access in accesses {
+            access.notify_unmap(iova, length);
+        }
+    }
+
+    pub(super) fn attach_access(&self, access: &Arc<Access>) {
+        let mut list = self.accesses.lock().unwrap();
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(access));
+    }
+
+    pub(super) fn detach_access(&self, access: &Access) {
+        self.accesses
+            .lock()
+            .unwrap()
+            .retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), access));
+    }
+
+    /// Destruction: everything unmapped (the table is unreachable by now).
+    pub fn destroy(&self) {
+        if let Err((e, _)) = self.unmap(0, u64::MAX) {
+            tracing::warn!(?e, "IOAS destroyed with areas that could not be unmapped");
+        }
+    }
+}
