@@ -1,4 +1,6 @@
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+use uiommufd::dispatch::{Daemon, DaemonService, Extensions};
 
 #[derive(Parser)]
 #[command(name = "uiommufd", version, about = "iommufd (/dev/iommu) served from userspace")]
@@ -16,7 +18,7 @@ enum Command {
     },
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -26,8 +28,41 @@ fn main() {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { transport } => {
-            tracing::info!(?transport, "serve");
+        Command::Serve { transport } => serve(transport),
+    }
+}
+
+fn serve(opts: uiommufd::transport::TransportOptions) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(%e, "cannot start the async runtime");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let daemon = Daemon::new(Extensions::default());
+    let service = Arc::new(DaemonService(daemon));
+    let result = runtime.block_on(async move {
+        let shutdown = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) =
+                (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+            else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        };
+        uiommufd::transport::run(opts, service, shutdown).await
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(%e, "transport failed");
+            std::process::ExitCode::FAILURE
         }
     }
 }

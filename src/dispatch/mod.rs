@@ -1,5 +1,12 @@
-//! Dispatch: the ioctl table and the services handed to the transport.
+//! Dispatch: the ioctl table, the command handlers and the services handed to the transport.
 
+pub mod daemon;
+pub mod ioas_cmds;
 pub mod service;
+pub mod table;
+pub mod ucmd;
 
+pub use daemon::{Daemon, DaemonService};
 pub use service::{NodeKind, OpenFile, Service};
+pub use table::Extensions;
+pub use ucmd::Ucmd;

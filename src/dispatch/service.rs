@@ -28,6 +28,10 @@ pub trait Service: Send + Sync + 'static {
     fn device_names(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Content of the read-only `status` file: contexts, objects, pinned pages.
+    fn status(&self) -> String {
+        String::new()
+    }
 }
 
 /// Per-open state.

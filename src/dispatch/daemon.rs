@@ -1,0 +1,254 @@
+//! The daemon's [`Service`]: one iommufd context per open of `/dev/iommu` or `/dev/vfio/vfio`.
+
+use super::service::{NodeKind, OpenFile, Service};
+use super::table::{self, Extensions, Op};
+use crate::backends::Prot;
+use crate::caller::CallerMemory;
+use crate::iopt::accounting::{self, AccountMode};
+use crate::objects::Context;
+use nix::errno::Errno;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use uiommufd_compat_vfio::CompatHost;
+
+/// Opens a device node (supplied by the devices layer).
+pub type DeviceOpener = Arc<dyn Fn(&str) -> Result<Arc<dyn OpenFile>, Errno> + Send + Sync>;
+
+/// State shared by every open file.
+pub struct Daemon {
+    table: Vec<Option<Op>>,
+    contexts: Mutex<HashMap<u64, Weak<Context>>>,
+    devices: Vec<String>,
+    device_opener: Option<DeviceOpener>,
+}
+
+impl Daemon {
+    pub fn new(ext: Extensions) -> Arc<Self> {
+        Arc::new(Self {
+            table: table::build(&ext),
+            contexts: Mutex::new(HashMap::new()),
+            devices: Vec::new(),
+            device_opener: None,
+        })
+    }
+
+    /// A daemon that also serves the named devices through `opener`.
+    pub fn with_devices(ext: Extensions, devices: Vec<String>, opener: DeviceOpener) -> Arc<Self> {
+        Arc::new(Self {
+            table: table::build(&ext),
+            contexts: Mutex::new(HashMap::new()),
+            devices,
+            device_opener: Some(opener),
+        })
+    }
+
+    /// A new context, as an open() would create (also used in-process by tests and replay).
+    pub fn new_context(&self, node: &NodeKind) -> Arc<Context> {
+        let ctx = Arc::new(Context::new());
+        if *node == NodeKind::VfioContainer {
+            // /dev/vfio/vfio keeps VFIO's per-process accounting.
+            let _ = ctx.set_account_mode(AccountMode::Process);
+        }
+        let mut all = self.contexts.lock().unwrap();
+        all.retain(|_, w| w.strong_count() > 0);
+        all.insert(ctx.id, Arc::downgrade(&ctx));
+        ctx
+    }
+
+    /// The live context with this id (VFIO_DEVICE_BIND_IOMMUFD resolves fds to contexts).
+    pub fn context(&self, id: u64) -> Option<Arc<Context>> {
+        self.contexts.lock().unwrap().get(&id).and_then(Weak::upgrade)
+    }
+
+    /// Executes one ioctl on `ctx`: the iommufd table, then the VFIO container ioctls.
+    pub fn ioctl(&self, ctx: &Context, cmd: u32, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno> {
+        match table::execute(&self.table, ctx, mem, cmd, arg) {
+            Some(Ok((name, ()))) => {
+                tracing::debug!(ctx = ctx.id, ioctl = name, "ok");
+                Ok(0)
+            }
+            Some(Err((name, e))) => {
+                tracing::debug!(ctx = ctx.id, ioctl = name.unwrap_or("?"), cmd = format_args!("{cmd:#x}"), errno = %e, "failed");
+                Err(e)
+            }
+            None => {
+                let bridge = CompatBridge { ctx, mem };
+                match uiommufd_compat_vfio::vfio_ioctl(&bridge, cmd, arg) {
+                    Some(r) => {
+                        tracing::debug!(ctx = ctx.id, cmd = format_args!("{cmd:#x}"), result = ?r, "vfio compat ioctl");
+                        r
+                    }
+                    None => {
+                        tracing::debug!(ctx = ctx.id, cmd = format_args!("{cmd:#x}"), "unknown ioctl");
+                        Err(Errno::ENOTTY)
+                    }
+                }
+            }
+        }
+    }
+
+    /// A human- and machine-readable snapshot: contexts, objects, pinned pages.
+    pub fn status_json(&self) -> String {
+        let contexts: Vec<Arc<Context>> = self
+            .contexts
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let objects: usize = contexts.iter().map(|c| c.num_objects()).sum();
+        let detail: Vec<serde_json::Value> = contexts
+            .iter()
+            .map(|c| serde_json::json!({"id": c.id, "objects": c.object_counts()}))
+            .collect();
+        serde_json::json!({
+            "contexts": contexts.len(),
+            "objects": objects,
+            "pinned_pages": accounting::pinned_total(),
+            "context_detail": detail,
+        })
+        .to_string()
+            + "\n"
+    }
+}
+
+struct IommuFile {
+    daemon: Arc<Daemon>,
+    ctx: Arc<Context>,
+}
+
+impl OpenFile for IommuFile {
+    fn ioctl(&self, cmd: u32, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno> {
+        self.daemon.ioctl(&self.ctx, cmd, arg, mem)
+    }
+
+    fn release(&self) {
+        tracing::debug!(ctx = self.ctx.id, objects = self.ctx.num_objects(), "release");
+        self.ctx.destroy_all();
+        self.daemon.contexts.lock().unwrap().remove(&self.ctx.id);
+    }
+}
+
+/// Serves the daemon through a transport.
+pub struct DaemonService(pub Arc<Daemon>);
+
+impl Service for DaemonService {
+    fn open(&self, node: &NodeKind) -> Result<Arc<dyn OpenFile>, Errno> {
+        match node {
+            NodeKind::Iommu | NodeKind::VfioContainer => {
+                let ctx = self.0.new_context(node);
+                tracing::debug!(ctx = ctx.id, ?node, "open");
+                Ok(Arc::new(IommuFile {
+                    daemon: self.0.clone(),
+                    ctx,
+                }))
+            }
+            NodeKind::Device(name) => match &self.0.device_opener {
+                Some(open) => open(name),
+                None => Err(Errno::ENODEV),
+            },
+        }
+    }
+
+    fn device_names(&self) -> Vec<String> {
+        self.0.devices.clone()
+    }
+
+    fn status(&self) -> String {
+        self.0.status_json()
+    }
+}
+
+/// The compat layer's view of a context and its caller.
+struct CompatBridge<'a> {
+    ctx: &'a Context,
+    mem: &'a dyn CallerMemory,
+}
+
+impl CompatBridge<'_> {
+    fn ioas(&self, id: u32) -> Result<Arc<crate::objects::Ioas>, Errno> {
+        self.ctx.get_ioas(id)
+    }
+}
+
+impl CompatHost for CompatBridge<'_> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.mem.read(addr, buf)
+    }
+
+    fn write(&self, addr: u64, buf: &[u8]) -> Result<(), Errno> {
+        self.mem.write(addr, buf)
+    }
+
+    fn compat_ioas(&self) -> Result<u32, Errno> {
+        let id = self.ctx.vfio_ioas().ok_or(Errno::ENODEV)?;
+        self.ctx.get_ioas(id).map_err(|_| Errno::ENODEV)?;
+        Ok(id)
+    }
+
+    fn map(&self, ioas: u32, iova: u64, user_va: u64, length: u64, read: bool, write: bool) -> Result<(), Errno> {
+        let ioas = self.ioas(ioas)?;
+        ioas.map_user(
+            self.mem.pid(),
+            self.ctx.account_mode(),
+            user_va,
+            length,
+            Some(iova),
+            Prot { read, write },
+        )
+        .map(|_| ())
+    }
+
+    fn unmap(&self, ioas: u32, iova: u64, length: u64) -> Result<u64, Errno> {
+        if length == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let last = iova.checked_add(length - 1).ok_or(Errno::EOVERFLOW)?;
+        self.ioas(ioas)?.unmap(iova, last).map_err(|(e, _)| e)
+    }
+
+    fn unmap_all(&self, ioas: u32) -> Result<u64, Errno> {
+        self.ioas(ioas)?.unmap(0, u64::MAX).map_err(|(e, _)| e)
+    }
+
+    fn cut(&self, ioas: u32, iovas: &[u64]) -> Result<(), Errno> {
+        self.ioas(ioas)?.iopt().cut(iovas)
+    }
+
+    fn large_pages_disabled(&self, ioas: u32) -> bool {
+        self.ioas(ioas)
+            .map(|i| i.iopt().large_pages_disabled())
+            .unwrap_or(false)
+    }
+
+    fn disable_large_pages(&self, ioas: u32) -> Result<(), Errno> {
+        self.ioas(ioas)?.iopt().disable_large_pages()
+    }
+
+    fn iova_alignment(&self, ioas: u32) -> u64 {
+        self.ioas(ioas).map(|i| i.iopt().iova_alignment()).unwrap_or(1)
+    }
+
+    fn usable_ranges(&self, ioas: u32) -> Vec<(u64, u64)> {
+        self.ioas(ioas)
+            .map(|i| i.iopt().usable_ranges())
+            .unwrap_or_default()
+    }
+
+    fn enforces_cache_coherency(&self, _ioas: u32) -> bool {
+        // Software domains are always coherent with the CPU.
+        true
+    }
+
+    fn caller_has_sys_rawio(&self) -> bool {
+        const CAP_SYS_RAWIO: u32 = 17;
+        std::fs::read_to_string(format!("/proc/{}/status", self.mem.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapEff:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            })
+            .is_some_and(|caps| caps & (1u64 << CAP_SYS_RAWIO) != 0)
+    }
+}

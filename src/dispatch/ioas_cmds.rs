@@ -1,0 +1,321 @@
+//! Handlers of the IOAS commands, IOMMU_DESTROY, IOMMU_OPTION and IOMMU_VFIO_IOAS.
+
+use super::ucmd::Ucmd;
+use crate::backends::Prot;
+use crate::iopt::accounting::{Account, AccountMode};
+use crate::iopt::source::FileSource;
+use crate::iopt::PAGE_SIZE;
+use crate::objects::{Ioas, Object};
+use nix::errno::Errno;
+use std::sync::Arc;
+use uiommufd_uapi::iommufd::*;
+
+const MAP_FLAGS: u32 = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE;
+
+fn prot_of(flags: u32) -> Prot {
+    Prot {
+        read: flags & IOMMU_IOAS_MAP_READABLE != 0,
+        write: flags & IOMMU_IOAS_MAP_WRITEABLE != 0,
+    }
+}
+
+fn fixed_iova(flags: u32, iova: u64) -> Option<u64> {
+    (flags & IOMMU_IOAS_MAP_FIXED_IOVA != 0).then_some(iova)
+}
+
+pub fn destroy(u: &Ucmd) -> Result<(), Errno> {
+    let cmd: iommu_destroy = u.cmd();
+    u.ctx.destroy(cmd.id)
+}
+
+pub fn ioas_alloc(u: &Ucmd) -> Result<(), Errno> {
+    let mut cmd: iommu_ioas_alloc = u.cmd();
+    if cmd.flags != 0 {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    let id = u.ctx.insert(Object::Ioas(Ioas::new()))?;
+    cmd.out_ioas_id = id;
+    if let Err(e) = u.respond(&cmd) {
+        let _ = u.ctx.destroy(id);
+        return Err(e);
+    }
+    Ok(())
+}
+
+pub fn ioas_iova_ranges(u: &Ucmd) -> Result<(), Errno> {
+    let mut cmd: iommu_ioas_iova_ranges = u.cmd();
+    if cmd.reserved != 0 {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    let ioas = u.ctx.get_ioas(cmd.ioas_id)?;
+    let (ranges, alignment) = {
+        let iopt = ioas.iopt();
+        (iopt.usable_ranges(), iopt.iova_alignment())
+    };
+    let max = cmd.num_iovas as usize;
+    for (i, &(start, last)) in ranges.iter().take(max).enumerate() {
+        let elm = iommu_iova_range { start, last };
+        let addr = cmd
+            .allowed_iovas
+            .checked_add((i * std::mem::size_of::<iommu_iova_range>()) as u64)
+            .ok_or(Errno::EFAULT)?;
+        crate::caller::write_struct(u.mem, addr, &elm)?;
+    }
+    cmd.num_iovas = ranges.len() as u32;
+    cmd.out_iova_alignment = alignment;
+    u.respond(&cmd)?;
+    if ranges.len() > max {
+        return Err(Errno::EMSGSIZE);
+    }
+    Ok(())
+}
+
+pub fn ioas_allow_iovas(u: &Ucmd) -> Result<(), Errno> {
+    let cmd: iommu_ioas_allow_iovas = u.cmd();
+    if cmd.reserved != 0 {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    let ioas = u.ctx.get_ioas(cmd.ioas_id)?;
+    let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(cmd.num_iovas.min(4096) as usize);
+    for i in 0..cmd.num_iovas as u64 {
+        let addr = cmd
+            .allowed_iovas
+            .checked_add(i * std::mem::size_of::<iommu_iova_range>() as u64)
+            .ok_or(Errno::EFAULT)?;
+        let r: iommu_iova_range = crate::caller::read_struct(u.mem, addr)?;
+        if r.start >= r.last {
+            return Err(Errno::EINVAL);
+        }
+        if ranges.iter().any(|&(s, l)| s <= r.last && l >= r.start) {
+            return Err(Errno::EINVAL);
+        }
+        ranges.push((r.start, r.last));
+    }
+    let result = ioas.iopt().set_allowed(&ranges);
+    result
+}
+
+fn check_map_flags(flags: u32, iova: u64, length: u64) -> Result<(), Errno> {
+    if iova == u64::MAX || length == u64::MAX {
+        return Err(Errno::EOVERFLOW);
+    }
+    if flags & (IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE) == 0 {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+pub fn ioas_map(u: &Ucmd) -> Result<(), Errno> {
+    let mut cmd: iommu_ioas_map = u.cmd();
+    if cmd.flags & !MAP_FLAGS != 0 || cmd.reserved != 0 {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    check_map_flags(cmd.flags, cmd.iova, cmd.length)?;
+    let ioas = u.ctx.get_ioas(cmd.ioas_id)?;
+    let iova = ioas.map_user(
+        u.mem.pid(),
+        u.ctx.account_mode(),
+        cmd.user_va,
+        cmd.length,
+        fixed_iova(cmd.flags, cmd.iova),
+        prot_of(cmd.flags),
+    )?;
+    cmd.iova = iova;
+    respond_or_unmap(u, &ioas, &cmd, iova, cmd.length)
+}
+
+/// Responds; if the response cannot be written the new mapping is undone, as the caller never
+/// learned of it.
+fn respond_or_unmap<T: zerocopy::IntoBytes + zerocopy::Immutable>(
+    u: &Ucmd,
+    ioas: &Ioas,
+    cmd: &T,
+    iova: u64,
+    length: u64,
+) -> Result<(), Errno> {
+    if let Err(e) = u.respond(cmd) {
+        let _ = ioas.unmap(iova, iova + (length - 1));
+        return Err(e);
+    }
+    Ok(())
+}
+
+pub fn ioas_map_file(u: &Ucmd) -> Result<(), Errno> {
+    let mut cmd: iommu_ioas_map_file = u.cmd();
+    if cmd.flags & !MAP_FLAGS != 0 {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    check_map_flags(cmd.flags, cmd.iova, cmd.length)?;
+    let ioas = u.ctx.get_ioas(cmd.ioas_id)?;
+    if cmd.length == 0 {
+        return Err(Errno::EINVAL);
+    }
+    cmd.start
+        .checked_add(cmd.length - 1)
+        .ok_or(Errno::EOVERFLOW)?;
+    let file = u.mem.get_fd(cmd.fd).map_err(|_| Errno::EBADF)?;
+    let prot = prot_of(cmd.flags);
+    let aligned_start = cmd.start & !(PAGE_SIZE - 1);
+    let start_byte = cmd.start - aligned_start;
+    if cmd.length > u64::MAX - PAGE_SIZE {
+        return Err(Errno::EINVAL);
+    }
+    let map_len = (start_byte + cmd.length).next_multiple_of(PAGE_SIZE);
+    let source = Arc::new(FileSource::new(file, aligned_start, map_len, prot.write)?);
+    let pages = Ioas::make_pages(
+        source,
+        start_byte,
+        cmd.length,
+        prot.write,
+        Account::for_process(u.mem.pid(), AccountMode::User),
+        u.ctx.account_mode(),
+    )?;
+    let iova = ioas.map_pages(pages, fixed_iova(cmd.flags, cmd.iova), prot)?;
+    cmd.iova = iova;
+    respond_or_unmap(u, &ioas, &cmd, iova, cmd.length)
+}
+
+pub fn ioas_copy(u: &Ucmd) -> Result<(), Errno> {
+    let mut cmd: iommu_ioas_copy = u.cmd();
+    if cmd.flags & !MAP_FLAGS != 0 {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    if cmd.length == u64::MAX || cmd.src_iova == u64::MAX || cmd.dst_iova == u64::MAX {
+        return Err(Errno::EOVERFLOW);
+    }
+    if cmd.flags & (IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE) == 0 {
+        return Err(Errno::EINVAL);
+    }
+    let src = u.ctx.get_ioas(cmd.src_ioas_id)?;
+    let slices = src.iopt().get_pages(cmd.src_iova, cmd.length)?;
+    let dst = u.ctx.get_ioas(cmd.dst_ioas_id)?;
+    let iova = dst.iopt().map_pages(
+        &slices,
+        cmd.length,
+        fixed_iova(cmd.flags, cmd.dst_iova),
+        prot_of(cmd.flags),
+    )?;
+    cmd.dst_iova = iova;
+    respond_or_unmap(u, &dst, &cmd, iova, cmd.length)
+}
+
+pub fn ioas_unmap(u: &Ucmd) -> Result<(), Errno> {
+    let mut cmd: iommu_ioas_unmap = u.cmd();
+    let ioas = u.ctx.get_ioas(cmd.ioas_id)?;
+    let unmapped = if cmd.iova == 0 && cmd.length == u64::MAX {
+        ioas.unmap(0, u64::MAX).map_err(|(e, _)| e)?
+    } else {
+        if cmd.iova == u64::MAX || cmd.length == u64::MAX {
+            return Err(Errno::EOVERFLOW);
+        }
+        if cmd.length == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let last = cmd
+            .iova
+            .checked_add(cmd.length - 1)
+            .ok_or(Errno::EOVERFLOW)?;
+        let n = ioas.unmap(cmd.iova, last).map_err(|(e, _)| e)?;
+        if n == 0 {
+            return Err(Errno::ENOENT);
+        }
+        n
+    };
+    cmd.length = unmapped;
+    u.respond(&cmd)
+}
+
+/// CAP_SYS_RESOURCE in the caller's effective set.
+fn caller_has_cap(pid: i32, cap: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1u64 << cap) != 0)
+}
+
+pub(crate) fn caller_capable(u: &Ucmd, cap: u32) -> bool {
+    caller_has_cap(u.mem.pid(), cap)
+}
+
+pub fn option(u: &Ucmd) -> Result<(), Errno> {
+    let mut cmd: iommu_option = u.cmd();
+    if cmd.reserved != 0 {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    match cmd.option_id {
+        IOMMU_OPTION_RLIMIT_MODE => {
+            if cmd.object_id != 0 {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            match cmd.op {
+                IOMMU_OPTION_OP_GET => {
+                    cmd.val64 = (u.ctx.account_mode() == AccountMode::Process) as u64;
+                }
+                IOMMU_OPTION_OP_SET => {
+                    const CAP_SYS_RESOURCE: u32 = 24;
+                    if !caller_capable(u, CAP_SYS_RESOURCE) {
+                        return Err(Errno::EPERM);
+                    }
+                    let mode = match cmd.val64 {
+                        0 => AccountMode::User,
+                        1 => AccountMode::Process,
+                        _ => {
+                            // The kernel reports EBUSY before looking at the value.
+                            if u.ctx.num_objects() != 0 {
+                                return Err(Errno::EBUSY);
+                            }
+                            return Err(Errno::EINVAL);
+                        }
+                    };
+                    u.ctx.set_account_mode(mode)?;
+                }
+                _ => return Err(Errno::EOPNOTSUPP),
+            }
+        }
+        IOMMU_OPTION_HUGE_PAGES => {
+            let ioas = u.ctx.get_ioas(cmd.object_id)?;
+            match cmd.op {
+                IOMMU_OPTION_OP_GET => cmd.val64 = (!ioas.iopt().large_pages_disabled()) as u64,
+                IOMMU_OPTION_OP_SET => match cmd.val64 {
+                    0 => ioas.iopt().disable_large_pages()?,
+                    1 => ioas.iopt().enable_large_pages(),
+                    _ => return Err(Errno::EINVAL),
+                },
+                _ => return Err(Errno::EOPNOTSUPP),
+            }
+        }
+        _ => return Err(Errno::EOPNOTSUPP),
+    }
+    // Only val64 goes back to the caller.
+    let off = std::mem::offset_of!(iommu_option, val64) as u64;
+    u.mem.write(u.arg + off, &cmd.val64.to_ne_bytes())
+}
+
+pub fn vfio_ioas(u: &Ucmd) -> Result<(), Errno> {
+    let mut cmd: iommu_vfio_ioas = u.cmd();
+    if cmd.reserved != 0 {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    match cmd.op {
+        IOMMU_VFIO_IOAS_GET => {
+            let id = u.ctx.vfio_ioas().ok_or(Errno::ENODEV)?;
+            u.ctx.get_ioas(id).map_err(|_| Errno::ENODEV)?;
+            cmd.ioas_id = id;
+            u.respond(&cmd)
+        }
+        IOMMU_VFIO_IOAS_SET => {
+            u.ctx.get_ioas(cmd.ioas_id)?;
+            u.ctx.set_vfio_ioas(Some(cmd.ioas_id));
+            Ok(())
+        }
+        IOMMU_VFIO_IOAS_CLEAR => {
+            u.ctx.set_vfio_ioas(None);
+            Ok(())
+        }
+        _ => Err(Errno::EOPNOTSUPP),
+    }
+}
