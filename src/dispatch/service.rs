@@ -28,6 +28,10 @@ pub trait Service: Send + Sync + 'static {
     fn device_names(&self) -> Vec<String> {
         Vec::new()
     }
+    /// The text of the transport's read-only `status` file.
+    fn status(&self) -> String {
+        String::new()
+    }
 }
 
 /// Per-open state.
