@@ -28,7 +28,7 @@ pub trait Service: Send + Sync + 'static {
     fn device_names(&self) -> Vec<String> {
         Vec::new()
     }
-    /// Content of the read-only `status` file: contexts, objects, pinned pages.
+    /// The text of the transport's read-only `status` file.
     fn status(&self) -> String {
         String::new()
     }

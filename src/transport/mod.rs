@@ -1,6 +1,58 @@
 //! Transport: the FUSE/CUSE wire protocol, sessions and per-open state.
+//!
+//! # API for the daemon
+//!
+//! ```ignore
+//! // All in one: start, serve until `shutdown` resolves (e.g. SIGTERM/SIGINT), clean up.
+//! transport::run(opts, service, shutdown).await?;
+//!
+//! // Or in steps, e.g. to report readiness in between:
+//! let t = transport::Transport::start(&opts, service).await?; // nodes are live when this returns
+//! t.serve_until(shutdown).await?;                               // stops, releases, unmounts
+//! ```
+//!
+//! Both must run inside a tokio runtime (the multi-threaded one is expected; requests that call the
+//! service run on `spawn_blocking` threads).
+//!
+//! # What is served
+//!
+//! A FUSE filesystem at `opts.mount` holds `iommu` ([`NodeKind::Iommu`]), `vfio/vfio`
+//! ([`NodeKind::VfioContainer`]), `vfio/devices/<name>` for each of [`Service::device_names`] (taken at
+//! start) and a read-only `status` file ([`Service::status`], read at each open). All files are opened
+//! with `FOPEN_DIRECT_IO`, so reads and writes reach the service at their real offsets.
+//!
+//! In CUSE mode ([`TransportKind::Cuse`], or `Auto` when /dev/cuse opens), `/dev/iommu` and
+//! `/dev/vfio/vfio` are additionally real character devices with unrestricted ioctls; the FUSE mount
+//! still exists for the device files and `status`. `--bind-dev` (FUSE mode only) bind-mounts
+//! `<mount>/iommu` over /dev/iommu and `<mount>/vfio/vfio` over /dev/vfio/vfio.
+//!
+//! # Lifecycle
+//!
+//! [`Transport::start`] detaches stale mounts of ours (or dead FUSE mounts) at the mount point (and at
+//! the /dev targets with `--bind-dev`), starts the readers, mounts, and returns once INIT (and each
+//! CUSE_INIT) was answered. Shutdown undoes the bind mounts and lazily unmounts first (while requests
+//! are still served, so no path walk can wait on us), then stops reading, waits for requests in flight,
+//! calls [`OpenFile::release`] on every file still open and closes the device fds.
 
-use std::path::PathBuf;
+pub mod handler;
+pub mod mounts;
+pub mod session;
+pub mod tree;
+pub mod wire;
+
+use crate::dispatch::{NodeKind, Service};
+use handler::{CallerResolver, Handler, ProcessCallers, Role};
+use session::{Channel, SessionEnd};
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+#[cfg(doc)]
+use crate::dispatch::OpenFile;
 
 /// Which kernel interface serves the nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -22,4 +74,277 @@ pub struct TransportOptions {
     /// In FUSE mode, also bind-mount the node files over /dev/iommu and /dev/vfio/vfio.
     #[arg(long)]
     pub bind_dev: bool,
+}
+
+const DEV_FUSE: &str = "/dev/fuse";
+const DEV_CUSE: &str = "/dev/cuse";
+/// The CUSE character devices: the node each serves and its DEVNAME (a path under /dev).
+const CUSE_DEVICES: [(NodeKind, &str); 2] = [
+    (NodeKind::Iommu, "iommu"),
+    (NodeKind::VfioContainer, "vfio/vfio"),
+];
+/// How long INIT / CUSE_INIT may take before start gives up.
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts the transport, serves until `shutdown` resolves (or the kernel drops the connection), then
+/// shuts down cleanly. See the module documentation.
+pub async fn run(
+    opts: TransportOptions,
+    service: Arc<dyn Service>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    Transport::start(&opts, service)
+        .await?
+        .serve_until(shutdown)
+        .await
+}
+
+struct Session {
+    name: String,
+    handler: Arc<Handler>,
+    task: JoinHandle<io::Result<SessionEnd>>,
+}
+
+/// A running transport.
+pub struct Transport {
+    kind: TransportKind,
+    mount: PathBuf,
+    mounted: bool,
+    binds: Vec<mounts::BindMount>,
+    sessions: Vec<Session>,
+    stop: watch::Sender<bool>,
+    ended: Arc<Notify>,
+}
+
+impl Transport {
+    /// Sets everything up; the nodes are live when this returns.
+    pub async fn start(opts: &TransportOptions, service: Arc<dyn Service>) -> io::Result<Self> {
+        Self::start_with(opts, service, Arc::new(ProcessCallers)).await
+    }
+
+    /// [`Transport::start`] with another way to reach callers' memory.
+    pub async fn start_with(
+        opts: &TransportOptions,
+        service: Arc<dyn Service>,
+        callers: Arc<dyn CallerResolver>,
+    ) -> io::Result<Self> {
+        let kind = match opts.transport {
+            TransportKind::Fuse => TransportKind::Fuse,
+            TransportKind::Cuse => TransportKind::Cuse,
+            TransportKind::Auto if cuse_available() => TransportKind::Cuse,
+            TransportKind::Auto => TransportKind::Fuse,
+        };
+        let mount = mounts::absolute(&opts.mount)?;
+        let bind_dev = opts.bind_dev && kind == TransportKind::Fuse;
+        if opts.bind_dev && !bind_dev {
+            tracing::warn!(
+                "--bind-dev ignored in CUSE mode: /dev/iommu and /dev/vfio/vfio are real devices"
+            );
+        }
+        {
+            let (mount, dev) = (mount.clone(), bind_dev);
+            blocking(move || {
+                mounts::cleanup_stale(&mount)?;
+                if dev {
+                    mounts::cleanup_stale(Path::new("/dev/iommu"))?;
+                    mounts::cleanup_stale(Path::new("/dev/vfio/vfio"))?;
+                }
+                std::fs::create_dir_all(&mount)
+            })
+            .await?;
+        }
+        let mut t = Transport {
+            kind,
+            mount: mount.clone(),
+            mounted: false,
+            binds: Vec::new(),
+            sessions: Vec::new(),
+            stop: watch::channel(false).0,
+            ended: Arc::new(Notify::new()),
+        };
+        match t.bring_up(service, callers, bind_dev).await {
+            Ok(()) => {
+                tracing::info!(kind = ?t.kind, mount = %t.mount.display(), "transport ready");
+                Ok(t)
+            }
+            Err(e) => {
+                if let Err(e2) = t.shutdown().await {
+                    tracing::warn!(error = %e2, "cleaning up after a failed start");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn bring_up(
+        &mut self,
+        service: Arc<dyn Service>,
+        callers: Arc<dyn CallerResolver>,
+        bind_dev: bool,
+    ) -> io::Result<()> {
+        if self.kind == TransportKind::Cuse {
+            for (node, devname) in CUSE_DEVICES {
+                let chan = Channel::open(Path::new(DEV_CUSE))?;
+                let role = Role::Cuse {
+                    node,
+                    devname: devname.to_string(),
+                };
+                let h = self.spawn(format!("cuse:{devname}"), chan, role, &service, &callers);
+                wait_ready(&h).await?;
+            }
+        }
+        let chan = Channel::open(Path::new(DEV_FUSE))?;
+        let fd = chan.raw_fd();
+        let role = Role::Fuse(tree::Tree::new(service.device_names()));
+        let h = self.spawn("fuse".into(), chan, role, &service, &callers);
+        mounts::mount_fuse(fd, &self.mount)?;
+        self.mounted = true;
+        wait_ready(&h).await?;
+        if bind_dev {
+            let m = self.mount.clone();
+            let binds = blocking(move || {
+                let a = mounts::BindMount::new(&m.join("iommu"), Path::new("/dev/iommu"))?;
+                let b = mounts::BindMount::new(&m.join("vfio/vfio"), Path::new("/dev/vfio/vfio"))?;
+                Ok(vec![a, b])
+            })
+            .await?;
+            self.binds = binds;
+        }
+        Ok(())
+    }
+
+    fn spawn(
+        &mut self,
+        name: String,
+        chan: Channel,
+        role: Role,
+        service: &Arc<dyn Service>,
+        callers: &Arc<dyn CallerResolver>,
+    ) -> Arc<Handler> {
+        let handler = Arc::new(Handler::new(role, service.clone(), callers.clone()));
+        let (h, stop, ended, n) = (
+            handler.clone(),
+            self.stop.subscribe(),
+            self.ended.clone(),
+            name.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let r = session::serve(Arc::new(chan), h, stop).await;
+            match &r {
+                Ok(SessionEnd::Disconnected) => {
+                    tracing::warn!(session = n, "connection closed by the kernel")
+                }
+                Ok(SessionEnd::Stopped) => tracing::debug!(session = n, "session stopped"),
+                Err(e) => tracing::error!(session = n, error = %e, "session failed"),
+            }
+            ended.notify_one();
+            r
+        });
+        self.sessions.push(Session {
+            name,
+            handler: handler.clone(),
+            task,
+        });
+        handler
+    }
+
+    /// The interface actually in use (never `Auto`).
+    pub fn kind(&self) -> TransportKind {
+        self.kind
+    }
+
+    /// The absolute FUSE mount point.
+    pub fn mount_point(&self) -> &Path {
+        &self.mount
+    }
+
+    /// Serves until `shutdown` resolves or a session ends, then shuts down.
+    pub async fn serve_until(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        tokio::select! {
+            _ = shutdown => tracing::info!("shutting down"),
+            _ = self.ended.notified() => tracing::warn!("a session ended; shutting down"),
+        }
+        self.shutdown().await
+    }
+
+    /// Undoes bind mounts, unmounts, stops reading, waits for requests in flight, releases every file
+    /// still open and closes the devices. Returns the first error met; every step is tried.
+    pub async fn shutdown(mut self) -> io::Result<()> {
+        let mut first_err: Option<io::Error> = None;
+        let binds = std::mem::take(&mut self.binds);
+        let (mount, mounted) = (self.mount.clone(), self.mounted);
+        let r = blocking(move || {
+            let mut res = Ok(());
+            for b in binds.into_iter().rev() {
+                if let Err(e) = b.undo() {
+                    res = Err(e);
+                }
+            }
+            if mounted {
+                mounts::unmount(&mount)?;
+            }
+            res
+        })
+        .await;
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+        self.stop.send_replace(true);
+        for s in std::mem::take(&mut self.sessions) {
+            match s.task.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(io::Error::other(e));
+                }
+            }
+            let h = s.handler;
+            let n = blocking(move || Ok(h.release_all())).await.unwrap_or(0);
+            if n > 0 {
+                tracing::info!(
+                    session = s.name,
+                    files = n,
+                    "released files still open at shutdown"
+                );
+            }
+        }
+        tracing::info!(mount = %self.mount.display(), "transport stopped");
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Whether /dev/cuse can be opened (CONFIG_CUSE and permission).
+pub fn cuse_available() -> bool {
+    // Opening /dev/cuse and closing it again without an answer registers nothing.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(DEV_CUSE)
+        .is_ok()
+}
+
+async fn wait_ready(h: &Handler) -> io::Result<()> {
+    let mut ready = h.ready_watch();
+    let ok = matches!(
+        tokio::time::timeout(INIT_TIMEOUT, ready.wait_for(|r| *r)).await,
+        Ok(Ok(_))
+    );
+    if ok {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the kernel's INIT was not answered",
+        ))
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
 }

@@ -1,0 +1,145 @@
+//! One session: a nonblocking /dev/fuse or /dev/cuse fd read on tokio, one task per request.
+//!
+//! The reader copies each message out of a reusable buffer; requests that call the service run on
+//! `spawn_blocking` threads (handlers are synchronous and may sleep), the rest inline. Each reply goes
+//! out whole with one write(2), from whichever thread produced it.
+
+use super::handler::Handler;
+use super::wire;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// A /dev/fuse or /dev/cuse file descriptor registered with tokio.
+pub struct Channel {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Channel {
+    /// Opens `path` (/dev/fuse or /dev/cuse) nonblocking.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)?;
+        // SAFETY: the OwnedFd is a valid open descriptor that AsyncFd owns from here on; nothing else
+        // closes or replaces it while it is registered (AsyncFd deregisters before dropping it).
+        let fd = unsafe { AsyncFd::register(OwnedFd::from(file))? };
+        Ok(Self { fd })
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.get_ref().as_raw_fd()
+    }
+
+    /// Reads one whole message into `buf`.
+    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| {
+                rustix::io::read(fd.get_ref().as_fd(), &mut *buf).map_err(io::Error::from)
+            }) {
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Writes one reply with a single write(2). Writes to the device never wait for space.
+    pub fn write(&self, reply: &[u8]) -> io::Result<()> {
+        loop {
+            match rustix::io::write(self.fd.get_ref().as_fd(), reply) {
+                Ok(n) if n == reply.len() => return Ok(()),
+                Ok(n) => {
+                    return Err(io::Error::other(format!(
+                        "short reply write: {n} of {}",
+                        reply.len()
+                    )))
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+fn send(chan: &Channel, reply: Option<Vec<u8>>) {
+    let Some(reply) = reply else { return };
+    if let Err(e) = chan.write(&reply) {
+        // ENOENT: the request was interrupted or the connection aborted; nobody waits for it any more.
+        if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::ENODEV) {
+            tracing::debug!(error = %e, "reply dropped");
+        } else {
+            tracing::warn!(error = %e, "writing a reply");
+        }
+    }
+}
+
+/// Why a session's read loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// `stop` was raised.
+    Stopped,
+    /// The kernel closed the connection (unmounted or aborted).
+    Disconnected,
+}
+
+/// Serves `chan` until `stop` turns true or the kernel ends the connection, then waits for the
+/// requests still in flight.
+pub async fn serve(
+    chan: Arc<Channel>,
+    handler: Arc<Handler>,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<SessionEnd> {
+    let mut buf = vec![0u8; wire::BUFFER_SIZE];
+    let mut tasks = JoinSet::new();
+    let end = loop {
+        while let Some(r) = tasks.try_join_next() {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "request task failed");
+            }
+        }
+        if *stop.borrow() {
+            break Ok(SessionEnd::Stopped);
+        }
+        let n = tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    break Ok(SessionEnd::Stopped);
+                }
+                continue;
+            }
+            r = chan.read(&mut buf) => r,
+        };
+        let n = match n {
+            Ok(0) => break Ok(SessionEnd::Disconnected),
+            Ok(n) => n,
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ENODEV) => break Ok(SessionEnd::Disconnected),
+                // The kernel dropped the request between poll and read (interrupted caller).
+                Some(libc::ENOENT) => continue,
+                _ => break Err(e),
+            },
+        };
+        let msg = buf[..n].to_vec();
+        if Handler::calls_service(&msg) {
+            let (c, h) = (chan.clone(), handler.clone());
+            tasks.spawn_blocking(move || send(&c, h.handle(&msg)));
+        } else {
+            send(&chan, handler.handle(&msg));
+        }
+    };
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "request task failed");
+        }
+    }
+    end
+}
