@@ -1,0 +1,143 @@
+//! Shared by the integration tests: a daemon in FUSE mode on a temporary mount, and a thin
+//! ioctl client on its nodes. The test process is the client; the daemon is a separate process.
+
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct DaemonProcess {
+    pub child: Child,
+    pub mount: PathBuf,
+    _dir: TempDir,
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "uiommufd-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl DaemonProcess {
+    /// Starts `uiommufd serve --transport fuse` with `extra` arguments and waits for its nodes.
+    pub fn start(extra: &[&str]) -> Self {
+        let dir = TempDir::new("mnt");
+        let mount = dir.0.join("m");
+        let child = Command::new(env!("CARGO_BIN_EXE_uiommufd"))
+            .args(["serve", "--transport", "fuse", "--mount"])
+            .arg(&mount)
+            .args(extra)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn uiommufd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !mount.join("iommu").exists() {
+            assert!(Instant::now() < deadline, "daemon did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            mount,
+            _dir: dir,
+        }
+    }
+
+    pub fn node(&self, rel: &str) -> PathBuf {
+        self.mount.join(rel)
+    }
+
+    pub fn open_iommu(&self) -> File {
+        open_node(&self.node("iommu"))
+    }
+
+    /// The daemon's status file, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.node("status")).expect("read status");
+        serde_json::from_str(&text).expect("status is JSON")
+    }
+
+    /// Waits until the status reports `objects` objects and no pinned pages.
+    pub fn wait_idle(&self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.status();
+            if s["objects"] == 0 && s["pinned_pages"] == 0 && s["contexts"] == 0 {
+                return s;
+            }
+            if Instant::now() > deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill() on our own child's pid has no memory-safety impact.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "daemon did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn open_node(path: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+/// ioctl(fd, cmd, arg) → Ok(return value) or Err(errno).
+pub fn ioctl_raw(file: &File, cmd: u32, arg: u64) -> Result<i32, i32> {
+    // SAFETY: every iommufd/VFIO ioctl only reads/writes memory through `arg`, which the caller
+    // points at a live struct (or deliberately at an invalid address to test EFAULT, which the
+    // daemon — not this process — dereferences).
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), cmd as libc::c_ulong, arg) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// ioctl with a struct argument.
+pub fn ioctl<T>(file: &File, cmd: u32, arg: &mut T) -> Result<i32, i32> {
+    ioctl_raw(file, cmd, arg as *mut T as u64)
+}
