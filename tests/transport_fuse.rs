@@ -241,3 +241,40 @@ fn stale_mount_of_killed_server_is_cleaned() {
     assert!(!is_mounted(&dir));
     std::fs::remove_dir(&dir).unwrap();
 }
+
+/// Touches the machine's /dev, so only on request: `cargo test -- --ignored bind_dev`.
+#[test]
+#[ignore]
+fn bind_dev_covers_dev_nodes_and_is_undone() {
+    init_logging();
+    let dir = temp_dir("binddev");
+    let had_iommu = Path::new("/dev/iommu").exists();
+    let had_vfio_dir = Path::new("/dev/vfio").exists();
+    let st = Arc::new(State::default());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut opts = fuse_options(&dir);
+    opts.bind_dev = true;
+    let t = rt
+        .block_on(uiommufd::transport::Transport::start(
+            &opts,
+            Arc::new(TestService(st.clone())),
+        ))
+        .unwrap();
+    assert!(is_mounted(Path::new("/dev/iommu")));
+    assert!(is_mounted(Path::new("/dev/vfio/vfio")));
+    finish(spawn_role(
+        ENTRY,
+        "inc",
+        Path::new("/dev"),
+        "",
+        Stdio::null(),
+    ));
+    let f = open_rw(Path::new("/dev/vfio/vfio"));
+    assert_eq!(ioctl(&f, NOP, 0), Ok(0));
+    drop(f);
+    rt.block_on(t.shutdown()).unwrap();
+    assert!(!is_mounted(Path::new("/dev/iommu")));
+    assert_eq!(Path::new("/dev/iommu").exists(), had_iommu);
+    assert_eq!(Path::new("/dev/vfio").exists(), had_vfio_dir);
+    std::fs::remove_dir(&dir).unwrap();
+}
