@@ -45,6 +45,7 @@ use handler::{CallerResolver, Handler, ProcessCallers, Role};
 use session::{Channel, SessionEnd};
 use std::future::Future;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,7 +185,7 @@ impl Transport {
     ) -> io::Result<()> {
         if self.kind == TransportKind::Cuse {
             for (node, devname) in CUSE_DEVICES {
-                let chan = Channel::open(Path::new(DEV_CUSE))?;
+                let chan = Channel::new(Channel::open_device(Path::new(DEV_CUSE))?)?;
                 let role = Role::Cuse {
                     node,
                     devname: devname.to_string(),
@@ -193,12 +194,13 @@ impl Transport {
                 wait_ready(&h).await?;
             }
         }
-        let chan = Channel::open(Path::new(DEV_FUSE))?;
-        let fd = chan.raw_fd();
+        let fd = Channel::open_device(Path::new(DEV_FUSE))?;
+        mounts::mount_fuse(fd.as_raw_fd(), &self.mount)?;
+        self.mounted = true;
+        // INIT is queued by now; it waits for the reader started here.
+        let chan = Channel::new(fd)?;
         let role = Role::Fuse(tree::Tree::new(service.device_names()));
         let h = self.spawn("fuse".into(), chan, role, &service, &callers);
-        mounts::mount_fuse(fd, &self.mount)?;
-        self.mounted = true;
         wait_ready(&h).await?;
         if bind_dev {
             let m = self.mount.clone();

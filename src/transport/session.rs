@@ -21,16 +21,22 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// Opens `path` (/dev/fuse or /dev/cuse) nonblocking.
-    pub fn open(path: &Path) -> io::Result<Self> {
+    /// Opens `path` (/dev/fuse or /dev/cuse) nonblocking, not yet registered with tokio.
+    pub fn open_device(path: &Path) -> io::Result<OwnedFd> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path)?;
+        Ok(OwnedFd::from(file))
+    }
+
+    /// Registers an open device fd with tokio. A /dev/fuse fd must be mounted first: before that its
+    /// poll answers EPOLLERR without joining the wait queue, so epoll would never see a request.
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
         // SAFETY: the OwnedFd is a valid open descriptor that AsyncFd owns from here on; nothing else
         // closes or replaces it while it is registered (AsyncFd deregisters before dropping it).
-        let fd = unsafe { AsyncFd::register(OwnedFd::from(file))? };
+        let fd = unsafe { AsyncFd::register(fd)? };
         Ok(Self { fd })
     }
 
