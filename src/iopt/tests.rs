@@ -1848,7 +1848,11 @@ mod model {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 384, ..ProptestConfig::default() })]
+        // 384 cases unless PROPTEST_CASES says otherwise.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(384),
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn iopt_matches_model(
