@@ -1,1 +1,319 @@
-fn main() {}
+//! io_pagetable benchmarks (plain `main`, `cargo bench --bench iopt`):
+//!
+//! 1. MAP + UNMAP of one 4 KiB area at a fixed IOVA in an IOAS already holding 1, 1k, 100k and
+//!    1M areas (bare, and with a no-op 4 KiB domain so the pin path runs too);
+//! 2. automatic IOVA allocation (MAP without FIXED_IOVA + UNMAP) in a fragmented space of 100k
+//!    areas with holes of mixed size, against an empty table;
+//! 3. memory per area: RSS before and after building 1M areas.
+//!
+//! Results are printed as a Markdown table; docs/benchmarks.md records a run.
+
+use nix::errno::Errno;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+use uiommufd::backends::{Domain, Prot};
+use uiommufd::iopt::accounting::Account;
+use uiommufd::iopt::source::MemorySource;
+use uiommufd::iopt::{IoPagetable, Pages, PagesSlice, UnmapProgress, PAGE_SIZE};
+
+const RW: Prot = Prot {
+    read: true,
+    write: true,
+};
+/// Areas are 4 KiB with a 4 KiB hole after each, so neighbours never touch.
+const STRIDE: u64 = 2 * PAGE_SIZE;
+const BASE: u64 = 0x10_0000;
+
+/// A domain that accepts every mapping and records nothing: measures the io_pagetable's own cost
+/// (pinning bookkeeping, run building) without a page table behind it.
+#[derive(Debug)]
+struct NullDomain;
+
+impl Domain for NullDomain {
+    fn pgsize_bitmap(&self) -> u64 {
+        PAGE_SIZE | (2 << 20) | (1 << 30)
+    }
+    fn aperture(&self) -> (u64, u64) {
+        (0, u64::MAX)
+    }
+    fn map(&self, _iova: u64, _paddr: u64, _len: u64, _prot: Prot) -> Result<(), Errno> {
+        Ok(())
+    }
+    fn unmap(&self, _iova: u64, len: u64) -> u64 {
+        len
+    }
+    fn translate(&self, _iova: u64) -> Option<u64> {
+        None
+    }
+}
+
+fn pages(len: u64, hint: u64) -> Arc<Pages> {
+    Pages::new(
+        Arc::new(MemorySource::new(len as usize, hint)),
+        0,
+        len,
+        true,
+        Account::unaccounted(),
+    )
+    .expect("pages")
+}
+
+fn slice(p: &Arc<Pages>, length: u64) -> [PagesSlice; 1] {
+    [PagesSlice {
+        pages: p.clone(),
+        start_byte: 0,
+        length,
+    }]
+}
+
+fn unmap(iopt: &mut IoPagetable, iova: u64, len: u64) {
+    let r = iopt.unmap_range(iova, iova + len - 1);
+    assert_eq!(r, Ok(UnmapProgress::Done(len)));
+}
+
+/// `n` 4 KiB areas at `BASE + i * STRIDE`, all windows onto one shared 4 KiB `Pages`.
+fn build(n: u64, shared: &Arc<Pages>, order: &[u64]) -> IoPagetable {
+    let mut iopt = IoPagetable::new();
+    let s = slice(shared, PAGE_SIZE);
+    if order.is_empty() {
+        for i in 0..n {
+            iopt.map_pages(&s, PAGE_SIZE, Some(BASE + i * STRIDE), RW)
+                .expect("build");
+        }
+    } else {
+        for &i in order {
+            iopt.map_pages(&s, PAGE_SIZE, Some(BASE + i * STRIDE), RW)
+                .expect("build");
+        }
+    }
+    iopt
+}
+
+/// Resident set size in bytes (second field of /proc/self/statm, in pages).
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * PAGE_SIZE
+}
+
+/// xorshift64*: deterministic pseudo-random numbers without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Median ns per call of `op` over `rounds` rounds of `iters` calls each.
+fn time_ns(rounds: usize, iters: u64, mut op: impl FnMut(u64)) -> f64 {
+    for i in 0..iters / 10 {
+        op(i);
+    }
+    let mut samples: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let t = Instant::now();
+            for i in 0..iters {
+                op(i);
+            }
+            t.elapsed().as_nanos() as f64 / iters as f64
+        })
+        .collect();
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    samples[rounds / 2]
+}
+
+/// MAP + UNMAP of one 4 KiB area in the hole after an existing area: a random one each time
+/// (`random`), or always the one in the middle (hot caches, predictable branches).
+fn bench_fixed(iopt: &mut IoPagetable, n: u64, probe: &Arc<Pages>, random: bool) -> f64 {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let holes: Vec<u64> = (0..4096)
+        .map(|_| {
+            let i = if random { rng.next() % n } else { n / 2 };
+            BASE + i * STRIDE + PAGE_SIZE
+        })
+        .collect();
+    let s = slice(probe, PAGE_SIZE);
+    time_ns(7, 200_000, |i| {
+        let iova = holes[(i % holes.len() as u64) as usize];
+        let got = iopt.map_pages(&s, PAGE_SIZE, Some(iova), RW).unwrap();
+        black_box(got);
+        unmap(iopt, iova, PAGE_SIZE);
+    })
+}
+
+/// MAP without a fixed IOVA + UNMAP of `len` bytes; returns (ns/op, IOVA it lands at).
+fn bench_auto(iopt: &mut IoPagetable, probe: &Arc<Pages>, len: u64, iters: u64) -> (f64, u64) {
+    let s = slice(probe, len);
+    let iova = iopt.map_pages(&s, len, None, RW).unwrap();
+    unmap(iopt, iova, len);
+    let ns = time_ns(5, iters, |_| {
+        let got = iopt.map_pages(&s, len, None, RW).unwrap();
+        debug_assert_eq!(got, iova);
+        unmap(iopt, black_box(got), len);
+    });
+    (ns, iova)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing to parse.
+    let t0 = Instant::now();
+    let shared = pages(PAGE_SIZE, 0x7f00_0000_0000);
+    let probe = pages(64 * 1024, 0x7f00_1000_1000);
+
+    println!("## io_pagetable benchmark\n");
+    println!(
+        "cpu: {}, {} cpus",
+        cpu_model(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // -- 3. memory per area (first, on a fresh heap) --------------------------------------------
+    println!("\n### Memory per area (1M areas of 4 KiB, bare table)\n");
+    println!("| insertion order | RSS before | RSS after | bytes/area | build time |");
+    println!("|---|---|---|---|---|");
+    let n = 1_000_000u64;
+    let before = rss();
+    let t = Instant::now();
+    let big = build(n, &shared, &[]);
+    let build_time = t.elapsed();
+    let after = rss();
+    println!(
+        "| ascending IOVA | {} MiB | {} MiB | {:.1} | {:.2} s ({:.0} ns/map) |",
+        before >> 20,
+        after >> 20,
+        (after - before) as f64 / n as f64,
+        build_time.as_secs_f64(),
+        build_time.as_nanos() as f64 / n as f64
+    );
+    assert_eq!(big.num_areas(), n as usize);
+    // Random insertion order leaves the B-tree nodes less full.
+    let mut order: Vec<u64> = (0..n).collect();
+    let mut rng = Rng(42);
+    for i in (1..order.len()).rev() {
+        order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+    }
+    let before2 = rss();
+    let t = Instant::now();
+    let shuffled = build(n, &shared, &order);
+    let build_time = t.elapsed();
+    let after2 = rss();
+    println!(
+        "| random IOVA | {} MiB | {} MiB | {:.1} | {:.2} s ({:.0} ns/map) |",
+        before2 >> 20,
+        after2 >> 20,
+        (after2 - before2) as f64 / n as f64,
+        build_time.as_secs_f64(),
+        build_time.as_nanos() as f64 / n as f64
+    );
+    drop(shuffled);
+    drop(order);
+
+    // -- 1. MAP + UNMAP at a fixed IOVA -----------------------------------------------------------
+    println!("\n### MAP + UNMAP of one 4 KiB area at a fixed IOVA\n");
+    println!("| areas in the IOAS | same hole: ns/op | ratio | random hole: ns/op | ratio | random hole, with a domain: ns/op | ratio |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut big = Some(big);
+    let mut base = [0.0; 3];
+    for n in [1u64, 1_000, 100_000, 1_000_000] {
+        let mut iopt = if n == 1_000_000 {
+            big.take().unwrap()
+        } else {
+            build(n, &shared, &[])
+        };
+        let same = bench_fixed(&mut iopt, n, &probe, false);
+        let random = bench_fixed(&mut iopt, n, &probe, true);
+        // Attaching a domain pins and maps every existing area, then each MAP pins its page.
+        iopt.add_domain(1, Arc::new(NullDomain)).unwrap();
+        let dom = bench_fixed(&mut iopt, n, &probe, true);
+        let r = [same, random, dom];
+        if n == 1 {
+            base = r;
+        }
+        println!(
+            "| {n} | {same:.0} | {:.2} | {random:.0} | {:.2} | {dom:.0} | {:.2} |",
+            same / base[0],
+            random / base[1],
+            dom / base[2]
+        );
+        iopt.remove_domain(1);
+        unmap_all(&mut iopt, n);
+    }
+
+    // -- 2. automatic IOVA allocation in a fragmented space ---------------------------------------
+    println!("\n### Automatic IOVA allocation (MAP without FIXED_IOVA + UNMAP), first fit\n");
+    let (empty_ns, empty_iova) = {
+        let mut iopt = IoPagetable::new();
+        bench_auto(&mut iopt, &probe, PAGE_SIZE, 200_000)
+    };
+    // 100k areas of 4 KiB starting at PAGE_SIZE; the hole after area i is 4, 8, 12 or 16 KiB
+    // (cycling), except after areas 50 000 and 99 999 where it is 64 KiB.
+    let n = 100_000u64;
+    let mut iopt = IoPagetable::new();
+    let s = slice(&shared, PAGE_SIZE);
+    let mut iova = PAGE_SIZE;
+    for i in 0..n {
+        iopt.map_pages(&s, PAGE_SIZE, Some(iova), RW).unwrap();
+        let hole = if i == n / 2 || i == n - 1 {
+            64 * 1024
+        } else {
+            (i % 4 + 1) * PAGE_SIZE
+        };
+        iova += PAGE_SIZE + hole;
+    }
+    println!("| table | request | lands after area # | ns/op | ratio to empty table |");
+    println!("|---|---|---|---|---|");
+    println!("| empty | 4 KiB | - (IOVA {empty_iova:#x}) | {empty_ns:.0} | 1.00 |");
+    for (len, what, iters) in [
+        (PAGE_SIZE, "4 KiB", 200_000),
+        (3 * PAGE_SIZE, "12 KiB", 200_000),
+        (32 * 1024, "32 KiB", 400),
+    ] {
+        let (ns, at) = bench_auto(&mut iopt, &probe, len, iters);
+        let after = iopt.areas().take_while(|a| a.iova < at).count();
+        println!(
+            "| 100k areas, mixed holes | {what} | {after} | {ns:.0} | {:.2} |",
+            ns / empty_ns
+        );
+    }
+    // The same request when the only fitting hole is after the last area.
+    let mid = iopt.areas().nth(n as usize / 2 + 1).unwrap().iova;
+    iopt.map_pages(
+        &slice(&probe, 64 * 1024),
+        64 * 1024,
+        Some(mid - 64 * 1024),
+        RW,
+    )
+    .unwrap();
+    let (ns, at) = bench_auto(&mut iopt, &probe, 32 * 1024, 200);
+    let after = iopt.areas().take_while(|a| a.iova < at).count();
+    println!(
+        "| 100k areas, mixed holes, middle hole filled | 32 KiB | {after} | {ns:.0} | {:.2} |",
+        ns / empty_ns
+    );
+
+    println!(
+        "\ntotal benchmark time: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+fn unmap_all(iopt: &mut IoPagetable, n: u64) {
+    let r = iopt.unmap_range(0, u64::MAX);
+    assert_eq!(r, Ok(UnmapProgress::Done(n * PAGE_SIZE)));
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}

@@ -74,7 +74,10 @@ impl IoPagetable {
             if area.iova > cur {
                 break;
             }
-            if area.prevent_access {
+            // Every area before a gap must start and end on a page boundary of its backing.
+            let aligned = area.start_byte_of(cur).is_multiple_of(PAGE_SIZE)
+                && area.start_byte_of(area.last) % PAGE_SIZE == PAGE_SIZE - 1;
+            if area.prevent_access || !aligned {
                 return Err(Errno::EINVAL);
             }
             Self::access_check_prot(write, area)?;

@@ -42,10 +42,18 @@ impl IoPagetable {
         let allowed: Vec<(u64, u64)> = if self.allowed.is_empty() {
             vec![window]
         } else {
-            self.allowed
-                .iter()
-                .filter(|(&s, &l)| l >= window.0 && s <= window.1)
-                .map(|(&s, &l)| (s.max(window.0), l.min(window.1)))
+            // Adjacent allowed ranges form one span, as the kernel's span iterator joins them.
+            let mut spans: Vec<(u64, u64)> = Vec::with_capacity(self.allowed.len());
+            for (&s, &l) in &self.allowed {
+                match spans.last_mut() {
+                    Some(prev) if prev.1.checked_add(1) == Some(s) => prev.1 = l,
+                    _ => spans.push((s, l)),
+                }
+            }
+            spans
+                .into_iter()
+                .filter(|&(s, l)| l >= window.0 && s <= window.1)
+                .map(|(s, l)| (s.max(window.0), l.min(window.1)))
                 .collect()
         };
         for (span_start, span_last) in allowed {
