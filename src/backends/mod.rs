@@ -3,6 +3,8 @@
 //! A domain receives physically contiguous runs (`paddr` is a real physical address: page frame
 //! number from /proc/<pid>/pagemap × CPU page size + offset), one call per run, IO-page aligned.
 
+pub mod mock;
+
 use nix::errno::Errno;
 
 /// Access rights of a mapping, as in IOMMU_IOAS_MAP's flags.

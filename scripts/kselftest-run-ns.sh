@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs inside the private mount namespace scripts/kselftest.sh creates (unshare -m --propagation
+# private): starts the daemon with its FUSE node bound over /dev/iommu, runs the selftest binary with
+# a time limit, stops the daemon with SIGTERM.
+#   kselftest-run-ns.sh DAEMON SELFTEST TAP_OUT TIMEOUT_S [selftest args...]
+# Exit: the selftest's own status (0, 1 = some failed, 4 = all skipped), 124/137 on timeout;
+#       10 and up when the daemon could not be brought up.
+set -euo pipefail
+daemon=$1 selftest=$2 tap=$3 timeout_s=$4
+shift 4
+logdir=$(dirname "$tap")
+log=$logdir/daemon.log
+
+# Belt and braces: even if the caller forgot --propagation private, nothing mounted here may leak.
+mount --make-rprivate / 2>/dev/null || true
+
+mnt=$(mktemp -d /tmp/uiommufd-kselftest.XXXXXX)
+dpid=""
+cleanup() {
+  if [ -n "$dpid" ] && kill -0 "$dpid" 2>/dev/null; then
+    kill -TERM "$dpid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$dpid" 2>/dev/null; then
+      echo "kselftest: daemon ignored SIGTERM for 5 s, killing it" >&2
+      kill -KILL "$dpid" 2>/dev/null || true
+    fi
+    wait "$dpid" 2>/dev/null || true
+  fi
+  umount -l /dev/iommu 2>/dev/null || true
+  umount -l "$mnt" 2>/dev/null || true
+  rmdir "$mnt" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+echo "+ $daemon serve --transport fuse --mount $mnt --bind-dev" >&2
+"$daemon" serve --transport fuse --mount "$mnt" --bind-dev > "$log" 2>&1 &
+dpid=$!
+
+# Wait for the FUSE node, then for /dev/iommu (the daemon's bind mount).
+for _ in $(seq 200); do
+  [ -e "$mnt/iommu" ] && break
+  kill -0 "$dpid" 2>/dev/null || { echo "kselftest: daemon exited before $mnt/iommu appeared:" >&2; tail -n 20 "$log" >&2; exit 10; }
+  sleep 0.1
+done
+[ -e "$mnt/iommu" ] || { echo "kselftest: $mnt/iommu did not appear within 20 s" >&2; tail -n 20 "$log" >&2; exit 11; }
+for _ in $(seq 50); do
+  [ -e /dev/iommu ] && break
+  sleep 0.1
+done
+[ -e /dev/iommu ] || { echo "kselftest: /dev/iommu is missing: the daemon did not bind its node there" >&2; exit 12; }
+echo "kselftest: daemon $dpid up, /dev/iommu: $(stat -c '%F' /dev/iommu)" >&2
+
+rc=0
+# Line-buffered so the TAP stream can be followed live; the harness forks per test.
+timeout --kill-after=10 "$timeout_s" stdbuf -oL -eL "$selftest" "$@" 2>&1 | tee "$tap" || rc=${PIPESTATUS[0]}
+kill -0 "$dpid" 2>/dev/null || echo "kselftest: the daemon died during the run (see $log)" >&2
+exit "$rc"
