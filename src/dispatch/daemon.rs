@@ -199,16 +199,22 @@ impl CompatHost for CompatBridge<'_> {
         .map(|_| ())
     }
 
-    fn unmap(&self, ioas: u32, iova: u64, length: u64) -> Result<u64, Errno> {
+    fn unmap(&self, ioas: u32, iova: u64, length: u64) -> Result<u64, (Errno, u64)> {
         if length == 0 {
-            return Err(Errno::EINVAL);
+            return Err((Errno::EINVAL, 0));
         }
-        let last = iova.checked_add(length - 1).ok_or(Errno::EOVERFLOW)?;
-        self.ioas(ioas)?.unmap(iova, last).map_err(|(e, _)| e)
+        let last = iova.checked_add(length - 1).ok_or((Errno::EOVERFLOW, 0))?;
+        self.ioas(ioas).map_err(|e| (e, 0))?.unmap(iova, last)
     }
 
-    fn unmap_all(&self, ioas: u32) -> Result<u64, Errno> {
-        self.ioas(ioas)?.unmap(0, u64::MAX).map_err(|(e, _)| e)
+    fn unmap_all(&self, ioas: u32) -> Result<u64, (Errno, u64)> {
+        self.ioas(ioas).map_err(|e| (e, 0))?.unmap(0, u64::MAX)
+    }
+
+    fn domains_pgsize_bitmap(&self, ioas: u32) -> u64 {
+        self.ioas(ioas)
+            .map(|i| i.iopt().domains().fold(u64::MAX, |acc, d| acc & d.pgsize_bitmap()))
+            .unwrap_or(u64::MAX)
     }
 
     fn cut(&self, ioas: u32, iovas: &[u64]) -> Result<(), Errno> {

@@ -38,7 +38,7 @@ impl IoPagetable {
             let area = self.area(key).expect("area").clone();
             let end = last.min(area.last);
             let res = (|| {
-                let aligned_start = area.start_byte_of(cur) % PAGE_SIZE == 0;
+                let aligned_start = area.start_byte_of(cur).is_multiple_of(PAGE_SIZE);
                 let aligned_end =
                     i + 1 == n || area.start_byte_of(area.last) % PAGE_SIZE == PAGE_SIZE - 1;
                 if area.prevent_access || !aligned_start || !aligned_end {
