@@ -1,9 +1,13 @@
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
-use uiommufd::dispatch::{Daemon, DaemonService, Extensions};
+use uiommufd::dispatch::{Daemon, DaemonService};
 
 #[derive(Parser)]
-#[command(name = "uiommufd", version, about = "iommufd (/dev/iommu) served from userspace")]
+#[command(
+    name = "uiommufd",
+    version,
+    about = "iommufd (/dev/iommu) served from userspace"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,21 +37,25 @@ fn main() -> std::process::ExitCode {
 }
 
 fn serve(opts: uiommufd::transport::TransportOptions) -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(%e, "cannot start the async runtime");
             return std::process::ExitCode::FAILURE;
         }
     };
-    let daemon = Daemon::new(Extensions::default());
+    let daemon = Daemon::new(uiommufd::dispatch::extensions::daemon_extensions());
     let service = Arc::new(DaemonService(daemon));
     let result = runtime.block_on(async move {
         let shutdown = async {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) =
-                (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-            else {
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
                 tracing::error!("cannot install signal handlers");
                 return;
             };

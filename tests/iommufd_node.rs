@@ -23,7 +23,11 @@ fn map(f: &std::fs::File, ioas: u32, buf: u64, len: u64, iova: Option<u64>) -> R
         size: std::mem::size_of::<iommu_ioas_map>() as u32,
         flags: IOMMU_IOAS_MAP_READABLE
             | IOMMU_IOAS_MAP_WRITEABLE
-            | if iova.is_some() { IOMMU_IOAS_MAP_FIXED_IOVA } else { 0 },
+            | if iova.is_some() {
+                IOMMU_IOAS_MAP_FIXED_IOVA
+            } else {
+                0
+            },
         ioas_id: ioas,
         user_va: buf,
         length: len,
@@ -64,11 +68,18 @@ fn ioas_lifecycle_through_the_node() {
     assert_eq!(iova % 4096, base % 4096);
     // Fixed IOVA; overlapping it is EEXIST.
     assert_eq!(map(&f, ioas, base, 8192, Some(1 << 30)), Ok(1 << 30));
-    assert_eq!(map(&f, ioas, base, 4096, Some((1 << 30) + 4096)), Err(libc::EEXIST));
+    assert_eq!(
+        map(&f, ioas, base, 4096, Some((1 << 30) + 4096)),
+        Err(libc::EEXIST)
+    );
     // Unmapping part of an area is refused; a superset unmaps and reports the bytes.
     assert_eq!(unmap(&f, ioas, 1 << 30, 4096), Err(ENOENT));
     assert_eq!(unmap(&f, ioas, (1 << 30) - 4096, 4 * 4096), Ok(8192));
-    assert_eq!(unmap(&f, ioas, 1 << 30, 8192), Err(ENOENT), "nothing left there");
+    assert_eq!(
+        unmap(&f, ioas, 1 << 30, 8192),
+        Err(ENOENT),
+        "nothing left there"
+    );
 
     // IOAS_COPY shares the source area into another IOAS.
     let mut copy = iommu_ioas_copy {
@@ -88,7 +99,11 @@ fn ioas_lifecycle_through_the_node() {
     // Unmap all: iova 0, length U64_MAX.
     assert_eq!(unmap(&f, ioas, 0, u64::MAX), Ok(16384));
     assert_eq!(unmap(&f, ioas2, 0, u64::MAX), Ok(16384));
-    assert_eq!(unmap(&f, ioas2, 0, u64::MAX), Ok(0), "unmap all of nothing succeeds");
+    assert_eq!(
+        unmap(&f, ioas2, 0, u64::MAX),
+        Ok(0),
+        "unmap all of nothing succeeds"
+    );
 
     // Destroy: an ID of a destroyed object is ENOENT, IDs are reused smallest-first.
     let mut destroy = iommu_destroy { size: 8, id: ioas };
@@ -115,7 +130,10 @@ fn iova_ranges_and_allow_iovas() {
         ..Default::default()
     };
     // num_iovas 0: EMSGSIZE, with the count filled in.
-    assert_eq!(ioctl(&f, IOMMU_IOAS_IOVA_RANGES, &mut cmd), Err(libc::EMSGSIZE));
+    assert_eq!(
+        ioctl(&f, IOMMU_IOAS_IOVA_RANGES, &mut cmd),
+        Err(libc::EMSGSIZE)
+    );
     assert_eq!(cmd.num_iovas, 1);
     cmd.num_iovas = 4;
     ioctl(&f, IOMMU_IOAS_IOVA_RANGES, &mut cmd).unwrap();
@@ -140,7 +158,10 @@ fn iova_ranges_and_allow_iovas() {
     let iova = map(&f, ioas, buf.as_ptr() as u64, 4096, None).unwrap();
     assert!((0x1000_0000..=0x1fff_ffff).contains(&iova), "{iova:#x}");
     // A fixed IOVA outside the allowed ranges is still fine.
-    assert_eq!(map(&f, ioas, buf.as_ptr() as u64, 4096, Some(0x4000_0000)), Ok(0x4000_0000));
+    assert_eq!(
+        map(&f, ioas, buf.as_ptr() as u64, 4096, Some(0x4000_0000)),
+        Ok(0x4000_0000)
+    );
     // start >= last is EINVAL.
     let bad = [iommu_iova_range { start: 5, last: 5 }];
     allow.allowed_iovas = bad.as_ptr() as u64;
@@ -203,8 +224,14 @@ fn bad_input_matrix() {
     // A bad argument pointer: EFAULT.
     assert_eq!(ioctl_raw(&f, IOMMU_IOAS_MAP, 8), Err(libc::EFAULT));
     // A hole in the table and a number past it: ENOTTY.
-    assert_eq!(ioctl_raw(&f, io(IOMMUFD_TYPE, 0x9f), buf.as_ptr() as u64), Err(libc::ENOTTY));
-    assert_eq!(ioctl_raw(&f, io(IOMMUFD_TYPE, 0xf0), buf.as_ptr() as u64), Err(libc::ENOTTY));
+    assert_eq!(
+        ioctl_raw(&f, io(IOMMUFD_TYPE, 0x9f), buf.as_ptr() as u64),
+        Err(libc::ENOTTY)
+    );
+    assert_eq!(
+        ioctl_raw(&f, io(IOMMUFD_TYPE, 0xf0), buf.as_ptr() as u64),
+        Err(libc::ENOTTY)
+    );
     // A bare IOAS accepts an unmapped user address (nothing is pinned yet), as the kernel does.
     let mut c = good;
     c.user_va = 0x10_0000;
@@ -224,7 +251,11 @@ fn bad_input_matrix() {
     opt.object_id = 0;
     opt.val64 = 1;
     // The capability is checked first (this sandbox's root lacks CAP_SYS_RESOURCE), then "no objects".
-    let expected = if has_cap_sys_resource() { libc::EBUSY } else { libc::EPERM };
+    let expected = if has_cap_sys_resource() {
+        libc::EBUSY
+    } else {
+        libc::EPERM
+    };
     assert_eq!(ioctl(&f, IOMMU_OPTION, &mut opt), Err(expected));
     opt.object_id = 3;
     assert_eq!(ioctl(&f, IOMMU_OPTION, &mut opt), Err(libc::EOPNOTSUPP));
@@ -249,7 +280,10 @@ fn contexts_are_isolated_and_cleaned_on_release() {
     let buf = buffer(8192);
     map(&a, ia, buf.as_ptr() as u64, 4096, Some(1 << 24)).unwrap();
     // b has no object 1.
-    assert_eq!(map(&b, ia, buf.as_ptr() as u64, 4096, Some(1 << 24)), Err(ENOENT));
+    assert_eq!(
+        map(&b, ia, buf.as_ptr() as u64, 4096, Some(1 << 24)),
+        Err(ENOENT)
+    );
     assert_eq!(ioas_alloc(&b), 1, "IDs are per context");
     let s = d.status();
     assert_eq!(s["contexts"], 2, "{s}");
@@ -257,7 +291,11 @@ fn contexts_are_isolated_and_cleaned_on_release() {
     drop(a);
     drop(b);
     let s = d.wait_idle();
-    assert_eq!((s["contexts"].clone(), s["objects"].clone()), (0.into(), 0.into()), "{s}");
+    assert_eq!(
+        (s["contexts"].clone(), s["objects"].clone()),
+        (0.into(), 0.into()),
+        "{s}"
+    );
 }
 
 #[test]
@@ -266,7 +304,12 @@ fn sigkilled_client_leaves_nothing_behind() {
     // The child opens the node, allocates and maps, then waits to be killed.
     let node = d.node("iommu");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "client_role_hold_objects", "--nocapture", "--ignored"])
+        .args([
+            "--exact",
+            "client_role_hold_objects",
+            "--nocapture",
+            "--ignored",
+        ])
         .env("UIOMMUFD_NODE", &node)
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -40,7 +40,8 @@ impl ProcessMemory {
 
 /// Reads the Tgid line of /proc/<tid>/status: the FUSE header names a thread, pins belong to its process.
 fn thread_group_of(tid: i32) -> Result<i32, Errno> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).map_err(|_| Errno::ESRCH)?;
+    let status =
+        std::fs::read_to_string(format!("/proc/{tid}/status")).map_err(|_| Errno::ESRCH)?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("Tgid:"))

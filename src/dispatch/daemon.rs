@@ -57,13 +57,23 @@ impl Daemon {
 
     /// The live context with this id (VFIO_DEVICE_BIND_IOMMUFD resolves fds to contexts).
     pub fn context(&self, id: u64) -> Option<Arc<Context>> {
-        self.contexts.lock().unwrap().get(&id).and_then(Weak::upgrade)
+        self.contexts
+            .lock()
+            .unwrap()
+            .get(&id)
+            .and_then(Weak::upgrade)
     }
 
     /// Executes one ioctl on `ctx`: the iommufd table, then the VFIO container ioctls.
-    pub fn ioctl(&self, ctx: &Context, cmd: u32, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno> {
+    pub fn ioctl(
+        &self,
+        ctx: &Context,
+        cmd: u32,
+        arg: u64,
+        mem: &dyn CallerMemory,
+    ) -> Result<i64, Errno> {
         match table::execute(&self.table, ctx, mem, cmd, arg) {
-            Some(Ok((name, ()))) => {
+            Some(Ok(name)) => {
                 tracing::debug!(ctx = ctx.id, ioctl = name, "ok");
                 Ok(0)
             }
@@ -79,7 +89,11 @@ impl Daemon {
                         r
                     }
                     None => {
-                        tracing::debug!(ctx = ctx.id, cmd = format_args!("{cmd:#x}"), "unknown ioctl");
+                        tracing::debug!(
+                            ctx = ctx.id,
+                            cmd = format_args!("{cmd:#x}"),
+                            "unknown ioctl"
+                        );
                         Err(Errno::ENOTTY)
                     }
                 }
@@ -123,7 +137,11 @@ impl OpenFile for IommuFile {
     }
 
     fn release(&self) {
-        tracing::debug!(ctx = self.ctx.id, objects = self.ctx.num_objects(), "release");
+        tracing::debug!(
+            ctx = self.ctx.id,
+            objects = self.ctx.num_objects(),
+            "release"
+        );
         self.ctx.destroy_all();
         self.daemon.contexts.lock().unwrap().remove(&self.ctx.id);
     }
@@ -186,7 +204,15 @@ impl CompatHost for CompatBridge<'_> {
         Ok(id)
     }
 
-    fn map(&self, ioas: u32, iova: u64, user_va: u64, length: u64, read: bool, write: bool) -> Result<(), Errno> {
+    fn map(
+        &self,
+        ioas: u32,
+        iova: u64,
+        user_va: u64,
+        length: u64,
+        read: bool,
+        write: bool,
+    ) -> Result<(), Errno> {
         let ioas = self.ioas(ioas)?;
         ioas.map_user(
             self.mem.pid(),
@@ -213,7 +239,11 @@ impl CompatHost for CompatBridge<'_> {
 
     fn domains_pgsize_bitmap(&self, ioas: u32) -> u64 {
         self.ioas(ioas)
-            .map(|i| i.iopt().domains().fold(u64::MAX, |acc, d| acc & d.pgsize_bitmap()))
+            .map(|i| {
+                i.iopt()
+                    .domains()
+                    .fold(u64::MAX, |acc, d| acc & d.pgsize_bitmap())
+            })
             .unwrap_or(u64::MAX)
     }
 
@@ -232,7 +262,9 @@ impl CompatHost for CompatBridge<'_> {
     }
 
     fn iova_alignment(&self, ioas: u32) -> u64 {
-        self.ioas(ioas).map(|i| i.iopt().iova_alignment()).unwrap_or(1)
+        self.ioas(ioas)
+            .map(|i| i.iopt().iova_alignment())
+            .unwrap_or(1)
     }
 
     fn usable_ranges(&self, ioas: u32) -> Vec<(u64, u64)> {

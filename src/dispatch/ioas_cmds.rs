@@ -10,7 +10,8 @@ use nix::errno::Errno;
 use std::sync::Arc;
 use uiommufd_uapi::iommufd::*;
 
-const MAP_FLAGS: u32 = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE;
+const MAP_FLAGS: u32 =
+    IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE;
 
 fn prot_of(flags: u32) -> Prot {
     Prot {

@@ -1,6 +1,7 @@
 //! Dispatch: the ioctl table, the command handlers and the services handed to the transport.
 
 pub mod daemon;
+pub mod extensions;
 pub mod ioas_cmds;
 pub mod service;
 pub mod table;

@@ -131,6 +131,9 @@ pub fn route(table: &[Option<Op>], cmd: u32) -> Route<'_> {
     }
 }
 
+/// Result of an iommufd command: the command's name (when known) and its errno on failure.
+pub type Outcome = Result<&'static str, (Option<&'static str>, Errno)>;
+
 /// Runs one iommufd command with the kernel's order of checks.
 pub fn execute(
     table: &[Option<Op>],
@@ -138,7 +141,7 @@ pub fn execute(
     mem: &dyn CallerMemory,
     cmd: u32,
     arg: u64,
-) -> Option<Result<(&'static str, ()), (Option<&'static str>, Errno)>> {
+) -> Option<Outcome> {
     let route = route(table, cmd);
     if matches!(route, Route::Vfio) {
         return None;
@@ -159,5 +162,9 @@ pub fn execute(
         Ok(u) => u,
         Err(e) => return Some(Err((Some(op.name), e))),
     };
-    Some((op.run)(&ucmd).map(|()| (op.name, ())).map_err(|e| (Some(op.name), e)))
+    Some(
+        (op.run)(&ucmd)
+            .map(|()| op.name)
+            .map_err(|e| (Some(op.name), e)),
+    )
 }

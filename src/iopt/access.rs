@@ -6,7 +6,11 @@ use nix::errno::Errno;
 
 impl IoPagetable {
     fn access_check_prot(write: bool, area: &super::Area) -> Result<(), Errno> {
-        let ok = if write { area.prot.write } else { area.prot.read };
+        let ok = if write {
+            area.prot.write
+        } else {
+            area.prot.read
+        };
         if ok {
             Ok(())
         } else {
@@ -46,7 +50,9 @@ impl IoPagetable {
                 }
                 Self::access_check_prot(write, &area)?;
                 let (first, lastp) = area.page_span(cur, end);
-                area.pages.pin(first, lastp, write).map(|p| (first, lastp, p))
+                area.pages
+                    .pin(first, lastp, write)
+                    .map(|p| (first, lastp, p))
             })();
             match res {
                 Ok((first, lastp, paddrs)) => {

@@ -103,7 +103,10 @@ impl Account {
             AccountMode::User => {
                 let limit = self.limit_pages();
                 let mut guard = PER_USER.lock().unwrap();
-                let cur = guard.get_or_insert_with(HashMap::new).entry(self.uid).or_insert(0);
+                let cur = guard
+                    .get_or_insert_with(HashMap::new)
+                    .entry(self.uid)
+                    .or_insert(0);
                 if *cur + npages > limit {
                     return Err(Errno::ENOMEM);
                 }
@@ -112,7 +115,10 @@ impl Account {
             AccountMode::Process => {
                 let limit = self.limit_pages();
                 let mut guard = PER_PROCESS.lock().unwrap();
-                let cur = guard.get_or_insert_with(HashMap::new).entry(self.pid).or_insert(0);
+                let cur = guard
+                    .get_or_insert_with(HashMap::new)
+                    .entry(self.pid)
+                    .or_insert(0);
                 if *cur + npages > limit {
                     return Err(Errno::ENOMEM);
                 }
@@ -177,7 +183,11 @@ fn owner_credentials(pid: i32) -> (u32, bool) {
     let mut cap_eff = 0u64;
     for line in status.lines() {
         if let Some(v) = line.strip_prefix("Uid:") {
-            uid = v.split_whitespace().next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            uid = v
+                .split_whitespace()
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
         } else if let Some(v) = line.strip_prefix("CapEff:") {
             cap_eff = u64::from_str_radix(v.trim(), 16).unwrap_or(0);
         }

@@ -29,8 +29,8 @@
 //! same one: e.g. a fixed IOVA that is misaligned is EINVAL, one that wraps is EOVERFLOW, one
 //! touching a reserved range EINVAL, one touching an area EEXIST.
 
-pub mod accounting;
 mod access;
+pub mod accounting;
 mod alloc;
 pub mod pages;
 pub mod source;
@@ -200,7 +200,9 @@ impl IoPagetable {
 
     /// The first area intersecting `[start, last]`.
     pub fn first_area(&self, start: u64, last: u64) -> Option<&Area> {
-        self.area_range_from(start).next().filter(|a| a.iova <= last)
+        self.area_range_from(start)
+            .next()
+            .filter(|a| a.iova <= last)
     }
 
     fn first_area_key(&self, start: u64, last: u64) -> Option<u64> {
@@ -390,10 +392,7 @@ impl IoPagetable {
     /// Replaces the allowed ranges (already validated as non-overlapping, start < last).
     /// EADDRINUSE if one of them intersects a reserved range; the old set stays then.
     pub fn set_allowed(&mut self, ranges: &[(u64, u64)]) -> Result<(), Errno> {
-        if ranges
-            .iter()
-            .any(|&(s, l)| self.reserved_intersects(s, l))
-        {
+        if ranges.iter().any(|&(s, l)| self.reserved_intersects(s, l)) {
             return Err(Errno::EADDRINUSE);
         }
         self.allowed = ranges.iter().copied().collect();
@@ -448,7 +447,11 @@ impl IoPagetable {
     }
 
     fn recalculate_alignment(&mut self) -> Result<(), Errno> {
-        let mut align = if self.disable_large_pages { PAGE_SIZE } else { 1 };
+        let mut align = if self.disable_large_pages {
+            PAGE_SIZE
+        } else {
+            1
+        };
         for (_, d) in &self.domains {
             align = align.max(smallest_page(d.pgsize_bitmap()));
         }
@@ -689,7 +692,9 @@ fn map_area_into(domain: &dyn Domain, area: &Area, paddrs: &[u64]) -> Result<(),
             let paddr = page_paddr + b0 % PAGE_SIZE;
             let len = b1 - b0;
             run = match run {
-                Some((ri, rp, rl)) if rp + rl == paddr && ri + rl == iova => Some((ri, rp, rl + len)),
+                Some((ri, rp, rl)) if rp + rl == paddr && ri + rl == iova => {
+                    Some((ri, rp, rl + len))
+                }
                 Some(prev) => {
                     flush(prev, &mut mapped)?;
                     Some((iova, paddr, len))

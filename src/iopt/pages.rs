@@ -100,11 +100,7 @@ impl Pages {
 
     /// Pin users recorded on page `index` (0 when not pinned).
     pub fn pin_users(&self, index: u64) -> u32 {
-        self.pins
-            .lock()
-            .unwrap()
-            .get(&index)
-            .map_or(0, |p| p.users)
+        self.pins.lock().unwrap().get(&index).map_or(0, |p| p.users)
     }
 
     pub fn account_mode(&self) -> AccountMode {

@@ -130,8 +130,12 @@ impl PageSource for ProcessSource {
             len: buf.len(),
         }];
         let len = buf.len();
-        let n = process_vm_readv(Pid::from_raw(self.pid), &mut [IoSliceMut::new(buf)], &remote)
-            .map_err(|_| Errno::EFAULT)?;
+        let n = process_vm_readv(
+            Pid::from_raw(self.pid),
+            &mut [IoSliceMut::new(buf)],
+            &remote,
+        )
+        .map_err(|_| Errno::EFAULT)?;
         if n == len {
             Ok(())
         } else {
@@ -231,14 +235,18 @@ impl PageSource for FileSource {
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
         let off = self.check(offset, buf.len())?;
         // SAFETY: the source range is inside the mapping (checked) and does not overlap `buf`.
-        unsafe { std::ptr::copy_nonoverlapping(self.map.as_ptr().add(off), buf.as_mut_ptr(), buf.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(off), buf.as_mut_ptr(), buf.len())
+        };
         Ok(())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
         let off = self.check(offset, data.len())?;
         // SAFETY: the destination range is inside the (writable when mapped writable) mapping.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_ptr().add(off), data.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_ptr().add(off), data.len())
+        };
         Ok(())
     }
 

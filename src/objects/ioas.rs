@@ -72,7 +72,12 @@ impl Ioas {
     }
 
     /// Maps a whole Pages object at `iova` (or an allocated IOVA).
-    pub fn map_pages(&self, pages: Arc<Pages>, iova: Option<u64>, prot: Prot) -> Result<u64, Errno> {
+    pub fn map_pages(
+        &self,
+        pages: Arc<Pages>,
+        iova: Option<u64>,
+        prot: Prot,
+    ) -> Result<u64, Errno> {
         let slice = PagesSlice {
             start_byte: pages.start_byte,
             length: pages.length,

@@ -11,9 +11,13 @@
 //! is not the object's own business.
 
 pub mod access;
+pub mod device;
+pub mod hwpt;
 pub mod ioas;
 
 pub use access::{Access, AccessOps};
+pub use device::{Device, DeviceBackend};
+pub use hwpt::HwptPaging;
 pub use ioas::Ioas;
 
 use crate::iopt::accounting::AccountMode;
@@ -208,7 +212,10 @@ impl Context {
                 tracing::error!(ctx = self.id, "objects left with circular users; forcing");
                 let all: Vec<Object> = {
                     let mut table = self.table.lock().unwrap();
-                    std::mem::take(&mut *table).into_values().map(|e| e.object).collect()
+                    std::mem::take(&mut *table)
+                        .into_values()
+                        .map(|e| e.object)
+                        .collect()
                 };
                 for o in all {
                     self.run_destroy(o);
@@ -229,6 +236,17 @@ impl Context {
             *out.entry(e.object.type_name()).or_insert(0) += 1;
         }
         out
+    }
+
+    /// (id, object) of every object whose type name is `name`.
+    pub fn objects_of_type(&self, name: &str) -> Vec<(u32, Object)> {
+        self.table
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, e)| e.object.type_name() == name)
+            .map(|(&id, e)| (id, e.object.clone()))
+            .collect()
     }
 
     pub fn num_objects(&self) -> usize {

@@ -47,7 +47,10 @@ impl DaemonProcess {
             .args(["serve", "--transport", "fuse", "--mount"])
             .arg(&mount)
             .args(extra)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn uiommufd");

@@ -1,0 +1,96 @@
+//! Hardware page tables: a paging HWPT is an IOMMU domain kept in sync with one IOAS.
+
+use super::{Context, Extension, Ioas};
+use crate::backends::Domain;
+use nix::errno::Errno;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+static NEXT_DOMAIN: AtomicU64 = AtomicU64::new(1);
+
+/// IOMMU_HWPT_ALLOC on an IOAS (or the automatic domain of an attach).
+pub struct HwptPaging {
+    pub ioas_id: u32,
+    pub ioas: Arc<Ioas>,
+    pub domain: Arc<dyn Domain>,
+    /// Key of the domain inside the IOAS's io_pagetable.
+    pub domain_key: u64,
+    /// Created implicitly by attaching a device to an IOAS (destroyed with its last device).
+    pub auto_domain: bool,
+    /// Flags given at allocation (IOMMU_HWPT_ALLOC_*).
+    pub flags: u32,
+    /// Free-form state other layers hang on a HWPT (e.g. the mock's dirty-tracking flag).
+    pub extra: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+}
+
+impl HwptPaging {
+    /// Creates the HWPT: fills `domain` with every area of the IOAS; the IOAS gains a user.
+    pub fn alloc(
+        ctx: &Context,
+        ioas_id: u32,
+        domain: Arc<dyn Domain>,
+        flags: u32,
+        auto_domain: bool,
+    ) -> Result<(u32, Arc<HwptPaging>), Errno> {
+        let ioas = ctx.get_ioas(ioas_id)?;
+        let domain_key = NEXT_DOMAIN.fetch_add(1, Ordering::Relaxed);
+        ioas.iopt().add_domain(domain_key, domain.clone())?;
+        let hwpt = Arc::new(HwptPaging {
+            ioas_id,
+            ioas: ioas.clone(),
+            domain,
+            domain_key,
+            auto_domain,
+            flags,
+            extra: Mutex::new(None),
+        });
+        if let Err(e) = ctx.add_user(ioas_id) {
+            ioas.iopt().remove_domain(domain_key);
+            return Err(e);
+        }
+        match ctx.insert(super::Object::Ext(hwpt.clone())) {
+            Ok(id) => Ok((id, hwpt)),
+            Err(e) => {
+                hwpt.release(ctx);
+                Err(e)
+            }
+        }
+    }
+
+    fn release(&self, ctx: &Context) {
+        self.ioas.iopt().remove_domain(self.domain_key);
+        ctx.remove_user(self.ioas_id);
+    }
+}
+
+impl Extension for HwptPaging {
+    fn type_name(&self) -> &'static str {
+        "hwpt_paging"
+    }
+
+    fn destroy(&self, ctx: &Context) {
+        self.release(ctx);
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Context {
+    /// The paging HWPT under `id` (ENOENT for any other type).
+    pub fn get_hwpt_paging(&self, id: u32) -> Result<Arc<HwptPaging>, Errno> {
+        match self.get(id)? {
+            super::Object::Ext(e) => {
+                let any: Arc<dyn std::any::Any + Send + Sync> = ext_as_any_arc(e);
+                any.downcast::<HwptPaging>().map_err(|_| Errno::ENOENT)
+            }
+            _ => Err(Errno::ENOENT),
+        }
+    }
+}
+
+/// Upcasts an extension object to `Any` for downcasting to its concrete type.
+pub fn ext_as_any_arc(e: Arc<dyn Extension>) -> Arc<dyn std::any::Any + Send + Sync> {
+    e
+}
