@@ -351,3 +351,31 @@ fn client_role_hold_objects() {
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
 }
+
+#[test]
+fn concurrent_ioctls_on_one_context() {
+    let d = DaemonProcess::start(&[]);
+    let f = std::sync::Arc::new(d.open_iommu());
+    let ioas = ioas_alloc(&f);
+    let buf = std::sync::Arc::new(buffer(1 << 16));
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (f, buf) = (f.clone(), buf.clone());
+            std::thread::spawn(move || {
+                let base = buf.as_ptr() as u64;
+                for i in 0..50u64 {
+                    // Each thread owns its own IOVA window: no result depends on the others.
+                    let iova = (1 << 32) + (t << 28) + i * 0x10000;
+                    assert_eq!(map(&f, ioas, base, 8192, Some(iova)), Ok(iova));
+                    let auto = map(&f, ioas, base, 4096, None).unwrap();
+                    assert_eq!(unmap(&f, ioas, iova, 8192), Ok(8192));
+                    assert_eq!(unmap(&f, ioas, auto, 4096), Ok(4096));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(unmap(&f, ioas, 0, u64::MAX), Ok(0), "every mapping was undone");
+}
