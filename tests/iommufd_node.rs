@@ -377,5 +377,9 @@ fn concurrent_ioctls_on_one_context() {
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!(unmap(&f, ioas, 0, u64::MAX), Ok(0), "every mapping was undone");
+    assert_eq!(
+        unmap(&f, ioas, 0, u64::MAX),
+        Ok(0),
+        "every mapping was undone"
+    );
 }
