@@ -44,3 +44,25 @@ pub fn write_struct<T: zerocopy::IntoBytes + zerocopy::Immutable>(
 ) -> Result<(), Errno> {
     mem.write(addr, value.as_bytes())
 }
+
+/// Capability numbers the daemon checks on behalf of the kernel.
+pub const CAP_IPC_LOCK: u32 = 14;
+pub const CAP_SYS_RAWIO: u32 = 17;
+pub const CAP_SYS_RESOURCE: u32 = 24;
+
+/// The effective capability set of process `pid` (0 if it cannot be read).
+pub fn effective_capabilities(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Whether process `pid` has capability `cap` in its effective set, as `capable()` would ask.
+pub fn has_capability(pid: i32, cap: u32) -> bool {
+    effective_capabilities(pid) & (1u64 << cap) != 0
+}

@@ -279,14 +279,6 @@ impl CompatHost for CompatBridge<'_> {
     }
 
     fn caller_has_sys_rawio(&self) -> bool {
-        const CAP_SYS_RAWIO: u32 = 17;
-        std::fs::read_to_string(format!("/proc/{}/status", self.mem.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("CapEff:"))
-                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            })
-            .is_some_and(|caps| caps & (1u64 << CAP_SYS_RAWIO) != 0)
+        crate::caller::has_capability(self.mem.pid(), crate::caller::CAP_SYS_RAWIO)
     }
 }

@@ -226,20 +226,8 @@ pub fn ioas_unmap(u: &Ucmd) -> Result<(), Errno> {
     u.respond(&cmd)
 }
 
-/// CAP_SYS_RESOURCE in the caller's effective set.
-fn caller_has_cap(pid: i32, cap: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1u64 << cap) != 0)
-}
-
 pub(crate) fn caller_capable(u: &Ucmd, cap: u32) -> bool {
-    caller_has_cap(u.mem.pid(), cap)
+    crate::caller::has_capability(u.mem.pid(), cap)
 }
 
 pub fn option(u: &Ucmd) -> Result<(), Errno> {
@@ -257,8 +245,7 @@ pub fn option(u: &Ucmd) -> Result<(), Errno> {
                     cmd.val64 = (u.ctx.account_mode() == AccountMode::Process) as u64;
                 }
                 IOMMU_OPTION_OP_SET => {
-                    const CAP_SYS_RESOURCE: u32 = 24;
-                    if !caller_capable(u, CAP_SYS_RESOURCE) {
+                    if !caller_capable(u, crate::caller::CAP_SYS_RESOURCE) {
                         return Err(Errno::EPERM);
                     }
                     let mode = match cmd.val64 {

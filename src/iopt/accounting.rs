@@ -192,8 +192,7 @@ fn owner_credentials(pid: i32) -> (u32, bool) {
             cap_eff = u64::from_str_radix(v.trim(), 16).unwrap_or(0);
         }
     }
-    const CAP_IPC_LOCK: u32 = 14;
-    (uid, cap_eff & (1 << CAP_IPC_LOCK) != 0)
+    (uid, cap_eff & (1 << crate::caller::CAP_IPC_LOCK) != 0)
 }
 
 #[cfg(test)]
