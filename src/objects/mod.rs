@@ -261,3 +261,6 @@ impl Context {
         *self.vfio_ioas.lock().unwrap() = id;
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,133 @@
+//! The ID table and the access/unmap protocol, in process.
+
+use super::*;
+use crate::backends::Prot;
+use crate::iopt::accounting::Account;
+use crate::iopt::source::MemorySource;
+use crate::iopt::Pages;
+use std::sync::atomic::AtomicU32;
+
+fn ioas(ctx: &Context) -> u32 {
+    ctx.insert(Object::Ioas(Ioas::new())).unwrap()
+}
+
+fn map_mem(ioas: &Ioas, iova: u64, len: u64) {
+    let src = Arc::new(MemorySource::new(len as usize, 0x10_0000));
+    let pages = Pages::new(src, 0, len, true, Account::unaccounted()).unwrap();
+    let rw = Prot {
+        read: true,
+        write: true,
+    };
+    ioas.map_pages(pages, Some(iova), rw).unwrap();
+}
+
+#[test]
+fn ids_are_smallest_free_from_one() {
+    let ctx = Context::new();
+    assert_eq!((ioas(&ctx), ioas(&ctx), ioas(&ctx)), (1, 2, 3));
+    ctx.destroy(2).unwrap();
+    assert_eq!(ioas(&ctx), 2);
+    assert_eq!(ioas(&ctx), 4);
+}
+
+#[test]
+fn typed_lookup_and_destroy_errors() {
+    let ctx = Context::new();
+    let id = ioas(&ctx);
+    assert_eq!(ctx.get_access(id).err(), Some(Errno::ENOENT));
+    assert_eq!(ctx.get_ioas(99).err(), Some(Errno::ENOENT));
+    assert_eq!(ctx.destroy(99), Err(Errno::ENOENT));
+    ctx.add_user(id).unwrap();
+    assert_eq!(ctx.destroy(id), Err(Errno::EBUSY));
+    ctx.remove_user(id);
+    ctx.destroy(id).unwrap();
+    assert_eq!(ctx.num_objects(), 0);
+}
+
+/// Releases every pin it holds inside the unmapped range, counting callbacks.
+struct Unpinner {
+    pinned: Mutex<Vec<(u64, u64)>>,
+    calls: AtomicU32,
+}
+
+impl AccessOps for Unpinner {
+    fn unmap(&self, access: &Access, iova: u64, length: u64) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let last = iova.saturating_add(length - 1);
+        let mut pinned = self.pinned.lock().unwrap();
+        pinned.retain(|&(i, l)| {
+            let inside = i <= last && i + l - 1 >= iova;
+            if inside {
+                access.unpin_pages(i, l);
+            }
+            !inside
+        });
+    }
+}
+
+#[test]
+fn unmap_asks_the_access_to_let_go_first() {
+    let ctx = Context::new();
+    let id = ioas(&ctx);
+    let io = ctx.get_ioas(id).unwrap();
+    map_mem(&io, 0x10000, 0x4000);
+    let ops = Arc::new(Unpinner {
+        pinned: Mutex::new(Vec::new()),
+        calls: AtomicU32::new(0),
+    });
+    let access = Access::new(ops.clone(), true);
+    access.attach(&ctx, id).unwrap();
+    assert_eq!(
+        ctx.destroy(id),
+        Err(Errno::EBUSY),
+        "the access uses the IOAS"
+    );
+    let paddrs = access.pin_pages(0x11000, 0x2000, true).unwrap();
+    assert_eq!(paddrs.len(), 2);
+    ops.pinned.lock().unwrap().push((0x11000, 0x2000));
+    // The unmap completes only after the callback unpinned.
+    assert_eq!(io.unmap(0x10000, 0x13fff), Ok(0x4000));
+    assert_eq!(ops.calls.load(Ordering::Relaxed), 1);
+    assert!(ops.pinned.lock().unwrap().is_empty());
+    // rw through the access after the unmap: nothing mapped.
+    let mut b = [0u8; 4];
+    assert_eq!(access.rw(0x10000, &mut b, false), Err(Errno::ENOENT));
+    access.detach(&ctx);
+    ctx.destroy(id).unwrap();
+}
+
+/// Never lets go: the unmap gives up with EDEADLK instead of spinning forever.
+struct Stubborn;
+
+impl AccessOps for Stubborn {
+    fn unmap(&self, _access: &Access, _iova: u64, _length: u64) {}
+}
+
+#[test]
+fn unmap_gives_up_on_a_stubborn_access() {
+    let ctx = Context::new();
+    let id = ioas(&ctx);
+    let io = ctx.get_ioas(id).unwrap();
+    map_mem(&io, 0x10000, 0x1000);
+    let access = Access::new(Arc::new(Stubborn), true);
+    access.attach(&ctx, id).unwrap();
+    access.pin_pages(0x10000, 0x1000, false).unwrap();
+    assert_eq!(
+        io.unmap(0, u64::MAX).map_err(|(e, _)| e),
+        Err(Errno::EDEADLK)
+    );
+    access.unpin_pages(0x10000, 0x1000);
+    assert_eq!(io.unmap(0, u64::MAX), Ok(0x1000));
+}
+
+#[test]
+fn destroy_all_goes_leaves_first() {
+    let ctx = Context::new();
+    let id = ioas(&ctx);
+    let access = Access::new(Arc::new(Stubborn), false);
+    access.attach(&ctx, id).unwrap();
+    ctx.insert(Object::Access(access)).unwrap();
+    assert_eq!(ctx.num_objects(), 2);
+    ctx.destroy_all();
+    assert_eq!(ctx.num_objects(), 0);
+}
