@@ -56,7 +56,7 @@ impl AccessOps for Unpinner {
         let last = iova.saturating_add(length - 1);
         let mut pinned = self.pinned.lock().unwrap();
         pinned.retain(|&(i, l)| {
-            let inside = i <= last && i + l - 1 >= iova;
+            let inside = i <= last && i + l > iova;
             if inside {
                 access.unpin_pages(i, l);
             }
