@@ -114,6 +114,10 @@ impl Runner<'_> {
                     .ok_or_else(|| format!("no buffer \"{name}\""))?;
                 c.free(b)
             }
+            Action::Write { at, bytes } => {
+                let addr = self.eval(&cname, at)?;
+                self.clients[&cname].write(addr, bytes)
+            }
             Action::Ioctl(io) => self.ioctl(&cname, io),
         }
     }

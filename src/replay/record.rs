@@ -61,6 +61,8 @@ struct Call {
     ranges_out: Option<Vec<(u64, u64)>>,
     /// Size of the file behind an IOAS_MAP_FILE fd.
     file_size: Option<u64>,
+    /// Caller memory the daemon reads that the script must write first (partly readable arrays).
+    data: Vec<(u64, Vec<u8>)>,
 }
 
 impl Recorder {
@@ -111,6 +113,7 @@ impl IoctlObserver for Recorder {
             ranges_in: None,
             ranges_out: None,
             file_size: None,
+            data: Vec::new(),
         };
         let is_struct = def.is_none_or(|d| d.kind == ArgKind::Struct);
         if is_struct {
@@ -244,7 +247,12 @@ fn capture_before(c: &mut Call, def: Option<&IoctlDef>, mem: &dyn CallerMemory) 
                 }
                 if n > 0 && c.ranges_in.is_none() {
                     let len = n.min(MAX_RANGES) * RANGE_SIZE as u64;
-                    c.ptrs.push((f.name, probe(mem, v, len)));
+                    let p = probe(mem, v, len);
+                    c.ptrs.push((f.name, p));
+                    let mut prefix = vec![0u8; p.readable.min(len) as usize];
+                    if input && !prefix.is_empty() && mem.read(v, &mut prefix).is_ok() {
+                        c.data.push((v, prefix));
+                    }
                 }
             }
             Role::Fd => {
@@ -371,8 +379,8 @@ struct Renderer {
     buffers: Vec<Buffer>,
     /// Object ID → variable holding it.
     ids: HashMap<u64, String>,
-    /// Automatically allocated IOVA areas: (start, length, variable).
-    iovas: Vec<(u64, u64, String)>,
+    /// Automatically allocated IOVA areas: (IOAS ID, start, length, variable).
+    iovas: Vec<(u64, u64, u64, String)>,
     files: usize,
     vars: usize,
     out: String,
@@ -411,15 +419,14 @@ impl Renderer {
         }
     }
 
-    fn iova(&self, v: u64) -> String {
-        let hit = self
-            .iovas
-            .iter()
-            .rev()
-            .find(|(s, l, _)| v >= *s && v - *s < (*l).max(1));
+    /// An IOVA of the IOAS `ioas` (None: the compat IOAS, unknown here).
+    fn iova(&self, ioas: Option<u64>, v: u64) -> String {
+        let hit = self.iovas.iter().rev().find(|(id, s, l, _)| {
+            ioas.is_some_and(|i| i == *id) && v >= *s && v - *s < (*l).max(1)
+        });
         match hit {
-            Some((s, _, var)) if v == *s => json(&format!("${var}")),
-            Some((s, _, var)) => json(&format!("${var}+{:#x}", v - s)),
+            Some((_, s, _, var)) if v == *s => json(&format!("${var}")),
+            Some((_, s, _, var)) => json(&format!("${var}+{:#x}", v - s)),
             None => num(v),
         }
     }
@@ -430,6 +437,20 @@ impl Renderer {
             Some(d) => json(d.name),
             None => json(&format!("{:#x}", c.cmd)),
         };
+        for (addr, bytes) in &c.data {
+            let _ = writeln!(
+                self.out,
+                "{{\"write\": {}, \"hex\": {}}}",
+                self.ptr(
+                    *addr,
+                    Some(&PtrUse {
+                        addr: *addr,
+                        readable: 1
+                    })
+                ),
+                json(&to_hex(bytes))
+            );
+        }
         let mut line = format!("{{\"ioctl\": {label}");
         let expect = match c.result {
             Ok(_) => "ok".to_string(),
@@ -516,7 +537,8 @@ impl Renderer {
                 Role::Fd => Some((v as u32 as i32).to_string()),
                 _ if v == 0 => None,
                 Role::Id => Some(self.id(v)),
-                Role::Iova => Some(self.iova(v)),
+                Role::Iova => Some(self.iova(ioas_of(d, f.name).map(get), v)),
+                _ if f.name == "flags" => Some(flags(d, v)),
                 _ => Some(num(v)),
             };
             if let Some(r) = rendered {
@@ -556,7 +578,9 @@ impl Renderer {
         if let Some(field) = out_iova {
             self.vars += 1;
             let var = format!("iova{}", self.vars);
-            self.iovas.push((aget(field), aget("length"), var.clone()));
+            let ioas = ioas_of(d, field).map_or(0, get);
+            self.iovas
+                .push((ioas, aget(field), aget("length"), var.clone()));
             saves.push((var, field));
         }
         saves
@@ -579,7 +603,11 @@ impl Renderer {
             }
             let v = match f.role {
                 Role::Id | Role::OutId => self.id(new),
-                Role::Iova => self.iova(new),
+                Role::Iova => {
+                    let ioas = ioas_of(d, f.name)
+                        .map(|n| d.field(n).map_or(0, |x| super::exec::get(b, *x)));
+                    self.iova(ioas, new)
+                }
                 _ => num(new),
             };
             outs.push(format!("\"{}\": {v}", f.name));
@@ -612,4 +640,36 @@ fn show_ranges(rs: &[(u64, u64)]) -> String {
         .map(|(s, l)| format!("[{}, {}]", num(*s), num(*l)))
         .collect();
     format!("[{}]", items.join(", "))
+}
+
+/// The field naming the IOAS an IOVA field belongs to.
+fn ioas_of(d: &IoctlDef, iova_field: &str) -> Option<&'static str> {
+    let name = match iova_field {
+        "src_iova" => "src_ioas_id",
+        "dst_iova" => "dst_ioas_id",
+        _ => "ioas_id",
+    };
+    d.field(name).map(|f| f.name)
+}
+
+/// A flags value with its known bits by name.
+fn flags(d: &IoctlDef, v: u64) -> String {
+    let prefix = match d.name {
+        "VFIO_IOMMU_MAP_DMA" => "VFIO_DMA_MAP_FLAG_",
+        "VFIO_IOMMU_UNMAP_DMA" => "VFIO_DMA_UNMAP_FLAG_",
+        n if n.starts_with("IOMMU_IOAS_") => "IOMMU_IOAS_MAP_",
+        _ => return num(v),
+    };
+    let mut names = Vec::new();
+    let mut rest = v;
+    for (name, bit) in layout::CONSTANTS {
+        if name.starts_with(prefix) && bit.is_power_of_two() && rest & bit != 0 {
+            names.push(name.to_string());
+            rest &= !bit;
+        }
+    }
+    if rest != 0 || names.is_empty() {
+        names.push(format!("{rest:#x}"));
+    }
+    json(&names.join("|"))
 }

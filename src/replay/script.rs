@@ -111,14 +111,30 @@ pub struct IoctlStep {
 
 #[derive(Debug, Clone)]
 pub enum Action {
-    Open { node: Node, name: String },
-    Close { name: String },
+    Open {
+        node: Node,
+        name: String,
+    },
+    Close {
+        name: String,
+    },
     Buffer(BufferSpec),
-    Free { name: String },
+    Free {
+        name: String,
+    },
     Ioctl(Box<IoctlStep>),
-    Fork { name: String },
-    Exit { name: String },
+    Fork {
+        name: String,
+    },
+    Exit {
+        name: String,
+    },
     Set(Vec<(String, Expr)>),
+    /// Writes bytes into the client's memory.
+    Write {
+        at: Expr,
+        bytes: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -159,7 +175,7 @@ type R<T> = Result<T, String>;
 
 fn parse_step(obj: &Map<String, Value>) -> R<Step> {
     let kinds = [
-        "open", "close", "buffer", "free", "ioctl", "fork", "exit", "set",
+        "open", "close", "buffer", "free", "ioctl", "fork", "exit", "set", "write",
     ];
     let present: Vec<&str> = kinds
         .iter()
@@ -183,6 +199,7 @@ fn parse_step(obj: &Map<String, Value>) -> R<Step> {
         "close" | "free" | "fork" | "exit" => &[kind],
         "buffer" => &["buffer", "size", "memfd", "fill", "prot"],
         "set" => &["set"],
+        "write" => &["write", "hex"],
         _ => &[
             "ioctl", "fd", "args", "trailing", "raw", "arg", "at", "expect", "ret", "out", "save",
         ],
@@ -214,6 +231,10 @@ fn parse_step(obj: &Map<String, Value>) -> R<Step> {
             name: req_str(obj, "exit")?,
         },
         "buffer" => Action::Buffer(parse_buffer(obj)?),
+        "write" => Action::Write {
+            at: expr_of(&obj["write"]).map_err(|e| format!("write: {e}"))?,
+            bytes: from_hex(&req_str(obj, "hex")?).map_err(|e| format!("hex: {e}"))?,
+        },
         "set" => {
             let Some(Value::Object(m)) = obj.get("set") else {
                 return Err("set: expected an object of variable: value".into());
