@@ -19,7 +19,12 @@ enum Command {
     Serve {
         #[command(flatten)]
         transport: uiommufd::transport::TransportOptions,
+        /// Write every context's ioctls as a replayable script into DIR (one file per open).
+        #[arg(long, value_name = "DIR")]
+        record: Option<std::path::PathBuf>,
     },
+    /// Run ioctl scripts against a node (default /dev/iommu) or an in-process daemon.
+    Replay(uiommufd::replay::ReplayArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,11 +37,15 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { transport } => serve(transport),
+        Command::Serve { transport, record } => serve(transport, record),
+        Command::Replay(args) => uiommufd::replay::main(args),
     }
 }
 
-fn serve(opts: uiommufd::transport::TransportOptions) -> std::process::ExitCode {
+fn serve(
+    opts: uiommufd::transport::TransportOptions,
+    record: Option<std::path::PathBuf>,
+) -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,6 +57,17 @@ fn serve(opts: uiommufd::transport::TransportOptions) -> std::process::ExitCode 
         }
     };
     let daemon = Daemon::new(uiommufd::dispatch::extensions::daemon_extensions());
+    if let Some(dir) = record {
+        match uiommufd::replay::record::Recorder::new(&dir) {
+            Ok(r) => {
+                daemon.set_observer(Arc::new(r));
+            }
+            Err(e) => {
+                tracing::error!(%e, dir = %dir.display(), "--record: cannot create the directory");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
     let service = Arc::new(DaemonService(daemon));
     let result = runtime.block_on(async move {
         let shutdown = async {

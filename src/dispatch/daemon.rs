@@ -8,11 +8,29 @@ use crate::iopt::accounting::{self, AccountMode};
 use crate::objects::Context;
 use nix::errno::Errno;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use uiommufd_compat_vfio::CompatHost;
 
 /// Opens a device node (supplied by the devices layer).
 pub type DeviceOpener = Arc<dyn Fn(&str) -> Result<Arc<dyn OpenFile>, Errno> + Send + Sync>;
+
+/// Sees every context's open, ioctls and release (session recording, `serve --record`).
+pub trait IoctlObserver: Send + Sync {
+    /// A context was created for an open of `node`.
+    fn open(&self, ctx: &Context, node: &NodeKind);
+    /// Wraps one ioctl: must run `call` once and return its result; may look at caller memory
+    /// before and after.
+    fn ioctl(
+        &self,
+        ctx: &Context,
+        cmd: u32,
+        arg: u64,
+        mem: &dyn CallerMemory,
+        call: &mut dyn FnMut() -> Result<i64, Errno>,
+    ) -> Result<i64, Errno>;
+    /// The context's file was released (before its objects are destroyed).
+    fn release(&self, ctx: &Context);
+}
 
 /// State shared by every open file.
 pub struct Daemon {
@@ -20,6 +38,7 @@ pub struct Daemon {
     contexts: Mutex<HashMap<u64, Weak<Context>>>,
     devices: Vec<String>,
     device_opener: Option<DeviceOpener>,
+    observer: OnceLock<Arc<dyn IoctlObserver>>,
 }
 
 impl Daemon {
@@ -29,6 +48,7 @@ impl Daemon {
             contexts: Mutex::new(HashMap::new()),
             devices: Vec::new(),
             device_opener: None,
+            observer: OnceLock::new(),
         })
     }
 
@@ -39,7 +59,13 @@ impl Daemon {
             contexts: Mutex::new(HashMap::new()),
             devices,
             device_opener: Some(opener),
+            observer: OnceLock::new(),
         })
+    }
+
+    /// Installs the observer of every later open, ioctl and release; false if one is set already.
+    pub fn set_observer(&self, observer: Arc<dyn IoctlObserver>) -> bool {
+        self.observer.set(observer).is_ok()
     }
 
     /// A new context, as an open() would create (also used in-process by tests and replay).
@@ -52,6 +78,10 @@ impl Daemon {
         let mut all = self.contexts.lock().unwrap();
         all.retain(|_, w| w.strong_count() > 0);
         all.insert(ctx.id, Arc::downgrade(&ctx));
+        drop(all);
+        if let Some(o) = self.observer.get() {
+            o.open(&ctx, node);
+        }
         ctx
     }
 
@@ -66,6 +96,19 @@ impl Daemon {
 
     /// Executes one ioctl on `ctx`: the iommufd table, then the VFIO container ioctls.
     pub fn ioctl(
+        &self,
+        ctx: &Context,
+        cmd: u32,
+        arg: u64,
+        mem: &dyn CallerMemory,
+    ) -> Result<i64, Errno> {
+        match self.observer.get() {
+            Some(o) => o.ioctl(ctx, cmd, arg, mem, &mut || self.execute(ctx, cmd, arg, mem)),
+            None => self.execute(ctx, cmd, arg, mem),
+        }
+    }
+
+    fn execute(
         &self,
         ctx: &Context,
         cmd: u32,
@@ -142,6 +185,9 @@ impl OpenFile for IommuFile {
             objects = self.ctx.num_objects(),
             "release"
         );
+        if let Some(o) = self.daemon.observer.get() {
+            o.release(&self.ctx);
+        }
         self.ctx.destroy_all();
         self.daemon.contexts.lock().unwrap().remove(&self.ctx.id);
     }

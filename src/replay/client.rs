@@ -1,0 +1,517 @@
+//! The processes a script drives: the replay process itself, and forked children ("clients").
+//!
+//! Memory of every client is reached with process_vm_readv/writev ([`ProcessMemory`]), so the
+//! runner reads and writes a child's structs without its help. A child only runs what must happen
+//! in its own process: mmap, open, close and, against a real node, ioctl. Against the in-process
+//! daemon the runner issues the child's ioctls itself, with the child's memory as caller memory.
+
+use super::script::{BufProt, BufferSpec, Fill, Node};
+use crate::caller::{CallerMemory, ProcessMemory};
+use crate::dispatch::{NodeKind, OpenFile, Service};
+use nix::errno::Errno;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where ioctls go.
+#[derive(Clone)]
+pub enum Mode {
+    /// Real syscalls on the nodes at these paths.
+    Real { iommu: PathBuf, vfio: PathBuf },
+    /// Straight into a daemon in this process.
+    InProcess(Arc<dyn Service>),
+}
+
+/// A buffer of a client.
+#[derive(Debug, Clone, Copy)]
+pub struct Buf {
+    pub addr: u64,
+    pub len: u64,
+    /// The memfd behind the buffer, as a descriptor number of the client's process.
+    pub fd: Option<i32>,
+}
+
+/// An open node of a client.
+#[derive(Clone)]
+pub enum Handle {
+    /// A descriptor of the replay process.
+    Fd(Arc<OwnedFd>),
+    /// A descriptor number in a child's process.
+    ChildFd(i32),
+    /// A file of the in-process daemon, released when the last client lets go of it.
+    InProc(Arc<InProcFile>),
+}
+
+pub struct InProcFile(Arc<dyn OpenFile>);
+
+impl Drop for InProcFile {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// One client: a process, its open nodes and its buffers.
+pub struct Client {
+    proc_: Proc,
+    pub handles: HashMap<String, Handle>,
+    pub buffers: HashMap<String, Buf>,
+    /// Where structs are built (64 KiB); arrays go to its second half.
+    pub scratch: u64,
+}
+
+pub const SCRATCH: u64 = 64 * 1024;
+
+enum Proc {
+    Local(Local),
+    Child(Child),
+}
+
+/// Mappings of the replay process, unmapped when the client goes.
+#[derive(Default)]
+struct Local {
+    maps: Vec<(u64, u64)>,
+    memfds: Vec<OwnedFd>,
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        for &(addr, len) in &self.maps {
+            // SAFETY: these mappings were created by `map_buffer` and nothing else refers to them.
+            unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) };
+        }
+    }
+}
+
+struct Child {
+    pid: i32,
+    to: std::fs::File,
+    from: BufReader<std::fs::File>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Req {
+    Alloc {
+        size: u64,
+        memfd: bool,
+        fill: Fill,
+        prot: BufProt,
+    },
+    Free {
+        addr: u64,
+        len: u64,
+    },
+    Open {
+        path: PathBuf,
+    },
+    Close {
+        fd: i32,
+    },
+    Ioctl {
+        fd: i32,
+        cmd: u32,
+        arg: u64,
+    },
+    Exit,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Resp {
+    Buf { addr: u64, fd: Option<i32> },
+    Ret(i64),
+    Errno(i32),
+    Error(String),
+    Done,
+}
+
+impl Child {
+    fn call(&mut self, req: &Req) -> Result<Resp, String> {
+        let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+        line.push('\n');
+        self.to
+            .write_all(line.as_bytes())
+            .map_err(|e| format!("client process {}: {e}", self.pid))?;
+        let mut answer = String::new();
+        match self.from.read_line(&mut answer) {
+            Ok(n) if n > 0 => serde_json::from_str(&answer).map_err(|e| e.to_string()),
+            _ => Err(format!("client process {} is gone", self.pid)),
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.call(&Req::Exit);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.pid), None);
+    }
+}
+
+impl Client {
+    /// The replay process itself.
+    pub fn local() -> Result<Self, String> {
+        let mut c = Client {
+            proc_: Proc::Local(Local::default()),
+            handles: HashMap::new(),
+            buffers: HashMap::new(),
+            scratch: 0,
+        };
+        c.scratch = c.alloc(&scratch_spec())?.addr;
+        Ok(c)
+    }
+
+    /// The client's memory as the daemon sees it.
+    pub fn mem(&self) -> Result<ProcessMemory, String> {
+        match &self.proc_ {
+            Proc::Local(_) => Ok(ProcessMemory::current()),
+            Proc::Child(c) => {
+                ProcessMemory::new(c.pid).map_err(|e| format!("client process {}: {e}", c.pid))
+            }
+        }
+    }
+
+    pub fn write(&self, addr: u64, bytes: &[u8]) -> Result<(), String> {
+        self.mem()?
+            .write(addr, bytes)
+            .map_err(|e| format!("cannot write {} bytes at {addr:#x}: {e}", bytes.len()))
+    }
+
+    pub fn read(&self, addr: u64, len: usize) -> Result<Vec<u8>, String> {
+        let mut buf = vec![0u8; len];
+        self.mem()?
+            .read(addr, &mut buf)
+            .map_err(|e| format!("cannot read {len} bytes at {addr:#x}: {e}"))?;
+        Ok(buf)
+    }
+
+    pub fn alloc(&mut self, spec: &BufferSpec) -> Result<Buf, String> {
+        match &mut self.proc_ {
+            Proc::Local(l) => {
+                let (addr, fd) = map_buffer(spec)?;
+                l.maps.push((addr, mapped_len(spec.size)));
+                let raw = fd.as_ref().map(|f| f.as_raw_fd());
+                l.memfds.extend(fd);
+                Ok(Buf {
+                    addr,
+                    len: spec.size,
+                    fd: raw,
+                })
+            }
+            Proc::Child(c) => match c.call(&Req::Alloc {
+                size: spec.size,
+                memfd: spec.memfd,
+                fill: spec.fill,
+                prot: spec.prot,
+            })? {
+                Resp::Buf { addr, fd } => Ok(Buf {
+                    addr,
+                    len: spec.size,
+                    fd,
+                }),
+                Resp::Error(e) => Err(e),
+                _ => Err("unexpected answer from a client process".into()),
+            },
+        }
+    }
+
+    pub fn free(&mut self, buf: Buf) -> Result<(), String> {
+        match &mut self.proc_ {
+            Proc::Local(l) => {
+                if let Some(i) = l.maps.iter().position(|&(a, _)| a == buf.addr) {
+                    let (addr, len) = l.maps.swap_remove(i);
+                    // SAFETY: a mapping this client created; its name is gone from the script.
+                    unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) };
+                }
+                Ok(())
+            }
+            Proc::Child(c) => c
+                .call(&Req::Free {
+                    addr: buf.addr,
+                    len: buf.len,
+                })
+                .map(|_| ()),
+        }
+    }
+
+    pub fn open(&mut self, mode: &Mode, node: &Node) -> Result<Result<Handle, Errno>, String> {
+        match mode {
+            Mode::InProcess(svc) => {
+                let kind = match node {
+                    Node::Iommu => NodeKind::Iommu,
+                    Node::Vfio => NodeKind::VfioContainer,
+                };
+                Ok(svc
+                    .open(&kind)
+                    .map(|f| Handle::InProc(Arc::new(InProcFile(f)))))
+            }
+            Mode::Real { iommu, vfio } => {
+                let path = match node {
+                    Node::Iommu => iommu.clone(),
+                    Node::Vfio => vfio.clone(),
+                };
+                match &mut self.proc_ {
+                    Proc::Local(_) => Ok(open_path(&path).map(|f| Handle::Fd(Arc::new(f)))),
+                    Proc::Child(c) => match c.call(&Req::Open { path })? {
+                        Resp::Ret(fd) => Ok(Ok(Handle::ChildFd(fd as i32))),
+                        Resp::Errno(e) => Ok(Err(Errno::from_raw(e))),
+                        _ => Err("unexpected answer from a client process".into()),
+                    },
+                }
+            }
+        }
+    }
+
+    pub fn close(&mut self, h: Handle) -> Result<(), String> {
+        match (h, &mut self.proc_) {
+            (Handle::ChildFd(fd), Proc::Child(c)) => c.call(&Req::Close { fd }).map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn ioctl(&mut self, h: &Handle, cmd: u32, arg: u64) -> Result<Result<i64, Errno>, String> {
+        match h {
+            Handle::Fd(fd) => Ok(raw_ioctl(fd.as_raw_fd(), cmd, arg)),
+            Handle::InProc(f) => Ok(f.0.ioctl(cmd, arg, &self.mem()?)),
+            Handle::ChildFd(fd) => match &mut self.proc_ {
+                Proc::Child(c) => match c.call(&Req::Ioctl { fd: *fd, cmd, arg })? {
+                    Resp::Ret(r) => Ok(Ok(r)),
+                    Resp::Errno(e) => Ok(Err(Errno::from_raw(e))),
+                    _ => Err("unexpected answer from a client process".into()),
+                },
+                Proc::Local(_) => Err("descriptor of another process".into()),
+            },
+        }
+    }
+
+    /// Forks a child client that inherits this client's memory, buffers and open nodes.
+    pub fn fork(&self) -> Result<Client, String> {
+        if !matches!(self.proc_, Proc::Local(_)) {
+            return Err("only the main client can fork".into());
+        }
+        let (down_r, down_w) = nix::unistd::pipe().map_err(|e| e.to_string())?;
+        let (up_r, up_w) = nix::unistd::pipe().map_err(|e| e.to_string())?;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // SAFETY: the replay process is single-threaded when it forks (the runner starts no
+        // threads); the child only runs `child_loop` and leaves through _exit.
+        match unsafe { nix::unistd::fork() }.map_err(|e| e.to_string())? {
+            nix::unistd::ForkResult::Child => {
+                drop(down_w);
+                drop(up_r);
+                child_loop(down_r, up_w)
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(down_r);
+                drop(up_w);
+                let handles = self
+                    .handles
+                    .iter()
+                    .map(|(k, h)| {
+                        let h = match h {
+                            Handle::Fd(fd) => Handle::ChildFd(fd.as_raw_fd()),
+                            other => other.clone(),
+                        };
+                        (k.clone(), h)
+                    })
+                    .collect();
+                Ok(Client {
+                    proc_: Proc::Child(Child {
+                        pid: child.as_raw(),
+                        to: std::fs::File::from(down_w),
+                        from: BufReader::new(std::fs::File::from(up_r)),
+                    }),
+                    handles,
+                    buffers: self.buffers.clone(),
+                    scratch: self.scratch,
+                })
+            }
+        }
+    }
+}
+
+fn scratch_spec() -> BufferSpec {
+    BufferSpec {
+        name: String::new(),
+        size: SCRATCH,
+        memfd: false,
+        fill: Fill::Zero,
+        prot: BufProt::ReadWrite,
+    }
+}
+
+fn open_path(path: &std::path::Path) -> Result<OwnedFd, Errno> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+}
+
+fn raw_ioctl(fd: i32, cmd: u32, arg: u64) -> Result<i64, Errno> {
+    // SAFETY: iommufd and VFIO container ioctls touch memory only through `arg`, and only in the
+    // daemon, which reads and writes it with process_vm_*: a bad pointer is EFAULT, never UB here.
+    let rc = unsafe { libc::ioctl(fd, cmd as libc::c_ulong, arg) };
+    if rc < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(i64::from(rc))
+    }
+}
+
+/// The length of a buffer's mapping with its guard page.
+fn mapped_len(size: u64) -> u64 {
+    size.next_multiple_of(4096) + 4096
+}
+
+/// Maps a buffer of this process, fills it and sets its protection.
+fn map_buffer(spec: &BufferSpec) -> Result<(u64, Option<OwnedFd>), String> {
+    let len = spec.size as usize;
+    let memfd = if spec.memfd {
+        let fd = rustix::fs::memfd_create("uiommufd-replay", rustix::fs::MemfdFlags::empty())
+            .map_err(|e| format!("memfd_create: {e}"))?;
+        rustix::fs::ftruncate(&fd, spec.size).map_err(|e| format!("ftruncate: {e}"))?;
+        Some(fd)
+    } else {
+        None
+    };
+    // A PROT_NONE guard page follows every buffer, so that "the end of a buffer" is a fault.
+    let rounded = len.next_multiple_of(4096);
+    // SAFETY: a new reservation at an address the kernel picks; nothing aliases it.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            rounded + 4096,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(format!("mmap of {len} bytes: {}", Errno::last()));
+    }
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let ok = match &memfd {
+        // SAFETY: replaces the front of the reservation made above with the memfd's pages.
+        Some(f) => unsafe {
+            libc::mmap(
+                p,
+                len,
+                rw,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                f.as_raw_fd(),
+                0,
+            ) == p
+        },
+        // SAFETY: opens up the front of the reservation made above.
+        None => unsafe { libc::mprotect(p, rounded, rw) == 0 },
+    };
+    if !ok {
+        let e = Errno::last();
+        // SAFETY: undoes the reservation made above.
+        unsafe { libc::munmap(p, rounded + 4096) };
+        return Err(format!("mapping {len} bytes: {e}"));
+    }
+    let addr = p as u64;
+    let fill: Option<Vec<u8>> = match spec.fill {
+        Fill::Zero => None,
+        Fill::Byte(b) => Some(vec![b; len]),
+        Fill::Seq => Some((0..len).map(|i| i as u8).collect()),
+    };
+    if let Some(bytes) = fill {
+        ProcessMemory::current()
+            .write(addr, &bytes)
+            .map_err(|e| format!("filling the buffer: {e}"))?;
+    }
+    let prot = match spec.prot {
+        BufProt::ReadWrite => None,
+        BufProt::ReadOnly => Some(libc::PROT_READ),
+        BufProt::None => Some(libc::PROT_NONE),
+    };
+    if let Some(prot) = prot {
+        // SAFETY: changes the protection of the mapping made above only.
+        if unsafe { libc::mprotect(p, len, prot) } != 0 {
+            return Err(format!("mprotect: {}", Errno::last()));
+        }
+    }
+    Ok((addr, memfd))
+}
+
+/// The body of a forked client: serve requests until told to exit, then _exit.
+fn child_loop(from: OwnedFd, to: OwnedFd) -> ! {
+    let mut from = BufReader::new(std::fs::File::from(from));
+    let mut to = std::fs::File::from(to);
+    let mut keep: Vec<OwnedFd> = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if !matches!(from.read_line(&mut line), Ok(n) if n > 0) {
+            break;
+        }
+        let resp = match serde_json::from_str::<Req>(&line) {
+            Err(e) => Resp::Error(e.to_string()),
+            Ok(Req::Exit) => {
+                let _ = to.write_all(b"\"Done\"\n");
+                break;
+            }
+            Ok(Req::Alloc {
+                size,
+                memfd,
+                fill,
+                prot,
+            }) => {
+                let spec = BufferSpec {
+                    name: String::new(),
+                    size,
+                    memfd,
+                    fill,
+                    prot,
+                };
+                match map_buffer(&spec) {
+                    Ok((addr, fd)) => {
+                        let raw = fd.as_ref().map(|f| f.as_raw_fd());
+                        keep.extend(fd);
+                        Resp::Buf { addr, fd: raw }
+                    }
+                    Err(e) => Resp::Error(e),
+                }
+            }
+            Ok(Req::Free { addr, len }) => {
+                // SAFETY: a mapping of this process the runner allocated and no longer names.
+                unsafe { libc::munmap(addr as *mut libc::c_void, mapped_len(len) as usize) };
+                Resp::Done
+            }
+            Ok(Req::Open { path }) => match open_path(&path) {
+                Ok(fd) => {
+                    let raw = fd.as_raw_fd();
+                    keep.push(fd);
+                    Resp::Ret(i64::from(raw))
+                }
+                Err(e) => Resp::Errno(e as i32),
+            },
+            Ok(Req::Close { fd }) => {
+                if let Some(i) = keep.iter().position(|f| f.as_raw_fd() == fd) {
+                    keep.swap_remove(i);
+                } else {
+                    // An inherited descriptor: take ownership to close it.
+                    // SAFETY: `fd` is open in this process (inherited) and named by nothing else here.
+                    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+                Resp::Done
+            }
+            Ok(Req::Ioctl { fd, cmd, arg }) => match raw_ioctl(fd, cmd, arg) {
+                Ok(r) => Resp::Ret(r),
+                Err(e) => Resp::Errno(e as i32),
+            },
+        };
+        let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "\"Done\"".into());
+        out.push('\n');
+        if to.write_all(out.as_bytes()).is_err() {
+            break;
+        }
+    }
+    // SAFETY: leaves the forked child without running the parent's atexit handlers or destructors.
+    unsafe { libc::_exit(0) }
+}

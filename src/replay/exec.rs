@@ -1,0 +1,422 @@
+//! Runs parsed scripts: builds each ioctl's struct in the client's memory, issues it, and checks
+//! the outcome and the output fields.
+
+use super::client::{Client, Handle, Mode, SCRATCH};
+use super::layout::{self, ArgKind, Field, Role, RANGE_SIZE};
+use super::script::{self, Action, Expect, Expr, IoctlStep, Step, Term, Value2};
+use std::collections::HashMap;
+
+/// Why a script failed: the line of the step and what went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub line: usize,
+    pub msg: String,
+}
+
+const MAIN: &str = "main";
+
+/// Runs every step in order; stops at the first mismatch.
+pub fn run(mode: &Mode, steps: &[Step]) -> Result<(), Failure> {
+    let mut r = Runner {
+        mode,
+        clients: HashMap::new(),
+        vars: HashMap::new(),
+    };
+    let main = Client::local().map_err(|msg| Failure { line: 0, msg })?;
+    r.clients.insert(MAIN.to_string(), main);
+    let result = steps.iter().enumerate().try_for_each(|(i, s)| {
+        r.step(s).map_err(|msg| Failure {
+            line: s.line,
+            msg: format!("step {}: {msg}", i + 1),
+        })
+    });
+    // Children first: they hold copies of the main client's descriptors.
+    let children: Vec<String> = r.clients.keys().filter(|k| *k != MAIN).cloned().collect();
+    for c in children {
+        r.clients.remove(&c);
+    }
+    result
+}
+
+struct Runner<'m> {
+    mode: &'m Mode,
+    clients: HashMap<String, Client>,
+    vars: HashMap<String, u64>,
+}
+
+type R<T> = Result<T, String>;
+
+impl Runner<'_> {
+    fn step(&mut self, s: &Step) -> R<()> {
+        let cname = s.client.as_deref().unwrap_or(MAIN).to_string();
+        if !self.clients.contains_key(&cname) {
+            return Err(format!("no client \"{cname}\" (create it with fork)"));
+        }
+        let mode = self.mode;
+        match &s.action {
+            Action::Fork { name } => {
+                if cname != MAIN {
+                    return Err("only the main client can fork".into());
+                }
+                if self.clients.contains_key(name) {
+                    return Err(format!("client \"{name}\" exists"));
+                }
+                let child = self.clients[MAIN].fork()?;
+                self.clients.insert(name.clone(), child);
+                Ok(())
+            }
+            Action::Exit { name } => {
+                if name == MAIN || self.clients.remove(name).is_none() {
+                    return Err(format!("no forked client \"{name}\""));
+                }
+                Ok(())
+            }
+            Action::Set(vars) => {
+                for (k, e) in vars {
+                    let v = self.eval(&cname, e)?;
+                    self.vars.insert(k.clone(), v);
+                }
+                Ok(())
+            }
+            Action::Open { node, name } => {
+                let c = self.client(&cname);
+                if c.handles.contains_key(name) {
+                    return Err(format!("\"{name}\" is already open"));
+                }
+                let h = c
+                    .open(mode, node)?
+                    .map_err(|e| format!("open {node:?}: {}", layout::errno_name(e)))?;
+                c.handles.insert(name.clone(), h);
+                Ok(())
+            }
+            Action::Close { name } => {
+                let c = self.client(&cname);
+                let h = c
+                    .handles
+                    .remove(name)
+                    .ok_or_else(|| format!("nothing open as \"{name}\""))?;
+                c.close(h)
+            }
+            Action::Buffer(spec) => {
+                let c = self.client(&cname);
+                if c.buffers.contains_key(&spec.name) {
+                    return Err(format!("buffer \"{}\" exists", spec.name));
+                }
+                let b = c.alloc(spec)?;
+                c.buffers.insert(spec.name.clone(), b);
+                Ok(())
+            }
+            Action::Free { name } => {
+                let c = self.client(&cname);
+                let b = c
+                    .buffers
+                    .remove(name)
+                    .ok_or_else(|| format!("no buffer \"{name}\""))?;
+                c.free(b)
+            }
+            Action::Write { at, bytes } => {
+                let addr = self.eval(&cname, at)?;
+                self.clients[&cname].write(addr, bytes)
+            }
+            Action::Ioctl(io) => self.ioctl(&cname, io),
+        }
+    }
+
+    fn client(&mut self, name: &str) -> &mut Client {
+        self.clients.get_mut(name).expect("checked by step()")
+    }
+
+    fn eval(&self, cname: &str, e: &Expr) -> R<u64> {
+        let c = &self.clients[cname];
+        script::eval(e, &|t| match t {
+            Term::Var(v) => self
+                .vars
+                .get(v)
+                .copied()
+                .ok_or_else(|| format!("variable ${v} is not set")),
+            Term::BufAddr(b) => c
+                .buffers
+                .get(b)
+                .map(|b| b.addr)
+                .ok_or_else(|| format!("no buffer \"{b}\"")),
+            Term::BufFd(b) => match c.buffers.get(b) {
+                Some(buf) => buf
+                    .fd
+                    .map(|fd| fd as u64)
+                    .ok_or_else(|| format!("buffer \"{b}\" is not a memfd")),
+                None => Err(format!("no buffer \"{b}\"")),
+            },
+            Term::Num(n) => Ok(*n),
+        })
+    }
+
+    fn ioctl(&mut self, cname: &str, io: &IoctlStep) -> R<()> {
+        let label = &io.label;
+        let h: Handle = self.clients[cname]
+            .handles
+            .get(&io.fd)
+            .cloned()
+            .ok_or_else(|| format!("{label}: nothing open as \"{}\"", io.fd))?;
+        let built = self.build(cname, io).map_err(|e| format!("{label}: {e}"))?;
+        let arg = match (&io.arg, &built) {
+            (Some(e), _) => self.eval(cname, e)?,
+            (None, Some(b)) => b.addr,
+            (None, None) => 0,
+        };
+        let result = self.client(cname).ioctl(&h, io.cmd, arg)?;
+        let got = match result {
+            Ok(r) => format!("ok (returned {r})"),
+            Err(e) => layout::errno_name(e),
+        };
+        match (io.expect, result) {
+            (Expect::Any, _) | (Expect::Ok, Ok(_)) => {}
+            (Expect::Err(want), Err(e)) if want == e => {}
+            (Expect::Ok, _) => return Err(format!("{label}: expected ok, got {got}")),
+            (Expect::Err(want), _) => {
+                let want = layout::errno_name(want);
+                return Err(format!("{label}: expected {want}, got {got}"));
+            }
+        }
+        if let (Some(e), Ok(r)) = (&io.ret, result) {
+            let want = self.eval(cname, e)?;
+            if want as i64 != r {
+                return Err(format!("{label}: expected return value {want}, got {r}"));
+            }
+        }
+        let after = match &built {
+            Some(b) if !io.out.is_empty() || io.save.iter().any(|(_, f)| f != "ret") => {
+                Some(self.clients[cname].read(b.addr, b.bytes.len())?)
+            }
+            _ => None,
+        };
+        if let (Some(b), Some(after)) = (&built, &after) {
+            self.check_out(cname, io, b, after)
+                .map_err(|e| format!("{label}: {e}"))?;
+        }
+        for (var, field) in &io.save {
+            let v = match (field.as_str(), &built, &after) {
+                ("ret", _, _) => match result {
+                    Ok(r) => r as u64,
+                    Err(_) => return Err(format!("{label}: cannot save ret of a failed call")),
+                },
+                (f, Some(b), Some(after)) => get(after, b.field(f)?),
+                _ => return Err(format!("{label}: no struct to save \"{field}\" from")),
+            };
+            self.vars.insert(var.clone(), v);
+        }
+        Ok(())
+    }
+
+    /// Builds the struct (and its arrays) in the client's memory.
+    fn build(&mut self, cname: &str, io: &IoctlStep) -> R<Option<Built>> {
+        let def = match io.def {
+            Some(d) if d.kind == ArgKind::Value => return Ok(None),
+            _ if io.arg.is_some() => return Ok(None),
+            d => d,
+        };
+        let mut bytes = io.raw.clone().unwrap_or_default();
+        let fields: &[Field] = def.map_or(&[], |d| &d.fields);
+        if let Some(d) = def {
+            if bytes.len() < d.size {
+                bytes.resize(d.size, 0);
+            }
+        } else if io.raw.is_none() {
+            return Err("an unknown ioctl needs \"raw\" bytes or an \"arg\"".into());
+        }
+        let total = bytes.len() + io.trailing.len();
+        if let Some(size) = fields.iter().find(|f| f.role == Role::Size) {
+            put(&mut bytes, size, total as u64)?;
+        }
+        let scratch = self.clients[cname].scratch;
+        let mut array_at = scratch + SCRATCH / 2;
+        let mut arrays: Vec<(u64, Vec<u8>)> = Vec::new();
+        for (name, value) in &io.args {
+            let f = *fields
+                .iter()
+                .find(|f| f.name == name)
+                .ok_or_else(|| format!("no field {name}"))?;
+            match value {
+                Value2::Int(e) => put(&mut bytes, &f, self.eval(cname, e)?)?,
+                Value2::Ranges(rs) => {
+                    let mut arr = Vec::with_capacity(rs.len() * RANGE_SIZE);
+                    for (s, l) in rs {
+                        arr.extend_from_slice(&self.eval(cname, s)?.to_ne_bytes());
+                        arr.extend_from_slice(&self.eval(cname, l)?.to_ne_bytes());
+                    }
+                    if array_at + arr.len() as u64 > scratch + SCRATCH {
+                        return Err("inline arrays too large".into());
+                    }
+                    put(&mut bytes, &f, array_at)?;
+                    if let Role::Ranges { count, .. } = f.role {
+                        if !io.args.iter().any(|(n, _)| n == count) {
+                            let cf = fields.iter().find(|f| f.name == count).expect("layout");
+                            put(&mut bytes, cf, rs.len() as u64)?;
+                        }
+                    }
+                    let len = arr.len() as u64;
+                    arrays.push((array_at, arr));
+                    array_at += len;
+                }
+                Value2::Bytes(_) => return Err(format!("{name}: bytes are only for out.trailing")),
+            }
+        }
+        bytes.extend_from_slice(&io.trailing);
+        let addr = match &io.at {
+            Some(e) => self.eval(cname, e)?,
+            None => {
+                if bytes.len() as u64 > SCRATCH / 2 {
+                    return Err("struct and trailing bytes exceed 32 KiB".into());
+                }
+                self.clients[cname].write(scratch, &vec![0u8; (SCRATCH / 2) as usize])?;
+                scratch
+            }
+        };
+        let c = &self.clients[cname];
+        for (at, arr) in &arrays {
+            c.write(*at, arr)?;
+        }
+        if io.at.is_some() {
+            // The struct may deliberately run into unmapped memory: place what fits.
+            if c.write(addr, &bytes).is_err() {
+                for (i, b) in bytes.iter().enumerate() {
+                    if c.write(addr.wrapping_add(i as u64), &[*b]).is_err() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            c.write(addr, &bytes)?;
+        }
+        Ok(Some(Built {
+            addr,
+            before: bytes.clone(),
+            bytes,
+            fields: fields.to_vec(),
+            size: def.map_or(0, |d| d.size),
+        }))
+    }
+
+    fn check_out(&self, cname: &str, io: &IoctlStep, b: &Built, after: &[u8]) -> R<()> {
+        for (name, want) in &io.out {
+            match want {
+                Value2::Bytes(w) => {
+                    let got = after.get(b.size..b.size + w.len()).unwrap_or(&[]);
+                    if got != w.as_slice() {
+                        return Err(format!(
+                            "out.trailing expected {}, got {}",
+                            script::to_hex(w),
+                            script::to_hex(got)
+                        ));
+                    }
+                }
+                Value2::Int(e) => {
+                    let f = b.field(name)?;
+                    let want = truncate(self.eval(cname, e)?, f.width);
+                    let got = get(after, f);
+                    if want != got {
+                        return Err(format!("out.{name} expected {want:#x}, got {got:#x}"));
+                    }
+                }
+                Value2::Ranges(rs) => {
+                    let f = b.field(name)?;
+                    let Role::Ranges { count, .. } = f.role else {
+                        return Err(format!("{name} is not an array"));
+                    };
+                    let cf = b.field(count)?;
+                    let n = get(&b.before, cf).min(get(after, cf)).min(4096) as usize;
+                    let ptr = get(&b.before, f);
+                    let raw = self.clients[cname].read(ptr, n * RANGE_SIZE)?;
+                    let got: Vec<(u64, u64)> = raw
+                        .chunks_exact(RANGE_SIZE)
+                        .map(|c| (ne64(&c[..8]), ne64(&c[8..])))
+                        .collect();
+                    let mut wanted = Vec::new();
+                    for (s, l) in rs {
+                        wanted.push((self.eval(cname, s)?, self.eval(cname, l)?));
+                    }
+                    if wanted != got {
+                        return Err(format!(
+                            "out.{name} expected {}, got {}",
+                            show_ranges(&wanted),
+                            show_ranges(&got)
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A struct placed in a client's memory.
+struct Built {
+    addr: u64,
+    before: Vec<u8>,
+    bytes: Vec<u8>,
+    fields: Vec<Field>,
+    /// Size of the uAPI struct (trailing bytes follow it).
+    size: usize,
+}
+
+impl Built {
+    fn field(&self, name: &str) -> R<Field> {
+        self.fields
+            .iter()
+            .find(|f| f.name == name)
+            .copied()
+            .ok_or_else(|| format!("no field {name}"))
+    }
+}
+
+fn ne64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    u64::from_ne_bytes(a)
+}
+
+fn show_ranges(r: &[(u64, u64)]) -> String {
+    let items: Vec<String> = r.iter().map(|(s, l)| format!("[{s:#x}, {l:#x}]")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+fn truncate(v: u64, width: usize) -> u64 {
+    if width >= 8 {
+        v
+    } else {
+        v & ((1u64 << (8 * width)) - 1)
+    }
+}
+
+/// Reads a field (native endian, zero-extended).
+pub fn get(bytes: &[u8], f: Field) -> u64 {
+    let mut a = [0u8; 8];
+    if let Some(src) = bytes.get(f.off..f.off + f.width) {
+        if cfg!(target_endian = "little") {
+            a[..f.width].copy_from_slice(src);
+        } else {
+            a[8 - f.width..].copy_from_slice(src);
+        }
+    }
+    u64::from_ne_bytes(a)
+}
+
+/// Writes a field; the value must fit its width (negative numbers as two's complement).
+fn put(bytes: &mut [u8], f: &Field, v: u64) -> R<()> {
+    let w = f.width;
+    if w < 8 {
+        let bits = 8 * w as u32;
+        let fits_unsigned = v >> bits == 0;
+        let fits_signed = (v as i64) < 0 && (v as i64) >= -(1i64 << (bits - 1));
+        if !fits_unsigned && !fits_signed {
+            return Err(format!("{}: {v:#x} does not fit in {w} bytes", f.name));
+        }
+    }
+    let src = v.to_ne_bytes();
+    let dst = &mut bytes[f.off..f.off + w];
+    if cfg!(target_endian = "little") {
+        dst.copy_from_slice(&src[..w]);
+    } else {
+        dst.copy_from_slice(&src[8 - w..]);
+    }
+    Ok(())
+}

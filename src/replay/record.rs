@@ -1,0 +1,675 @@
+//! Session recording: an [`IoctlObserver`] that writes each context's ioctls, with their results,
+//! as a replayable script when the context is released (`uiommufd serve --record DIR`).
+//!
+//! Each ioctl's struct is read through the caller's memory before and after the call. Pointers are
+//! turned back into named buffers: every pointer use notes the range it covers (as far as it is
+//! readable); overlapping ranges merge into one buffer, declared at the top of the script, and
+//! pointers become `&buffer+offset`. An unreadable pointer becomes a `prot: none` buffer (or the
+//! literal value below 64 KiB) so that the replay fails the same way. IDs and automatically
+//! allocated IOVAs returned by the daemon are saved in variables and referenced by later calls.
+
+use super::layout::{self, ArgKind, IoctlDef, Role, RANGE_SIZE};
+use super::script::to_hex;
+use crate::caller::CallerMemory;
+use crate::dispatch::daemon::IoctlObserver;
+use crate::dispatch::NodeKind;
+use crate::objects::Context;
+use nix::errno::Errno;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use uiommufd_uapi::iommufd::{
+    IOMMU_IOAS_COPY, IOMMU_IOAS_MAP, IOMMU_IOAS_MAP_FILE, IOMMU_IOAS_MAP_FIXED_IOVA,
+};
+
+const PAGE: u64 = 4096;
+/// Largest struct (with trailing bytes) and pointer extent the recorder copies or follows.
+const MAX_STRUCT: usize = 64 * 1024;
+const MAX_EXTENT: u64 = 1 << 30;
+const MAX_RANGES: u64 = 4096;
+/// Pointers below this are never mappable (mmap_min_addr): recorded literally.
+const LOW: u64 = 0x10000;
+
+/// Writes one script per context into a directory.
+pub struct Recorder {
+    dir: PathBuf,
+    sessions: Mutex<HashMap<u64, Session>>,
+}
+
+struct Session {
+    node: NodeKind,
+    calls: Vec<Call>,
+}
+
+/// One pointer use: where, and how many bytes from there were readable (0: none).
+#[derive(Clone, Copy)]
+struct PtrUse {
+    addr: u64,
+    readable: u64,
+}
+
+struct Call {
+    cmd: u32,
+    arg: u64,
+    before: Option<Vec<u8>>,
+    after: Option<Vec<u8>>,
+    result: Result<i64, Errno>,
+    /// Pointer fields (by name) and the arg itself (under "").
+    ptrs: Vec<(&'static str, PtrUse)>,
+    ranges_in: Option<Vec<(u64, u64)>>,
+    ranges_out: Option<Vec<(u64, u64)>>,
+    /// Size of the file behind an IOAS_MAP_FILE fd.
+    file_size: Option<u64>,
+    /// Caller memory the daemon reads that the script must write first (partly readable arrays).
+    data: Vec<(u64, Vec<u8>)>,
+}
+
+impl Recorder {
+    pub fn new(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            dir,
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn path_for(&self, ctx: u64) -> PathBuf {
+        self.dir
+            .join(format!("uiommufd-{}-ctx{ctx}.jsonl", std::process::id()))
+    }
+}
+
+impl IoctlObserver for Recorder {
+    fn open(&self, ctx: &Context, node: &NodeKind) {
+        if let Ok(mut s) = self.sessions.lock() {
+            s.insert(
+                ctx.id,
+                Session {
+                    node: node.clone(),
+                    calls: Vec::new(),
+                },
+            );
+        }
+    }
+
+    fn ioctl(
+        &self,
+        ctx: &Context,
+        cmd: u32,
+        arg: u64,
+        mem: &dyn CallerMemory,
+        call: &mut dyn FnMut() -> Result<i64, Errno>,
+    ) -> Result<i64, Errno> {
+        let def = layout::by_cmd(cmd);
+        let mut c = Call {
+            cmd,
+            arg,
+            before: None,
+            after: None,
+            result: Ok(0),
+            ptrs: Vec::new(),
+            ranges_in: None,
+            ranges_out: None,
+            file_size: None,
+            data: Vec::new(),
+        };
+        let is_struct = def.is_none_or(|d| d.kind == ArgKind::Struct);
+        if is_struct {
+            capture_before(&mut c, def, mem);
+        }
+        c.result = call();
+        if let Some(b) = &c.before {
+            let mut after = vec![0u8; b.len()];
+            if mem.read(arg, &mut after).is_ok() {
+                if let Some(d) = def {
+                    c.ranges_out = ranges_out(d, b, &after, mem);
+                }
+                c.after = Some(after);
+            }
+        }
+        let result = c.result;
+        if let Ok(mut s) = self.sessions.lock() {
+            if let Some(s) = s.get_mut(&ctx.id) {
+                s.calls.push(c);
+            }
+        }
+        result
+    }
+
+    fn release(&self, ctx: &Context) {
+        let session = self
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|mut s| s.remove(&ctx.id));
+        if let Some(s) = session {
+            let path = self.path_for(ctx.id);
+            if let Err(e) = std::fs::write(&path, render(ctx.id, &s)) {
+                tracing::warn!(path = %path.display(), %e, "cannot write the recorded session");
+            } else {
+                tracing::info!(path = %path.display(), calls = s.calls.len(), "session recorded");
+            }
+        }
+    }
+}
+
+fn readable(mem: &dyn CallerMemory, addr: u64) -> bool {
+    mem.read(addr, &mut [0u8]).is_ok()
+}
+
+/// How many bytes from `addr` (up to `len`) are readable, assuming a readable prefix.
+fn probe(mem: &dyn CallerMemory, addr: u64, len: u64) -> PtrUse {
+    let len = len.clamp(1, MAX_EXTENT);
+    if !readable(mem, addr) {
+        return PtrUse { addr, readable: 0 };
+    }
+    let end = addr.saturating_add(len);
+    if readable(mem, end - 1) {
+        return PtrUse {
+            addr,
+            readable: len,
+        };
+    }
+    // Binary search for the first unreadable page after `addr`.
+    let (mut lo, mut hi) = (addr / PAGE + 1, (end - 1) / PAGE);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if readable(mem, mid * PAGE) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    PtrUse {
+        addr,
+        readable: lo * PAGE - addr,
+    }
+}
+
+fn read_ranges(mem: &dyn CallerMemory, ptr: u64, n: u64) -> Option<Vec<(u64, u64)>> {
+    let mut raw = vec![0u8; (n.min(MAX_RANGES) as usize) * RANGE_SIZE];
+    mem.read(ptr, &mut raw).ok()?;
+    Some(
+        raw.chunks_exact(RANGE_SIZE)
+            .map(|c| (ne(&c[..8]), ne(&c[8..])))
+            .collect(),
+    )
+}
+
+fn ne(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    u64::from_ne_bytes(a)
+}
+
+fn capture_before(c: &mut Call, def: Option<&IoctlDef>, mem: &dyn CallerMemory) {
+    let mut size = [0u8; 4];
+    if mem.read(c.arg, &mut size).is_err() {
+        c.ptrs.push((
+            "",
+            PtrUse {
+                addr: c.arg,
+                readable: 0,
+            },
+        ));
+        return;
+    }
+    let Some(d) = def else {
+        c.before = Some(size.to_vec());
+        return;
+    };
+    let user = u32::from_ne_bytes(size) as usize;
+    let want = d.size.max(user).min(MAX_STRUCT);
+    let mut b = vec![0u8; want];
+    if mem.read(c.arg, &mut b).is_err() {
+        // The struct runs into unmapped memory: keep what is readable and where it sits.
+        let p = probe(mem, c.arg, want as u64);
+        c.ptrs.push(("@", p));
+        b = vec![0u8; p.readable as usize];
+        if mem.read(c.arg, &mut b).is_err() {
+            return;
+        }
+        b.resize(d.size, 0);
+    }
+    for f in &d.fields {
+        let v = super::exec::get(&b, *f);
+        match f.role {
+            Role::Ptr { len } => {
+                let n = d.field(len).map_or(0, |lf| super::exec::get(&b, *lf));
+                c.ptrs.push((f.name, probe(mem, v, n)));
+            }
+            Role::Ranges { count, input } => {
+                let n = d.field(count).map_or(0, |cf| super::exec::get(&b, *cf));
+                if input && n > 0 {
+                    c.ranges_in = read_ranges(mem, v, n);
+                }
+                if n > 0 && c.ranges_in.is_none() {
+                    let len = n.min(MAX_RANGES) * RANGE_SIZE as u64;
+                    let p = probe(mem, v, len);
+                    c.ptrs.push((f.name, p));
+                    let mut prefix = vec![0u8; p.readable.min(len) as usize];
+                    if input && !prefix.is_empty() && mem.read(v, &mut prefix).is_ok() {
+                        c.data.push((v, prefix));
+                    }
+                }
+            }
+            Role::Fd => {
+                if let Ok(fd) = mem.get_fd(v as u32 as i32) {
+                    c.file_size = rustix::fs::fstat(&fd).ok().map(|st| st.st_size as u64);
+                }
+            }
+            _ => {}
+        }
+    }
+    c.before = Some(b);
+}
+
+fn ranges_out(
+    d: &IoctlDef,
+    before: &[u8],
+    after: &[u8],
+    mem: &dyn CallerMemory,
+) -> Option<Vec<(u64, u64)>> {
+    let f = d
+        .fields
+        .iter()
+        .find(|f| matches!(f.role, Role::Ranges { input: false, .. }))?;
+    let Role::Ranges { count, .. } = f.role else {
+        return None;
+    };
+    let cf = *d.field(count)?;
+    let n = super::exec::get(before, cf).min(super::exec::get(after, cf));
+    read_ranges(mem, super::exec::get(before, *f), n)
+}
+
+/// A buffer the recorded script declares.
+struct Buffer {
+    name: String,
+    start: u64,
+    end: u64,
+    prot_none: bool,
+}
+
+/// Renders a session as a script.
+fn render(ctx: u64, s: &Session) -> String {
+    let node = match s.node {
+        NodeKind::VfioContainer => "vfio",
+        _ => "iommu",
+    };
+    let mut out = format!(
+        "# Recorded by `uiommufd serve --record`: context {ctx} ({} ioctls).\n",
+        s.calls.len()
+    );
+    let _ = writeln!(out, "{{\"open\": \"{node}\"}}");
+    let buffers = infer_buffers(s);
+    for b in &buffers {
+        let prot = if b.prot_none {
+            ", \"prot\": \"none\""
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "{{\"buffer\": \"{}\", \"size\": {}{prot}}}",
+            b.name,
+            b.end - b.start
+        );
+    }
+    let mut r = Renderer {
+        buffers,
+        ids: HashMap::new(),
+        iovas: Vec::new(),
+        files: 0,
+        vars: 0,
+        out,
+    };
+    for c in &s.calls {
+        r.call(c);
+    }
+    r.out.push_str("{\"close\": \"fd\"}\n");
+    r.out
+}
+
+fn infer_buffers(s: &Session) -> Vec<Buffer> {
+    let mut good: Vec<(u64, u64)> = Vec::new();
+    let mut bad: Vec<u64> = Vec::new();
+    for c in &s.calls {
+        for (_, p) in &c.ptrs {
+            if p.readable > 0 {
+                let start = p.addr / PAGE * PAGE;
+                let end = p.addr.saturating_add(p.readable).next_multiple_of(PAGE);
+                good.push((start, end));
+            } else if p.addr >= LOW {
+                bad.push(p.addr / PAGE * PAGE);
+            }
+        }
+    }
+    good.sort();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in good {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    bad.sort();
+    bad.dedup();
+    let mut out: Vec<Buffer> = merged
+        .into_iter()
+        .enumerate()
+        .map(|(i, (start, end))| Buffer {
+            name: format!("b{}", i + 1),
+            start,
+            end,
+            prot_none: false,
+        })
+        .collect();
+    out.extend(bad.into_iter().enumerate().map(|(i, start)| Buffer {
+        name: format!("bad{}", i + 1),
+        start,
+        end: start + PAGE,
+        prot_none: true,
+    }));
+    out
+}
+
+struct Renderer {
+    buffers: Vec<Buffer>,
+    /// Object ID → variable holding it.
+    ids: HashMap<u64, String>,
+    /// Automatically allocated IOVA areas: (IOAS ID, start, length, variable).
+    iovas: Vec<(u64, u64, u64, String)>,
+    files: usize,
+    vars: usize,
+    out: String,
+}
+
+fn json(v: &str) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn num(v: u64) -> String {
+    if v < 0x10000 {
+        v.to_string()
+    } else {
+        json(&format!("{v:#x}"))
+    }
+}
+
+impl Renderer {
+    fn ptr(&self, addr: u64, p: Option<&PtrUse>) -> String {
+        let unreadable = p.is_some_and(|p| p.readable == 0);
+        let found = self
+            .buffers
+            .iter()
+            .find(|b| b.prot_none == unreadable && (b.start..b.end).contains(&addr));
+        match found {
+            Some(b) if addr == b.start => json(&format!("&{}", b.name)),
+            Some(b) => json(&format!("&{}+{:#x}", b.name, addr - b.start)),
+            None => num(addr),
+        }
+    }
+
+    fn id(&self, v: u64) -> String {
+        match self.ids.get(&v) {
+            Some(var) => json(&format!("${var}")),
+            None => num(v),
+        }
+    }
+
+    /// An IOVA of the IOAS `ioas` (None: the compat IOAS, unknown here).
+    fn iova(&self, ioas: Option<u64>, v: u64) -> String {
+        let hit = self.iovas.iter().rev().find(|(id, s, l, _)| {
+            ioas.is_some_and(|i| i == *id) && v >= *s && v - *s < (*l).max(1)
+        });
+        match hit {
+            Some((_, s, _, var)) if v == *s => json(&format!("${var}")),
+            Some((_, s, _, var)) => json(&format!("${var}+{:#x}", v - s)),
+            None => num(v),
+        }
+    }
+
+    fn call(&mut self, c: &Call) {
+        let def = layout::by_cmd(c.cmd);
+        let label = match def {
+            Some(d) => json(d.name),
+            None => json(&format!("{:#x}", c.cmd)),
+        };
+        for (addr, bytes) in &c.data {
+            let _ = writeln!(
+                self.out,
+                "{{\"write\": {}, \"hex\": {}}}",
+                self.ptr(
+                    *addr,
+                    Some(&PtrUse {
+                        addr: *addr,
+                        readable: 1
+                    })
+                ),
+                json(&to_hex(bytes))
+            );
+        }
+        let mut line = format!("{{\"ioctl\": {label}");
+        let expect = match c.result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => layout::errno_name(e),
+        };
+        match (def, &c.before) {
+            (Some(d), _) if d.kind == ArgKind::Value => {
+                let _ = write!(line, ", \"arg\": {}", num(c.arg));
+            }
+            (_, None) => {
+                let p = c.ptrs.iter().find(|(n, _)| n.is_empty()).map(|(_, p)| p);
+                let _ = write!(line, ", \"arg\": {}", self.ptr(c.arg, p));
+            }
+            (None, Some(b)) => {
+                let _ = write!(line, ", \"raw\": {}", json(&to_hex(b)));
+            }
+            (Some(d), Some(b)) => {
+                if let Some((_, p)) = c.ptrs.iter().find(|(n, _)| *n == "@") {
+                    let _ = write!(line, ", \"at\": {}", self.ptr(c.arg, Some(p)));
+                }
+                let saves = self.struct_args(&mut line, d, b, c);
+                let _ = write!(line, ", \"expect\": {}", json(&expect));
+                self.struct_out(&mut line, d, b, c, &saves);
+                if !saves.is_empty() {
+                    let items: Vec<String> = saves
+                        .iter()
+                        .map(|(var, f)| format!("{}: {}", json(var), json(f)))
+                        .collect();
+                    let _ = write!(line, ", \"save\": {{{}}}", items.join(", "));
+                }
+                line.push_str("}\n");
+                self.out.push_str(&line);
+                return;
+            }
+        }
+        let _ = write!(line, ", \"expect\": {}", json(&expect));
+        if let Ok(r) = c.result {
+            if r != 0 {
+                let _ = write!(line, ", \"ret\": {r}");
+            }
+        }
+        line.push_str("}\n");
+        self.out.push_str(&line);
+    }
+
+    /// Writes `args` (and `trailing`); returns the variables to save.
+    fn struct_args(
+        &mut self,
+        line: &mut String,
+        d: &IoctlDef,
+        b: &[u8],
+        c: &Call,
+    ) -> Vec<(String, &'static str)> {
+        let get = |name: &str| d.field(name).map_or(0, |f| super::exec::get(b, *f));
+        let mut args: Vec<String> = Vec::new();
+        let user = get(d.fields[0].name) as usize;
+        let trailing = b.get(d.size..user.min(b.len())).unwrap_or(&[]);
+        if user != d.size + trailing.len() {
+            args.push(format!("\"{}\": {}", d.fields[0].name, num(user as u64)));
+        }
+        if c.file_size.is_some() {
+            self.files += 1;
+        }
+        for f in d.fields.iter().skip(1) {
+            let v = super::exec::get(b, *f);
+            let ptr = c.ptrs.iter().find(|(n, _)| *n == f.name).map(|(_, p)| p);
+            let rendered = match f.role {
+                Role::Ranges { input: true, .. }
+                    if c.ranges_in.is_some() && get("num_iovas") > 0 =>
+                {
+                    let rs = c.ranges_in.as_deref().unwrap_or(&[]);
+                    Some(show_ranges(rs))
+                }
+                Role::Ptr { .. } | Role::Ranges { .. } if v >= LOW => Some(self.ptr(v, ptr)),
+                Role::Fd if c.file_size.is_some() => {
+                    let size = c.file_size.unwrap_or(PAGE).max(1).next_multiple_of(PAGE);
+                    let _ = writeln!(
+                        self.out,
+                        "{{\"buffer\": \"f{}\", \"size\": {size}, \"memfd\": true}}",
+                        self.files
+                    );
+                    Some(json(&format!("#f{}", self.files)))
+                }
+                Role::Fd => Some((v as u32 as i32).to_string()),
+                _ if v == 0 => None,
+                Role::Id => Some(self.id(v)),
+                Role::Iova => Some(self.iova(ioas_of(d, f.name).map(get), v)),
+                _ if f.name == "flags" => Some(flags(d, v)),
+                _ => Some(num(v)),
+            };
+            if let Some(r) = rendered {
+                args.push(format!("\"{}\": {r}", f.name));
+            }
+        }
+        if !args.is_empty() {
+            let _ = write!(line, ", \"args\": {{{}}}", args.join(", "));
+        }
+        if !trailing.is_empty() {
+            if trailing.iter().all(|&x| x == 0) {
+                let _ = write!(line, ", \"trailing\": {}", trailing.len());
+            } else {
+                let _ = write!(line, ", \"trailing\": {}", json(&to_hex(trailing)));
+            }
+        }
+        // What the call returns into variables.
+        let mut saves = Vec::new();
+        let (Ok(_), Some(after)) = (c.result, &c.after) else {
+            return saves;
+        };
+        let aget = |name: &str| d.field(name).map_or(0, |f| super::exec::get(after, *f));
+        for f in &d.fields {
+            if f.role == Role::OutId {
+                self.vars += 1;
+                let var = format!("id{}", self.vars);
+                self.ids.insert(super::exec::get(after, *f), var.clone());
+                saves.push((var, f.name));
+            }
+        }
+        let auto = get("flags") as u32 & IOMMU_IOAS_MAP_FIXED_IOVA == 0;
+        let out_iova = match d.cmd {
+            IOMMU_IOAS_MAP | IOMMU_IOAS_MAP_FILE if auto => Some("iova"),
+            IOMMU_IOAS_COPY if auto => Some("dst_iova"),
+            _ => None,
+        };
+        if let Some(field) = out_iova {
+            self.vars += 1;
+            let var = format!("iova{}", self.vars);
+            let ioas = ioas_of(d, field).map_or(0, get);
+            self.iovas
+                .push((ioas, aget(field), aget("length"), var.clone()));
+            saves.push((var, field));
+        }
+        saves
+    }
+
+    fn struct_out(
+        &self,
+        line: &mut String,
+        d: &IoctlDef,
+        b: &[u8],
+        c: &Call,
+        saves: &[(String, &str)],
+    ) {
+        let Some(after) = &c.after else { return };
+        let mut outs: Vec<String> = Vec::new();
+        for f in &d.fields {
+            let (old, new) = (super::exec::get(b, *f), super::exec::get(after, *f));
+            if old == new || saves.iter().any(|(_, s)| *s == f.name) {
+                continue;
+            }
+            let v = match f.role {
+                Role::Id | Role::OutId => self.id(new),
+                Role::Iova => {
+                    let ioas = ioas_of(d, f.name)
+                        .map(|n| d.field(n).map_or(0, |x| super::exec::get(b, *x)));
+                    self.iova(ioas, new)
+                }
+                _ => num(new),
+            };
+            outs.push(format!("\"{}\": {v}", f.name));
+        }
+        if let Some(rs) = &c.ranges_out {
+            if let Some(f) = d
+                .fields
+                .iter()
+                .find(|f| matches!(f.role, Role::Ranges { .. }))
+            {
+                outs.push(format!("\"{}\": {}", f.name, show_ranges(rs)));
+            }
+        }
+        let (tb, ta) = (
+            b.get(d.size..).unwrap_or(&[]),
+            after.get(d.size..).unwrap_or(&[]),
+        );
+        if tb != ta {
+            outs.push(format!("\"trailing\": {}", json(&to_hex(ta))));
+        }
+        if !outs.is_empty() {
+            let _ = write!(line, ", \"out\": {{{}}}", outs.join(", "));
+        }
+    }
+}
+
+fn show_ranges(rs: &[(u64, u64)]) -> String {
+    let items: Vec<String> = rs
+        .iter()
+        .map(|(s, l)| format!("[{}, {}]", num(*s), num(*l)))
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// The field naming the IOAS an IOVA field belongs to.
+fn ioas_of(d: &IoctlDef, iova_field: &str) -> Option<&'static str> {
+    let name = match iova_field {
+        "src_iova" => "src_ioas_id",
+        "dst_iova" => "dst_ioas_id",
+        _ => "ioas_id",
+    };
+    d.field(name).map(|f| f.name)
+}
+
+/// A flags value with its known bits by name.
+fn flags(d: &IoctlDef, v: u64) -> String {
+    let prefix = match d.name {
+        "VFIO_IOMMU_MAP_DMA" => "VFIO_DMA_MAP_FLAG_",
+        "VFIO_IOMMU_UNMAP_DMA" => "VFIO_DMA_UNMAP_FLAG_",
+        n if n.starts_with("IOMMU_IOAS_") => "IOMMU_IOAS_MAP_",
+        _ => return num(v),
+    };
+    let mut names = Vec::new();
+    let mut rest = v;
+    for (name, bit) in layout::CONSTANTS {
+        if name.starts_with(prefix) && bit.is_power_of_two() && rest & bit != 0 {
+            names.push(name.to_string());
+            rest &= !bit;
+        }
+    }
+    if rest != 0 || names.is_empty() {
+        names.push(format!("{rest:#x}"));
+    }
+    json(&names.join("|"))
+}

@@ -1,0 +1,328 @@
+//! The replay corpus (tests/replay/*.jsonl) through both modes, session recording round trips,
+//! and the diagnostics for failing and malformed scripts.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use support::{ioctl, ioctl_raw, DaemonProcess, TempDir};
+use uiommufd_uapi::iommufd::*;
+use uiommufd_uapi::vfio::*;
+
+fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/replay")
+}
+
+fn corpus_len() -> usize {
+    std::fs::read_dir(corpus())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "jsonl")
+        })
+        .count()
+}
+
+fn replay(args: &[&str], scripts: &[&Path]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_uiommufd"))
+        .arg("replay")
+        .args(args)
+        .args(scripts)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run uiommufd replay")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts a clean run of `n` scripts: exit 0 and the summary alone on the last line.
+fn assert_all_pass(o: &Output, n: usize) {
+    let out = stdout(o);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        out.lines().last(),
+        Some(format!("{n} passed, 0 failed").as_str()),
+        "{out}"
+    );
+}
+
+#[test]
+fn corpus_in_process() {
+    let o = replay(&["--in-process"], &[&corpus()]);
+    assert_all_pass(&o, corpus_len());
+}
+
+#[test]
+fn corpus_against_a_fuse_daemon() {
+    let d = DaemonProcess::start(&[]);
+    let node = d.node("iommu");
+    let o = replay(&["--node", node.to_str().unwrap()], &[&corpus()]);
+    assert_all_pass(&o, corpus_len());
+    let s = d.wait_idle();
+    assert_eq!(s["contexts"], 0, "{s}");
+    assert_eq!(s["objects"], 0, "{s}");
+}
+
+fn recordings(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Records a session, then replays the recordings in-process and against a fresh daemon.
+fn replay_recordings(dir: &Path, expected: usize) {
+    let files = recordings(dir);
+    assert_eq!(files.len(), expected, "{files:?}");
+    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    assert_all_pass(&replay(&["--in-process"], &refs), expected);
+    let fresh = DaemonProcess::start(&[]);
+    let node = fresh.node("iommu");
+    assert_all_pass(
+        &replay(&["--node", node.to_str().unwrap()], &refs),
+        expected,
+    );
+}
+
+#[test]
+fn recorded_corpus_replays_cleanly() {
+    let rec = TempDir::new("rec");
+    let d = DaemonProcess::start(&["--record", rec.0.to_str().unwrap()]);
+    let node = d.node("iommu");
+    assert_all_pass(
+        &replay(&["--node", node.to_str().unwrap()], &[&corpus()]),
+        corpus_len(),
+    );
+    d.wait_idle();
+    // One script per open: every corpus script opens once, fork.jsonl's child opens again.
+    replay_recordings(&rec.0, corpus_len() + 1);
+}
+
+const RW: u32 = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE;
+
+/// A client program of its own: raw ioctls with pointers into its heap and stack.
+fn client_session(f: &std::fs::File) {
+    let mut alloc = iommu_ioas_alloc {
+        size: 12,
+        ..Default::default()
+    };
+    ioctl(f, IOMMU_IOAS_ALLOC, &mut alloc).unwrap();
+    let ioas = alloc.out_ioas_id;
+    ioctl(f, IOMMU_IOAS_ALLOC, &mut alloc).unwrap();
+    let ioas2 = alloc.out_ioas_id;
+    let allowed = [
+        iommu_iova_range {
+            start: 0x1000_0000,
+            last: 0x1fff_ffff,
+        },
+        iommu_iova_range {
+            start: 0x4000_0000,
+            last: 0x4fff_ffff,
+        },
+    ];
+    let mut allow = iommu_ioas_allow_iovas {
+        size: 24,
+        ioas_id: ioas,
+        num_iovas: 2,
+        reserved: 0,
+        allowed_iovas: allowed.as_ptr() as u64,
+    };
+    ioctl(f, IOMMU_IOAS_ALLOW_IOVAS, &mut allow).unwrap();
+    let buf = vec![0x5au8; 256 * 1024];
+    let mut map = iommu_ioas_map {
+        size: 40,
+        flags: RW,
+        ioas_id: ioas,
+        user_va: buf.as_ptr() as u64 + 4096,
+        length: 64 * 1024,
+        ..Default::default()
+    };
+    ioctl(f, IOMMU_IOAS_MAP, &mut map).unwrap();
+    let iova = map.iova;
+    // The same buffer again, overlapping the first use of it, at a fixed IOVA.
+    map.flags = RW | IOMMU_IOAS_MAP_FIXED_IOVA;
+    map.user_va = buf.as_ptr() as u64 + 32 * 1024;
+    map.iova = 0x8000_0000;
+    ioctl(f, IOMMU_IOAS_MAP, &mut map).unwrap();
+    assert_eq!(ioctl(f, IOMMU_IOAS_MAP, &mut map), Err(libc::EEXIST));
+    let mut copy = iommu_ioas_copy {
+        size: 40,
+        flags: IOMMU_IOAS_MAP_READABLE,
+        dst_ioas_id: ioas2,
+        src_ioas_id: ioas,
+        length: 8192,
+        dst_iova: 0,
+        src_iova: iova + 8192,
+    };
+    ioctl(f, IOMMU_IOAS_COPY, &mut copy).unwrap();
+    let mut ranges = [iommu_iova_range::default(); 2];
+    let mut r = iommu_ioas_iova_ranges {
+        size: 32,
+        ioas_id: ioas2,
+        num_iovas: 0,
+        allowed_iovas: ranges.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    assert_eq!(
+        ioctl(f, IOMMU_IOAS_IOVA_RANGES, &mut r),
+        Err(libc::EMSGSIZE)
+    );
+    r.num_iovas = 2;
+    ioctl(f, IOMMU_IOAS_IOVA_RANGES, &mut r).unwrap();
+    // Bad input: a short size, an unmapped argument, an unknown ID.
+    let mut unmap = iommu_ioas_unmap {
+        size: 16,
+        ioas_id: ioas,
+        iova,
+        length: 64 * 1024,
+    };
+    assert_eq!(ioctl(f, IOMMU_IOAS_UNMAP, &mut unmap), Err(libc::EINVAL));
+    assert_eq!(ioctl_raw(f, IOMMU_IOAS_UNMAP, 8), Err(libc::EFAULT));
+    unmap.size = 24;
+    unmap.ioas_id = 99;
+    assert_eq!(ioctl(f, IOMMU_IOAS_UNMAP, &mut unmap), Err(libc::ENOENT));
+    unmap.ioas_id = ioas;
+    ioctl(f, IOMMU_IOAS_UNMAP, &mut unmap).unwrap();
+    assert_eq!(unmap.length, 64 * 1024);
+    // The VFIO container ioctls on the same fd.
+    let mut vfio_ioas = iommu_vfio_ioas {
+        size: 12,
+        ioas_id: ioas2,
+        op: IOMMU_VFIO_IOAS_SET,
+        reserved: 0,
+    };
+    ioctl(f, IOMMU_VFIO_IOAS, &mut vfio_ioas).unwrap();
+    assert_eq!(
+        ioctl_raw(f, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU as u64),
+        Ok(1)
+    );
+    ioctl_raw(f, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU as u64).unwrap();
+    let mut dma = vfio_iommu_type1_dma_map {
+        argsz: 32,
+        flags: VFIO_DMA_MAP_FLAG_READ,
+        vaddr: buf.as_ptr() as u64 + 128 * 1024,
+        iova: 0x20_0000,
+        size: 16384,
+    };
+    ioctl(f, VFIO_IOMMU_MAP_DMA, &mut dma).unwrap();
+    let mut info = [0u8; 96];
+    info[..4].copy_from_slice(&96u32.to_ne_bytes());
+    ioctl_raw(f, VFIO_IOMMU_GET_INFO, info.as_mut_ptr() as u64).unwrap();
+    let mut all = vfio_iommu_type1_dma_unmap {
+        argsz: 24,
+        flags: VFIO_DMA_UNMAP_FLAG_ALL,
+        ..Default::default()
+    };
+    ioctl(f, VFIO_IOMMU_UNMAP_DMA, &mut all).unwrap();
+    assert_eq!(all.size, 16384 + 8192);
+    let mut destroy = iommu_destroy { size: 8, id: ioas };
+    ioctl(f, IOMMU_DESTROY, &mut destroy).unwrap();
+    assert_eq!(ioctl(f, IOMMU_DESTROY, &mut destroy), Err(libc::ENOENT));
+}
+
+#[test]
+fn recorded_client_session_round_trip() {
+    let rec = TempDir::new("rec");
+    let d = DaemonProcess::start(&["--record", rec.0.to_str().unwrap()]);
+    {
+        let f = d.open_iommu();
+        client_session(&f);
+        let g = support::open_node(&d.node("vfio/vfio"));
+        assert_eq!(ioctl_raw(&g, VFIO_GET_API_VERSION, 0), Ok(0));
+        assert_eq!(ioctl_raw(&g, VFIO_SET_IOMMU, 42), Err(libc::EINVAL));
+    }
+    d.wait_idle();
+    let files = recordings(&rec.0);
+    let vfio = files
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .find(|t| t.contains("\"open\": \"vfio\""))
+        .expect("the vfio/vfio open was recorded");
+    assert!(
+        vfio.contains("\"ioctl\": \"VFIO_SET_IOMMU\", \"arg\": 42, \"expect\": \"EINVAL\""),
+        "{vfio}"
+    );
+    replay_recordings(&rec.0, 2);
+}
+
+fn script(dir: &TempDir, name: &str, text: &str) -> PathBuf {
+    let p = dir.0.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn mismatches_name_the_step_the_ioctl_and_both_outcomes() {
+    let dir = TempDir::new("scripts");
+    let bad = script(
+        &dir,
+        "bad.jsonl",
+        "{\"open\": \"iommu\"}\n# comment\n{\"ioctl\": \"IOMMU_IOAS_ALLOC\"}\n\
+         {\"ioctl\": \"IOMMU_DESTROY\", \"args\": {\"id\": 7}, \"expect\": \"EBUSY\"}\n",
+    );
+    let out_bad = script(
+        &dir,
+        "out.jsonl",
+        "{\"open\": \"iommu\"}\n{\"ioctl\": \"IOMMU_IOAS_ALLOC\", \"out\": {\"out_ioas_id\": 3}}\n",
+    );
+    let good = script(&dir, "good.jsonl", "{\"open\": \"iommu\"}\n");
+    let o = replay(&["--in-process"], &[&bad, &out_bad, &good]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("bad.jsonl:4: step 3: IOMMU_DESTROY: expected EBUSY, got ENOENT"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "out.jsonl:2: step 2: IOMMU_IOAS_ALLOC: out.out_ioas_id expected 0x3, got 0x1"
+        ),
+        "{out}"
+    );
+    assert_eq!(out.lines().last(), Some("1 passed, 2 failed"), "{out}");
+}
+
+#[test]
+fn malformed_scripts_are_reported_by_line_without_panicking() {
+    let dir = TempDir::new("scripts");
+    let cases = [
+        ("{\"open\": \"iommu\"}\n{\"ioctl\": \"IOMMU_IOAS_MAP\", \"args\": {\"flagz\": 1}}\n", 2, "flagz"),
+        ("{\"open\": \"iommu\"\n", 1, "not JSON"),
+        ("\n\n{\"ioctl\": \"IOMMU_NOPE\"}\n", 3, "unknown ioctl"),
+        ("{\"open\": \"iommu\"}\n{\"ioctl\": \"IOMMU_DESTROY\", \"expect\": \"EWHAT\"}\n", 2, "EWHAT"),
+        ("{\"buffer\": \"b\", \"size\": 0}\n", 1, "size"),
+        ("{\"open\": \"iommu\"}\n{\"ioctl\": \"IOMMU_DESTROY\", \"args\": {\"id\": \"$nope\"}}\n", 2, "$nope is not set"),
+        ("{\"open\": \"iommu\"}\n{\"ioctl\": \"IOMMU_DESTROY\", \"args\": {\"id\": \"0x1ffffffff\"}}\n", 2, "does not fit"),
+        ("{\"client\": \"ghost\", \"open\": \"iommu\"}\n", 1, "no client"),
+        ("{\"ioctl\": \"IOMMU_DESTROY\"}\n", 1, "nothing open"),
+        ("{\"open\": \"iommu\"}\n{\"ioctl\": \"IOMMU_DESTROY\", \"args\": {\"id\": \"&nobuf\"}}\n", 2, "no buffer"),
+        ("[]\n", 1, "JSON object"),
+    ];
+    for (i, (text, line, what)) in cases.iter().enumerate() {
+        let p = script(&dir, &format!("m{i}.jsonl"), text);
+        let o = replay(&["--in-process"], &[&p]);
+        let out = stdout(&o);
+        assert_eq!(o.status.code(), Some(1), "case {i}: {out}");
+        let first = out.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with(&format!("FAIL {}:{line}: ", p.display())) && first.contains(what),
+            "case {i}: {out}"
+        );
+        assert_eq!(out.lines().last(), Some("0 passed, 1 failed"));
+    }
+    // A missing file is a failure too.
+    let o = replay(&["--in-process"], &[Path::new("/nonexistent/x.jsonl")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("cannot read"));
+}
