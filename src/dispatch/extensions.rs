@@ -12,6 +12,8 @@ pub fn daemon_extensions() -> Extensions {
         hwpt_set_dirty_tracking: hwpt_cmds::hwpt_set_dirty_tracking,
         hwpt_get_dirty_bitmap: hwpt_cmds::hwpt_get_dirty_bitmap,
         hwpt_invalidate: hwpt_cmds::hwpt_invalidate,
+        viommu_alloc: hwpt_cmds::viommu_alloc,
+        vdevice_alloc: hwpt_cmds::vdevice_alloc,
         test_cmd: selftest::test_cmd,
         ..Extensions::default()
     }

@@ -348,3 +348,21 @@ pub fn hwpt_invalidate(u: &Ucmd) -> Result<(), Errno> {
     }
     rc
 }
+
+/// IOMMU_VIOMMU_ALLOC: no vIOMMU type is implemented yet; the checks before the driver's come
+/// in the kernel's order (flags/type, then the device).
+pub fn viommu_alloc(u: &Ucmd) -> Result<(), Errno> {
+    let cmd: iommu_viommu_alloc = u.cmd();
+    if cmd.flags != 0 || cmd.r#type == 0 {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    u.ctx.get_device(cmd.dev_id)?;
+    Err(Errno::EOPNOTSUPP)
+}
+
+/// IOMMU_VDEVICE_ALLOC: without vIOMMU objects every `viommu_id` is unknown (ENOENT).
+pub fn vdevice_alloc(u: &Ucmd) -> Result<(), Errno> {
+    let cmd: iommu_vdevice_alloc = u.cmd();
+    let _ = u.ctx.get(cmd.viommu_id)?;
+    Err(Errno::ENOENT)
+}
