@@ -14,6 +14,27 @@ log=$logdir/daemon.log
 # Belt and braces: even if the caller forgot --propagation private, nothing mounted here may leak.
 mount --make-rprivate / 2>/dev/null || true
 
+# The host has no /dev/iommu, and /dev is devtmpfs: a file the daemon created there to bind over
+# would appear on the host too. Give this namespace its own /dev instead: a tmpfs holding bind
+# mounts of every host node (and copies of its symlinks), where the daemon may create iommu.
+if [ ! -e /dev/iommu ]; then
+  olddev=$(mktemp -d /tmp/uiommufd-olddev.XXXXXX)
+  mount --rbind /dev "$olddev"
+  mount -t tmpfs -o mode=755,size=1m uiommufd-dev /dev
+  for f in "$olddev"/* "$olddev"/.[!.]*; do
+    [ -e "$f" ] || [ -L "$f" ] || continue
+    name=/dev/$(basename "$f")
+    if [ -L "$f" ]; then
+      cp -P "$f" "$name"
+    elif [ -d "$f" ]; then
+      mkdir -p "$name" && mount --rbind "$f" "$name"
+    else
+      touch "$name" && mount --bind "$f" "$name"
+    fi
+  done
+  umount -l "$olddev" && rmdir "$olddev"
+fi
+
 mnt=$(mktemp -d /tmp/uiommufd-kselftest.XXXXXX)
 dpid=""
 cleanup() {

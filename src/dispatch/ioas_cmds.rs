@@ -155,6 +155,17 @@ pub fn ioas_map_file(u: &Ucmd) -> Result<(), Errno> {
         .checked_add(cmd.length - 1)
         .ok_or(Errno::EOVERFLOW)?;
     let file = u.mem.get_fd(cmd.fd).map_err(|_| Errno::EBADF)?;
+    // Pages past the end of the file do not exist (touching them would be SIGBUS here).
+    let size = nix::sys::stat::fstat(&file)
+        .map_err(|_| Errno::EBADF)?
+        .st_size as u64;
+    if cmd
+        .start
+        .checked_add(cmd.length)
+        .is_none_or(|end| end > size)
+    {
+        return Err(Errno::EINVAL);
+    }
     let prot = prot_of(cmd.flags);
     let aligned_start = cmd.start & !(PAGE_SIZE - 1);
     let start_byte = cmd.start - aligned_start;

@@ -2,7 +2,9 @@
 
 pub mod daemon;
 pub mod extensions;
+pub mod hwpt_cmds;
 pub mod ioas_cmds;
+pub mod selftest;
 pub mod service;
 pub mod table;
 pub mod ucmd;

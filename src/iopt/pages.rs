@@ -12,7 +12,38 @@ use super::accounting::{Account, AccountMode};
 use nix::errno::Errno;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+
+/// Every live [`Pages`], so that a physical page's pins can be counted across all contexts (the
+/// selftest's IOMMU_TEST_OP_MD_CHECK_REFS compares them with the kernel's pin count).
+static LIVE: Mutex<Vec<Weak<Pages>>> = Mutex::new(Vec::new());
+
+fn register(pages: &Arc<Pages>) {
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    if live.len() >= 64 && live.len().is_power_of_two() {
+        live.retain(|w| w.strong_count() > 0);
+    }
+    live.push(Arc::downgrade(pages));
+}
+
+/// Pins per physical page address (page aligned) over every live [`Pages`]: each `Pages` that has
+/// the page pinned counts once, whatever the number of its users, like one long-term GUP pin.
+pub fn pins_by_paddr() -> std::collections::HashMap<u64, u32> {
+    let live: Vec<Arc<Pages>> = {
+        let mut l = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        l.retain(|w| w.strong_count() > 0);
+        l.iter().filter_map(Weak::upgrade).collect()
+    };
+    let mut out = std::collections::HashMap::new();
+    for p in live {
+        for entry in p.pins.lock().unwrap().values() {
+            if entry.users > 0 && entry.paddr != 0 {
+                *out.entry(entry.paddr & !(PAGE_SIZE - 1)).or_insert(0) += 1;
+            }
+        }
+    }
+    out
+}
 
 /// The CPU page size all page bookkeeping is done in.
 pub const PAGE_SIZE: u64 = 4096;
@@ -78,7 +109,7 @@ impl Pages {
             return Err(Errno::EINVAL);
         }
         let npages = (length + start_byte).div_ceil(PAGE_SIZE);
-        Ok(Arc::new(Self {
+        let pages = Arc::new(Self {
             source,
             start_byte,
             length,
@@ -86,7 +117,9 @@ impl Pages {
             writable,
             account: Mutex::new(account),
             pins: Mutex::new(BTreeMap::new()),
-        }))
+        });
+        register(&pages);
+        Ok(pages)
     }
 
     pub fn source(&self) -> &Arc<dyn PageSource> {

@@ -5,7 +5,7 @@
 //! backend makes; attaching to a paging HWPT uses it. The page table gains a user while a device is
 //! attached, so it cannot be destroyed under the device.
 
-use super::hwpt::HwptPaging;
+use super::hwpt::{HwptNested, HwptPaging};
 use super::{Context, Extension, Ioas, Object};
 use crate::backends::Domain;
 use nix::errno::Errno;
@@ -19,6 +19,11 @@ pub trait DeviceBackend: Send + Sync {
     fn domain_compatible(&self, _domain: &Arc<dyn Domain>) -> bool {
         true
     }
+    /// Whether the device may attach to `hwpt` (e.g. a device without dirty tracking refuses a
+    /// domain with dirty tracking: EINVAL).
+    fn check_attach(&self, _hwpt: &HwptPaging) -> Result<(), Errno> {
+        Ok(())
+    }
     /// Called after the device's page table changed (`None`: detached).
     fn attached(&self, _ioas: Option<Arc<Ioas>>) {}
     /// Name for logs and status.
@@ -28,9 +33,12 @@ pub trait DeviceBackend: Send + Sync {
 /// The page table a device is attached to.
 #[derive(Clone)]
 pub struct Attachment {
-    /// ID of the paging HWPT in effect.
+    /// ID of the HWPT in effect (paging, or nested when `nested` is set).
     pub hwpt_id: u32,
+    /// The paging HWPT that translates (the parent when attached to a nested HWPT).
     pub hwpt: Arc<HwptPaging>,
+    /// The nested HWPT attached to, if any.
+    pub nested: Option<Arc<HwptNested>>,
 }
 
 pub struct Device {
@@ -64,10 +72,20 @@ impl Device {
     /// Attaches (or replaces) to `pt_id`, an IOAS or a paging HWPT; returns the HWPT id in effect
     /// (the automatic HWPT's id when `pt_id` is an IOAS). EINVAL when `pt_id` is neither.
     pub fn attach(&self, ctx: &Context, pt_id: u32) -> Result<u32, Errno> {
+        let mut nested = None;
         let (hwpt_id, hwpt) = match ctx.get(pt_id).map_err(|_| Errno::ENOENT)? {
             Object::Ioas(_) => self.auto_hwpt(ctx, pt_id)?,
             Object::Ext(_) => {
-                let h = ctx.get_hwpt_paging(pt_id).map_err(|_| Errno::EINVAL)?;
+                let h = match ctx.get_hwpt_paging(pt_id) {
+                    Ok(h) => h,
+                    Err(_) => {
+                        let n = ctx.get_hwpt_nested(pt_id).map_err(|_| Errno::EINVAL)?;
+                        let parent = n.parent.clone();
+                        nested = Some(n);
+                        parent
+                    }
+                };
+                self.backend.check_attach(&h)?;
                 ctx.add_user(pt_id)?;
                 (pt_id, h)
             }
@@ -76,6 +94,7 @@ impl Device {
         let old = self.attachment.lock().unwrap().replace(Attachment {
             hwpt_id,
             hwpt: hwpt.clone(),
+            nested,
         });
         if let Some(old) = old {
             self.drop_hwpt(ctx, &old);
@@ -94,6 +113,7 @@ impl Device {
                     if h.auto_domain
                         && h.ioas_id == ioas_id
                         && self.backend.domain_compatible(&h.domain)
+                        && self.backend.check_attach(&h).is_ok()
                     {
                         ctx.add_user(id)?;
                         return Ok((id, h));

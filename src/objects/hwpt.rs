@@ -77,7 +77,68 @@ impl Extension for HwptPaging {
     }
 }
 
+/// A nested (stage-1) HWPT on top of a paging HWPT allocated with IOMMU_HWPT_ALLOC_NEST_PARENT.
+/// Translation still goes through the parent; the nested part only carries the driver's
+/// (here: the mock's) stage-1 state.
+pub struct HwptNested {
+    pub parent_id: u32,
+    pub parent: Arc<HwptPaging>,
+    /// Driver state of the stage-1 domain (e.g. `crate::backends::mock::MockNested`).
+    pub data: Box<dyn std::any::Any + Send + Sync>,
+    pub flags: u32,
+}
+
+impl HwptNested {
+    /// Creates the nested HWPT; the parent gains a user.
+    pub fn alloc(
+        ctx: &Context,
+        parent_id: u32,
+        data: Box<dyn std::any::Any + Send + Sync>,
+        flags: u32,
+    ) -> Result<(u32, Arc<HwptNested>), Errno> {
+        let parent = ctx.get_hwpt_paging(parent_id)?;
+        ctx.add_user(parent_id)?;
+        let h = Arc::new(HwptNested {
+            parent_id,
+            parent,
+            data,
+            flags,
+        });
+        match ctx.insert(super::Object::Ext(h.clone())) {
+            Ok(id) => Ok((id, h)),
+            Err(e) => {
+                ctx.remove_user(parent_id);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Extension for HwptNested {
+    fn type_name(&self) -> &'static str {
+        "hwpt_nested"
+    }
+
+    fn destroy(&self, ctx: &Context) {
+        ctx.remove_user(self.parent_id);
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 impl Context {
+    /// The nested HWPT under `id` (ENOENT for any other type).
+    pub fn get_hwpt_nested(&self, id: u32) -> Result<Arc<HwptNested>, Errno> {
+        match self.get(id)? {
+            super::Object::Ext(e) => ext_as_any_arc(e)
+                .downcast::<HwptNested>()
+                .map_err(|_| Errno::ENOENT),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
     /// The paging HWPT under `id` (ENOENT for any other type).
     pub fn get_hwpt_paging(&self, id: u32) -> Result<Arc<HwptPaging>, Errno> {
         match self.get(id)? {

@@ -1,0 +1,214 @@
+//! IOMMU_TEST_CMD: the operations the kernel's iommufd selftest drives the mock driver with.
+//!
+//! Objects: a MOCK_DOMAIN op creates a selftest object ("stdev", destroyed by the caller), a device
+//! object bound to the context (not destroyable by the caller: EBUSY) backed by a [`MockDev`], and
+//! attaches the device to the given IOAS or HWPT (an automatic mock paging HWPT for an IOAS).
+//!
+//! Ops that hand an fd back (CREATE_ACCESS) cannot be served through FUSE; the access ops that
+//! take such an fd answer EBADF, as the kernel does for an fd that is not an access.
+
+mod checks;
+pub mod mockdev;
+
+use super::ucmd::Ucmd;
+use crate::iopt::ReservedOwner;
+use crate::objects::hwpt::ext_as_any_arc;
+use crate::objects::{Context, Device, Extension, Object};
+use mockdev::MockDev;
+use nix::errno::Errno;
+use std::sync::{Arc, Mutex};
+use uiommufd_uapi::selftest::*;
+
+/// The selftest object of a mock device (IOMMUFD_OBJ_SELFTEST): destroying it unbinds the device.
+pub struct SelftestDev {
+    inner: Mutex<Option<Bound>>,
+}
+
+#[derive(Clone)]
+struct Bound {
+    dev_id: u32,
+    device: Arc<Device>,
+    mock: Arc<MockDev>,
+}
+
+impl SelftestDev {
+    fn bound(&self) -> Option<Bound> {
+        self.inner.lock().unwrap().clone()
+    }
+}
+
+/// Detaches and removes the device object (the device's bind user is dropped first).
+fn unbind(ctx: &Context, b: &Bound) {
+    b.device.detach(ctx);
+    ctx.remove_user(b.dev_id);
+    let _ = ctx.destroy(b.dev_id);
+}
+
+impl Extension for SelftestDev {
+    fn type_name(&self) -> &'static str {
+        "selftest"
+    }
+
+    fn destroy(&self, ctx: &Context) {
+        let b = self.inner.lock().unwrap().take();
+        if let Some(b) = b {
+            unbind(ctx, &b);
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+fn get_stdev(ctx: &Context, id: u32) -> Result<Bound, Errno> {
+    match ctx.get(id)? {
+        Object::Ext(e) => ext_as_any_arc(e)
+            .downcast::<SelftestDev>()
+            .map_err(|_| Errno::ENOENT)?
+            .bound()
+            .ok_or(Errno::ENOENT),
+        _ => Err(Errno::ENOENT),
+    }
+}
+
+/// The mock device behind device object `dev_id`: ENOENT when `dev_id` is no device, EINVAL when
+/// it is not a mock device.
+pub fn mock_of_device(ctx: &Context, dev_id: u32) -> Result<(Arc<Device>, Arc<MockDev>), Errno> {
+    let device = ctx.get_device(dev_id)?;
+    for (_, obj) in ctx.objects_of_type("selftest") {
+        if let Object::Ext(e) = obj {
+            if let Ok(s) = ext_as_any_arc(e).downcast::<SelftestDev>() {
+                if let Some(b) = s.bound() {
+                    if b.dev_id == dev_id {
+                        return Ok((device, b.mock));
+                    }
+                }
+            }
+        }
+    }
+    Err(Errno::EINVAL)
+}
+
+fn payload<T: zerocopy::FromBytes>(cmd: &iommu_test_cmd) -> T {
+    cmd.payload::<T>().expect("payload fits the union")
+}
+
+fn respond_payload<T: zerocopy::IntoBytes + zerocopy::Immutable>(
+    u: &Ucmd,
+    cmd: &mut iommu_test_cmd,
+    p: &T,
+) -> Result<(), Errno> {
+    cmd.set_payload(p);
+    u.respond(cmd)
+}
+
+/// IOMMU_TEST_CMD.
+pub fn test_cmd(u: &Ucmd) -> Result<(), Errno> {
+    let mut cmd: iommu_test_cmd = u.cmd();
+    match cmd.op {
+        IOMMU_TEST_OP_ADD_RESERVED => {
+            let p: iommu_test_cmd_add_reserved = payload(&cmd);
+            add_reserved(u.ctx, cmd.id, p.start, p.length)
+        }
+        IOMMU_TEST_OP_MOCK_DOMAIN | IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS => mock_domain(u, &mut cmd),
+        IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE => {
+            let mut p: iommu_test_cmd_mock_domain_replace = payload(&cmd);
+            let b = get_stdev(u.ctx, cmd.id)?;
+            p.pt_id = b.device.attach(u.ctx, p.pt_id)?;
+            respond_payload(u, &mut cmd, &p)
+        }
+        IOMMU_TEST_OP_MD_CHECK_MAP => {
+            let p: iommu_test_cmd_check_map = payload(&cmd);
+            checks::check_map(u, cmd.id, p.iova, p.length, p.uptr)
+        }
+        IOMMU_TEST_OP_MD_CHECK_REFS => {
+            let p: iommu_test_cmd_check_refs = payload(&cmd);
+            checks::check_refs(u, p.uptr, p.length, p.refs)
+        }
+        IOMMU_TEST_OP_MD_CHECK_IOTLB => {
+            let p: iommu_test_cmd_check_iotlb = payload(&cmd);
+            let h = u.ctx.get_hwpt_nested(cmd.id)?;
+            let nested = h
+                .data
+                .downcast_ref::<crate::backends::mock::MockNested>()
+                .ok_or(Errno::EINVAL)?;
+            nested.check_iotlb(p.id, p.iotlb)
+        }
+        IOMMU_TEST_OP_DEV_CHECK_CACHE => {
+            let p: iommu_test_cmd_check_dev_cache = payload(&cmd);
+            let (_, mock) = mock_of_device(u.ctx, cmd.id)?;
+            match mock.cache(p.id) {
+                Some(v) if v == p.cache => Ok(()),
+                _ => Err(Errno::EINVAL),
+            }
+        }
+        IOMMU_TEST_OP_CREATE_ACCESS => {
+            tracing::warn!("IOMMU_TEST_OP_CREATE_ACCESS returns an fd: not possible through FUSE");
+            Err(Errno::EOPNOTSUPP)
+        }
+        IOMMU_TEST_OP_ACCESS_REPLACE_IOAS
+        | IOMMU_TEST_OP_ACCESS_PAGES
+        | IOMMU_TEST_OP_ACCESS_RW
+        | IOMMU_TEST_OP_DESTROY_ACCESS_PAGES => Err(Errno::EBADF),
+        IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT => {
+            let p: iommu_test_cmd_memory_limit = payload(&cmd);
+            // The kernel bounds its batch memory with it; nothing here depends on it.
+            if (p.limit as usize) < std::mem::size_of::<u64>() + std::mem::size_of::<u32>() {
+                return Err(Errno::EINVAL);
+            }
+            Ok(())
+        }
+        IOMMU_TEST_OP_DIRTY => checks::dirty(u, &mut cmd),
+        _ => Err(Errno::EOPNOTSUPP),
+    }
+}
+
+fn add_reserved(ctx: &Context, ioas_id: u32, start: u64, length: u64) -> Result<(), Errno> {
+    if length == 0 {
+        return Err(Errno::EINVAL);
+    }
+    let last = start.checked_add(length - 1).ok_or(Errno::EOVERFLOW)?;
+    let ioas = ctx.get_ioas(ioas_id)?;
+    let r = ioas.iopt().reserve(start, last, ReservedOwner::Test);
+    r
+}
+
+fn mock_domain(u: &Ucmd, cmd: &mut iommu_test_cmd) -> Result<(), Errno> {
+    let ctx = u.ctx;
+    let pt_id = cmd.id;
+    let dev_flags = if cmd.op == IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS {
+        payload::<iommu_test_cmd_mock_domain_flags>(cmd).dev_flags
+    } else {
+        0
+    };
+    let sobj = Arc::new(SelftestDev {
+        inner: Mutex::new(None),
+    });
+    let stdev_id = ctx.insert(Object::Ext(sobj.clone()))?;
+    let abort = |e: Errno| {
+        let _ = ctx.destroy(stdev_id);
+        e
+    };
+    let mock = Arc::new(MockDev::new(dev_flags).map_err(abort)?);
+    let (dev_id, device) = Device::bind(ctx, mock.clone()).map_err(abort)?;
+    // The device goes with its selftest object only.
+    if let Err(e) = ctx.add_user(dev_id) {
+        let _ = ctx.destroy(dev_id);
+        return Err(abort(e));
+    }
+    let b = Bound {
+        dev_id,
+        device: device.clone(),
+        mock,
+    };
+    *sobj.inner.lock().unwrap() = Some(b);
+    let hwpt_id = device.attach(ctx, pt_id).map_err(abort)?;
+    let out = iommu_test_cmd_mock_domain_flags {
+        out_stdev_id: stdev_id,
+        out_hwpt_id: hwpt_id,
+        out_idev_id: dev_id,
+        dev_flags,
+    };
+    respond_payload(u, cmd, &out).map_err(abort)
+}
