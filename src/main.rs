@@ -19,6 +19,10 @@ enum Command {
     Serve {
         #[command(flatten)]
         transport: uiommufd::transport::TransportOptions,
+        /// Serve an emulated VFIO PCI device as `<mount>/vfio/devices/NAME` (repeatable).
+        /// `dmacopy[:NAME]`: a DMA copy engine, PCI 1234:dc01 (default NAME dmacopy0).
+        #[arg(long = "device", value_name = "dmacopy[:NAME]", value_parser = uiommufd::devices::parse_spec)]
+        devices: Vec<String>,
     },
 }
 
@@ -32,11 +36,14 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { transport } => serve(transport),
+        Command::Serve { transport, devices } => serve(transport, devices),
     }
 }
 
-fn serve(opts: uiommufd::transport::TransportOptions) -> std::process::ExitCode {
+fn serve(
+    opts: uiommufd::transport::TransportOptions,
+    devices: Vec<String>,
+) -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -47,7 +54,18 @@ fn serve(opts: uiommufd::transport::TransportOptions) -> std::process::ExitCode 
             return std::process::ExitCode::FAILURE;
         }
     };
-    let daemon = Daemon::new(uiommufd::dispatch::extensions::daemon_extensions());
+    let ext = uiommufd::dispatch::extensions::daemon_extensions();
+    let daemon = if devices.is_empty() {
+        Daemon::new(ext)
+    } else {
+        match uiommufd::devices::daemon_with_dmacopy(ext, &devices) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(%e, "bad --device");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    };
     let service = Arc::new(DaemonService(daemon));
     let result = runtime.block_on(async move {
         let shutdown = async {
