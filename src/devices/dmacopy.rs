@@ -231,14 +231,10 @@ impl DmaCopy {
 /// Closes a duplicate of an iommufd fd off the current thread: closing a file of our own FUSE
 /// mount waits for our own FLUSH answer, which nobody gives once the transport stopped reading.
 fn close_in_background(fd: OwnedFd) {
-    let fd = Arc::new(Mutex::new(Some(fd)));
-    let f2 = fd.clone();
-    let spawned = std::thread::Builder::new()
+    // If the thread cannot be started, the closure (and with it the fd) is dropped right here.
+    let _ = std::thread::Builder::new()
         .name("uiommufd-close".into())
-        .spawn(move || drop(f2.lock().unwrap().take()));
-    if spawned.is_err() {
-        drop(fd.lock().unwrap().take());
-    }
+        .spawn(move || drop(fd));
 }
 
 /// The emulated device as the objects layer sees it.
