@@ -22,6 +22,10 @@ enum Command {
         /// Write every context's ioctls as a replayable script into DIR (one file per open).
         #[arg(long, value_name = "DIR")]
         record: Option<std::path::PathBuf>,
+        /// Serve an emulated VFIO PCI device as `<mount>/vfio/devices/NAME` (repeatable).
+        /// `dmacopy[:NAME]`: a DMA copy engine, PCI 1234:dc01 (default NAME dmacopy0).
+        #[arg(long = "device", value_name = "dmacopy[:NAME]", value_parser = uiommufd::devices::parse_spec)]
+        devices: Vec<String>,
     },
     /// Run ioctl scripts against a node (default /dev/iommu) or an in-process daemon.
     Replay(uiommufd::replay::ReplayArgs),
@@ -37,7 +41,11 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { transport, record } => serve(transport, record),
+        Command::Serve {
+            transport,
+            record,
+            devices,
+        } => serve(transport, record, devices),
         Command::Replay(args) => uiommufd::replay::main(args),
     }
 }
@@ -45,6 +53,7 @@ fn main() -> std::process::ExitCode {
 fn serve(
     opts: uiommufd::transport::TransportOptions,
     record: Option<std::path::PathBuf>,
+    devices: Vec<String>,
 ) -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -56,7 +65,18 @@ fn serve(
             return std::process::ExitCode::FAILURE;
         }
     };
-    let daemon = Daemon::new(uiommufd::dispatch::extensions::daemon_extensions());
+    let ext = uiommufd::dispatch::extensions::daemon_extensions();
+    let daemon = if devices.is_empty() {
+        Daemon::new(ext)
+    } else {
+        match uiommufd::devices::daemon_with_dmacopy(ext, &devices) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(%e, "bad --device");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    };
     if let Some(dir) = record {
         match uiommufd::replay::record::Recorder::new(&dir) {
             Ok(r) => {

@@ -176,6 +176,9 @@ struct IommuFile {
 
 impl OpenFile for IommuFile {
     fn ioctl(&self, cmd: u32, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno> {
+        if cmd == context_query::IOCTL {
+            return context_query::answer(self.ctx.id, arg, mem);
+        }
         self.daemon.ioctl(&self.ctx, cmd, arg, mem)
     }
 
@@ -190,6 +193,103 @@ impl OpenFile for IommuFile {
         }
         self.ctx.destroy_all();
         self.daemon.contexts.lock().unwrap().remove(&self.ctx.id);
+    }
+}
+
+impl Daemon {
+    /// The context behind `file`, a duplicate of a caller's iommufd fd (VFIO_DEVICE_BIND_IOMMUFD).
+    /// EBADFD when it is not one of this daemon's iommufd files, as `iommufd_ctx_from_fd()`.
+    pub fn context_of_file(
+        &self,
+        file: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<Arc<Context>, Errno> {
+        let id = context_query::ask(file)?;
+        self.context(id).ok_or(Errno::EBADFD)
+    }
+}
+
+/// "Which context are you": a private ioctl the daemon issues on a duplicate of a caller's iommufd
+/// fd. The kernel delivers it, like any ioctl on our node, to the [`IommuFile`] of that open file,
+/// which answers its context id. Only the daemon's own process gets an answer, and only when the
+/// argument carries this process's random key, so neither clients nor foreign files can fake one.
+///
+/// The request from the daemon to itself does not deadlock: the transport runs every ioctl on its
+/// own blocking thread, so the asking thread waits while another one answers.
+pub mod context_query {
+    use crate::caller::{read_struct, write_struct, CallerMemory};
+    use nix::errno::Errno;
+    use std::hash::{BuildHasher, Hasher};
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    use std::sync::OnceLock;
+    use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+    /// `_IO(';', 0xff)`: past every iommufd and VFIO number.
+    pub const IOCTL: u32 = uiommufd_uapi::iommufd::io(b';', 0xff);
+
+    #[repr(C)]
+    #[derive(Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+    struct Query {
+        key: u64,
+        ctx_id: u64,
+    }
+
+    fn key() -> u64 {
+        static KEY: OnceLock<u64> = OnceLock::new();
+        *KEY.get_or_init(|| {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.finish() | 1
+        })
+    }
+
+    /// The answering side (in [`super::IommuFile`]).
+    pub(super) fn answer(ctx_id: u64, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno> {
+        if mem.pid() != std::process::id() as i32 {
+            return Err(Errno::ENOTTY);
+        }
+        let mut q: Query = read_struct(mem, arg)?;
+        if q.key != key() {
+            return Err(Errno::ENOTTY);
+        }
+        q.ctx_id = ctx_id;
+        write_struct(mem, arg, &q)?;
+        Ok(0)
+    }
+
+    /// Whether an ioctl may be sent to `file` at all: a file of a FUSE mount or a character
+    /// device (CUSE). Anything else (sockets, pipes, eventfds, regular files) is refused before
+    /// any ioctl reaches it.
+    fn may_be_ours(file: BorrowedFd<'_>) -> bool {
+        let Ok(st) = nix::sys::stat::fstat(file) else {
+            return false;
+        };
+        let fmt = st.st_mode & libc::S_IFMT;
+        if fmt == libc::S_IFCHR {
+            return true;
+        }
+        fmt == libc::S_IFREG
+            && nix::sys::statfs::fstatfs(file)
+                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC)
+    }
+
+    /// The asking side: the id of the context `file` was opened as, EBADFD for any other file.
+    pub fn ask(file: BorrowedFd<'_>) -> Result<u64, Errno> {
+        if !may_be_ours(file) {
+            return Err(Errno::EBADFD);
+        }
+        let mut q = Query {
+            key: key(),
+            ctx_id: 0,
+        };
+        // SAFETY: `file` is a valid open fd for the duration of the call, and the argument points
+        // to `q`, a live, writable, properly aligned struct that outlives the call. The ioctl
+        // number is private to this daemon; other drivers answer ENOTTY.
+        let r =
+            unsafe { libc::ioctl(file.as_raw_fd(), IOCTL as libc::Ioctl, &mut q as *mut Query) };
+        if r != 0 || q.ctx_id == 0 {
+            return Err(Errno::EBADFD);
+        }
+        Ok(q.ctx_id)
     }
 }
 

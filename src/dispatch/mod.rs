@@ -9,7 +9,7 @@ pub mod service;
 pub mod table;
 pub mod ucmd;
 
-pub use daemon::{Daemon, DaemonService};
+pub use daemon::{Daemon, DaemonService, DeviceOpener};
 pub use service::{NodeKind, OpenFile, Service};
 pub use table::Extensions;
 pub use ucmd::Ucmd;
