@@ -18,12 +18,11 @@
 //!   level: asserted while STATUS.done is set, unmasked through SET_IRQS).
 //!
 //! The page tables in front of the device are [`domain::SoftDomain`]s (4 KiB pages, 48-bit
-//! IOVA space); [`iommufd_cmds`] answers IOMMU_GET_HW_INFO and IOMMU_HWPT_ALLOC for it.
+//! IOVA space); IOMMU_GET_HW_INFO and IOMMU_HWPT_ALLOC reach it through `dispatch::hwpt_cmds`.
 
 pub mod config;
 pub mod dmacopy;
 pub mod domain;
-pub mod iommufd_cmds;
 pub mod irq;
 pub mod regs;
 
@@ -72,19 +71,6 @@ impl ContextResolver for DaemonResolver {
     }
 }
 
-/// Fills the HWPT_ALLOC and GET_HW_INFO slots that no other layer claimed with the generic
-/// handlers emulated devices need.
-pub fn extensions(mut ext: Extensions) -> Extensions {
-    let default = Extensions::default();
-    if std::ptr::fn_addr_eq(ext.get_hw_info, default.get_hw_info) {
-        ext.get_hw_info = iommufd_cmds::get_hw_info;
-    }
-    if std::ptr::fn_addr_eq(ext.hwpt_alloc, default.hwpt_alloc) {
-        ext.hwpt_alloc = iommufd_cmds::hwpt_alloc;
-    }
-    ext
-}
-
 /// A daemon serving `names` as dmacopy devices. Duplicate names are an error.
 pub fn daemon_with_dmacopy(ext: Extensions, names: &[String]) -> Result<Arc<Daemon>, String> {
     let resolver = Arc::new(DaemonResolver(OnceLock::new()));
@@ -99,7 +85,7 @@ pub fn daemon_with_dmacopy(ext: Extensions, names: &[String]) -> Result<Arc<Daem
     }
     let opener: DeviceOpener =
         Arc::new(move |name: &str| devices.get(name).map(|d| d.open()).ok_or(Errno::ENODEV));
-    let daemon = Daemon::with_devices(extensions(ext), names.to_vec(), opener);
+    let daemon = Daemon::with_devices(ext, names.to_vec(), opener);
     let _ = resolver.0.set(Arc::downgrade(&daemon));
     Ok(daemon)
 }
