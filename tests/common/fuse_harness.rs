@@ -36,6 +36,10 @@ pub struct State {
     pub opens: AtomicU64,
     pub releases: AtomicU64,
     pub sleeping: AtomicU64,
+    /// Sleeping ioctls that have returned.
+    pub woke: AtomicU64,
+    /// Ends every sleeping ioctl early.
+    pub wake_all: std::sync::atomic::AtomicBool,
     pub last_write_offset: AtomicU64,
 }
 
@@ -76,7 +80,13 @@ impl OpenFile for TestFile {
             CTX => Ok((self.id * 1000 + self.calls.fetch_add(1, Ordering::SeqCst) + 1) as i64),
             SLEEP => {
                 self.st.sleeping.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(arg));
+                // Sleeps `arg` ms at most, or until the test wakes every sleeper.
+                let until = std::time::Instant::now() + Duration::from_millis(arg);
+                while std::time::Instant::now() < until && !self.st.wake_all.load(Ordering::SeqCst)
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                self.st.woke.fetch_add(1, Ordering::SeqCst);
                 Ok(0)
             }
             PID => Ok(mem.pid() as i64),
