@@ -2,15 +2,17 @@
 
 use crate::backends::mock::{MockDomain, MockKind};
 use crate::backends::Domain;
+use crate::objects::device::Attachment;
 use crate::objects::{DeviceBackend, HwptPaging};
 use nix::errno::Errno;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use uiommufd_uapi::iommufd::{
     IOMMU_HWPT_ALLOC_DIRTY_TRACKING, IOMMU_HWPT_ALLOC_NEST_PARENT, IOMMU_HWPT_ALLOC_PASID,
 };
 use uiommufd_uapi::selftest::{
-    IOMMU_TEST_DEV_CACHE_DEFAULT, MOCK_DEV_CACHE_NUM, MOCK_FLAGS_DEVICE_NO_DIRTY,
-    MOCK_FLAGS_DEVICE_PASID,
+    IOMMU_TEST_DEV_CACHE_DEFAULT, IOMMU_TEST_PASID_RESERVED, MOCK_DEV_CACHE_NUM,
+    MOCK_FLAGS_DEVICE_NO_DIRTY, MOCK_FLAGS_DEVICE_PASID, MOCK_PASID_WIDTH,
 };
 
 /// Every mock paging domain made here, so a HWPT's `Arc<dyn Domain>` can be recognised as one.
@@ -53,6 +55,9 @@ pub const PAGING_FLAGS: u32 =
 pub struct MockDev {
     pub flags: u32,
     cache: Mutex<[u32; MOCK_DEV_CACHE_NUM as usize]>,
+    /// Armed by a switch of [`IOMMU_TEST_PASID_RESERVED`] to a page table: the next such switch
+    /// fails (ENOMEM), so the core's rollback can be tested. Blocking disarms it.
+    pasid_fake_error: AtomicBool,
 }
 
 impl MockDev {
@@ -64,6 +69,7 @@ impl MockDev {
         Ok(Self {
             flags,
             cache: Mutex::new([IOMMU_TEST_DEV_CACHE_DEFAULT; MOCK_DEV_CACHE_NUM as usize]),
+            pasid_fake_error: AtomicBool::new(false),
         })
     }
 
@@ -102,6 +108,30 @@ impl DeviceBackend for MockDev {
         let dirty = as_mock(&hwpt.domain).is_some_and(|m| m.has_dirty_ops());
         if dirty && !self.dirty_capable() {
             return Err(Errno::EINVAL);
+        }
+        Ok(())
+    }
+
+    fn pasid_ops(&self) -> bool {
+        true
+    }
+
+    fn max_pasids(&self) -> u32 {
+        if self.pasid_capable() {
+            1 << MOCK_PASID_WIDTH
+        } else {
+            0
+        }
+    }
+
+    fn set_dev_pasid(&self, pasid: u32, hwpt: Option<&Attachment>) -> Result<(), Errno> {
+        if pasid == IOMMU_TEST_PASID_RESERVED {
+            if hwpt.is_none() {
+                self.pasid_fake_error.store(false, Ordering::SeqCst);
+            } else if self.pasid_fake_error.swap(true, Ordering::SeqCst) {
+                self.pasid_fake_error.store(false, Ordering::SeqCst);
+                return Err(Errno::ENOMEM);
+            }
         }
         Ok(())
     }
