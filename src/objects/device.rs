@@ -365,3 +365,83 @@ impl Context {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::mock::{MockDomain, MockKind};
+
+    /// A PASID-capable device whose IOMMU refuses PASID 7.
+    struct PasidDev;
+
+    impl DeviceBackend for PasidDev {
+        fn alloc_domain(&self, _flags: u32) -> Result<Arc<dyn Domain>, Errno> {
+            Ok(Arc::new(MockDomain::new(MockKind::Normal)))
+        }
+        fn pasid_ops(&self) -> bool {
+            true
+        }
+        fn max_pasids(&self) -> u32 {
+            16
+        }
+        fn set_dev_pasid(&self, pasid: u32, hwpt: Option<&Attachment>) -> Result<(), Errno> {
+            if pasid == 7 && hwpt.is_some() {
+                return Err(Errno::ENOMEM);
+            }
+            Ok(())
+        }
+        fn name(&self) -> String {
+            "pasid-test".into()
+        }
+    }
+
+    fn hwpt(ctx: &Context, ioas_id: u32, flags: u32) -> u32 {
+        let d: Arc<dyn Domain> = Arc::new(MockDomain::new(MockKind::Normal));
+        HwptPaging::alloc(ctx, ioas_id, d, flags, false).unwrap().0
+    }
+
+    #[test]
+    fn pasid_attachments_follow_the_compat_rules() {
+        let ctx = Context::new();
+        let ioas_id = ctx.insert(Object::Ioas(Ioas::new())).unwrap();
+        let (dev_id, dev) = Device::bind(&ctx, Arc::new(PasidDev)).unwrap();
+        let plain = hwpt(&ctx, ioas_id, 0);
+        let compat = hwpt(&ctx, ioas_id, IOMMU_HWPT_ALLOC_PASID);
+        let compat2 = hwpt(&ctx, ioas_id, IOMMU_HWPT_ALLOC_PASID);
+
+        // RID on a non-compatible HWPT: no PASID may attach.
+        dev.attach(&ctx, plain).unwrap();
+        assert_eq!(dev.pasid_attach(&ctx, 1, compat), Err(Errno::EINVAL));
+        dev.attach(&ctx, compat).unwrap();
+        assert_eq!(dev.pasid_attach(&ctx, 1, plain), Err(Errno::EINVAL));
+        assert_eq!(dev.pasid_attach(&ctx, 1, ioas_id), Err(Errno::EINVAL));
+        assert_eq!(dev.pasid_attach(&ctx, 1, dev_id), Err(Errno::EINVAL));
+        assert_eq!(dev.pasid_attach(&ctx, 1, 999), Err(Errno::ENOENT));
+        assert_eq!(dev.pasid_attach(&ctx, 16, compat), Err(Errno::EINVAL));
+        assert_eq!(dev.pasid_attach(&ctx, 7, compat), Err(Errno::ENOMEM));
+        assert_eq!(dev.pasid_attach(&ctx, 1, compat), Ok(compat));
+        assert_eq!(dev.pasid_attach(&ctx, 1, compat2), Err(Errno::EBUSY));
+        assert_eq!(dev.pasid_attach(&ctx, 1, ioas_id), Err(Errno::EBUSY));
+        // With a PASID attached the RID takes compatible HWPTs only, and no automatic one.
+        assert_eq!(dev.attach(&ctx, plain), Err(Errno::EINVAL));
+        assert_eq!(dev.attach(&ctx, ioas_id), Err(Errno::EINVAL));
+        assert_eq!(dev.pasid_attachment(NO_PASID).unwrap().hwpt_id, compat);
+        // The attached HWPT cannot go away; replace moves the user.
+        assert_eq!(ctx.destroy(compat2), Ok(()));
+        let compat2 = hwpt(&ctx, ioas_id, IOMMU_HWPT_ALLOC_PASID);
+        assert_eq!(dev.pasid_replace(&ctx, 2, compat2), Err(Errno::EINVAL));
+        assert_eq!(dev.pasid_replace(&ctx, 1, compat2), Ok(compat2));
+        assert_eq!(dev.pasid_attachment(1).unwrap().hwpt_id, compat2);
+        assert_eq!(ctx.destroy(compat2), Err(Errno::EBUSY));
+        dev.pasid_detach(&ctx, 1);
+        dev.pasid_detach(&ctx, 1);
+        assert!(dev.pasid_attachment(1).is_none());
+        ctx.destroy(compat2).unwrap();
+        // Destroying the device drops its PASID attachments.
+        dev.pasid_attach(&ctx, 3, compat).unwrap();
+        ctx.destroy(dev_id).unwrap();
+        ctx.destroy(compat).unwrap();
+        ctx.destroy(plain).unwrap();
+        ctx.destroy(ioas_id).unwrap();
+    }
+}

@@ -167,4 +167,29 @@ mod tests {
         assert_eq!(nodirty.cache(3), Some(IOMMU_TEST_DEV_CACHE_DEFAULT));
         assert_eq!(nodirty.cache(4), None);
     }
+
+    #[test]
+    fn reserved_pasid_fails_every_other_switch() {
+        use crate::objects::{Context, Ioas, Object};
+        let ctx = Context::new();
+        let ioas_id = ctx.insert(Object::Ioas(Ioas::new())).unwrap();
+        let d: Arc<dyn Domain> = new_mock_domain(MockKind::Normal, 0);
+        let (hwpt_id, hwpt) = HwptPaging::alloc(&ctx, ioas_id, d, 0, false).unwrap();
+        let att = Attachment {
+            hwpt_id,
+            hwpt,
+            nested: None,
+        };
+        let dev = MockDev::new(MOCK_FLAGS_DEVICE_PASID).unwrap();
+        assert_eq!(dev.max_pasids(), 1 << MOCK_PASID_WIDTH);
+        assert_eq!(MockDev::new(0).unwrap().max_pasids(), 0);
+        let r = IOMMU_TEST_PASID_RESERVED;
+        dev.set_dev_pasid(r, Some(&att)).unwrap();
+        assert_eq!(dev.set_dev_pasid(r, Some(&att)), Err(Errno::ENOMEM));
+        dev.set_dev_pasid(r, Some(&att)).unwrap();
+        dev.set_dev_pasid(r, None).unwrap();
+        dev.set_dev_pasid(r, Some(&att)).unwrap();
+        dev.set_dev_pasid(r - 1, Some(&att)).unwrap();
+        dev.set_dev_pasid(r - 1, Some(&att)).unwrap();
+    }
 }
