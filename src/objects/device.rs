@@ -4,12 +4,22 @@
 //! Attaching to an IOAS creates (or reuses) an automatic paging HWPT with a domain the device's
 //! backend makes; attaching to a paging HWPT uses it. The page table gains a user while a device is
 //! attached, so it cannot be destroyed under the device.
+//!
+//! A device may also attach page tables to PASIDs (kept apart from the main, RID, attachment). The
+//! compatibility rules: a PASID takes only a HWPT allocated with IOMMU_HWPT_ALLOC_PASID, and only
+//! while the RID's page table is such a HWPT (or the RID is detached); the RID takes a HWPT without
+//! that flag only while no PASID is attached. Automatic HWPTs never carry it.
 
 use super::hwpt::{HwptNested, HwptPaging};
 use super::{Context, Extension, Ioas, Object};
 use crate::backends::Domain;
 use nix::errno::Errno;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use uiommufd_uapi::iommufd::IOMMU_HWPT_ALLOC_PASID;
+
+/// The PASID that stands for "no PASID": attachments at it are the RID's.
+pub const NO_PASID: u32 = 0;
 
 /// What kind of IOMMU sits in front of a device.
 pub trait DeviceBackend: Send + Sync {
@@ -22,6 +32,20 @@ pub trait DeviceBackend: Send + Sync {
     /// Whether the device may attach to `hwpt` (e.g. a device without dirty tracking refuses a
     /// domain with dirty tracking: EINVAL).
     fn check_attach(&self, _hwpt: &HwptPaging) -> Result<(), Errno> {
+        Ok(())
+    }
+    /// Whether the device's IOMMU can attach domains to PASIDs at all (EOPNOTSUPP otherwise).
+    fn pasid_ops(&self) -> bool {
+        false
+    }
+    /// Number of PASIDs the device can issue (0: none; then the IOMMU is not told about PASID
+    /// attachments, which only take bookkeeping).
+    fn max_pasids(&self) -> u32 {
+        0
+    }
+    /// The IOMMU driver's PASID switch: `hwpt` is the new page table, `None` for blocking
+    /// (detach, which cannot fail). Called only when `max_pasids() > 0`.
+    fn set_dev_pasid(&self, _pasid: u32, _hwpt: Option<&Attachment>) -> Result<(), Errno> {
         Ok(())
     }
     /// Called after the device's page table changed (`None`: detached).
@@ -41,9 +65,22 @@ pub struct Attachment {
     pub nested: Option<Arc<HwptNested>>,
 }
 
+impl Attachment {
+    /// Allocated with IOMMU_HWPT_ALLOC_PASID (the nested HWPT's flags when nested).
+    pub fn pasid_compat(&self) -> bool {
+        let flags = match &self.nested {
+            Some(n) => n.flags,
+            None => self.hwpt.flags,
+        };
+        flags & IOMMU_HWPT_ALLOC_PASID != 0
+    }
+}
+
 pub struct Device {
     pub backend: Arc<dyn DeviceBackend>,
     attachment: Mutex<Option<Attachment>>,
+    /// Attachments by PASID (never [`NO_PASID`]).
+    pasids: Mutex<BTreeMap<u32, Attachment>>,
 }
 
 impl Device {
@@ -55,6 +92,7 @@ impl Device {
         let dev = Arc::new(Device {
             backend,
             attachment: Mutex::new(None),
+            pasids: Mutex::new(BTreeMap::new()),
         });
         let id = ctx.insert(Object::Ext(dev.clone()))?;
         Ok((id, dev))
@@ -85,6 +123,14 @@ impl Device {
                         parent
                     }
                 };
+                let att = Attachment {
+                    hwpt_id: pt_id,
+                    hwpt: h.clone(),
+                    nested: nested.clone(),
+                };
+                if !att.pasid_compat() && self.has_pasids() {
+                    return Err(Errno::EINVAL);
+                }
                 self.backend.check_attach(&h)?;
                 ctx.add_user(pt_id)?;
                 (pt_id, h)
@@ -106,6 +152,10 @@ impl Device {
     /// Finds a compatible automatic HWPT on the IOAS or makes one; the result carries a user for
     /// this device.
     fn auto_hwpt(&self, ctx: &Context, ioas_id: u32) -> Result<(u32, Arc<HwptPaging>), Errno> {
+        if self.has_pasids() {
+            // Automatic HWPTs are not PASID-compatible.
+            return Err(Errno::EINVAL);
+        }
         for (id, obj) in ctx.objects_of_type("hwpt_paging") {
             if let Object::Ext(e) = obj {
                 let any = super::hwpt::ext_as_any_arc(e);
@@ -143,6 +193,150 @@ impl Device {
             self.drop_hwpt(ctx, &old);
         }
     }
+
+    fn has_pasids(&self) -> bool {
+        !self.pasids.lock().unwrap().is_empty()
+    }
+
+    /// The page table attached to `pasid` ([`NO_PASID`]: the RID's).
+    pub fn pasid_attachment(&self, pasid: u32) -> Option<Attachment> {
+        if pasid == NO_PASID {
+            return self.attachment();
+        }
+        self.pasids.lock().unwrap().get(&pasid).cloned()
+    }
+
+    /// Resolves `pt_id` for a PASID: a HWPT (paging or nested) as an attachment, without a user.
+    /// ENOENT when absent, EINVAL when it is no page table; `Ok(None)` for an IOAS.
+    fn pasid_target(ctx: &Context, pt_id: u32) -> Result<Option<Attachment>, Errno> {
+        match ctx.get(pt_id)? {
+            Object::Ioas(_) => Ok(None),
+            Object::Ext(_) => {
+                if let Ok(h) = ctx.get_hwpt_paging(pt_id) {
+                    return Ok(Some(Attachment {
+                        hwpt_id: pt_id,
+                        hwpt: h,
+                        nested: None,
+                    }));
+                }
+                let n = ctx.get_hwpt_nested(pt_id).map_err(|_| Errno::EINVAL)?;
+                Ok(Some(Attachment {
+                    hwpt_id: pt_id,
+                    hwpt: n.parent.clone(),
+                    nested: Some(n),
+                }))
+            }
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// The checks every PASID attach or replace makes: the HWPT and the RID's page table must be
+    /// PASID-compatible (EINVAL), the IOMMU must do PASIDs (EOPNOTSUPP).
+    fn pasid_compat(&self, att: &Attachment) -> Result<(), Errno> {
+        if !att.pasid_compat() || self.attachment().is_some_and(|a| !a.pasid_compat()) {
+            return Err(Errno::EINVAL);
+        }
+        if !self.backend.pasid_ops() {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        Ok(())
+    }
+
+    /// Attaches `pt_id` (a HWPT) to `pasid`; EBUSY when the PASID has a page table already.
+    /// Returns the HWPT id. `pasid` [`NO_PASID`] attaches the RID (EBUSY when attached).
+    pub fn pasid_attach(&self, ctx: &Context, pasid: u32, pt_id: u32) -> Result<u32, Errno> {
+        if pasid == NO_PASID {
+            ctx.get(pt_id)?;
+            if self.attachment().is_some() {
+                return Err(Errno::EBUSY);
+            }
+            return self.attach(ctx, pt_id);
+        }
+        let target = Self::pasid_target(ctx, pt_id)?;
+        let mut pasids = self.pasids.lock().unwrap();
+        if pasids.contains_key(&pasid) {
+            return Err(Errno::EBUSY);
+        }
+        // An automatic HWPT is never PASID-compatible.
+        let att = target.ok_or(Errno::EINVAL)?;
+        self.pasid_compat(&att)?;
+        let max = self.backend.max_pasids();
+        if max > 0 {
+            if pasid >= max {
+                return Err(Errno::EINVAL);
+            }
+            self.backend.set_dev_pasid(pasid, Some(&att))?;
+        }
+        if let Err(e) = ctx.add_user(pt_id) {
+            if max > 0 {
+                let _ = self.backend.set_dev_pasid(pasid, None);
+            }
+            return Err(e);
+        }
+        pasids.insert(pasid, att);
+        Ok(pt_id)
+    }
+
+    /// Replaces the page table of an attached `pasid` with `pt_id` (EINVAL when not attached);
+    /// on failure the old one stays. Returns the HWPT id.
+    pub fn pasid_replace(&self, ctx: &Context, pasid: u32, pt_id: u32) -> Result<u32, Errno> {
+        if pasid == NO_PASID {
+            ctx.get(pt_id)?;
+            if self.attachment().is_none() {
+                return Err(Errno::EINVAL);
+            }
+            return self.attach(ctx, pt_id);
+        }
+        let target = Self::pasid_target(ctx, pt_id)?;
+        let mut pasids = self.pasids.lock().unwrap();
+        let old = pasids.get(&pasid).cloned().ok_or(Errno::EINVAL)?;
+        let att = target.ok_or(Errno::EINVAL)?;
+        if att.hwpt_id == old.hwpt_id {
+            return Ok(pt_id);
+        }
+        self.pasid_compat(&att)?;
+        if self.backend.max_pasids() > 0 {
+            self.backend.set_dev_pasid(pasid, Some(&att))?;
+        }
+        if let Err(e) = ctx.add_user(pt_id) {
+            if self.backend.max_pasids() > 0 {
+                let _ = self.backend.set_dev_pasid(pasid, Some(&old));
+            }
+            return Err(e);
+        }
+        pasids.insert(pasid, att);
+        drop(pasids);
+        ctx.remove_user(old.hwpt_id);
+        Ok(pt_id)
+    }
+
+    /// Detaches `pasid` (no-op when nothing is attached there). [`NO_PASID`] detaches the RID.
+    pub fn pasid_detach(&self, ctx: &Context, pasid: u32) {
+        if pasid == NO_PASID {
+            self.detach(ctx);
+            return;
+        }
+        let old = self.pasids.lock().unwrap().remove(&pasid);
+        if let Some(old) = old {
+            self.drop_pasid(ctx, pasid, &old);
+        }
+    }
+
+    fn drop_pasid(&self, ctx: &Context, pasid: u32, old: &Attachment) {
+        if self.backend.max_pasids() > 0 {
+            // Blocking cannot fail.
+            let _ = self.backend.set_dev_pasid(pasid, None);
+        }
+        ctx.remove_user(old.hwpt_id);
+    }
+
+    /// Detaches every PASID.
+    pub fn detach_pasids(&self, ctx: &Context) {
+        let all = std::mem::take(&mut *self.pasids.lock().unwrap());
+        for (pasid, old) in all {
+            self.drop_pasid(ctx, pasid, &old);
+        }
+    }
 }
 
 impl Extension for Device {
@@ -151,6 +345,7 @@ impl Extension for Device {
     }
 
     fn destroy(&self, ctx: &Context) {
+        self.detach_pasids(ctx);
         self.detach(ctx);
     }
 
@@ -168,5 +363,85 @@ impl Context {
                 .map_err(|_| Errno::ENOENT),
             _ => Err(Errno::ENOENT),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::mock::{MockDomain, MockKind};
+
+    /// A PASID-capable device whose IOMMU refuses PASID 7.
+    struct PasidDev;
+
+    impl DeviceBackend for PasidDev {
+        fn alloc_domain(&self, _flags: u32) -> Result<Arc<dyn Domain>, Errno> {
+            Ok(Arc::new(MockDomain::new(MockKind::Normal)))
+        }
+        fn pasid_ops(&self) -> bool {
+            true
+        }
+        fn max_pasids(&self) -> u32 {
+            16
+        }
+        fn set_dev_pasid(&self, pasid: u32, hwpt: Option<&Attachment>) -> Result<(), Errno> {
+            if pasid == 7 && hwpt.is_some() {
+                return Err(Errno::ENOMEM);
+            }
+            Ok(())
+        }
+        fn name(&self) -> String {
+            "pasid-test".into()
+        }
+    }
+
+    fn hwpt(ctx: &Context, ioas_id: u32, flags: u32) -> u32 {
+        let d: Arc<dyn Domain> = Arc::new(MockDomain::new(MockKind::Normal));
+        HwptPaging::alloc(ctx, ioas_id, d, flags, false).unwrap().0
+    }
+
+    #[test]
+    fn pasid_attachments_follow_the_compat_rules() {
+        let ctx = Context::new();
+        let ioas_id = ctx.insert(Object::Ioas(Ioas::new())).unwrap();
+        let (dev_id, dev) = Device::bind(&ctx, Arc::new(PasidDev)).unwrap();
+        let plain = hwpt(&ctx, ioas_id, 0);
+        let compat = hwpt(&ctx, ioas_id, IOMMU_HWPT_ALLOC_PASID);
+        let compat2 = hwpt(&ctx, ioas_id, IOMMU_HWPT_ALLOC_PASID);
+
+        // RID on a non-compatible HWPT: no PASID may attach.
+        dev.attach(&ctx, plain).unwrap();
+        assert_eq!(dev.pasid_attach(&ctx, 1, compat), Err(Errno::EINVAL));
+        dev.attach(&ctx, compat).unwrap();
+        assert_eq!(dev.pasid_attach(&ctx, 1, plain), Err(Errno::EINVAL));
+        assert_eq!(dev.pasid_attach(&ctx, 1, ioas_id), Err(Errno::EINVAL));
+        assert_eq!(dev.pasid_attach(&ctx, 1, dev_id), Err(Errno::EINVAL));
+        assert_eq!(dev.pasid_attach(&ctx, 1, 999), Err(Errno::ENOENT));
+        assert_eq!(dev.pasid_attach(&ctx, 16, compat), Err(Errno::EINVAL));
+        assert_eq!(dev.pasid_attach(&ctx, 7, compat), Err(Errno::ENOMEM));
+        assert_eq!(dev.pasid_attach(&ctx, 1, compat), Ok(compat));
+        assert_eq!(dev.pasid_attach(&ctx, 1, compat2), Err(Errno::EBUSY));
+        assert_eq!(dev.pasid_attach(&ctx, 1, ioas_id), Err(Errno::EBUSY));
+        // With a PASID attached the RID takes compatible HWPTs only, and no automatic one.
+        assert_eq!(dev.attach(&ctx, plain), Err(Errno::EINVAL));
+        assert_eq!(dev.attach(&ctx, ioas_id), Err(Errno::EINVAL));
+        assert_eq!(dev.pasid_attachment(NO_PASID).unwrap().hwpt_id, compat);
+        // The attached HWPT cannot go away; replace moves the user.
+        assert_eq!(ctx.destroy(compat2), Ok(()));
+        let compat2 = hwpt(&ctx, ioas_id, IOMMU_HWPT_ALLOC_PASID);
+        assert_eq!(dev.pasid_replace(&ctx, 2, compat2), Err(Errno::EINVAL));
+        assert_eq!(dev.pasid_replace(&ctx, 1, compat2), Ok(compat2));
+        assert_eq!(dev.pasid_attachment(1).unwrap().hwpt_id, compat2);
+        assert_eq!(ctx.destroy(compat2), Err(Errno::EBUSY));
+        dev.pasid_detach(&ctx, 1);
+        dev.pasid_detach(&ctx, 1);
+        assert!(dev.pasid_attachment(1).is_none());
+        ctx.destroy(compat2).unwrap();
+        // Destroying the device drops its PASID attachments.
+        dev.pasid_attach(&ctx, 3, compat).unwrap();
+        ctx.destroy(dev_id).unwrap();
+        ctx.destroy(compat).unwrap();
+        ctx.destroy(plain).unwrap();
+        ctx.destroy(ioas_id).unwrap();
     }
 }

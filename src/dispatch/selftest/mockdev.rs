@@ -2,15 +2,17 @@
 
 use crate::backends::mock::{MockDomain, MockKind};
 use crate::backends::Domain;
+use crate::objects::device::Attachment;
 use crate::objects::{DeviceBackend, HwptPaging};
 use nix::errno::Errno;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use uiommufd_uapi::iommufd::{
     IOMMU_HWPT_ALLOC_DIRTY_TRACKING, IOMMU_HWPT_ALLOC_NEST_PARENT, IOMMU_HWPT_ALLOC_PASID,
 };
 use uiommufd_uapi::selftest::{
-    IOMMU_TEST_DEV_CACHE_DEFAULT, MOCK_DEV_CACHE_NUM, MOCK_FLAGS_DEVICE_NO_DIRTY,
-    MOCK_FLAGS_DEVICE_PASID,
+    IOMMU_TEST_DEV_CACHE_DEFAULT, IOMMU_TEST_PASID_RESERVED, MOCK_DEV_CACHE_NUM,
+    MOCK_FLAGS_DEVICE_NO_DIRTY, MOCK_FLAGS_DEVICE_PASID, MOCK_PASID_WIDTH,
 };
 
 /// Every mock paging domain made here, so a HWPT's `Arc<dyn Domain>` can be recognised as one.
@@ -53,6 +55,9 @@ pub const PAGING_FLAGS: u32 =
 pub struct MockDev {
     pub flags: u32,
     cache: Mutex<[u32; MOCK_DEV_CACHE_NUM as usize]>,
+    /// Armed by a switch of [`IOMMU_TEST_PASID_RESERVED`] to a page table: the next such switch
+    /// fails (ENOMEM), so the core's rollback can be tested. Blocking disarms it.
+    pasid_fake_error: AtomicBool,
 }
 
 impl MockDev {
@@ -64,6 +69,7 @@ impl MockDev {
         Ok(Self {
             flags,
             cache: Mutex::new([IOMMU_TEST_DEV_CACHE_DEFAULT; MOCK_DEV_CACHE_NUM as usize]),
+            pasid_fake_error: AtomicBool::new(false),
         })
     }
 
@@ -106,6 +112,30 @@ impl DeviceBackend for MockDev {
         Ok(())
     }
 
+    fn pasid_ops(&self) -> bool {
+        true
+    }
+
+    fn max_pasids(&self) -> u32 {
+        if self.pasid_capable() {
+            1 << MOCK_PASID_WIDTH
+        } else {
+            0
+        }
+    }
+
+    fn set_dev_pasid(&self, pasid: u32, hwpt: Option<&Attachment>) -> Result<(), Errno> {
+        if pasid == IOMMU_TEST_PASID_RESERVED {
+            if hwpt.is_none() {
+                self.pasid_fake_error.store(false, Ordering::SeqCst);
+            } else if self.pasid_fake_error.swap(true, Ordering::SeqCst) {
+                self.pasid_fake_error.store(false, Ordering::SeqCst);
+                return Err(Errno::ENOMEM);
+            }
+        }
+        Ok(())
+    }
+
     fn name(&self) -> String {
         format!("mock(flags={:#x})", self.flags)
     }
@@ -136,5 +166,30 @@ mod tests {
         );
         assert_eq!(nodirty.cache(3), Some(IOMMU_TEST_DEV_CACHE_DEFAULT));
         assert_eq!(nodirty.cache(4), None);
+    }
+
+    #[test]
+    fn reserved_pasid_fails_every_other_switch() {
+        use crate::objects::{Context, Ioas, Object};
+        let ctx = Context::new();
+        let ioas_id = ctx.insert(Object::Ioas(Ioas::new())).unwrap();
+        let d: Arc<dyn Domain> = new_mock_domain(MockKind::Normal, 0);
+        let (hwpt_id, hwpt) = HwptPaging::alloc(&ctx, ioas_id, d, 0, false).unwrap();
+        let att = Attachment {
+            hwpt_id,
+            hwpt,
+            nested: None,
+        };
+        let dev = MockDev::new(MOCK_FLAGS_DEVICE_PASID).unwrap();
+        assert_eq!(dev.max_pasids(), 1 << MOCK_PASID_WIDTH);
+        assert_eq!(MockDev::new(0).unwrap().max_pasids(), 0);
+        let r = IOMMU_TEST_PASID_RESERVED;
+        dev.set_dev_pasid(r, Some(&att)).unwrap();
+        assert_eq!(dev.set_dev_pasid(r, Some(&att)), Err(Errno::ENOMEM));
+        dev.set_dev_pasid(r, Some(&att)).unwrap();
+        dev.set_dev_pasid(r, None).unwrap();
+        dev.set_dev_pasid(r, Some(&att)).unwrap();
+        dev.set_dev_pasid(r - 1, Some(&att)).unwrap();
+        dev.set_dev_pasid(r - 1, Some(&att)).unwrap();
     }
 }

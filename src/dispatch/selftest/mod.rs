@@ -9,6 +9,7 @@
 
 mod checks;
 pub mod mockdev;
+mod pasid;
 
 use super::ucmd::Ucmd;
 use crate::iopt::ReservedOwner;
@@ -160,6 +161,10 @@ pub fn test_cmd(u: &Ucmd) -> Result<(), Errno> {
             Ok(())
         }
         IOMMU_TEST_OP_DIRTY => checks::dirty(u, &mut cmd),
+        IOMMU_TEST_OP_PASID_ATTACH => pasid::attach(u, &mut cmd),
+        IOMMU_TEST_OP_PASID_REPLACE => pasid::replace(u, &mut cmd),
+        IOMMU_TEST_OP_PASID_DETACH => pasid::detach(u, &cmd),
+        IOMMU_TEST_OP_PASID_CHECK_HWPT => pasid::check_hwpt(u, &cmd),
         _ => Err(Errno::EOPNOTSUPP),
     }
 }
