@@ -1,6 +1,7 @@
 //! The handlers the daemon plugs into the table's extension slots (devices, HWPTs, selftest).
 
 use super::hwpt_cmds;
+use super::ioas_cmds;
 use super::selftest;
 use super::table::Extensions;
 
@@ -14,7 +15,7 @@ pub fn daemon_extensions() -> Extensions {
         hwpt_invalidate: hwpt_cmds::hwpt_invalidate,
         viommu_alloc: hwpt_cmds::viommu_alloc,
         vdevice_alloc: hwpt_cmds::vdevice_alloc,
+        ioas_change_process: ioas_cmds::ioas_change_process,
         test_cmd: selftest::test_cmd,
-        ..Extensions::default()
     }
 }
