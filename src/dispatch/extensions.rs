@@ -1,8 +1,10 @@
 //! The handlers the daemon plugs into the table's extension slots (devices, HWPTs, selftest).
 
 use super::hwpt_cmds;
+use super::ioas_cmds;
 use super::selftest;
 use super::table::Extensions;
+use super::viommu_cmds;
 
 /// Extensions of `uiommufd serve`.
 pub fn daemon_extensions() -> Extensions {
@@ -12,9 +14,9 @@ pub fn daemon_extensions() -> Extensions {
         hwpt_set_dirty_tracking: hwpt_cmds::hwpt_set_dirty_tracking,
         hwpt_get_dirty_bitmap: hwpt_cmds::hwpt_get_dirty_bitmap,
         hwpt_invalidate: hwpt_cmds::hwpt_invalidate,
-        viommu_alloc: hwpt_cmds::viommu_alloc,
-        vdevice_alloc: hwpt_cmds::vdevice_alloc,
+        viommu_alloc: viommu_cmds::viommu_alloc,
+        vdevice_alloc: viommu_cmds::vdevice_alloc,
+        ioas_change_process: ioas_cmds::ioas_change_process,
         test_cmd: selftest::test_cmd,
-        ..Extensions::default()
     }
 }

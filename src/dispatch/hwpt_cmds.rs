@@ -21,7 +21,7 @@ const INVALIDATE_ENTRY_NUM_MAX: u32 = 1 << 19;
 /// Reads a driver struct the way iommu_copy_struct_from_user does: `len` bytes of the caller,
 /// at least up to the end of the mandatory fields (`min`, else EINVAL), bytes beyond the struct
 /// must be zero (E2BIG).
-fn copy_struct<T: FromBytes + zerocopy::IntoBytes>(
+pub(super) fn copy_struct<T: FromBytes + zerocopy::IntoBytes>(
     u: &Ucmd,
     uptr: u64,
     len: u32,
@@ -99,6 +99,14 @@ pub fn hwpt_alloc(u: &Ucmd) -> Result<(), Errno> {
                 }
             };
             HwptPaging::alloc(ctx, cmd.pt_id, domain, cmd.flags, false)?.0
+        }
+        Object::Ext(ref e)
+            if e.as_any()
+                .downcast_ref::<crate::objects::viommu::Viommu>()
+                .is_some() =>
+        {
+            let viommu = ctx.get_ext_as::<crate::objects::viommu::Viommu>(cmd.pt_id)?;
+            super::viommu_cmds::alloc_nested_on_viommu(u, &cmd, viommu)?
         }
         Object::Ext(_) => {
             let parent = ctx.get_hwpt_paging(cmd.pt_id).map_err(|_| Errno::EINVAL)?;
@@ -292,7 +300,7 @@ pub fn hwpt_get_dirty_bitmap(u: &Ucmd) -> Result<(), Errno> {
     Ok(())
 }
 
-fn invalidate_nested(
+pub(super) fn invalidate_nested(
     u: &Ucmd,
     cmd: &iommu_hwpt_invalidate,
     nested: &MockNested,
@@ -330,9 +338,21 @@ pub fn hwpt_invalidate(u: &Ucmd) -> Result<(), Errno> {
             return Err(Errno::EINVAL);
         }
         let obj = u.ctx.get(cmd.hwpt_id)?;
-        let Object::Ext(_) = obj else {
+        let Object::Ext(ext) = obj else {
             return Err(Errno::EINVAL);
         };
+        if let Some(v) = ext
+            .as_any()
+            .downcast_ref::<crate::objects::viommu::Viommu>()
+        {
+            return super::viommu_cmds::viommu_invalidate(u, &cmd, v, &mut done);
+        }
+        if let Some(n) = ext
+            .as_any()
+            .downcast_ref::<crate::objects::viommu::ViommuNested>()
+        {
+            return super::viommu_cmds::viommu_nested_invalidate(u, &cmd, n, &mut done);
+        }
         let n = u
             .ctx
             .get_hwpt_nested(cmd.hwpt_id)
@@ -347,22 +367,4 @@ pub fn hwpt_invalidate(u: &Ucmd) -> Result<(), Errno> {
         return Err(Errno::EFAULT);
     }
     rc
-}
-
-/// IOMMU_VIOMMU_ALLOC: no vIOMMU type is implemented yet; the checks before the driver's come
-/// in the kernel's order (flags/type, then the device).
-pub fn viommu_alloc(u: &Ucmd) -> Result<(), Errno> {
-    let cmd: iommu_viommu_alloc = u.cmd();
-    if cmd.flags != 0 || cmd.r#type == 0 {
-        return Err(Errno::EOPNOTSUPP);
-    }
-    u.ctx.get_device(cmd.dev_id)?;
-    Err(Errno::EOPNOTSUPP)
-}
-
-/// IOMMU_VDEVICE_ALLOC: without vIOMMU objects every `viommu_id` is unknown (ENOENT).
-pub fn vdevice_alloc(u: &Ucmd) -> Result<(), Errno> {
-    let cmd: iommu_vdevice_alloc = u.cmd();
-    let _ = u.ctx.get(cmd.viommu_id)?;
-    Err(Errno::ENOENT)
 }

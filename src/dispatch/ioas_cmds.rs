@@ -318,3 +318,48 @@ pub fn vfio_ioas(u: &Ucmd) -> Result<(), Errno> {
         _ => Err(Errno::EOPNOTSUPP),
     }
 }
+
+/// IOMMU_IOAS_CHANGE_PROCESS: moves the pin charge of every mapping of every IOAS to the caller.
+/// Only file-backed mappings can change process (EINVAL otherwise); the daemon's file mappings
+/// do not depend on the old process at all, so only the accounting owner changes.
+///
+/// Every IOAS of the context stays locked (in ID order) from validation to the end, as the
+/// kernel holds all their IOVA locks. Areas always hold their pages here (the kernel's EBUSY
+/// for an area caught without pages mid-unmap has no counterpart). The charge moves one `Pages`
+/// at a time: if the caller's limit refuses one, the error is returned and the `Pages` already
+/// moved stay with the caller (the kernel charges the total up front); `Pages` does not expose
+/// its old owner to undo with.
+pub fn ioas_change_process(u: &Ucmd) -> Result<(), Errno> {
+    let cmd: iommu_ioas_change_process = u.cmd();
+    if cmd.reserved != 0 {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    let ioases: Vec<Arc<Ioas>> = u
+        .ctx
+        .objects_of_type("ioas")
+        .into_iter()
+        .filter_map(|(_, o)| match o {
+            Object::Ioas(ioas) => Some(ioas),
+            _ => None,
+        })
+        .collect();
+    let iopts: Vec<_> = ioases.iter().map(|ioas| ioas.iopt()).collect();
+    let mut all_pages: Vec<Arc<crate::iopt::Pages>> = Vec::new();
+    for area in iopts.iter().flat_map(|iopt| iopt.areas()) {
+        if !area.pages.source().is_file() {
+            return Err(Errno::EINVAL);
+        }
+        if !all_pages.iter().any(|p| Arc::ptr_eq(p, &area.pages)) {
+            all_pages.push(area.pages.clone());
+        }
+    }
+    let pid = u.mem.pid();
+    for pages in &all_pages {
+        let mut owner = Account::for_process(pid, pages.account_mode());
+        // The mode stays the one the pages were created with, whatever the caller's capabilities.
+        owner.mode = pages.account_mode();
+        pages.change_owner(owner)?;
+    }
+    drop(iopts);
+    Ok(())
+}

@@ -8,6 +8,7 @@ pub mod selftest;
 pub mod service;
 pub mod table;
 pub mod ucmd;
+pub mod viommu_cmds;
 
 pub use daemon::{Daemon, DaemonService, DeviceOpener};
 pub use service::{NodeKind, OpenFile, Service};

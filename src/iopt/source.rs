@@ -13,21 +13,37 @@ use std::sync::Mutex;
 /// Physical address of each page in `[vaddr, vaddr + count * PAGE_SIZE)` of `pid`, from its pagemap.
 /// A page that is not present maps to EFAULT. As root the frame numbers are real.
 pub fn pagemap_paddrs(pid: &str, vaddr: u64, count: u64) -> Result<Vec<u64>, Errno> {
+    pagemap_entries(pid, vaddr, count)?
+        .into_iter()
+        .map(|entry| {
+            if entry & PM_PRESENT == 0 {
+                return Err(Errno::EFAULT);
+            }
+            Ok((entry & PM_PFN_MASK) * PAGE_SIZE)
+        })
+        .collect()
+}
+
+/// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
+const PM_PRESENT: u64 = 1 << 63;
+const PM_FILE_OR_SHARED_ANON: u64 = 1 << 61;
+const PM_PFN_MASK: u64 = (1 << 55) - 1;
+
+/// The raw pagemap entries of `count` pages of `pid` from `vaddr`.
+fn pagemap_entries(pid: &str, vaddr: u64, count: u64) -> Result<Vec<u64>, Errno> {
     let mut f = std::fs::File::open(format!("/proc/{pid}/pagemap")).map_err(|_| Errno::EFAULT)?;
     f.seek(SeekFrom::Start(vaddr / PAGE_SIZE * 8))
         .map_err(|_| Errno::EFAULT)?;
     let mut raw = vec![0u8; count as usize * 8];
     f.read_exact(&mut raw).map_err(|_| Errno::EFAULT)?;
-    raw.chunks_exact(8)
+    Ok(raw
+        .chunks_exact(8)
         .map(|c| {
-            let entry = u64::from_le_bytes(c.try_into().unwrap());
-            let present = entry & (1 << 63) != 0;
-            if !present {
-                return Err(Errno::EFAULT);
-            }
-            Ok((entry & ((1 << 55) - 1)) * PAGE_SIZE)
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_le_bytes(b)
         })
-        .collect()
+        .collect())
 }
 
 /// A VMA of /proc/<pid>/maps: `[start, end)` and its permissions.
@@ -37,6 +53,8 @@ struct Vma {
     end: u64,
     read: bool,
     write: bool,
+    /// MAP_PRIVATE (copy-on-write) rather than MAP_SHARED.
+    private: bool,
 }
 
 fn read_vmas(pid: i32) -> Result<Vec<Vma>, Errno> {
@@ -53,6 +71,7 @@ fn read_vmas(pid: i32) -> Result<Vec<Vma>, Errno> {
                 end: u64::from_str_radix(e, 16).ok()?,
                 read: perms.first() == Some(&b'r'),
                 write: perms.get(1) == Some(&b'w'),
+                private: perms.get(3) == Some(&b'p'),
             })
         })
         .collect())
@@ -93,6 +112,50 @@ impl ProcessSource {
     pub fn pid(&self) -> i32 {
         self.pid
     }
+
+    /// A long-term pin (read-only too) of a page-cache page mapped into a private writable VMA unshares
+    /// it first (the kernel's GUP breaks the COW up front), so that a later write by the process
+    /// cannot move it to another frame behind the IOMMU's back. From userspace the same COW break is
+    /// a write of the byte just read back into the page: only pages whose pagemap entry says "file
+    /// page" inside a VMA that is both MAP_PRIVATE and writable are touched; shared or read-only
+    /// mappings are never written. Returns whether any page was written.
+    ///
+    /// Race: the byte is read and written back in two steps; a store by another thread of the
+    /// caller to that very byte in between would be lost. A thread storing into a range while it
+    /// is being mapped for DMA already races with the DMA itself, so this is accepted.
+    fn unshare(&self, vmas: &[Vma], start: u64, entries: &mut [u64]) -> Result<bool, Errno> {
+        let pid = Pid::from_raw(self.pid);
+        let mut wrote = false;
+        for (k, entry) in entries.iter().enumerate() {
+            if *entry & PM_PRESENT == 0 || *entry & PM_FILE_OR_SHARED_ANON == 0 {
+                continue;
+            }
+            let addr = start + k as u64 * PAGE_SIZE;
+            let cow = vmas
+                .iter()
+                .any(|v| v.start <= addr && addr < v.end && v.private && v.write);
+            if !cow {
+                continue;
+            }
+            let remote = [RemoteIoVec {
+                base: addr as usize,
+                len: 1,
+            }];
+            let mut byte = [0u8; 1];
+            let got = process_vm_readv(pid, &mut [IoSliceMut::new(&mut byte)], &remote)
+                .map_err(|_| Errno::EFAULT)?;
+            if got != 1 {
+                return Err(Errno::EFAULT);
+            }
+            let put = process_vm_writev(pid, &[IoSlice::new(&byte)], &remote)
+                .map_err(|_| Errno::EFAULT)?;
+            if put != 1 {
+                return Err(Errno::EFAULT);
+            }
+            wrote = true;
+        }
+        Ok(wrote)
+    }
 }
 
 impl PageSource for ProcessSource {
@@ -102,7 +165,9 @@ impl PageSource for ProcessSource {
             .checked_add(first * PAGE_SIZE)
             .ok_or(Errno::EFAULT)?;
         let end = start.checked_add(count * PAGE_SIZE).ok_or(Errno::EFAULT)?;
-        check_vmas(&read_vmas(self.pid)?, start, end, write)?;
+        let vmas = read_vmas(self.pid)?;
+        check_vmas(&vmas, start, end, write)?;
+        let pid = Pid::from_raw(self.pid);
         // Fault every page in (as pinning does) with one-byte reads, IOV_MAX pages per call.
         let mut sink = vec![0u8; count.min(1024) as usize];
         for chunk_first in (0..count).step_by(1024) {
@@ -114,13 +179,25 @@ impl PageSource for ProcessSource {
                 })
                 .collect();
             let mut local = [IoSliceMut::new(&mut sink[..n])];
-            let got = process_vm_readv(Pid::from_raw(self.pid), &mut local, &remote)
-                .map_err(|_| Errno::EFAULT)?;
+            let got = process_vm_readv(pid, &mut local, &remote).map_err(|_| Errno::EFAULT)?;
             if got != n {
                 return Err(Errno::EFAULT);
             }
         }
-        pagemap_paddrs(&self.pid.to_string(), start, count)
+        let pid_str = self.pid.to_string();
+        let mut entries = pagemap_entries(&pid_str, start, count)?;
+        if self.unshare(&vmas, start, &mut entries)? {
+            entries = pagemap_entries(&pid_str, start, count)?;
+        }
+        entries
+            .into_iter()
+            .map(|entry| {
+                if entry & PM_PRESENT == 0 {
+                    return Err(Errno::EFAULT);
+                }
+                Ok((entry & PM_PFN_MASK) * PAGE_SIZE)
+            })
+            .collect()
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {

@@ -14,6 +14,7 @@ pub mod access;
 pub mod device;
 pub mod hwpt;
 pub mod ioas;
+pub mod viommu;
 
 pub use access::{Access, AccessOps};
 pub use device::{Device, DeviceBackend};

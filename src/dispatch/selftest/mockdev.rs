@@ -82,6 +82,19 @@ impl MockDev {
         self.flags & MOCK_FLAGS_DEVICE_PASID != 0
     }
 
+    /// Clears device cache entry `id`, or all of them (vIOMMU cache invalidation).
+    pub fn invalidate_cache(&self, id: Option<u32>) {
+        let mut cache = self.cache.lock().unwrap();
+        match id {
+            Some(i) => {
+                if let Some(c) = cache.get_mut(i as usize) {
+                    *c = 0;
+                }
+            }
+            None => cache.fill(0),
+        }
+    }
+
     /// Device cache entry `id`, None when out of range.
     pub fn cache(&self, id: u32) -> Option<u32> {
         self.cache.lock().unwrap().get(id as usize).copied()
