@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ENTRY: &str = "child_entry";
 
@@ -134,7 +134,7 @@ fn fuse_client_round_trip() {
     finish(spawn_role(ENTRY, "basic", &dir, "", Stdio::null()));
     let st = server.st.clone();
     // basic opened iommu twice, vfio/vfio and the device: four service opens, all released at exit.
-    assert!(wait_until(Duration::from_secs(5), || st
+    assert!(wait_until(Duration::from_secs(20), || st
         .releases
         .load(Ordering::SeqCst)
         == 4));
@@ -179,7 +179,7 @@ fn sigkill_mid_ioctl_still_releases() {
     let server = Server::start(&dir);
     let st = server.st.clone();
     let mut child = spawn_role(ENTRY, "sleep", &dir, "1000", Stdio::null());
-    assert!(wait_until(Duration::from_secs(5), || st
+    assert!(wait_until(Duration::from_secs(20), || st
         .sleeping
         .load(Ordering::SeqCst)
         == 1));

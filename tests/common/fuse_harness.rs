@@ -187,6 +187,8 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if let (Some(stop), Some(task)) = (self.stop.take(), self.task.take()) {
+            // A failed test lands here: end sleeping ioctls so the shutdown does not wait on them.
+            self.st.wake_all.store(true, Ordering::SeqCst);
             let _ = stop.send(());
             let _ = self.rt.block_on(task);
         }
