@@ -8,10 +8,17 @@
 #   3. the kernel's own iommufd selftest (Linux 7.2) against the daemon, gated by
 #      tests/kselftest-expected.txt (scripts/kselftest.sh);
 #   4. the QEMU end-to-end script (scripts/qemu-e2e.sh).
+# Any failure stops the run with a non-zero status. The last line adds up what passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ci-install.sh
 cargo build --workspace --all-targets
-cargo test --workspace -- --test-threads=2
+mkdir -p target
+cargo test --workspace -- --test-threads=2 2>&1 | tee target/cargo-test.log
+cargo_passed=$(awk '/^test result:/ {s += $4} END {print s + 0}' target/cargo-test.log)
+cargo_failed=$(awk '/^test result:/ {s += $6} END {print s + 0}' target/cargo-test.log)
 bash scripts/kselftest.sh
+kselftest_passed=$(grep '^ok ' "${CARGO_TARGET_DIR:-target}/kselftest/output.tap" | grep -vc '# SKIP' || true)
 bash scripts/qemu-e2e.sh
+echo "cargo test: $cargo_passed passed; kernel selftest: $kselftest_passed instances passed (gate green); QEMU e2e script: passed"
+echo "summary: $((cargo_passed + kselftest_passed + 1)) passed, $cargo_failed failed"
