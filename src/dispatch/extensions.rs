@@ -16,6 +16,7 @@ pub fn daemon_extensions() -> Extensions {
         hwpt_invalidate: hwpt_cmds::hwpt_invalidate,
         viommu_alloc: viommu_cmds::viommu_alloc,
         vdevice_alloc: viommu_cmds::vdevice_alloc,
+        hw_queue_alloc: viommu_cmds::hw_queue_alloc,
         ioas_change_process: ioas_cmds::ioas_change_process,
         test_cmd: selftest::test_cmd,
     }

@@ -55,6 +55,7 @@ pub struct Extensions {
     pub ioas_change_process: fn(&Ucmd) -> Result<(), Errno>,
     pub viommu_alloc: fn(&Ucmd) -> Result<(), Errno>,
     pub vdevice_alloc: fn(&Ucmd) -> Result<(), Errno>,
+    pub hw_queue_alloc: fn(&Ucmd) -> Result<(), Errno>,
     pub test_cmd: fn(&Ucmd) -> Result<(), Errno>,
 }
 
@@ -69,6 +70,7 @@ impl Default for Extensions {
             ioas_change_process: not_supported,
             viommu_alloc: not_supported,
             vdevice_alloc: not_supported,
+            hw_queue_alloc: not_supported,
             test_cmd: not_supported,
         }
     }
@@ -80,7 +82,7 @@ pub fn build(ext: &Extensions) -> Vec<Option<Op>> {
         op!(IOMMU_DESTROY, iommu_destroy, id: u32, ioas::destroy),
         op!(IOMMU_FAULT_QUEUE_ALLOC, iommu_fault_alloc, out_fault_fd: u32, not_supported),
         op!(IOMMU_GET_HW_INFO, iommu_hw_info, reserved: [u8; 3], ext.get_hw_info),
-        op!(IOMMU_HW_QUEUE_ALLOC, iommu_hw_queue_alloc, length: u64, not_supported),
+        op!(IOMMU_HW_QUEUE_ALLOC, iommu_hw_queue_alloc, length: u64, ext.hw_queue_alloc),
         op!(IOMMU_HWPT_ALLOC, iommu_hwpt_alloc, reserved: u32, ext.hwpt_alloc),
         op!(IOMMU_HWPT_GET_DIRTY_BITMAP, iommu_hwpt_get_dirty_bitmap, data: u64, ext.hwpt_get_dirty_bitmap),
         op!(IOMMU_HWPT_INVALIDATE, iommu_hwpt_invalidate, reserved: u32, ext.hwpt_invalidate),

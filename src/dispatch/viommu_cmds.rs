@@ -1,13 +1,14 @@
 //! vIOMMU commands: IOMMU_VIOMMU_ALLOC, IOMMU_VDEVICE_ALLOC, the vIOMMU branches of
-//! IOMMU_HWPT_ALLOC (nested HWPT on a vIOMMU) and IOMMU_HWPT_INVALIDATE (vIOMMU cache
-//! invalidation). Only the mock driver (IOMMU_VIOMMU_TYPE_SELFTEST) has a vIOMMU.
+//! IOMMU_HWPT_ALLOC (nested HWPT on a vIOMMU), IOMMU_HWPT_INVALIDATE (vIOMMU cache
+//! invalidation) and IOMMU_HW_QUEUE_ALLOC. Only the mock driver (IOMMU_VIOMMU_TYPE_SELFTEST) has a
+//! vIOMMU.
 
 use super::hwpt_cmds::copy_struct;
 use super::selftest::mock_of_device;
 use super::selftest::mockdev::{as_mock, MockDev};
 use super::ucmd::Ucmd;
 use crate::backends::mock::MockNested;
-use crate::objects::viommu::{Vdevice, Viommu, ViommuNested};
+use crate::objects::viommu::{HwQueue, Vdevice, Viommu, ViommuNested};
 use nix::errno::Errno;
 use std::mem::size_of;
 use std::sync::Arc;
@@ -64,6 +65,65 @@ pub fn vdevice_alloc(u: &Ucmd) -> Result<(), Errno> {
         mock as Arc<dyn std::any::Any + Send + Sync>,
     )?;
     cmd.out_vdevice_id = id;
+    if let Err(e) = u.respond(&cmd) {
+        let _ = ctx.destroy(id);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// IOMMU_HW_QUEUE_ALLOC: a hardware queue of a vIOMMU over guest memory at an IOVA of its
+/// nest-parent IOAS. The mock takes IOMMU_HW_QUEUE_TYPE_SELFTEST queues, indexes below
+/// IOMMU_TEST_HW_QUEUE_MAX allocated in order; each one depends on the queue of the index below.
+pub fn hw_queue_alloc(u: &Ucmd) -> Result<(), Errno> {
+    let mut cmd: iommu_hw_queue_alloc = u.cmd();
+    let ctx = u.ctx;
+    if cmd.flags != 0 || cmd.r#type == IOMMU_HW_QUEUE_TYPE_DEFAULT {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    if cmd.length == 0 {
+        return Err(Errno::EINVAL);
+    }
+    if cmd
+        .nesting_parent_iova
+        .checked_add(cmd.length - 1)
+        .is_none()
+    {
+        return Err(Errno::EOVERFLOW);
+    }
+    let viommu = ctx.get_ext_as::<Viommu>(cmd.viommu_id)?;
+    if viommu.viommu_type != IOMMU_VIOMMU_TYPE_SELFTEST
+        || cmd.r#type != IOMMU_HW_QUEUE_TYPE_SELFTEST
+    {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    let index = cmd.index;
+    let (id, _) = HwQueue::alloc(
+        ctx,
+        cmd.viommu_id,
+        viommu,
+        cmd.r#type,
+        index,
+        cmd.nesting_parent_iova,
+        cmd.length,
+        |queues, _base_pa| {
+            if index >= IOMMU_TEST_HW_QUEUE_MAX {
+                return Err(Errno::EINVAL);
+            }
+            if queues.contains_key(&index) {
+                return Err(Errno::EEXIST);
+            }
+            if index == 0 {
+                return Ok(None);
+            }
+            queues
+                .get(&(index - 1))
+                .copied()
+                .map(Some)
+                .ok_or(Errno::EIO)
+        },
+    )?;
+    cmd.out_hw_queue_id = id;
     if let Err(e) = u.respond(&cmd) {
         let _ = ctx.destroy(id);
         return Err(e);

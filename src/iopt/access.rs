@@ -21,6 +21,18 @@ impl IoPagetable {
     /// Pins `[iova, iova + length)` for an access; returns the physical address of each CPU page.
     /// The range must start on a page boundary of the backing and be contiguously mapped.
     pub fn access_pin(&mut self, iova: u64, length: u64, write: bool) -> Result<Vec<u64>, Errno> {
+        self.access_pin_locked(iova, length, write, false)
+    }
+
+    /// [`Self::access_pin`]; with `lock`, the pin also locks the areas it touches against
+    /// IOAS_UNMAP (EBUSY) until [`Self::access_unpin_locked`] with `unlock` releases it.
+    pub fn access_pin_locked(
+        &mut self,
+        iova: u64,
+        length: u64,
+        write: bool,
+        lock: bool,
+    ) -> Result<Vec<u64>, Errno> {
         if length == 0 {
             return Err(Errno::EINVAL);
         }
@@ -58,12 +70,19 @@ impl IoPagetable {
                 Ok((first, lastp, paddrs)) => {
                     out.extend(paddrs);
                     pinned.push((key, first, lastp));
-                    self.area_mut(key).expect("area").num_accesses += 1;
+                    let a = self.area_mut(key).expect("area");
+                    a.num_accesses += 1;
+                    if lock {
+                        a.num_locks += 1;
+                    }
                 }
                 Err(e) => {
                     for (k, f, l) in pinned {
                         let a = self.area_mut(k).expect("area");
                         a.num_accesses -= 1;
+                        if lock {
+                            a.num_locks -= 1;
+                        }
                         a.pages.unpin(f, l);
                     }
                     return Err(e);
@@ -97,6 +116,11 @@ impl IoPagetable {
 
     /// Undoes [`Self::access_pin`] for exactly the same range.
     pub fn access_unpin(&mut self, iova: u64, length: u64) {
+        self.access_unpin_locked(iova, length, false)
+    }
+
+    /// Undoes [`Self::access_pin_locked`]; `unlock` must match its `lock`.
+    pub fn access_unpin_locked(&mut self, iova: u64, length: u64, unlock: bool) {
         if length == 0 {
             return;
         }
@@ -114,6 +138,9 @@ impl IoPagetable {
             let (first, lastp) = area.page_span(cur, end);
             area.pages.unpin(first, lastp);
             area.num_accesses = area.num_accesses.saturating_sub(1);
+            if unlock {
+                area.num_locks = area.num_locks.saturating_sub(1);
+            }
             cur = end.wrapping_add(1);
         }
     }

@@ -77,6 +77,9 @@ pub struct Area {
     pub num_accesses: u32,
     /// An unmap is waiting for the accesses to let go: no new pins.
     pub prevent_access: bool,
+    /// Access pins that refuse to be released on unmap (a vIOMMU's hardware queue): IOAS_UNMAP of
+    /// the area is EBUSY while any is held.
+    pub num_locks: u32,
 }
 
 impl Area {
@@ -284,6 +287,7 @@ impl IoPagetable {
                 filled: false,
                 num_accesses: 0,
                 prevent_access: false,
+                num_locks: 0,
             });
             cur = last.wrapping_add(1);
         }
@@ -367,6 +371,9 @@ impl IoPagetable {
         let mut cursor = start;
         while let Some(key) = self.first_area_key(cursor, last) {
             let area = self.areas.get_mut(&key).expect("area found by key");
+            if area.num_locks > 0 {
+                return Err((Errno::EBUSY, unmapped));
+            }
             if area.iova < start || area.last > last {
                 return Err((Errno::ENOENT, unmapped));
             }

@@ -345,6 +345,7 @@ impl Extension for Device {
     }
 
     fn destroy(&self, ctx: &Context) {
+        super::viommu::destroy_vdevices_of(ctx, self);
         self.detach_pasids(ctx);
         self.detach(ctx);
     }

@@ -4,7 +4,9 @@
 //! live in its table under IDs allocated like the kernel's: the smallest free ID ≥ 1. Lookups are
 //! typed (an ID of another type is ENOENT). An object that other objects depend on carries a
 //! `users` count above one and cannot be destroyed (EBUSY) until they let go; closing the context
-//! destroys everything, dependents first.
+//! destroys everything, dependents first. An object the daemon destroys on its own behalf (a
+//! vDEVICE whose device is destroyed) can leave its ID as a tombstone, which answers ENOENT and is
+//! not handed out again until the context closes, as the kernel's does.
 //!
 //! Locking: the table lock is held only to find, insert or remove an entry; handlers work on the
 //! `Arc` they got, under the object's own lock. No lock is held across a caller-memory access that
@@ -57,7 +59,9 @@ impl Object {
 }
 
 struct Entry {
-    object: Object,
+    /// `None` for a tombstone: the ID of an object the kernel destroyed on its own (a vDEVICE
+    /// whose device went away). It answers ENOENT and stays allocated until the context closes.
+    object: Option<Object>,
     /// 1 for the table itself, +1 for each object that depends on this one.
     users: u32,
 }
@@ -119,7 +123,13 @@ impl Context {
         if id > i32::MAX as u32 {
             return Err(Errno::ENOSPC);
         }
-        table.insert(id, Entry { object, users: 1 });
+        table.insert(
+            id,
+            Entry {
+                object: Some(object),
+                users: 1,
+            },
+        );
         Ok(id)
     }
 
@@ -128,7 +138,7 @@ impl Context {
         let table = self.table.lock().unwrap();
         table
             .get(&id)
-            .map(|e| e.object.clone())
+            .and_then(|e| e.object.clone())
             .ok_or(Errno::ENOENT)
     }
 
@@ -157,7 +167,10 @@ impl Context {
     /// Records that something depends on object `id` (it can no longer be destroyed).
     pub fn add_user(&self, id: u32) -> Result<(), Errno> {
         let mut table = self.table.lock().unwrap();
-        let e = table.get_mut(&id).ok_or(Errno::ENOENT)?;
+        let e = table
+            .get_mut(&id)
+            .filter(|e| e.object.is_some())
+            .ok_or(Errno::ENOENT)?;
         e.users += 1;
         Ok(())
     }
@@ -170,18 +183,36 @@ impl Context {
 
     /// IOMMU_DESTROY: ENOENT if absent, EBUSY while others depend on it.
     pub fn destroy(&self, id: u32) -> Result<(), Errno> {
+        self.remove(id, false)
+    }
+
+    /// Destroys object `id` as [`Self::destroy`] does but leaves its ID behind as a tombstone:
+    /// lookups and IOMMU_DESTROY of it are ENOENT, and it is not reused until the context closes.
+    pub fn destroy_tombstone(&self, id: u32) -> Result<(), Errno> {
+        self.remove(id, true)
+    }
+
+    fn remove(&self, id: u32, tombstone: bool) -> Result<(), Errno> {
         let object = {
             let mut table = self.table.lock().unwrap();
-            let e = table.get(&id).ok_or(Errno::ENOENT)?;
+            let e = table
+                .get(&id)
+                .filter(|e| e.object.is_some())
+                .ok_or(Errno::ENOENT)?;
             if e.users > 1 {
                 return Err(Errno::EBUSY);
             }
-            let e = table.remove(&id).expect("entry present");
+            let object = if tombstone {
+                let e = table.get_mut(&id).expect("entry present");
+                e.object.take()
+            } else {
+                table.remove(&id).expect("entry present").object
+            };
             let mut vfio = self.vfio_ioas.lock().unwrap();
             if *vfio == Some(id) {
                 *vfio = None;
             }
-            e.object
+            object.expect("live entry")
         };
         self.run_destroy(object);
         Ok(())
@@ -199,13 +230,15 @@ impl Context {
     pub fn destroy_all(&self) {
         loop {
             let ids: Vec<u32> = {
-                let table = self.table.lock().unwrap();
-                if table.is_empty() {
+                let mut table = self.table.lock().unwrap();
+                // Only tombstones left (or nothing): they go with the context.
+                if table.values().all(|e| e.object.is_none()) {
+                    table.clear();
                     break;
                 }
                 table
                     .iter()
-                    .filter(|(_, e)| e.users == 1)
+                    .filter(|(_, e)| e.users == 1 && e.object.is_some())
                     .map(|(&k, _)| k)
                     .collect()
             };
@@ -215,7 +248,7 @@ impl Context {
                     let mut table = self.table.lock().unwrap();
                     std::mem::take(&mut *table)
                         .into_values()
-                        .map(|e| e.object)
+                        .filter_map(|e| e.object)
                         .collect()
                 };
                 for o in all {
@@ -233,8 +266,14 @@ impl Context {
     /// Number of objects, per type name (status output, leak tests).
     pub fn object_counts(&self) -> BTreeMap<&'static str, usize> {
         let mut out = BTreeMap::new();
-        for e in self.table.lock().unwrap().values() {
-            *out.entry(e.object.type_name()).or_insert(0) += 1;
+        for o in self
+            .table
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(|e| e.object.as_ref())
+        {
+            *out.entry(o.type_name()).or_insert(0) += 1;
         }
         out
     }
@@ -245,13 +284,20 @@ impl Context {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(_, e)| e.object.type_name() == name)
-            .map(|(&id, e)| (id, e.object.clone()))
+            .filter_map(|(&id, e)| e.object.as_ref().map(|o| (id, o)))
+            .filter(|(_, o)| o.type_name() == name)
+            .map(|(id, o)| (id, o.clone()))
             .collect()
     }
 
+    /// Number of live objects (tombstones not counted).
     pub fn num_objects(&self) -> usize {
-        self.table.lock().unwrap().len()
+        self.table
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|e| e.object.is_some())
+            .count()
     }
 
     pub fn vfio_ioas(&self) -> Option<u32> {

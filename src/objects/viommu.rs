@@ -3,9 +3,15 @@
 //!
 //! A vIOMMU sits on a nest-parent paging HWPT (which gains a user); each vDEVICE ties one device
 //! to a virtual ID of one vIOMMU (which gains a user). The driver's state is opaque here
-//! (`data`), as for [`super::hwpt::HwptNested`].
+//! (`data`), as for [`super::hwpt::HwptNested`]. Destroying a device destroys its vDEVICE too
+//! and leaves the vDEVICE's ID as a tombstone.
+//!
+//! A hardware queue (IOMMU_HW_QUEUE_ALLOC) reads guest memory at an IOVA of the vIOMMU's IOAS:
+//! an internal access pins that range and locks it, so IOAS_UNMAP of it is EBUSY while the queue
+//! lives.
 
-use super::{Context, Extension, HwptPaging};
+use super::{Access, AccessOps, Context, Device, Extension, HwptPaging};
+use crate::iopt::PAGE_SIZE;
 use nix::errno::Errno;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +23,8 @@ pub struct Viommu {
     pub hwpt: Arc<HwptPaging>,
     /// virt_id → vDEVICE object id.
     pub vdevs: Mutex<BTreeMap<u64, u32>>,
+    /// Hardware queue index → HW_QUEUE object id.
+    pub hw_queues: Mutex<BTreeMap<u32, u32>>,
     /// Driver state (the mock keeps nothing yet).
     pub data: Box<dyn std::any::Any + Send + Sync>,
 }
@@ -36,6 +44,7 @@ impl Viommu {
             hwpt_id,
             hwpt,
             vdevs: Mutex::new(BTreeMap::new()),
+            hw_queues: Mutex::new(BTreeMap::new()),
             data,
         });
         match ctx.insert(super::Object::Ext(v.clone())) {
@@ -67,6 +76,7 @@ pub struct Vdevice {
     pub viommu_id: u32,
     pub viommu: Arc<Viommu>,
     pub dev_id: u32,
+    pub device: Arc<Device>,
     pub virt_id: u64,
     /// Driver state of the device (the mock device, for cache invalidation).
     pub data: Arc<dyn std::any::Any + Send + Sync>,
@@ -90,6 +100,7 @@ impl Vdevice {
         if taken {
             return Err(Errno::EEXIST);
         }
+        let device = ctx.get_device(dev_id)?;
         let mut vdevs = viommu.vdevs.lock().unwrap();
         if vdevs.contains_key(&virt_id) {
             return Err(Errno::EEXIST);
@@ -99,6 +110,7 @@ impl Vdevice {
             viommu_id,
             viommu: viommu.clone(),
             dev_id,
+            device,
             virt_id,
             data,
         });
@@ -122,6 +134,151 @@ impl Extension for Vdevice {
 
     fn destroy(&self, ctx: &Context) {
         self.viommu.vdevs.lock().unwrap().remove(&self.virt_id);
+        ctx.remove_user(self.viommu_id);
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// Device destroy hook: destroys the vDEVICE of `device`, if any, leaving its ID as a tombstone.
+pub fn destroy_vdevices_of(ctx: &Context, device: &Device) {
+    for (id, o) in ctx.objects_of_type("vdevice") {
+        let super::Object::Ext(e) = o else { continue };
+        let Some(v) = e.as_any().downcast_ref::<Vdevice>() else {
+            continue;
+        };
+        if std::ptr::eq(Arc::as_ptr(&v.device), device) {
+            if let Err(err) = ctx.destroy_tombstone(id) {
+                tracing::warn!(ctx = ctx.id, id, %err, "vDEVICE of a destroyed device kept");
+            }
+        }
+    }
+}
+
+/// The internal access of a hardware queue: its pins are locked, so it never has to release them.
+struct QueueAccessOps;
+
+impl AccessOps for QueueAccessOps {
+    fn unmap(&self, _access: &Access, _iova: u64, _length: u64) {}
+}
+
+/// A hardware queue of a vIOMMU, reading guest memory at `[base_addr, base_addr + length)` of
+/// the vIOMMU's IOAS.
+pub struct HwQueue {
+    pub viommu_id: u32,
+    pub viommu: Arc<Viommu>,
+    pub queue_type: u32,
+    pub index: u32,
+    pub base_addr: u64,
+    pub length: u64,
+    /// The queue of the index below, which cannot be destroyed before this one.
+    pub prev: Option<u32>,
+    access: Arc<Access>,
+    /// The page-aligned pinned range.
+    pin: (u64, u64),
+}
+
+/// The page-aligned range `[iova, iova + length)` covers: ERANGE if rounding overflows.
+fn queue_pin_range(iova: u64, length: u64) -> Result<(u64, u64), Errno> {
+    let aligned = iova & !(PAGE_SIZE - 1);
+    let len = (iova - aligned)
+        .checked_add(length)
+        .and_then(|l| l.checked_add(PAGE_SIZE - 1))
+        .ok_or(Errno::ERANGE)?;
+    Ok((aligned, len & !(PAGE_SIZE - 1)))
+}
+
+impl HwQueue {
+    /// Pins and locks the queue's memory through an internal access on the vIOMMU's IOAS, then
+    /// asks `init` (the driver; given the queue slots and the physical address of `base_addr`)
+    /// for the queue this one depends on. The vIOMMU and that queue gain a user.
+    #[allow(clippy::too_many_arguments)]
+    pub fn alloc(
+        ctx: &Context,
+        viommu_id: u32,
+        viommu: Arc<Viommu>,
+        queue_type: u32,
+        index: u32,
+        base_addr: u64,
+        length: u64,
+        init: impl FnOnce(&BTreeMap<u32, u32>, u64) -> Result<Option<u32>, Errno>,
+    ) -> Result<(u32, Arc<HwQueue>), Errno> {
+        let pin = queue_pin_range(base_addr, length)?;
+        let access = Access::new(Arc::new(QueueAccessOps), true);
+        access.attach(ctx, viommu.hwpt.ioas_id)?;
+        let undo_attach = |e: Errno| {
+            access.detach(ctx);
+            e
+        };
+        let ioas = access.ioas().ok_or(Errno::ENOENT).map_err(undo_attach)?;
+        // The pagetable lock must be gone before an undo takes it again.
+        let pinned = ioas.iopt().access_pin_locked(pin.0, pin.1, false, true);
+        let paddrs = pinned.map_err(undo_attach)?;
+        let undo = |e: Errno| {
+            ioas.iopt().access_unpin_locked(pin.0, pin.1, true);
+            access.detach(ctx);
+            e
+        };
+        // The hardware reads the queue by physical address: its pages must be contiguous (where
+        // the addresses are known).
+        let known = paddrs.iter().all(|&p| p != 0);
+        if known && paddrs.windows(2).any(|w| w[1] != w[0] + PAGE_SIZE) {
+            return Err(undo(Errno::EFAULT));
+        }
+        let base_pa = paddrs.first().map_or(0, |p| p + (base_addr - pin.0));
+        let mut queues = viommu.hw_queues.lock().unwrap();
+        let prev = init(&queues, base_pa).map_err(undo)?;
+        ctx.add_user(viommu_id).map_err(undo)?;
+        if let Some(p) = prev {
+            if let Err(e) = ctx.add_user(p) {
+                ctx.remove_user(viommu_id);
+                return Err(undo(e));
+            }
+        }
+        let q = Arc::new(HwQueue {
+            viommu_id,
+            viommu: viommu.clone(),
+            queue_type,
+            index,
+            base_addr,
+            length,
+            prev,
+            access: access.clone(),
+            pin,
+        });
+        match ctx.insert(super::Object::Ext(q.clone())) {
+            Ok(id) => {
+                queues.insert(index, id);
+                Ok((id, q))
+            }
+            Err(e) => {
+                if let Some(p) = prev {
+                    ctx.remove_user(p);
+                }
+                ctx.remove_user(viommu_id);
+                Err(undo(e))
+            }
+        }
+    }
+}
+
+impl Extension for HwQueue {
+    fn type_name(&self) -> &'static str {
+        "hw_queue"
+    }
+
+    fn destroy(&self, ctx: &Context) {
+        self.viommu.hw_queues.lock().unwrap().remove(&self.index);
+        if let Some(p) = self.prev {
+            ctx.remove_user(p);
+        }
+        if let Some(ioas) = self.access.ioas() {
+            ioas.iopt()
+                .access_unpin_locked(self.pin.0, self.pin.1, true);
+        }
+        self.access.detach(ctx);
         ctx.remove_user(self.viommu_id);
     }
 

@@ -27,6 +27,32 @@ fn access_pin_and_unpin() {
 }
 
 #[test]
+fn locked_pin_makes_unmap_busy() {
+    let mut iopt = IoPagetable::new();
+    let pages = mem_pages(0x40_0000, 0, 0x1000, true);
+    iopt.map_pages(&whole(&pages), 0x1000, Some(0x10000), RW)
+        .unwrap();
+    let pages2 = mem_pages(0x50_0000, 0, 0x1000, true);
+    iopt.map_pages(&whole(&pages2), 0x1000, Some(0x20000), RW)
+        .unwrap();
+    iopt.access_pin_locked(0x10000, 0x1000, false, true)
+        .unwrap();
+    assert_eq!(iopt.area(0x10000).unwrap().num_locks, 1);
+    assert_eq!(iopt.unmap_range(0x10000, 0x10fff), Err((Errno::EBUSY, 0)));
+    assert_eq!(
+        iopt.unmap_range(0x20000, 0x20fff),
+        Ok(UnmapProgress::Done(0x1000))
+    );
+    iopt.access_unpin_locked(0x10000, 0x1000, true);
+    assert_eq!(iopt.area(0x10000).unwrap().num_locks, 0);
+    assert_eq!(pages.npinned(), 0);
+    assert_eq!(
+        iopt.unmap_range(0x10000, 0x10fff),
+        Ok(UnmapProgress::Done(0x1000))
+    );
+}
+
+#[test]
 fn access_pin_with_domain_adds_a_user() {
     let (mut iopt, _d) = iopt_2k();
     let pages = mem_pages(0x40_0000, 0, 0x2000, true);
