@@ -13,7 +13,12 @@ use std::sync::Mutex;
 /// Physical address of each page in `[vaddr, vaddr + count * PAGE_SIZE)` of `pid`, from its pagemap.
 /// A page that is not present maps to EFAULT. As root the frame numbers are real.
 pub fn pagemap_paddrs(pid: &str, vaddr: u64, count: u64) -> Result<Vec<u64>, Errno> {
-    pagemap_entries(pid, vaddr, count)?
+    entries_to_paddrs(pagemap_entries(pid, vaddr, count)?)
+}
+
+/// Physical addresses from raw pagemap entries; EFAULT for a page that is not present.
+fn entries_to_paddrs(entries: Vec<u64>) -> Result<Vec<u64>, Errno> {
+    entries
         .into_iter()
         .map(|entry| {
             if entry & PM_PRESENT == 0 {
@@ -189,15 +194,7 @@ impl PageSource for ProcessSource {
         if self.unshare(&vmas, start, &mut entries)? {
             entries = pagemap_entries(&pid_str, start, count)?;
         }
-        entries
-            .into_iter()
-            .map(|entry| {
-                if entry & PM_PRESENT == 0 {
-                    return Err(Errno::EFAULT);
-                }
-                Ok((entry & PM_PFN_MASK) * PAGE_SIZE)
-            })
-            .collect()
+        entries_to_paddrs(entries)
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
