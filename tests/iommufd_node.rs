@@ -383,3 +383,54 @@ fn concurrent_ioctls_on_one_context() {
         "every mapping was undone"
     );
 }
+
+/// A mock domain on an IOAS (the selftest's MOCK_DOMAIN op): returns (stdev, hwpt, idev) IDs.
+fn mock_domain(f: &std::fs::File, ioas: u32) -> (u32, u32, u32) {
+    use uiommufd_uapi::selftest::*;
+    let mut cmd = iommu_test_cmd {
+        size: std::mem::size_of::<iommu_test_cmd>() as u32,
+        op: IOMMU_TEST_OP_MOCK_DOMAIN,
+        id: ioas,
+        ..Default::default()
+    };
+    ioctl(f, IOMMU_TEST_CMD, &mut cmd).expect("MOCK_DOMAIN");
+    let out: iommu_test_cmd_mock_domain = cmd.payload().unwrap();
+    (out.out_stdev_id, out.out_hwpt_id, out.out_idev_id)
+}
+
+#[test]
+fn wrong_type_users_and_pins_with_a_domain() {
+    let d = DaemonProcess::start(&[]);
+    let f = d.open_iommu();
+    let ioas = ioas_alloc(&f);
+    let (_stdev, hwpt, idev) = mock_domain(&f, ioas);
+    assert!(hwpt != ioas && idev != ioas);
+    let buf = buffer(1 << 16);
+    let base = (buf.as_ptr() as u64 + 4095) & !4095;
+    // An ID of another type where an IOAS is expected: ENOENT.
+    assert_eq!(map(&f, hwpt, base, 4096, None), Err(ENOENT));
+    assert_eq!(map(&f, idev, base, 4096, None), Err(ENOENT));
+    // The IOAS is in use by the domain's HWPT: EBUSY.
+    let mut destroy = iommu_destroy { size: 8, id: ioas };
+    assert_eq!(ioctl(&f, IOMMU_DESTROY, &mut destroy), Err(libc::EBUSY));
+    // With a domain attached, mapping pins: the mock domain's aperture starts at 16 MiB, so a
+    // fixed IOVA below it is reserved (EINVAL), and an unmapped user address is EFAULT.
+    assert_eq!(map(&f, ioas, base, 4096, Some(0x1000)), Err(EINVAL));
+    assert_eq!(
+        map(&f, ioas, 0x10_0000, 4096, Some(1 << 24)),
+        Err(libc::EFAULT)
+    );
+    let iova = map(&f, ioas, base, 8192, Some(1 << 24)).unwrap();
+    let s = d.status();
+    assert_eq!(s["pinned_pages"], 2, "{s}");
+    assert_eq!(unmap(&f, ioas, iova, 8192), Ok(8192));
+    let s = d.status();
+    assert_eq!(s["pinned_pages"], 0, "{s}");
+    drop(f);
+    let s = d.wait_idle();
+    assert_eq!(
+        (s["objects"].clone(), s["pinned_pages"].clone()),
+        (0.into(), 0.into()),
+        "{s}"
+    );
+}
