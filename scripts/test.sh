@@ -7,7 +7,9 @@
 #      the device);
 #   3. the kernel's own iommufd selftest (Linux 7.2) against the daemon, gated by
 #      tests/kselftest-expected.txt (scripts/kselftest.sh);
-#   4. the QEMU end-to-end script (scripts/qemu-e2e.sh).
+#   4. the QEMU end-to-end script (scripts/qemu-e2e.sh);
+#   5. CUSE for real: the replay corpus through CUSE nodes inside a QEMU guest whose Debian 6.12
+#      kernel has CUSE (scripts/cuse-guest.sh; CI's own kernel has none).
 # Any failure stops the run with a non-zero status. The last line adds up what passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,5 +22,7 @@ cargo_failed=$(awk '/^test result:/ {s += $6} END {print s + 0}' target/cargo-te
 bash scripts/kselftest.sh
 kselftest_passed=$(grep '^ok ' "${CARGO_TARGET_DIR:-target}/kselftest/output.tap" | grep -vc '# SKIP' || true)
 bash scripts/qemu-e2e.sh
-echo "cargo test: $cargo_passed passed; kernel selftest: $kselftest_passed instances passed (gate green); QEMU e2e script: passed"
-echo "summary: $((cargo_passed + kselftest_passed + 1)) passed, $cargo_failed failed"
+bash scripts/cuse-guest.sh
+cuse_passed=$(grep -ao 'REPLAY: [0-9]* passed' target/cuse-guest/console.log | awk '{print $2}')
+echo "cargo test: $cargo_passed passed; kernel selftest: $kselftest_passed instances passed (gate green); QEMU e2e script: passed; CUSE guest: $cuse_passed replay scripts passed"
+echo "summary: $((cargo_passed + kselftest_passed + 1 + ${cuse_passed:-0})) passed, $cargo_failed failed"
