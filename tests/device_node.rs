@@ -8,7 +8,7 @@ mod support;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use support::{ioctl, ioctl_raw, open_node, DaemonProcess};
+use support::{ioas_alloc, ioctl, ioctl_raw, open_node, DaemonProcess};
 use uiommufd_uapi::iommufd::*;
 use uiommufd_uapi::vfio::*;
 
@@ -43,15 +43,6 @@ fn attach(dev: &File, pt_id: u32) -> Result<u32, i32> {
         ..Default::default()
     };
     ioctl(dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a).map(|_| a.pt_id)
-}
-
-fn ioas_alloc(f: &File) -> u32 {
-    let mut cmd = iommu_ioas_alloc {
-        size: std::mem::size_of::<iommu_ioas_alloc>() as u32,
-        ..Default::default()
-    };
-    ioctl(f, IOMMU_IOAS_ALLOC, &mut cmd).expect("IOAS_ALLOC");
-    cmd.out_ioas_id
 }
 
 fn map(f: &File, ioas: u32, va: u64, len: u64, iova: u64, write: bool) -> Result<(), i32> {

@@ -3,20 +3,11 @@
 
 mod support;
 
-use support::{ioctl, ioctl_raw, DaemonProcess};
+use support::{ioas_alloc, ioctl, ioctl_raw, DaemonProcess};
 use uiommufd_uapi::iommufd::*;
 
 const EINVAL: i32 = libc::EINVAL;
 const ENOENT: i32 = libc::ENOENT;
-
-fn ioas_alloc(f: &std::fs::File) -> u32 {
-    let mut cmd = iommu_ioas_alloc {
-        size: std::mem::size_of::<iommu_ioas_alloc>() as u32,
-        ..Default::default()
-    };
-    ioctl(f, IOMMU_IOAS_ALLOC, &mut cmd).expect("IOAS_ALLOC");
-    cmd.out_ioas_id
-}
 
 fn map(f: &std::fs::File, ioas: u32, buf: u64, len: u64, iova: Option<u64>) -> Result<u64, i32> {
     let mut cmd = iommu_ioas_map {

@@ -4,18 +4,9 @@
 mod support;
 
 use std::fs::File;
-use support::{ioctl, ioctl_raw, open_node, DaemonProcess};
+use support::{ioas_alloc, ioctl, ioctl_raw, open_node, DaemonProcess};
 use uiommufd_uapi::iommufd::*;
 use uiommufd_uapi::vfio::*;
-
-fn ioas_alloc(f: &File) -> u32 {
-    let mut cmd = iommu_ioas_alloc {
-        size: std::mem::size_of::<iommu_ioas_alloc>() as u32,
-        ..Default::default()
-    };
-    ioctl(f, IOMMU_IOAS_ALLOC, &mut cmd).unwrap();
-    cmd.out_ioas_id
-}
 
 fn vfio_ioas(f: &File, op: u16, id: u32) -> Result<u32, i32> {
     let mut cmd = iommu_vfio_ioas {

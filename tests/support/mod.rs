@@ -144,3 +144,14 @@ pub fn ioctl_raw(file: &File, cmd: u32, arg: u64) -> Result<i32, i32> {
 pub fn ioctl<T>(file: &File, cmd: u32, arg: &mut T) -> Result<i32, i32> {
     ioctl_raw(file, cmd, arg as *mut T as u64)
 }
+
+/// IOMMU_IOAS_ALLOC on `f`; panics on failure (every caller expects it to work).
+pub fn ioas_alloc(f: &File) -> u32 {
+    use uiommufd_uapi::iommufd::{iommu_ioas_alloc, IOMMU_IOAS_ALLOC};
+    let mut cmd = iommu_ioas_alloc {
+        size: std::mem::size_of::<iommu_ioas_alloc>() as u32,
+        ..Default::default()
+    };
+    ioctl(f, IOMMU_IOAS_ALLOC, &mut cmd).expect("IOMMU_IOAS_ALLOC");
+    cmd.out_ioas_id
+}
