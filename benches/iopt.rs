@@ -17,10 +17,7 @@ use uiommufd::iopt::accounting::Account;
 use uiommufd::iopt::source::MemorySource;
 use uiommufd::iopt::{IoPagetable, Pages, PagesSlice, UnmapProgress, PAGE_SIZE};
 
-const RW: Prot = Prot {
-    read: true,
-    write: true,
-};
+const RW: Prot = Prot::READ_WRITE;
 /// Areas are 4 KiB with a 4 KiB hole after each, so neighbours never touch.
 const STRIDE: u64 = 2 * PAGE_SIZE;
 const BASE: u64 = 0x10_0000;

@@ -477,14 +477,8 @@ impl MockNested {
 mod tests {
     use super::*;
 
-    const RW: Prot = Prot {
-        read: true,
-        write: true,
-    };
-    const RO: Prot = Prot {
-        read: true,
-        write: false,
-    };
+    const RW: Prot = Prot::READ_WRITE;
+    const RO: Prot = Prot::READ_ONLY;
     const A: u64 = MOCK_APERTURE_START;
     const MIB: u64 = 1 << 20;
 

@@ -14,6 +14,17 @@ pub struct Prot {
     pub write: bool,
 }
 
+impl Prot {
+    pub const READ_WRITE: Prot = Prot {
+        read: true,
+        write: true,
+    };
+    pub const READ_ONLY: Prot = Prot {
+        read: true,
+        write: false,
+    };
+}
+
 /// One IOMMU page table the io_pagetable keeps in sync with its areas.
 pub trait Domain: Send + Sync + std::fmt::Debug {
     /// Bitmap of supported IO page sizes (bit n set: 2^n bytes). The smallest one is the IO page size.

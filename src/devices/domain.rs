@@ -120,10 +120,7 @@ impl Domain for SoftDomain {
 mod tests {
     use super::*;
 
-    const RW: Prot = Prot {
-        read: true,
-        write: true,
-    };
+    const RW: Prot = Prot::READ_WRITE;
 
     #[test]
     fn map_translate_unmap() {

@@ -14,11 +14,7 @@ fn ioas(ctx: &Context) -> u32 {
 fn map_mem(ioas: &Ioas, iova: u64, len: u64) {
     let src = Arc::new(MemorySource::new(len as usize, 0x10_0000));
     let pages = Pages::new(src, 0, len, true, Account::unaccounted()).unwrap();
-    let rw = Prot {
-        read: true,
-        write: true,
-    };
-    ioas.map_pages(pages, Some(iova), rw).unwrap();
+    ioas.map_pages(pages, Some(iova), Prot::READ_WRITE).unwrap();
 }
 
 #[test]

@@ -13,14 +13,8 @@ use super::*;
 use std::sync::Mutex;
 
 const PG: u64 = PAGE_SIZE;
-const RW: Prot = Prot {
-    read: true,
-    write: true,
-};
-const RO: Prot = Prot {
-    read: true,
-    write: false,
-};
+const RW: Prot = Prot::READ_WRITE;
+const RO: Prot = Prot::READ_ONLY;
 
 // ---------------------------------------------------------------------------------------------
 // Test fixtures
