@@ -9,6 +9,7 @@
 //! headers.
 #![allow(non_camel_case_types)]
 
+pub mod handles;
 pub mod iommufd;
 pub mod selftest;
 pub mod vfio;
