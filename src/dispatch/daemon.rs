@@ -1,5 +1,6 @@
 //! The daemon's [`Service`]: one iommufd context per open of `/dev/iommu` or `/dev/vfio/vfio`.
 
+use super::handles::Handle;
 use super::service::{NodeKind, OpenFile, Service};
 use super::table::{self, Extensions, Op};
 use crate::backends::Prot;
@@ -172,6 +173,28 @@ impl Daemon {
 struct IommuFile {
     daemon: Arc<Daemon>,
     ctx: Arc<Context>,
+    /// Set when this open became the fd of an object (UIOMMUFD_HANDLE_BIND); `ctx` is unused then.
+    handle: OnceLock<Handle>,
+}
+
+impl IommuFile {
+    fn bind(&self, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno> {
+        if self.handle.get().is_some() || self.ctx.num_objects() != 0 {
+            tracing::warn!(
+                ctx = self.ctx.id,
+                "UIOMMUFD_HANDLE_BIND on a file already in use"
+            );
+            return Err(Errno::EBUSY);
+        }
+        let h = super::handles::bind(&self.daemon, self.ctx.id, arg, mem)?;
+        if let Err(h) = self.handle.set(h) {
+            h.release(self.ctx.id);
+            return Err(Errno::EBUSY);
+        }
+        // No longer a context: VFIO_DEVICE_BIND_IOMMUFD and friends must not find it.
+        self.daemon.contexts.lock().unwrap().remove(&self.ctx.id);
+        Ok(0)
+    }
 }
 
 impl OpenFile for IommuFile {
@@ -179,10 +202,21 @@ impl OpenFile for IommuFile {
         if cmd == context_query::IOCTL {
             return context_query::answer(self.ctx.id, arg, mem);
         }
+        if self.handle.get().is_some() {
+            // The kernel's object fds take no ioctls.
+            return Err(Errno::ENOTTY);
+        }
+        if cmd == uiommufd_uapi::handles::UIOMMUFD_HANDLE_BIND {
+            return self.bind(arg, mem);
+        }
         self.daemon.ioctl(&self.ctx, cmd, arg, mem)
     }
 
     fn release(&self) {
+        if let Some(h) = self.handle.get() {
+            h.release(self.ctx.id);
+            return;
+        }
         tracing::debug!(
             ctx = self.ctx.id,
             objects = self.ctx.num_objects(),
@@ -305,6 +339,7 @@ impl Service for DaemonService {
                 Ok(Arc::new(IommuFile {
                     daemon: self.0.clone(),
                     ctx,
+                    handle: OnceLock::new(),
                 }))
             }
             NodeKind::Device(name) => match &self.0.device_opener {

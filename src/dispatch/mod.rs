@@ -2,6 +2,7 @@
 
 pub mod daemon;
 pub mod extensions;
+pub mod handles;
 pub mod hwpt_cmds;
 pub mod ioas_cmds;
 pub mod selftest;

@@ -155,3 +155,40 @@ pub fn ioas_alloc(f: &File) -> u32 {
     ioctl(f, IOMMU_IOAS_ALLOC, &mut cmd).expect("IOMMU_IOAS_ALLOC");
     cmd.out_ioas_id
 }
+
+/// IOMMU_IOAS_MAP of `[va, va + len)` read/write at the fixed `iova`.
+pub fn ioas_map_fixed(f: &File, ioas: u32, va: u64, len: u64, iova: u64) -> Result<(), i32> {
+    use uiommufd_uapi::iommufd::*;
+    let mut cmd = iommu_ioas_map {
+        size: std::mem::size_of::<iommu_ioas_map>() as u32,
+        flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_FIXED_IOVA,
+        ioas_id: ioas,
+        user_va: va,
+        length: len,
+        iova,
+        ..Default::default()
+    };
+    ioctl(f, IOMMU_IOAS_MAP, &mut cmd).map(|_| ())
+}
+
+/// IOMMU_TEST_CMD `op` on object `id` with union member `payload`; returns the command as the
+/// daemon wrote it back.
+pub fn test_cmd<T>(
+    f: &File,
+    op: u32,
+    id: u32,
+    payload: &T,
+) -> Result<uiommufd_uapi::selftest::iommu_test_cmd, i32>
+where
+    T: zerocopy::IntoBytes + zerocopy::Immutable,
+{
+    use uiommufd_uapi::selftest::*;
+    let mut cmd = iommu_test_cmd {
+        size: std::mem::size_of::<iommu_test_cmd>() as u32,
+        op,
+        id,
+        ..Default::default()
+    };
+    assert!(cmd.set_payload(payload));
+    ioctl(f, IOMMU_TEST_CMD, &mut cmd).map(|_| cmd)
+}

@@ -26,7 +26,9 @@ pub const UIOMMUFD_HANDLE_TEST_ACCESS: u32 = 1;
 
 /// Argument of [`UIOMMUFD_HANDLE_BIND`].
 #[repr(C)]
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct uiommufd_handle_bind {
     /// `sizeof(struct uiommufd_handle_bind)`.
     pub size: u32,

@@ -440,6 +440,9 @@ fn union_accessors() {
 fn private_handle_bind_abi() {
     use uiommufd_uapi::handles::*;
     assert_eq!(std::mem::size_of::<uiommufd_handle_bind>(), 24);
-    assert_eq!(std::mem::offset_of!(uiommufd_handle_bind, out_object_id), 20);
+    assert_eq!(
+        std::mem::offset_of!(uiommufd_handle_bind, out_object_id),
+        20
+    );
     assert_eq!(UIOMMUFD_HANDLE_BIND, 0x3bfe);
 }

@@ -22,7 +22,7 @@ pub fn md_pagetable(ctx: &Context, id: u32) -> Result<(Arc<HwptPaging>, Arc<Mock
 
 /// Physical addresses of the caller's CPU pages `[uptr, uptr + count pages)`, faulted in for read
 /// like get_user_pages_fast.
-fn caller_paddrs(pid: i32, uptr: u64, count: u64) -> Result<Vec<u64>, Errno> {
+pub(super) fn caller_paddrs(pid: i32, uptr: u64, count: u64) -> Result<Vec<u64>, Errno> {
     if count == 0 {
         return Ok(Vec::new());
     }

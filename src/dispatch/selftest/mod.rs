@@ -4,9 +4,10 @@
 //! object bound to the context (not destroyable by the caller: EBUSY) backed by a [`MockDev`], and
 //! attaches the device to the given IOAS or HWPT (an automatic mock paging HWPT for an IOAS).
 //!
-//! Ops that hand an fd back (CREATE_ACCESS) cannot be served through FUSE; the access ops that
-//! take such an fd answer EBADF, as the kernel does for an fd that is not an access.
+//! CREATE_ACCESS hands an fd back, which a FUSE/CUSE server cannot do by itself: it takes
+//! `uiommufd launch` (see [`access`]); without it the op answers EOPNOTSUPP.
 
+pub mod access;
 mod checks;
 pub mod mockdev;
 mod pasid;
@@ -145,13 +146,15 @@ pub fn test_cmd(u: &Ucmd) -> Result<(), Errno> {
             }
         }
         IOMMU_TEST_OP_CREATE_ACCESS => {
-            tracing::warn!("IOMMU_TEST_OP_CREATE_ACCESS returns an fd: not possible through FUSE");
+            tracing::warn!(
+                "IOMMU_TEST_OP_CREATE_ACCESS returns an fd: run the client under `uiommufd launch`"
+            );
             Err(Errno::EOPNOTSUPP)
         }
-        IOMMU_TEST_OP_ACCESS_REPLACE_IOAS
-        | IOMMU_TEST_OP_ACCESS_PAGES
-        | IOMMU_TEST_OP_ACCESS_RW
-        | IOMMU_TEST_OP_DESTROY_ACCESS_PAGES => Err(Errno::EBADF),
+        IOMMU_TEST_OP_ACCESS_REPLACE_IOAS => access::replace_ioas(u, &cmd),
+        IOMMU_TEST_OP_ACCESS_PAGES => access::access_pages(u, &mut cmd),
+        IOMMU_TEST_OP_ACCESS_RW => access::access_rw(u, &cmd),
+        IOMMU_TEST_OP_DESTROY_ACCESS_PAGES => access::destroy_access_pages(u, &cmd),
         IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT => {
             let p: iommu_test_cmd_memory_limit = payload(&cmd);
             // The kernel bounds its batch memory with it; nothing here depends on it.

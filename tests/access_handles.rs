@@ -1,0 +1,338 @@
+//! Selftest access objects behind fds, through the real node: this test process does by hand what
+//! `uiommufd launch` does for an unmodified client (open the node again, UIOMMUFD_HANDLE_BIND
+//! naming its iommufd fd) and then uses the access fd number as the kernel's selftest does.
+
+mod support;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+use support::{ioas_alloc, ioas_map_fixed, ioctl, ioctl_raw, test_cmd, DaemonProcess};
+use uiommufd_uapi::handles::*;
+use uiommufd_uapi::iommufd::*;
+use uiommufd_uapi::selftest::*;
+
+const PAGE: u64 = 4096;
+const IOVA: u64 = 0x10_0000;
+
+fn bind_raw(handle: &File, req: &mut uiommufd_handle_bind) -> Result<u32, i32> {
+    ioctl(handle, UIOMMUFD_HANDLE_BIND, req).map(|_| req.out_object_id)
+}
+
+fn bind(handle: &File, iommufd: &File, ioas: u32, flags: u32) -> Result<u32, i32> {
+    bind_raw(
+        handle,
+        &mut uiommufd_handle_bind {
+            size: std::mem::size_of::<uiommufd_handle_bind>() as u32,
+            kind: UIOMMUFD_HANDLE_TEST_ACCESS,
+            iommufd: iommufd.as_raw_fd(),
+            arg0: ioas,
+            arg1: flags,
+            out_object_id: 0,
+        },
+    )
+}
+
+fn destroy(f: &File, id: u32) -> Result<i32, i32> {
+    let mut cmd = iommu_destroy {
+        size: std::mem::size_of::<iommu_destroy>() as u32,
+        id,
+    };
+    ioctl(f, IOMMU_DESTROY, &mut cmd)
+}
+
+fn access_rw(f: &File, access: &File, iova: u64, buf: &mut [u8], write: bool) -> Result<(), i32> {
+    let p = iommu_test_cmd_access_rw {
+        iova,
+        length: buf.len() as u64,
+        uptr: buf.as_mut_ptr() as u64,
+        flags: if write { MOCK_ACCESS_RW_WRITE } else { 0 },
+        __pad: 0,
+    };
+    test_cmd(f, IOMMU_TEST_OP_ACCESS_RW, access.as_raw_fd() as u32, &p).map(|_| ())
+}
+
+fn access_pages(f: &File, access_fd: i32, iova: u64, length: u64, uptr: u64) -> Result<u32, i32> {
+    let p = iommu_test_cmd_access_pages {
+        flags: MOCK_FLAGS_ACCESS_WRITE,
+        iova,
+        length,
+        uptr,
+        ..Default::default()
+    };
+    let cmd = test_cmd(f, IOMMU_TEST_OP_ACCESS_PAGES, access_fd as u32, &p)?;
+    Ok(cmd
+        .payload::<iommu_test_cmd_access_pages>()
+        .unwrap()
+        .out_access_pages_id)
+}
+
+fn destroy_pages(f: &File, access: &File, item: u32) -> Result<(), i32> {
+    let p = iommu_test_cmd_destroy_access_pages {
+        access_pages_id: item,
+    };
+    test_cmd(
+        f,
+        IOMMU_TEST_OP_DESTROY_ACCESS_PAGES,
+        access.as_raw_fd() as u32,
+        &p,
+    )
+    .map(|_| ())
+}
+
+/// Page-aligned anonymous memory of `pages` pages filled with a pattern; unmapped on drop.
+struct Buffer(&'static mut [u8]);
+
+impl Buffer {
+    fn new(pages: usize) -> Self {
+        let len = pages * PAGE as usize;
+        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        // SAFETY: the mapping is `len` bytes, readable and writable, and owned by this Buffer.
+        let s = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, len) };
+        for (i, b) in s.iter_mut().enumerate() {
+            *b = (i * 7 + 3) as u8;
+        }
+        Buffer(s)
+    }
+
+    fn addr(&self) -> u64 {
+        self.0.as_ptr() as u64
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping created in `new`; the slice is not used after.
+        unsafe { libc::munmap(self.0.as_mut_ptr() as *mut libc::c_void, self.0.len()) };
+    }
+}
+
+/// IOMMU_DESTROY answers `want` within a few seconds (a close reaches the daemon asynchronously).
+fn wait_destroy_errno(f: &File, id: u32, want: i32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = destroy(f, id);
+        if r == Err(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "IOMMU_DESTROY({id}) = {r:?}, want errno {want}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn access_fd_pins_copies_and_goes_with_close() {
+    let d = DaemonProcess::start(&[]);
+    let f = d.open_iommu();
+    let ioas = ioas_alloc(&f);
+    let buf = Buffer::new(4);
+    ioas_map_fixed(&f, ioas, buf.addr(), 4 * PAGE, IOVA).unwrap();
+
+    let h = d.open_iommu();
+    let access_id = bind(&h, &f, ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES).unwrap();
+    assert_eq!(access_id, ioas + 1, "the access takes the next object ID");
+    assert_eq!(
+        destroy(&f, access_id),
+        Err(libc::EBUSY),
+        "the fd's owner holds the access"
+    );
+    assert_eq!(
+        ioctl_raw(&h, IOMMU_IOAS_ALLOC, 0),
+        Err(libc::ENOTTY),
+        "an access fd takes no ioctls"
+    );
+
+    // Reads and writes through the access see the caller's buffer.
+    let mut got = vec![0u8; 100];
+    access_rw(&f, &h, IOVA + 10, &mut got, false).unwrap();
+    assert_eq!(got, buf.0[10..110]);
+    let mut new = vec![0x5au8; 64];
+    access_rw(&f, &h, IOVA + PAGE - 32, &mut new, true).unwrap();
+    assert!(buf.0[PAGE as usize - 32..PAGE as usize + 32]
+        .iter()
+        .all(|&b| b == 0x5a));
+
+    // Pinning checks the pages against the caller's own mapping of uptr.
+    let item = access_pages(&f, h.as_raw_fd(), IOVA, 2 * PAGE, buf.addr()).unwrap();
+    assert_eq!(item, 0);
+    assert!(d.status()["pinned_pages"].as_u64().unwrap() >= 2);
+    assert_eq!(
+        access_pages(&f, h.as_raw_fd(), IOVA, 2 * PAGE, buf.addr() + 2 * PAGE),
+        Err(libc::EBADE)
+    );
+    destroy_pages(&f, &h, item).unwrap();
+    assert_eq!(destroy_pages(&f, &h, item), Err(libc::ENOENT));
+
+    // An unmap over a pinned item makes the access drop it.
+    let item = access_pages(&f, h.as_raw_fd(), IOVA + PAGE, PAGE, buf.addr() + PAGE).unwrap();
+    assert_eq!(item, 1, "ids count successful pins only");
+    let mut unmap = iommu_ioas_unmap {
+        size: std::mem::size_of::<iommu_ioas_unmap>() as u32,
+        ioas_id: ioas,
+        iova: IOVA,
+        length: 4 * PAGE,
+    };
+    ioctl(&f, IOMMU_IOAS_UNMAP, &mut unmap).unwrap();
+    assert_eq!(unmap.length, 4 * PAGE);
+    assert_eq!(destroy_pages(&f, &h, item), Err(libc::ENOENT));
+    assert_eq!(access_rw(&f, &h, IOVA, &mut got, false), Err(libc::ENOENT));
+
+    drop(h);
+    wait_destroy_errno(&f, access_id, libc::ENOENT);
+    // The IOAS lost its user with the access.
+    destroy(&f, ioas).unwrap();
+}
+
+#[test]
+fn access_fd_keeps_its_iommufd_context() {
+    let d = DaemonProcess::start(&[]);
+    let f = d.open_iommu();
+    let ioas = ioas_alloc(&f);
+    let buf = Buffer::new(1);
+    ioas_map_fixed(&f, ioas, buf.addr(), PAGE, IOVA).unwrap();
+    let h = d.open_iommu();
+    bind(&h, &f, ioas, 0).unwrap();
+    let other = d.open_iommu();
+    drop(f);
+    // Ops name the access by fd on any iommufd, and its context is still there.
+    let mut got = vec![0u8; 16];
+    access_rw(&other, &h, IOVA, &mut got, false).unwrap();
+    assert_eq!(got, buf.0[..16]);
+    // Without NEEDS_PIN_PAGES an access may not pin.
+    assert_eq!(
+        access_pages(&other, h.as_raw_fd(), IOVA, PAGE, buf.addr()),
+        Err(libc::EOPNOTSUPP)
+    );
+    drop(h);
+    drop(other);
+    let s = d.wait_idle();
+    assert_eq!(s["contexts"], 0, "{s}");
+    assert_eq!(s["objects"], 0, "{s}");
+}
+
+#[test]
+fn bind_and_access_errors() {
+    let d = DaemonProcess::start(&[]);
+    let f = d.open_iommu();
+    let ioas = ioas_alloc(&f);
+    let null = File::open("/dev/null").unwrap();
+    let h = d.open_iommu();
+    let good = || uiommufd_handle_bind {
+        size: std::mem::size_of::<uiommufd_handle_bind>() as u32,
+        kind: UIOMMUFD_HANDLE_TEST_ACCESS,
+        iommufd: f.as_raw_fd(),
+        arg0: ioas,
+        arg1: 0,
+        out_object_id: 0,
+    };
+    assert_eq!(
+        bind(&h, &null, ioas, 0),
+        Err(libc::EBADFD),
+        "not an iommufd"
+    );
+    assert_eq!(
+        bind_raw(
+            &h,
+            &mut uiommufd_handle_bind {
+                iommufd: 9999,
+                ..good()
+            }
+        ),
+        Err(libc::EBADF)
+    );
+    assert_eq!(
+        bind(&h, &f, ioas, 2),
+        Err(libc::EOPNOTSUPP),
+        "unknown flags"
+    );
+    assert_eq!(bind(&h, &f, 99, 0), Err(libc::ENOENT), "no such IOAS");
+    assert_eq!(
+        bind_raw(&h, &mut uiommufd_handle_bind { size: 16, ..good() }),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(
+        bind_raw(&h, &mut uiommufd_handle_bind { kind: 7, ..good() }),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(
+        bind(&f, &f, ioas, 0),
+        Err(libc::EBUSY),
+        "a context with objects cannot bind"
+    );
+    // Failed binds left no object behind: the access gets the next free ID.
+    assert_eq!(bind(&h, &f, ioas, 0), Ok(ioas + 1));
+    assert_eq!(
+        bind(&h, &f, ioas, 0),
+        Err(libc::ENOTTY),
+        "a bound file takes no ioctls"
+    );
+
+    let mut b = [0u8; 8];
+    let rw = |fd: u32, b: &mut [u8]| {
+        let p = iommu_test_cmd_access_rw {
+            iova: IOVA,
+            length: b.len() as u64,
+            uptr: b.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        test_cmd(&f, IOMMU_TEST_OP_ACCESS_RW, fd, &p).map(|_| ())
+    };
+    assert_eq!(
+        rw(null.as_raw_fd() as u32, &mut b),
+        Err(libc::EBADFD),
+        "not an access fd"
+    );
+    assert_eq!(
+        rw(f.as_raw_fd() as u32, &mut b),
+        Err(libc::EBADFD),
+        "an iommufd is no access"
+    );
+    assert_eq!(rw(9999, &mut b), Err(libc::EBADFD), "closed fd");
+    assert_eq!(
+        rw(h.as_raw_fd() as u32, &mut b),
+        Err(libc::ENOENT),
+        "nothing mapped there"
+    );
+    let big = iommu_test_cmd_access_rw {
+        length: 16 * 1024 * 1024 + 1,
+        ..Default::default()
+    };
+    assert_eq!(
+        test_cmd(&f, IOMMU_TEST_OP_ACCESS_RW, h.as_raw_fd() as u32, &big).map(|_| ()),
+        Err(libc::ENOMEM)
+    );
+    let bad_flags = iommu_test_cmd_access_rw {
+        flags: 1 << 8,
+        ..Default::default()
+    };
+    assert_eq!(
+        test_cmd(
+            &f,
+            IOMMU_TEST_OP_ACCESS_RW,
+            h.as_raw_fd() as u32,
+            &bad_flags
+        )
+        .map(|_| ()),
+        Err(libc::EOPNOTSUPP)
+    );
+    // Without the launcher CREATE_ACCESS itself cannot hand out an fd.
+    let create = iommu_test_cmd_create_access::default();
+    assert_eq!(
+        test_cmd(&f, IOMMU_TEST_OP_CREATE_ACCESS, ioas, &create).map(|_| ()),
+        Err(libc::EOPNOTSUPP)
+    );
+}
