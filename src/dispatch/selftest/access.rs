@@ -43,7 +43,7 @@ impl AccessOps for ItemsOps {
         let last = iova.saturating_add(length.saturating_sub(1));
         let mut items = self.0.lock().unwrap();
         items.list.retain(|it| {
-            let hit = iova <= it.iova + it.length - 1 && last >= it.iova;
+            let hit = iova < it.iova.saturating_add(it.length) && last >= it.iova;
             if hit {
                 access.unpin_pages(it.iova, it.length);
             }
