@@ -10,11 +10,24 @@ use super::daemon::Daemon;
 use super::selftest::access::{self, TestAccess};
 use crate::caller::{read_struct, write_struct, CallerMemory};
 use nix::errno::Errno;
+use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use uiommufd_uapi::handles::*;
 
+/// Live handles per context id.
+fn live() -> &'static Mutex<HashMap<u64, usize>> {
+    static LIVE: OnceLock<Mutex<HashMap<u64, usize>>> = OnceLock::new();
+    LIVE.get_or_init(Default::default)
+}
+
+/// How many handles made in context `ctx_id` are still open.
+pub fn live_in(ctx_id: u64) -> usize {
+    live().lock().unwrap().get(&ctx_id).copied().unwrap_or(0)
+}
+
 pub struct Handle {
+    ctx_id: u64,
     object: Arc<TestAccess>,
     /// Holds the creating iommufd open (its release would destroy the context).
     _iommufd: OwnedFd,
@@ -46,6 +59,7 @@ pub fn bind(
         return Err(e);
     }
     access::register(file_id, &object);
+    *live().lock().unwrap().entry(ctx.id).or_default() += 1;
     tracing::debug!(
         ctx = ctx.id,
         handle = file_id,
@@ -53,6 +67,7 @@ pub fn bind(
         "handle bound"
     );
     Ok(Handle {
+        ctx_id: ctx.id,
         object,
         _iommufd: iommufd,
     })
@@ -63,6 +78,14 @@ impl Handle {
     pub fn release(&self, file_id: u64) {
         access::unregister(file_id);
         self.object.release();
+        let mut live = live().lock().unwrap();
+        if let Some(n) = live.get_mut(&self.ctx_id) {
+            *n -= 1;
+            if *n == 0 {
+                live.remove(&self.ctx_id);
+            }
+        }
+        drop(live);
         tracing::debug!(handle = file_id, "handle released");
     }
 }

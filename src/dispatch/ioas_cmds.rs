@@ -24,9 +24,27 @@ fn fixed_iova(flags: u32, iova: u64) -> Option<u64> {
     (flags & IOMMU_IOAS_MAP_FIXED_IOVA != 0).then_some(iova)
 }
 
+/// How long IOMMU_DESTROY keeps retrying an EBUSY object while fds of this context's objects
+/// are open (see [`destroy`]).
+const HANDLE_RELEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// IOMMU_DESTROY. A FUSE close() reaches the daemon as an asynchronous RELEASE, so a client that
+/// closes an object fd (an access, a fault queue) and at once destroys what that object used
+/// could otherwise see EBUSY where the kernel, whose close is synchronous, succeeds: while such
+/// fds exist, EBUSY is retried for a short while.
 pub fn destroy(u: &Ucmd) -> Result<(), Errno> {
     let cmd: iommu_destroy = u.cmd();
-    u.ctx.destroy(cmd.id)
+    let deadline = std::time::Instant::now() + HANDLE_RELEASE_GRACE;
+    loop {
+        let r = u.ctx.destroy(cmd.id);
+        if r != Err(Errno::EBUSY)
+            || super::handles::live_in(u.ctx.id) == 0
+            || std::time::Instant::now() >= deadline
+        {
+            return r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 pub fn ioas_alloc(u: &Ucmd) -> Result<(), Errno> {
