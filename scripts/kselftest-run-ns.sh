@@ -71,8 +71,15 @@ done
 [ -e /dev/iommu ] || { echo "kselftest: /dev/iommu is missing: the daemon did not bind its node there" >&2; exit 12; }
 echo "kselftest: daemon $dpid up, /dev/iommu: $(stat -c '%F' /dev/iommu)" >&2
 
+# With UIOMMUFD_LAUNCHER set, the selftest runs under `uiommufd launch` (fd-returning ops).
+launch=()
+if [ -n "${UIOMMUFD_LAUNCHER:-}" ]; then
+  launch=("$UIOMMUFD_LAUNCHER" launch --)
+  echo "kselftest: running the selftest under $UIOMMUFD_LAUNCHER launch" >&2
+fi
+
 rc=0
 # Line-buffered so the TAP stream can be followed live; the harness forks per test.
-timeout --kill-after=10 "$timeout_s" stdbuf -oL -eL "$selftest" "$@" 2>&1 | tee "$tap" || rc=${PIPESTATUS[0]}
+timeout --kill-after=10 "$timeout_s" "${launch[@]}" stdbuf -oL -eL "$selftest" "$@" 2>&1 | tee "$tap" || rc=${PIPESTATUS[0]}
 kill -0 "$dpid" 2>/dev/null || echo "kselftest: the daemon died during the run (see $log)" >&2
 exit "$rc"

@@ -256,6 +256,16 @@ if [ -z "$daemon" ]; then
   daemon=$target/debug/uiommufd
 fi
 [ -x "$daemon" ] || die "no daemon binary at $daemon"
+# The selftest runs under `uiommufd launch`, which serves the ops that return a new fd
+# (CREATE_ACCESS); KSELFTEST_LAUNCH=0 runs it bare.
+if [ "${KSELFTEST_LAUNCH:-1}" = 1 ]; then
+  if [ ! -x "$target/debug/uiommufd" ] || [ -n "${UIOMMUFD_CMD:-}" ]; then
+    (cd "$root" && cargo build --bin uiommufd) || die "building uiommufd failed"
+  fi
+  export UIOMMUFD_LAUNCHER=$target/debug/uiommufd
+else
+  export UIOMMUFD_LAUNCHER=
+fi
 
 hp_file=/proc/sys/vm/nr_hugepages
 hp_old=$(cat "$hp_file")

@@ -320,3 +320,121 @@ fn bind_and_access_errors() {
         Err(libc::EOPNOTSUPP)
     );
 }
+
+fn bind_fault_queue(handle: &File, iommufd: &File, flags: u32) -> Result<u32, i32> {
+    bind_raw(
+        handle,
+        &mut uiommufd_handle_bind {
+            size: std::mem::size_of::<uiommufd_handle_bind>() as u32,
+            kind: UIOMMUFD_HANDLE_FAULT_QUEUE,
+            iommufd: iommufd.as_raw_fd(),
+            arg0: flags,
+            ..Default::default()
+        },
+    )
+}
+
+fn hwpt_alloc(f: &File, dev_id: u32, pt_id: u32, fault_id: Option<u32>) -> Result<u32, i32> {
+    let mut cmd = iommu_hwpt_alloc {
+        size: std::mem::size_of::<iommu_hwpt_alloc>() as u32,
+        flags: if fault_id.is_some() {
+            IOMMU_HWPT_FAULT_ID_VALID
+        } else {
+            0
+        },
+        dev_id,
+        pt_id,
+        fault_id: fault_id.unwrap_or(0),
+        ..Default::default()
+    };
+    ioctl(f, IOMMU_HWPT_ALLOC, &mut cmd).map(|_| cmd.out_hwpt_id)
+}
+
+#[test]
+fn fault_queue_fd_delivers_iopf_and_takes_responses() {
+    use std::io::{Read, Write};
+    let d = DaemonProcess::start(&[]);
+    let f = d.open_iommu();
+    let ioas = ioas_alloc(&f);
+    let md = test_cmd(
+        &f,
+        IOMMU_TEST_OP_MOCK_DOMAIN,
+        ioas,
+        &iommu_test_cmd_mock_domain::default(),
+    )
+    .unwrap()
+    .payload::<iommu_test_cmd_mock_domain>()
+    .unwrap();
+
+    let mut q = d.open_iommu();
+    assert_eq!(bind_fault_queue(&q, &f, 1), Err(libc::EOPNOTSUPP));
+    let fault_id = bind_fault_queue(&q, &f, 0).unwrap();
+    assert_eq!(
+        hwpt_alloc(&f, md.out_idev_id, ioas, Some(ioas)),
+        Err(libc::ENOENT),
+        "an IOAS is no fault queue"
+    );
+    let hwpt = hwpt_alloc(&f, md.out_idev_id, ioas, Some(fault_id)).unwrap();
+    let replace = iommu_test_cmd_mock_domain_replace { pt_id: hwpt };
+    test_cmd(
+        &f,
+        IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE,
+        md.out_stdev_id,
+        &replace,
+    )
+    .unwrap();
+
+    let mut rec = [0u8; std::mem::size_of::<iommu_hwpt_pgfault>()];
+    assert_eq!(q.read(&mut rec).unwrap(), 0, "nothing queued yet");
+    let trigger = iommu_test_cmd_trigger_iopf {
+        dev_id: md.out_idev_id,
+        pasid: 0,
+        grpid: 2,
+        perm: IOMMU_PGFAULT_PERM_READ,
+        addr: 0xdead_b000,
+    };
+    test_cmd(&f, IOMMU_TEST_OP_TRIGGER_IOPF, 0, &trigger).unwrap();
+    assert_eq!(
+        q.read(&mut rec[..10]).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::ESPIPE)),
+        "reads come in whole records"
+    );
+    assert_eq!(q.read(&mut rec).unwrap(), rec.len());
+    let got = <iommu_hwpt_pgfault as zerocopy::FromBytes>::read_from_bytes(&rec).unwrap();
+    assert_eq!(
+        (got.flags, got.dev_id, got.grpid, got.perm, got.addr, got.cookie),
+        (
+            IOMMU_PGFAULT_FLAGS_LAST_PAGE,
+            md.out_idev_id,
+            2,
+            IOMMU_PGFAULT_PERM_READ,
+            0xdead_b000,
+            1
+        )
+    );
+    let resp = iommu_hwpt_page_response {
+        cookie: got.cookie,
+        code: IOMMUFD_PAGE_RESP_SUCCESS,
+    };
+    let bytes = zerocopy::IntoBytes::as_bytes(&resp);
+    assert_eq!(q.write(bytes).unwrap(), bytes.len());
+    assert_eq!(
+        q.write(bytes).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EINVAL)),
+        "that cookie was answered already"
+    );
+
+    // The fd and the HWPT hold the queue; once both are gone IOMMU_DESTROY removes it.
+    assert_eq!(destroy(&f, fault_id), Err(libc::EBUSY));
+    let back = iommu_test_cmd_mock_domain_replace { pt_id: ioas };
+    test_cmd(
+        &f,
+        IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE,
+        md.out_stdev_id,
+        &back,
+    )
+    .unwrap();
+    destroy(&f, hwpt).unwrap();
+    drop(q);
+    destroy(&f, fault_id).unwrap();
+}

@@ -212,6 +212,20 @@ impl OpenFile for IommuFile {
         self.daemon.ioctl(&self.ctx, cmd, arg, mem)
     }
 
+    fn read(&self, _offset: u64, size: u32, _mem: &dyn CallerMemory) -> Result<Vec<u8>, Errno> {
+        match self.handle.get() {
+            Some(h) => h.read(size),
+            None => Err(Errno::EINVAL),
+        }
+    }
+
+    fn write(&self, _offset: u64, data: &[u8], _mem: &dyn CallerMemory) -> Result<u32, Errno> {
+        match self.handle.get() {
+            Some(h) => h.write(data),
+            None => Err(Errno::EINVAL),
+        }
+    }
+
     fn release(&self) {
         if let Some(h) = self.handle.get() {
             h.release(self.ctx.id);

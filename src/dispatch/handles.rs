@@ -4,11 +4,14 @@
 //! A fresh open of `/dev/iommu` becomes a handle through the private `UIOMMUFD_HANDLE_BIND`. The
 //! handle keeps a duplicate of the iommufd it was created in, so that iommufd's context outlives
 //! every handle made from it, as the kernel's object holds a reference on its iommufd file.
-//! Closing the handle's last fd destroys the object.
+//! Closing the handle's last fd releases the object: a selftest access is destroyed, a fault
+//! queue only loses the fd as a user (IOMMU_DESTROY removes it).
 
 use super::daemon::Daemon;
 use super::selftest::access::{self, TestAccess};
 use crate::caller::{read_struct, write_struct, CallerMemory};
+use crate::objects::fault::FaultQueue;
+use crate::objects::{Context, Object};
 use nix::errno::Errno;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -26,11 +29,31 @@ pub fn live_in(ctx_id: u64) -> usize {
     live().lock().unwrap().get(&ctx_id).copied().unwrap_or(0)
 }
 
+enum HandleObject {
+    Access(Arc<TestAccess>),
+    Fault(Arc<FaultQueue>),
+}
+
 pub struct Handle {
-    ctx_id: u64,
-    object: Arc<TestAccess>,
+    ctx: Arc<Context>,
+    object_id: u32,
+    object: HandleObject,
     /// Holds the creating iommufd open (its release would destroy the context).
     _iommufd: OwnedFd,
+}
+
+/// IOMMU_FAULT_QUEUE_ALLOC's object: a fault queue the fd holds as a user.
+fn fault_queue_alloc(ctx: &Context, flags: u32) -> Result<(u32, Arc<FaultQueue>), Errno> {
+    if flags != 0 {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    let q = Arc::new(FaultQueue::default());
+    let id = ctx.insert(Object::Ext(q.clone()))?;
+    if let Err(e) = ctx.add_user(id) {
+        let _ = ctx.destroy(id);
+        return Err(e);
+    }
+    Ok((id, q))
 }
 
 /// UIOMMUFD_HANDLE_BIND on the open file known to the daemon as `file_id`.
@@ -46,46 +69,80 @@ pub fn bind(
     }
     let iommufd = mem.get_fd(req.iommufd).map_err(|_| Errno::EBADF)?;
     let ctx = daemon.context_of_file(iommufd.as_fd())?;
-    let object = match req.kind {
-        UIOMMUFD_HANDLE_TEST_ACCESS => TestAccess::create(&ctx, req.arg0, req.arg1)?,
+    let (object_id, object) = match req.kind {
+        UIOMMUFD_HANDLE_TEST_ACCESS => {
+            let a = TestAccess::create(&ctx, req.arg0, req.arg1)?;
+            (a.object_id(), HandleObject::Access(a))
+        }
+        UIOMMUFD_HANDLE_FAULT_QUEUE => {
+            let (id, q) = fault_queue_alloc(&ctx, req.arg0)?;
+            (id, HandleObject::Fault(q))
+        }
         other => {
             tracing::warn!(kind = other, "UIOMMUFD_HANDLE_BIND of an unknown kind");
             return Err(Errno::EINVAL);
         }
     };
-    req.out_object_id = object.object_id();
+    let handle = Handle {
+        ctx: ctx.clone(),
+        object_id,
+        object,
+        _iommufd: iommufd,
+    };
+    req.out_object_id = object_id;
     if let Err(e) = write_struct(mem, arg, &req) {
-        object.release();
+        handle.drop_object();
         return Err(e);
     }
-    access::register(file_id, &object);
+    if let HandleObject::Access(a) = &handle.object {
+        access::register(file_id, a);
+    }
     *live().lock().unwrap().entry(ctx.id).or_default() += 1;
     tracing::debug!(
         ctx = ctx.id,
         handle = file_id,
-        object = req.out_object_id,
+        object = object_id,
         "handle bound"
     );
-    Ok(Handle {
-        ctx_id: ctx.id,
-        object,
-        _iommufd: iommufd,
-    })
+    Ok(handle)
 }
 
 impl Handle {
+    fn drop_object(&self) {
+        match &self.object {
+            HandleObject::Access(a) => a.release(),
+            HandleObject::Fault(_) => self.ctx.remove_user(self.object_id),
+        }
+    }
+
     /// The handle's last fd was closed.
     pub fn release(&self, file_id: u64) {
         access::unregister(file_id);
-        self.object.release();
+        self.drop_object();
         let mut live = live().lock().unwrap();
-        if let Some(n) = live.get_mut(&self.ctx_id) {
+        if let Some(n) = live.get_mut(&self.ctx.id) {
             *n -= 1;
             if *n == 0 {
-                live.remove(&self.ctx_id);
+                live.remove(&self.ctx.id);
             }
         }
         drop(live);
         tracing::debug!(handle = file_id, "handle released");
+    }
+
+    /// read() on the handle's fd (the file offset means nothing: these fds are streams).
+    pub fn read(&self, size: u32) -> Result<Vec<u8>, Errno> {
+        match &self.object {
+            HandleObject::Fault(q) => q.read(size as usize),
+            HandleObject::Access(_) => Err(Errno::EINVAL),
+        }
+    }
+
+    /// write() on the handle's fd.
+    pub fn write(&self, data: &[u8]) -> Result<u32, Errno> {
+        match &self.object {
+            HandleObject::Fault(q) => q.write(data).map(|n| n as u32),
+            HandleObject::Access(_) => Err(Errno::EINVAL),
+        }
     }
 }

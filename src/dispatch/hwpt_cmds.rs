@@ -46,6 +46,21 @@ pub(super) fn copy_struct<T: FromBytes + zerocopy::IntoBytes>(
 
 const SELFTEST_MIN: usize = size_of::<u32>(); // up to `iotlb`
 
+/// Links HWPT `hwpt_id` to fault queue `fault_id` (ENOENT when that is no fault queue).
+fn link_fault(ctx: &crate::objects::Context, hwpt_id: u32, fault_id: u32) -> Result<(), Errno> {
+    if let Ok(h) = ctx.get_hwpt_paging(hwpt_id) {
+        return h.fault.set(ctx, fault_id);
+    }
+    if let Ok(h) = ctx.get_hwpt_nested(hwpt_id) {
+        return h.fault.set(ctx, fault_id);
+    }
+    tracing::warn!(
+        hwpt_id,
+        "IOMMU_HWPT_FAULT_ID_VALID on a HWPT that cannot report faults"
+    );
+    Err(Errno::EOPNOTSUPP)
+}
+
 pub fn hwpt_alloc(u: &Ucmd) -> Result<(), Errno> {
     let mut cmd: iommu_hwpt_alloc = u.cmd();
     let ctx = u.ctx;
@@ -138,9 +153,10 @@ pub fn hwpt_alloc(u: &Ucmd) -> Result<(), Errno> {
         _ => return Err(Errno::EINVAL),
     };
     if cmd.flags & IOMMU_HWPT_FAULT_ID_VALID != 0 {
-        // Fault queues are fd objects this daemon cannot hand out: no fault_id can be valid.
-        let _ = ctx.destroy(id);
-        return Err(Errno::ENOENT);
+        if let Err(e) = link_fault(ctx, id, cmd.fault_id) {
+            let _ = ctx.destroy(id);
+            return Err(e);
+        }
     }
     cmd.out_hwpt_id = id;
     if let Err(e) = u.respond(&cmd) {

@@ -21,6 +21,8 @@ pub struct HwptPaging {
     pub flags: u32,
     /// Free-form state other layers hang on a HWPT (e.g. the mock's dirty-tracking flag).
     pub extra: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    /// Where I/O page faults of devices attached here go.
+    pub fault: super::fault::FaultLink,
 }
 
 impl HwptPaging {
@@ -43,6 +45,7 @@ impl HwptPaging {
             auto_domain,
             flags,
             extra: Mutex::new(None),
+            fault: Default::default(),
         });
         if let Err(e) = ctx.add_user(ioas_id) {
             ioas.iopt().remove_domain(domain_key);
@@ -58,6 +61,7 @@ impl HwptPaging {
     }
 
     fn release(&self, ctx: &Context) {
+        self.fault.release(ctx);
         self.ioas.iopt().remove_domain(self.domain_key);
         ctx.remove_user(self.ioas_id);
     }
@@ -86,6 +90,8 @@ pub struct HwptNested {
     /// Driver state of the stage-1 domain (e.g. `crate::backends::mock::MockNested`).
     pub data: Box<dyn std::any::Any + Send + Sync>,
     pub flags: u32,
+    /// Where I/O page faults of devices attached here go.
+    pub fault: super::fault::FaultLink,
 }
 
 impl HwptNested {
@@ -103,6 +109,7 @@ impl HwptNested {
             parent,
             data,
             flags,
+            fault: Default::default(),
         });
         match ctx.insert(super::Object::Ext(h.clone())) {
             Ok(id) => Ok((id, h)),
@@ -120,6 +127,7 @@ impl Extension for HwptNested {
     }
 
     fn destroy(&self, ctx: &Context) {
+        self.fault.release(ctx);
         ctx.remove_user(self.parent_id);
     }
 

@@ -14,6 +14,7 @@
 
 pub mod access;
 pub mod device;
+pub mod fault;
 pub mod hwpt;
 pub mod ioas;
 pub mod viommu;

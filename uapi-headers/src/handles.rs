@@ -41,3 +41,6 @@ pub struct uiommufd_handle_bind {
     /// Out: the new object's ID in that iommufd.
     pub out_object_id: u32,
 }
+
+/// The handle is the fd of an IOMMU_FAULT_QUEUE_ALLOC fault queue: `arg0` = the command's `flags`.
+pub const UIOMMUFD_HANDLE_FAULT_QUEUE: u32 = 2;

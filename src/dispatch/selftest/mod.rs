@@ -164,12 +164,53 @@ pub fn test_cmd(u: &Ucmd) -> Result<(), Errno> {
             Ok(())
         }
         IOMMU_TEST_OP_DIRTY => checks::dirty(u, &mut cmd),
+        IOMMU_TEST_OP_TRIGGER_IOPF => trigger_iopf(u, &cmd),
         IOMMU_TEST_OP_PASID_ATTACH => pasid::attach(u, &mut cmd),
         IOMMU_TEST_OP_PASID_REPLACE => pasid::replace(u, &mut cmd),
         IOMMU_TEST_OP_PASID_DETACH => pasid::detach(u, &cmd),
         IOMMU_TEST_OP_PASID_CHECK_HWPT => pasid::check_hwpt(u, &cmd),
         _ => Err(Errno::EOPNOTSUPP),
     }
+}
+
+/// TRIGGER_IOPF: the device raises a one-page fault group. It goes to the fault queue of the HWPT
+/// serving that PASID; a PASID without its own attachment falls back to the RID's nested HWPT (the
+/// mock IOMMU keeps the PASID table in the guest). With no queue there the fault is dropped, as
+/// an IOMMU answers a fault no handler takes.
+fn trigger_iopf(u: &Ucmd, cmd: &iommu_test_cmd) -> Result<(), Errno> {
+    use crate::objects::fault::PageRequest;
+    use uiommufd_uapi::iommufd::{IOMMU_PGFAULT_FLAGS_LAST_PAGE, IOMMU_PGFAULT_FLAGS_PASID_VALID};
+    let p: iommu_test_cmd_trigger_iopf = payload(cmd);
+    let device = u.ctx.get_device(p.dev_id)?;
+    let mut flags = IOMMU_PGFAULT_FLAGS_LAST_PAGE;
+    let attachment = if p.pasid != 0 {
+        flags |= IOMMU_PGFAULT_FLAGS_PASID_VALID;
+        device
+            .pasid_attachment(p.pasid)
+            .or_else(|| device.attachment().filter(|a| a.nested.is_some()))
+    } else {
+        device.attachment()
+    };
+    let queue = attachment.and_then(|a| match &a.nested {
+        Some(n) => n.fault.queue(),
+        None => a.hwpt.fault.queue(),
+    });
+    match queue {
+        Some(q) => q.report(vec![PageRequest {
+            flags,
+            dev_id: p.dev_id,
+            pasid: p.pasid,
+            grpid: p.grpid,
+            perm: p.perm,
+            addr: p.addr,
+        }]),
+        None => tracing::debug!(
+            dev_id = p.dev_id,
+            pasid = p.pasid,
+            "IOPF with no fault queue: dropped"
+        ),
+    }
+    Ok(())
 }
 
 fn add_reserved(ctx: &Context, ioas_id: u32, start: u64, length: u64) -> Result<(), Errno> {
