@@ -11,6 +11,7 @@ pub mod caller;
 pub mod devices;
 pub mod dispatch;
 pub mod iopt;
+pub mod launch;
 pub mod objects;
 pub mod replay;
 pub mod transport;

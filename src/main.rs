@@ -29,6 +29,9 @@ enum Command {
     },
     /// Run ioctl scripts against a node (default /dev/iommu) or an in-process daemon.
     Replay(uiommufd::replay::ReplayArgs),
+    /// Run CMD so that iommufd ioctls returning a new fd (IOMMU_TEST_OP_CREATE_ACCESS) work on a
+    /// uiommufd node: a seccomp user-notify supervisor installs those fds. Exits with CMD's status.
+    Launch(uiommufd::launch::LaunchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +50,7 @@ fn main() -> std::process::ExitCode {
             devices,
         } => serve(transport, record, devices),
         Command::Replay(args) => uiommufd::replay::main(args),
+        Command::Launch(args) => uiommufd::launch::main(args),
     }
 }
 

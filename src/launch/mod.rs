@@ -1,0 +1,154 @@
+//! `uiommufd launch -- CMD ARGS...`: runs CMD so that the iommufd operations that return a new file
+//! descriptor work against a uiommufd node.
+//!
+//! A FUSE or CUSE server cannot install an fd in its caller. The launcher therefore runs CMD (and
+//! everything it forks) under a seccomp user-notify filter that routes those ioctls (see
+//! [`supervisor::HANDLERS`]) to a supervisor thread here. For IOMMU_TEST_OP_CREATE_ACCESS the
+//! supervisor opens the caller's node afresh, asks the daemon to bind a new access to that open file
+//! ([`uiommufd_uapi::handles`]), installs the file in the caller with SECCOMP_IOCTL_NOTIF_ADDFD and
+//! writes its number into the caller's argument. Every other ioctl, and every one the supervisor
+//! cannot handle, runs unchanged (SECCOMP_USER_NOTIF_FLAG_CONTINUE).
+//!
+//! The filter is installed on the launcher's own main thread before CMD is spawned, so CMD inherits
+//! it and no fd has to be passed back from a child. The launcher itself never issues the
+//! intercepted ioctls, and it never executes anything after setting PR_SET_NO_NEW_PRIVS.
+//!
+//! Exit status: CMD's, or 128+N when a signal N killed it; 125 when the launcher cannot set up,
+//! 126 when CMD cannot be executed, 127 when it is not found (as `env` and `timeout` do). SIGTERM,
+//! SIGHUP, SIGINT and SIGQUIT sent to the launcher are forwarded to CMD; the launcher exits when
+//! CMD does. Processes CMD left behind lose the supervisor then: their intercepted ioctls fail with
+//! ENOSYS.
+
+pub mod seccomp;
+pub mod supervisor;
+
+use nix::sys::signal::{SigSet, Signal};
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::process::ExitCode;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LaunchArgs {
+    /// The command to run and its arguments.
+    #[arg(
+        value_name = "CMD",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// Exit status when the launcher itself cannot set up.
+const EXIT_SETUP: u8 = 125;
+const EXIT_CANNOT_EXEC: u8 = 126;
+const EXIT_NOT_FOUND: u8 = 127;
+
+const FORWARDED: [Signal; 4] = [
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+];
+
+/// Runs `args.command` under the supervisor; returns its exit status.
+///
+/// Call it from a process's main thread before any other thread exists: it installs a seccomp
+/// filter and blocks signals on the calling thread, for the rest of the process's life.
+pub fn main(args: LaunchArgs) -> ExitCode {
+    let Some((program, rest)) = args.command.split_first() else {
+        tracing::error!("launch: no command");
+        return ExitCode::from(EXIT_SETUP);
+    };
+    let Some(arch) = seccomp::AUDIT_ARCH_NATIVE else {
+        tracing::error!("launch: unsupported architecture");
+        return ExitCode::from(EXIT_SETUP);
+    };
+    let numbers: Vec<u32> = supervisor::HANDLERS.iter().map(|(nr, _)| *nr).collect();
+    let listener = match seccomp::install_filter(&seccomp::filter_program(arch, &numbers)) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%e, "launch: cannot install the seccomp filter");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
+    // Blocked here, before any thread exists, so that every thread inherits the mask and only the
+    // forwarder's sigwait() takes them. The child unblocks them before exec.
+    let mut signals = SigSet::empty();
+    for s in FORWARDED {
+        signals.add(s);
+    }
+    if let Err(e) = signals.thread_block() {
+        tracing::error!(%e, "launch: cannot block signals");
+        return ExitCode::from(EXIT_SETUP);
+    }
+    let mut command = std::process::Command::new(program);
+    command.args(rest);
+    // SAFETY: the hook runs in the child between fork and exec and only calls pthread_sigmask,
+    // which is async-signal-safe; it touches no lock or allocation of the parent.
+    unsafe {
+        command.pre_exec(move || signals.thread_unblock().map_err(std::io::Error::from));
+    }
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(%e, program = %program.to_string_lossy(), "launch: cannot execute");
+            return ExitCode::from(match e.kind() {
+                std::io::ErrorKind::NotFound => EXIT_NOT_FOUND,
+                _ => EXIT_CANNOT_EXEC,
+            });
+        }
+    };
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    tracing::debug!(%pid, "launched");
+    let spawned = std::thread::Builder::new()
+        .name("supervisor".into())
+        .spawn(move || supervisor::run(listener))
+        .and_then(|_| {
+            std::thread::Builder::new()
+                .name("signals".into())
+                .spawn(move || forward_signals(signals, pid))
+        });
+    if let Err(e) = spawned {
+        // Without the supervisor the target's intercepted ioctls would hang or fail: stop it.
+        tracing::error!(%e, "launch: cannot start the supervisor");
+        let _ = child.kill();
+        let _ = child.wait();
+        return ExitCode::from(EXIT_SETUP);
+    }
+    match child.wait() {
+        Ok(status) => ExitCode::from(exit_code(status)),
+        Err(e) => {
+            tracing::error!(%e, "launch: waitpid failed");
+            ExitCode::from(EXIT_SETUP)
+        }
+    }
+}
+
+/// The exit status a shell would report for `status`.
+fn exit_code(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(sig)) => (128 + sig) as u8,
+        (None, None) => EXIT_SETUP,
+    }
+}
+
+/// Passes the launcher's terminating signals on to the child.
+fn forward_signals(signals: SigSet, child: nix::unistd::Pid) {
+    loop {
+        match signals.wait() {
+            Ok(sig) => {
+                tracing::debug!(?sig, "forwarding to the child");
+                if let Err(e) = nix::sys::signal::kill(child, sig) {
+                    tracing::debug!(%e, ?sig, "cannot forward");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%e, "sigwait failed; signals are no longer forwarded");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The seccomp user-notify filter and thin wrappers around the listener's ioctls.
+//!
+//! The filter sends `ioctl(fd, N, arg)` to the listener when the low 32 bits of the request are one
+//! of the intercepted numbers (the kernel's `ioctl` takes an `unsigned int` request, so the upper
+//! half never matters) and allows every other system call untouched.
+
+use libc::{sock_filter, sock_fprog};
+use nix::errno::Errno;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// `AUDIT_ARCH_*` of the architecture this binary is built for (`<linux/audit.h>`), the only one
+/// whose system calls the filter inspects: a compat (32-bit) syscall has other numbers and passes.
+#[cfg(target_arch = "x86_64")]
+pub const AUDIT_ARCH_NATIVE: Option<u32> = Some(0xc000_003e); // AUDIT_ARCH_X86_64
+#[cfg(target_arch = "aarch64")]
+pub const AUDIT_ARCH_NATIVE: Option<u32> = Some(0xc000_00b7); // AUDIT_ARCH_AARCH64
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub const AUDIT_ARCH_NATIVE: Option<u32> = None;
+
+// Offsets into `struct seccomp_data` {int nr; u32 arch; u64 instruction_pointer; u64 args[6]}.
+const OFF_NR: u32 = std::mem::offset_of!(libc::seccomp_data, nr) as u32;
+const OFF_ARCH: u32 = std::mem::offset_of!(libc::seccomp_data, arch) as u32;
+const OFF_ARGS: u32 = std::mem::offset_of!(libc::seccomp_data, args) as u32;
+/// The low 32 bits of `args[1]`.
+#[cfg(target_endian = "little")]
+const OFF_ARG1_LO: u32 = OFF_ARGS + 8;
+#[cfg(target_endian = "big")]
+const OFF_ARG1_LO: u32 = OFF_ARGS + 12;
+
+const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+
+const fn insn(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
+    sock_filter { code, jt, jf, k }
+}
+
+/// The classic-BPF program: `arch == arch && nr == SYS_ioctl && (u32)args[1] ∈ ioctls` →
+/// `SECCOMP_RET_USER_NOTIF`, anything else → `SECCOMP_RET_ALLOW`.
+///
+/// Panics if `ioctls` has more than 250 numbers (BPF conditional jumps reach 255 instructions).
+pub fn filter_program(arch: u32, ioctls: &[u32]) -> Vec<sock_filter> {
+    let n = ioctls.len();
+    assert!(n <= 250, "too many intercepted ioctls for one BPF jump");
+    // Layout: 0 ld arch, 1 jeq, 2 ld nr, 3 jeq, 4 ld arg1, 5.. one jeq per number, allow, notify.
+    let allow = 5 + n;
+    let notify = allow + 1;
+    let to = |from: usize, target: usize| (target - from - 1) as u8;
+    let mut prog = vec![
+        insn(LD_W_ABS, 0, 0, OFF_ARCH),
+        insn(JEQ_K, 0, to(1, allow), arch),
+        insn(LD_W_ABS, 0, 0, OFF_NR),
+        insn(JEQ_K, 0, to(3, allow), libc::SYS_ioctl as u32),
+        insn(LD_W_ABS, 0, 0, OFF_ARG1_LO),
+    ];
+    for (k, &nr) in ioctls.iter().enumerate() {
+        prog.push(insn(JEQ_K, to(5 + k, notify), 0, nr));
+    }
+    prog.push(insn(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW));
+    prog.push(insn(RET_K, 0, 0, libc::SECCOMP_RET_USER_NOTIF));
+    prog
+}
+
+/// Sets `PR_SET_NO_NEW_PRIVS` and installs `prog` on the calling thread with
+/// `SECCOMP_FILTER_FLAG_NEW_LISTENER`; returns the listener (close-on-exec).
+///
+/// The filter stays on the calling thread for its lifetime and is inherited by every process it
+/// forks afterwards, through execve.
+pub fn install_filter(prog: &[sock_filter]) -> Result<OwnedFd, Errno> {
+    nix::sys::prctl::set_no_new_privs()?;
+    let fprog = sock_fprog {
+        len: u16::try_from(prog.len()).map_err(|_| Errno::EINVAL)?,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: seccomp(SECCOMP_SET_MODE_FILTER) only reads `fprog` and the `len` instructions it
+    // points to, both alive for the call; the kernel validates the program itself.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &fprog as *const sock_fprog,
+        )
+    };
+    let fd = Errno::result(rc)? as RawFd;
+    // SAFETY: with NEW_LISTENER a successful seccomp() returns a new fd that nothing else owns.
+    let listener = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The kernel already makes it O_CLOEXEC; say so explicitly, the target must never inherit it.
+    nix::fcntl::fcntl(
+        &listener,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    Ok(listener)
+}
+
+/// SECCOMP_IOCTL_NOTIF_RECV: blocks until a notification arrives.
+pub fn notif_recv(listener: BorrowedFd<'_>) -> Result<libc::seccomp_notif, Errno> {
+    // SAFETY: seccomp_notif is plain integers; all-zero is valid and is what RECV requires.
+    let mut notif: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+    // SAFETY: RECV writes one `struct seccomp_notif` (the size encoded in the request) into `notif`.
+    let rc = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_RECV,
+            &mut notif as *mut libc::seccomp_notif,
+        )
+    };
+    Errno::result(rc).map(|_| notif)
+}
+
+/// SECCOMP_IOCTL_NOTIF_SEND: completes notification `id`. ENOENT when the target is gone.
+pub fn notif_send(
+    listener: BorrowedFd<'_>,
+    id: u64,
+    val: i64,
+    error: i32,
+    flags: u32,
+) -> Result<(), Errno> {
+    let mut resp = libc::seccomp_notif_resp {
+        id,
+        val,
+        error,
+        flags,
+    };
+    // SAFETY: SEND reads one `struct seccomp_notif_resp` from `resp`, alive for the call.
+    let rc = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SEND,
+            &mut resp as *mut libc::seccomp_notif_resp,
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+/// SECCOMP_IOCTL_NOTIF_ID_VALID: is the target of notification `id` still waiting for our answer?
+/// Once true after reading its memory, the tid it named still is that same (blocked) thread.
+pub fn notif_id_valid(listener: BorrowedFd<'_>, id: u64) -> bool {
+    let mut id = id;
+    // SAFETY: ID_VALID reads one u64 from `id`, alive for the call.
+    let rc = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_ID_VALID,
+            &mut id as *mut u64,
+        )
+    };
+    rc == 0
+}
+
+/// SECCOMP_IOCTL_NOTIF_ADDFD: installs a reference to `src` in the target of notification `id` at
+/// its lowest free fd number, with `newfd_flags` (O_CLOEXEC); returns that number.
+pub fn notif_addfd(
+    listener: BorrowedFd<'_>,
+    id: u64,
+    src: BorrowedFd<'_>,
+    newfd_flags: u32,
+) -> Result<RawFd, Errno> {
+    let mut addfd = libc::seccomp_notif_addfd {
+        id,
+        flags: 0,
+        srcfd: src.as_raw_fd() as u32,
+        newfd: 0,
+        newfd_flags,
+    };
+    // SAFETY: ADDFD reads one `struct seccomp_notif_addfd` from `addfd`, alive for the call; the
+    // source fd is borrowed, so it stays open during the call.
+    let rc = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_ADDFD,
+            &mut addfd as *mut libc::seccomp_notif_addfd,
+        )
+    };
+    Errno::result(rc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny interpreter of the four opcodes the program uses.
+    fn run(prog: &[sock_filter], data: &libc::seccomp_data) -> u32 {
+        // SAFETY: seccomp_data is plain integers without padding; viewing it as bytes is sound.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                data as *const libc::seccomp_data as *const u8,
+                std::mem::size_of::<libc::seccomp_data>(),
+            )
+        };
+        let (mut pc, mut acc) = (0usize, 0u32);
+        loop {
+            let i = prog[pc];
+            pc += 1;
+            match i.code {
+                LD_W_ABS => {
+                    let k = i.k as usize;
+                    acc = u32::from_ne_bytes(bytes[k..k + 4].try_into().unwrap());
+                }
+                JEQ_K => pc += usize::from(if acc == i.k { i.jt } else { i.jf }),
+                RET_K => return i.k,
+                c => panic!("unexpected opcode {c:#x}"),
+            }
+        }
+    }
+
+    fn data(arch: u32, nr: i64, arg1: u64) -> libc::seccomp_data {
+        libc::seccomp_data {
+            nr: nr as i32,
+            arch,
+            instruction_pointer: 0,
+            args: [3, arg1, 0x1000, 0, 0, 0],
+        }
+    }
+
+    #[test]
+    fn notifies_only_the_listed_ioctls_of_the_native_arch() {
+        let arch = 0xc000_003e;
+        let prog = filter_program(arch, &[0x3ba0, 0x3b8b]);
+        let notify = libc::SECCOMP_RET_USER_NOTIF;
+        let allow = libc::SECCOMP_RET_ALLOW;
+        assert_eq!(run(&prog, &data(arch, libc::SYS_ioctl, 0x3ba0)), notify);
+        assert_eq!(run(&prog, &data(arch, libc::SYS_ioctl, 0x3b8b)), notify);
+        // Upper half of the request is ignored, as the kernel does.
+        assert_eq!(
+            run(&prog, &data(arch, libc::SYS_ioctl, 0xdead_0000_3ba0)),
+            notify
+        );
+        assert_eq!(run(&prog, &data(arch, libc::SYS_ioctl, 0x3ba1)), allow);
+        assert_eq!(run(&prog, &data(arch, libc::SYS_read, 0x3ba0)), allow);
+        assert_eq!(
+            run(&prog, &data(0x4000_0003, libc::SYS_ioctl, 0x3ba0)),
+            allow
+        );
+        assert_eq!(
+            run(&filter_program(arch, &[]), &data(arch, libc::SYS_ioctl, 0)),
+            allow
+        );
+    }
+}

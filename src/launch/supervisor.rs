@@ -1,0 +1,262 @@
+//! The supervisor: receives the filter's notifications and answers each one.
+//!
+//! Every notification gets exactly one answer, whatever fails: `CONTINUE` (the target's ioctl then
+//! runs for real, and the daemon or the kernel validates it as usual) when the supervisor cannot or
+//! need not take over, an errno when it took over and failed, or a value when it succeeded.
+
+use super::seccomp::{notif_addfd, notif_id_valid, notif_recv, notif_send};
+use crate::caller::{CallerMemory, ProcessMemory};
+use nix::errno::Errno;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use uiommufd_uapi::handles::{
+    uiommufd_handle_bind, UIOMMUFD_HANDLE_BIND, UIOMMUFD_HANDLE_TEST_ACCESS,
+};
+use uiommufd_uapi::selftest::{
+    iommu_test_cmd, iommu_test_cmd_create_access, IOMMU_TEST_CMD, IOMMU_TEST_OP_CREATE_ACCESS,
+};
+use zerocopy::IntoBytes;
+
+/// How to answer one notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// Let the system call run as if there were no filter.
+    Continue,
+    /// Fail it with this errno.
+    Error(Errno),
+    /// Complete it with this return value.
+    Value(i64),
+    /// The target is gone: there is no one to answer.
+    Gone,
+}
+
+/// One intercepted ioctl: who issued it and with which arguments.
+pub struct Notification<'a> {
+    pub listener: BorrowedFd<'a>,
+    pub id: u64,
+    /// A thread id (not necessarily a thread-group leader).
+    pub tid: i32,
+    pub args: [u64; 6],
+}
+
+impl Notification<'_> {
+    /// Still blocked waiting for us? After a true answer, what was read from its memory and any
+    /// pidfd opened on its tid are known to belong to this very thread.
+    fn valid(&self) -> bool {
+        notif_id_valid(self.listener, self.id)
+    }
+    fn fd(&self) -> i32 {
+        self.args[0] as u32 as i32
+    }
+    fn arg(&self) -> u64 {
+        self.args[2]
+    }
+}
+
+type Handler = fn(&Notification<'_>) -> Reply;
+
+/// The intercepted ioctl numbers and their handlers; the filter is built from this list.
+/// (IOMMU_FAULT_QUEUE_ALLOC and IOMMU_VEVENTQ_ALLOC go here once the daemon binds them.)
+pub const HANDLERS: &[(u32, Handler)] = &[(IOMMU_TEST_CMD, test_cmd)];
+
+/// Answers notifications until the listener fails (it is then dropped, which fails every pending
+/// and future intercepted ioctl with ENOSYS).
+pub fn run(listener: OwnedFd) {
+    loop {
+        let notif = match notif_recv(listener.as_fd()) {
+            Ok(n) => n,
+            // EINTR: a signal; ENOENT: the target died between notifying and our RECV.
+            Err(Errno::EINTR | Errno::ENOENT) => continue,
+            Err(e) => {
+                tracing::warn!(%e, "SECCOMP_IOCTL_NOTIF_RECV failed; the supervisor stops");
+                return;
+            }
+        };
+        let n = Notification {
+            listener: listener.as_fd(),
+            id: notif.id,
+            tid: notif.pid as i32,
+            args: notif.data.args,
+        };
+        let reply = dispatch(&n, notif.data.nr as i64);
+        tracing::debug!(id = n.id, tid = n.tid, ?reply, "notification handled");
+        respond(&n, reply);
+    }
+}
+
+fn dispatch(n: &Notification<'_>, nr: i64) -> Reply {
+    if nr != libc::SYS_ioctl {
+        return Reply::Continue;
+    }
+    let request = n.args[1] as u32;
+    match HANDLERS.iter().find(|(num, _)| *num == request) {
+        Some((_, handler)) => handler(n),
+        None => Reply::Continue,
+    }
+}
+
+fn respond(n: &Notification<'_>, reply: Reply) {
+    let (val, error, flags) = match reply {
+        Reply::Continue => (0, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32),
+        Reply::Error(e) => (0, -(e as i32), 0),
+        Reply::Value(v) => (v, 0, 0),
+        Reply::Gone => return,
+    };
+    match notif_send(n.listener, n.id, val, error, flags) {
+        Ok(()) => {}
+        Err(Errno::ENOENT) => tracing::debug!(id = n.id, "target gone before the answer"),
+        Err(e) => tracing::warn!(id = n.id, %e, ?reply, "SECCOMP_IOCTL_NOTIF_SEND failed"),
+    }
+}
+
+/// Size of the `iommu_test_cmd` header (size, op, id, reserved): the union starts here.
+const TEST_CMD_HEADER: usize = std::mem::offset_of!(iommu_test_cmd, payload);
+
+/// IOMMU_TEST_CMD: takes over IOMMU_TEST_OP_CREATE_ACCESS, lets every other op through.
+fn test_cmd(n: &Notification<'_>) -> Reply {
+    let mem = match ProcessMemory::new(n.tid) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(tid = n.tid, %e, "caller not visible; continue");
+            return Reply::Continue;
+        }
+    };
+    let mut header = [0u32; TEST_CMD_HEADER / 4];
+    if let Err(e) = mem.read(n.arg(), header.as_mut_bytes()) {
+        tracing::debug!(tid = n.tid, %e, "cannot read the iommu_test_cmd header; continue");
+        return Reply::Continue;
+    }
+    let [size, op, id, _reserved] = header;
+    let min = TEST_CMD_HEADER + std::mem::size_of::<iommu_test_cmd_create_access>();
+    let max = std::mem::size_of::<iommu_test_cmd>();
+    if op != IOMMU_TEST_OP_CREATE_ACCESS || (size as usize) < min || size as usize > max {
+        tracing::debug!(
+            op,
+            size,
+            "not a CREATE_ACCESS the supervisor takes; continue"
+        );
+        return Reply::Continue;
+    }
+    let payload_addr = n.arg() + TEST_CMD_HEADER as u64;
+    let mut payload = iommu_test_cmd_create_access::default();
+    if let Err(e) = mem.read(payload_addr, payload.as_mut_bytes()) {
+        tracing::debug!(tid = n.tid, %e, "cannot read create_access; continue");
+        return Reply::Continue;
+    }
+    tracing::debug!(
+        tid = n.tid,
+        fd = n.fd(),
+        ioas = id,
+        flags = payload.flags,
+        "CREATE_ACCESS"
+    );
+    let access = match bind_new_handle(n, UIOMMUFD_HANDLE_TEST_ACCESS, id, payload.flags) {
+        Ok(file) => file,
+        Err(reply) => return reply,
+    };
+    // The file goes to the target: from here on the access lives as long as its fd there.
+    let newfd = match notif_addfd(n.listener, n.id, access.as_fd(), libc::O_CLOEXEC as u32) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => {
+            tracing::debug!(
+                tid = n.tid,
+                "target gone before ADDFD; the access is dropped"
+            );
+            return Reply::Gone;
+        }
+        Err(e) => {
+            tracing::warn!(tid = n.tid, %e, "SECCOMP_IOCTL_NOTIF_ADDFD failed");
+            return Reply::Error(e);
+        }
+    };
+    drop(access);
+    tracing::debug!(tid = n.tid, newfd, "access fd installed in the target");
+    let out = std::mem::offset_of!(iommu_test_cmd_create_access, out_access_fd) as u64;
+    if let Err(e) = mem.write(payload_addr + out, (newfd as u32).as_bytes()) {
+        // The kernel would put the unused fd back; a supervisor cannot close an fd in its target.
+        tracing::warn!(tid = n.tid, %e, newfd, "cannot write out_access_fd; fd {newfd} leaks in the target");
+        return Reply::Error(Errno::EFAULT);
+    }
+    Reply::Value(0)
+}
+
+/// Opens the target's iommufd node again and binds a new handle of `kind` to that fresh file in
+/// the target's iommufd context. `Err` is the answer to give the notification.
+fn bind_new_handle(
+    n: &Notification<'_>,
+    kind: u32,
+    arg0: u32,
+    arg1: u32,
+) -> Result<OwnedFd, Reply> {
+    let pidfd = open_pidfd(n.tid).map_err(|e| {
+        tracing::debug!(tid = n.tid, %e, "pidfd_open failed; continue");
+        Reply::Continue
+    })?;
+    // The memory read above and the pidfd both belong to the thread still blocked in the ioctl.
+    if !n.valid() {
+        tracing::debug!(tid = n.tid, "target gone");
+        return Err(Reply::Gone);
+    }
+    // A bad fd (or one we may not take): the real ioctl gives the kernel's own answer (EBADF…).
+    let iommufd =
+        rustix::process::pidfd_getfd(&pidfd, n.fd(), rustix::process::PidfdGetfdFlags::empty())
+            .map_err(|e| {
+                tracing::debug!(tid = n.tid, fd = n.fd(), %e, "pidfd_getfd failed; continue");
+                Reply::Continue
+            })?;
+    drop(pidfd);
+    // /proc/self/fd/<dup> names the very file the target passed (a racing close or dup2 in the
+    // target cannot swap it), and opening it opens the node afresh: a new open served by the daemon.
+    let path = format!("/proc/self/fd/{}", iommufd.as_raw_fd());
+    let fresh: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)
+        .map(Into::into)
+        .map_err(|e| {
+            tracing::debug!(tid = n.tid, fd = n.fd(), %e, "cannot reopen the node; continue");
+            Reply::Continue
+        })?;
+    let mut bind = uiommufd_handle_bind {
+        size: std::mem::size_of::<uiommufd_handle_bind>() as u32,
+        kind,
+        iommufd: iommufd.as_raw_fd(),
+        arg0,
+        arg1,
+        out_object_id: 0,
+    };
+    // SAFETY: UIOMMUFD_HANDLE_BIND reads and writes one `uiommufd_handle_bind` through its
+    // argument, a live local; on a file that does not know the number, the ioctl fails (ENOTTY).
+    let rc = unsafe {
+        libc::ioctl(
+            fresh.as_raw_fd(),
+            UIOMMUFD_HANDLE_BIND as libc::Ioctl,
+            &mut bind as *mut uiommufd_handle_bind,
+        )
+    };
+    if let Err(e) = Errno::result(rc) {
+        tracing::debug!(tid = n.tid, %e, "UIOMMUFD_HANDLE_BIND failed; errno relayed");
+        return Err(Reply::Error(e));
+    }
+    tracing::debug!(tid = n.tid, object = bind.out_object_id, "handle bound");
+    Ok(fresh)
+}
+
+/// A pidfd for thread `tid` (PIDFD_THREAD, Linux 6.9+), else for its thread group.
+fn open_pidfd(tid: i32) -> Result<OwnedFd, Errno> {
+    use rustix::process::{pidfd_open, Pid, PidfdFlags};
+    let pid = Pid::from_raw(tid).ok_or(Errno::ESRCH)?;
+    // PIDFD_THREAD is O_EXCL.
+    let thread = PidfdFlags::from_bits_retain(libc::O_EXCL as u32);
+    match pidfd_open(pid, thread) {
+        Ok(fd) => return Ok(fd),
+        Err(e) if e.raw_os_error() != libc::EINVAL => {
+            return Err(Errno::from_raw(e.raw_os_error()))
+        }
+        Err(_) => {}
+    }
+    let tgid = ProcessMemory::new(tid).map(|m| m.pid()).unwrap_or(tid);
+    let pid = Pid::from_raw(tgid).ok_or(Errno::ESRCH)?;
+    pidfd_open(pid, PidfdFlags::empty()).map_err(|e| Errno::from_raw(e.raw_os_error()))
+}
