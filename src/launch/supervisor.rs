@@ -10,8 +10,10 @@ use nix::errno::Errno;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use uiommufd_uapi::handles::{
-    uiommufd_handle_bind, UIOMMUFD_HANDLE_BIND, UIOMMUFD_HANDLE_TEST_ACCESS,
+    uiommufd_handle_bind, UIOMMUFD_HANDLE_BIND, UIOMMUFD_HANDLE_FAULT_QUEUE,
+    UIOMMUFD_HANDLE_TEST_ACCESS,
 };
+use uiommufd_uapi::iommufd::{iommu_fault_alloc, IOMMU_FAULT_QUEUE_ALLOC};
 use uiommufd_uapi::selftest::{
     iommu_test_cmd, iommu_test_cmd_create_access, IOMMU_TEST_CMD, IOMMU_TEST_OP_CREATE_ACCESS,
 };
@@ -56,8 +58,11 @@ impl Notification<'_> {
 type Handler = fn(&Notification<'_>) -> Reply;
 
 /// The intercepted ioctl numbers and their handlers; the filter is built from this list.
-/// (IOMMU_FAULT_QUEUE_ALLOC and IOMMU_VEVENTQ_ALLOC go here once the daemon binds them.)
-pub const HANDLERS: &[(u32, Handler)] = &[(IOMMU_TEST_CMD, test_cmd)];
+/// (IOMMU_VEVENTQ_ALLOC would go here once the daemon binds vEVENT queues.)
+pub const HANDLERS: &[(u32, Handler)] = &[
+    (IOMMU_TEST_CMD, test_cmd),
+    (IOMMU_FAULT_QUEUE_ALLOC, fault_queue_alloc),
+];
 
 /// Answers notifications until the listener fails (it is then dropped, which fails every pending
 /// and future intercepted ioctl with ENOSYS).
@@ -150,34 +155,105 @@ fn test_cmd(n: &Notification<'_>) -> Reply {
         flags = payload.flags,
         "CREATE_ACCESS"
     );
-    let access = match bind_new_handle(n, UIOMMUFD_HANDLE_TEST_ACCESS, id, payload.flags) {
-        Ok(file) => file,
+    let (access, _) = match bind_new_handle(n, UIOMMUFD_HANDLE_TEST_ACCESS, id, payload.flags) {
+        Ok(bound) => bound,
         Err(reply) => return reply,
     };
-    // The file goes to the target: from here on the access lives as long as its fd there.
-    let newfd = match notif_addfd(n.listener, n.id, access.as_fd(), libc::O_CLOEXEC as u32) {
+    let newfd = match hand_over(n, access) {
         Ok(fd) => fd,
+        Err(reply) => return reply,
+    };
+    let out = std::mem::offset_of!(iommu_test_cmd_create_access, out_access_fd) as u64;
+    write_out(
+        n,
+        &mem,
+        payload_addr + out,
+        (newfd as u32).as_bytes(),
+        newfd,
+    )
+}
+
+/// Installs `file` in the target (from then on the object lives as long as the fd there);
+/// `Err` is the answer to give the notification.
+fn hand_over(n: &Notification<'_>, file: OwnedFd) -> Result<i32, Reply> {
+    match notif_addfd(n.listener, n.id, file.as_fd(), libc::O_CLOEXEC as u32) {
+        Ok(fd) => {
+            tracing::debug!(tid = n.tid, newfd = fd, "object fd installed in the target");
+            Ok(fd)
+        }
         Err(Errno::ENOENT) => {
             tracing::debug!(
                 tid = n.tid,
-                "target gone before ADDFD; the access is dropped"
+                "target gone before ADDFD; the object is dropped"
             );
-            return Reply::Gone;
+            Err(Reply::Gone)
         }
         Err(e) => {
             tracing::warn!(tid = n.tid, %e, "SECCOMP_IOCTL_NOTIF_ADDFD failed");
-            return Reply::Error(e);
+            Err(Reply::Error(e))
+        }
+    }
+}
+
+/// Writes the command's outputs back into the target: success, or EFAULT (the kernel would put
+/// the unused fd back; a supervisor cannot close an fd in its target, so `newfd` leaks there).
+fn write_out(
+    n: &Notification<'_>,
+    mem: &ProcessMemory,
+    addr: u64,
+    bytes: &[u8],
+    newfd: i32,
+) -> Reply {
+    match mem.write(addr, bytes) {
+        Ok(()) => Reply::Value(0),
+        Err(e) => {
+            tracing::warn!(tid = n.tid, %e, newfd, "cannot write the outputs; fd {newfd} leaks in the target");
+            Reply::Error(Errno::EFAULT)
+        }
+    }
+}
+
+/// IOMMU_FAULT_QUEUE_ALLOC: a fault queue object and its fd. Only the exact 7.2 struct size is
+/// taken over; any other size continues to the daemon, which validates it (and, having no way to
+/// hand out the fd itself, answers EOPNOTSUPP where the size is acceptable).
+fn fault_queue_alloc(n: &Notification<'_>) -> Reply {
+    let mem = match ProcessMemory::new(n.tid) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(tid = n.tid, %e, "caller not visible; continue");
+            return Reply::Continue;
         }
     };
-    drop(access);
-    tracing::debug!(tid = n.tid, newfd, "access fd installed in the target");
-    let out = std::mem::offset_of!(iommu_test_cmd_create_access, out_access_fd) as u64;
-    if let Err(e) = mem.write(payload_addr + out, (newfd as u32).as_bytes()) {
-        // The kernel would put the unused fd back; a supervisor cannot close an fd in its target.
-        tracing::warn!(tid = n.tid, %e, newfd, "cannot write out_access_fd; fd {newfd} leaks in the target");
-        return Reply::Error(Errno::EFAULT);
+    let mut cmd = iommu_fault_alloc::default();
+    if let Err(e) = mem.read(n.arg(), cmd.as_mut_bytes()) {
+        tracing::debug!(tid = n.tid, %e, "cannot read iommu_fault_alloc; continue");
+        return Reply::Continue;
     }
-    Reply::Value(0)
+    if cmd.size as usize != std::mem::size_of::<iommu_fault_alloc>() {
+        tracing::debug!(
+            size = cmd.size,
+            "not a FAULT_QUEUE_ALLOC the supervisor takes; continue"
+        );
+        return Reply::Continue;
+    }
+    tracing::debug!(
+        tid = n.tid,
+        fd = n.fd(),
+        flags = cmd.flags,
+        "FAULT_QUEUE_ALLOC"
+    );
+    let (queue, fault_id) = match bind_new_handle(n, UIOMMUFD_HANDLE_FAULT_QUEUE, cmd.flags, 0) {
+        Ok(bound) => bound,
+        Err(reply) => return reply,
+    };
+    let newfd = match hand_over(n, queue) {
+        Ok(fd) => fd,
+        Err(reply) => return reply,
+    };
+    cmd.out_fault_id = fault_id;
+    cmd.out_fault_fd = newfd as u32;
+    let out = std::mem::offset_of!(iommu_fault_alloc, out_fault_id);
+    write_out(n, &mem, n.arg() + out as u64, &cmd.as_bytes()[out..], newfd)
 }
 
 /// Opens the target's iommufd node again and binds a new handle of `kind` to that fresh file in
@@ -187,7 +263,7 @@ fn bind_new_handle(
     kind: u32,
     arg0: u32,
     arg1: u32,
-) -> Result<OwnedFd, Reply> {
+) -> Result<(OwnedFd, u32), Reply> {
     let pidfd = open_pidfd(n.tid).map_err(|e| {
         tracing::debug!(tid = n.tid, %e, "pidfd_open failed; continue");
         Reply::Continue
@@ -240,7 +316,7 @@ fn bind_new_handle(
         return Err(Reply::Error(e));
     }
     tracing::debug!(tid = n.tid, object = bind.out_object_id, "handle bound");
-    Ok(fresh)
+    Ok((fresh, bind.out_object_id))
 }
 
 /// A pidfd for thread `tid` (PIDFD_THREAD, Linux 6.9+), else for its thread group.
