@@ -18,10 +18,25 @@ use zerocopy::FromBytes;
 
 const INVALIDATE_ENTRY_NUM_MAX: u32 = 1 << 19;
 
-/// Reads a driver struct the way iommu_copy_struct_from_user does: `len` bytes of the caller,
-/// at least up to the end of the mandatory fields (`min`, else EINVAL), bytes beyond the struct
-/// must be zero (E2BIG).
+/// Reads a driver struct the way iommu_copy_struct_from_user does: `len` bytes of the caller, at
+/// least up to the end of the mandatory fields (`min`) and at most the struct this daemon knows
+/// (EINVAL either way: unlike the ioctl structs, longer driver data is refused, not zero-checked).
 pub(super) fn copy_struct<T: FromBytes + zerocopy::IntoBytes>(
+    u: &Ucmd,
+    uptr: u64,
+    len: u32,
+    min: usize,
+) -> Result<T, Errno> {
+    if (len as usize) < min || len as usize > size_of::<T>() {
+        return Err(Errno::EINVAL);
+    }
+    copy_struct_zero_tail(u, uptr, len, min)
+}
+
+/// Reads an array entry the way copy_struct_from_user does (iommu_copy_struct_from_full_user_array
+/// with an entry size other than the kernel's): shorter entries are zero-extended, bytes beyond
+/// the struct must be zero (E2BIG); `min` bounds the length from below (EINVAL).
+pub(super) fn copy_struct_zero_tail<T: FromBytes + zerocopy::IntoBytes>(
     u: &Ucmd,
     uptr: u64,
     len: u32,

@@ -3,7 +3,7 @@
 //! invalidation) and IOMMU_HW_QUEUE_ALLOC. Only the mock driver (IOMMU_VIOMMU_TYPE_SELFTEST) has a
 //! vIOMMU.
 
-use super::hwpt_cmds::copy_struct;
+use super::hwpt_cmds::{copy_struct, copy_struct_zero_tail};
 use super::selftest::mock_of_device;
 use super::selftest::mockdev::{as_mock, MockDev};
 use super::ucmd::Ucmd;
@@ -180,7 +180,7 @@ pub fn viommu_invalidate(
             .data_uptr
             .checked_add(i as u64 * cmd.entry_len as u64)
             .ok_or(Errno::EFAULT)?;
-        let r: iommu_viommu_invalidate_selftest = copy_struct(u, addr, cmd.entry_len, 0)?;
+        let r: iommu_viommu_invalidate_selftest = copy_struct_zero_tail(u, addr, cmd.entry_len, 0)?;
         reqs.push(r);
     }
     for r in reqs {
