@@ -63,14 +63,17 @@ pub struct Attachment {
     pub hwpt: Arc<HwptPaging>,
     /// The nested HWPT attached to, if any.
     pub nested: Option<Arc<HwptNested>>,
+    /// The nested HWPT on a vIOMMU attached to, if any (`hwpt` is then the vIOMMU's stage 2).
+    pub viommu_nested: Option<Arc<super::viommu::ViommuNested>>,
 }
 
 impl Attachment {
     /// Allocated with IOMMU_HWPT_ALLOC_PASID (the nested HWPT's flags when nested).
     pub fn pasid_compat(&self) -> bool {
-        let flags = match &self.nested {
-            Some(n) => n.flags,
-            None => self.hwpt.flags,
+        let flags = match (&self.nested, &self.viommu_nested) {
+            (Some(n), _) => n.flags,
+            (None, Some(v)) => v.flags,
+            (None, None) => self.hwpt.flags,
         };
         flags & IOMMU_HWPT_ALLOC_PASID != 0
     }
@@ -111,22 +114,33 @@ impl Device {
     /// (the automatic HWPT's id when `pt_id` is an IOAS). EINVAL when `pt_id` is neither.
     pub fn attach(&self, ctx: &Context, pt_id: u32) -> Result<u32, Errno> {
         let mut nested = None;
+        let mut viommu_nested = None;
         let (hwpt_id, hwpt) = match ctx.get(pt_id).map_err(|_| Errno::ENOENT)? {
             Object::Ioas(_) => self.auto_hwpt(ctx, pt_id)?,
             Object::Ext(_) => {
-                let h = match ctx.get_hwpt_paging(pt_id) {
-                    Ok(h) => h,
-                    Err(_) => {
-                        let n = ctx.get_hwpt_nested(pt_id).map_err(|_| Errno::EINVAL)?;
-                        let parent = n.parent.clone();
-                        nested = Some(n);
-                        parent
+                let h = if let Ok(h) = ctx.get_hwpt_paging(pt_id) {
+                    h
+                } else if let Ok(n) = ctx.get_hwpt_nested(pt_id) {
+                    let parent = n.parent.clone();
+                    nested = Some(n);
+                    parent
+                } else {
+                    let v = ctx
+                        .get_ext_as::<super::viommu::ViommuNested>(pt_id)
+                        .map_err(|_| Errno::EINVAL)?;
+                    // The vIOMMU must know the device (a vDEVICE) before it can translate for it.
+                    if !super::viommu::has_vdevice(ctx, &v.viommu, self) {
+                        return Err(Errno::ENOENT);
                     }
+                    let stage2 = v.viommu.hwpt.clone();
+                    viommu_nested = Some(v);
+                    stage2
                 };
                 let att = Attachment {
                     hwpt_id: pt_id,
                     hwpt: h.clone(),
                     nested: nested.clone(),
+                    viommu_nested: viommu_nested.clone(),
                 };
                 if !att.pasid_compat() && self.has_pasids() {
                     return Err(Errno::EINVAL);
@@ -141,6 +155,7 @@ impl Device {
             hwpt_id,
             hwpt: hwpt.clone(),
             nested,
+            viommu_nested,
         });
         if let Some(old) = old {
             self.drop_hwpt(ctx, &old);
@@ -217,6 +232,7 @@ impl Device {
                         hwpt_id: pt_id,
                         hwpt: h,
                         nested: None,
+                        viommu_nested: None,
                     }));
                 }
                 let n = ctx.get_hwpt_nested(pt_id).map_err(|_| Errno::EINVAL)?;
@@ -224,6 +240,7 @@ impl Device {
                     hwpt_id: pt_id,
                     hwpt: n.parent.clone(),
                     nested: Some(n),
+                    viommu_nested: None,
                 }))
             }
             _ => Err(Errno::EINVAL),

@@ -143,6 +143,15 @@ impl Extension for Vdevice {
 }
 
 /// Device destroy hook: destroys the vDEVICE of `device`, if any, leaving its ID as a tombstone.
+/// Whether `device` has a vDEVICE on `viommu`.
+pub fn has_vdevice(ctx: &Context, viommu: &Viommu, device: &Device) -> bool {
+    let ids: Vec<u32> = viommu.vdevs.lock().unwrap().values().copied().collect();
+    ids.into_iter().any(|id| {
+        ctx.get_ext_as::<Vdevice>(id)
+            .is_ok_and(|v| std::ptr::eq(Arc::as_ptr(&v.device), device))
+    })
+}
+
 pub fn destroy_vdevices_of(ctx: &Context, device: &Device) {
     for (id, o) in ctx.objects_of_type("vdevice") {
         let super::Object::Ext(e) = o else { continue };
@@ -295,6 +304,8 @@ pub struct ViommuNested {
     /// Driver state of the stage-1 domain (e.g. `crate::backends::mock::MockNested`).
     pub data: Box<dyn std::any::Any + Send + Sync>,
     pub flags: u32,
+    /// Where I/O page faults of devices attached here go.
+    pub fault: super::fault::FaultLink,
 }
 
 impl ViommuNested {
@@ -311,6 +322,7 @@ impl ViommuNested {
             viommu,
             data,
             flags,
+            fault: Default::default(),
         });
         match ctx.insert(super::Object::Ext(h.clone())) {
             Ok(id) => Ok((id, h)),
@@ -328,6 +340,7 @@ impl Extension for ViommuNested {
     }
 
     fn destroy(&self, ctx: &Context) {
+        self.fault.release(ctx);
         ctx.remove_user(self.viommu_id);
     }
 

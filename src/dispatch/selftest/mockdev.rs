@@ -192,6 +192,7 @@ mod tests {
             hwpt_id,
             hwpt,
             nested: None,
+            viommu_nested: None,
         };
         let dev = MockDev::new(MOCK_FLAGS_DEVICE_PASID).unwrap();
         assert_eq!(dev.max_pasids(), 1 << MOCK_PASID_WIDTH);

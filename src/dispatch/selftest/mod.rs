@@ -185,15 +185,18 @@ fn trigger_iopf(u: &Ucmd, cmd: &iommu_test_cmd) -> Result<(), Errno> {
     let mut flags = IOMMU_PGFAULT_FLAGS_LAST_PAGE;
     let attachment = if p.pasid != 0 {
         flags |= IOMMU_PGFAULT_FLAGS_PASID_VALID;
-        device
-            .pasid_attachment(p.pasid)
-            .or_else(|| device.attachment().filter(|a| a.nested.is_some()))
+        device.pasid_attachment(p.pasid).or_else(|| {
+            device
+                .attachment()
+                .filter(|a| a.nested.is_some() || a.viommu_nested.is_some())
+        })
     } else {
         device.attachment()
     };
-    let queue = attachment.and_then(|a| match &a.nested {
-        Some(n) => n.fault.queue(),
-        None => a.hwpt.fault.queue(),
+    let queue = attachment.and_then(|a| match (&a.nested, &a.viommu_nested) {
+        (Some(n), _) => n.fault.queue(),
+        (None, Some(v)) => v.fault.queue(),
+        (None, None) => a.hwpt.fault.queue(),
     });
     match queue {
         Some(q) => q.report(vec![PageRequest {
