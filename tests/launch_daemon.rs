@@ -89,6 +89,38 @@ fn client(node: &str) -> i32 {
     if ioctl(&f, IOMMU_FAULT_QUEUE_ALLOC, &mut bad) != Err(libc::EOPNOTSUPP) {
         return 7;
     }
+
+    // DMABUF_GET returns the dma-buf fd as the ioctl's value; IOAS_MAP_FILE takes it.
+    let get = iommu_test_cmd_dmabuf_get {
+        length: 8192,
+        open_flags: libc::O_CLOEXEC as u32,
+    };
+    let mut cmd = iommu_test_cmd {
+        size: std::mem::size_of::<iommu_test_cmd>() as u32,
+        op: IOMMU_TEST_OP_DMABUF_GET,
+        ..Default::default()
+    };
+    cmd.set_payload(&get);
+    let dfd = match ioctl(&f, IOMMU_TEST_CMD, &mut cmd) {
+        Ok(fd) => fd,
+        Err(e) => return 10 + e,
+    };
+    // SAFETY: fcntl(F_GETFD) on an fd number only queries flags.
+    if dfd <= f.as_raw_fd() || unsafe { libc::fcntl(dfd, libc::F_GETFD) } != libc::FD_CLOEXEC {
+        return 8;
+    }
+    let ioas = ioas_alloc(&f);
+    let mut map = iommu_ioas_map_file {
+        size: std::mem::size_of::<iommu_ioas_map_file>() as u32,
+        flags: IOMMU_IOAS_MAP_READABLE,
+        ioas_id: ioas,
+        fd: dfd,
+        length: 8192,
+        ..Default::default()
+    };
+    if let Err(e) = ioctl(&f, IOMMU_IOAS_MAP_FILE, &mut map) {
+        return 10 + e;
+    }
     0
 }
 

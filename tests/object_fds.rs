@@ -438,3 +438,93 @@ fn fault_queue_fd_delivers_iopf_and_takes_responses() {
     drop(q);
     destroy(&f, fault_id).unwrap();
 }
+
+fn map_file(f: &File, ioas: u32, fd: i32, start: u64, length: u64) -> Result<u64, i32> {
+    let mut cmd = iommu_ioas_map_file {
+        size: std::mem::size_of::<iommu_ioas_map_file>() as u32,
+        flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+        ioas_id: ioas,
+        fd,
+        start,
+        length,
+        ..Default::default()
+    };
+    ioctl(f, IOMMU_IOAS_MAP_FILE, &mut cmd).map(|_| cmd.iova)
+}
+
+fn revoke(f: &File, fd: i32, revoked: bool) -> Result<(), i32> {
+    let p = iommu_test_cmd_dmabuf_revoke {
+        dmabuf_fd: fd,
+        revoked: revoked as u32,
+    };
+    test_cmd(f, IOMMU_TEST_OP_DMABUF_REVOKE, 0, &p).map(|_| ())
+}
+
+#[test]
+fn dmabuf_fd_maps_and_revokes() {
+    let d = DaemonProcess::start(&[]);
+    let f = d.open_iommu();
+    let ioas = ioas_alloc(&f);
+    test_cmd(
+        &f,
+        IOMMU_TEST_OP_MOCK_DOMAIN,
+        ioas,
+        &iommu_test_cmd_mock_domain::default(),
+    )
+    .unwrap();
+    let bind_dmabuf = |h: &File, len: u32| {
+        bind_raw(
+            h,
+            &mut uiommufd_handle_bind {
+                size: std::mem::size_of::<uiommufd_handle_bind>() as u32,
+                kind: UIOMMUFD_HANDLE_TEST_DMABUF,
+                iommufd: f.as_raw_fd(),
+                arg0: len,
+                ..Default::default()
+            },
+        )
+    };
+    let h = d.open_iommu();
+    assert_eq!(bind_dmabuf(&h, 0), Err(libc::EINVAL));
+    assert_eq!(bind_dmabuf(&h, 513 * PAGE as u32), Err(libc::EINVAL));
+    assert_eq!(
+        bind_dmabuf(&h, 3 * PAGE as u32 + 1),
+        Ok(0),
+        "a dma-buf is no iommufd object"
+    );
+    let dfd = h.as_raw_fd();
+    // Four pages after rounding up.
+    assert_eq!(map_file(&f, ioas, dfd, 0, 0), Err(libc::EINVAL));
+    assert_eq!(map_file(&f, ioas, dfd, 0, 4 * PAGE + 1), Err(libc::EINVAL));
+    assert_eq!(map_file(&f, ioas, dfd, 4 * PAGE, PAGE), Err(libc::EINVAL));
+    let iova = map_file(&f, ioas, dfd, 0, 4 * PAGE).unwrap();
+
+    revoke(&f, dfd, true).unwrap();
+    assert_eq!(map_file(&f, ioas, dfd, 0, PAGE), Err(libc::ENODEV));
+    revoke(&f, dfd, false).unwrap();
+    let iova2 = map_file(&f, ioas, dfd, 0, PAGE).unwrap();
+    assert_ne!(iova2, iova);
+    // The revoked mapping still holds its IOVA until unmapped.
+    let mut unmap = iommu_ioas_unmap {
+        size: std::mem::size_of::<iommu_ioas_unmap>() as u32,
+        ioas_id: ioas,
+        iova,
+        length: 4 * PAGE,
+    };
+    ioctl(&f, IOMMU_IOAS_UNMAP, &mut unmap).unwrap();
+
+    // Revoking needs a dma-buf fd.
+    let null = File::open("/dev/null").unwrap();
+    assert_eq!(revoke(&f, null.as_raw_fd(), true), Err(libc::EINVAL));
+    assert_eq!(revoke(&f, 9999, true), Err(libc::EBADF));
+    assert_eq!(revoke(&f, f.as_raw_fd(), true), Err(libc::EINVAL));
+    // Without the launcher DMABUF_GET cannot hand out its fd.
+    let get = iommu_test_cmd_dmabuf_get {
+        length: PAGE as u32,
+        open_flags: 0,
+    };
+    assert_eq!(
+        test_cmd(&f, IOMMU_TEST_OP_DMABUF_GET, 0, &get).map(|_| ()),
+        Err(libc::EOPNOTSUPP)
+    );
+}

@@ -8,7 +8,8 @@
 //! queue only loses the fd as a user (IOMMU_DESTROY removes it).
 
 use super::daemon::Daemon;
-use super::selftest::access::{self, TestAccess};
+use super::selftest::access::TestAccess;
+use super::selftest::dmabuf::TestDmabuf;
 use crate::caller::{read_struct, write_struct, CallerMemory};
 use crate::objects::fault::FaultQueue;
 use crate::objects::{Context, Object};
@@ -29,17 +30,39 @@ pub fn live_in(ctx_id: u64) -> usize {
     live().lock().unwrap().get(&ctx_id).copied().unwrap_or(0)
 }
 
-enum HandleObject {
+/// What a handle's fd stands for.
+#[derive(Clone)]
+pub enum HandleObject {
     Access(Arc<TestAccess>),
     Fault(Arc<FaultQueue>),
+    Dmabuf(Arc<TestDmabuf>),
+}
+
+/// Every bound handle by the id its open file answers to the daemon's private query.
+fn registry() -> &'static Mutex<HashMap<u64, HandleObject>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<u64, HandleObject>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// What `file` (a duplicate of some caller's fd) is a handle of; None for any other file.
+pub fn object_of_file(file: std::os::fd::BorrowedFd<'_>) -> Option<HandleObject> {
+    let id = super::daemon::context_query::ask(file).ok()?;
+    registry().lock().unwrap().get(&id).cloned()
+}
+
+/// What the caller's `fd` is a handle of: EBADF when it is not open, None for any other file.
+pub fn object_of_fd(mem: &dyn CallerMemory, fd: i32) -> Result<Option<HandleObject>, Errno> {
+    let file = mem.get_fd(fd).map_err(|_| Errno::EBADF)?;
+    Ok(object_of_file(file.as_fd()))
 }
 
 pub struct Handle {
     ctx: Arc<Context>,
     object_id: u32,
     object: HandleObject,
-    /// Holds the creating iommufd open (its release would destroy the context).
-    _iommufd: OwnedFd,
+    /// Holds the creating iommufd open (its release would destroy the context) while the object
+    /// lives in that context; a dma-buf does not.
+    _iommufd: Option<OwnedFd>,
 }
 
 /// IOMMU_FAULT_QUEUE_ALLOC's object: a fault queue the fd holds as a user.
@@ -78,26 +101,34 @@ pub fn bind(
             let (id, q) = fault_queue_alloc(&ctx, req.arg0)?;
             (id, HandleObject::Fault(q))
         }
+        UIOMMUFD_HANDLE_TEST_DMABUF => (
+            0,
+            HandleObject::Dmabuf(TestDmabuf::create(req.arg0.into())?),
+        ),
         other => {
             tracing::warn!(kind = other, "UIOMMUFD_HANDLE_BIND of an unknown kind");
             return Err(Errno::EINVAL);
         }
     };
+    let holds_ctx = !matches!(object, HandleObject::Dmabuf(_));
     let handle = Handle {
         ctx: ctx.clone(),
         object_id,
         object,
-        _iommufd: iommufd,
+        _iommufd: holds_ctx.then_some(iommufd),
     };
     req.out_object_id = object_id;
     if let Err(e) = write_struct(mem, arg, &req) {
         handle.drop_object();
         return Err(e);
     }
-    if let HandleObject::Access(a) = &handle.object {
-        access::register(file_id, a);
+    registry()
+        .lock()
+        .unwrap()
+        .insert(file_id, handle.object.clone());
+    if holds_ctx {
+        *live().lock().unwrap().entry(ctx.id).or_default() += 1;
     }
-    *live().lock().unwrap().entry(ctx.id).or_default() += 1;
     tracing::debug!(
         ctx = ctx.id,
         handle = file_id,
@@ -112,13 +143,18 @@ impl Handle {
         match &self.object {
             HandleObject::Access(a) => a.release(),
             HandleObject::Fault(_) => self.ctx.remove_user(self.object_id),
+            HandleObject::Dmabuf(_) => {}
         }
     }
 
     /// The handle's last fd was closed.
     pub fn release(&self, file_id: u64) {
-        access::unregister(file_id);
+        registry().lock().unwrap().remove(&file_id);
         self.drop_object();
+        if self._iommufd.is_none() {
+            tracing::debug!(handle = file_id, "handle released");
+            return;
+        }
         let mut live = live().lock().unwrap();
         if let Some(n) = live.get_mut(&self.ctx.id) {
             *n -= 1;
@@ -134,7 +170,7 @@ impl Handle {
     pub fn read(&self, size: u32) -> Result<Vec<u8>, Errno> {
         match &self.object {
             HandleObject::Fault(q) => q.read(size as usize),
-            HandleObject::Access(_) => Err(Errno::EINVAL),
+            HandleObject::Access(_) | HandleObject::Dmabuf(_) => Err(Errno::EINVAL),
         }
     }
 
@@ -142,7 +178,7 @@ impl Handle {
     pub fn write(&self, data: &[u8]) -> Result<u32, Errno> {
         match &self.object {
             HandleObject::Fault(q) => q.write(data).map(|n| n as u32),
-            HandleObject::Access(_) => Err(Errno::EINVAL),
+            HandleObject::Access(_) | HandleObject::Dmabuf(_) => Err(Errno::EINVAL),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Handlers of the IOAS commands, IOMMU_DESTROY, IOMMU_OPTION and IOMMU_VFIO_IOAS.
 
+use super::handles::HandleObject;
+use super::selftest::dmabuf::TestDmabuf;
 use super::ucmd::Ucmd;
 use crate::backends::Prot;
 use crate::iopt::accounting::{Account, AccountMode};
@@ -173,6 +175,11 @@ pub fn ioas_map_file(u: &Ucmd) -> Result<(), Errno> {
         .checked_add(cmd.length - 1)
         .ok_or(Errno::EOVERFLOW)?;
     let file = u.mem.get_fd(cmd.fd).map_err(|_| Errno::EBADF)?;
+    if let Some(HandleObject::Dmabuf(buf)) =
+        super::handles::object_of_file(std::os::fd::AsFd::as_fd(&file))
+    {
+        return map_dmabuf(u, cmd, &ioas, &buf);
+    }
     // Pages past the end of the file do not exist (touching them would be SIGBUS here).
     let size = nix::sys::stat::fstat(&file)
         .map_err(|_| Errno::EBADF)?
@@ -203,6 +210,30 @@ pub fn ioas_map_file(u: &Ucmd) -> Result<(), Errno> {
     let iova = ioas.map_pages(pages, fixed_iova(cmd.flags, cmd.iova), prot)?;
     cmd.iova = iova;
     respond_or_unmap(u, &ioas, &cmd, iova, cmd.length)
+}
+
+/// IOAS_MAP_FILE of a dma-buf: a fresh import of the exporter's memory (not charged to any
+/// RLIMIT_MEMLOCK, as the kernel does not account dma-buf pages).
+fn map_dmabuf(
+    u: &Ucmd,
+    mut cmd: iommu_ioas_map_file,
+    ioas: &Arc<Ioas>,
+    buf: &TestDmabuf,
+) -> Result<(), Errno> {
+    let prot = prot_of(cmd.flags);
+    let import = buf.import(cmd.start, cmd.length)?;
+    let pages = Ioas::make_pages(
+        import.clone(),
+        cmd.start % PAGE_SIZE,
+        cmd.length,
+        prot.write,
+        Account::unaccounted(),
+        u.ctx.account_mode(),
+    )?;
+    let iova = ioas.map_pages(pages, fixed_iova(cmd.flags, cmd.iova), prot)?;
+    buf.track(&import, ioas);
+    cmd.iova = iova;
+    respond_or_unmap(u, ioas, &cmd, iova, cmd.length)
 }
 
 pub fn ioas_copy(u: &Ucmd) -> Result<(), Errno> {

@@ -307,7 +307,7 @@ impl IoPagetable {
 
     /// Pins an area's pages and maps them into every domain (nothing when there are no domains).
     fn fill_area(&self, area: &mut Area) -> Result<(), Errno> {
-        if self.domains.is_empty() || area.filled {
+        if self.domains.is_empty() || area.filled || area.pages.source().revoked() {
             return Ok(());
         }
         let (first, last) = area.pin_span();
@@ -335,6 +335,22 @@ impl IoPagetable {
         let (first, last) = area.pin_span();
         area.pages.unpin(first, last);
         area.filled = false;
+    }
+
+    /// Takes every area whose backing was revoked out of the domains (and drops its pin); the
+    /// areas themselves stay until unmapped.
+    pub fn unfill_revoked(&mut self) {
+        let keys: Vec<u64> = self
+            .areas
+            .iter()
+            .filter(|(_, a)| a.filled && a.pages.source().revoked())
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            let mut area = self.areas.remove(&key).expect("area");
+            self.unfill_area(&mut area);
+            self.areas.insert(key, area);
+        }
     }
 
     /// The pages under `[iova, iova + length)`, which must be fully and contiguously mapped
@@ -504,6 +520,9 @@ impl IoPagetable {
         let mut failure = None;
         for key in &keys {
             let area = self.areas.get(key).expect("area");
+            if area.pages.source().revoked() {
+                continue;
+            }
             let (first, last) = area.pin_span();
             let res = area
                 .pages

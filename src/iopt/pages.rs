@@ -63,6 +63,11 @@ pub trait PageSource: Send + Sync + fmt::Debug {
     }
     /// The user address this backing starts at, if it is a caller's memory (IOVA alignment hint).
     fn address_hint(&self) -> u64;
+    /// The exporter took the memory back (a revoked dma-buf): areas on it stay in the IOAS but
+    /// are mapped into no domain, and pins fail.
+    fn revoked(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -8,7 +8,7 @@ use nix::unistd::Pid;
 use std::io::{IoSlice, IoSliceMut, Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Physical address of each page in `[vaddr, vaddr + count * PAGE_SIZE)` of `pid`, from its pagemap.
 /// A page that is not present maps to EFAULT. As root the frame numbers are real.
@@ -379,5 +379,65 @@ impl PageSource for MemorySource {
 
     fn address_hint(&self) -> u64 {
         self.hint
+    }
+}
+
+/// One import of a dma-buf into an IOAS (IOAS_MAP_FILE on a dma-buf fd): a window onto the
+/// exporter's memory that goes dead for good once the exporter revokes it, as the kernel's
+/// import does (a later map imports afresh).
+#[derive(Debug)]
+pub struct DmabufImport {
+    memory: Arc<FileSource>,
+    /// Page-aligned byte offset of this import inside the exporter's memory.
+    start: u64,
+    revoked: std::sync::atomic::AtomicBool,
+}
+
+impl DmabufImport {
+    pub fn new(memory: Arc<FileSource>, start: u64) -> Self {
+        Self {
+            memory,
+            start,
+            revoked: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub fn revoke(&self) {
+        self.revoked
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn live(&self) -> Result<(), Errno> {
+        if self.revoked() {
+            Err(Errno::ENODEV)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl PageSource for DmabufImport {
+    fn pin(&self, first: u64, count: u64, write: bool) -> Result<Vec<u64>, Errno> {
+        self.live()?;
+        self.memory
+            .pin(self.start / PAGE_SIZE + first, count, write)
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.live()?;
+        self.memory.read(self.start + offset, buf)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        self.live()?;
+        self.memory.write(self.start + offset, data)
+    }
+
+    fn address_hint(&self) -> u64 {
+        0
+    }
+
+    fn revoked(&self) -> bool {
+        self.revoked.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

@@ -154,11 +154,12 @@ pub fn notif_addfd(
     listener: BorrowedFd<'_>,
     id: u64,
     src: BorrowedFd<'_>,
+    flags: u32,
     newfd_flags: u32,
 ) -> Result<RawFd, Errno> {
     let mut addfd = libc::seccomp_notif_addfd {
         id,
-        flags: 0,
+        flags,
         srcfd: src.as_raw_fd() as u32,
         newfd: 0,
         newfd_flags,

@@ -11,11 +11,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use uiommufd_uapi::handles::{
     uiommufd_handle_bind, UIOMMUFD_HANDLE_BIND, UIOMMUFD_HANDLE_FAULT_QUEUE,
-    UIOMMUFD_HANDLE_TEST_ACCESS,
+    UIOMMUFD_HANDLE_TEST_ACCESS, UIOMMUFD_HANDLE_TEST_DMABUF,
 };
 use uiommufd_uapi::iommufd::{iommu_fault_alloc, IOMMU_FAULT_QUEUE_ALLOC};
 use uiommufd_uapi::selftest::{
-    iommu_test_cmd, iommu_test_cmd_create_access, IOMMU_TEST_CMD, IOMMU_TEST_OP_CREATE_ACCESS,
+    iommu_test_cmd, iommu_test_cmd_create_access, iommu_test_cmd_dmabuf_get, IOMMU_TEST_CMD,
+    IOMMU_TEST_OP_CREATE_ACCESS, IOMMU_TEST_OP_DMABUF_GET,
 };
 use zerocopy::IntoBytes;
 
@@ -30,6 +31,8 @@ pub enum Reply {
     Value(i64),
     /// The target is gone: there is no one to answer.
     Gone,
+    /// Already answered (ADDFD with SECCOMP_ADDFD_FLAG_SEND completed the call).
+    Answered,
 }
 
 /// One intercepted ioctl: who issued it and with which arguments.
@@ -105,7 +108,7 @@ fn respond(n: &Notification<'_>, reply: Reply) {
         Reply::Continue => (0, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32),
         Reply::Error(e) => (0, -(e as i32), 0),
         Reply::Value(v) => (v, 0, 0),
-        Reply::Gone => return,
+        Reply::Gone | Reply::Answered => return,
     };
     match notif_send(n.listener, n.id, val, error, flags) {
         Ok(()) => {}
@@ -132,17 +135,22 @@ fn test_cmd(n: &Notification<'_>) -> Reply {
         return Reply::Continue;
     }
     let [size, op, id, _reserved] = header;
+    // Both union members taken over are 8 bytes.
     let min = TEST_CMD_HEADER + std::mem::size_of::<iommu_test_cmd_create_access>();
     let max = std::mem::size_of::<iommu_test_cmd>();
-    if op != IOMMU_TEST_OP_CREATE_ACCESS || (size as usize) < min || size as usize > max {
+    let taken = matches!(op, IOMMU_TEST_OP_CREATE_ACCESS | IOMMU_TEST_OP_DMABUF_GET);
+    if !taken || (size as usize) < min || size as usize > max {
         tracing::debug!(
             op,
             size,
-            "not a CREATE_ACCESS the supervisor takes; continue"
+            "not a CREATE_ACCESS or DMABUF_GET the supervisor takes; continue"
         );
         return Reply::Continue;
     }
     let payload_addr = n.arg() + TEST_CMD_HEADER as u64;
+    if op == IOMMU_TEST_OP_DMABUF_GET {
+        return dmabuf_get(n, &mem, payload_addr);
+    }
     let mut payload = iommu_test_cmd_create_access::default();
     if let Err(e) = mem.read(payload_addr, payload.as_mut_bytes()) {
         tracing::debug!(tid = n.tid, %e, "cannot read create_access; continue");
@@ -173,10 +181,48 @@ fn test_cmd(n: &Notification<'_>) -> Reply {
     )
 }
 
+/// DMABUF_GET: a dma-buf handle, installed in the target as the ioctl's return value.
+fn dmabuf_get(n: &Notification<'_>, mem: &ProcessMemory, payload_addr: u64) -> Reply {
+    let mut p = iommu_test_cmd_dmabuf_get::default();
+    if let Err(e) = mem.read(payload_addr, p.as_mut_bytes()) {
+        tracing::debug!(tid = n.tid, %e, "cannot read dmabuf_get; continue");
+        return Reply::Continue;
+    }
+    tracing::debug!(
+        tid = n.tid,
+        length = p.length,
+        flags = p.open_flags,
+        "DMABUF_GET"
+    );
+    let (buf, _) = match bind_new_handle(n, UIOMMUFD_HANDLE_TEST_DMABUF, p.length, 0) {
+        Ok(bound) => bound,
+        Err(reply) => return reply,
+    };
+    let cloexec = p.open_flags & libc::O_CLOEXEC as u32;
+    // ADDFD_FLAG_SEND installs the fd and completes the ioctl with its number in one step.
+    match notif_addfd(
+        n.listener,
+        n.id,
+        buf.as_fd(),
+        libc::SECCOMP_ADDFD_FLAG_SEND as u32,
+        cloexec,
+    ) {
+        Ok(fd) => {
+            tracing::debug!(tid = n.tid, newfd = fd, "dma-buf fd returned to the target");
+            Reply::Answered
+        }
+        Err(Errno::ENOENT) => Reply::Gone,
+        Err(e) => {
+            tracing::warn!(tid = n.tid, %e, "SECCOMP_IOCTL_NOTIF_ADDFD (send) failed");
+            Reply::Error(e)
+        }
+    }
+}
+
 /// Installs `file` in the target (from then on the object lives as long as the fd there);
 /// `Err` is the answer to give the notification.
 fn hand_over(n: &Notification<'_>, file: OwnedFd) -> Result<i32, Reply> {
-    match notif_addfd(n.listener, n.id, file.as_fd(), libc::O_CLOEXEC as u32) {
+    match notif_addfd(n.listener, n.id, file.as_fd(), 0, libc::O_CLOEXEC as u32) {
         Ok(fd) => {
             tracing::debug!(tid = n.tid, newfd = fd, "object fd installed in the target");
             Ok(fd)

@@ -44,3 +44,7 @@ pub struct uiommufd_handle_bind {
 
 /// The handle is the fd of an IOMMU_FAULT_QUEUE_ALLOC fault queue: `arg0` = the command's `flags`.
 pub const UIOMMUFD_HANDLE_FAULT_QUEUE: u32 = 2;
+
+/// The handle is the fd of an IOMMU_TEST_OP_DMABUF_GET dma-buf: `arg0` = its length in bytes.
+/// It creates no iommufd object (`out_object_id` is 0).
+pub const UIOMMUFD_HANDLE_TEST_DMABUF: u32 = 3;

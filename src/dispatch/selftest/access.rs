@@ -11,12 +11,12 @@
 //! range, the access's unmap callback drops every item overlapping it, as the kernel's mock does.
 
 use crate::caller::CallerMemory;
+use crate::dispatch::handles::HandleObject;
 use crate::dispatch::ucmd::Ucmd;
 use crate::iopt::PAGE_SIZE;
 use crate::objects::{Access, AccessOps, Context, Object};
 use nix::errno::Errno;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use uiommufd_uapi::selftest::*;
 
 /// The kernel refuses buffers past this to keep its allocation bounded; same errno here.
@@ -103,35 +103,13 @@ impl TestAccess {
     }
 }
 
-/// Live accesses by the id their open file answers to the daemon's private query.
-fn registry() -> &'static Mutex<HashMap<u64, Weak<TestAccess>>> {
-    static REGISTRY: std::sync::OnceLock<Mutex<HashMap<u64, Weak<TestAccess>>>> =
-        std::sync::OnceLock::new();
-    REGISTRY.get_or_init(Default::default)
-}
-
-/// Records that the open file answering `file_id` is the fd of `access`.
-pub fn register(file_id: u64, access: &Arc<TestAccess>) {
-    let mut r = registry().lock().unwrap();
-    r.retain(|_, w| w.strong_count() > 0);
-    r.insert(file_id, Arc::downgrade(access));
-}
-
-pub fn unregister(file_id: u64) {
-    registry().lock().unwrap().remove(&file_id);
-}
-
 /// The access whose fd is `fd` in the caller's table: EBADFD when the fd is closed or is anything
 /// else, as the kernel's lookup answers.
 fn access_of_fd(mem: &dyn CallerMemory, fd: u32) -> Result<Arc<TestAccess>, Errno> {
-    let file = mem.get_fd(fd as i32).map_err(|_| Errno::EBADFD)?;
-    let id = crate::dispatch::daemon::context_query::ask(std::os::fd::AsFd::as_fd(&file))?;
-    registry()
-        .lock()
-        .unwrap()
-        .get(&id)
-        .and_then(Weak::upgrade)
-        .ok_or(Errno::EBADFD)
+    match crate::dispatch::handles::object_of_fd(mem, fd as i32) {
+        Ok(Some(HandleObject::Access(a))) => Ok(a),
+        _ => Err(Errno::EBADFD),
+    }
 }
 
 /// ACCESS_PAGES: pin through the access, check the pages against the caller's own mapping of

@@ -9,6 +9,7 @@
 
 pub mod access;
 mod checks;
+pub mod dmabuf;
 pub mod mockdev;
 mod pasid;
 
@@ -165,6 +166,24 @@ pub fn test_cmd(u: &Ucmd) -> Result<(), Errno> {
         }
         IOMMU_TEST_OP_DIRTY => checks::dirty(u, &mut cmd),
         IOMMU_TEST_OP_TRIGGER_IOPF => trigger_iopf(u, &cmd),
+        IOMMU_TEST_OP_DMABUF_GET => {
+            tracing::warn!(
+                "IOMMU_TEST_OP_DMABUF_GET returns an fd: run the client under `uiommufd launch`"
+            );
+            Err(Errno::EOPNOTSUPP)
+        }
+        IOMMU_TEST_OP_DMABUF_REVOKE => {
+            use crate::dispatch::handles::{object_of_fd, HandleObject};
+            let p: iommu_test_cmd_dmabuf_revoke = payload(&cmd);
+            match object_of_fd(u.mem, p.dmabuf_fd)? {
+                Some(HandleObject::Dmabuf(buf)) => {
+                    buf.set_revoked(p.revoked != 0);
+                    Ok(())
+                }
+                // Not a dma-buf at all, as dma_buf_get() answers.
+                _ => Err(Errno::EINVAL),
+            }
+        }
         IOMMU_TEST_OP_PASID_ATTACH => pasid::attach(u, &mut cmd),
         IOMMU_TEST_OP_PASID_REPLACE => pasid::replace(u, &mut cmd),
         IOMMU_TEST_OP_PASID_DETACH => pasid::detach(u, &cmd),

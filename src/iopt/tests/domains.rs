@@ -242,3 +242,63 @@ fn pins_are_charged_once_per_page() {
     unmap(&mut iopt, 0, u64::MAX).unwrap();
     assert_eq!(charged_to_process(pid), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Revoked backings (dma-buf imports)
+// ---------------------------------------------------------------------------------------------
+
+/// A dma-buf-like import over `npages` of a fresh memfd, mapped in the daemon.
+fn dmabuf_import(npages: u64) -> Arc<crate::iopt::source::DmabufImport> {
+    use crate::iopt::source::{DmabufImport, FileSource};
+    let fd = nix::sys::memfd::memfd_create(c"iopt-test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .unwrap();
+    nix::unistd::ftruncate(&fd, (npages * PAGE_SIZE) as i64).unwrap();
+    let mem = Arc::new(FileSource::new(fd, 0, npages * PAGE_SIZE, true).unwrap());
+    Arc::new(DmabufImport::new(mem, 0))
+}
+
+#[test]
+fn revoked_backing_leaves_the_domains_but_not_the_ioas() {
+    let (mut iopt, d1) = iopt_2k();
+    let import = dmabuf_import(2);
+    let pages = Pages::new(
+        import.clone(),
+        0,
+        2 * PAGE_SIZE,
+        true,
+        Account::unaccounted(),
+    )
+    .unwrap();
+    iopt.map_pages(&whole(&pages), 2 * PAGE_SIZE, Some(0x10000), RW)
+        .unwrap();
+    map_mem(&mut iopt, Some(0x40000), 0x40_0000, 0, 0x1000).unwrap();
+    assert!(d1.translate(0x10000).is_some());
+    assert_eq!(pages.npinned(), 2);
+
+    import.revoke();
+    iopt.unfill_revoked();
+    assert_eq!(
+        d1.translate(0x10000),
+        None,
+        "revoked pages leave the domain"
+    );
+    assert_eq!(d1.translate(0x11fff), None);
+    assert_eq!(d1.translate(0x40000), Some(0x40_0000), "other areas stay");
+    assert_eq!(pages.npinned(), 0);
+    assert_eq!(iopt.area(0x10000).map(|a| a.filled), Some(false));
+
+    // A new domain fills everything but the revoked area; pins of it fail.
+    let d2 = TestDomain::new(2048);
+    iopt.add_domain(2, d2.clone()).unwrap();
+    assert_eq!(d2.translate(0x10000), None);
+    assert_eq!(d2.translate(0x40000), Some(0x40_0000));
+    assert_eq!(
+        iopt.access_pin(0x10000, PAGE_SIZE, false),
+        Err(Errno::ENODEV)
+    );
+    // The area still holds its IOVA until unmapped.
+    assert_eq!(map_at(&mut iopt, 0x10000, PAGE_SIZE), Err(Errno::EEXIST));
+    assert_eq!(unmap(&mut iopt, 0x10000, 0x11fff), Ok(2 * PAGE_SIZE));
+    iopt.remove_domain(2);
+    assert_eq!(d2.translate(0x40000), None);
+}
