@@ -60,6 +60,9 @@ impl IoPagetable {
                 if area.prevent_access || !aligned_start || !aligned_end {
                     return Err(Errno::EINVAL);
                 }
+                if area.pages.source().is_dmabuf() {
+                    return Err(Errno::EOPNOTSUPP);
+                }
                 Self::access_check_prot(write, &area)?;
                 let (first, lastp) = area.page_span(cur, end);
                 area.pages
@@ -161,6 +164,9 @@ impl IoPagetable {
                 return Err(Errno::EINVAL);
             }
             Self::access_check_prot(write, area)?;
+            if area.pages.source().is_dmabuf() {
+                return Err(Errno::EINVAL);
+            }
             let end = last.min(area.last);
             let n = (end - cur + 1) as usize;
             let off = area.start_byte_of(cur);

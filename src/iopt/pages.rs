@@ -68,6 +68,10 @@ pub trait PageSource: Send + Sync + fmt::Debug {
     fn revoked(&self) -> bool {
         false
     }
+    /// A dma-buf import: only domains map it; accesses may neither pin nor copy it.
+    fn is_dmabuf(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -440,4 +440,8 @@ impl PageSource for DmabufImport {
     fn revoked(&self) -> bool {
         self.revoked.load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    fn is_dmabuf(&self) -> bool {
+        true
+    }
 }

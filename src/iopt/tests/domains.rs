@@ -287,15 +287,17 @@ fn revoked_backing_leaves_the_domains_but_not_the_ioas() {
     assert_eq!(pages.npinned(), 0);
     assert_eq!(iopt.area(0x10000).map(|a| a.filled), Some(false));
 
-    // A new domain fills everything but the revoked area; pins of it fail.
+    // A new domain fills everything but the revoked area; accesses never touch dma-bufs.
     let d2 = TestDomain::new(2048);
     iopt.add_domain(2, d2.clone()).unwrap();
     assert_eq!(d2.translate(0x10000), None);
     assert_eq!(d2.translate(0x40000), Some(0x40_0000));
     assert_eq!(
         iopt.access_pin(0x10000, PAGE_SIZE, false),
-        Err(Errno::ENODEV)
+        Err(Errno::EOPNOTSUPP)
     );
+    let mut b = [0u8; 4];
+    assert_eq!(iopt.access_rw(0x10000, &mut b, false), Err(Errno::EINVAL));
     // The area still holds its IOVA until unmapped.
     assert_eq!(map_at(&mut iopt, 0x10000, PAGE_SIZE), Err(Errno::EEXIST));
     assert_eq!(unmap(&mut iopt, 0x10000, 0x11fff), Ok(2 * PAGE_SIZE));
