@@ -528,3 +528,18 @@ fn dmabuf_fd_maps_and_revokes() {
         Err(libc::EOPNOTSUPP)
     );
 }
+
+#[test]
+fn daemon_stops_while_object_fds_are_open() {
+    let d = DaemonProcess::start(&[]);
+    let f = d.open_iommu();
+    let ioas = ioas_alloc(&f);
+    let h = d.open_iommu();
+    bind(&h, &f, ioas, 0).unwrap();
+    let q = d.open_iommu();
+    bind_fault_queue(&q, &f, 0).unwrap();
+    // The daemon holds a duplicate of `f` for each handle; SIGTERM must still end it promptly.
+    let st = d.stop();
+    assert!(st.success(), "{st:?}");
+    drop((h, q, f));
+}

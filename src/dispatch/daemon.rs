@@ -227,9 +227,9 @@ impl OpenFile for IommuFile {
     }
 
     fn release(&self) {
+        // A handle's own context stayed empty; the observer still saw it open, so it sees it go.
         if let Some(h) = self.handle.get() {
             h.release(self.ctx.id);
-            return;
         }
         tracing::debug!(
             ctx = self.ctx.id,

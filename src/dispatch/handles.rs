@@ -19,17 +19,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock};
 use uiommufd_uapi::handles::*;
 
-/// Live handles per context id.
-fn live() -> &'static Mutex<HashMap<u64, usize>> {
-    static LIVE: OnceLock<Mutex<HashMap<u64, usize>>> = OnceLock::new();
-    LIVE.get_or_init(Default::default)
-}
-
-/// How many handles made in context `ctx_id` are still open.
-pub fn live_in(ctx_id: u64) -> usize {
-    live().lock().unwrap().get(&ctx_id).copied().unwrap_or(0)
-}
-
 /// What a handle's fd stands for.
 #[derive(Clone)]
 pub enum HandleObject {
@@ -38,16 +27,41 @@ pub enum HandleObject {
     Dmabuf(Arc<TestDmabuf>),
 }
 
+/// A bound handle as the registry knows it.
+struct Entry {
+    ctx_id: u64,
+    object_id: u32,
+    object: HandleObject,
+}
+
 /// Every bound handle by the id its open file answers to the daemon's private query.
-fn registry() -> &'static Mutex<HashMap<u64, HandleObject>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<u64, HandleObject>>> = OnceLock::new();
+fn registry() -> &'static Mutex<HashMap<u64, Entry>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<u64, Entry>>> = OnceLock::new();
     REGISTRY.get_or_init(Default::default)
+}
+
+/// Whether closing some open handle of context `ctx_id` would drop a user of object `id`: the
+/// handle's own object (an access, a fault queue) or the IOAS an access is attached to.
+pub fn release_may_free(ctx_id: u64, id: u32) -> bool {
+    registry().lock().unwrap().values().any(|e| {
+        e.ctx_id == ctx_id
+            && match &e.object {
+                // An access with no IOAS is being torn down: its old IOAS is about to lose it.
+                HandleObject::Access(a) => e.object_id == id || a.ioas_id().is_none_or(|i| i == id),
+                HandleObject::Fault(_) => e.object_id == id,
+                HandleObject::Dmabuf(_) => false,
+            }
+    })
 }
 
 /// What `file` (a duplicate of some caller's fd) is a handle of; None for any other file.
 pub fn object_of_file(file: std::os::fd::BorrowedFd<'_>) -> Option<HandleObject> {
     let id = super::daemon::context_query::ask(file).ok()?;
-    registry().lock().unwrap().get(&id).cloned()
+    registry()
+        .lock()
+        .unwrap()
+        .get(&id)
+        .map(|e| e.object.clone())
 }
 
 /// What the caller's `fd` is a handle of: EBADF when it is not open, None for any other file.
@@ -122,13 +136,14 @@ pub fn bind(
         handle.drop_object();
         return Err(e);
     }
-    registry()
-        .lock()
-        .unwrap()
-        .insert(file_id, handle.object.clone());
-    if holds_ctx {
-        *live().lock().unwrap().entry(ctx.id).or_default() += 1;
-    }
+    registry().lock().unwrap().insert(
+        file_id,
+        Entry {
+            ctx_id: ctx.id,
+            object_id,
+            object: handle.object.clone(),
+        },
+    );
     tracing::debug!(
         ctx = ctx.id,
         handle = file_id,
@@ -149,20 +164,9 @@ impl Handle {
 
     /// The handle's last fd was closed.
     pub fn release(&self, file_id: u64) {
-        registry().lock().unwrap().remove(&file_id);
+        // Out of the registry only once the object let go, so IOMMU_DESTROY keeps waiting till then.
         self.drop_object();
-        if self._iommufd.is_none() {
-            tracing::debug!(handle = file_id, "handle released");
-            return;
-        }
-        let mut live = live().lock().unwrap();
-        if let Some(n) = live.get_mut(&self.ctx.id) {
-            *n -= 1;
-            if *n == 0 {
-                live.remove(&self.ctx.id);
-            }
-        }
-        drop(live);
+        registry().lock().unwrap().remove(&file_id);
         tracing::debug!(handle = file_id, "handle released");
     }
 

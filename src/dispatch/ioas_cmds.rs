@@ -26,21 +26,21 @@ fn fixed_iova(flags: u32, iova: u64) -> Option<u64> {
     (flags & IOMMU_IOAS_MAP_FIXED_IOVA != 0).then_some(iova)
 }
 
-/// How long IOMMU_DESTROY keeps retrying an EBUSY object while fds of this context's objects
-/// are open (see [`destroy`]).
-const HANDLE_RELEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long IOMMU_DESTROY keeps retrying an EBUSY object that an open object fd still holds (see
+/// [`destroy`]).
+const HANDLE_RELEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// IOMMU_DESTROY. A FUSE close() reaches the daemon as an asynchronous RELEASE, so a client that
 /// closes an object fd (an access, a fault queue) and at once destroys what that object used
-/// could otherwise see EBUSY where the kernel, whose close is synchronous, succeeds: while such
-/// fds exist, EBUSY is retried for a short while.
+/// could otherwise see EBUSY where the kernel, whose close is synchronous, succeeds. While an open
+/// handle still holds the object, EBUSY is retried for a while; any other EBUSY answers at once.
 pub fn destroy(u: &Ucmd) -> Result<(), Errno> {
     let cmd: iommu_destroy = u.cmd();
     let deadline = std::time::Instant::now() + HANDLE_RELEASE_GRACE;
     loop {
         let r = u.ctx.destroy(cmd.id);
         if r != Err(Errno::EBUSY)
-            || super::handles::live_in(u.ctx.id) == 0
+            || !super::handles::release_may_free(u.ctx.id, cmd.id)
             || std::time::Instant::now() >= deadline
         {
             return r;

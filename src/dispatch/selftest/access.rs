@@ -93,6 +93,11 @@ impl TestAccess {
         self.object_id
     }
 
+    /// The IOAS the access is attached to.
+    pub fn ioas_id(&self) -> Option<u32> {
+        self.access.ioas_id()
+    }
+
     /// The fd was closed: unpin every item, destroy the access object.
     pub fn release(&self) {
         ItemsOps(self.items.clone()).unmap(&self.access, 0, u64::MAX);
