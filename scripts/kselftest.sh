@@ -94,6 +94,13 @@ expected_header() {
 EOF
 }
 
+# Whether this (root) process has CAP_SYS_RESOURCE (bit 24 of CapEff).
+has_cap_sys_resource() {
+  local eff
+  eff=$(awk '/^CapEff:/ {print $2}' /proc/self/status)
+  [ -n "$eff" ] && (( (16#$eff >> 24) & 1 ))
+}
+
 # compare OUTDIR: compares OUTDIR/passed.txt with the expected file; returns 1 on any difference.
 compare() {
   local out=$1 filtered=$2 rc=0
@@ -110,6 +117,15 @@ compare() {
   local regressions new
   regressions=$(comm -23 "$exp" "$out/passed.txt")
   new=$(comm -13 "$exp" "$out/passed.txt")
+  # IOMMU_OPTION RLIMIT_MODE SET needs CAP_SYS_RESOURCE, which this project's machines lack (the
+  # expected list is made there). Where root has it, the test may pass: not a surprise then.
+  if [ -n "$new" ] && has_cap_sys_resource; then
+    local cap_ok="iommufd.global_options"
+    if grep -qx "$cap_ok" <<<"$new"; then
+      echo "note: $cap_ok passed (this root has CAP_SYS_RESOURCE); not counted as new"
+      new=$(grep -vx "$cap_ok" <<<"$new" || true)
+    fi
+  fi
   if [ -n "$regressions" ]; then
     echo "REGRESSION: $(wc -l <<<"$regressions") expected test(s) did not pass:"
     sed 's/^/  /' <<<"$regressions"
