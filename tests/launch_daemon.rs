@@ -121,6 +121,21 @@ fn client(node: &str) -> i32 {
     if let Err(e) = ioctl(&f, IOMMU_IOAS_MAP_FILE, &mut map) {
         return 10 + e;
     }
+
+    // A zero-length read of an iommufd is EINVAL as in the kernel (FUSE alone would answer 0);
+    // other files keep their own answer.
+    let mut none = [0u8; 0];
+    let mut g = &f;
+    if g.read(&mut none).map_err(|e| e.raw_os_error()) != Err(Some(libc::EINVAL)) {
+        return 9;
+    }
+    if q.read(&mut none).ok() != Some(0) {
+        return 20;
+    }
+    let mut null = File::open("/dev/null").unwrap();
+    if null.read(&mut none).ok() != Some(0) {
+        return 21;
+    }
     0
 }
 

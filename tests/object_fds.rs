@@ -27,7 +27,7 @@ fn bind(handle: &File, iommufd: &File, ioas: u32, flags: u32) -> Result<u32, i32
             iommufd: iommufd.as_raw_fd(),
             arg0: ioas,
             arg1: flags,
-            out_object_id: 0,
+            ..Default::default()
         },
     )
 }
@@ -220,8 +220,7 @@ fn bind_and_access_errors() {
         kind: UIOMMUFD_HANDLE_TEST_ACCESS,
         iommufd: f.as_raw_fd(),
         arg0: ioas,
-        arg1: 0,
-        out_object_id: 0,
+        ..Default::default()
     };
     assert_eq!(
         bind(&h, &null, ioas, 0),

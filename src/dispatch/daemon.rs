@@ -202,6 +202,14 @@ impl OpenFile for IommuFile {
         if cmd == context_query::IOCTL {
             return context_query::answer(self.ctx.id, arg, mem);
         }
+        if cmd == uiommufd_uapi::handles::UIOMMUFD_ZERO_READ {
+            // An iommufd itself takes no reads at all.
+            let errno = self
+                .handle
+                .get()
+                .map_or(Errno::EINVAL as u32, |h| h.zero_read_errno());
+            return super::handles::answer_zero_read(errno, arg, mem);
+        }
         if self.handle.get().is_some() {
             // The kernel's object fds take no ioctls.
             return Err(Errno::ENOTTY);

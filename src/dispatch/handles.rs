@@ -12,6 +12,7 @@ use super::selftest::access::TestAccess;
 use super::selftest::dmabuf::TestDmabuf;
 use crate::caller::{read_struct, write_struct, CallerMemory};
 use crate::objects::fault::FaultQueue;
+use crate::objects::veventq::VeventQueue;
 use crate::objects::{Context, Object};
 use nix::errno::Errno;
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ pub enum HandleObject {
     Access(Arc<TestAccess>),
     Fault(Arc<FaultQueue>),
     Dmabuf(Arc<TestDmabuf>),
+    Veventq(Arc<VeventQueue>),
 }
 
 /// A bound handle as the registry knows it.
@@ -48,7 +50,7 @@ pub fn release_may_free(ctx_id: u64, id: u32) -> bool {
             && match &e.object {
                 // An access with no IOAS is being torn down: its old IOAS is about to lose it.
                 HandleObject::Access(a) => e.object_id == id || a.ioas_id().is_none_or(|i| i == id),
-                HandleObject::Fault(_) => e.object_id == id,
+                HandleObject::Fault(_) | HandleObject::Veventq(_) => e.object_id == id,
                 HandleObject::Dmabuf(_) => false,
             }
     })
@@ -115,6 +117,14 @@ pub fn bind(
             let (id, q) = fault_queue_alloc(&ctx, req.arg0)?;
             (id, HandleObject::Fault(q))
         }
+        UIOMMUFD_HANDLE_VEVENTQ => {
+            let (id, q) = VeventQueue::alloc(&ctx, req.arg0, req.arg1, req.arg2, req.arg3)?;
+            if let Err(e) = ctx.add_user(id) {
+                let _ = ctx.destroy(id);
+                return Err(e);
+            }
+            (id, HandleObject::Veventq(q))
+        }
         UIOMMUFD_HANDLE_TEST_DMABUF => (
             0,
             HandleObject::Dmabuf(TestDmabuf::create(req.arg0.into())?),
@@ -157,7 +167,9 @@ impl Handle {
     fn drop_object(&self) {
         match &self.object {
             HandleObject::Access(a) => a.release(),
-            HandleObject::Fault(_) => self.ctx.remove_user(self.object_id),
+            HandleObject::Fault(_) | HandleObject::Veventq(_) => {
+                self.ctx.remove_user(self.object_id)
+            }
             HandleObject::Dmabuf(_) => {}
         }
     }
@@ -174,6 +186,7 @@ impl Handle {
     pub fn read(&self, size: u32) -> Result<Vec<u8>, Errno> {
         match &self.object {
             HandleObject::Fault(q) => q.read(size as usize),
+            HandleObject::Veventq(q) => q.read(size as usize),
             HandleObject::Access(_) | HandleObject::Dmabuf(_) => Err(Errno::EINVAL),
         }
     }
@@ -182,7 +195,29 @@ impl Handle {
     pub fn write(&self, data: &[u8]) -> Result<u32, Errno> {
         match &self.object {
             HandleObject::Fault(q) => q.write(data).map(|n| n as u32),
-            HandleObject::Access(_) | HandleObject::Dmabuf(_) => Err(Errno::EINVAL),
+            HandleObject::Access(_) | HandleObject::Dmabuf(_) | HandleObject::Veventq(_) => {
+                Err(Errno::EINVAL)
+            }
         }
     }
+
+    /// What `read(fd, buf, 0)` answers (0 or an errno): only a fault queue with nothing to hand
+    /// out reads 0; the others want at least a header or take no reads.
+    pub fn zero_read_errno(&self) -> u32 {
+        match &self.object {
+            HandleObject::Fault(q) if q.pending().0 == 0 => 0,
+            _ => Errno::EINVAL as u32,
+        }
+    }
+}
+
+/// Answers UIOMMUFD_ZERO_READ with `errno`.
+pub fn answer_zero_read(errno: u32, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno> {
+    let mut q: uiommufd_zero_read = read_struct(mem, arg)?;
+    if q.size as usize != std::mem::size_of::<uiommufd_zero_read>() {
+        return Err(Errno::EINVAL);
+    }
+    q.out_errno = errno;
+    write_struct(mem, arg, &q)?;
+    Ok(0)
 }

@@ -21,6 +21,7 @@
 
 pub mod seccomp;
 pub mod supervisor;
+mod zero_read;
 
 use nix::sys::signal::{SigSet, Signal};
 use std::ffi::OsString;

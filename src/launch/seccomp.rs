@@ -2,7 +2,7 @@
 //!
 //! The filter sends `ioctl(fd, N, arg)` to the listener when the low 32 bits of the request are one
 //! of the intercepted numbers (the kernel's `ioctl` takes an `unsigned int` request, so the upper
-//! half never matters) and allows every other system call untouched.
+//! half never matters), and every `read(fd, buf, 0)`; it allows every other system call untouched.
 
 use libc::{sock_filter, sock_fprog};
 use nix::errno::Errno;
@@ -26,6 +26,15 @@ const OFF_ARGS: u32 = std::mem::offset_of!(libc::seccomp_data, args) as u32;
 const OFF_ARG1_LO: u32 = OFF_ARGS + 8;
 #[cfg(target_endian = "big")]
 const OFF_ARG1_LO: u32 = OFF_ARGS + 12;
+/// The two halves of `args[2]` (a read's count).
+#[cfg(target_endian = "little")]
+const OFF_ARG2_LO: u32 = OFF_ARGS + 16;
+#[cfg(target_endian = "little")]
+const OFF_ARG2_HI: u32 = OFF_ARGS + 20;
+#[cfg(target_endian = "big")]
+const OFF_ARG2_LO: u32 = OFF_ARGS + 20;
+#[cfg(target_endian = "big")]
+const OFF_ARG2_HI: u32 = OFF_ARGS + 16;
 
 const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
 const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
@@ -35,29 +44,40 @@ const fn insn(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
     sock_filter { code, jt, jf, k }
 }
 
-/// The classic-BPF program: `arch == arch && nr == SYS_ioctl && (u32)args[1] ∈ ioctls` →
-/// `SECCOMP_RET_USER_NOTIF`, anything else → `SECCOMP_RET_ALLOW`.
+/// The classic-BPF program: `arch == arch && nr == SYS_ioctl && (u32)args[1] ∈ ioctls`, and
+/// `arch == arch && nr == SYS_read && args[2] == 0` (a zero-length read, which FUSE and CUSE answer
+/// without asking their server) → `SECCOMP_RET_USER_NOTIF`, anything else → `SECCOMP_RET_ALLOW`.
 ///
-/// Panics if `ioctls` has more than 250 numbers (BPF conditional jumps reach 255 instructions).
+/// Panics if `ioctls` has more than 240 numbers (BPF conditional jumps reach 255 instructions).
 pub fn filter_program(arch: u32, ioctls: &[u32]) -> Vec<sock_filter> {
     let n = ioctls.len();
-    assert!(n <= 250, "too many intercepted ioctls for one BPF jump");
-    // Layout: 0 ld arch, 1 jeq, 2 ld nr, 3 jeq, 4 ld arg1, 5.. one jeq per number, allow, notify.
-    let allow = 5 + n;
+    assert!(n <= 240, "too many intercepted ioctls for one BPF jump");
+    // Layout: 0 ld arch, 1 jeq, 2 ld nr, 3 jeq ioctl, 4 jeq read, 5 ld arg1, 6.. one jeq per
+    // number, 6+n allow; read: 7+n ld arg2 lo, jeq 0, ld arg2 hi, jeq 0; then allow, notify.
+    let read = 7 + n;
+    let allow = read + 4;
     let notify = allow + 1;
     let to = |from: usize, target: usize| (target - from - 1) as u8;
     let mut prog = vec![
         insn(LD_W_ABS, 0, 0, OFF_ARCH),
         insn(JEQ_K, 0, to(1, allow), arch),
         insn(LD_W_ABS, 0, 0, OFF_NR),
-        insn(JEQ_K, 0, to(3, allow), libc::SYS_ioctl as u32),
+        insn(JEQ_K, to(3, 5), 0, libc::SYS_ioctl as u32),
+        insn(JEQ_K, to(4, read), to(4, allow), libc::SYS_read as u32),
         insn(LD_W_ABS, 0, 0, OFF_ARG1_LO),
     ];
     for (k, &nr) in ioctls.iter().enumerate() {
-        prog.push(insn(JEQ_K, to(5 + k, notify), 0, nr));
+        prog.push(insn(JEQ_K, to(6 + k, notify), 0, nr));
     }
     prog.push(insn(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW));
-    prog.push(insn(RET_K, 0, 0, libc::SECCOMP_RET_USER_NOTIF));
+    prog.extend([
+        insn(LD_W_ABS, 0, 0, OFF_ARG2_LO),
+        insn(JEQ_K, 0, to(read + 1, allow), 0),
+        insn(LD_W_ABS, 0, 0, OFF_ARG2_HI),
+        insn(JEQ_K, to(read + 3, notify), to(read + 3, allow), 0),
+        insn(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+        insn(RET_K, 0, 0, libc::SECCOMP_RET_USER_NOTIF),
+    ]);
     prog
 }
 
@@ -212,6 +232,28 @@ mod tests {
             instruction_pointer: 0,
             args: [3, arg1, 0x1000, 0, 0, 0],
         }
+    }
+
+    fn read_of(arch: u32, count: u64) -> libc::seccomp_data {
+        libc::seccomp_data {
+            nr: libc::SYS_read as i32,
+            arch,
+            instruction_pointer: 0,
+            args: [3, 0x7000, count, 0, 0, 0],
+        }
+    }
+
+    #[test]
+    fn notifies_zero_length_reads_only() {
+        let arch = 0xc000_003e;
+        let prog = filter_program(arch, &[0x3ba0]);
+        assert_eq!(run(&prog, &read_of(arch, 0)), libc::SECCOMP_RET_USER_NOTIF);
+        assert_eq!(run(&prog, &read_of(arch, 1)), libc::SECCOMP_RET_ALLOW);
+        assert_eq!(run(&prog, &read_of(arch, 1 << 32)), libc::SECCOMP_RET_ALLOW);
+        assert_eq!(
+            run(&prog, &read_of(0x4000_0003, 0)),
+            libc::SECCOMP_RET_ALLOW
+        );
     }
 
     #[test]

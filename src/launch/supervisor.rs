@@ -11,9 +11,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use uiommufd_uapi::handles::{
     uiommufd_handle_bind, UIOMMUFD_HANDLE_BIND, UIOMMUFD_HANDLE_FAULT_QUEUE,
-    UIOMMUFD_HANDLE_TEST_ACCESS, UIOMMUFD_HANDLE_TEST_DMABUF,
+    UIOMMUFD_HANDLE_TEST_ACCESS, UIOMMUFD_HANDLE_TEST_DMABUF, UIOMMUFD_HANDLE_VEVENTQ,
 };
-use uiommufd_uapi::iommufd::{iommu_fault_alloc, IOMMU_FAULT_QUEUE_ALLOC};
+use uiommufd_uapi::iommufd::{
+    iommu_fault_alloc, iommu_veventq_alloc, IOMMU_FAULT_QUEUE_ALLOC, IOMMU_VEVENTQ_ALLOC,
+};
 use uiommufd_uapi::selftest::{
     iommu_test_cmd, iommu_test_cmd_create_access, iommu_test_cmd_dmabuf_get, IOMMU_TEST_CMD,
     IOMMU_TEST_OP_CREATE_ACCESS, IOMMU_TEST_OP_DMABUF_GET,
@@ -47,10 +49,10 @@ pub struct Notification<'a> {
 impl Notification<'_> {
     /// Still blocked waiting for us? After a true answer, what was read from its memory and any
     /// pidfd opened on its tid are known to belong to this very thread.
-    fn valid(&self) -> bool {
+    pub(super) fn valid(&self) -> bool {
         notif_id_valid(self.listener, self.id)
     }
-    fn fd(&self) -> i32 {
+    pub(super) fn fd(&self) -> i32 {
         self.args[0] as u32 as i32
     }
     fn arg(&self) -> u64 {
@@ -61,10 +63,10 @@ impl Notification<'_> {
 type Handler = fn(&Notification<'_>) -> Reply;
 
 /// The intercepted ioctl numbers and their handlers; the filter is built from this list.
-/// (IOMMU_VEVENTQ_ALLOC would go here once the daemon binds vEVENT queues.)
 pub const HANDLERS: &[(u32, Handler)] = &[
     (IOMMU_TEST_CMD, test_cmd),
     (IOMMU_FAULT_QUEUE_ALLOC, fault_queue_alloc),
+    (IOMMU_VEVENTQ_ALLOC, veventq_alloc),
 ];
 
 /// Answers notifications until the listener fails (it is then dropped, which fails every pending
@@ -93,6 +95,9 @@ pub fn run(listener: OwnedFd) {
 }
 
 fn dispatch(n: &Notification<'_>, nr: i64) -> Reply {
+    if nr == libc::SYS_read {
+        return super::zero_read::answer(n);
+    }
     if nr != libc::SYS_ioctl {
         return Reply::Continue;
     }
@@ -163,10 +168,11 @@ fn test_cmd(n: &Notification<'_>) -> Reply {
         flags = payload.flags,
         "CREATE_ACCESS"
     );
-    let (access, _) = match bind_new_handle(n, UIOMMUFD_HANDLE_TEST_ACCESS, id, payload.flags) {
-        Ok(bound) => bound,
-        Err(reply) => return reply,
-    };
+    let (access, _) =
+        match bind_new_handle(n, UIOMMUFD_HANDLE_TEST_ACCESS, [id, payload.flags, 0, 0]) {
+            Ok(bound) => bound,
+            Err(reply) => return reply,
+        };
     let newfd = match hand_over(n, access) {
         Ok(fd) => fd,
         Err(reply) => return reply,
@@ -194,7 +200,7 @@ fn dmabuf_get(n: &Notification<'_>, mem: &ProcessMemory, payload_addr: u64) -> R
         flags = p.open_flags,
         "DMABUF_GET"
     );
-    let (buf, _) = match bind_new_handle(n, UIOMMUFD_HANDLE_TEST_DMABUF, p.length, 0) {
+    let (buf, _) = match bind_new_handle(n, UIOMMUFD_HANDLE_TEST_DMABUF, [p.length, 0, 0, 0]) {
         Ok(bound) => bound,
         Err(reply) => return reply,
     };
@@ -288,10 +294,11 @@ fn fault_queue_alloc(n: &Notification<'_>) -> Reply {
         flags = cmd.flags,
         "FAULT_QUEUE_ALLOC"
     );
-    let (queue, fault_id) = match bind_new_handle(n, UIOMMUFD_HANDLE_FAULT_QUEUE, cmd.flags, 0) {
-        Ok(bound) => bound,
-        Err(reply) => return reply,
-    };
+    let (queue, fault_id) =
+        match bind_new_handle(n, UIOMMUFD_HANDLE_FAULT_QUEUE, [cmd.flags, 0, 0, 0]) {
+            Ok(bound) => bound,
+            Err(reply) => return reply,
+        };
     let newfd = match hand_over(n, queue) {
         Ok(fd) => fd,
         Err(reply) => return reply,
@@ -302,13 +309,62 @@ fn fault_queue_alloc(n: &Notification<'_>) -> Reply {
     write_out(n, &mem, n.arg() + out as u64, &cmd.as_bytes()[out..], newfd)
 }
 
+/// IOMMU_VEVENTQ_ALLOC: a vEVENT queue object and its fd. As for FAULT_QUEUE_ALLOC, only the
+/// exact 7.2 struct with a zero reserved field is taken over; the daemon validates the rest.
+fn veventq_alloc(n: &Notification<'_>) -> Reply {
+    let mem = match ProcessMemory::new(n.tid) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(tid = n.tid, %e, "caller not visible; continue");
+            return Reply::Continue;
+        }
+    };
+    let mut cmd = iommu_veventq_alloc::default();
+    if let Err(e) = mem.read(n.arg(), cmd.as_mut_bytes()) {
+        tracing::debug!(tid = n.tid, %e, "cannot read iommu_veventq_alloc; continue");
+        return Reply::Continue;
+    }
+    if cmd.size as usize != std::mem::size_of::<iommu_veventq_alloc>() || cmd.reserved != 0 {
+        tracing::debug!(
+            size = cmd.size,
+            "not a VEVENTQ_ALLOC the supervisor takes; continue"
+        );
+        return Reply::Continue;
+    }
+    tracing::debug!(
+        tid = n.tid,
+        viommu = cmd.viommu_id,
+        depth = cmd.veventq_depth,
+        "VEVENTQ_ALLOC"
+    );
+    let args = [cmd.flags, cmd.viommu_id, cmd.r#type, cmd.veventq_depth];
+    let (queue, veventq_id) = match bind_new_handle(n, UIOMMUFD_HANDLE_VEVENTQ, args) {
+        Ok(bound) => bound,
+        Err(reply) => return reply,
+    };
+    let newfd = match hand_over(n, queue) {
+        Ok(fd) => fd,
+        Err(reply) => return reply,
+    };
+    cmd.out_veventq_id = veventq_id;
+    cmd.out_veventq_fd = newfd as u32;
+    let from = std::mem::offset_of!(iommu_veventq_alloc, out_veventq_id);
+    let to = std::mem::offset_of!(iommu_veventq_alloc, reserved);
+    write_out(
+        n,
+        &mem,
+        n.arg() + from as u64,
+        &cmd.as_bytes()[from..to],
+        newfd,
+    )
+}
+
 /// Opens the target's iommufd node again and binds a new handle of `kind` to that fresh file in
 /// the target's iommufd context. `Err` is the answer to give the notification.
 fn bind_new_handle(
     n: &Notification<'_>,
     kind: u32,
-    arg0: u32,
-    arg1: u32,
+    [arg0, arg1, arg2, arg3]: [u32; 4],
 ) -> Result<(OwnedFd, u32), Reply> {
     let pidfd = open_pidfd(n.tid).map_err(|e| {
         tracing::debug!(tid = n.tid, %e, "pidfd_open failed; continue");
@@ -346,7 +402,9 @@ fn bind_new_handle(
         iommufd: iommufd.as_raw_fd(),
         arg0,
         arg1,
-        out_object_id: 0,
+        arg2,
+        arg3,
+        ..Default::default()
     };
     // SAFETY: UIOMMUFD_HANDLE_BIND reads and writes one `uiommufd_handle_bind` through its
     // argument, a live local; on a file that does not know the number, the ioctl fails (ENOTTY).
@@ -366,7 +424,7 @@ fn bind_new_handle(
 }
 
 /// A pidfd for thread `tid` (PIDFD_THREAD, Linux 6.9+), else for its thread group.
-fn open_pidfd(tid: i32) -> Result<OwnedFd, Errno> {
+pub(super) fn open_pidfd(tid: i32) -> Result<OwnedFd, Errno> {
     use rustix::process::{pidfd_open, Pid, PidfdFlags};
     let pid = Pid::from_raw(tid).ok_or(Errno::ESRCH)?;
     // PIDFD_THREAD is O_EXCL.

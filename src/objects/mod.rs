@@ -17,6 +17,7 @@ pub mod device;
 pub mod fault;
 pub mod hwpt;
 pub mod ioas;
+pub mod veventq;
 pub mod viommu;
 
 pub use access::{Access, AccessOps};

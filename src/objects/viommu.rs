@@ -27,6 +27,8 @@ pub struct Viommu {
     pub hw_queues: Mutex<BTreeMap<u32, u32>>,
     /// Driver state (the mock keeps nothing yet).
     pub data: Box<dyn std::any::Any + Send + Sync>,
+    /// vEVENT queues by type (at most one each).
+    pub veventqs: Mutex<BTreeMap<u32, std::sync::Weak<super::veventq::VeventQueue>>>,
 }
 
 impl Viommu {
@@ -46,6 +48,7 @@ impl Viommu {
             vdevs: Mutex::new(BTreeMap::new()),
             hw_queues: Mutex::new(BTreeMap::new()),
             data,
+            veventqs: Mutex::new(BTreeMap::new()),
         });
         match ctx.insert(super::Object::Ext(v.clone())) {
             Ok(id) => Ok((id, v)),
@@ -150,6 +153,19 @@ pub fn has_vdevice(ctx: &Context, viommu: &Viommu, device: &Device) -> bool {
         ctx.get_ext_as::<Vdevice>(id)
             .is_ok_and(|v| std::ptr::eq(Arc::as_ptr(&v.device), device))
     })
+}
+
+/// The vDEVICE `device` has on any vIOMMU.
+pub fn vdevice_of(ctx: &Context, device: &Device) -> Option<Arc<Vdevice>> {
+    ctx.objects_of_type("vdevice")
+        .into_iter()
+        .find_map(|(_, o)| match o {
+            super::Object::Ext(e) => super::hwpt::ext_as_any_arc(e)
+                .downcast::<Vdevice>()
+                .ok()
+                .filter(|v| std::ptr::eq(Arc::as_ptr(&v.device), device)),
+            _ => None,
+        })
 }
 
 pub fn destroy_vdevices_of(ctx: &Context, device: &Device) {

@@ -38,8 +38,11 @@ pub struct uiommufd_handle_bind {
     pub iommufd: i32,
     pub arg0: u32,
     pub arg1: u32,
+    pub arg2: u32,
+    pub arg3: u32,
     /// Out: the new object's ID in that iommufd.
     pub out_object_id: u32,
+    pub reserved: u32,
 }
 
 /// The handle is the fd of an IOMMU_FAULT_QUEUE_ALLOC fault queue: `arg0` = the command's `flags`.
@@ -48,3 +51,25 @@ pub const UIOMMUFD_HANDLE_FAULT_QUEUE: u32 = 2;
 /// The handle is the fd of an IOMMU_TEST_OP_DMABUF_GET dma-buf: `arg0` = its length in bytes.
 /// It creates no iommufd object (`out_object_id` is 0).
 pub const UIOMMUFD_HANDLE_TEST_DMABUF: u32 = 3;
+
+/// The handle is the fd of an IOMMU_VEVENTQ_ALLOC vEVENT queue: `arg0` = the command's `flags`,
+/// `arg1` = `viommu_id`, `arg2` = `type`, `arg3` = `veventq_depth`.
+pub const UIOMMUFD_HANDLE_VEVENTQ: u32 = 4;
+
+/// `_IO(';', 0xfd)`: what `read(fd, buf, 0)` on this open file of a uiommufd node must answer.
+/// FUSE and CUSE answer a zero-length read themselves (0) without asking the server, where the
+/// kernel's iommufd files answer EINVAL (no read at all, or a queue that wants a whole record);
+/// `uiommufd launch` asks with this and answers the read for the daemon.
+pub const UIOMMUFD_ZERO_READ: u32 = crate::io(b';', 0xfd);
+
+/// Argument of [`UIOMMUFD_ZERO_READ`].
+#[repr(C)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct uiommufd_zero_read {
+    /// `sizeof(struct uiommufd_zero_read)`.
+    pub size: u32,
+    /// Out: 0 (the read returns 0) or the errno it fails with.
+    pub out_errno: u32,
+}

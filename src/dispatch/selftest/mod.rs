@@ -166,6 +166,7 @@ pub fn test_cmd(u: &Ucmd) -> Result<(), Errno> {
         }
         IOMMU_TEST_OP_DIRTY => checks::dirty(u, &mut cmd),
         IOMMU_TEST_OP_TRIGGER_IOPF => trigger_iopf(u, &cmd),
+        IOMMU_TEST_OP_TRIGGER_VEVENT => trigger_vevent(u, &cmd),
         IOMMU_TEST_OP_DMABUF_GET => {
             tracing::warn!(
                 "IOMMU_TEST_OP_DMABUF_GET returns an fd: run the client under `uiommufd launch`"
@@ -232,6 +233,31 @@ fn trigger_iopf(u: &Ucmd, cmd: &iommu_test_cmd) -> Result<(), Errno> {
             "IOPF with no fault queue: dropped"
         ),
     }
+    Ok(())
+}
+
+/// TRIGGER_VEVENT: the device's vIOMMU reports a selftest event naming the device's virtual ID.
+/// ENOENT without a vDEVICE (or with virtual ID 0), EOPNOTSUPP when the vIOMMU has no queue of the
+/// selftest type.
+fn trigger_vevent(u: &Ucmd, cmd: &iommu_test_cmd) -> Result<(), Errno> {
+    use zerocopy::IntoBytes;
+    let p: iommu_test_cmd_trigger_vevent = payload(cmd);
+    let device = u.ctx.get_device(p.dev_id)?;
+    let vdev = crate::objects::viommu::vdevice_of(u.ctx, &device)
+        .filter(|v| v.virt_id != 0)
+        .ok_or(Errno::ENOENT)?;
+    let queue = vdev
+        .viommu
+        .veventqs
+        .lock()
+        .unwrap()
+        .get(&IOMMU_VEVENTQ_TYPE_SELFTEST)
+        .and_then(std::sync::Weak::upgrade)
+        .ok_or(Errno::EOPNOTSUPP)?;
+    let event = iommu_viommu_event_selftest {
+        virt_id: vdev.virt_id as u32,
+    };
+    queue.report(event.as_bytes());
     Ok(())
 }
 
