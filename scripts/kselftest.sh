@@ -88,9 +88,9 @@ expected_header() {
 # planning, one answering 0 to every ioctl passed 48 of the 246 instances (and 10 skipped); a libfuse
 # server answering 0 to restricted FUSE ioctls passes 1 (iommufd.simple_close). A pass count means
 # something only beyond those, so review names before adding them. The ops that return a new fd
-# (CREATE_ACCESS, FAULT_QUEUE_ALLOC, DMABUF_GET) work because the selftest runs under `uiommufd
-# launch`; still out of reach: mmap of the iommufd, zero-length reads, VmPin, CAP_SYS_RESOURCE on
-# this machine, and fork_gone (pins outliving a dead process). docs/kselftest.md lists each one.
+# (CREATE_ACCESS, FAULT_QUEUE_ALLOC, VEVENTQ_ALLOC, DMABUF_GET) work because the selftest runs under
+# `uiommufd launch`; still out of reach: mmap of the iommufd, VmPin, CAP_SYS_RESOURCE on this
+# machine, and fork_gone (pins outliving a dead process). docs/kselftest.md lists each one.
 EOF
 }
 
