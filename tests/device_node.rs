@@ -8,8 +8,7 @@ mod support;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use support::{ioas_alloc, ioctl, ioctl_raw, open_node, DaemonProcess};
-use uiommufd_uapi::iommufd::*;
+use support::{ioas_alloc, ioas_map_at, ioctl, ioctl_raw, open_node, AnonPages, DaemonProcess};
 use uiommufd_uapi::vfio::*;
 
 const BAR0: u64 = 0;
@@ -45,21 +44,6 @@ fn attach(dev: &File, pt_id: u32) -> Result<u32, i32> {
     ioctl(dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a).map(|_| a.pt_id)
 }
 
-fn map(f: &File, ioas: u32, va: u64, len: u64, iova: u64, write: bool) -> Result<(), i32> {
-    let mut cmd = iommu_ioas_map {
-        size: std::mem::size_of::<iommu_ioas_map>() as u32,
-        flags: IOMMU_IOAS_MAP_READABLE
-            | IOMMU_IOAS_MAP_FIXED_IOVA
-            | if write { IOMMU_IOAS_MAP_WRITEABLE } else { 0 },
-        ioas_id: ioas,
-        user_va: va,
-        length: len,
-        iova,
-        ..Default::default()
-    };
-    ioctl(f, IOMMU_IOAS_MAP, &mut cmd).map(|_| ())
-}
-
 fn rd32(dev: &File, off: u64) -> u32 {
     let mut b = [0u8; 4];
     assert_eq!(dev.read_at(&mut b, off).expect("pread"), 4);
@@ -79,59 +63,6 @@ fn copy(dev: &File, src: u64, dst: u64, len: u32) -> u32 {
     wr32(dev, BAR0 + 0x18, len);
     wr32(dev, BAR0 + 0x1c, 1);
     rd32(dev, BAR0 + 0x04)
-}
-
-/// A page-aligned buffer of `pages` pages.
-struct Pages {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Pages {
-    fn new(pages: usize) -> Self {
-        let len = pages * 4096;
-        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED);
-        Self {
-            ptr: ptr.cast(),
-            len,
-        }
-    }
-
-    fn addr(&self) -> u64 {
-        self.ptr as u64
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        // SAFETY: the mapping is live and `len` bytes long; the daemon writes it from another
-        // process, so read volatile-ly through a fresh copy.
-        (0..self.len)
-            .map(|i| unsafe { std::ptr::read_volatile(self.ptr.add(i)) })
-            .collect()
-    }
-
-    fn fill(&self, off: usize, data: &[u8]) {
-        assert!(off + data.len() <= self.len);
-        // SAFETY: in bounds of the live mapping (checked above).
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), data.len()) };
-    }
-}
-
-impl Drop for Pages {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping made in new().
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
 }
 
 fn set_irq_eventfd(dev: &File, index: u32, fd: i32) -> Result<i32, i32> {
@@ -308,12 +239,12 @@ fn copies_through_the_ioas_into_the_clients_memory() {
     let hwpt = attach(&dev, ioas).expect("ATTACH");
     assert_ne!(hwpt, ioas, "the automatic HWPT's id comes back");
 
-    let buf = Pages::new(16);
+    let buf = AnonPages::new(16);
     let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
     buf.fill(0, &pattern);
-    map(&iommu, ioas, buf.addr(), 8 * 4096, IOVA, true).expect("MAP rw");
+    ioas_map_at(&iommu, ioas, buf.addr(), 8 * 4096, IOVA, true).expect("MAP rw");
     // The upper half is mapped read-only.
-    map(
+    ioas_map_at(
         &iommu,
         ioas,
         buf.addr() + 8 * 4096,
@@ -403,7 +334,7 @@ fn copies_through_the_ioas_into_the_clients_memory() {
 #[test]
 fn close_in_any_order_and_rebind_elsewhere() {
     let d = start();
-    let buf = Pages::new(4);
+    let buf = AnonPages::new(4);
     buf.fill(0, b"hello, dmacopy!!");
     // 1: the iommufd closes first; the bound device keeps its context open.
     let iommu = d.open_iommu();
@@ -411,7 +342,7 @@ fn close_in_any_order_and_rebind_elsewhere() {
     bind(&dev, iommu.as_raw_fd()).expect("BIND");
     let ioas = ioas_alloc(&iommu);
     attach(&dev, ioas).expect("ATTACH");
-    map(&iommu, ioas, buf.addr(), 4 * 4096, IOVA, true).unwrap();
+    ioas_map_at(&iommu, ioas, buf.addr(), 4 * 4096, IOVA, true).unwrap();
     drop(iommu);
     std::thread::sleep(std::time::Duration::from_millis(100));
     let st = d.status();
@@ -432,7 +363,7 @@ fn close_in_any_order_and_rebind_elsewhere() {
     let dev = open_dev(&d, "second");
     assert_eq!(bind(&dev, iommu.as_raw_fd()), Ok(1));
     let ioas = ioas_alloc(&iommu);
-    map(&iommu, ioas, buf.addr(), 4 * 4096, IOVA, true).unwrap();
+    ioas_map_at(&iommu, ioas, buf.addr(), 4 * 4096, IOVA, true).unwrap();
     attach(&dev, ioas).expect("ATTACH after MAP");
     wr32(&dev, CONFIG + 0x04, 0x5);
     assert_eq!(copy(&dev, IOVA, IOVA + 0x2000, 16), STATUS_DONE);

@@ -6,7 +6,7 @@ mod support;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use support::{ioas_alloc, ioas_map_fixed, ioctl, ioctl_raw, test_cmd, DaemonProcess};
+use support::{ioas_alloc, ioas_map_fixed, ioctl, ioctl_raw, test_cmd, AnonPages, DaemonProcess};
 use uiommufd_uapi::handles::*;
 use uiommufd_uapi::iommufd::*;
 use uiommufd_uapi::selftest::*;
@@ -79,42 +79,14 @@ fn destroy_pages(f: &File, access: &File, item: u32) -> Result<(), i32> {
     .map(|_| ())
 }
 
-/// Page-aligned anonymous memory of `pages` pages filled with a pattern; unmapped on drop.
-struct Buffer(&'static mut [u8]);
-
-impl Buffer {
-    fn new(pages: usize) -> Self {
-        let len = pages * PAGE as usize;
-        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        // SAFETY: the mapping is `len` bytes, readable and writable, and owned by this Buffer.
-        let s = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, len) };
-        for (i, b) in s.iter_mut().enumerate() {
-            *b = (i * 7 + 3) as u8;
-        }
-        Buffer(s)
-    }
-
-    fn addr(&self) -> u64 {
-        self.0.as_ptr() as u64
-    }
-}
-
-impl Drop for Buffer {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping created in `new`; the slice is not used after.
-        unsafe { libc::munmap(self.0.as_mut_ptr() as *mut libc::c_void, self.0.len()) };
-    }
+/// `pages` pages of anonymous memory filled with a pattern.
+fn patterned(pages: usize) -> AnonPages {
+    let buf = AnonPages::new(pages);
+    let pattern: Vec<u8> = (0..pages * PAGE as usize)
+        .map(|i| (i * 7 + 3) as u8)
+        .collect();
+    buf.fill(0, &pattern);
+    buf
 }
 
 #[test]
@@ -122,7 +94,7 @@ fn access_fd_pins_copies_and_goes_with_close() {
     let d = DaemonProcess::start(&[]);
     let f = d.open_iommu();
     let ioas = ioas_alloc(&f);
-    let buf = Buffer::new(4);
+    let buf = patterned(4);
     ioas_map_fixed(&f, ioas, buf.addr(), 4 * PAGE, IOVA).unwrap();
 
     let h = d.open_iommu();
@@ -142,10 +114,10 @@ fn access_fd_pins_copies_and_goes_with_close() {
     // Reads and writes through the access see the caller's buffer.
     let mut got = vec![0u8; 100];
     access_rw(&f, &h, IOVA + 10, &mut got, false).unwrap();
-    assert_eq!(got, buf.0[10..110]);
+    assert_eq!(got, buf.bytes()[10..110]);
     let mut new = vec![0x5au8; 64];
     access_rw(&f, &h, IOVA + PAGE - 32, &mut new, true).unwrap();
-    assert!(buf.0[PAGE as usize - 32..PAGE as usize + 32]
+    assert!(buf.bytes()[PAGE as usize - 32..PAGE as usize + 32]
         .iter()
         .all(|&b| b == 0x5a));
 
@@ -186,7 +158,7 @@ fn access_fd_keeps_its_iommufd_context() {
     let d = DaemonProcess::start(&[]);
     let f = d.open_iommu();
     let ioas = ioas_alloc(&f);
-    let buf = Buffer::new(1);
+    let buf = patterned(1);
     ioas_map_fixed(&f, ioas, buf.addr(), PAGE, IOVA).unwrap();
     let h = d.open_iommu();
     bind(&h, &f, ioas, 0).unwrap();
@@ -195,7 +167,7 @@ fn access_fd_keeps_its_iommufd_context() {
     // Ops name the access by fd on any iommufd, and its context is still there.
     let mut got = vec![0u8; 16];
     access_rw(&other, &h, IOVA, &mut got, false).unwrap();
-    assert_eq!(got, buf.0[..16]);
+    assert_eq!(got, buf.bytes()[..16]);
     // Without NEEDS_PIN_PAGES an access may not pin.
     assert_eq!(
         access_pages(&other, h.as_raw_fd(), IOVA, PAGE, buf.addr()),

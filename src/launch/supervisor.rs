@@ -20,7 +20,7 @@ use uiommufd_uapi::selftest::{
     iommu_test_cmd, iommu_test_cmd_create_access, iommu_test_cmd_dmabuf_get, IOMMU_TEST_CMD,
     IOMMU_TEST_OP_CREATE_ACCESS, IOMMU_TEST_OP_DMABUF_GET,
 };
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 /// How to answer one notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,13 +168,9 @@ fn test_cmd(n: &Notification<'_>) -> Reply {
         flags = payload.flags,
         "CREATE_ACCESS"
     );
-    let (access, _) =
-        match bind_new_handle(n, UIOMMUFD_HANDLE_TEST_ACCESS, [id, payload.flags, 0, 0]) {
-            Ok(bound) => bound,
-            Err(reply) => return reply,
-        };
-    let newfd = match hand_over(n, access) {
-        Ok(fd) => fd,
+    let args = [id, payload.flags, 0, 0];
+    let (_, newfd) = match new_object_fd(n, UIOMMUFD_HANDLE_TEST_ACCESS, args) {
+        Ok(v) => v,
         Err(reply) => return reply,
     };
     let out = std::mem::offset_of!(iommu_test_cmd_create_access, out_access_fd) as u64;
@@ -269,18 +265,10 @@ fn write_out(
 /// taken over; any other size continues to the daemon, which validates it (and, having no way to
 /// hand out the fd itself, answers EOPNOTSUPP where the size is acceptable).
 fn fault_queue_alloc(n: &Notification<'_>) -> Reply {
-    let mem = match ProcessMemory::new(n.tid) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::debug!(tid = n.tid, %e, "caller not visible; continue");
-            return Reply::Continue;
-        }
+    let (mem, mut cmd) = match caller_arg::<iommu_fault_alloc>(n) {
+        Ok(v) => v,
+        Err(reply) => return reply,
     };
-    let mut cmd = iommu_fault_alloc::default();
-    if let Err(e) = mem.read(n.arg(), cmd.as_mut_bytes()) {
-        tracing::debug!(tid = n.tid, %e, "cannot read iommu_fault_alloc; continue");
-        return Reply::Continue;
-    }
     if cmd.size as usize != std::mem::size_of::<iommu_fault_alloc>() {
         tracing::debug!(
             size = cmd.size,
@@ -294,15 +282,11 @@ fn fault_queue_alloc(n: &Notification<'_>) -> Reply {
         flags = cmd.flags,
         "FAULT_QUEUE_ALLOC"
     );
-    let (queue, fault_id) =
-        match bind_new_handle(n, UIOMMUFD_HANDLE_FAULT_QUEUE, [cmd.flags, 0, 0, 0]) {
-            Ok(bound) => bound,
+    let (fault_id, newfd) =
+        match new_object_fd(n, UIOMMUFD_HANDLE_FAULT_QUEUE, [cmd.flags, 0, 0, 0]) {
+            Ok(v) => v,
             Err(reply) => return reply,
         };
-    let newfd = match hand_over(n, queue) {
-        Ok(fd) => fd,
-        Err(reply) => return reply,
-    };
     cmd.out_fault_id = fault_id;
     cmd.out_fault_fd = newfd as u32;
     let out = std::mem::offset_of!(iommu_fault_alloc, out_fault_id);
@@ -312,18 +296,10 @@ fn fault_queue_alloc(n: &Notification<'_>) -> Reply {
 /// IOMMU_VEVENTQ_ALLOC: a vEVENT queue object and its fd. As for FAULT_QUEUE_ALLOC, only the
 /// exact 7.2 struct with a zero reserved field is taken over; the daemon validates the rest.
 fn veventq_alloc(n: &Notification<'_>) -> Reply {
-    let mem = match ProcessMemory::new(n.tid) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::debug!(tid = n.tid, %e, "caller not visible; continue");
-            return Reply::Continue;
-        }
+    let (mem, mut cmd) = match caller_arg::<iommu_veventq_alloc>(n) {
+        Ok(v) => v,
+        Err(reply) => return reply,
     };
-    let mut cmd = iommu_veventq_alloc::default();
-    if let Err(e) = mem.read(n.arg(), cmd.as_mut_bytes()) {
-        tracing::debug!(tid = n.tid, %e, "cannot read iommu_veventq_alloc; continue");
-        return Reply::Continue;
-    }
     if cmd.size as usize != std::mem::size_of::<iommu_veventq_alloc>() || cmd.reserved != 0 {
         tracing::debug!(
             size = cmd.size,
@@ -338,12 +314,8 @@ fn veventq_alloc(n: &Notification<'_>) -> Reply {
         "VEVENTQ_ALLOC"
     );
     let args = [cmd.flags, cmd.viommu_id, cmd.r#type, cmd.veventq_depth];
-    let (queue, veventq_id) = match bind_new_handle(n, UIOMMUFD_HANDLE_VEVENTQ, args) {
-        Ok(bound) => bound,
-        Err(reply) => return reply,
-    };
-    let newfd = match hand_over(n, queue) {
-        Ok(fd) => fd,
+    let (veventq_id, newfd) = match new_object_fd(n, UIOMMUFD_HANDLE_VEVENTQ, args) {
+        Ok(v) => v,
         Err(reply) => return reply,
     };
     cmd.out_veventq_id = veventq_id;
@@ -357,6 +329,30 @@ fn veventq_alloc(n: &Notification<'_>) -> Reply {
         &cmd.as_bytes()[from..to],
         newfd,
     )
+}
+
+/// The caller's memory and the `T` its ioctl argument points to; `Err(Continue)` when either is
+/// out of reach (the daemon then sees the ioctl and answers it).
+fn caller_arg<T: FromBytes + IntoBytes + Default>(
+    n: &Notification<'_>,
+) -> Result<(ProcessMemory, T), Reply> {
+    let mem = ProcessMemory::new(n.tid).map_err(|e| {
+        tracing::debug!(tid = n.tid, %e, "caller not visible; continue");
+        Reply::Continue
+    })?;
+    let mut v = T::default();
+    mem.read(n.arg(), v.as_mut_bytes()).map_err(|e| {
+        tracing::debug!(tid = n.tid, %e, "cannot read the ioctl argument; continue");
+        Reply::Continue
+    })?;
+    Ok((mem, v))
+}
+
+/// A new object of `kind` bound to a fresh open of the node and installed in the target: its
+/// object ID and the target's fd number.
+fn new_object_fd(n: &Notification<'_>, kind: u32, args: [u32; 4]) -> Result<(u32, i32), Reply> {
+    let (file, object_id) = bind_new_handle(n, kind, args)?;
+    Ok((object_id, hand_over(n, file)?))
 }
 
 /// Opens the target's iommufd node again and binds a new handle of `kind` to that fresh file in

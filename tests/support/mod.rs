@@ -158,10 +158,24 @@ pub fn ioas_alloc(f: &File) -> u32 {
 
 /// IOMMU_IOAS_MAP of `[va, va + len)` read/write at the fixed `iova`.
 pub fn ioas_map_fixed(f: &File, ioas: u32, va: u64, len: u64, iova: u64) -> Result<(), i32> {
+    ioas_map_at(f, ioas, va, len, iova, true)
+}
+
+/// IOMMU_IOAS_MAP of `[va, va + len)` readable (and writable with `write`) at the fixed `iova`.
+pub fn ioas_map_at(
+    f: &File,
+    ioas: u32,
+    va: u64,
+    len: u64,
+    iova: u64,
+    write: bool,
+) -> Result<(), i32> {
     use uiommufd_uapi::iommufd::*;
     let mut cmd = iommu_ioas_map {
         size: std::mem::size_of::<iommu_ioas_map>() as u32,
-        flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_FIXED_IOVA,
+        flags: IOMMU_IOAS_MAP_READABLE
+            | IOMMU_IOAS_MAP_FIXED_IOVA
+            | if write { IOMMU_IOAS_MAP_WRITEABLE } else { 0 },
         ioas_id: ioas,
         user_va: va,
         length: len,
@@ -191,4 +205,57 @@ where
     };
     assert!(cmd.set_payload(payload));
     ioctl(f, IOMMU_TEST_CMD, &mut cmd).map(|_| cmd)
+}
+
+/// A page-aligned buffer of `pages` anonymous pages (zero-filled), unmapped on drop.
+pub struct AnonPages {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl AnonPages {
+    pub fn new(pages: usize) -> Self {
+        let len = pages * 4096;
+        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED);
+        Self {
+            ptr: ptr.cast(),
+            len,
+        }
+    }
+
+    pub fn addr(&self) -> u64 {
+        self.ptr as u64
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        // SAFETY: the mapping is live and `len` bytes long; the daemon writes it from another
+        // process, so read volatile-ly through a fresh copy.
+        (0..self.len)
+            .map(|i| unsafe { std::ptr::read_volatile(self.ptr.add(i)) })
+            .collect()
+    }
+
+    pub fn fill(&self, off: usize, data: &[u8]) {
+        assert!(off + data.len() <= self.len);
+        // SAFETY: in bounds of the live mapping (checked above).
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), data.len()) };
+    }
+}
+
+impl Drop for AnonPages {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping made in new().
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
 }
