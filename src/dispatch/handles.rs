@@ -4,8 +4,8 @@
 //! A fresh open of `/dev/iommu` becomes a handle through the private `UIOMMUFD_HANDLE_BIND`. The
 //! handle keeps a duplicate of the iommufd it was created in, so that iommufd's context outlives
 //! every handle made from it, as the kernel's object holds a reference on its iommufd file.
-//! Closing the handle's last fd releases the object: a selftest access is destroyed, a fault
-//! queue only loses the fd as a user (IOMMU_DESTROY removes it).
+//! Closing the handle's last fd releases the object: a selftest access is destroyed, a fault or
+//! vEVENT queue only loses the fd as a user (IOMMU_DESTROY removes it), a dma-buf goes away.
 
 use super::daemon::Daemon;
 use super::selftest::access::TestAccess;
@@ -143,7 +143,14 @@ pub fn bind(
     };
     req.out_object_id = object_id;
     if let Err(e) = write_struct(mem, arg, &req) {
+        // Nobody will ever hold this fd: the object goes as if it had never been made.
         handle.drop_object();
+        if matches!(
+            handle.object,
+            HandleObject::Fault(_) | HandleObject::Veventq(_)
+        ) {
+            let _ = ctx.destroy(object_id);
+        }
         return Err(e);
     }
     registry().lock().unwrap().insert(
