@@ -38,11 +38,11 @@ pub fn destroy(u: &Ucmd) -> Result<(), Errno> {
     let cmd: iommu_destroy = u.cmd();
     let deadline = std::time::Instant::now() + HANDLE_RELEASE_GRACE;
     loop {
+        // Asked before the attempt: a handle leaves the registry only after its object let go, so
+        // when none is left here, an EBUSY below is not waiting for any close.
+        let held_by_handle = super::handles::release_may_free(u.ctx.id, cmd.id);
         let r = u.ctx.destroy(cmd.id);
-        if r != Err(Errno::EBUSY)
-            || !super::handles::release_may_free(u.ctx.id, cmd.id)
-            || std::time::Instant::now() >= deadline
-        {
+        if r != Err(Errno::EBUSY) || !held_by_handle || std::time::Instant::now() >= deadline {
             return r;
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
