@@ -88,6 +88,24 @@ fn build(n: u64, shared: &Arc<Pages>, order: &[u64]) -> IoPagetable {
 }
 
 /// Resident set size in bytes (second field of /proc/self/statm, in pages).
+/// Builds a table of `n` areas (see [`build`]) and prints its row of the memory-per-area table.
+fn measure_build(label: &str, n: u64, shared: &Arc<Pages>, order: &[u64]) -> IoPagetable {
+    let before = rss();
+    let t = Instant::now();
+    let table = build(n, shared, order);
+    let build_time = t.elapsed();
+    let after = rss();
+    println!(
+        "| {label} | {} MiB | {} MiB | {:.1} | {:.2} s ({:.0} ns/map) |",
+        before >> 20,
+        after >> 20,
+        (after - before) as f64 / n as f64,
+        build_time.as_secs_f64(),
+        build_time.as_nanos() as f64 / n as f64
+    );
+    table
+}
+
 fn rss() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
     let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -173,19 +191,7 @@ fn main() {
     println!("| insertion order | RSS before | RSS after | bytes/area | build time |");
     println!("|---|---|---|---|---|");
     let n = 1_000_000u64;
-    let before = rss();
-    let t = Instant::now();
-    let big = build(n, &shared, &[]);
-    let build_time = t.elapsed();
-    let after = rss();
-    println!(
-        "| ascending IOVA | {} MiB | {} MiB | {:.1} | {:.2} s ({:.0} ns/map) |",
-        before >> 20,
-        after >> 20,
-        (after - before) as f64 / n as f64,
-        build_time.as_secs_f64(),
-        build_time.as_nanos() as f64 / n as f64
-    );
+    let big = measure_build("ascending IOVA", n, &shared, &[]);
     assert_eq!(big.num_areas(), n as usize);
     // Random insertion order leaves the B-tree nodes less full.
     let mut order: Vec<u64> = (0..n).collect();
@@ -193,19 +199,7 @@ fn main() {
     for i in (1..order.len()).rev() {
         order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
     }
-    let before2 = rss();
-    let t = Instant::now();
-    let shuffled = build(n, &shared, &order);
-    let build_time = t.elapsed();
-    let after2 = rss();
-    println!(
-        "| random IOVA | {} MiB | {} MiB | {:.1} | {:.2} s ({:.0} ns/map) |",
-        before2 >> 20,
-        after2 >> 20,
-        (after2 - before2) as f64 / n as f64,
-        build_time.as_secs_f64(),
-        build_time.as_nanos() as f64 / n as f64
-    );
+    let shuffled = measure_build("random IOVA", n, &shared, &order);
     drop(shuffled);
     drop(order);
 

@@ -44,22 +44,20 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(ext: Extensions) -> Arc<Self> {
-        Arc::new(Self {
-            table: table::build(&ext),
-            contexts: Mutex::new(HashMap::new()),
-            devices: Vec::new(),
-            device_opener: None,
-            observer: OnceLock::new(),
-        })
+        Self::build(ext, Vec::new(), None)
     }
 
     /// A daemon that also serves the named devices through `opener`.
     pub fn with_devices(ext: Extensions, devices: Vec<String>, opener: DeviceOpener) -> Arc<Self> {
+        Self::build(ext, devices, Some(opener))
+    }
+
+    fn build(ext: Extensions, devices: Vec<String>, opener: Option<DeviceOpener>) -> Arc<Self> {
         Arc::new(Self {
             table: table::build(&ext),
             contexts: Mutex::new(HashMap::new()),
             devices,
-            device_opener: Some(opener),
+            device_opener: opener,
             observer: OnceLock::new(),
         })
     }
@@ -402,9 +400,7 @@ impl CompatHost for CompatBridge<'_> {
     }
 
     fn compat_ioas(&self) -> Result<u32, Errno> {
-        let id = self.ctx.vfio_ioas().ok_or(Errno::ENODEV)?;
-        self.ctx.get_ioas(id).map_err(|_| Errno::ENODEV)?;
-        Ok(id)
+        self.ctx.live_vfio_ioas()
     }
 
     fn map(

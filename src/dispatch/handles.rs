@@ -87,11 +87,7 @@ fn fault_queue_alloc(ctx: &Context, flags: u32) -> Result<(u32, Arc<FaultQueue>)
         return Err(Errno::EOPNOTSUPP);
     }
     let q = Arc::new(FaultQueue::default());
-    let id = ctx.insert(Object::Ext(q.clone()))?;
-    if let Err(e) = ctx.add_user(id) {
-        let _ = ctx.destroy(id);
-        return Err(e);
-    }
+    let id = ctx.insert_held(Object::Ext(q.clone()))?;
     Ok((id, q))
 }
 
@@ -119,10 +115,7 @@ pub fn bind(
         }
         UIOMMUFD_HANDLE_VEVENTQ => {
             let (id, q) = VeventQueue::alloc(&ctx, req.arg0, req.arg1, req.arg2, req.arg3)?;
-            if let Err(e) = ctx.add_user(id) {
-                let _ = ctx.destroy(id);
-                return Err(e);
-            }
+            ctx.hold_new(id)?;
             (id, HandleObject::Veventq(q))
         }
         UIOMMUFD_HANDLE_TEST_DMABUF => (

@@ -350,9 +350,7 @@ pub fn vfio_ioas(u: &Ucmd) -> Result<(), Errno> {
     }
     match cmd.op {
         IOMMU_VFIO_IOAS_GET => {
-            let id = u.ctx.vfio_ioas().ok_or(Errno::ENODEV)?;
-            u.ctx.get_ioas(id).map_err(|_| Errno::ENODEV)?;
-            cmd.ioas_id = id;
+            cmd.ioas_id = u.ctx.live_vfio_ioas()?;
             u.respond(&cmd)
         }
         IOMMU_VFIO_IOAS_SET => {

@@ -213,7 +213,7 @@ pub struct FaultLink(std::sync::OnceLock<(u32, std::sync::Arc<FaultQueue>)>);
 impl FaultLink {
     /// Links to fault queue `fault_id` of `ctx` (ENOENT when it is no fault queue).
     pub fn set(&self, ctx: &Context, fault_id: u32) -> Result<(), Errno> {
-        let q = ctx.get_fault(fault_id)?;
+        let q = ctx.get_ext_as::<FaultQueue>(fault_id)?;
         ctx.add_user(fault_id)?;
         if self.0.set((fault_id, q)).is_err() {
             ctx.remove_user(fault_id);
@@ -230,18 +230,6 @@ impl FaultLink {
     pub fn release(&self, ctx: &Context) {
         if let Some((id, _)) = self.0.get() {
             ctx.remove_user(*id);
-        }
-    }
-}
-
-impl Context {
-    /// The fault queue under `id` (ENOENT for any other type).
-    pub fn get_fault(&self, id: u32) -> Result<std::sync::Arc<FaultQueue>, Errno> {
-        match self.get(id)? {
-            super::Object::Ext(e) => super::hwpt::ext_as_any_arc(e)
-                .downcast::<FaultQueue>()
-                .map_err(|_| Errno::ENOENT),
-            _ => Err(Errno::ENOENT),
         }
     }
 }

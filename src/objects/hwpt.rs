@@ -103,7 +103,6 @@ impl HwptNested {
         flags: u32,
     ) -> Result<(u32, Arc<HwptNested>), Errno> {
         let parent = ctx.get_hwpt_paging(parent_id)?;
-        ctx.add_user(parent_id)?;
         let h = Arc::new(HwptNested {
             parent_id,
             parent,
@@ -111,13 +110,8 @@ impl HwptNested {
             flags,
             fault: Default::default(),
         });
-        match ctx.insert(super::Object::Ext(h.clone())) {
-            Ok(id) => Ok((id, h)),
-            Err(e) => {
-                ctx.remove_user(parent_id);
-                Err(e)
-            }
-        }
+        let id = ctx.insert_child(parent_id, super::Object::Ext(h.clone()))?;
+        Ok((id, h))
     }
 }
 
@@ -139,23 +133,12 @@ impl Extension for HwptNested {
 impl Context {
     /// The nested HWPT under `id` (ENOENT for any other type).
     pub fn get_hwpt_nested(&self, id: u32) -> Result<Arc<HwptNested>, Errno> {
-        match self.get(id)? {
-            super::Object::Ext(e) => ext_as_any_arc(e)
-                .downcast::<HwptNested>()
-                .map_err(|_| Errno::ENOENT),
-            _ => Err(Errno::ENOENT),
-        }
+        self.get_ext_as::<HwptNested>(id)
     }
 
     /// The paging HWPT under `id` (ENOENT for any other type).
     pub fn get_hwpt_paging(&self, id: u32) -> Result<Arc<HwptPaging>, Errno> {
-        match self.get(id)? {
-            super::Object::Ext(e) => {
-                let any: Arc<dyn std::any::Any + Send + Sync> = ext_as_any_arc(e);
-                any.downcast::<HwptPaging>().map_err(|_| Errno::ENOENT)
-            }
-            _ => Err(Errno::ENOENT),
-        }
+        self.get_ext_as::<HwptPaging>(id)
     }
 }
 

@@ -135,6 +135,30 @@ impl Context {
         Ok(id)
     }
 
+    /// Inserts `object`, which depends on object `parent_id` (the parent gains a user for as long
+    /// as the child lives; the child's destroy must drop it). Nothing changes on failure.
+    pub fn insert_child(&self, parent_id: u32, object: Object) -> Result<u32, Errno> {
+        self.add_user(parent_id)?;
+        self.insert(object)
+            .inspect_err(|_| self.remove_user(parent_id))
+    }
+
+    /// Inserts `object` with one extra user for an outside holder (an fd), so that IOMMU_DESTROY
+    /// answers EBUSY until the holder lets go with [`Self::remove_user`].
+    pub fn insert_held(&self, object: Object) -> Result<u32, Errno> {
+        let id = self.insert(object)?;
+        self.hold_new(id)?;
+        Ok(id)
+    }
+
+    /// Gives the just-inserted object `id` the extra user of an outside holder (see
+    /// [`Self::insert_held`]); destroys it if that fails.
+    pub fn hold_new(&self, id: u32) -> Result<(), Errno> {
+        self.add_user(id).inspect_err(|_| {
+            let _ = self.destroy(id);
+        })
+    }
+
     /// The object under `id`, whatever its type.
     pub fn get(&self, id: u32) -> Result<Object, Errno> {
         let table = self.table.lock().unwrap();
@@ -308,6 +332,23 @@ impl Context {
 
     pub fn set_vfio_ioas(&self, id: Option<u32>) {
         *self.vfio_ioas.lock().unwrap() = id;
+    }
+
+    /// The compat IOAS if it still exists (ENODEV otherwise, as IOMMU_VFIO_IOAS GET answers).
+    pub fn live_vfio_ioas(&self) -> Result<u32, Errno> {
+        let id = self.vfio_ioas().ok_or(Errno::ENODEV)?;
+        self.get_ioas(id).map_err(|_| Errno::ENODEV)?;
+        Ok(id)
+    }
+
+    /// The extension object of concrete type `T` under `id` (ENOENT for any other type).
+    pub fn get_ext_as<T: Extension>(&self, id: u32) -> Result<Arc<T>, Errno> {
+        match self.get(id)? {
+            Object::Ext(e) => hwpt::ext_as_any_arc(e)
+                .downcast::<T>()
+                .map_err(|_| Errno::ENOENT),
+            _ => Err(Errno::ENOENT),
+        }
     }
 }
 

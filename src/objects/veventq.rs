@@ -61,7 +61,6 @@ impl VeventQueue {
         if queues.contains_key(&veventq_type) {
             return Err(Errno::EEXIST);
         }
-        ctx.add_user(viommu_id)?;
         let q = Arc::new(VeventQueue {
             viommu_id,
             viommu: viommu.clone(),
@@ -69,13 +68,7 @@ impl VeventQueue {
             depth,
             queue: Mutex::new(Queue::default()),
         });
-        let id = match ctx.insert(super::Object::Ext(q.clone())) {
-            Ok(id) => id,
-            Err(e) => {
-                ctx.remove_user(viommu_id);
-                return Err(e);
-            }
-        };
+        let id = ctx.insert_child(viommu_id, super::Object::Ext(q.clone()))?;
         queues.insert(veventq_type, Arc::downgrade(&q));
         Ok((id, q))
     }

@@ -40,7 +40,6 @@ impl Viommu {
         hwpt: Arc<HwptPaging>,
         data: Box<dyn std::any::Any + Send + Sync>,
     ) -> Result<(u32, Arc<Viommu>), Errno> {
-        ctx.add_user(hwpt_id)?;
         let v = Arc::new(Viommu {
             viommu_type,
             hwpt_id,
@@ -50,13 +49,8 @@ impl Viommu {
             data,
             veventqs: Mutex::new(BTreeMap::new()),
         });
-        match ctx.insert(super::Object::Ext(v.clone())) {
-            Ok(id) => Ok((id, v)),
-            Err(e) => {
-                ctx.remove_user(hwpt_id);
-                Err(e)
-            }
-        }
+        let id = ctx.insert_child(hwpt_id, super::Object::Ext(v.clone()))?;
+        Ok((id, v))
     }
 }
 
@@ -332,7 +326,6 @@ impl ViommuNested {
         data: Box<dyn std::any::Any + Send + Sync>,
         flags: u32,
     ) -> Result<(u32, Arc<ViommuNested>), Errno> {
-        ctx.add_user(viommu_id)?;
         let h = Arc::new(ViommuNested {
             viommu_id,
             viommu,
@@ -340,13 +333,8 @@ impl ViommuNested {
             flags,
             fault: Default::default(),
         });
-        match ctx.insert(super::Object::Ext(h.clone())) {
-            Ok(id) => Ok((id, h)),
-            Err(e) => {
-                ctx.remove_user(viommu_id);
-                Err(e)
-            }
-        }
+        let id = ctx.insert_child(viommu_id, super::Object::Ext(h.clone()))?;
+        Ok((id, h))
     }
 }
 
@@ -362,17 +350,5 @@ impl Extension for ViommuNested {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
-    }
-}
-
-impl Context {
-    /// The extension object of concrete type `T` under `id` (ENOENT for any other type).
-    pub fn get_ext_as<T: Extension>(&self, id: u32) -> Result<Arc<T>, Errno> {
-        match self.get(id)? {
-            super::Object::Ext(e) => super::hwpt::ext_as_any_arc(e)
-                .downcast::<T>()
-                .map_err(|_| Errno::ENOENT),
-            _ => Err(Errno::ENOENT),
-        }
     }
 }

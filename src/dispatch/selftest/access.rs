@@ -70,12 +70,9 @@ impl TestAccess {
         let needs_pin = flags & MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES != 0;
         let items = Arc::new(Mutex::new(Items::default()));
         let access = Access::new(Arc::new(ItemsOps(items.clone())), needs_pin);
-        let object_id = ctx.insert(Object::Access(access.clone()))?;
         // The owner of the fd is a user until the fd closes: IOMMU_DESTROY of it is EBUSY.
-        let attached = ctx
-            .add_user(object_id)
-            .and_then(|()| access.attach(ctx, ioas_id));
-        if let Err(e) = attached {
+        let object_id = ctx.insert_held(Object::Access(access.clone()))?;
+        if let Err(e) = access.attach(ctx, ioas_id) {
             ctx.remove_user(object_id);
             let _ = ctx.destroy(object_id);
             return Err(e);

@@ -65,14 +65,9 @@ impl Extension for SelftestDev {
 }
 
 fn get_stdev(ctx: &Context, id: u32) -> Result<Bound, Errno> {
-    match ctx.get(id)? {
-        Object::Ext(e) => ext_as_any_arc(e)
-            .downcast::<SelftestDev>()
-            .map_err(|_| Errno::ENOENT)?
-            .bound()
-            .ok_or(Errno::ENOENT),
-        _ => Err(Errno::ENOENT),
-    }
+    ctx.get_ext_as::<SelftestDev>(id)?
+        .bound()
+        .ok_or(Errno::ENOENT)
 }
 
 /// The mock device behind device object `dev_id`: ENOENT when `dev_id` is no device, EINVAL when
