@@ -128,6 +128,7 @@ fn finish(mut child: std::process::Child) {
 
 #[test]
 fn fuse_client_round_trip() {
+    let _serial = serial();
     let dir = temp_dir("basic");
     let server = Server::start(&dir);
     assert!(is_mounted(&dir));
@@ -147,6 +148,7 @@ fn fuse_client_round_trip() {
 
 #[test]
 fn concurrent_clients_both_progress() {
+    let _serial = serial();
     let dir = temp_dir("concurrent");
     let server = Server::start(&dir);
     let st = server.st.clone();
@@ -175,6 +177,7 @@ fn concurrent_clients_both_progress() {
 
 #[test]
 fn sigkill_mid_ioctl_still_releases() {
+    let _serial = serial();
     let dir = temp_dir("sigkill");
     let server = Server::start(&dir);
     let st = server.st.clone();
@@ -199,6 +202,7 @@ fn sigkill_mid_ioctl_still_releases() {
 
 #[test]
 fn shutdown_releases_open_files_and_unmounts() {
+    let _serial = serial();
     let dir = temp_dir("shutdown");
     let server = Server::start(&dir);
     let st = server.st.clone();
@@ -221,6 +225,7 @@ fn shutdown_releases_open_files_and_unmounts() {
 
 #[test]
 fn stale_mount_of_killed_server_is_cleaned() {
+    let _serial = serial();
     let dir = temp_dir("stale");
     let mut child = spawn_role(ENTRY, "server", &dir, "", Stdio::piped());
     let mut out = BufReader::new(child.stdout.take().unwrap());
@@ -249,6 +254,7 @@ fn stale_mount_of_killed_server_is_cleaned() {
 #[test]
 #[ignore]
 fn bind_dev_covers_dev_nodes_and_is_undone() {
+    let _serial = serial();
     init_logging();
     let dir = temp_dir("binddev");
     let had_iommu = Path::new("/dev/iommu").exists();

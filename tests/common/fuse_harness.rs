@@ -195,6 +195,15 @@ impl Drop for Server {
     }
 }
 
+/// Runs the tests of a binary one at a time. Their servers live in the test process, so a child
+/// spawned by one test inherits, between fork and exec, another test's /dev/fuse fd and its open
+/// node files; closing those at exec sends FLUSH to a server that may be shutting down, whose
+/// connection the child itself keeps alive: both hang. Serial tests never overlap like that.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Re-runs this test binary as a child in `role`, with the mount point in the environment.
 pub fn spawn_role(entry: &str, role: &str, mount: &Path, arg: &str, stdout: Stdio) -> Child {
     Command::new(std::env::current_exe().unwrap())
