@@ -148,11 +148,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let opts = TransportOptions {
-        transport: TransportKind::Fuse,
-        mount: ours_dir.clone(),
-        bind_dev: false,
-    };
+    let opts = TransportOptions::fuse(&ours_dir);
     let t = rt
         .block_on(Transport::start(&opts, Arc::new(Trivial)))
         .unwrap();

@@ -88,7 +88,7 @@ mount -t devtmpfs dev /dev
 echo "CUSE-GUEST: kernel \$(uname -r)"
 insmod /lib/modules/cuse.ko || echo "CUSE-GUEST: insmod cuse failed"
 echo "CUSE-GUEST: \$(ls -l /dev/cuse 2>&1)"
-NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} /bin/uiommufd serve --transport cuse --mount /run/uiommufd >/tmp/daemon.log 2>&1 &
+NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} /bin/uiommufd serve --selftest --transport cuse --mount /run/uiommufd >/tmp/daemon.log 2>&1 &
 DPID=\$!
 i=0
 while [ \$i -lt 300 ] && ! { [ -c /dev/iommu ] && [ -c /dev/vfio/vfio ]; }; do

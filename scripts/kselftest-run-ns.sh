@@ -53,8 +53,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "+ $daemon serve --transport fuse --mount $mnt --bind-dev" >&2
-"$daemon" serve --transport fuse --mount "$mnt" --bind-dev > "$log" 2>&1 &
+echo "+ $daemon serve --selftest --transport fuse --mount $mnt --bind-dev" >&2
+"$daemon" serve --selftest --transport fuse --mount "$mnt" --bind-dev > "$log" 2>&1 &
 dpid=$!
 
 # Wait for the FUSE node, then for /dev/iommu (the daemon's bind mount).

@@ -13,5 +13,6 @@ pub mod dispatch;
 pub mod iopt;
 pub mod launch;
 pub mod objects;
+pub mod ratelimit;
 pub mod replay;
 pub mod transport;

@@ -26,6 +26,11 @@ enum Command {
         /// `dmacopy[:NAME]`: a DMA copy engine, PCI 1234:dc01 (default NAME dmacopy0).
         #[arg(long = "device", value_name = "dmacopy[:NAME]", value_parser = uiommufd::devices::parse_spec)]
         devices: Vec<String>,
+        /// Also serve the kernel selftest's surface (IOMMU_TEST_CMD: mock devices, test accesses,
+        /// dma-bufs), as a kernel built with CONFIG_IOMMUFD_TEST. Off by default: on a shared host
+        /// it would hand every user of the node the selftest's raw access paths.
+        #[arg(long)]
+        selftest: bool,
     },
     /// Run ioctl scripts against a node (default /dev/iommu) or an in-process daemon.
     Replay(uiommufd::replay::ReplayArgs),
@@ -48,7 +53,8 @@ fn main() -> std::process::ExitCode {
             transport,
             record,
             devices,
-        } => serve(transport, record, devices),
+            selftest,
+        } => serve(transport, record, devices, selftest),
         Command::Replay(args) => uiommufd::replay::main(args),
         Command::Launch(args) => uiommufd::launch::main(args),
     }
@@ -58,6 +64,7 @@ fn serve(
     opts: uiommufd::transport::TransportOptions,
     record: Option<std::path::PathBuf>,
     devices: Vec<String>,
+    selftest: bool,
 ) -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -69,7 +76,12 @@ fn serve(
             return std::process::ExitCode::FAILURE;
         }
     };
-    let ext = uiommufd::dispatch::extensions::daemon_extensions();
+    let ext = if selftest {
+        tracing::info!("serving the selftest surface (IOMMU_TEST_CMD)");
+        uiommufd::dispatch::extensions::daemon_extensions()
+    } else {
+        uiommufd::dispatch::extensions::production_extensions()
+    };
     let daemon = if devices.is_empty() {
         Daemon::new(ext)
     } else {

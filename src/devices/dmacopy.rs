@@ -3,9 +3,10 @@
 //!
 //! State is per device and shared by every open of its node; like the kernel's cdev path, only one
 //! open file can be bound at a time, and every other ioctl, read or write needs the binding
-//! (EINVAL before it). The binding holds a duplicate of the caller's iommufd fd, as the kernel
-//! holds a reference on the iommufd file: the context stays open until the device is unbound
-//! (its file closed).
+//! (EINVAL before it). The binding holds the context (a `ContextHold`), as the kernel holds a
+//! reference on the iommufd file: the context stays open until the device is unbound (its file
+//! closed). The caller's iommufd fd is fetched only to find the context and closed right away: a
+//! file of the daemon's own node held by the daemon would make its death wait on itself.
 //!
 //! Locks: `binding` is taken before `access`; `hw` is never held while calling into the context.
 
@@ -15,10 +16,11 @@ use super::irq::{self, Irqs};
 use super::regs::{Dma, Regs, REGS_SIZE};
 use crate::backends::Domain;
 use crate::caller::{read_struct, CallerMemory};
+use crate::dispatch::daemon::ContextHold;
 use crate::dispatch::OpenFile;
 use crate::objects::{Access, AccessOps, Context, Device, DeviceBackend, Ioas, Object};
 use nix::errno::Errno;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use uiommufd_uapi::iommufd::{IOMMU_HWPT_ALLOC_NEST_PARENT, IOMMU_HWPT_ALLOC_PASID};
@@ -27,7 +29,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// Finds the iommufd context a caller's fd (already duplicated into the daemon) belongs to.
 pub trait ContextResolver: Send + Sync {
-    fn resolve(&self, file: BorrowedFd<'_>) -> Result<Arc<Context>, Errno>;
+    fn resolve(&self, file: BorrowedFd<'_>) -> Result<ContextHold, Errno>;
 }
 
 /// Region offsets in the device file, as vfio-pci: the index in bits 40 and up.
@@ -58,11 +60,10 @@ impl Hw {
 
 struct Binding {
     file: u64,
-    ctx: Arc<Context>,
+    /// Keeps the context open while bound.
+    ctx: ContextHold,
     dev_id: u32,
     device: Arc<Device>,
-    /// The daemon's duplicate of the caller's iommufd fd (keeps the context open).
-    iommufd: OwnedFd,
 }
 
 /// One dmacopy device.
@@ -154,16 +155,10 @@ impl DmaCopy {
         // file of this very device.
         let iommufd = mem.get_fd(bind.iommufd)?;
         let ctx = self.resolver.resolve(iommufd.as_fd());
-        let ctx = match ctx {
-            Ok(c) => c,
-            Err(e) => {
-                close_in_background(iommufd);
-                return Err(e);
-            }
-        };
+        drop(iommufd);
+        let ctx = ctx?;
         let mut slot = self.binding.lock().unwrap();
         if slot.is_some() {
-            close_in_background(iommufd);
             return Err(Errno::EINVAL);
         }
         let backend = Arc::new(Port {
@@ -171,7 +166,7 @@ impl DmaCopy {
             ctx: Arc::downgrade(&ctx),
             name: self.name.clone(),
         });
-        let bound = Device::bind(&ctx, backend).and_then(|(dev_id, device)| {
+        let (dev_id, device) = Device::bind(&ctx, backend).and_then(|(dev_id, device)| {
             match mem.write(arg + 12, &dev_id.to_ne_bytes()) {
                 Ok(()) => Ok((dev_id, device)),
                 Err(e) => {
@@ -179,15 +174,7 @@ impl DmaCopy {
                     Err(e)
                 }
             }
-        });
-        let (dev_id, device) = match bound {
-            Ok(b) => b,
-            Err(e) => {
-                drop(slot);
-                close_in_background(iommufd);
-                return Err(e);
-            }
-        };
+        })?;
         self.hw.lock().unwrap().reset();
         tracing::debug!(device = self.name, ctx = ctx.id, dev_id, "bound");
         *slot = Some(Binding {
@@ -195,7 +182,6 @@ impl DmaCopy {
             ctx,
             dev_id,
             device,
-            iommufd,
         });
         Ok(0)
     }
@@ -224,17 +210,9 @@ impl DmaCopy {
             dev_id = b.dev_id,
             "unbound"
         );
-        close_in_background(b.iommufd);
+        // Last: the context may go with the binding's hold.
+        drop(b);
     }
-}
-
-/// Closes a duplicate of an iommufd fd off the current thread: closing a file of our own FUSE
-/// mount waits for our own FLUSH answer, which nobody gives once the transport stopped reading.
-fn close_in_background(fd: OwnedFd) {
-    // If the thread cannot be started, the closure (and with it the fd) is dropped right here.
-    let _ = std::thread::Builder::new()
-        .name("uiommufd-close".into())
-        .spawn(move || drop(fd));
 }
 
 /// The emulated device as the objects layer sees it.

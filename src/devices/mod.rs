@@ -27,7 +27,7 @@ pub mod irq;
 pub mod regs;
 
 use crate::dispatch::{Daemon, DeviceOpener, Extensions};
-use crate::objects::Context;
+use crate::dispatch::daemon::ContextHold;
 use dmacopy::{ContextResolver, DmaCopy};
 use nix::errno::Errno;
 use std::collections::HashMap;
@@ -65,7 +65,7 @@ pub fn parse_spec(spec: &str) -> Result<String, String> {
 struct DaemonResolver(OnceLock<Weak<Daemon>>);
 
 impl ContextResolver for DaemonResolver {
-    fn resolve(&self, file: BorrowedFd<'_>) -> Result<Arc<Context>, Errno> {
+    fn resolve(&self, file: BorrowedFd<'_>) -> Result<ContextHold, Errno> {
         let daemon = self.0.get().and_then(Weak::upgrade).ok_or(Errno::EBADFD)?;
         daemon.context_of_file(file)
     }

@@ -33,10 +33,97 @@ pub trait IoctlObserver: Send + Sync {
     fn release(&self, ctx: &Context);
 }
 
+/// When a context goes: once its file is released *and* nothing holds it any more.
+///
+/// The kernel's objects keep their iommufd file referenced (a device bound to it, an access or a
+/// queue fd made in it). The daemon must not do that by holding a duplicate fd of its own node: a
+/// file of its own mount kept open by the daemon makes the daemon's death wait on itself. So holders
+/// take a [`ContextHold`] instead, and the context's teardown waits for the last of them.
+struct Lifetime {
+    daemon: Weak<Daemon>,
+    ctx: Arc<Context>,
+    /// (the context's own file is still open, holds outstanding)
+    state: Mutex<(bool, usize)>,
+}
+
+impl Lifetime {
+    /// A new hold; None once the context is being torn down.
+    fn hold(self: &Arc<Self>) -> Option<ContextHold> {
+        let mut st = self.state.lock().unwrap();
+        if !st.0 && st.1 == 0 {
+            return None;
+        }
+        st.1 += 1;
+        Some(ContextHold(self.clone()))
+    }
+
+    fn file_released(&self) {
+        let last = {
+            let mut st = self.state.lock().unwrap();
+            st.0 = false;
+            st.1 == 0
+        };
+        if last {
+            self.teardown();
+        }
+    }
+
+    fn unhold(&self) {
+        let last = {
+            let mut st = self.state.lock().unwrap();
+            st.1 -= 1;
+            !st.0 && st.1 == 0
+        };
+        if last {
+            self.teardown();
+        }
+    }
+
+    fn teardown(&self) {
+        let daemon = self.daemon.upgrade();
+        if let Some(o) = daemon.as_ref().and_then(|d| d.observer.get()) {
+            o.release(&self.ctx);
+        }
+        self.ctx.destroy_all();
+        if let Some(d) = daemon {
+            d.contexts.lock().unwrap().remove(&self.ctx.id);
+        }
+        tracing::debug!(ctx = self.ctx.id, "context torn down");
+    }
+}
+
+/// Keeps a context alive after its file is closed, as a kernel object holds its iommufd file:
+/// a bound device, an object fd made in the context. Dropping the last hold of a context whose file
+/// is gone destroys it.
+pub struct ContextHold(Arc<Lifetime>);
+
+impl ContextHold {
+    pub fn context(&self) -> &Arc<Context> {
+        &self.0.ctx
+    }
+}
+
+impl std::ops::Deref for ContextHold {
+    type Target = Arc<Context>;
+
+    fn deref(&self) -> &Arc<Context> {
+        &self.0.ctx
+    }
+}
+
+impl Drop for ContextHold {
+    fn drop(&mut self) {
+        self.0.unhold();
+    }
+}
+
 /// State shared by every open file.
 pub struct Daemon {
     table: Vec<Option<Op>>,
-    contexts: Mutex<HashMap<u64, Weak<Context>>>,
+    /// Every context not yet torn down.
+    contexts: Mutex<HashMap<u64, Arc<Lifetime>>>,
+    /// Whether the selftest surface is served (IOMMU_TEST_CMD and its object fds).
+    selftest: bool,
     devices: Vec<String>,
     device_opener: Option<DeviceOpener>,
     observer: OnceLock<Arc<dyn IoctlObserver>>,
@@ -55,6 +142,7 @@ impl Daemon {
     fn build(ext: Extensions, devices: Vec<String>, opener: Option<DeviceOpener>) -> Arc<Self> {
         Arc::new(Self {
             table: table::build(&ext),
+            selftest: ext.test_cmd.is_some(),
             contexts: Mutex::new(HashMap::new()),
             devices,
             device_opener: opener,
@@ -62,35 +150,56 @@ impl Daemon {
         })
     }
 
+    /// Whether the selftest surface (IOMMU_TEST_CMD, test accesses and dma-bufs) is served.
+    pub fn selftest(&self) -> bool {
+        self.selftest
+    }
+
     /// Installs the observer of every later open, ioctl and release; false if one is set already.
     pub fn set_observer(&self, observer: Arc<dyn IoctlObserver>) -> bool {
         self.observer.set(observer).is_ok()
     }
 
-    /// A new context, as an open() would create (also used in-process by tests and replay).
-    pub fn new_context(&self, node: &NodeKind) -> Arc<Context> {
+    /// A new context, as an open() would create (also used in-process by tests and replay). It
+    /// lives until [`Self::release_context`] and the last [`ContextHold`] are gone.
+    pub fn new_context(self: &Arc<Self>, node: &NodeKind) -> Arc<Context> {
+        self.new_lifetime(node).ctx.clone()
+    }
+
+    fn new_lifetime(self: &Arc<Self>, node: &NodeKind) -> Arc<Lifetime> {
         let ctx = Arc::new(Context::new());
         if *node == NodeKind::VfioContainer {
             // /dev/vfio/vfio keeps VFIO's per-process accounting.
             let _ = ctx.set_account_mode(AccountMode::Process);
         }
-        let mut all = self.contexts.lock().unwrap();
-        all.retain(|_, w| w.strong_count() > 0);
-        all.insert(ctx.id, Arc::downgrade(&ctx));
-        drop(all);
+        let life = Arc::new(Lifetime {
+            daemon: Arc::downgrade(self),
+            ctx: ctx.clone(),
+            state: Mutex::new((true, 0)),
+        });
+        self.contexts.lock().unwrap().insert(ctx.id, life.clone());
         if let Some(o) = self.observer.get() {
             o.open(&ctx, node);
         }
-        ctx
+        life
     }
 
-    /// The live context with this id (VFIO_DEVICE_BIND_IOMMUFD resolves fds to contexts).
-    pub fn context(&self, id: u64) -> Option<Arc<Context>> {
+    fn lifetime(&self, id: u64) -> Option<Arc<Lifetime>> {
         self.contexts
             .lock()
             .unwrap()
             .get(&id)
-            .and_then(Weak::upgrade)
+            .cloned()
+    }
+
+    /// The live context with this id.
+    pub fn context(&self, id: u64) -> Option<Arc<Context>> {
+        self.lifetime(id).map(|l| l.ctx.clone())
+    }
+
+    /// A hold on the live context with this id (None when it is gone or going).
+    pub fn hold_context(&self, id: u64) -> Option<ContextHold> {
+        self.lifetime(id)?.hold()
     }
 
     /// Executes one ioctl on `ctx`: the iommufd table, then the VFIO container ioctls.
@@ -150,7 +259,7 @@ impl Daemon {
             .lock()
             .unwrap()
             .values()
-            .filter_map(Weak::upgrade)
+            .map(|l| l.ctx.clone())
             .collect();
         let objects: usize = contexts.iter().map(|c| c.num_objects()).sum();
         let detail: Vec<serde_json::Value> = contexts
@@ -171,6 +280,7 @@ impl Daemon {
 struct IommuFile {
     daemon: Arc<Daemon>,
     ctx: Arc<Context>,
+    life: Arc<Lifetime>,
     /// Set when this open became the fd of an object (UIOMMUFD_HANDLE_BIND); `ctx` is unused then.
     handle: OnceLock<Handle>,
 }
@@ -178,7 +288,7 @@ struct IommuFile {
 impl IommuFile {
     fn bind(&self, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno> {
         if self.handle.get().is_some() || self.ctx.num_objects() != 0 {
-            tracing::warn!(
+            crate::warn_limited!(
                 ctx = self.ctx.id,
                 "UIOMMUFD_HANDLE_BIND on a file already in use"
             );
@@ -196,6 +306,12 @@ impl IommuFile {
 }
 
 impl OpenFile for IommuFile {
+    fn inline_ioctl(&self, cmd: u32) -> bool {
+        // The daemon's own "which context are you": answered on the reader, since the asking
+        // worker waits for it. It reads and writes only the asking daemon thread's memory.
+        cmd == context_query::IOCTL
+    }
+
     fn ioctl(&self, cmd: u32, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno> {
         if cmd == context_query::IOCTL {
             return context_query::answer(self.ctx.id, arg, mem);
@@ -242,23 +358,21 @@ impl OpenFile for IommuFile {
             objects = self.ctx.num_objects(),
             "release"
         );
-        if let Some(o) = self.daemon.observer.get() {
-            o.release(&self.ctx);
-        }
-        self.ctx.destroy_all();
-        self.daemon.contexts.lock().unwrap().remove(&self.ctx.id);
+        self.life.file_released();
     }
 }
 
 impl Daemon {
-    /// The context behind `file`, a duplicate of a caller's iommufd fd (VFIO_DEVICE_BIND_IOMMUFD).
-    /// EBADFD when it is not one of this daemon's iommufd files, as `iommufd_ctx_from_fd()`.
+    /// A hold on the context behind `file`, a duplicate of a caller's iommufd fd
+    /// (VFIO_DEVICE_BIND_IOMMUFD, object fds). EBADFD when it is not one of this daemon's iommufd
+    /// files, as `iommufd_ctx_from_fd()`. The caller should close `file` right after: the hold, not
+    /// the fd, keeps the context.
     pub fn context_of_file(
         &self,
         file: std::os::fd::BorrowedFd<'_>,
-    ) -> Result<Arc<Context>, Errno> {
+    ) -> Result<ContextHold, Errno> {
         let id = context_query::ask(file)?;
-        self.context(id).ok_or(Errno::EBADFD)
+        self.hold_context(id).ok_or(Errno::EBADFD)
     }
 }
 
@@ -267,8 +381,9 @@ impl Daemon {
 /// which answers its context id. Only the daemon's own process gets an answer, and only when the
 /// argument carries this process's random key, so neither clients nor foreign files can fake one.
 ///
-/// The request from the daemon to itself does not deadlock: the transport runs every ioctl on its
-/// own blocking thread, so the asking thread waits while another one answers.
+/// The request from the daemon to itself does not deadlock: [`super::OpenFile::inline_ioctl`] makes
+/// the transport answer it on its reading thread, which never waits for a worker, while the asking
+/// worker waits. It costs no pool thread, so any number of concurrent binds cannot exhaust the pool.
 pub mod context_query {
     use crate::caller::{read_struct, write_struct, CallerMemory};
     use nix::errno::Errno;
@@ -354,11 +469,13 @@ impl Service for DaemonService {
     fn open(&self, node: &NodeKind) -> Result<Arc<dyn OpenFile>, Errno> {
         match node {
             NodeKind::Iommu | NodeKind::VfioContainer => {
-                let ctx = self.0.new_context(node);
+                let life = self.0.new_lifetime(node);
+                let ctx = life.ctx.clone();
                 tracing::debug!(ctx = ctx.id, ?node, "open");
                 Ok(Arc::new(IommuFile {
                     daemon: self.0.clone(),
                     ctx,
+                    life,
                     handle: OnceLock::new(),
                 }))
             }

@@ -6,8 +6,19 @@ use super::selftest;
 use super::table::Extensions;
 use super::viommu_cmds;
 
-/// Extensions of `uiommufd serve`.
+/// Extensions of `uiommufd serve --selftest` and of in-process tests: everything, including the
+/// kernel selftest's IOMMU_TEST_CMD.
 pub fn daemon_extensions() -> Extensions {
+    Extensions {
+        test_cmd: Some(selftest::test_cmd),
+        ..production_extensions()
+    }
+}
+
+/// Extensions of a production `uiommufd serve`: no selftest surface (IOMMU_TEST_CMD answers
+/// ENOTTY, as on a kernel built without IOMMUFD_TEST; no test accesses or dma-bufs), so that no
+/// user of a shared host can drive mock devices or the selftest's raw access paths.
+pub fn production_extensions() -> Extensions {
     Extensions {
         get_hw_info: hwpt_cmds::get_hw_info,
         hwpt_alloc: hwpt_cmds::hwpt_alloc,
@@ -18,6 +29,6 @@ pub fn daemon_extensions() -> Extensions {
         vdevice_alloc: viommu_cmds::vdevice_alloc,
         hw_queue_alloc: viommu_cmds::hw_queue_alloc,
         ioas_change_process: ioas_cmds::ioas_change_process,
-        test_cmd: selftest::test_cmd,
+        test_cmd: None,
     }
 }

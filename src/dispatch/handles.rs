@@ -2,12 +2,13 @@
 //! fd-returning operations hand out (see `uiommufd_uapi::handles` for the protocol).
 //!
 //! A fresh open of `/dev/iommu` becomes a handle through the private `UIOMMUFD_HANDLE_BIND`. The
-//! handle keeps a duplicate of the iommufd it was created in, so that iommufd's context outlives
-//! every handle made from it, as the kernel's object holds a reference on its iommufd file.
+//! handle keeps a [`ContextHold`] on the context it was created in, so that the context outlives
+//! every handle made from it, as the kernel's object holds a reference on its iommufd file (the
+//! daemon never keeps a file of its own node open for that: see `daemon::Lifetime`).
 //! Closing the handle's last fd releases the object: a selftest access is destroyed, a fault or
 //! vEVENT queue only loses the fd as a user (IOMMU_DESTROY removes it), a dma-buf goes away.
 
-use super::daemon::Daemon;
+use super::daemon::{ContextHold, Daemon};
 use super::selftest::access::TestAccess;
 use super::selftest::dmabuf::TestDmabuf;
 use crate::caller::{read_struct, write_struct, CallerMemory};
@@ -16,7 +17,7 @@ use crate::objects::veventq::VeventQueue;
 use crate::objects::{Context, Object};
 use nix::errno::Errno;
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, OnceLock};
 use uiommufd_uapi::handles::*;
 
@@ -76,9 +77,8 @@ pub struct Handle {
     ctx: Arc<Context>,
     object_id: u32,
     object: HandleObject,
-    /// Holds the creating iommufd open (its release would destroy the context) while the object
-    /// lives in that context; a dma-buf does not.
-    _iommufd: Option<OwnedFd>,
+    /// Keeps the creating context alive while the object lives in it; a dma-buf does not.
+    hold: Mutex<Option<ContextHold>>,
 }
 
 /// IOMMU_FAULT_QUEUE_ALLOC's object: a fault queue the fd holds as a user.
@@ -102,8 +102,18 @@ pub fn bind(
     if req.size as usize != std::mem::size_of::<uiommufd_handle_bind>() {
         return Err(Errno::EINVAL);
     }
+    let test_kind = matches!(
+        req.kind,
+        UIOMMUFD_HANDLE_TEST_ACCESS | UIOMMUFD_HANDLE_TEST_DMABUF
+    );
+    if test_kind && !daemon.selftest() {
+        // As IOMMU_TEST_CMD itself on a production kernel.
+        return Err(Errno::ENOTTY);
+    }
     let iommufd = mem.get_fd(req.iommufd).map_err(|_| Errno::EBADF)?;
-    let ctx = daemon.context_of_file(iommufd.as_fd())?;
+    let hold = daemon.context_of_file(iommufd.as_fd())?;
+    drop(iommufd);
+    let ctx = hold.context().clone();
     let (object_id, object) = match req.kind {
         UIOMMUFD_HANDLE_TEST_ACCESS => {
             let a = TestAccess::create(&ctx, req.arg0, req.arg1)?;
@@ -123,7 +133,7 @@ pub fn bind(
             HandleObject::Dmabuf(TestDmabuf::create(req.arg0.into())?),
         ),
         other => {
-            tracing::warn!(kind = other, "UIOMMUFD_HANDLE_BIND of an unknown kind");
+            crate::warn_limited!(kind = other, "UIOMMUFD_HANDLE_BIND of an unknown kind");
             return Err(Errno::EINVAL);
         }
     };
@@ -132,7 +142,7 @@ pub fn bind(
         ctx: ctx.clone(),
         object_id,
         object,
-        _iommufd: holds_ctx.then_some(iommufd),
+        hold: Mutex::new(holds_ctx.then_some(hold)),
     };
     req.out_object_id = object_id;
     if let Err(e) = write_struct(mem, arg, &req) {
@@ -179,6 +189,8 @@ impl Handle {
         // Out of the registry only once the object let go, so IOMMU_DESTROY keeps waiting till then.
         self.drop_object();
         registry().lock().unwrap().remove(&file_id);
+        // Last: the context may go with this hold.
+        drop(self.hold.lock().unwrap().take());
         tracing::debug!(handle = file_id, "handle released");
     }
 

@@ -47,6 +47,12 @@ pub trait OpenFile: Send + Sync {
     fn write(&self, _offset: u64, _data: &[u8], _mem: &dyn CallerMemory) -> Result<u32, Errno> {
         Err(Errno::EINVAL)
     }
+    /// Whether ioctl `cmd` must be answered on the transport's reading thread instead of a worker:
+    /// only for requests that the daemon sends to itself and that touch no client memory (a worker
+    /// waits for the answer, so queueing it behind other work could deadlock).
+    fn inline_ioctl(&self, _cmd: u32) -> bool {
+        false
+    }
     /// The last close of this open file (also after the caller was killed).
     fn release(&self);
 }

@@ -41,6 +41,14 @@ pub enum Role {
     Cuse { node: NodeKind, devname: String },
 }
 
+/// Where [`Handler::lane`] sends a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Inline,
+    Release,
+    User(u32),
+}
+
 enum Handle {
     File(Arc<dyn OpenFile>),
     /// The status text, snapshotted at open so that a reader sees one consistent version.
@@ -95,12 +103,55 @@ impl Handler {
         self.lock().len()
     }
 
-    /// Whether a message calls into the service (and so belongs on a blocking thread).
-    pub fn calls_service(msg: &[u8]) -> bool {
-        matches!(
-            wire::peek_header(msg).map(|h| h.opcode),
-            Some(opcode::OPEN | opcode::READ | opcode::WRITE | opcode::IOCTL | opcode::RELEASE)
-        )
+    /// Where a message is handled: inline on the reader (no service call, or one of the daemon's
+    /// own queries), on the release thread, or on the workers in the lane of the caller's uid.
+    pub fn lane(&self, msg: &[u8]) -> Lane {
+        let Some(h) = wire::peek_header(msg) else {
+            return Lane::Inline;
+        };
+        match h.opcode {
+            opcode::RELEASE => Lane::Release,
+            opcode::OPEN | opcode::READ | opcode::WRITE => Lane::User(h.uid),
+            opcode::IOCTL if self.ioctl_is_inline(msg) => Lane::Inline,
+            opcode::IOCTL => Lane::User(h.uid),
+            _ => Lane::Inline,
+        }
+    }
+
+    fn ioctl_is_inline(&self, msg: &[u8]) -> bool {
+        let Ok(req) = wire::parse(msg) else {
+            return false;
+        };
+        let Ok(a) = req.arg::<wire::IoctlIn>() else {
+            return false;
+        };
+        matches!(self.lock().get(&a.fh), Some(Handle::File(f)) if f.inline_ioctl(a.cmd))
+    }
+
+    /// [`Self::handle`], with a panic below turned into an EIO answer and one (rate-limited) log
+    /// line: the caller must not wait forever for a reply that a panic swallowed.
+    pub fn handle_guarded(&self, msg: &[u8]) -> Option<Vec<u8>> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(msg))) {
+            Ok(reply) => reply,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                let h = wire::peek_header(msg)?;
+                crate::error_limited!(
+                    op = wire::opcode_name(h.opcode),
+                    pid = h.pid,
+                    panic = what,
+                    "a request panicked; answered EIO"
+                );
+                if no_reply(h.opcode) {
+                    return None;
+                }
+                Some(wire::reply_err(h.unique, Errno::EIO as i32))
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Handle>> {
@@ -155,7 +206,7 @@ impl Handler {
 
     fn malformed(&self, msg: &[u8], e: WireError) -> Option<Vec<u8>> {
         let header = wire::peek_header(msg);
-        tracing::warn!(error = %e, len = msg.len(), opcode = header.map(|h| h.opcode), "malformed message");
+        crate::warn_limited!(error = %e, len = msg.len(), opcode = header.map(|h| h.opcode), "malformed message");
         let h = header?;
         if no_reply(h.opcode) {
             return None;
@@ -210,6 +261,9 @@ impl Handler {
                 Ok(Answer::Data(e.as_bytes().to_vec()))
             }
             opcode::GETATTR | opcode::SETATTR => {
+                if h.opcode == opcode::SETATTR {
+                    self.setattr(t, req)?;
+                }
                 let attr = self.attr(t, h.nodeid)?;
                 let attr_valid = if h.nodeid == tree::STATUS {
                     0
@@ -265,6 +319,25 @@ impl Handler {
             opcode::ACCESS => t.node(h.nodeid).map(|_| Answer::Empty).ok_or(Errno::ENOENT),
             _ => Err(Errno::ENOSYS),
         }
+    }
+
+    /// chmod/chown change a service file's permissions; truncation (open with O_TRUNC) and time
+    /// updates are accepted and change nothing, as on a character device.
+    fn setattr(&self, t: &Tree, req: &Request) -> Result<(), Errno> {
+        let s: wire::SetattrIn = req.arg().map_err(wire_err)?;
+        let pick = |bit: u32, v: u32| (s.valid & bit != 0).then_some(v);
+        let (mode, uid, gid) = (
+            pick(wire::FATTR_MODE, s.mode),
+            pick(wire::FATTR_UID, s.uid),
+            pick(wire::FATTR_GID, s.gid),
+        );
+        if s.valid & wire::FATTR_SIZE != 0 && s.size != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if mode.is_none() && uid.is_none() && gid.is_none() {
+            return t.node(req.header.nodeid).map(|_| ()).ok_or(Errno::ENOENT);
+        }
+        t.set_perm(req.header.nodeid, req.header.uid, mode, uid, gid)
     }
 
     fn attr(&self, t: &Tree, ino: u64) -> Result<wire::Attr, Errno> {
@@ -371,7 +444,10 @@ impl Handler {
         *fh = Some(id);
         let out = wire::OpenOut {
             fh: id,
-            open_flags: wire::FOPEN_DIRECT_IO,
+            // NOFLUSH: close() of a node file never waits for us. The daemon may itself hold a
+            // (transient) duplicate of a client's node fd; if it dies then, its exit must not wait
+            // for a FLUSH answer that only it could give.
+            open_flags: wire::FOPEN_DIRECT_IO | wire::FOPEN_NOFLUSH,
             backing_id: 0,
         };
         Ok(Answer::Data(out.as_bytes().to_vec()))
@@ -384,7 +460,7 @@ impl Handler {
         match removed {
             Some(Handle::File(f)) => f.release(),
             Some(_) => {}
-            None => tracing::warn!(fh = r.fh, "release of an unknown file handle"),
+            None => crate::warn_limited!(fh = r.fh, "release of an unknown file handle"),
         }
         Ok(Answer::Empty)
     }
@@ -402,7 +478,7 @@ impl Handler {
     fn caller(&self, req: &Request) -> Result<Box<dyn CallerMemory>, Errno> {
         let pid = req.header.pid;
         self.callers.caller(pid).map_err(|e| {
-            tracing::warn!(
+            crate::warn_limited!(
                 pid,
                 op = wire::opcode_name(req.header.opcode),
                 error = %e,
@@ -425,7 +501,7 @@ impl Handler {
         // Unrestricted (CUSE) or not, the argument is used raw and no retry is ever asked for.
         let r = f.ioctl(a.cmd, a.arg, &*mem)?;
         let result = i32::try_from(r).map_err(|_| {
-            tracing::warn!(
+            crate::warn_limited!(
                 cmd = format_args!("{:#x}", a.cmd),
                 r,
                 "ioctl result does not fit an int"
@@ -488,7 +564,7 @@ fn no_reply(op: u32) -> bool {
 }
 
 fn wire_err(e: WireError) -> Errno {
-    tracing::warn!(error = %e, "malformed request arguments");
+    crate::warn_limited!(error = %e, "malformed request arguments");
     Errno::EINVAL
 }
 

@@ -116,7 +116,7 @@ fn open(h: &Handler, nodeid: u64) -> u64 {
     let (hd, body) = split(&r);
     assert_eq!(hd.error, 0);
     let out = OpenOut::read_from_bytes(body).unwrap();
-    assert_eq!(out.open_flags, FOPEN_DIRECT_IO);
+    assert_eq!(out.open_flags, FOPEN_DIRECT_IO | FOPEN_NOFLUSH);
     out.fh
 }
 

@@ -36,13 +36,15 @@
 
 pub mod handler;
 pub mod mounts;
+pub mod perms;
+pub mod pool;
 pub mod session;
 pub mod tree;
 pub mod wire;
 
 use crate::dispatch::{NodeKind, Service};
 use handler::{CallerResolver, Handler, ProcessCallers, Role};
-use session::{Channel, SessionEnd};
+use session::{Channel, Pools, SessionEnd};
 use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -75,6 +77,20 @@ pub struct TransportOptions {
     /// In FUSE mode, also bind-mount the node files over /dev/iommu and /dev/vfio/vfio.
     #[arg(long)]
     pub bind_dev: bool,
+    #[command(flatten)]
+    pub perms: perms::NodePerms,
+}
+
+impl TransportOptions {
+    /// FUSE mode at `mount`, default permissions, no bind mounts.
+    pub fn fuse(mount: &Path) -> Self {
+        Self {
+            transport: TransportKind::Fuse,
+            mount: mount.to_path_buf(),
+            bind_dev: false,
+            perms: perms::NodePerms::default(),
+        }
+    }
 }
 
 const DEV_FUSE: &str = "/dev/fuse";
@@ -86,6 +102,10 @@ const CUSE_DEVICES: [(NodeKind, &str); 2] = [
 ];
 /// How long INIT / CUSE_INIT may take before start gives up.
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for requests in flight. A request can wait on its caller for as long as
+/// the caller likes (memory behind its own userfaultfd); shutdown goes on without it after this, and
+/// the caller gets an error when the connection goes away with the process.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Starts the transport, serves until `shutdown` resolves (or the kernel drops the connection), then
 /// shuts down cleanly. See the module documentation.
@@ -113,6 +133,7 @@ pub struct Transport {
     mounted: bool,
     binds: Vec<mounts::BindMount>,
     sessions: Vec<Session>,
+    pools: Arc<Pools>,
     stop: watch::Sender<bool>,
     ended: Arc<Notify>,
 }
@@ -160,10 +181,11 @@ impl Transport {
             mounted: false,
             binds: Vec::new(),
             sessions: Vec::new(),
+            pools: Arc::new(Pools::new()?),
             stop: watch::channel(false).0,
             ended: Arc::new(Notify::new()),
         };
-        match t.bring_up(service, callers, bind_dev).await {
+        match t.bring_up(service, callers, bind_dev, opts.perms).await {
             Ok(()) => {
                 tracing::info!(kind = ?t.kind, mount = %t.mount.display(), "transport ready");
                 Ok(t)
@@ -182,16 +204,23 @@ impl Transport {
         service: Arc<dyn Service>,
         callers: Arc<dyn CallerResolver>,
         bind_dev: bool,
+        perms: perms::NodePerms,
     ) -> io::Result<()> {
         if self.kind == TransportKind::Cuse {
             for (node, devname) in CUSE_DEVICES {
                 let chan = Channel::new(Channel::open_device(Path::new(DEV_CUSE))?)?;
+                let perm = match node {
+                    NodeKind::VfioContainer => perms.vfio,
+                    _ => perms.iommu,
+                };
                 let role = Role::Cuse {
                     node,
                     devname: devname.to_string(),
                 };
                 let h = self.spawn(format!("cuse:{devname}"), chan, role, &service, &callers);
                 wait_ready(&h).await?;
+                let path = Path::new("/dev").join(devname);
+                blocking(move || apply_cuse_perm(&path, perm)).await?;
             }
         }
         let fd = Channel::open_device(Path::new(DEV_FUSE))?;
@@ -199,7 +228,7 @@ impl Transport {
         self.mounted = true;
         // INIT is queued by now; it waits for the reader started here.
         let chan = Channel::new(fd)?;
-        let role = Role::Fuse(tree::Tree::new(service.device_names()));
+        let role = Role::Fuse(tree::Tree::with_perms(service.device_names(), perms));
         let h = self.spawn("fuse".into(), chan, role, &service, &callers);
         wait_ready(&h).await?;
         if bind_dev {
@@ -224,14 +253,15 @@ impl Transport {
         callers: &Arc<dyn CallerResolver>,
     ) -> Arc<Handler> {
         let handler = Arc::new(Handler::new(role, service.clone(), callers.clone()));
-        let (h, stop, ended, n) = (
+        let (h, pools, stop, ended, n) = (
             handler.clone(),
+            self.pools.clone(),
             self.stop.subscribe(),
             self.ended.clone(),
             name.clone(),
         );
         let task = tokio::spawn(async move {
-            let r = session::serve(Arc::new(chan), h, stop).await;
+            let r = session::serve(Arc::new(chan), h, pools, stop).await;
             match &r {
                 Ok(SessionEnd::Disconnected) => {
                     tracing::warn!(session = n, "connection closed by the kernel")
@@ -292,7 +322,9 @@ impl Transport {
             first_err.get_or_insert(e);
         }
         self.stop.send_replace(true);
-        for s in std::mem::take(&mut self.sessions) {
+        let sessions = std::mem::take(&mut self.sessions);
+        let mut handlers = Vec::new();
+        for s in sessions {
             match s.task.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
@@ -302,11 +334,25 @@ impl Transport {
                     first_err.get_or_insert(io::Error::other(e));
                 }
             }
-            let h = s.handler;
+            handlers.push((s.name, s.handler));
+        }
+        let pools = self.pools.clone();
+        let idle = blocking(move || Ok(pools.drain(SHUTDOWN_GRACE)))
+            .await
+            .unwrap_or(false);
+        if !idle {
+            let (queued, running) = self.pools.requests.load();
+            tracing::warn!(
+                queued,
+                running,
+                "requests still waiting on their callers after the grace period; shutting down without them"
+            );
+        }
+        for (name, h) in handlers {
             let n = blocking(move || Ok(h.release_all())).await.unwrap_or(0);
             if n > 0 {
                 tracing::info!(
-                    session = s.name,
+                    session = name,
                     files = n,
                     "released files still open at shutdown"
                 );
@@ -325,6 +371,25 @@ pub fn cuse_available() -> bool {
         .write(true)
         .open(DEV_CUSE)
         .is_ok()
+}
+
+/// Gives the CUSE node the configured permissions: the kernel creates it once our CUSE_INIT answer
+/// is in (devtmpfs makes it 0600 root:root).
+fn apply_cuse_perm(path: &Path, perm: perms::Perm) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + INIT_TIMEOUT;
+    while !path.exists() {
+        if std::time::Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{} did not appear", path.display()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    perms::apply_to_path(path, perm)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    tracing::info!(path = %path.display(), %perm, "CUSE node permissions");
+    Ok(())
 }
 
 async fn wait_ready(h: &Handler) -> io::Result<()> {

@@ -1,10 +1,12 @@
 //! One session: a nonblocking /dev/fuse or /dev/cuse fd read on tokio, one task per request.
 //!
 //! The reader copies each message out of a reusable buffer; requests that call the service run on
-//! `spawn_blocking` threads (handlers are synchronous and may sleep), the rest inline. Each reply goes
-//! out whole with one write(2), from whichever thread produced it.
+//! the transport's worker [`Pools`] (handlers are synchronous and may wait on their caller), the
+//! rest inline on the reader, which never waits for a worker. Each reply goes out whole with one
+//! write(2), from whichever thread produced it.
 
-use super::handler::Handler;
+use super::handler::{Handler, Lane};
+use super::pool::{Job, Pool, PoolConfig};
 use super::wire;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -13,7 +15,6 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 /// A /dev/fuse or /dev/cuse file descriptor registered with tokio.
 pub struct Channel {
@@ -83,7 +84,7 @@ fn send(chan: &Channel, reply: Option<Vec<u8>>) {
         if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::ENODEV) {
             tracing::debug!(error = %e, "reply dropped");
         } else {
-            tracing::warn!(error = %e, "writing a reply");
+            crate::warn_limited!(error = %e, "writing a reply");
         }
     }
 }
@@ -97,55 +98,80 @@ pub enum SessionEnd {
     Disconnected,
 }
 
-/// Serves `chan` until `stop` turns true or the kernel ends the connection, then waits for the
-/// requests still in flight.
+/// The worker pools every session of a transport hands requests to.
+pub struct Pools {
+    /// OPEN, READ, WRITE and IOCTL: fair per user id (see [`Pool`]).
+    pub requests: Pool,
+    /// RELEASE only, on a thread of its own: a release never waits on a client, and the daemon's
+    /// own close of a CUSE node file waits for its RELEASE answer, so releases must never queue
+    /// behind requests that might be the ones waiting.
+    pub releases: Pool,
+}
+
+impl Pools {
+    pub fn new() -> io::Result<Self> {
+        Ok(Self {
+            requests: Pool::new("uiommufd-worker", PoolConfig::requests())?,
+            releases: Pool::new(
+                "uiommufd-release",
+                PoolConfig {
+                    threads: 1,
+                    per_user: 1,
+                },
+            )?,
+        })
+    }
+
+    /// Waits for both pools to go idle, at most `timeout` in all. True if they did.
+    pub fn drain(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(std::time::Instant::now());
+        self.requests.drain(left()) & self.releases.drain(left())
+    }
+}
+
+/// Serves `chan` until `stop` turns true or the kernel ends the connection. Requests still running
+/// on the pools are waited for by the transport's shutdown, with a deadline.
 pub async fn serve(
     chan: Arc<Channel>,
     handler: Arc<Handler>,
+    pools: Arc<Pools>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<SessionEnd> {
     let mut buf = vec![0u8; wire::BUFFER_SIZE];
-    let mut tasks = JoinSet::new();
-    let end = loop {
-        while let Some(r) = tasks.try_join_next() {
-            if let Err(e) = r {
-                tracing::error!(error = %e, "request task failed");
-            }
-        }
+    loop {
         if *stop.borrow() {
-            break Ok(SessionEnd::Stopped);
+            return Ok(SessionEnd::Stopped);
         }
         let n = tokio::select! {
             changed = stop.changed() => {
                 if changed.is_err() {
-                    break Ok(SessionEnd::Stopped);
+                    return Ok(SessionEnd::Stopped);
                 }
                 continue;
             }
             r = chan.read(&mut buf) => r,
         };
         let n = match n {
-            Ok(0) => break Ok(SessionEnd::Disconnected),
+            Ok(0) => return Ok(SessionEnd::Disconnected),
             Ok(n) => n,
             Err(e) => match e.raw_os_error() {
-                Some(libc::ENODEV) => break Ok(SessionEnd::Disconnected),
+                Some(libc::ENODEV) => return Ok(SessionEnd::Disconnected),
                 // The kernel dropped the request between poll and read (interrupted caller).
                 Some(libc::ENOENT) => continue,
-                _ => break Err(e),
+                _ => return Err(e),
             },
         };
-        let msg = buf[..n].to_vec();
-        if Handler::calls_service(&msg) {
+        let msg = &buf[..n];
+        let lane = handler.lane(msg);
+        let job = |msg: Vec<u8>| -> Job {
             let (c, h) = (chan.clone(), handler.clone());
-            tasks.spawn_blocking(move || send(&c, h.handle(&msg)));
-        } else {
-            send(&chan, handler.handle(&msg));
-        }
-    };
-    while let Some(r) = tasks.join_next().await {
-        if let Err(e) = r {
-            tracing::error!(error = %e, "request task failed");
+            Box::new(move || send(&c, h.handle_guarded(&msg)))
+        };
+        match lane {
+            Lane::Inline => send(&chan, handler.handle_guarded(msg)),
+            Lane::Release => pools.releases.submit(0, job(msg.to_vec())),
+            Lane::User(uid) => pools.requests.submit(uid, job(msg.to_vec())),
         }
     }
-    end
 }

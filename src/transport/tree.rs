@@ -2,8 +2,12 @@
 //!
 //! Inode numbers are fixed at start; the device list is the service's at that moment.
 
+use super::perms::{NodePerms, Perm};
 use super::wire::Attr;
 use crate::dispatch::NodeKind;
+use nix::errno::Errno;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 pub const ROOT: u64 = 1;
 pub const IOMMU: u64 = 2;
@@ -34,18 +38,75 @@ pub enum Node {
 #[derive(Debug, Clone)]
 pub struct Tree {
     devices: Vec<String>,
+    /// Mode, owner and group of each file that opens into the service, changed by chmod/chown.
+    perms: Arc<Mutex<HashMap<u64, Perm>>>,
 }
 
 impl Tree {
+    /// The tree with the default (kernel-like) permissions.
     pub fn new(devices: Vec<String>) -> Self {
+        Self::with_perms(devices, NodePerms::default())
+    }
+
+    pub fn with_perms(devices: Vec<String>, node_perms: NodePerms) -> Self {
         // Names that cannot be path components are left out rather than served wrongly.
         let devices = devices
             .into_iter()
             .filter(|n| {
                 !n.is_empty() && n != "." && n != ".." && !n.contains('/') && !n.contains('\0')
             })
-            .collect();
-        Self { devices }
+            .collect::<Vec<String>>();
+        let mut perms = HashMap::from([
+            (IOMMU, node_perms.iommu),
+            (VFIO_CONTAINER, node_perms.vfio),
+        ]);
+        for i in 0..devices.len() {
+            perms.insert(FIRST_DEVICE + i as u64, node_perms.device);
+        }
+        Self {
+            devices,
+            perms: Arc::new(Mutex::new(perms)),
+        }
+    }
+
+    fn perm(&self, ino: u64) -> Perm {
+        self.perms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+            .copied()
+            .unwrap_or(Perm::root(0o600))
+    }
+
+    /// chmod/chown of a service file by user `caller` (the request's fsuid): only root and the
+    /// owner may change anything (the kernel, with `default_permissions`, has checked already that
+    /// the caller may do this particular change); only root gives a file away. Other files: EPERM.
+    pub fn set_perm(
+        &self,
+        ino: u64,
+        caller: u32,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<(), Errno> {
+        let mut perms = self.perms.lock().unwrap_or_else(|p| p.into_inner());
+        let p = perms.get_mut(&ino).ok_or(Errno::EPERM)?;
+        if caller != 0 && caller != p.uid {
+            return Err(Errno::EPERM);
+        }
+        if caller != 0 && uid.is_some_and(|u| u != p.uid) {
+            return Err(Errno::EPERM);
+        }
+        if let Some(m) = mode {
+            p.mode = m & 0o777;
+        }
+        if let Some(u) = uid {
+            p.uid = u;
+        }
+        if let Some(g) = gid {
+            p.gid = g;
+        }
+        Ok(())
     }
 
     pub fn node(&self, ino: u64) -> Option<Node> {
@@ -101,10 +162,13 @@ impl Tree {
 
     /// Attributes of an inode; `status_len` is the current size of the status text.
     pub fn attr(&self, ino: u64, status_len: u64) -> Option<Attr> {
-        let (mode, nlink, size) = match self.node(ino)? {
-            Node::Dir => (S_IFDIR | 0o755, 2, 0),
-            Node::Service(_) => (S_IFREG | 0o666, 1, 0),
-            Node::Status => (S_IFREG | 0o444, 1, status_len),
+        let (mode, nlink, size, perm) = match self.node(ino)? {
+            Node::Dir => (S_IFDIR | 0o755, 2, 0, Perm::root(0o755)),
+            Node::Service(_) => {
+                let p = self.perm(ino);
+                (S_IFREG | p.mode, 1, 0, p)
+            }
+            Node::Status => (S_IFREG | 0o444, 1, status_len, Perm::root(0o444)),
         };
         Some(Attr {
             ino,
@@ -112,6 +176,8 @@ impl Tree {
             blocks: size.div_ceil(512),
             mode,
             nlink,
+            uid: perm.uid,
+            gid: perm.gid,
             blksize: 4096,
             ..Default::default()
         })
@@ -138,5 +204,21 @@ mod tests {
         assert_eq!(t.node(0), None);
         assert_eq!(t.lookup(IOMMU, b"x"), None);
         assert_eq!(t.attr(STATUS, 5).unwrap().size, 5);
+        assert_eq!(t.attr(IOMMU, 0).unwrap().mode, S_IFREG | 0o660);
+        assert_eq!(t.attr(VFIO_CONTAINER, 0).unwrap().mode, S_IFREG | 0o666);
+        assert_eq!(t.attr(FIRST_DEVICE, 0).unwrap().mode, S_IFREG | 0o600);
+    }
+
+    #[test]
+    fn chmod_and_chown() {
+        let t = Tree::new(vec![]);
+        assert_eq!(t.set_perm(IOMMU, 1000, Some(0o666), None, None), Err(Errno::EPERM));
+        t.set_perm(IOMMU, 0, None, Some(1000), Some(1000)).unwrap();
+        t.set_perm(IOMMU, 1000, Some(0o600), None, None).unwrap();
+        let a = t.attr(IOMMU, 0).unwrap();
+        assert_eq!((a.mode, a.uid, a.gid), (S_IFREG | 0o600, 1000, 1000));
+        assert_eq!(t.set_perm(IOMMU, 1000, None, Some(0), None), Err(Errno::EPERM));
+        assert_eq!(t.set_perm(ROOT, 0, Some(0o777), None, None), Err(Errno::EPERM));
+        assert_eq!(t.set_perm(STATUS, 0, Some(0o777), None, None), Err(Errno::EPERM));
     }
 }

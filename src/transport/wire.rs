@@ -76,6 +76,8 @@ pub const FUSE_MAX_PAGES: u32 = 1 << 22;
 pub const CUSE_UNRESTRICTED_IOCTL: u32 = 1 << 0;
 /// fuse_open_out.open_flags: bypass the page cache.
 pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
+/// fuse_open_out.open_flags: close() sends no FLUSH.
+pub const FOPEN_NOFLUSH: u32 = 1 << 5;
 /// fuse_ioctl_in.flags bits.
 pub const FUSE_IOCTL_UNRESTRICTED: u32 = 1 << 1;
 pub const FUSE_IOCTL_DIR: u32 = 1 << 4;
@@ -156,6 +158,17 @@ wire_struct!(Attr {
     blksize: u32,
     flags: u32,
 });
+wire_struct!(
+    /// SETATTR's argument.
+    SetattrIn { valid: u32, padding: u32, fh: u64, size: u64, lock_owner: u64, atime: u64,
+    mtime: u64, ctime: u64, atimensec: u32, mtimensec: u32, ctimensec: u32, mode: u32,
+    unused4: u32, uid: u32, gid: u32, unused5: u32 }
+);
+/// fuse_setattr_in.valid bits.
+pub const FATTR_MODE: u32 = 1 << 0;
+pub const FATTR_UID: u32 = 1 << 1;
+pub const FATTR_GID: u32 = 1 << 2;
+pub const FATTR_SIZE: u32 = 1 << 3;
 wire_struct!(EntryOut {
     nodeid: u64,
     generation: u64,
@@ -422,6 +435,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<Attr>(), 88);
         assert_eq!(std::mem::size_of::<EntryOut>(), 128);
         assert_eq!(std::mem::size_of::<AttrOut>(), 104);
+        assert_eq!(std::mem::size_of::<SetattrIn>(), 88);
         assert_eq!(std::mem::size_of::<ReadIn>(), 40);
         assert_eq!(std::mem::size_of::<WriteIn>(), 40);
         assert_eq!(std::mem::size_of::<IoctlIn>(), 32);

@@ -140,11 +140,7 @@ pub struct Server {
 }
 
 pub fn fuse_options(mount: &Path) -> TransportOptions {
-    TransportOptions {
-        transport: TransportKind::Fuse,
-        mount: mount.to_path_buf(),
-        bind_dev: false,
-    }
+    TransportOptions::fuse(mount)
 }
 
 impl Server {

@@ -44,7 +44,7 @@ impl DaemonProcess {
         let dir = TempDir::new("mnt");
         let mount = dir.0.join("m");
         let child = Command::new(env!("CARGO_BIN_EXE_uiommufd"))
-            .args(["serve", "--transport", "fuse", "--mount"])
+            .args(["serve", "--selftest", "--transport", "fuse", "--mount"])
             .arg(&mount)
             .args(extra)
             .env(

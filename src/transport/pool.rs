@@ -1,0 +1,282 @@
+//! The worker pool that runs requests which call into the service.
+//!
+//! A request may wait on its caller: process_vm on memory behind the caller's own userfaultfd or
+//! FUSE file can block for as long as the caller likes. So the pool is built for callers that try:
+//! - a fixed number of threads, started once: no number of concurrent requests makes the daemon
+//!   spawn more (the old design grew up to tokio's 512 blocking threads and then starved);
+//! - requests queue per user id (the FUSE header's uid) and at most [`PoolConfig::per_user`] of
+//!   one user run at once, users taken round-robin: one user's stalled requests hold only that
+//!   user's share of the threads, everyone else keeps being served;
+//! - the reader never waits for the pool (it must stay free to answer the daemon's own queries and
+//!   to see new requests), so the queue is bounded by the kernel instead: every queued request is a
+//!   client thread blocked in a syscall, carrying at most one message of `MAX_WRITE` bytes;
+//! - a panic in a job is caught by the job's own wrapper (see `session`); a worker never dies.
+//!
+//! [`Pool::drain`] waits, with a deadline, for the queue to empty at shutdown: requests stuck on a
+//! client must not keep SIGTERM from completing.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Sizes of a pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolConfig {
+    /// Worker threads.
+    pub threads: usize,
+    /// Jobs of one key (user id) running at once.
+    pub per_user: usize,
+}
+
+impl PoolConfig {
+    /// The request pool: enough threads that a few stalled users leave plenty for the rest.
+    pub fn requests() -> Self {
+        Self {
+            threads: 32,
+            per_user: 8,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Lane {
+    queue: VecDeque<Job>,
+    running: usize,
+    /// In `State::ready` (has a queued job and room to run it).
+    scheduled: bool,
+}
+
+#[derive(Default)]
+struct State {
+    lanes: HashMap<u32, Lane>,
+    /// Keys with a job that may start now, in round-robin order.
+    ready: VecDeque<u32>,
+    queued: usize,
+    running: usize,
+    stopping: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Workers wait here for `ready`.
+    work: Condvar,
+    /// `drain` waits here for the pool to go idle.
+    idle: Condvar,
+    per_user: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Jobs run outside the lock and catch their panics; a poisoned lock still holds consistent
+        // counters, so carry on rather than stop serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn schedule(&self, st: &mut State, key: u32) {
+        let per_user = self.per_user;
+        if let Some(lane) = st.lanes.get_mut(&key) {
+            if !lane.scheduled && !lane.queue.is_empty() && lane.running < per_user {
+                lane.scheduled = true;
+                st.ready.push_back(key);
+                self.work.notify_one();
+            }
+        }
+    }
+}
+
+/// A fixed set of threads serving per-key fair queues.
+pub struct Pool {
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Starts `cfg.threads` workers named `name`.
+    pub fn new(name: &str, cfg: PoolConfig) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            idle: Condvar::new(),
+            per_user: cfg.per_user.max(1),
+        });
+        let mut threads = Vec::with_capacity(cfg.threads);
+        for _ in 0..cfg.threads.max(1) {
+            let s = shared.clone();
+            let t = std::thread::Builder::new()
+                .name(name.to_string())
+                .spawn(move || worker(&s));
+            match t {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    let pool = Self { shared, threads };
+                    drop(pool);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Self { shared, threads })
+    }
+
+    /// Queues `job` in the lane of `key`. Never blocks.
+    pub fn submit(&self, key: u32, job: Job) {
+        let mut st = self.shared.lock();
+        st.lanes.entry(key).or_default().queue.push_back(job);
+        st.queued += 1;
+        self.shared.schedule(&mut st, key);
+    }
+
+    /// Jobs queued and running.
+    pub fn load(&self) -> (usize, usize) {
+        let st = self.shared.lock();
+        (st.queued, st.running)
+    }
+
+    /// Waits until nothing is queued or running, at most `timeout`. True if the pool went idle.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        while st.queued + st.running > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            st = self
+                .shared
+                .idle
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+impl Drop for Pool {
+    /// Stops the workers once their current job ends; queued jobs are dropped (their callers get
+    /// an error from the kernel when the connection goes). Stuck workers are not waited for.
+    fn drop(&mut self) {
+        {
+            let mut st = self.shared.lock();
+            st.stopping = true;
+            st.lanes.clear();
+            st.ready.clear();
+            st.queued = 0;
+        }
+        self.shared.work.notify_all();
+        self.shared.idle.notify_all();
+        for t in std::mem::take(&mut self.threads) {
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn worker(s: &Shared) {
+    loop {
+        let (key, job) = {
+            let mut st = s.lock();
+            loop {
+                if st.stopping {
+                    return;
+                }
+                if let Some(key) = st.ready.pop_front() {
+                    let lane = st.lanes.get_mut(&key).expect("a ready key has a lane");
+                    lane.scheduled = false;
+                    let Some(job) = lane.queue.pop_front() else {
+                        continue;
+                    };
+                    lane.running += 1;
+                    st.queued -= 1;
+                    st.running += 1;
+                    // More of this user may run beside it, behind the others already waiting.
+                    s.schedule(&mut st, key);
+                    break (key, job);
+                }
+                st = s.work.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        // A panic is caught inside the job (it owes its caller a reply); this is a last guard so
+        // the counters stay right even if that wrapper itself unwinds.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        let mut st = s.lock();
+        st.running -= 1;
+        let remove = match st.lanes.get_mut(&key) {
+            Some(lane) => {
+                lane.running -= 1;
+                lane.running == 0 && lane.queue.is_empty()
+            }
+            None => false,
+        };
+        if remove {
+            st.lanes.remove(&key);
+        } else {
+            s.schedule(&mut st, key);
+        }
+        if st.queued + st.running == 0 {
+            s.idle.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    #[test]
+    fn runs_every_job() {
+        let pool = Pool::new("t", PoolConfig { threads: 3, per_user: 2 }).unwrap();
+        let done = Arc::new(AtomicUsize::new(0));
+        for i in 0..200u32 {
+            let d = done.clone();
+            pool.submit(i % 5, Box::new(move || {
+                d.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        assert!(pool.drain(Duration::from_secs(10)));
+        assert_eq!(done.load(Ordering::SeqCst), 200);
+        assert_eq!(pool.load(), (0, 0));
+    }
+
+    #[test]
+    fn a_stalled_user_does_not_starve_another() {
+        let pool = Pool::new("t", PoolConfig { threads: 4, per_user: 2 }).unwrap();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Arc::new(Mutex::new(release_rx));
+        let started = Arc::new(AtomicUsize::new(0));
+        // User 1 floods with jobs that block until released.
+        for _ in 0..50 {
+            let (rx, st) = (release_rx.clone(), started.clone());
+            pool.submit(1, Box::new(move || {
+                st.fetch_add(1, Ordering::SeqCst);
+                let _ = rx.lock().unwrap().recv();
+            }));
+        }
+        // User 2 is still served, while user 1 never holds more than its share.
+        let (tx, rx) = mpsc::channel();
+        pool.submit(2, Box::new(move || tx.send(()).unwrap()));
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("user 2 starved by user 1");
+        assert!(started.load(Ordering::SeqCst) <= 2);
+        assert!(!pool.drain(Duration::from_millis(1)));
+        for _ in 0..50 {
+            release_tx.send(()).unwrap();
+        }
+        assert!(pool.drain(Duration::from_secs(10)));
+        assert_eq!(started.load(Ordering::SeqCst), 50);
+    }
+
+    #[test]
+    fn a_panicking_job_leaves_the_pool_working() {
+        let pool = Pool::new("t", PoolConfig { threads: 1, per_user: 1 }).unwrap();
+        pool.submit(0, Box::new(|| panic!("job panics on purpose")));
+        let (tx, rx) = mpsc::channel();
+        pool.submit(0, Box::new(move || tx.send(7).unwrap()));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(7));
+        assert!(pool.drain(Duration::from_secs(10)));
+    }
+}
