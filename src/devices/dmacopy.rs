@@ -166,15 +166,16 @@ impl DmaCopy {
             ctx: Arc::downgrade(&ctx),
             name: self.name.clone(),
         });
-        let (dev_id, device) = Device::bind(&ctx, backend).and_then(|(dev_id, device)| {
-            match mem.write(arg + 12, &dev_id.to_ne_bytes()) {
-                Ok(()) => Ok((dev_id, device)),
-                Err(e) => {
-                    let _ = ctx.destroy(dev_id);
-                    Err(e)
+        let (dev_id, device) =
+            Device::bind(&ctx, backend).and_then(|(dev_id, device)| {
+                match mem.write(arg + 12, &dev_id.to_ne_bytes()) {
+                    Ok(()) => Ok((dev_id, device)),
+                    Err(e) => {
+                        let _ = ctx.destroy(dev_id);
+                        Err(e)
+                    }
                 }
-            }
-        })?;
+            })?;
         self.hw.lock().unwrap().reset();
         tracing::debug!(device = self.name, ctx = ctx.id, dev_id, "bound");
         *slot = Some(Binding {

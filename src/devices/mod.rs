@@ -26,8 +26,8 @@ pub mod domain;
 pub mod irq;
 pub mod regs;
 
-use crate::dispatch::{Daemon, DeviceOpener, Extensions};
 use crate::dispatch::daemon::ContextHold;
+use crate::dispatch::{Daemon, DeviceOpener, Extensions};
 use dmacopy::{ContextResolver, DmaCopy};
 use nix::errno::Errno;
 use std::collections::HashMap;

@@ -185,11 +185,7 @@ impl Daemon {
     }
 
     fn lifetime(&self, id: u64) -> Option<Arc<Lifetime>> {
-        self.contexts
-            .lock()
-            .unwrap()
-            .get(&id)
-            .cloned()
+        self.contexts.lock().unwrap().get(&id).cloned()
     }
 
     /// The live context with this id.
@@ -367,10 +363,7 @@ impl Daemon {
     /// (VFIO_DEVICE_BIND_IOMMUFD, object fds). EBADFD when it is not one of this daemon's iommufd
     /// files, as `iommufd_ctx_from_fd()`. The caller should close `file` right after: the hold, not
     /// the fd, keeps the context.
-    pub fn context_of_file(
-        &self,
-        file: std::os::fd::BorrowedFd<'_>,
-    ) -> Result<ContextHold, Errno> {
+    pub fn context_of_file(&self, file: std::os::fd::BorrowedFd<'_>) -> Result<ContextHold, Errno> {
         let id = context_query::ask(file)?;
         self.hold_context(id).ok_or(Errno::EBADFD)
     }

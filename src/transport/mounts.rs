@@ -96,7 +96,8 @@ pub fn cleanup_stale(target: &Path) -> io::Result<()> {
 /// Mounts the FUSE filesystem served on `fd` at `target` (which must exist).
 pub fn mount_fuse(fd: RawFd, target: &Path) -> io::Result<()> {
     // default_permissions: the kernel checks opens against the files' mode and owner.
-    let data = format!("fd={fd},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions");
+    let data =
+        format!("fd={fd},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions");
     mount(
         Some(SOURCE),
         target,

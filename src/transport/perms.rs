@@ -19,7 +19,11 @@ pub struct Perm {
 
 impl Perm {
     pub const fn root(mode: u32) -> Self {
-        Self { mode, uid: 0, gid: 0 }
+        Self {
+            mode,
+            uid: 0,
+            gid: 0,
+        }
     }
 }
 
@@ -79,13 +83,25 @@ fn group_id(name: &str) -> Result<u32, String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct NodePerms {
     /// Mode and owner of the iommu node: MODE[:USER[:GROUP]] (the kernel's /dev/iommu is 0660 root:root).
-    #[arg(long = "iommu-perm", value_name = "MODE[:USER[:GROUP]]", default_value = "0660")]
+    #[arg(
+        long = "iommu-perm",
+        value_name = "MODE[:USER[:GROUP]]",
+        default_value = "0660"
+    )]
     pub iommu: Perm,
     /// Mode and owner of the vfio/vfio container node (the kernel's is 0666).
-    #[arg(long = "vfio-perm", value_name = "MODE[:USER[:GROUP]]", default_value = "0666")]
+    #[arg(
+        long = "vfio-perm",
+        value_name = "MODE[:USER[:GROUP]]",
+        default_value = "0666"
+    )]
     pub vfio: Perm,
     /// Mode and owner of each vfio/devices/NAME node (the kernel's VFIO cdevs are 0600 root:root).
-    #[arg(long = "device-perm", value_name = "MODE[:USER[:GROUP]]", default_value = "0600")]
+    #[arg(
+        long = "device-perm",
+        value_name = "MODE[:USER[:GROUP]]",
+        default_value = "0600"
+    )]
     pub device: Perm,
 }
 

@@ -229,13 +229,23 @@ mod tests {
 
     #[test]
     fn runs_every_job() {
-        let pool = Pool::new("t", PoolConfig { threads: 3, per_user: 2 }).unwrap();
+        let pool = Pool::new(
+            "t",
+            PoolConfig {
+                threads: 3,
+                per_user: 2,
+            },
+        )
+        .unwrap();
         let done = Arc::new(AtomicUsize::new(0));
         for i in 0..200u32 {
             let d = done.clone();
-            pool.submit(i % 5, Box::new(move || {
-                d.fetch_add(1, Ordering::SeqCst);
-            }));
+            pool.submit(
+                i % 5,
+                Box::new(move || {
+                    d.fetch_add(1, Ordering::SeqCst);
+                }),
+            );
         }
         assert!(pool.drain(Duration::from_secs(10)));
         assert_eq!(done.load(Ordering::SeqCst), 200);
@@ -244,17 +254,27 @@ mod tests {
 
     #[test]
     fn a_stalled_user_does_not_starve_another() {
-        let pool = Pool::new("t", PoolConfig { threads: 4, per_user: 2 }).unwrap();
+        let pool = Pool::new(
+            "t",
+            PoolConfig {
+                threads: 4,
+                per_user: 2,
+            },
+        )
+        .unwrap();
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let release_rx = Arc::new(Mutex::new(release_rx));
         let started = Arc::new(AtomicUsize::new(0));
         // User 1 floods with jobs that block until released.
         for _ in 0..50 {
             let (rx, st) = (release_rx.clone(), started.clone());
-            pool.submit(1, Box::new(move || {
-                st.fetch_add(1, Ordering::SeqCst);
-                let _ = rx.lock().unwrap().recv();
-            }));
+            pool.submit(
+                1,
+                Box::new(move || {
+                    st.fetch_add(1, Ordering::SeqCst);
+                    let _ = rx.lock().unwrap().recv();
+                }),
+            );
         }
         // User 2 is still served, while user 1 never holds more than its share.
         let (tx, rx) = mpsc::channel();
@@ -272,7 +292,14 @@ mod tests {
 
     #[test]
     fn a_panicking_job_leaves_the_pool_working() {
-        let pool = Pool::new("t", PoolConfig { threads: 1, per_user: 1 }).unwrap();
+        let pool = Pool::new(
+            "t",
+            PoolConfig {
+                threads: 1,
+                per_user: 1,
+            },
+        )
+        .unwrap();
         pool.submit(0, Box::new(|| panic!("job panics on purpose")));
         let (tx, rx) = mpsc::channel();
         pool.submit(0, Box::new(move || tx.send(7).unwrap()));

@@ -56,10 +56,8 @@ impl Tree {
                 !n.is_empty() && n != "." && n != ".." && !n.contains('/') && !n.contains('\0')
             })
             .collect::<Vec<String>>();
-        let mut perms = HashMap::from([
-            (IOMMU, node_perms.iommu),
-            (VFIO_CONTAINER, node_perms.vfio),
-        ]);
+        let mut perms =
+            HashMap::from([(IOMMU, node_perms.iommu), (VFIO_CONTAINER, node_perms.vfio)]);
         for i in 0..devices.len() {
             perms.insert(FIRST_DEVICE + i as u64, node_perms.device);
         }
@@ -212,13 +210,25 @@ mod tests {
     #[test]
     fn chmod_and_chown() {
         let t = Tree::new(vec![]);
-        assert_eq!(t.set_perm(IOMMU, 1000, Some(0o666), None, None), Err(Errno::EPERM));
+        assert_eq!(
+            t.set_perm(IOMMU, 1000, Some(0o666), None, None),
+            Err(Errno::EPERM)
+        );
         t.set_perm(IOMMU, 0, None, Some(1000), Some(1000)).unwrap();
         t.set_perm(IOMMU, 1000, Some(0o600), None, None).unwrap();
         let a = t.attr(IOMMU, 0).unwrap();
         assert_eq!((a.mode, a.uid, a.gid), (S_IFREG | 0o600, 1000, 1000));
-        assert_eq!(t.set_perm(IOMMU, 1000, None, Some(0), None), Err(Errno::EPERM));
-        assert_eq!(t.set_perm(ROOT, 0, Some(0o777), None, None), Err(Errno::EPERM));
-        assert_eq!(t.set_perm(STATUS, 0, Some(0o777), None, None), Err(Errno::EPERM));
+        assert_eq!(
+            t.set_perm(IOMMU, 1000, None, Some(0), None),
+            Err(Errno::EPERM)
+        );
+        assert_eq!(
+            t.set_perm(ROOT, 0, Some(0o777), None, None),
+            Err(Errno::EPERM)
+        );
+        assert_eq!(
+            t.set_perm(STATUS, 0, Some(0o777), None, None),
+            Err(Errno::EPERM)
+        );
     }
 }

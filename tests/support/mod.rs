@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod users;
+
 pub struct DaemonProcess {
     pub child: Child,
     pub mount: PathBuf,
@@ -39,31 +41,36 @@ impl Drop for TempDir {
 }
 
 impl DaemonProcess {
-    /// Starts `uiommufd serve --transport fuse` with `extra` arguments and waits for its nodes.
+    /// Starts `uiommufd serve --selftest --transport fuse` with `extra` arguments and waits for
+    /// its nodes.
     pub fn start(extra: &[&str]) -> Self {
+        let mut args = vec!["--selftest"];
+        args.extend_from_slice(extra);
+        Self::start_plain(&args)
+    }
+
+    /// Starts `uiommufd serve --transport fuse` with exactly `args` after it (no selftest surface
+    /// unless asked for) on a fresh mount point.
+    pub fn start_plain(args: &[&str]) -> Self {
         let dir = TempDir::new("mnt");
         let mount = dir.0.join("m");
-        let child = Command::new(env!("CARGO_BIN_EXE_uiommufd"))
-            .args(["serve", "--selftest", "--transport", "fuse", "--mount"])
-            .arg(&mount)
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn uiommufd");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !mount.join("iommu").exists() {
-            assert!(Instant::now() < deadline, "daemon did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = spawn_daemon(&mount, args);
+        wait_for_node(&mount.join("iommu"), Duration::from_secs(20));
         Self {
             child,
             mount,
             _dir: dir,
         }
+    }
+
+    /// Starts another daemon on this one's mount point (once this one is gone).
+    pub fn restart(&mut self, args: &[&str]) {
+        self.child = spawn_daemon(&self.mount, args);
+        wait_for_node(&self.mount.join("iommu"), Duration::from_secs(20));
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
     }
 
     pub fn node(&self, rel: &str) -> PathBuf {
@@ -116,6 +123,29 @@ impl Drop for DaemonProcess {
             unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
             let _ = self.child.wait();
         }
+    }
+}
+
+fn spawn_daemon(mount: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_uiommufd"))
+        .args(["serve", "--transport", "fuse", "--mount"])
+        .arg(mount)
+        .args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn uiommufd")
+}
+
+/// Waits until a daemon's node answers an open (a stale mount of a dead daemon does not).
+fn wait_for_node(node: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while OpenOptions::new().read(true).open(node).is_err() {
+        assert!(Instant::now() < deadline, "daemon did not come up");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -1,0 +1,392 @@
+//! The trust boundary, through the real node: a root daemon whose nodes face unprivileged users.
+//! Each scenario runs the daemon as a separate process and the clients as forked children that
+//! drop to test users (created on first use).
+//!
+//! `harness = false`: clients are forked, and forking is only sound from a single-threaded
+//! process; this main runs the scenarios one after the other and prints libtest's summary line.
+
+mod support;
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+use support::users::{self, open_errno, run_as, run_forked, TestUser};
+use support::{ioas_alloc, ioctl, open_node, DaemonProcess};
+use uiommufd_uapi::iommufd::*;
+use uiommufd_uapi::vfio::*;
+
+fn user(name: &str) -> TestUser {
+    users::test_user(name).unwrap_or_else(|| panic!("test user {name}"))
+}
+
+/// Default permissions are the kernel's; chmod and chown take effect and are checked.
+fn node_permissions() {
+    let d = DaemonProcess::start(&[]);
+    let (u1, u2) = (user("uiommufd-t1"), user("uiommufd-t2"));
+    let iommu = d.node("iommu");
+    let meta = std::fs::metadata(&iommu).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(meta.mode() & 0o7777, 0o660);
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    assert_eq!(
+        std::fs::metadata(d.node("vfio/vfio")).unwrap().mode() & 0o777,
+        0o666
+    );
+    let p = iommu.clone();
+    assert_eq!(
+        run_as(&u1, Duration::from_secs(20), || open_errno(&p)),
+        Some(libc::EACCES)
+    );
+    let v = d.node("vfio/vfio");
+    assert_eq!(
+        run_as(&u1, Duration::from_secs(20), || open_errno(&v)),
+        Some(0)
+    );
+
+    // Given to u1: u1 may use it, and decides who else may.
+    std::os::unix::fs::chown(&iommu, Some(u1.uid), Some(u1.gid)).unwrap();
+    let p = iommu.clone();
+    let r = run_as(&u1, Duration::from_secs(20), || {
+        let f = open_node(&p);
+        ioas_alloc(&f);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).map_or(1, |_| 0)
+    });
+    assert_eq!(r, Some(0));
+    assert_eq!(
+        run_as(&u2, Duration::from_secs(20), || open_errno(&p)),
+        Some(0)
+    );
+    // u2 is not the owner: chmod is refused.
+    let r = run_as(
+        &u2,
+        Duration::from_secs(20),
+        || match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => 0,
+            Err(e) => e.raw_os_error().unwrap_or(-1),
+        },
+    );
+    assert_eq!(r, Some(libc::EPERM));
+    // `chmod 600` by the owner keeps everyone else out.
+    let r = run_as(&u1, Duration::from_secs(20), || {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_or(1, |_| 0)
+    });
+    assert_eq!(r, Some(0));
+    assert_eq!(
+        run_as(&u2, Duration::from_secs(20), || open_errno(&p)),
+        Some(libc::EACCES)
+    );
+    assert_eq!(
+        run_as(&u1, Duration::from_secs(20), || open_errno(&p)),
+        Some(0)
+    );
+    assert_eq!(std::fs::metadata(&iommu).unwrap().mode() & 0o777, 0o600);
+    d.stop();
+}
+
+/// Without --selftest the selftest's command is not there, as on a production kernel.
+fn production_daemon_has_no_selftest_surface() {
+    let d = DaemonProcess::start_plain(&[]);
+    let f = d.open_iommu();
+    ioas_alloc(&f);
+    let mut cmd = uiommufd_uapi::selftest::iommu_test_cmd {
+        size: std::mem::size_of::<uiommufd_uapi::selftest::iommu_test_cmd>() as u32,
+        op: uiommufd_uapi::selftest::IOMMU_TEST_OP_MOCK_DOMAIN,
+        ..Default::default()
+    };
+    assert_eq!(
+        ioctl(&f, uiommufd_uapi::selftest::IOMMU_TEST_CMD, &mut cmd),
+        Err(libc::ENOTTY)
+    );
+    drop(f);
+    d.stop();
+    // With it, the same command is served.
+    let d = DaemonProcess::start(&[]);
+    let f = d.open_iommu();
+    let ioas = ioas_alloc(&f);
+    let mut cmd = uiommufd_uapi::selftest::iommu_test_cmd {
+        size: std::mem::size_of::<uiommufd_uapi::selftest::iommu_test_cmd>() as u32,
+        op: uiommufd_uapi::selftest::IOMMU_TEST_OP_MOCK_DOMAIN,
+        id: ioas,
+        ..Default::default()
+    };
+    assert_eq!(
+        ioctl(&f, uiommufd_uapi::selftest::IOMMU_TEST_CMD, &mut cmd),
+        Ok(0)
+    );
+    drop(f);
+    d.stop();
+}
+
+/// 1,000 concurrent calls that make the daemon identify an fd of its own node (each asks the
+/// daemon itself which context the file is): all are answered, others are served meanwhile, and
+/// SIGTERM still stops the daemon promptly. (Before, 700 such calls wedged it for good.)
+fn a_thousand_concurrent_fd_taking_calls() {
+    const CALLS: usize = 1000;
+    let d = DaemonProcess::start(&["--iommu-perm", "0666"]);
+    let u1 = user("uiommufd-t1");
+    let p = d.node("iommu");
+    let r = run_as(&u1, Duration::from_secs(120), || {
+        let f = open_node(&p);
+        let ioas = ioas_alloc(&f);
+        let fd = f.as_raw_fd();
+        let threads: Vec<_> = (0..CALLS)
+            .map(|_| {
+                std::thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || {
+                        // The iommufd itself as the file to map: the daemon must ask whether it is
+                        // one of its dma-buf handles, then refuse it.
+                        let mut m = iommu_ioas_map_file {
+                            size: std::mem::size_of::<iommu_ioas_map_file>() as u32,
+                            flags: IOMMU_IOAS_MAP_READABLE,
+                            ioas_id: ioas,
+                            fd,
+                            start: 0,
+                            length: 4096,
+                            ..Default::default()
+                        };
+                        // SAFETY: `m` is a live struct; `fd` stays open until every thread ends.
+                        let rc = unsafe {
+                            libc::ioctl(fd, IOMMU_IOAS_MAP_FILE as libc::c_ulong, &mut m)
+                        };
+                        rc
+                    })
+                    .expect("spawn")
+            })
+            .collect();
+        let refused = threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|rc| *rc < 0)
+            .count();
+        if refused == CALLS {
+            0
+        } else {
+            1
+        }
+    });
+    assert_eq!(
+        r,
+        Some(0),
+        "every call answered (with an error) within the deadline"
+    );
+    // Still serving.
+    let f = d.open_iommu();
+    ioas_alloc(&f);
+    drop(f);
+    let t = Instant::now();
+    d.stop();
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?}",
+        t.elapsed()
+    );
+}
+
+const UFFD_API: u64 = 0xaa;
+const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+
+/// A client whose argument lives in memory that never arrives (a userfaultfd nobody serves):
+/// its request waits on it forever. Other users are served meanwhile, and SIGTERM still stops
+/// the daemon within its grace period; the stuck client then gets an error, not a hang.
+fn a_stalled_client_stalls_nobody_else() {
+    let d = DaemonProcess::start(&["--iommu-perm", "0666"]);
+    let p = d.node("iommu");
+    let (ready_r, ready_w) = nix::unistd::pipe().unwrap();
+    let pid = {
+        // SAFETY: single-threaded parent; the child only sets up the stall and waits in it.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: raw syscalls on fresh objects of this child; results are checked.
+            let code = unsafe {
+                let uffd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) as i32;
+                let mut api = [UFFD_API, 0, 0];
+                let page = libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                let mut reg = [page as u64, 4096, UFFDIO_REGISTER_MODE_MISSING, 0];
+                if uffd < 0
+                    || libc::ioctl(uffd, UFFDIO_API, api.as_mut_ptr()) != 0
+                    || page == libc::MAP_FAILED
+                    || libc::ioctl(uffd, UFFDIO_REGISTER, reg.as_mut_ptr()) != 0
+                {
+                    libc::_exit(3);
+                }
+                let f = open_node(&p);
+                libc::write(ready_w.as_raw_fd(), b"r".as_ptr().cast(), 1);
+                // The daemon reads the size word from the unserved page: this never returns
+                // while the daemon lives.
+                let rc = libc::ioctl(f.as_raw_fd(), IOMMU_IOAS_ALLOC as libc::c_ulong, page);
+                if rc < 0 {
+                    0
+                } else {
+                    4
+                }
+            };
+            // SAFETY: ends the child.
+            unsafe { libc::_exit(code) };
+        }
+        pid
+    };
+    drop(ready_w);
+    let mut b = [0u8; 1];
+    assert_eq!(
+        nix::unistd::read(&ready_r, &mut b),
+        Ok(1),
+        "stalling client set up"
+    );
+    // The stalled request is in the daemon (the client is blocked in it); others are served.
+    let t = Instant::now();
+    let r = run_forked(None, Duration::from_secs(20), || {
+        let f = open_node(&d.node("iommu"));
+        ioas_alloc(&f);
+        0
+    });
+    assert_eq!(r, Some(0));
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let t = Instant::now();
+    d.stop();
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "SIGTERM took {:?}",
+        t.elapsed()
+    );
+    let mut status = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // SAFETY: reaps our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled client never got an answer"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "client status {status:#x}"
+    );
+}
+
+/// `kill -9` of a daemon that holds a context for a bound device (whose client already closed
+/// its iommufd): the daemon dies for real, clients get errors, and a new daemon serves the same
+/// mount within 5 s. (Before, the daemon held a duplicate of the client's iommufd and its death
+/// waited forever on its own FLUSH.)
+fn kill_9_with_a_context_held() {
+    let args = ["--selftest", "--device", "dmacopy"];
+    let mut d = DaemonProcess::start_plain(&args);
+    let f = d.open_iommu();
+    let dev = open_node(&d.node("vfio/devices/dmacopy0"));
+    let mut b = vfio_device_bind_iommufd {
+        argsz: std::mem::size_of::<vfio_device_bind_iommufd>() as u32,
+        iommufd: f.as_raw_fd(),
+        ..Default::default()
+    };
+    ioctl(&dev, VFIO_DEVICE_BIND_IOMMUFD, &mut b).expect("bind");
+    drop(f);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(d.pid(), libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the killed daemon never finished dying"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The client's device fd now fails instead of hanging.
+    let dev_fd = dev.as_raw_fd();
+    let r = run_forked(None, Duration::from_secs(10), || {
+        let mut info = vfio_device_info {
+            argsz: std::mem::size_of::<vfio_device_info>() as u32,
+            ..Default::default()
+        };
+        // SAFETY: the inherited fd is open in the child; `info` is live.
+        let rc = unsafe { libc::ioctl(dev_fd, VFIO_DEVICE_GET_INFO as libc::c_ulong, &mut info) };
+        if rc < 0 {
+            0
+        } else {
+            1
+        }
+    });
+    assert_eq!(r, Some(0), "the client got an error in time");
+    drop(dev);
+    let t = Instant::now();
+    d.restart(&args);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "restart took {:?}",
+        t.elapsed()
+    );
+    let f = d.open_iommu();
+    ioas_alloc(&f);
+    drop(f);
+    d.stop();
+}
+
+fn main() {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let tests: [(&str, fn()); 5] = [
+        ("node_permissions", node_permissions),
+        (
+            "production_daemon_has_no_selftest_surface",
+            production_daemon_has_no_selftest_surface,
+        ),
+        (
+            "a_thousand_concurrent_fd_taking_calls",
+            a_thousand_concurrent_fd_taking_calls,
+        ),
+        (
+            "a_stalled_client_stalls_nobody_else",
+            a_stalled_client_stalls_nobody_else,
+        ),
+        ("kill_9_with_a_context_held", kill_9_with_a_context_held),
+    ];
+    let start = Instant::now();
+    let (mut passed, mut failed, mut filtered) = (0, 0, 0);
+    if !users::require(
+        "root, to create test users and drop to them",
+        users::can_switch_users(),
+    ) {
+        println!("test result: ok. 0 passed; 0 failed; {} ignored; 0 measured; 0 filtered out; finished in 0.00s", tests.len());
+        return;
+    }
+    for (name, test) in tests {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            filtered += 1;
+            continue;
+        }
+        println!("test {name} ...");
+        match std::panic::catch_unwind(test) {
+            Ok(()) => {
+                println!("test {name} ... ok");
+                passed += 1;
+            }
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    println!(
+        "\ntest result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; {filtered} filtered out; finished in {:.2}s",
+        if failed == 0 { "ok" } else { "FAILED" },
+        start.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        std::process::exit(101);
+    }
+}
