@@ -145,10 +145,7 @@ fn a_thousand_concurrent_fd_taking_calls() {
                             ..Default::default()
                         };
                         // SAFETY: `m` is a live struct; `fd` stays open until every thread ends.
-                        let rc = unsafe {
-                            libc::ioctl(fd, IOMMU_IOAS_MAP_FILE as libc::c_ulong, &mut m)
-                        };
-                        rc
+                        unsafe { libc::ioctl(fd, IOMMU_IOAS_MAP_FILE as libc::c_ulong, &mut m) }
                     })
                     .expect("spawn")
             })

@@ -44,6 +44,9 @@ fn not_supported(_u: &Ucmd) -> Result<(), Errno> {
     Err(Errno::EOPNOTSUPP)
 }
 
+/// A command handler.
+pub type Handler = fn(&Ucmd) -> Result<(), Errno>;
+
 /// Handlers other layers supply for the device, HWPT and selftest commands.
 #[derive(Clone, Copy)]
 pub struct Extensions {
@@ -58,7 +61,7 @@ pub struct Extensions {
     pub hw_queue_alloc: fn(&Ucmd) -> Result<(), Errno>,
     /// IOMMU_TEST_CMD (the selftest's mock devices, accesses, fault injection): None in a
     /// production daemon, where the number answers ENOTTY as on a kernel without IOMMUFD_TEST.
-    pub test_cmd: Option<fn(&Ucmd) -> Result<(), Errno>>,
+    pub test_cmd: Option<Handler>,
 }
 
 impl Default for Extensions {
