@@ -15,7 +15,7 @@ use std::time::Instant;
 use uiommufd::caller::CallerMemory;
 use uiommufd::dispatch::{NodeKind, OpenFile, Service};
 use uiommufd::transport::handler::{Handler, ProcessCallers, Role};
-use uiommufd::transport::{mounts, tree, wire, Transport, TransportKind, TransportOptions};
+use uiommufd::transport::{mounts, tree, wire, Transport, TransportOptions};
 
 const NOP: u32 = (b';' as u32) << 8 | 0x85;
 const CLIENT_ENV: &str = "UIOMMUFD_BENCH_CLIENT";
