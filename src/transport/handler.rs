@@ -128,6 +128,12 @@ impl Handler {
         matches!(self.lock().get(&a.fh), Some(Handle::File(f)) if f.inline_ioctl(a.cmd))
     }
 
+    /// The answer `errno` to a message without handling it (None for messages that take none).
+    pub fn refuse(msg: &[u8], errno: Errno) -> Option<Vec<u8>> {
+        let h = wire::peek_header(msg)?;
+        (!no_reply(h.opcode)).then(|| wire::reply_err(h.unique, errno as i32))
+    }
+
     /// [`Self::handle`], with a panic below turned into an EIO answer and one (rate-limited) log
     /// line: the caller must not wait forever for a reply that a panic swallowed.
     pub fn handle_guarded(&self, msg: &[u8]) -> Option<Vec<u8>> {

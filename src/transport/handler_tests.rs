@@ -38,11 +38,15 @@ impl OpenFile for TestFile {
             }
             2 => Ok(7),
             3 => Ok(i64::MAX),
+            4 => panic!("a handler bug"),
             _ => Err(Errno::ENOTTY),
         }
     }
     fn read(&self, offset: u64, size: u32, _mem: &dyn CallerMemory) -> Result<Vec<u8>, Errno> {
         Ok(format!("{offset}:{size}").into_bytes())
+    }
+    fn inline_ioctl(&self, cmd: u32) -> bool {
+        cmd == 2
     }
     fn release(&self) {
         self.0.releases.fetch_add(1, Ordering::SeqCst);
@@ -388,4 +392,58 @@ fn fuse_malformed_messages_get_errors_not_panics() {
         let _ = h.handle(&m);
     }
     assert_eq!(c.opens.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_panicking_handler_answers_eio_and_the_session_goes_on() {
+    let (h, _) = cuse_handler();
+    cuse_init(&h);
+    let fh = open(&h, 0);
+    let i = IoctlIn {
+        fh,
+        flags: FUSE_IOCTL_UNRESTRICTED,
+        cmd: 4,
+        ..Default::default()
+    };
+    let r = h
+        .handle_guarded(&msg(opcode::IOCTL, 9, 0, 100, i.as_bytes()))
+        .expect("a reply is owed");
+    let (hd, _) = split(&r);
+    assert_eq!((hd.unique, hd.error), (9, -(Errno::EIO as i32)));
+    assert_eq!(ioctl(&h, fh, 2, 0, 100), Ok(7));
+}
+
+#[test]
+fn lanes() {
+    let (h, _) = cuse_handler();
+    cuse_init(&h);
+    let fh = open(&h, 0);
+    let ioctl_msg = |cmd| {
+        let i = IoctlIn {
+            fh,
+            cmd,
+            ..Default::default()
+        };
+        let mut m = msg(opcode::IOCTL, 5, 0, 100, i.as_bytes());
+        // uid 1234 in the header
+        m[24..28].copy_from_slice(&1234u32.to_ne_bytes());
+        m
+    };
+    assert_eq!(h.lane(&ioctl_msg(1)), Lane::User(1234));
+    assert_eq!(h.lane(&ioctl_msg(2)), Lane::Inline);
+    let rel = ReleaseIn {
+        fh,
+        ..Default::default()
+    };
+    assert_eq!(
+        h.lane(&msg(opcode::RELEASE, 6, 0, 0, rel.as_bytes())),
+        Lane::Release
+    );
+    assert_eq!(
+        h.lane(&msg(opcode::GETATTR, 7, 1, 100, &[0; 16])),
+        Lane::Inline
+    );
+    assert_eq!(h.lane(&[1, 2, 3]), Lane::Inline);
+    let refused = Handler::refuse(&ioctl_msg(1), Errno::ENOMEM).unwrap();
+    assert_eq!(split(&refused).0.error, -(Errno::ENOMEM as i32));
 }

@@ -9,7 +9,9 @@
 //!   user's share of the threads, everyone else keeps being served;
 //! - the reader never waits for the pool (it must stay free to answer the daemon's own queries and
 //!   to see new requests), so the queue is bounded by the kernel instead: every queued request is a
-//!   client thread blocked in a syscall, carrying at most one message of `MAX_WRITE` bytes;
+//!   client thread blocked in a syscall, carrying at most one message of `MAX_WRITE` bytes; and
+//!   the bytes one user may have queued are capped ([`PoolConfig::queued_bytes_per_user`]): past
+//!   that, [`Pool::submit`] refuses and the request is answered ENOMEM at once;
 //! - a panic in a job is caught by the job's own wrapper (see `session`); a worker never dies.
 //!
 //! [`Pool::drain`] waits, with a deadline, for the queue to empty at shutdown: requests stuck on a
@@ -28,6 +30,8 @@ pub struct PoolConfig {
     pub threads: usize,
     /// Jobs of one key (user id) running at once.
     pub per_user: usize,
+    /// Message bytes one key may have waiting in its queue (beyond one message).
+    pub queued_bytes_per_user: usize,
 }
 
 impl PoolConfig {
@@ -36,13 +40,15 @@ impl PoolConfig {
         Self {
             threads: 32,
             per_user: 8,
+            queued_bytes_per_user: 16 << 20,
         }
     }
 }
 
 #[derive(Default)]
 struct Lane {
-    queue: VecDeque<Job>,
+    queue: VecDeque<(Job, usize)>,
+    queued_bytes: usize,
     running: usize,
     /// In `State::ready` (has a queued job and room to run it).
     scheduled: bool,
@@ -65,6 +71,7 @@ struct Shared {
     /// `drain` waits here for the pool to go idle.
     idle: Condvar,
     per_user: usize,
+    queued_bytes_per_user: usize,
 }
 
 impl Shared {
@@ -100,6 +107,7 @@ impl Pool {
             work: Condvar::new(),
             idle: Condvar::new(),
             per_user: cfg.per_user.max(1),
+            queued_bytes_per_user: cfg.queued_bytes_per_user,
         });
         let mut threads = Vec::with_capacity(cfg.threads);
         for _ in 0..cfg.threads.max(1) {
@@ -119,12 +127,20 @@ impl Pool {
         Ok(Self { shared, threads })
     }
 
-    /// Queues `job` in the lane of `key`. Never blocks.
-    pub fn submit(&self, key: u32, job: Job) {
+    /// Queues `job`, which carries `bytes` of request data, in the lane of `key`. Never blocks.
+    /// Gives the job back when that lane already holds its share of queued bytes.
+    pub fn submit(&self, key: u32, bytes: usize, job: Job) -> Result<(), Job> {
+        let limit = self.shared.queued_bytes_per_user;
         let mut st = self.shared.lock();
-        st.lanes.entry(key).or_default().queue.push_back(job);
+        let lane = st.lanes.entry(key).or_default();
+        if !lane.queue.is_empty() && lane.queued_bytes.saturating_add(bytes) > limit {
+            return Err(job);
+        }
+        lane.queue.push_back((job, bytes));
+        lane.queued_bytes += bytes;
         st.queued += 1;
         self.shared.schedule(&mut st, key);
+        Ok(())
     }
 
     /// Jobs queued and running.
@@ -185,9 +201,10 @@ fn worker(s: &Shared) {
                 if let Some(key) = st.ready.pop_front() {
                     let lane = st.lanes.get_mut(&key).expect("a ready key has a lane");
                     lane.scheduled = false;
-                    let Some(job) = lane.queue.pop_front() else {
+                    let Some((job, bytes)) = lane.queue.pop_front() else {
                         continue;
                     };
+                    lane.queued_bytes -= bytes;
                     lane.running += 1;
                     st.queued -= 1;
                     st.running += 1;
@@ -227,25 +244,24 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;
 
+    fn cfg(threads: usize, per_user: usize) -> PoolConfig {
+        PoolConfig {
+            threads,
+            per_user,
+            queued_bytes_per_user: 1000,
+        }
+    }
+
     #[test]
     fn runs_every_job() {
-        let pool = Pool::new(
-            "t",
-            PoolConfig {
-                threads: 3,
-                per_user: 2,
-            },
-        )
-        .unwrap();
+        let pool = Pool::new("t", cfg(3, 2)).unwrap();
         let done = Arc::new(AtomicUsize::new(0));
         for i in 0..200u32 {
             let d = done.clone();
-            pool.submit(
-                i % 5,
-                Box::new(move || {
-                    d.fetch_add(1, Ordering::SeqCst);
-                }),
-            );
+            let job: Job = Box::new(move || {
+                d.fetch_add(1, Ordering::SeqCst);
+            });
+            assert!(pool.submit(i % 5, 10, job).is_ok());
         }
         assert!(pool.drain(Duration::from_secs(10)));
         assert_eq!(done.load(Ordering::SeqCst), 200);
@@ -254,33 +270,27 @@ mod tests {
 
     #[test]
     fn a_stalled_user_does_not_starve_another() {
-        let pool = Pool::new(
-            "t",
-            PoolConfig {
-                threads: 4,
-                per_user: 2,
-            },
-        )
-        .unwrap();
+        let pool = Pool::new("t", cfg(4, 2)).unwrap();
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let release_rx = Arc::new(Mutex::new(release_rx));
         let started = Arc::new(AtomicUsize::new(0));
         // User 1 floods with jobs that block until released.
         for _ in 0..50 {
             let (rx, st) = (release_rx.clone(), started.clone());
-            pool.submit(
-                1,
-                Box::new(move || {
-                    st.fetch_add(1, Ordering::SeqCst);
-                    let _ = rx.lock().unwrap().recv();
-                }),
-            );
+            let job: Job = Box::new(move || {
+                st.fetch_add(1, Ordering::SeqCst);
+                let _ = rx.lock().unwrap().recv();
+            });
+            assert!(pool.submit(1, 10, job).is_ok());
         }
-        // User 2 is still served, while user 1 never holds more than its share.
+        // Its queue is full by bytes now: more is refused; another user's big message is not.
+        assert!(pool.submit(1, 600, Box::new(|| ())).is_err());
         let (tx, rx) = mpsc::channel();
-        pool.submit(2, Box::new(move || tx.send(()).unwrap()));
+        let job: Job = Box::new(move || tx.send(()).unwrap());
+        assert!(pool.submit(2, 5000, job).is_ok());
         rx.recv_timeout(Duration::from_secs(10))
             .expect("user 2 starved by user 1");
+        // User 1 never held more than its share of the threads.
         assert!(started.load(Ordering::SeqCst) <= 2);
         assert!(!pool.drain(Duration::from_millis(1)));
         for _ in 0..50 {
@@ -292,17 +302,14 @@ mod tests {
 
     #[test]
     fn a_panicking_job_leaves_the_pool_working() {
-        let pool = Pool::new(
-            "t",
-            PoolConfig {
-                threads: 1,
-                per_user: 1,
-            },
-        )
-        .unwrap();
-        pool.submit(0, Box::new(|| panic!("job panics on purpose")));
+        let pool = Pool::new("t", cfg(1, 1)).unwrap();
+        assert!(pool
+            .submit(0, 0, Box::new(|| panic!("job panics on purpose")))
+            .is_ok());
         let (tx, rx) = mpsc::channel();
-        pool.submit(0, Box::new(move || tx.send(7).unwrap()));
+        assert!(pool
+            .submit(0, 0, Box::new(move || tx.send(7).unwrap()))
+            .is_ok());
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(7));
         assert!(pool.drain(Duration::from_secs(10)));
     }

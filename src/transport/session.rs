@@ -8,6 +8,7 @@
 use super::handler::{Handler, Lane};
 use super::pool::{Job, Pool, PoolConfig};
 use super::wire;
+use nix::errno::Errno;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -117,6 +118,7 @@ impl Pools {
                 PoolConfig {
                     threads: 1,
                     per_user: 1,
+                    queued_bytes_per_user: usize::MAX,
                 },
             )?,
         })
@@ -170,8 +172,19 @@ pub async fn serve(
         };
         match lane {
             Lane::Inline => send(&chan, handler.handle_guarded(msg)),
-            Lane::Release => pools.releases.submit(0, job(msg.to_vec())),
-            Lane::User(uid) => pools.requests.submit(uid, job(msg.to_vec())),
+            Lane::Release => {
+                // An unbounded lane never refuses.
+                let _ = pools.releases.submit(0, 0, job(msg.to_vec()));
+            }
+            Lane::User(uid) => {
+                if pools.requests.submit(uid, n, job(msg.to_vec())).is_err() {
+                    crate::warn_limited!(
+                        uid,
+                        "a user's queued requests exceed their share; answered ENOMEM"
+                    );
+                    send(&chan, Handler::refuse(msg, Errno::ENOMEM));
+                }
+            }
         }
     }
 }

@@ -11,8 +11,9 @@ pub const KERNEL_MINOR_VERSION: u32 = 31;
 /// Smallest minor version CUSE accepts in the CUSE_INIT reply.
 pub const CUSE_MIN_MINOR: u32 = 11;
 
-/// Largest write payload we negotiate (and the read size we allow).
-pub const MAX_WRITE: u32 = 1 << 20;
+/// Largest write payload we negotiate (and the read size we allow). Writes to our files are small
+/// (fault responses, device registers); a queued request holds one message, so keep it modest.
+pub const MAX_WRITE: u32 = 128 << 10;
 /// Read buffer for one message: the kernel refuses reads smaller than a header + write_in + max_write.
 pub const BUFFER_SIZE: usize = MAX_WRITE as usize + 64 * 1024;
 
