@@ -363,7 +363,7 @@ impl Domain for MockDomain {
         }
         if split {
             st.split_unmaps += 1;
-            tracing::warn!(
+            crate::warn_limited!(
                 iova,
                 len,
                 "mock domain: unmap does not cover whole map runs"

@@ -128,13 +128,13 @@ impl DmaCopy {
         let Some(id) = ctx.objects_of_type("ioas").into_iter().find_map(|(id, o)| {
             matches!(&o, Object::Ioas(i) if Arc::ptr_eq(i, &ioas)).then_some(id)
         }) else {
-            tracing::warn!(device = self.name, "attached IOAS not found in its context");
+            crate::warn_limited!(device = self.name, "attached IOAS not found in its context");
             return;
         };
         let access = Access::new(Arc::new(NoPins), false);
         match access.attach(ctx, id) {
             Ok(()) => *self.access.lock().unwrap() = Some(access),
-            Err(e) => tracing::warn!(device = self.name, %e, "cannot attach the DMA access"),
+            Err(e) => crate::warn_limited!(device = self.name, %e, "cannot attach the DMA access"),
         }
     }
 

@@ -72,7 +72,7 @@ fn link_fault(ctx: &crate::objects::Context, hwpt_id: u32, fault_id: u32) -> Res
     if let Ok(h) = ctx.get_ext_as::<crate::objects::viommu::ViommuNested>(hwpt_id) {
         return h.fault.set(ctx, fault_id);
     }
-    tracing::warn!(
+    crate::warn_limited!(
         hwpt_id,
         "IOMMU_HWPT_FAULT_ID_VALID on a HWPT that cannot report faults"
     );

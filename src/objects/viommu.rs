@@ -170,7 +170,7 @@ pub fn destroy_vdevices_of(ctx: &Context, device: &Device) {
         };
         if std::ptr::eq(Arc::as_ptr(&v.device), device) {
             if let Err(err) = ctx.destroy_tombstone(id) {
-                tracing::warn!(ctx = ctx.id, id, %err, "vDEVICE of a destroyed device kept");
+                crate::warn_limited!(ctx = ctx.id, id, %err, "vDEVICE of a destroyed device kept");
             }
         }
     }

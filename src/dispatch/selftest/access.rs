@@ -100,7 +100,7 @@ impl TestAccess {
         ItemsOps(self.items.clone()).unmap(&self.access, 0, u64::MAX);
         self.ctx.remove_user(self.object_id);
         if let Err(e) = self.ctx.destroy(self.object_id) {
-            tracing::warn!(ctx = self.ctx.id, id = self.object_id, errno = %e, "access object already gone");
+            crate::warn_limited!(ctx = self.ctx.id, id = self.object_id, errno = %e, "access object already gone");
         }
     }
 }
@@ -129,7 +129,7 @@ pub fn access_pages(u: &Ucmd, cmd: &mut iommu_test_cmd) -> Result<(), Errno> {
         return Err(Errno::EOPNOTSUPP);
     }
     if p.flags & MOCK_FLAGS_ACCESS_SYZ != 0 {
-        tracing::warn!("MOCK_FLAGS_ACCESS_SYZ (syzkaller IOVA encoding) is not supported");
+        crate::warn_limited!("MOCK_FLAGS_ACCESS_SYZ (syzkaller IOVA encoding) is not supported");
         return Err(Errno::EOPNOTSUPP);
     }
     let mut items = sa.items.lock().unwrap();
@@ -184,7 +184,7 @@ pub fn access_rw(u: &Ucmd, cmd: &iommu_test_cmd) -> Result<(), Errno> {
         u.mem.read(p.uptr, &mut buf).map_err(|_| Errno::EFAULT)?;
     }
     if p.flags & MOCK_FLAGS_ACCESS_SYZ != 0 {
-        tracing::warn!("MOCK_FLAGS_ACCESS_SYZ (syzkaller IOVA encoding) is not supported");
+        crate::warn_limited!("MOCK_FLAGS_ACCESS_SYZ (syzkaller IOVA encoding) is not supported");
         return Err(Errno::EOPNOTSUPP);
     }
     sa.access.rw(p.iova, &mut buf, write)?;

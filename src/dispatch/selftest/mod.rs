@@ -142,7 +142,7 @@ pub fn test_cmd(u: &Ucmd) -> Result<(), Errno> {
             }
         }
         IOMMU_TEST_OP_CREATE_ACCESS => {
-            tracing::warn!(
+            crate::warn_limited!(
                 "IOMMU_TEST_OP_CREATE_ACCESS returns an fd: run the client under `uiommufd launch`"
             );
             Err(Errno::EOPNOTSUPP)
@@ -163,7 +163,7 @@ pub fn test_cmd(u: &Ucmd) -> Result<(), Errno> {
         IOMMU_TEST_OP_TRIGGER_IOPF => trigger_iopf(u, &cmd),
         IOMMU_TEST_OP_TRIGGER_VEVENT => trigger_vevent(u, &cmd),
         IOMMU_TEST_OP_DMABUF_GET => {
-            tracing::warn!(
+            crate::warn_limited!(
                 "IOMMU_TEST_OP_DMABUF_GET returns an fd: run the client under `uiommufd launch`"
             );
             Err(Errno::EOPNOTSUPP)
