@@ -418,25 +418,46 @@ pub mod context_query {
         Ok(0)
     }
 
-    /// Whether an ioctl may be sent to `file` at all: a file of a FUSE mount or a character
-    /// device (CUSE). Anything else (sockets, pipes, eventfds, regular files) is refused before
-    /// any ioctl reaches it.
-    fn may_be_ours(file: BorrowedFd<'_>) -> bool {
+    /// The files the transport serves: every file of our FUSE mount has the mount's `st_dev`,
+    /// each CUSE node its own `st_rdev`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum OwnNode {
+        Mount { dev: u64 },
+        CharDevice { rdev: u64 },
+    }
+
+    fn own_nodes() -> &'static std::sync::RwLock<Vec<OwnNode>> {
+        static OWN: OnceLock<std::sync::RwLock<Vec<OwnNode>>> = OnceLock::new();
+        OWN.get_or_init(Default::default)
+    }
+
+    /// Called by the transport once a mount or CUSE node serves: only such files are ever asked.
+    pub fn register_own_node(node: OwnNode) {
+        let mut own = own_nodes().write().unwrap_or_else(|p| p.into_inner());
+        if !own.contains(&node) {
+            own.push(node);
+        }
+    }
+
+    /// Whether an ioctl may be sent to `file` at all: only a file the transport serves. The
+    /// daemon is root and the fd is the client's: an ioctl on any other file (another FUSE
+    /// filesystem, some character device) would be root acting for the client on a file the
+    /// daemon has no business with.
+    fn is_own_node(file: BorrowedFd<'_>) -> bool {
         let Ok(st) = nix::sys::stat::fstat(file) else {
             return false;
         };
+        let own = own_nodes().read().unwrap_or_else(|p| p.into_inner());
         let fmt = st.st_mode & libc::S_IFMT;
-        if fmt == libc::S_IFCHR {
-            return true;
-        }
-        fmt == libc::S_IFREG
-            && nix::sys::statfs::fstatfs(file)
-                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC)
+        own.iter().any(|n| match *n {
+            OwnNode::Mount { dev } => fmt == libc::S_IFREG && st.st_dev == dev,
+            OwnNode::CharDevice { rdev } => fmt == libc::S_IFCHR && st.st_rdev == rdev,
+        })
     }
 
     /// The asking side: the id of the context `file` was opened as, EBADFD for any other file.
     pub fn ask(file: BorrowedFd<'_>) -> Result<u64, Errno> {
-        if !may_be_ours(file) {
+        if !is_own_node(file) {
             return Err(Errno::EBADFD);
         }
         let mut q = Query {

@@ -42,12 +42,14 @@ pub mod session;
 pub mod tree;
 pub mod wire;
 
+use crate::dispatch::daemon::context_query::{self, OwnNode};
 use crate::dispatch::{NodeKind, Service};
 use handler::{CallerResolver, Handler, ProcessCallers, Role};
 use session::{Channel, Pools, SessionEnd};
 use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -220,7 +222,13 @@ impl Transport {
                 let h = self.spawn(format!("cuse:{devname}"), chan, role, &service, &callers);
                 wait_ready(&h).await?;
                 let path = Path::new("/dev").join(devname);
-                blocking(move || apply_cuse_perm(&path, perm)).await?;
+                blocking(move || {
+                    apply_cuse_perm(&path, perm)?;
+                    let rdev = std::fs::metadata(&path)?.rdev();
+                    context_query::register_own_node(OwnNode::CharDevice { rdev });
+                    Ok(())
+                })
+                .await?;
             }
         }
         let fd = Channel::open_device(Path::new(DEV_FUSE))?;
@@ -231,6 +239,9 @@ impl Transport {
         let role = Role::Fuse(tree::Tree::with_perms(service.device_names(), perms));
         let h = self.spawn("fuse".into(), chan, role, &service, &callers);
         wait_ready(&h).await?;
+        let m = self.mount.clone();
+        let dev = blocking(move || Ok(std::fs::metadata(m)?.dev())).await?;
+        context_query::register_own_node(OwnNode::Mount { dev });
         if bind_dev {
             let m = self.mount.clone();
             let binds = blocking(move || {
