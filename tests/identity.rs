@@ -66,7 +66,13 @@ fn user(name: &str) -> (u32, u32) {
     };
     if id("-u").is_none() {
         let st = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name])
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ])
             .status()
             .expect("useradd");
         assert!(
@@ -79,7 +85,14 @@ fn user(name: &str) -> (u32, u32) {
 
 /// This binary in `role` as user `who` (through `setpriv`, optionally `unshare -U -r` too).
 fn role_cmd(who: (u32, u32), userns: bool, role: &str, mnt: &Path, arg: &str) -> Command {
-    role_cmd_exe(who, userns, role, mnt, arg, &std::env::current_exe().unwrap())
+    role_cmd_exe(
+        who,
+        userns,
+        role,
+        mnt,
+        arg,
+        &std::env::current_exe().unwrap(),
+    )
 }
 
 fn role_cmd_exe(
@@ -98,7 +111,13 @@ fn role_cmd_exe(
         c.args(["unshare", "-U", "-r"]);
     }
     c.arg(exe)
-        .args(["role_entry", "--exact", "--nocapture", "--test-threads=1", "-q"])
+        .args([
+            "role_entry",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
         .env(ROLE_ENV, role)
         .env(MNT_ENV, mnt)
         .env(ARG_ENV, arg)
@@ -411,10 +430,17 @@ fn exec_holder(mnt: &Path, exe: &str) {
     // SAFETY: `fds[1]` is a fresh descriptor owned by nothing else.
     let mut order = unsafe { File::from_raw_fd(fds[1]) };
     let path = CString::new(exe).unwrap();
-    let argv_s: Vec<CString> = [exe, "role_entry", "--exact", "--nocapture", "--test-threads=1", "-q"]
-        .iter()
-        .map(|s| CString::new(*s).unwrap())
-        .collect();
+    let argv_s: Vec<CString> = [
+        exe,
+        "role_entry",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ]
+    .iter()
+    .map(|s| CString::new(*s).unwrap())
+    .collect();
     let mut argv: Vec<*const libc::c_char> = argv_s.iter().map(|s| s.as_ptr()).collect();
     argv.push(std::ptr::null());
     let env_s: Vec<CString> = [format!("{ROLE_ENV}=victim"), "PATH=/usr/bin:/bin".into()]

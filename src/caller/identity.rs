@@ -81,8 +81,13 @@ fn errno_of(e: &std::io::Error) -> Errno {
 }
 
 fn open_at(dir: &OwnedFd, name: &str, flags: rustix::fs::OFlags) -> Result<OwnedFd, Errno> {
-    rustix::fs::openat(dir, name, flags | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
-        .map_err(|e| Errno::from_raw(e.raw_os_error()))
+    rustix::fs::openat(
+        dir,
+        name,
+        flags | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| Errno::from_raw(e.raw_os_error()))
 }
 
 fn open_dir(path: &str) -> Result<OwnedFd, Errno> {
@@ -449,9 +454,10 @@ impl ProcessHandles {
         // A concurrent request of the same program may have bound it meanwhile: share that one.
         let chosen = {
             let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-            let existing = reg.iter().filter_map(Weak::upgrade).find(|h| {
-                h.tgid == fresh.tgid && h.exec_id == fresh.exec_id && !h.is_retired()
-            });
+            let existing = reg
+                .iter()
+                .filter_map(Weak::upgrade)
+                .find(|h| h.tgid == fresh.tgid && h.exec_id == fresh.exec_id && !h.is_retired());
             match existing {
                 Some(h) => h,
                 None => {
@@ -622,7 +628,10 @@ mod tests {
         let unl = "Max locked memory         unlimited            unlimited            bytes\n";
         assert_eq!(parse_memlock_limit(unl), Some(u64::MAX));
         assert_eq!(parse_memlock_limit("Max cpu time 1 1 seconds\n"), None);
-        assert_eq!(parse_memlock_limit("Max locked memory  junk x bytes\n"), None);
+        assert_eq!(
+            parse_memlock_limit("Max locked memory  junk x bytes\n"),
+            None
+        );
     }
 
     #[test]
@@ -752,10 +761,8 @@ mod tests {
             assert!(h.is_retired());
             assert_eq!(h.pagemap(addr, 1), Err(Errno::EFAULT));
             assert_eq!(h.vmas().unwrap_err(), Errno::EFAULT);
-            if exec {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -798,7 +805,10 @@ mod tests {
         let h2 = a.get(&mem).unwrap();
         let h3 = b.get(&mem).unwrap();
         assert!(Arc::ptr_eq(&h1, &h2));
-        assert!(Arc::ptr_eq(&h1, &h3), "one handle per process across contexts");
+        assert!(
+            Arc::ptr_eq(&h1, &h3),
+            "one handle per process across contexts"
+        );
         assert_eq!(a.len(), 1);
         // A retired handle is never handed out again.
         h1.retire();
@@ -806,5 +816,64 @@ mod tests {
         assert!(!Arc::ptr_eq(&h1, &h4));
         assert_eq!(a.len(), 1);
         assert_ne!(h1.id(), h4.id());
+    }
+
+    /// A stand-in for the request of process `pid` (its only thread).
+    struct Caller(i32);
+
+    impl CallerMemory for Caller {
+        fn read(&self, _: u64, _: &mut [u8]) -> Result<(), Errno> {
+            Err(Errno::EFAULT)
+        }
+        fn write(&self, _: u64, _: &[u8]) -> Result<(), Errno> {
+            Err(Errno::EFAULT)
+        }
+        fn pid(&self) -> i32 {
+            self.0
+        }
+        fn get_fd(&self, _: i32) -> Result<OwnedFd, Errno> {
+            Err(Errno::EBADF)
+        }
+    }
+
+    #[test]
+    fn a_context_holds_a_bounded_number_of_live_processes() {
+        use std::io::BufRead;
+        let mut children: Vec<std::process::Child> = (0..=MAX_PROCESSES_PER_CONTEXT)
+            .map(|_| {
+                let mut c = Command::new("sh")
+                    .args(["-c", "echo up; read x"])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let mut line = String::new();
+                std::io::BufReader::new(c.stdout.as_mut().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                c
+            })
+            .collect();
+        let ctx = ProcessHandles::new();
+        let pids: Vec<i32> = children.iter().map(|c| c.id() as i32).collect();
+        for &pid in &pids[..MAX_PROCESSES_PER_CONTEXT] {
+            ctx.get(&Caller(pid)).unwrap();
+        }
+        // The same processes again cost nothing new.
+        ctx.get(&Caller(pids[0])).unwrap();
+        let last = *pids.last().unwrap();
+        assert_eq!(ctx.get(&Caller(last)).unwrap_err(), Errno::ENOMEM);
+        assert_eq!(ctx.len(), MAX_PROCESSES_PER_CONTEXT);
+        // One of them exits: its handle is retired and makes room.
+        drop(children[0].stdin.take());
+        children[0].wait().unwrap();
+        let h = ctx.get(&Caller(last)).unwrap();
+        assert_eq!(h.tgid(), last);
+        assert_eq!(ctx.len(), MAX_PROCESSES_PER_CONTEXT);
+        for c in &mut children {
+            drop(c.stdin.take());
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

@@ -115,8 +115,7 @@ impl CallerMemory for ProcessMemory {
                 uid,
                 cap_eff,
                 // No capability to honour: no need to look at the namespace.
-                initial_userns: cap_eff != 0
-                    && super::identity::thread_in_daemon_userns(self.tid),
+                initial_userns: cap_eff != 0 && super::identity::thread_in_daemon_userns(self.tid),
             }),
             None => Credentials::of_thread(self.tid),
         }

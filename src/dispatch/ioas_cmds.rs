@@ -299,7 +299,13 @@ pub(crate) fn caller_capable(u: &Ucmd, cap: u32) -> bool {
 pub(crate) fn caller_process(
     ctx: &crate::objects::Context,
     mem: &dyn crate::caller::CallerMemory,
-) -> Result<(Arc<crate::caller::ProcessHandle>, crate::caller::Credentials), Errno> {
+) -> Result<
+    (
+        Arc<crate::caller::ProcessHandle>,
+        crate::caller::Credentials,
+    ),
+    Errno,
+> {
     let creds = mem.credentials()?;
     let owner = ctx.processes.get(mem)?;
     Ok((owner, creds))

@@ -231,7 +231,11 @@ mod tests {
             initial_userns: false,
         };
         let acct = Account::for_process(owner.clone(), &creds, AccountMode::User);
-        assert_eq!(acct.mode, AccountMode::User, "CAP_IPC_LOCK in a user namespace");
+        assert_eq!(
+            acct.mode,
+            AccountMode::User,
+            "CAP_IPC_LOCK in a user namespace"
+        );
         let root = Credentials {
             initial_userns: true,
             ..creds
@@ -243,25 +247,40 @@ mod tests {
     }
 
     #[test]
-    fn an_unreadable_limit_is_zero() {
-        // A retired handle of a process that never had its limit read: nothing may be pinned.
-        let owner = Arc::new(ProcessHandle::current().unwrap());
-        let limit = owner.memlock_limit();
-        owner.retire();
+    fn the_limit_is_the_owners_own_and_outlives_it() {
+        use std::io::BufRead;
+        // Another process with an 8 KiB (2 page) RLIMIT_MEMLOCK.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "ulimit -l 8 && echo up && read x"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "up");
+        let pid = child.id() as i32;
+        let owner = Arc::new(ProcessHandle::open(pid, pid).unwrap());
+        assert_eq!(owner.memlock_limit(), 8192);
         let creds = Credentials {
             uid: 4_000_000_002,
             cap_eff: 0,
             initial_userns: true,
         };
-        let acct = Account::for_process(owner, &creds, AccountMode::Process);
-        // After retirement the limit seen at bind time applies (the kernel keeps charging a dead
-        // owner against its last limit).
-        if limit / PAGE_SIZE < 1 {
-            assert_eq!(acct.charge(1), Err(Errno::ENOMEM));
-        } else {
-            acct.charge(1).unwrap();
-            acct.uncharge(1);
-        }
+        let acct = Account::for_process(owner.clone(), &creds, AccountMode::Process);
+        assert_eq!(acct.key(), owner.id());
+        acct.charge(2).unwrap();
+        assert_eq!(acct.charge(1), Err(Errno::ENOMEM));
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        // Gone: the last limit it had still applies (not "unlimited").
+        assert!(!owner.alive());
+        assert_eq!(owner.memlock_limit(), 8192);
+        assert_eq!(acct.charge(1), Err(Errno::ENOMEM));
+        acct.uncharge(2);
+        assert_eq!(charged_to_process(owner.id()), 0);
         let zero = Account::fixed(AccountMode::User, 1, 4_000_000_003, 0);
         assert_eq!(zero.charge(1), Err(Errno::ENOMEM));
     }
