@@ -266,7 +266,7 @@ impl ProcessHandle {
             return Ok(());
         }
         let end = addr.checked_add(data.len() as u64).ok_or(Errno::EFAULT)?;
-        let vmas = self.vmas()?;
+        let vmas = self.vmas_in(addr, end)?;
         check_vmas(&vmas, addr, end, true)?;
         self.write_unchecked(addr, data)
     }
@@ -316,28 +316,44 @@ impl ProcessHandle {
             .collect())
     }
 
-    /// The VMAs of the bound address space now.
-    pub fn vmas(&self) -> Result<Vec<Vma>, Errno> {
+    /// The VMAs of the bound address space that meet `[start, end)`, in order: one
+    /// PROCMAP_QUERY ioctl per VMA (Linux 6.11), or the maps text on older kernels.
+    pub fn vmas_in(&self, start: u64, end: u64) -> Result<Vec<Vma>, Errno> {
         let b = self.bound()?;
-        let text = {
-            let maps = b.maps.lock().unwrap_or_else(|e| e.into_inner());
-            let mut out = Vec::new();
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match maps.read_at(&mut buf, out.len() as u64) {
-                    Ok(0) => break,
-                    Ok(n) => out.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => return Err(Errno::EFAULT),
+        let maps = b.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        let mut cur = start;
+        while cur < end {
+            match procmap_query(&maps, cur) {
+                Ok(Some(vma)) if vma.start < end => {
+                    cur = vma.end;
+                    out.push(vma);
+                }
+                Ok(_) => break,
+                Err(Errno::ENOTTY | Errno::EINVAL) => {
+                    let text = read_seq(&maps)?;
+                    drop(maps);
+                    if text.is_empty() {
+                        // Every live address space has VMAs: this one is gone.
+                        return self.gone(b);
+                    }
+                    return Ok(parse_maps(&String::from_utf8_lossy(&text))
+                        .into_iter()
+                        .filter(|v| v.end > start && v.start < end)
+                        .collect());
+                }
+                Err(_) => {
+                    drop(maps);
+                    return self.gone(b);
                 }
             }
-            out
-        };
-        if text.is_empty() {
-            // Every live address space has VMAs: this one is gone.
-            return self.gone(b);
         }
-        Ok(parse_maps(&String::from_utf8_lossy(&text)))
+        Ok(out)
+    }
+
+    /// Every VMA of the bound address space now.
+    pub fn vmas(&self) -> Result<Vec<Vma>, Errno> {
+        self.vmas_in(0, u64::MAX)
     }
 
     /// The process's soft RLIMIT_MEMLOCK in bytes now (u64::MAX for unlimited). Fails closed:
@@ -353,6 +369,76 @@ impl ProcessHandle {
             Err(_) => self.limit_at_bind,
         }
     }
+}
+
+/// Reads a seq_file from its start to its end.
+fn read_seq(f: &File) -> Result<Vec<u8>, Errno> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match f.read_at(&mut buf, out.len() as u64) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(Errno::EFAULT),
+        }
+    }
+}
+
+/// `struct procmap_query` of the PROCMAP_QUERY ioctl on a maps file (uapi linux/fs.h).
+#[repr(C)]
+#[derive(Default)]
+struct ProcmapQuery {
+    size: u64,
+    query_flags: u64,
+    query_addr: u64,
+    vma_start: u64,
+    vma_end: u64,
+    vma_flags: u64,
+    vma_page_size: u64,
+    vma_offset: u64,
+    inode: u64,
+    dev_major: u32,
+    dev_minor: u32,
+    vma_name_size: u32,
+    build_id_size: u32,
+    vma_name_addr: u64,
+    build_id_addr: u64,
+}
+
+/// `_IOWR('f', 17, struct procmap_query)`.
+const PROCMAP_QUERY: libc::c_ulong = 0xc068_6611;
+const PROCMAP_QUERY_VMA_READABLE: u64 = 0x01;
+const PROCMAP_QUERY_VMA_WRITABLE: u64 = 0x02;
+const PROCMAP_QUERY_VMA_SHARED: u64 = 0x08;
+const PROCMAP_QUERY_COVERING_OR_NEXT_VMA: u64 = 0x10;
+
+/// The VMA covering `addr` or the next one above it; None past the last. ESRCH once the
+/// address space is gone, ENOTTY on kernels without the ioctl.
+fn procmap_query(maps: &File, addr: u64) -> Result<Option<Vma>, Errno> {
+    use std::os::fd::AsRawFd;
+    let mut q = ProcmapQuery {
+        size: std::mem::size_of::<ProcmapQuery>() as u64,
+        query_flags: PROCMAP_QUERY_COVERING_OR_NEXT_VMA,
+        query_addr: addr,
+        ..Default::default()
+    };
+    // SAFETY: PROCMAP_QUERY reads and writes exactly the struct `q` (its `size` says how much);
+    // the name and build-id buffers are not asked for (sizes 0, addresses 0).
+    let rc = unsafe { libc::ioctl(maps.as_raw_fd(), PROCMAP_QUERY, &mut q) };
+    if rc < 0 {
+        return match Errno::last() {
+            Errno::ENOENT => Ok(None),
+            e => Err(e),
+        };
+    }
+    Ok(Some(Vma {
+        start: q.vma_start,
+        end: q.vma_end,
+        read: q.vma_flags & PROCMAP_QUERY_VMA_READABLE != 0,
+        write: q.vma_flags & PROCMAP_QUERY_VMA_WRITABLE != 0,
+        private: q.vma_flags & PROCMAP_QUERY_VMA_SHARED == 0,
+    }))
 }
 
 /// A VMA of `/proc/<pid>/maps`: `[start, end)` and its permissions.
@@ -683,6 +769,52 @@ mod tests {
     }
 
     #[test]
+    fn vma_queries_agree_with_the_maps_text() {
+        let h = ProcessHandle::current().unwrap();
+        // A few private and shared, readable and writable mappings of our own.
+        let mk = |prot, flags| {
+            // SAFETY: fresh anonymous mappings, checked, unmapped below.
+            let p = unsafe { libc::mmap(std::ptr::null_mut(), 3 * 4096, prot, flags, -1, 0) };
+            assert_ne!(p, libc::MAP_FAILED);
+            p
+        };
+        let maps = [
+            mk(libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS),
+            mk(
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            ),
+        ];
+        for &p in &maps {
+            let start = p as u64;
+            let got = h.vmas_in(start, start + 3 * 4096).unwrap();
+            let text = std::fs::read_to_string("/proc/self/maps").unwrap();
+            let want: Vec<Vma> = parse_maps(&text)
+                .into_iter()
+                .filter(|v| v.end > start && v.start < start + 3 * 4096)
+                .collect();
+            // (Neighbours mapped meanwhile by other tests may merge: compare what our range sees.)
+            let perms = |v: &Vec<Vma>| -> Vec<(bool, bool, bool)> {
+                v.iter().map(|v| (v.read, v.write, v.private)).collect()
+            };
+            assert_eq!(perms(&got), perms(&want));
+            assert_eq!(got.len(), 1);
+            assert!(got[0].start <= start && got[0].end >= start + 3 * 4096);
+        }
+        assert!(check_vmas(
+            &h.vmas_in(maps[1] as u64, maps[1] as u64 + 1).unwrap(),
+            maps[1] as u64,
+            maps[1] as u64 + 1,
+            true
+        )
+        .is_ok());
+        for p in maps {
+            // SAFETY: unmapping the mappings made above.
+            unsafe { libc::munmap(p, 3 * 4096) };
+        }
+    }
+
+    #[test]
     fn writes_refuse_read_only_mappings() {
         let h = ProcessHandle::current().unwrap();
         // SAFETY: a fresh private read-only anonymous mapping; checked and unmapped below.
@@ -755,6 +887,10 @@ mod tests {
                 }
             } else {
                 child.wait().unwrap();
+            }
+            if exec {
+                // Found dead by the VMA query first.
+                assert_eq!(h.vmas().unwrap_err(), Errno::EFAULT);
             }
             assert_eq!(h.read(addr, &mut b), Err(Errno::EFAULT), "exec={exec}");
             assert!(!h.alive());

@@ -112,7 +112,7 @@ impl PageSource for ProcessSource {
         let end = start
             .checked_add(count.checked_mul(PAGE_SIZE).ok_or(Errno::EFAULT)?)
             .ok_or(Errno::EFAULT)?;
-        let vmas = self.process.vmas()?;
+        let vmas = self.process.vmas_in(start, end)?;
         check_vmas(&vmas, start, end, write)?;
         // Fault in (as pinning does) only the pages that are not resident yet, one byte each.
         let mut entries = self.process.pagemap(start, count)?;
