@@ -520,16 +520,26 @@ impl ProcessHandles {
         let tgid = mem.pid();
         let tid = mem.tid();
         let exec_id = exec_identity(tid)?;
-        let mine: Vec<Arc<ProcessHandle>> = self
+        let same_process: Vec<Arc<ProcessHandle>> = self
             .lock()
             .iter()
-            .filter(|h| h.tgid == tgid && h.exec_id == exec_id)
+            .filter(|h| h.tgid == tgid)
             .cloned()
             .collect();
-        for h in mine {
-            if h.alive() {
-                return Ok(h);
+        let mut found = None;
+        for h in same_process {
+            if h.exec_id == exec_id {
+                if found.is_none() && h.alive() {
+                    found = Some(h);
+                }
+            } else {
+                // The program this handle was bound to has been replaced by an exec: probing
+                // retires it (its address space reads 0 bytes) and closes its files now.
+                h.alive();
             }
+        }
+        if let Some(h) = found {
+            return Ok(h);
         }
         for h in registry_candidates(tgid, &exec_id) {
             if h.alive() {
@@ -1011,5 +1021,28 @@ mod tests {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    #[test]
+    fn the_mapping_thread_may_exit() {
+        // A worker thread maps, then exits; its process lives on.
+        let pid = std::process::id() as i32;
+        let h = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            ProcessHandle::open(tid, pid).unwrap()
+        })
+        .join()
+        .unwrap();
+        let src = vec![3u8; 4096];
+        let mut b = [0u8; 8];
+        let addr = src.as_ptr() as u64;
+        // The files hold the address space, not the thread that opened them.
+        assert!(h.alive());
+        assert_eq!(h.vmas_in(addr, addr + 8).unwrap().len(), 1);
+        h.read(addr, &mut b).unwrap();
+        assert_eq!(b, [3; 8]);
+        assert_eq!(h.pagemap(addr & !4095, 1).unwrap().len(), 1);
+        assert!(h.alive());
     }
 }
