@@ -38,49 +38,18 @@ const SCRIBBLE: u8 = 0xee;
 // Harness: users, roles, lines
 // ---------------------------------------------------------------------------------------------
 
-/// Whether this run may do what the tests need (root, setpriv); under CI a missing
-/// prerequisite fails instead of skipping.
+/// Whether this run may do what the tests need (root to create users and force pid numbers,
+/// setpriv); under `CI=true` a missing prerequisite fails instead of skipping.
 fn prerequisites() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
     let setpriv = Command::new("setpriv").arg("--version").output().is_ok();
-    if root && setpriv {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "needs root and setpriv (root={root}, setpriv={setpriv})"
-    );
-    eprintln!("skipped: needs root and setpriv");
-    false
+    support::users::require("root", support::users::can_switch_users())
+        && support::users::require("setpriv", setpriv)
 }
 
-/// (uid, gid) of system user `name`, created if missing.
+/// (uid, gid) of test user `name`, created if missing.
 fn user(name: &str) -> (u32, u32) {
-    let id = |flag: &str| -> Option<u32> {
-        let out = Command::new("id").args([flag, name]).output().ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-    };
-    if id("-u").is_none() {
-        let st = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                name,
-            ])
-            .status()
-            .expect("useradd");
-        assert!(
-            st.success() || id("-u").is_some(),
-            "useradd {name} failed: {st}"
-        );
-    }
-    (id("-u").unwrap(), id("-g").unwrap())
+    let u = support::users::test_user(name).unwrap_or_else(|| panic!("test user {name}"));
+    (u.uid, u.gid)
 }
 
 /// This binary in `role` as user `who` (through `setpriv`, optionally `unshare -U -r` too).
@@ -608,7 +577,7 @@ fn pid_reuse_does_not_reach_the_new_owner() {
     }
     let a = user("uiommufd-t1");
     let b = user("uiommufd-t2");
-    let d = DaemonProcess::start(&[]);
+    let d = DaemonProcess::start(&["--iommu-perm", "0666"]);
     let mut holder = Client::spawn(role_cmd(a, false, "reuse_holder", &d.mount, ""));
     let gone: i32 = holder.expect("gone").parse().unwrap();
     // Hand the number to another user's process: pid allocation is global, so retry until the
@@ -650,7 +619,7 @@ fn exec_of_a_setuid_program_cuts_the_area_off() {
     std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
     std::os::unix::fs::chown(&exe, Some(0), Some(0)).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o4755)).unwrap();
-    let d = DaemonProcess::start(&[]);
+    let d = DaemonProcess::start(&["--iommu-perm", "0666"]);
     let mut holder = Client::spawn(role_cmd(
         a,
         false,
@@ -680,7 +649,7 @@ fn memlock_limit_holds_also_in_a_user_namespace() {
     }
     let a = user("uiommufd-t1");
     for userns in [false, true] {
-        let d = DaemonProcess::start(&[]);
+        let d = DaemonProcess::start(&["--iommu-perm", "0666"]);
         let mut c = Client::spawn(role_cmd(a, userns, "memlock", &d.mount, ""));
         let got = c.expect("memlock");
         if userns {
@@ -705,7 +674,7 @@ fn a_thread_maps_from_its_own_fd_table() {
         return;
     }
     let a = user("uiommufd-t1");
-    let d = DaemonProcess::start(&[]);
+    let d = DaemonProcess::start(&["--iommu-perm", "0666"]);
     let mut c = Client::spawn(role_cmd(a, false, "thread_fd", &d.mount, ""));
     assert_eq!(c.expect("thread"), "map=ok content=thread-own-file!");
     assert!(c.finish().success());
