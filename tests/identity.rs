@@ -297,6 +297,7 @@ fn role_entry() {
         "exec_holder" => exec_holder(&mnt, &arg),
         "memlock" => memlock(&mnt),
         "thread_fd" => thread_fd(&mnt),
+        "leader_exit" => leader_exit(&mnt),
         other => panic!("unknown role {other}"),
     }
 }
@@ -559,6 +560,66 @@ fn thread_fd(mnt: &Path) {
     ));
 }
 
+/// After its group leader has exited (it stays a zombie while other threads live), a thread
+/// still maps memory and its own fds, as with the kernel.
+fn leader_exit(mnt: &Path) {
+    let f = open_node(&mnt.join("iommu"));
+    let ioas = ioas_alloc(&f);
+    let acc = access(mnt, &f, ioas);
+    let file =
+        File::from(rustix::fs::memfd_create("identity", rustix::fs::MemfdFlags::CLOEXEC).unwrap());
+    file.set_len(PAGE).unwrap();
+    file.write_all_at(b"still-mapped-ok!", 0).unwrap();
+    // SAFETY: fork from this single-threaded role process (--test-threads=1: libtest's main
+    // thread only waits); the child becomes its own thread-group leader.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        // SAFETY: getpid has no preconditions.
+        let leader = unsafe { libc::getpid() };
+        std::thread::spawn(move || {
+            // Wait until the leader is a zombie.
+            let stat = format!("/proc/self/task/{leader}/stat");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !std::fs::read_to_string(&stat).is_ok_and(|s| s.contains(") Z ")) {
+                assert!(Instant::now() < deadline, "the leader did not exit");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let mut cmd = iommu_ioas_map_file {
+                size: std::mem::size_of::<iommu_ioas_map_file>() as u32,
+                flags: IOMMU_IOAS_MAP_READABLE
+                    | IOMMU_IOAS_MAP_WRITEABLE
+                    | IOMMU_IOAS_MAP_FIXED_IOVA,
+                ioas_id: ioas,
+                fd: file.as_raw_fd(),
+                start: 0,
+                length: PAGE,
+                iova: IOVA,
+            };
+            let map_file = ioctl(&f, IOMMU_IOAS_MAP_FILE, &mut cmd).map(|_| ());
+            let mut got = vec![0u8; 16];
+            let read = map_file.and_then(|()| access_rw(&f, &acc, IOVA, &mut got, false));
+            let buf = support::AnonPages::new(1);
+            let map = ioas_map_fixed(&f, ioas, buf.addr(), PAGE, IOVA + PAGE);
+            say(&format!(
+                "leader-exit map_file={} content={} map={}",
+                show(read),
+                String::from_utf8_lossy(&got).replace(|c: char| !c.is_ascii_graphic(), "."),
+                show(map)
+            ));
+            // SAFETY: ends the whole (forked) process.
+            unsafe { libc::_exit(0) };
+        });
+        // SAFETY: SYS_exit ends only the calling thread (the leader), without unwinding.
+        unsafe { libc::syscall(libc::SYS_exit, 0) };
+        unreachable!();
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The tests (as root: they make the users and drive the clients)
 // ---------------------------------------------------------------------------------------------
@@ -677,5 +738,20 @@ fn a_thread_maps_from_its_own_fd_table() {
     let d = DaemonProcess::start(&["--iommu-perm", "0666"]);
     let mut c = Client::spawn(role_cmd(a, false, "thread_fd", &d.mount, ""));
     assert_eq!(c.expect("thread"), "map=ok content=thread-own-file!");
+    assert!(c.finish().success());
+}
+
+#[test]
+fn a_thread_outlives_its_group_leader() {
+    if !prerequisites() {
+        return;
+    }
+    let a = user("uiommufd-t1");
+    let d = DaemonProcess::start(&["--iommu-perm", "0666"]);
+    let mut c = Client::spawn(role_cmd(a, false, "leader_exit", &d.mount, ""));
+    assert_eq!(
+        c.expect("leader-exit"),
+        "map_file=ok content=still-mapped-ok! map=ok"
+    );
     assert!(c.finish().success());
 }
