@@ -265,9 +265,69 @@ fn show(r: Result<(), i32>) -> String {
     }
 }
 
+/// The dmacopy device bound to `f` and attached to `ioas`, bus master on: its DMA reaches
+/// areas through the same page sources as everything else.
+fn dmacopy(mnt: &Path, f: &File, ioas: u32) -> File {
+    use uiommufd_uapi::vfio::*;
+    let dev = open_node(&mnt.join("vfio/devices/dmacopy0"));
+    let mut b = vfio_device_bind_iommufd {
+        argsz: std::mem::size_of::<vfio_device_bind_iommufd>() as u32,
+        iommufd: f.as_raw_fd(),
+        ..Default::default()
+    };
+    ioctl(&dev, VFIO_DEVICE_BIND_IOMMUFD, &mut b).expect("BIND");
+    let mut a = vfio_device_attach_iommufd_pt {
+        argsz: std::mem::size_of::<vfio_device_attach_iommufd_pt>() as u32,
+        pt_id: ioas,
+        ..Default::default()
+    };
+    ioctl(&dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a).expect("ATTACH");
+    // I/O space + bus master in the command register.
+    dev.write_all_at(&5u32.to_le_bytes(), (7 << 40) + 4)
+        .unwrap();
+    dev
+}
+
+/// One dmacopy copy of `len` bytes; the status register afterwards.
+fn dma(dev: &File, src: u64, dst: u64, len: u32) -> u32 {
+    let wr = |off: u64, v: u32| dev.write_all_at(&v.to_le_bytes(), off).unwrap();
+    wr(0x04, 0xffff_ffff);
+    wr(0x08, src as u32);
+    wr(0x0c, (src >> 32) as u32);
+    wr(0x10, dst as u32);
+    wr(0x14, (dst >> 32) as u32);
+    wr(0x18, len);
+    wr(0x1c, 1);
+    let mut b = [0u8; 4];
+    dev.read_exact_at(&mut b, 0x04).unwrap();
+    u32::from_le_bytes(b)
+}
+
+/// Where the holder maps a buffer of its own (alive throughout).
+const OWN_IOVA: u64 = IOVA + (1 << 20);
+const DMA_STATUS_ERROR: u32 = 2;
+
+/// DMA between the area of the gone/exec'd mapper and the holder's own buffer, both ways:
+/// reports the status bits and whether the holder's buffer received the mapper's successor's
+/// bytes.
+fn probe_dma(dev: &File, own: &support::AnonPages) -> String {
+    let from = dma(dev, IOVA, OWN_IOVA, 64);
+    let leaked = own.bytes()[..64].contains(&SECRET);
+    let to = dma(dev, OWN_IOVA, IOVA, 64);
+    format!(
+        "dma_from={} dma_to={} leaked={leaked}",
+        from & DMA_STATUS_ERROR != 0,
+        to & DMA_STATUS_ERROR != 0
+    )
+}
+
 /// Tries the three ways an area is reached later (read, write, a domain's pin) and reports them
 /// as one `result` line; a read that succeeds reports the first byte it saw.
-fn probe_area(f: &File, acc: &File, ioas: u32) {
+/// `unpinned` is a second IOAS with the same area and no domain: attaching a domain to it must
+/// pin the area afresh (the first IOAS's pins were taken while the mapper lived).
+fn probe_area(f: &File, acc: &File, unpinned: u32, dev: &File, own: &support::AnonPages) {
+    // The device first: a failed domain attach below must not change what it sees.
+    let dma = probe_dma(dev, own);
     let mut got = vec![0u8; 64];
     let read = match access_rw(f, acc, IOVA, &mut got, false) {
         Ok(()) => format!("read-ok-{:02x}", got[0]),
@@ -275,8 +335,10 @@ fn probe_area(f: &File, acc: &File, ioas: u32) {
     };
     let mut scribble = vec![SCRIBBLE; 64];
     let write = show(access_rw(f, acc, IOVA, &mut scribble, true));
-    let domain = show(mock_domain(f, ioas));
-    say(&format!("result read={read} write={write} domain={domain}"));
+    let domain = show(mock_domain(f, unpinned));
+    say(&format!(
+        "result read={read} write={write} domain={domain} {dma}"
+    ));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -307,6 +369,20 @@ fn reuse_holder(mnt: &Path) {
     let f = open_node(&mnt.join("iommu"));
     let ioas = ioas_alloc(&f);
     let acc = access(mnt, &f, ioas);
+    let dev = dmacopy(mnt, &f, ioas);
+    let own = support::AnonPages::new(1);
+    own.fill(0, &[0x11; PAGE as usize]);
+    ioas_map_fixed(&f, ioas, own.addr(), PAGE, OWN_IOVA).expect("map own buffer");
+    let ioas2 = ioas_alloc(&f);
+    let map2 = iommu_ioas_map {
+        size: std::mem::size_of::<iommu_ioas_map>() as u32,
+        flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_FIXED_IOVA,
+        ioas_id: ioas2,
+        user_va: FIXED,
+        length: BUF_PAGES * PAGE,
+        iova: IOVA,
+        ..Default::default()
+    };
     let map = iommu_ioas_map {
         size: std::mem::size_of::<iommu_ioas_map>() as u32,
         flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_FIXED_IOVA,
@@ -343,6 +419,9 @@ fn reuse_holder(mnt: &Path) {
         unsafe { std::ptr::write_bytes(p.cast::<u8>(), MINE, len) };
         // SAFETY: IOAS_MAP reads and writes the struct `m` only.
         let rc = unsafe { libc::ioctl(fd, IOMMU_IOAS_MAP as libc::c_ulong, &mut m) };
+        let mut m2 = map2;
+        // SAFETY: as above, for the second IOAS.
+        let rc = rc | unsafe { libc::ioctl(fd, IOMMU_IOAS_MAP as libc::c_ulong, &mut m2) };
         // SAFETY: leaving the forked child.
         unsafe { libc::_exit(if rc == 0 { 0 } else { 3 }) };
     }
@@ -356,7 +435,7 @@ fn reuse_holder(mnt: &Path) {
     // While the mapper lived its memory was reachable; now its pid is free.
     say(&format!("gone {pid}"));
     assert_eq!(read_stdin_line(), "go");
-    probe_area(&f, &acc, ioas);
+    probe_area(&f, &acc, ioas2, &dev, &own);
     assert_eq!(read_stdin_line(), "done");
 }
 
@@ -383,6 +462,20 @@ fn exec_holder(mnt: &Path, exe: &str) {
     let f = open_node(&mnt.join("iommu"));
     let ioas = ioas_alloc(&f);
     let acc = access(mnt, &f, ioas);
+    let dev = dmacopy(mnt, &f, ioas);
+    let own = support::AnonPages::new(1);
+    own.fill(0, &[0x11; PAGE as usize]);
+    ioas_map_fixed(&f, ioas, own.addr(), PAGE, OWN_IOVA).expect("map own buffer");
+    let ioas2 = ioas_alloc(&f);
+    let map2 = iommu_ioas_map {
+        size: std::mem::size_of::<iommu_ioas_map>() as u32,
+        flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_FIXED_IOVA,
+        ioas_id: ioas2,
+        user_va: FIXED,
+        length: BUF_PAGES * PAGE,
+        iova: IOVA,
+        ..Default::default()
+    };
     let map = iommu_ioas_map {
         size: std::mem::size_of::<iommu_ioas_map>() as u32,
         flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_FIXED_IOVA,
@@ -445,7 +538,10 @@ fn exec_holder(mnt: &Path, exe: &str) {
         // with pointers to the strings prepared before the fork.
         unsafe {
             std::ptr::write_bytes(p.cast::<u8>(), MINE, len);
-            if libc::ioctl(fd, IOMMU_IOAS_MAP as libc::c_ulong, &mut m) != 0 {
+            let mut m2 = map2;
+            if libc::ioctl(fd, IOMMU_IOAS_MAP as libc::c_ulong, &mut m) != 0
+                || libc::ioctl(fd, IOMMU_IOAS_MAP as libc::c_ulong, &mut m2) != 0
+            {
                 libc::_exit(3);
             }
             libc::dup2(fds[0], 0);
@@ -457,7 +553,7 @@ fn exec_holder(mnt: &Path, exe: &str) {
     unsafe { libc::close(fds[0]) };
     say(&format!("mapper {pid}"));
     assert_eq!(read_stdin_line(), "go");
-    probe_area(&f, &acc, ioas);
+    probe_area(&f, &acc, ioas2, &dev, &own);
     writeln!(order, "check").unwrap();
     drop(order);
     let mut status = 0;
@@ -624,9 +720,20 @@ fn leader_exit(mnt: &Path) {
 // The tests (as root: they make the users and drive the clients)
 // ---------------------------------------------------------------------------------------------
 
+/// A daemon with the dmacopy device, its nodes open to the test users.
+const DMA_DAEMON: [&str; 6] = [
+    "--iommu-perm",
+    "0666",
+    "--device",
+    "dmacopy",
+    "--device-perm",
+    "0666",
+];
+
 fn expect_refused(result: &str) {
     assert!(
-        result.starts_with("read=errno14 write=errno14 domain=errno"),
+        result.starts_with("read=errno14 write=errno14 domain=errno")
+            && result.ends_with(" dma_from=true dma_to=true leaked=false"),
         "the area must be unreachable: {result}"
     );
 }
@@ -638,7 +745,7 @@ fn pid_reuse_does_not_reach_the_new_owner() {
     }
     let a = user("uiommufd-t1");
     let b = user("uiommufd-t2");
-    let d = DaemonProcess::start(&["--iommu-perm", "0666"]);
+    let d = DaemonProcess::start(&DMA_DAEMON);
     let mut holder = Client::spawn(role_cmd(a, false, "reuse_holder", &d.mount, ""));
     let gone: i32 = holder.expect("gone").parse().unwrap();
     // Hand the number to another user's process: pid allocation is global, so retry until the
@@ -680,7 +787,7 @@ fn exec_of_a_setuid_program_cuts_the_area_off() {
     std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
     std::os::unix::fs::chown(&exe, Some(0), Some(0)).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o4755)).unwrap();
-    let d = DaemonProcess::start(&["--iommu-perm", "0666"]);
+    let d = DaemonProcess::start(&DMA_DAEMON);
     let mut holder = Client::spawn(role_cmd(
         a,
         false,
