@@ -56,7 +56,8 @@ static NEXT_HANDLE: AtomicU64 = AtomicU64::new(1);
 struct Bound {
     mem: File,
     pagemap: File,
-    /// A seq_file: re-read from offset 0; serialised so concurrent readers do not move its cursor.
+    /// Asked with PROCMAP_QUERY (or, before Linux 6.11, its text re-read from offset 0);
+    /// serialised so that concurrent users do not share the seq_file's state.
     maps: Mutex<File>,
     /// `/proc/<tgid>`, bound to the process itself.
     proc_dir: OwnedFd,
