@@ -6,9 +6,15 @@
 //! on the caller's thread id; in-process users (unit tests, `replay --in-process`) use
 //! [`ProcessMemory::current`], the same code path aimed at the daemon's own pid, so bad pointers still
 //! come back as EFAULT instead of crashing.
+//!
+//! Argument copies during a request use the calling thread (its id is stable while the request
+//! is held). Memory reached *after* the request (an area's pages) goes through a
+//! [`ProcessHandle`] bound during the request, never through a pid number (see [`identity`]).
 
+pub mod identity;
 mod process;
 
+pub use identity::{Credentials, ProcessHandle, ProcessHandles};
 pub use process::ProcessMemory;
 
 use nix::errno::Errno;
@@ -24,6 +30,19 @@ pub trait CallerMemory: Send + Sync {
     fn pid(&self) -> i32;
     /// Duplicates the caller's file descriptor `fd` into the daemon (pidfd_getfd). EBADF if it is not open.
     fn get_fd(&self, fd: i32) -> Result<OwnedFd, Errno>;
+    /// The calling thread id (the FUSE header's `pid`).
+    fn tid(&self) -> i32 {
+        self.pid()
+    }
+    /// The calling thread's credentials (real uid, capabilities, user namespace).
+    fn credentials(&self) -> Result<Credentials, Errno> {
+        Credentials::of_thread(self.tid())
+    }
+    /// `capable(cap)` of the calling thread: only capabilities held in the daemon's own user
+    /// namespace count.
+    fn capable(&self, cap: u32) -> bool {
+        self.credentials().is_ok_and(|c| c.capable(cap))
+    }
 }
 
 /// Reads a plain-old-data struct from caller memory.
@@ -49,20 +68,3 @@ pub fn write_struct<T: zerocopy::IntoBytes + zerocopy::Immutable>(
 pub const CAP_IPC_LOCK: u32 = 14;
 pub const CAP_SYS_RAWIO: u32 = 17;
 pub const CAP_SYS_RESOURCE: u32 = 24;
-
-/// The effective capability set of process `pid` (0 if it cannot be read).
-pub fn effective_capabilities(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Whether process `pid` has capability `cap` in its effective set, as `capable()` would ask.
-pub fn has_capability(pid: i32, cap: u32) -> bool {
-    effective_capabilities(pid) & (1u64 << cap) != 0
-}

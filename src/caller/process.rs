@@ -1,6 +1,6 @@
 //! process_vm_readv/writev + pidfd_getfd on a caller's thread id.
 
-use super::CallerMemory;
+use super::{CallerMemory, Credentials};
 use nix::errno::Errno;
 use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
 use nix::unistd::Pid;
@@ -12,6 +12,8 @@ use std::os::fd::OwnedFd;
 pub struct ProcessMemory {
     tid: i32,
     tgid: i32,
+    /// (real uid, CapEff) from the same status read that found the thread group, if it parsed.
+    creds: Option<(u32, u64)>,
 }
 
 impl ProcessMemory {
@@ -20,8 +22,14 @@ impl ProcessMemory {
         if tid <= 0 {
             return Err(Errno::ESRCH);
         }
-        let tgid = thread_group_of(tid)?;
-        Ok(Self { tid, tgid })
+        let status =
+            std::fs::read_to_string(format!("/proc/{tid}/status")).map_err(|_| Errno::ESRCH)?;
+        let tgid = thread_group_of(&status)?;
+        Ok(Self {
+            tid,
+            tgid,
+            creds: super::identity::parse_status_creds(&status),
+        })
     }
 
     /// The daemon's own memory, through the same syscalls (used by in-process tests and replay).
@@ -30,18 +38,13 @@ impl ProcessMemory {
         Self {
             tid: pid,
             tgid: pid,
+            creds: None,
         }
-    }
-
-    pub fn tid(&self) -> i32 {
-        self.tid
     }
 }
 
-/// Reads the Tgid line of /proc/<tid>/status: the FUSE header names a thread, pins belong to its process.
-fn thread_group_of(tid: i32) -> Result<i32, Errno> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{tid}/status")).map_err(|_| Errno::ESRCH)?;
+/// The Tgid line of /proc/<tid>/status: the FUSE header names a thread, pins belong to its process.
+fn thread_group_of(status: &str) -> Result<i32, Errno> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("Tgid:"))
@@ -97,15 +100,25 @@ impl CallerMemory for ProcessMemory {
         self.tgid
     }
 
+    /// From the calling *thread's* table (a thread created without CLONE_FILES has its own).
     fn get_fd(&self, fd: i32) -> Result<OwnedFd, Errno> {
-        if fd < 0 {
-            return Err(Errno::EBADF);
+        super::identity::get_thread_fd(self.tid, self.tgid, fd)
+    }
+
+    fn tid(&self) -> i32 {
+        self.tid
+    }
+
+    fn credentials(&self) -> Result<Credentials, Errno> {
+        match self.creds {
+            Some((uid, cap_eff)) => Ok(Credentials {
+                uid,
+                cap_eff,
+                // No capability to honour: no need to look at the namespace.
+                initial_userns: cap_eff != 0 && super::identity::thread_in_daemon_userns(self.tid),
+            }),
+            None => Credentials::of_thread(self.tid),
         }
-        let pid = rustix::process::Pid::from_raw(self.tgid).ok_or(Errno::ESRCH)?;
-        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
-            .map_err(|e| Errno::from_raw(e.raw_os_error()))?;
-        rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
-            .map_err(|e| Errno::from_raw(e.raw_os_error()))
     }
 }
 

@@ -544,8 +544,10 @@ impl CompatHost for CompatBridge<'_> {
         write: bool,
     ) -> Result<(), Errno> {
         let ioas = self.ioas(ioas)?;
+        let (owner, creds) = super::ioas_cmds::caller_process(self.ctx, self.mem)?;
         ioas.map_user(
-            self.mem.pid(),
+            owner,
+            &creds,
             self.ctx.account_mode(),
             user_va,
             length,
@@ -609,6 +611,6 @@ impl CompatHost for CompatBridge<'_> {
     }
 
     fn caller_has_sys_rawio(&self) -> bool {
-        crate::caller::has_capability(self.mem.pid(), crate::caller::CAP_SYS_RAWIO)
+        self.mem.capable(crate::caller::CAP_SYS_RAWIO)
     }
 }

@@ -133,8 +133,10 @@ pub fn ioas_map(u: &Ucmd) -> Result<(), Errno> {
     }
     check_map_flags(cmd.flags, cmd.iova, cmd.length)?;
     let ioas = u.ctx.get_ioas(cmd.ioas_id)?;
+    let (owner, creds) = caller_process(u.ctx, u.mem)?;
     let iova = ioas.map_user(
-        u.mem.pid(),
+        owner,
+        &creds,
         u.ctx.account_mode(),
         cmd.user_va,
         cmd.length,
@@ -199,12 +201,13 @@ pub fn ioas_map_file(u: &Ucmd) -> Result<(), Errno> {
     }
     let map_len = (start_byte + cmd.length).next_multiple_of(PAGE_SIZE);
     let source = Arc::new(FileSource::new(file, aligned_start, map_len, prot.write)?);
+    let (owner, creds) = caller_process(u.ctx, u.mem)?;
     let pages = Ioas::make_pages(
         source,
         start_byte,
         cmd.length,
         prot.write,
-        Account::for_process(u.mem.pid(), AccountMode::User),
+        Account::for_process(owner, &creds, AccountMode::User),
         u.ctx.account_mode(),
     )?;
     let iova = ioas.map_pages(pages, fixed_iova(cmd.flags, cmd.iova), prot)?;
@@ -286,8 +289,26 @@ pub fn ioas_unmap(u: &Ucmd) -> Result<(), Errno> {
     u.respond(&cmd)
 }
 
+/// `capable(cap)` of the calling thread (only capabilities in the daemon's user namespace).
 pub(crate) fn caller_capable(u: &Ucmd, cap: u32) -> bool {
-    crate::caller::has_capability(u.mem.pid(), cap)
+    u.mem.capable(cap)
+}
+
+/// The bound identity of the calling process (shared through the context) and the calling
+/// thread's credentials: who owns and pays for what the caller maps now.
+pub(crate) fn caller_process(
+    ctx: &crate::objects::Context,
+    mem: &dyn crate::caller::CallerMemory,
+) -> Result<
+    (
+        Arc<crate::caller::ProcessHandle>,
+        crate::caller::Credentials,
+    ),
+    Errno,
+> {
+    let creds = mem.credentials()?;
+    let owner = ctx.processes.get(mem)?;
+    Ok((owner, creds))
 }
 
 pub fn option(u: &Ucmd) -> Result<(), Errno> {
@@ -381,6 +402,8 @@ pub fn ioas_change_process(u: &Ucmd) -> Result<(), Errno> {
     if cmd.reserved != 0 {
         return Err(Errno::EOPNOTSUPP);
     }
+    // Bound before any IOAS lock is taken (it reads /proc and opens files).
+    let (process, creds) = caller_process(u.ctx, u.mem)?;
     let ioases: Vec<Arc<Ioas>> = u
         .ctx
         .objects_of_type("ioas")
@@ -400,9 +423,8 @@ pub fn ioas_change_process(u: &Ucmd) -> Result<(), Errno> {
             all_pages.push(area.pages.clone());
         }
     }
-    let pid = u.mem.pid();
     for pages in &all_pages {
-        let mut owner = Account::for_process(pid, pages.account_mode());
+        let mut owner = Account::for_process(process.clone(), &creds, pages.account_mode());
         // The mode stays the one the pages were created with, whatever the caller's capabilities.
         owner.mode = pages.account_mode();
         pages.change_owner(owner)?;

@@ -1,14 +1,18 @@
 //! Pin accounting against the owner's RLIMIT_MEMLOCK, in the two modes of IOMMU_OPTION_RLIMIT_MODE.
 //!
-//! The daemon keeps its own ledgers: pages pinned per user id (user mode, the default) and per process
-//! (process mode, VFIO's behaviour). Callers holding CAP_IPC_LOCK are not charged, as in the kernel.
-//! The limit is read from the owner process at charge time (prlimit), falling back to the value seen
-//! when the account was created once that process is gone.
+//! The daemon keeps its own ledgers: pages pinned per user id (user mode, the default) and per
+//! process identity (process mode, VFIO's behaviour): the key is the owner's bound
+//! [`ProcessHandle`] (one per process and program), never a pid number that another process may
+//! inherit. Callers holding CAP_IPC_LOCK in the daemon's own user namespace are not charged, as
+//! with the kernel's `capable()`. The limit is the owner's soft RLIMIT_MEMLOCK read at charge time
+//! from `/proc/<pid>/limits` through the handle (no CAP_SYS_RESOURCE needed); it fails closed: a
+//! limit that cannot be read is 0, so the pin fails with ENOMEM.
 
+use crate::caller::{Credentials, ProcessHandle};
 use nix::errno::Errno;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::pages::PAGE_SIZE;
 
@@ -24,7 +28,7 @@ pub enum AccountMode {
 }
 
 static PER_USER: Mutex<Option<HashMap<u32, u64>>> = Mutex::new(None);
-static PER_PROCESS: Mutex<Option<HashMap<i32, u64>>> = Mutex::new(None);
+static PER_PROCESS: Mutex<Option<HashMap<u64, u64>>> = Mutex::new(None);
 static PINNED_TOTAL: AtomicU64 = AtomicU64::new(0);
 
 /// Pages pinned across the whole daemon (inspection and leak tests).
@@ -32,13 +36,13 @@ pub fn pinned_total() -> u64 {
     PINNED_TOTAL.load(Ordering::Relaxed)
 }
 
-/// Pages charged to process `pid` in process mode (what the kernel reports as VmPin-like accounting).
-pub fn charged_to_process(pid: i32) -> u64 {
+/// Pages charged in process mode to the process identity `key` ([`Account::key`]).
+pub fn charged_to_process(key: u64) -> u64 {
     PER_PROCESS
         .lock()
         .unwrap()
         .as_ref()
-        .and_then(|m| m.get(&pid).copied())
+        .and_then(|m| m.get(&key).copied())
         .unwrap_or(0)
 }
 
@@ -52,30 +56,52 @@ pub fn charged_to_user(uid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Where the limit of an account comes from.
+#[derive(Debug, Clone)]
+enum Owner {
+    /// Never charged.
+    Nobody,
+    /// A process identity bound at map time.
+    Process(Arc<ProcessHandle>),
+    /// A fixed key and limit (unit tests, daemon-internal users).
+    Fixed { key: u64, limit: u64 },
+}
+
 /// Who pays for the pins of one [`super::pages::Pages`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Account {
     pub mode: AccountMode,
-    pub pid: i32,
     pub uid: u32,
-    /// RLIMIT_MEMLOCK in bytes seen at creation (used when the process is gone).
-    pub limit_snapshot: u64,
+    owner: Owner,
 }
 
 impl Account {
-    /// The account of process `pid`: mode None if it has CAP_IPC_LOCK, else `default_mode`.
-    pub fn for_process(pid: i32, default_mode: AccountMode) -> Self {
-        let (uid, cap_ipc_lock) = owner_credentials(pid);
-        let mode = if cap_ipc_lock {
+    /// The account of the caller whose process is `owner` and whose calling thread has
+    /// `creds`: mode None if it has CAP_IPC_LOCK (in the daemon's user namespace), else
+    /// `default_mode`.
+    pub fn for_process(
+        owner: Arc<ProcessHandle>,
+        creds: &Credentials,
+        default_mode: AccountMode,
+    ) -> Self {
+        let mode = if creds.capable(crate::caller::CAP_IPC_LOCK) {
             AccountMode::None
         } else {
             default_mode
         };
         Self {
             mode,
-            pid,
+            uid: creds.uid,
+            owner: Owner::Process(owner),
+        }
+    }
+
+    /// An account with a fixed process key and limit in bytes (tests).
+    pub fn fixed(mode: AccountMode, key: u64, uid: u32, limit: u64) -> Self {
+        Self {
+            mode,
             uid,
-            limit_snapshot: memlock_limit(pid).unwrap_or(u64::MAX),
+            owner: Owner::Fixed { key, limit },
         }
     }
 
@@ -83,14 +109,27 @@ impl Account {
     pub fn unaccounted() -> Self {
         Self {
             mode: AccountMode::None,
-            pid: 0,
             uid: 0,
-            limit_snapshot: u64::MAX,
+            owner: Owner::Nobody,
+        }
+    }
+
+    /// The key of process-mode charges.
+    pub fn key(&self) -> u64 {
+        match &self.owner {
+            Owner::Nobody => 0,
+            Owner::Process(h) => h.id(),
+            Owner::Fixed { key, .. } => *key,
         }
     }
 
     fn limit_pages(&self) -> u64 {
-        memlock_limit(self.pid).unwrap_or(self.limit_snapshot) / PAGE_SIZE
+        let bytes = match &self.owner {
+            Owner::Nobody => 0,
+            Owner::Process(h) => h.memlock_limit(),
+            Owner::Fixed { limit, .. } => *limit,
+        };
+        bytes / PAGE_SIZE
     }
 
     /// Charges `npages`; ENOMEM past the limit, leaving the ledger unchanged.
@@ -107,7 +146,7 @@ impl Account {
                     .get_or_insert_with(HashMap::new)
                     .entry(self.uid)
                     .or_insert(0);
-                if *cur + npages > limit {
+                if cur.saturating_add(npages) > limit {
                     return Err(Errno::ENOMEM);
                 }
                 *cur += npages;
@@ -117,9 +156,9 @@ impl Account {
                 let mut guard = PER_PROCESS.lock().unwrap();
                 let cur = guard
                     .get_or_insert_with(HashMap::new)
-                    .entry(self.pid)
+                    .entry(self.key())
                     .or_insert(0);
-                if *cur + npages > limit {
+                if cur.saturating_add(npages) > limit {
                     return Err(Errno::ENOMEM);
                 }
                 *cur += npages;
@@ -146,11 +185,12 @@ impl Account {
                 }
             }
             AccountMode::Process => {
+                let key = self.key();
                 if let Some(map) = PER_PROCESS.lock().unwrap().as_mut() {
-                    if let Some(cur) = map.get_mut(&self.pid) {
+                    if let Some(cur) = map.get_mut(&key) {
                         *cur = cur.saturating_sub(npages);
                         if *cur == 0 {
-                            map.remove(&self.pid);
+                            map.remove(&key);
                         }
                     }
                 }
@@ -160,59 +200,19 @@ impl Account {
     }
 }
 
-/// RLIMIT_MEMLOCK of `pid` in bytes (RLIM_INFINITY → u64::MAX).
-fn memlock_limit(pid: i32) -> Option<u64> {
-    if pid <= 0 {
-        return None;
-    }
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit with a null new-limit only writes the current limit into `old`, a valid rlimit.
-    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_MEMLOCK, std::ptr::null(), &mut old) };
-    (rc == 0).then_some(old.rlim_cur)
-}
-
-/// (real uid, has CAP_IPC_LOCK in its effective set) of `pid`, read from /proc.
-fn owner_credentials(pid: i32) -> (u32, bool) {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return (0, false);
-    };
-    let mut uid = 0;
-    let mut cap_eff = 0u64;
-    for line in status.lines() {
-        if let Some(v) = line.strip_prefix("Uid:") {
-            uid = v
-                .split_whitespace()
-                .next()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-        } else if let Some(v) = line.strip_prefix("CapEff:") {
-            cap_eff = u64::from_str_radix(v.trim(), 16).unwrap_or(0);
-        }
-    }
-    (uid, cap_eff & (1 << crate::caller::CAP_IPC_LOCK) != 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn charge_respects_limit_and_uncharges() {
-        let acct = Account {
-            mode: AccountMode::Process,
-            pid: -7, // no such process: the snapshot limit applies
-            uid: 0,
-            limit_snapshot: 4 * PAGE_SIZE,
-        };
+        let acct = Account::fixed(AccountMode::Process, u64::MAX - 7, 0, 4 * PAGE_SIZE);
         acct.charge(3).unwrap();
         assert_eq!(acct.charge(2), Err(Errno::ENOMEM));
-        assert_eq!(charged_to_process(-7), 3);
+        assert_eq!(charged_to_process(u64::MAX - 7), 3);
         acct.charge(1).unwrap();
         acct.uncharge(4);
-        assert_eq!(charged_to_process(-7), 0);
+        assert_eq!(charged_to_process(u64::MAX - 7), 0);
     }
 
     #[test]
@@ -220,5 +220,68 @@ mod tests {
         let acct = Account::unaccounted();
         acct.charge(1 << 40).unwrap();
         acct.uncharge(1 << 40);
+    }
+
+    #[test]
+    fn namespaced_capabilities_do_not_exempt() {
+        let owner = Arc::new(ProcessHandle::current().unwrap());
+        let creds = Credentials {
+            uid: 4_000_000_001,
+            cap_eff: u64::MAX,
+            initial_userns: false,
+        };
+        let acct = Account::for_process(owner.clone(), &creds, AccountMode::User);
+        assert_eq!(
+            acct.mode,
+            AccountMode::User,
+            "CAP_IPC_LOCK in a user namespace"
+        );
+        let root = Credentials {
+            initial_userns: true,
+            ..creds
+        };
+        assert_eq!(
+            Account::for_process(owner, &root, AccountMode::User).mode,
+            AccountMode::None
+        );
+    }
+
+    #[test]
+    fn the_limit_is_the_owners_own_and_outlives_it() {
+        use std::io::BufRead;
+        // Another process with an 8 KiB (2 page) RLIMIT_MEMLOCK.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "ulimit -l 8 && echo up && read x"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "up");
+        let pid = child.id() as i32;
+        let owner = Arc::new(ProcessHandle::open(pid, pid).unwrap());
+        assert_eq!(owner.memlock_limit(), 8192);
+        let creds = Credentials {
+            uid: 4_000_000_002,
+            cap_eff: 0,
+            initial_userns: true,
+        };
+        let acct = Account::for_process(owner.clone(), &creds, AccountMode::Process);
+        assert_eq!(acct.key(), owner.id());
+        acct.charge(2).unwrap();
+        assert_eq!(acct.charge(1), Err(Errno::ENOMEM));
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        // Gone: the last limit it had still applies (not "unlimited").
+        assert!(!owner.alive());
+        assert_eq!(owner.memlock_limit(), 8192);
+        assert_eq!(acct.charge(1), Err(Errno::ENOMEM));
+        acct.uncharge(2);
+        assert_eq!(charged_to_process(owner.id()), 0);
+        let zero = Account::fixed(AccountMode::User, 1, 4_000_000_003, 0);
+        assert_eq!(zero.charge(1), Err(Errno::ENOMEM));
     }
 }

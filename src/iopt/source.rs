@@ -1,11 +1,11 @@
-//! Page sources: a caller's anonymous memory (process_vm + /proc), a file the daemon maps itself, and
+//! Page sources: a caller's anonymous memory (through its bound process handle), a file the daemon maps itself, and
 //! a plain in-memory buffer for tests.
 
 use super::pages::{PageSource, PAGE_SIZE};
+use crate::caller::identity::{check_vmas, Vma};
+use crate::caller::ProcessHandle;
 use nix::errno::Errno;
-use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
-use nix::unistd::Pid;
-use std::io::{IoSlice, IoSliceMut, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
@@ -51,71 +51,23 @@ fn pagemap_entries(pid: &str, vaddr: u64, count: u64) -> Result<Vec<u64>, Errno>
         .collect())
 }
 
-/// A VMA of /proc/<pid>/maps: `[start, end)` and its permissions.
-#[derive(Debug, Clone, Copy)]
-struct Vma {
-    start: u64,
-    end: u64,
-    read: bool,
-    write: bool,
-    /// MAP_PRIVATE (copy-on-write) rather than MAP_SHARED.
-    private: bool,
-}
-
-fn read_vmas(pid: i32) -> Result<Vec<Vma>, Errno> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|_| Errno::EFAULT)?;
-    Ok(maps
-        .lines()
-        .filter_map(|line| {
-            let mut it = line.split_whitespace();
-            let range = it.next()?;
-            let perms = it.next()?.as_bytes();
-            let (s, e) = range.split_once('-')?;
-            Some(Vma {
-                start: u64::from_str_radix(s, 16).ok()?,
-                end: u64::from_str_radix(e, 16).ok()?,
-                read: perms.first() == Some(&b'r'),
-                write: perms.get(1) == Some(&b'w'),
-                private: perms.get(3) == Some(&b'p'),
-            })
-        })
-        .collect())
-}
-
-/// Checks that `[start, end)` is fully covered by VMAs with the needed permissions.
-fn check_vmas(vmas: &[Vma], start: u64, end: u64, write: bool) -> Result<(), Errno> {
-    let mut cur = start;
-    for vma in vmas.iter().filter(|v| v.end > start && v.start < end) {
-        if vma.start > cur || !vma.read || (write && !vma.write) {
-            return Err(Errno::EFAULT);
-        }
-        cur = vma.end;
-        if cur >= end {
-            return Ok(());
-        }
-    }
-    if cur >= end {
-        Ok(())
-    } else {
-        Err(Errno::EFAULT)
-    }
-}
-
-/// A range of a caller's anonymous memory, starting at the page-aligned user address `uva`.
+/// A range of a caller's anonymous memory, starting at the page-aligned user address `uva`,
+/// reached only through the process identity bound when it was mapped (see
+/// [`crate::caller::identity`]): once that process has exec'd or gone every access is EFAULT.
 #[derive(Debug)]
 pub struct ProcessSource {
-    pid: i32,
+    process: Arc<ProcessHandle>,
     uva: u64,
 }
 
 impl ProcessSource {
-    pub fn new(pid: i32, uva: u64) -> Self {
+    pub fn new(process: Arc<ProcessHandle>, uva: u64) -> Self {
         debug_assert_eq!(uva % PAGE_SIZE, 0);
-        Self { pid, uva }
+        Self { process, uva }
     }
 
-    pub fn pid(&self) -> i32 {
-        self.pid
+    pub fn process(&self) -> &Arc<ProcessHandle> {
+        &self.process
     }
 
     /// A long-term pin (read-only too) of a page-cache page mapped into a private writable VMA unshares
@@ -129,7 +81,6 @@ impl ProcessSource {
     /// caller to that very byte in between would be lost. A thread storing into a range while it
     /// is being mapped for DMA already races with the DMA itself, so this is accepted.
     fn unshare(&self, vmas: &[Vma], start: u64, entries: &mut [u64]) -> Result<bool, Errno> {
-        let pid = Pid::from_raw(self.pid);
         let mut wrote = false;
         for (k, entry) in entries.iter().enumerate() {
             if *entry & PM_PRESENT == 0 || *entry & PM_FILE_OR_SHARED_ANON == 0 {
@@ -142,21 +93,10 @@ impl ProcessSource {
             if !cow {
                 continue;
             }
-            let remote = [RemoteIoVec {
-                base: addr as usize,
-                len: 1,
-            }];
             let mut byte = [0u8; 1];
-            let got = process_vm_readv(pid, &mut [IoSliceMut::new(&mut byte)], &remote)
-                .map_err(|_| Errno::EFAULT)?;
-            if got != 1 {
-                return Err(Errno::EFAULT);
-            }
-            let put = process_vm_writev(pid, &[IoSlice::new(&byte)], &remote)
-                .map_err(|_| Errno::EFAULT)?;
-            if put != 1 {
-                return Err(Errno::EFAULT);
-            }
+            self.process.read(addr, &mut byte)?;
+            // The VMA was just seen private and writable.
+            self.process.write_unchecked(addr, &byte)?;
             wrote = true;
         }
         Ok(wrote)
@@ -167,69 +107,40 @@ impl PageSource for ProcessSource {
     fn pin(&self, first: u64, count: u64, write: bool) -> Result<Vec<u64>, Errno> {
         let start = self
             .uva
-            .checked_add(first * PAGE_SIZE)
+            .checked_add(first.checked_mul(PAGE_SIZE).ok_or(Errno::EFAULT)?)
             .ok_or(Errno::EFAULT)?;
-        let end = start.checked_add(count * PAGE_SIZE).ok_or(Errno::EFAULT)?;
-        let vmas = read_vmas(self.pid)?;
+        let end = start
+            .checked_add(count.checked_mul(PAGE_SIZE).ok_or(Errno::EFAULT)?)
+            .ok_or(Errno::EFAULT)?;
+        let vmas = self.process.vmas_in(start, end)?;
         check_vmas(&vmas, start, end, write)?;
-        let pid = Pid::from_raw(self.pid);
-        // Fault every page in (as pinning does) with one-byte reads, IOV_MAX pages per call.
-        let mut sink = vec![0u8; count.min(1024) as usize];
-        for chunk_first in (0..count).step_by(1024) {
-            let n = (count - chunk_first).min(1024) as usize;
-            let remote: Vec<RemoteIoVec> = (0..n)
-                .map(|k| RemoteIoVec {
-                    base: (start + (chunk_first + k as u64) * PAGE_SIZE) as usize,
-                    len: 1,
-                })
-                .collect();
-            let mut local = [IoSliceMut::new(&mut sink[..n])];
-            let got = process_vm_readv(pid, &mut local, &remote).map_err(|_| Errno::EFAULT)?;
-            if got != n {
-                return Err(Errno::EFAULT);
+        // Fault in (as pinning does) only the pages that are not resident yet, one byte each.
+        let mut entries = self.process.pagemap(start, count)?;
+        let mut faulted = false;
+        let mut byte = [0u8; 1];
+        for (k, entry) in entries.iter().enumerate() {
+            if *entry & PM_PRESENT == 0 {
+                self.process.read(start + k as u64 * PAGE_SIZE, &mut byte)?;
+                faulted = true;
             }
         }
-        let pid_str = self.pid.to_string();
-        let mut entries = pagemap_entries(&pid_str, start, count)?;
+        if faulted {
+            entries = self.process.pagemap(start, count)?;
+        }
         if self.unshare(&vmas, start, &mut entries)? {
-            entries = pagemap_entries(&pid_str, start, count)?;
+            entries = self.process.pagemap(start, count)?;
         }
         entries_to_paddrs(entries)
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
         let addr = self.uva.checked_add(offset).ok_or(Errno::EFAULT)?;
-        let remote = [RemoteIoVec {
-            base: addr as usize,
-            len: buf.len(),
-        }];
-        let len = buf.len();
-        let n = process_vm_readv(
-            Pid::from_raw(self.pid),
-            &mut [IoSliceMut::new(buf)],
-            &remote,
-        )
-        .map_err(|_| Errno::EFAULT)?;
-        if n == len {
-            Ok(())
-        } else {
-            Err(Errno::EFAULT)
-        }
+        self.process.read(addr, buf)
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
         let addr = self.uva.checked_add(offset).ok_or(Errno::EFAULT)?;
-        let remote = [RemoteIoVec {
-            base: addr as usize,
-            len: data.len(),
-        }];
-        let n = process_vm_writev(Pid::from_raw(self.pid), &[IoSlice::new(data)], &remote)
-            .map_err(|_| Errno::EFAULT)?;
-        if n == data.len() {
-            Ok(())
-        } else {
-            Err(Errno::EFAULT)
-        }
+        self.process.write(addr, data)
     }
 
     fn address_hint(&self) -> u64 {

@@ -2,6 +2,7 @@
 
 use super::access::Access;
 use crate::backends::Prot;
+use crate::caller::{Credentials, ProcessHandle};
 use crate::iopt::accounting::{Account, AccountMode};
 use crate::iopt::{IoPagetable, PageSource, Pages, PagesSlice, UnmapProgress, PAGE_SIZE};
 use nix::errno::Errno;
@@ -47,10 +48,13 @@ impl Ioas {
         Pages::new(source, offset_in_page, length, writable, account)
     }
 
-    /// IOAS_MAP of caller memory: `user_va` in process `pid`.
+    /// IOAS_MAP of caller memory: `user_va` in the process bound as `owner`, charged as the
+    /// calling thread with `creds` would be.
+    #[allow(clippy::too_many_arguments)]
     pub fn map_user(
         &self,
-        pid: i32,
+        owner: Arc<ProcessHandle>,
+        creds: &Credentials,
         ctx_mode: AccountMode,
         user_va: u64,
         length: u64,
@@ -59,13 +63,13 @@ impl Ioas {
     ) -> Result<u64, Errno> {
         user_va.checked_add(length).ok_or(Errno::EOVERFLOW)?;
         let base = user_va & !(PAGE_SIZE - 1);
-        let source = Arc::new(crate::iopt::source::ProcessSource::new(pid, base));
+        let source = Arc::new(crate::iopt::source::ProcessSource::new(owner.clone(), base));
         let pages = Self::make_pages(
             source,
             user_va - base,
             length,
             prot.write,
-            Account::for_process(pid, AccountMode::User),
+            Account::for_process(owner, creds, AccountMode::User),
             ctx_mode,
         )?;
         self.map_pages(pages, iova, prot)

@@ -79,6 +79,8 @@ pub struct Context {
     vfio_ioas: Mutex<Option<u32>>,
     /// Serialises creation of the compat IOAS against IOMMU_VFIO_IOAS SET/CLEAR.
     pub compat_lock: Mutex<()>,
+    /// The identities of the processes whose memory this context maps (bound at map time).
+    pub processes: crate::caller::ProcessHandles,
 }
 
 impl Default for Context {
@@ -95,6 +97,7 @@ impl Context {
             account_mode: Mutex::new(AccountMode::User),
             vfio_ioas: Mutex::new(None),
             compat_lock: Mutex::new(()),
+            processes: crate::caller::ProcessHandles::new(),
         }
     }
 

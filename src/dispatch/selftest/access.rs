@@ -147,8 +147,7 @@ pub fn access_pages(u: &Ucmd, cmd: &mut iommu_test_cmd) -> Result<(), Errno> {
             .checked_sub(head)
             .ok_or(Errno::EFAULT)
             .map_err(undo)?;
-        let mine =
-            super::checks::caller_paddrs(u.mem.pid(), first, paddrs.len() as u64).map_err(undo)?;
+        let mine = super::checks::caller_paddrs(u, first, paddrs.len() as u64).map_err(undo)?;
         if mine != paddrs {
             return Err(undo(Errno::EBADE));
         }

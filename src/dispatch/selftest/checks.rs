@@ -21,12 +21,13 @@ pub fn md_pagetable(ctx: &Context, id: u32) -> Result<(Arc<HwptPaging>, Arc<Mock
 }
 
 /// Physical addresses of the caller's CPU pages `[uptr, uptr + count pages)`, faulted in for read
-/// like get_user_pages_fast.
-pub(super) fn caller_paddrs(pid: i32, uptr: u64, count: u64) -> Result<Vec<u64>, Errno> {
+/// like get_user_pages_fast (through the calling process's bound identity).
+pub(super) fn caller_paddrs(u: &Ucmd, uptr: u64, count: u64) -> Result<Vec<u64>, Errno> {
     if count == 0 {
         return Ok(Vec::new());
     }
-    ProcessSource::new(pid, uptr & !(PAGE_SIZE - 1)).pin(0, count, false)
+    let process = u.ctx.processes.get(u.mem)?;
+    ProcessSource::new(process, uptr & !(PAGE_SIZE - 1)).pin(0, count, false)
 }
 
 pub fn check_map(u: &Ucmd, id: u32, iova: u64, length: u64, uptr: u64) -> Result<(), Errno> {
@@ -44,7 +45,7 @@ pub fn check_map(u: &Ucmd, id: u32, iova: u64, length: u64, uptr: u64) -> Result
     }
     let first = uptr / PAGE_SIZE;
     let last = (uptr + length - 1) / PAGE_SIZE;
-    let paddrs = caller_paddrs(u.mem.pid(), uptr, last - first + 1)?;
+    let paddrs = caller_paddrs(u, uptr, last - first + 1)?;
     let mut off = 0;
     while off < length {
         let va = uptr + off;
@@ -83,7 +84,7 @@ pub fn check_refs(u: &Ucmd, uptr: u64, length: u64, refs: u32) -> Result<(), Err
         return Err(Errno::EINVAL);
     }
     let count = length / PAGE_SIZE;
-    let paddrs = caller_paddrs(u.mem.pid(), uptr, count)?;
+    let paddrs = caller_paddrs(u, uptr, count)?;
     let mut kpf = std::fs::File::open("/proc/kpageflags").ok();
     let checked: Vec<u64> = paddrs
         .into_iter()

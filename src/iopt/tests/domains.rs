@@ -198,13 +198,8 @@ fn shared_pages_count_once_per_pin_user() {
 #[test]
 fn pins_are_charged_once_per_page() {
     use super::accounting::{charged_to_process, AccountMode};
-    let pid = -4242; // no such process: the snapshot limit applies
-    let account = Account {
-        mode: AccountMode::Process,
-        pid,
-        uid: 0,
-        limit_snapshot: 6 * PG,
-    };
+    let pid = u64::MAX - 4242; // a process key no handle has
+    let account = Account::fixed(AccountMode::Process, pid, 0, 6 * PG);
     let pages = Pages::new(
         Arc::new(MemorySource::new(0x4000, 0x1000)),
         0,
@@ -225,12 +220,7 @@ fn pins_are_charged_once_per_page() {
         0,
         0x3000,
         true,
-        Account {
-            mode: AccountMode::Process,
-            pid,
-            uid: 0,
-            limit_snapshot: 6 * PG,
-        },
+        Account::fixed(AccountMode::Process, pid, 0, 6 * PG),
     )
     .unwrap();
     assert_eq!(

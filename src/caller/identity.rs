@@ -1,0 +1,1049 @@
+//! Process identity bound at map time, and the caller's credentials as `capable()` sees them.
+//!
+//! # Design
+//!
+//! An IOAS area keeps the memory of the process that mapped it for as long as it lives: pins,
+//! selftest accesses and device DMA reach it long after the MAP request was answered. A pid number
+//! cannot name that memory: once the process exits its number is handed to somebody else, and
+//! once it execs (say a setuid-root program) the number names a new address space. So the
+//! identity is bound while the request is held: the daemon has read the FUSE request and the
+//! calling thread waits for the answer uninterruptibly, so its thread id is stable and no other
+//! thread of its process can finish an exec (de_thread waits for every other thread). Files
+//! opened under `/proc/<tid>` during the request therefore reach the caller, and stay bound to
+//! what they were opened on:
+//!
+//! - `mem` (read/write), `pagemap` and `maps` capture the address space (mm) at open time; after
+//!   an exec or exit they read 0 bytes, never the new program's memory;
+//! - a directory fd of `/proc/<tgid>` is bound to the process (struct pid), not to its number:
+//!   `limits` is read through it (RLIMIT_MEMLOCK as the process has it now, no CAP_SYS_RESOURCE
+//!   needed), and it goes dead with the process;
+//! - a pidfd tells whether the process is still alive.
+//!
+//! [`ProcessHandle`] holds these; everything that touches an area's memory after its request
+//! goes through one (never through a pid number). Once the process or its address space is gone
+//! the handle is *retired*: its files are closed and every later access is EFAULT.
+//!
+//! Handles are shared so that a client cannot make the daemon hold unbounded files: one handle
+//! per (process, program) daemon-wide, found through a registry of weak references keyed by
+//! tgid, and reused only while the process is alive, its bound address space is alive, and the
+//! caller's auxiliary vector (per program image: random stack/vDSO addresses, AT_SECURE, the
+//! uids) is the one seen at bind time — an exec in between is noticed even when a CLONE_VM
+//! sibling keeps the old address space alive. Each context keeps the handles it uses alive and
+//! may hold at most [`MAX_PROCESSES_PER_CONTEXT`] of them (ENOMEM beyond, as the kernel answers
+//! when a resource runs out); retired handles hold no files and do not count.
+//!
+//! Capabilities are honoured only for a thread whose credentials live in the daemon's own
+//! (normally the initial) user namespace, as `capable()` asks about the initial namespace: a
+//! process that ran `unshare -U -r` has every capability in its own namespace and none here.
+
+use super::CallerMemory;
+use nix::errno::Errno;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+/// Distinct live process handles one context may hold (ENOMEM beyond).
+pub const MAX_PROCESSES_PER_CONTEXT: usize = 64;
+
+const PAGE_SIZE: u64 = 4096;
+
+static NEXT_HANDLE: AtomicU64 = AtomicU64::new(1);
+
+/// The files bound to one process and its address space.
+#[derive(Debug)]
+struct Bound {
+    mem: File,
+    pagemap: File,
+    /// Asked with PROCMAP_QUERY (or, before Linux 6.11, its text re-read from offset 0);
+    /// serialised so that concurrent users do not share the seq_file's state.
+    maps: Mutex<File>,
+    /// `/proc/<tgid>`, bound to the process itself.
+    proc_dir: OwnedFd,
+    pidfd: OwnedFd,
+}
+
+/// The identity of one process (and the program image it ran) bound at map time.
+#[derive(Debug)]
+pub struct ProcessHandle {
+    id: u64,
+    tgid: i32,
+    /// The auxiliary vector at bind time (identifies the program image).
+    exec_id: Vec<u8>,
+    /// RLIMIT_MEMLOCK (soft, bytes) at bind time: used once the process is gone (the kernel keeps
+    /// charging against the last limit of a dead owner). 0 if it could not be read.
+    limit_at_bind: u64,
+    bound: Mutex<Option<Arc<Bound>>>,
+}
+
+fn errno_of(e: &std::io::Error) -> Errno {
+    e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
+}
+
+fn open_at(dir: &OwnedFd, name: &str, flags: rustix::fs::OFlags) -> Result<OwnedFd, Errno> {
+    rustix::fs::openat(
+        dir,
+        name,
+        flags | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| Errno::from_raw(e.raw_os_error()))
+}
+
+fn open_dir(path: &str) -> Result<OwnedFd, Errno> {
+    use rustix::fs::OFlags;
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|_| Errno::ESRCH)
+}
+
+/// Reads a whole (small) file from its start.
+fn read_all(fd: OwnedFd) -> Result<Vec<u8>, Errno> {
+    let f = File::from(fd);
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match f.read_at(&mut buf, out.len() as u64) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(errno_of(&e)),
+        }
+    }
+}
+
+/// The auxiliary vector of thread `tid`'s current program: changes with every exec.
+pub(super) fn exec_identity(tid: i32) -> Result<Vec<u8>, Errno> {
+    let dir = open_dir(&format!("/proc/{tid}"))?;
+    let auxv = read_all(open_at(&dir, "auxv", rustix::fs::OFlags::RDONLY)?)?;
+    if auxv.is_empty() {
+        // A kernel thread or a process past exit_mm: nothing to bind to.
+        return Err(Errno::ESRCH);
+    }
+    Ok(auxv)
+}
+
+/// The soft RLIMIT_MEMLOCK in bytes from the text of `/proc/<pid>/limits` (u64::MAX for
+/// "unlimited"); None if the line is missing or malformed.
+pub fn parse_memlock_limit(limits: &str) -> Option<u64> {
+    let rest = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max locked memory"))?;
+    let soft = rest.split_whitespace().next()?;
+    if soft == "unlimited" {
+        Some(u64::MAX)
+    } else {
+        soft.parse().ok()
+    }
+}
+
+fn read_limit(dir: &OwnedFd) -> Result<u64, Errno> {
+    let text = read_all(open_at(dir, "limits", rustix::fs::OFlags::RDONLY)?)?;
+    parse_memlock_limit(&String::from_utf8_lossy(&text)).ok_or(Errno::EINVAL)
+}
+
+impl ProcessHandle {
+    /// Binds the process of the calling thread `tid` (thread group `tgid`). Only valid while a
+    /// request of that thread is held (or for the daemon itself): see the module documentation.
+    pub fn open(tid: i32, tgid: i32) -> Result<Self, Errno> {
+        Self::open_with(tid, tgid, exec_identity(tid)?)
+    }
+
+    fn open_with(tid: i32, tgid: i32, exec_id: Vec<u8>) -> Result<Self, Errno> {
+        use rustix::fs::OFlags;
+        if tid <= 0 || tgid <= 0 {
+            return Err(Errno::ESRCH);
+        }
+        let thread_dir = open_dir(&format!("/proc/{tid}"))?;
+        let mem = File::from(open_at(&thread_dir, "mem", OFlags::RDWR)?);
+        let pagemap = File::from(open_at(&thread_dir, "pagemap", OFlags::RDONLY)?);
+        let maps = File::from(open_at(&thread_dir, "maps", OFlags::RDONLY)?);
+        let proc_dir = open_dir(&format!("/proc/{tgid}"))?;
+        let pid = rustix::process::Pid::from_raw(tgid).ok_or(Errno::ESRCH)?;
+        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+            .map_err(|e| Errno::from_raw(e.raw_os_error()))?;
+        let limit_at_bind = read_limit(&proc_dir).unwrap_or(0);
+        Ok(Self {
+            id: NEXT_HANDLE.fetch_add(1, Ordering::Relaxed),
+            tgid,
+            exec_id,
+            limit_at_bind,
+            bound: Mutex::new(Some(Arc::new(Bound {
+                mem,
+                pagemap,
+                maps: Mutex::new(maps),
+                proc_dir,
+                pidfd,
+            }))),
+        })
+    }
+
+    /// The daemon's own process (in-process tests and replay).
+    pub fn current() -> Result<Self, Errno> {
+        let pid = std::process::id() as i32;
+        Self::open(pid, pid)
+    }
+
+    /// Unique for the daemon's lifetime: the key of per-process (RLIMIT process mode) charges.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The thread group id the process had when bound (for logs; never used to reach it).
+    pub fn tgid(&self) -> i32 {
+        self.tgid
+    }
+
+    fn bound(&self) -> Result<Arc<Bound>, Errno> {
+        self.bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(Errno::EFAULT)
+    }
+
+    /// Closes the files: the process or its address space is gone for good.
+    pub fn retire(&self) {
+        let taken = self.bound.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(taken);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+
+    /// Whether the process is alive and still has the address space it was bound with (a dead
+    /// address space reads 0 bytes; a live one gives EIO or data at address 0). Retires the
+    /// handle when not.
+    pub fn alive(&self) -> bool {
+        let Ok(b) = self.bound() else {
+            return false;
+        };
+        let mut pfd = [nix::poll::PollFd::new(
+            b.pidfd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let exited = match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO) {
+            Ok(n) => n > 0,
+            Err(_) => true,
+        };
+        let mm_dead = !exited && matches!(b.mem.read_at(&mut [0u8; 1], 0), Ok(0));
+        if exited || mm_dead {
+            drop(b);
+            self.retire();
+            return false;
+        }
+        true
+    }
+
+    /// Reads `buf.len()` bytes at `addr` of the bound address space. EFAULT on any hole, and
+    /// once the process has exec'd or gone.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let b = self.bound()?;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = addr.checked_add(done as u64).ok_or(Errno::EFAULT)?;
+            match b.mem.read_at(&mut buf[done..], at) {
+                Ok(0) => return self.gone(b),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(Errno::EFAULT),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `addr`, only where the VMAs are writable (the mem file would otherwise
+    /// force its way into read-only private mappings). EFAULT like [`Self::read`].
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), Errno> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = addr.checked_add(data.len() as u64).ok_or(Errno::EFAULT)?;
+        let vmas = self.vmas_in(addr, end)?;
+        check_vmas(&vmas, addr, end, true)?;
+        self.write_unchecked(addr, data)
+    }
+
+    /// Writes without looking at the VMAs (the caller checked them).
+    pub fn write_unchecked(&self, addr: u64, data: &[u8]) -> Result<(), Errno> {
+        let b = self.bound()?;
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = addr.checked_add(done as u64).ok_or(Errno::EFAULT)?;
+            match b.mem.write_at(&data[done..], at) {
+                Ok(0) => return self.gone(b),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(Errno::EFAULT),
+            }
+        }
+        Ok(())
+    }
+
+    /// A 0-byte transfer: the address space went away (exec or exit) — retire, EFAULT.
+    fn gone<T>(&self, b: Arc<Bound>) -> Result<T, Errno> {
+        drop(b);
+        self.retire();
+        Err(Errno::EFAULT)
+    }
+
+    /// Raw pagemap entries of `count` pages from the page-aligned `vaddr`.
+    pub fn pagemap(&self, vaddr: u64, count: u64) -> Result<Vec<u64>, Errno> {
+        let b = self.bound()?;
+        let len = usize::try_from(count.checked_mul(8).ok_or(Errno::EFAULT)?)
+            .map_err(|_| Errno::EFAULT)?;
+        let mut raw = vec![0u8; len];
+        let mut done = 0usize;
+        let base = vaddr / PAGE_SIZE * 8;
+        while done < len {
+            match b.pagemap.read_at(&mut raw[done..], base + done as u64) {
+                Ok(0) => return self.gone(b),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(Errno::EFAULT),
+            }
+        }
+        Ok(raw
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk")))
+            .collect())
+    }
+
+    /// The VMAs of the bound address space that meet `[start, end)`, in order: one
+    /// PROCMAP_QUERY ioctl per VMA (Linux 6.11), or the maps text on older kernels.
+    pub fn vmas_in(&self, start: u64, end: u64) -> Result<Vec<Vma>, Errno> {
+        let b = self.bound()?;
+        let maps = b.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        let mut cur = start;
+        while cur < end {
+            match procmap_query(&maps, cur) {
+                Ok(Some(vma)) if vma.start < end => {
+                    cur = vma.end;
+                    out.push(vma);
+                }
+                Ok(_) => break,
+                Err(Errno::ENOTTY | Errno::EINVAL) => {
+                    let text = read_seq(&maps)?;
+                    drop(maps);
+                    if text.is_empty() {
+                        // Every live address space has VMAs: this one is gone.
+                        return self.gone(b);
+                    }
+                    return Ok(parse_maps(&String::from_utf8_lossy(&text))
+                        .into_iter()
+                        .filter(|v| v.end > start && v.start < end)
+                        .collect());
+                }
+                Err(_) => {
+                    drop(maps);
+                    return self.gone(b);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every VMA of the bound address space now.
+    pub fn vmas(&self) -> Result<Vec<Vma>, Errno> {
+        self.vmas_in(0, u64::MAX)
+    }
+
+    /// The process's soft RLIMIT_MEMLOCK in bytes now (u64::MAX for unlimited). Fails closed:
+    /// 0 when it cannot be read while the process lives; the limit seen at bind time once the
+    /// process is gone.
+    pub fn memlock_limit(&self) -> u64 {
+        match self.bound() {
+            Ok(b) => match read_limit(&b.proc_dir) {
+                Ok(v) => v,
+                Err(Errno::ESRCH | Errno::ENOENT) => self.limit_at_bind,
+                Err(_) => 0,
+            },
+            Err(_) => self.limit_at_bind,
+        }
+    }
+}
+
+/// Reads a seq_file from its start to its end.
+fn read_seq(f: &File) -> Result<Vec<u8>, Errno> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match f.read_at(&mut buf, out.len() as u64) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(Errno::EFAULT),
+        }
+    }
+}
+
+/// `struct procmap_query` of the PROCMAP_QUERY ioctl on a maps file (uapi linux/fs.h).
+#[repr(C)]
+#[derive(Default)]
+struct ProcmapQuery {
+    size: u64,
+    query_flags: u64,
+    query_addr: u64,
+    vma_start: u64,
+    vma_end: u64,
+    vma_flags: u64,
+    vma_page_size: u64,
+    vma_offset: u64,
+    inode: u64,
+    dev_major: u32,
+    dev_minor: u32,
+    vma_name_size: u32,
+    build_id_size: u32,
+    vma_name_addr: u64,
+    build_id_addr: u64,
+}
+
+/// `_IOWR('f', 17, struct procmap_query)`.
+const PROCMAP_QUERY: libc::c_ulong = 0xc068_6611;
+const PROCMAP_QUERY_VMA_READABLE: u64 = 0x01;
+const PROCMAP_QUERY_VMA_WRITABLE: u64 = 0x02;
+const PROCMAP_QUERY_VMA_SHARED: u64 = 0x08;
+const PROCMAP_QUERY_COVERING_OR_NEXT_VMA: u64 = 0x10;
+
+/// The VMA covering `addr` or the next one above it; None past the last. ESRCH once the
+/// address space is gone, ENOTTY on kernels without the ioctl.
+fn procmap_query(maps: &File, addr: u64) -> Result<Option<Vma>, Errno> {
+    use std::os::fd::AsRawFd;
+    let mut q = ProcmapQuery {
+        size: std::mem::size_of::<ProcmapQuery>() as u64,
+        query_flags: PROCMAP_QUERY_COVERING_OR_NEXT_VMA,
+        query_addr: addr,
+        ..Default::default()
+    };
+    // SAFETY: PROCMAP_QUERY reads and writes exactly the struct `q` (its `size` says how much);
+    // the name and build-id buffers are not asked for (sizes 0, addresses 0).
+    let rc = unsafe { libc::ioctl(maps.as_raw_fd(), PROCMAP_QUERY, &mut q) };
+    if rc < 0 {
+        return match Errno::last() {
+            Errno::ENOENT => Ok(None),
+            e => Err(e),
+        };
+    }
+    Ok(Some(Vma {
+        start: q.vma_start,
+        end: q.vma_end,
+        read: q.vma_flags & PROCMAP_QUERY_VMA_READABLE != 0,
+        write: q.vma_flags & PROCMAP_QUERY_VMA_WRITABLE != 0,
+        private: q.vma_flags & PROCMAP_QUERY_VMA_SHARED == 0,
+    }))
+}
+
+/// A VMA of `/proc/<pid>/maps`: `[start, end)` and its permissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    /// MAP_PRIVATE (copy-on-write) rather than MAP_SHARED.
+    pub private: bool,
+}
+
+/// Parses the text of a maps file.
+pub fn parse_maps(maps: &str) -> Vec<Vma> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut it = line.split_whitespace();
+            let range = it.next()?;
+            let perms = it.next()?.as_bytes();
+            let (s, e) = range.split_once('-')?;
+            Some(Vma {
+                start: u64::from_str_radix(s, 16).ok()?,
+                end: u64::from_str_radix(e, 16).ok()?,
+                read: perms.first() == Some(&b'r'),
+                write: perms.get(1) == Some(&b'w'),
+                private: perms.get(3) == Some(&b'p'),
+            })
+        })
+        .collect()
+}
+
+/// Checks that `[start, end)` is fully covered by VMAs with the needed permissions (EFAULT).
+pub fn check_vmas(vmas: &[Vma], start: u64, end: u64, write: bool) -> Result<(), Errno> {
+    let mut cur = start;
+    for vma in vmas.iter().filter(|v| v.end > start && v.start < end) {
+        if vma.start > cur || !vma.read || (write && !vma.write) {
+            return Err(Errno::EFAULT);
+        }
+        cur = vma.end;
+        if cur >= end {
+            return Ok(());
+        }
+    }
+    if cur >= end {
+        Ok(())
+    } else {
+        Err(Errno::EFAULT)
+    }
+}
+
+/// The process handles one context uses (see the module documentation).
+#[derive(Debug, Default)]
+pub struct ProcessHandles {
+    held: Mutex<Vec<Arc<ProcessHandle>>>,
+}
+
+/// Every handle alive anywhere in the daemon, for sharing across contexts.
+static REGISTRY: Mutex<Vec<Weak<ProcessHandle>>> = Mutex::new(Vec::new());
+
+fn registry_candidates(tgid: i32, exec_id: &[u8]) -> Vec<Arc<ProcessHandle>> {
+    let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    reg.retain(|w| w.strong_count() > 0);
+    reg.iter()
+        .filter_map(Weak::upgrade)
+        .filter(|h| h.tgid == tgid && h.exec_id == exec_id && !h.is_retired())
+        .collect()
+}
+
+impl ProcessHandles {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The handle of the process behind the request `mem` is serving: a shared one if it still
+    /// names the caller's process and program, else a freshly bound one. ENOMEM when the
+    /// context already holds [`MAX_PROCESSES_PER_CONTEXT`] live handles.
+    pub fn get(&self, mem: &dyn CallerMemory) -> Result<Arc<ProcessHandle>, Errno> {
+        let tgid = mem.pid();
+        let tid = mem.tid();
+        let exec_id = exec_identity(tid)?;
+        let same_process: Vec<Arc<ProcessHandle>> = self
+            .lock()
+            .iter()
+            .filter(|h| h.tgid == tgid)
+            .cloned()
+            .collect();
+        let mut found = None;
+        for h in same_process {
+            if h.exec_id == exec_id {
+                if found.is_none() && h.alive() {
+                    found = Some(h);
+                }
+            } else {
+                // The program this handle was bound to has been replaced by an exec: probing
+                // retires it (its address space reads 0 bytes) and closes its files now.
+                h.alive();
+            }
+        }
+        if let Some(h) = found {
+            return Ok(h);
+        }
+        for h in registry_candidates(tgid, &exec_id) {
+            if h.alive() {
+                return self.hold(h);
+            }
+        }
+        let fresh = Arc::new(ProcessHandle::open_with(tid, tgid, exec_id)?);
+        // A concurrent request of the same program may have bound it meanwhile: share that one.
+        let chosen = {
+            let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+            let existing = reg
+                .iter()
+                .filter_map(Weak::upgrade)
+                .find(|h| h.tgid == fresh.tgid && h.exec_id == fresh.exec_id && !h.is_retired());
+            match existing {
+                Some(h) => h,
+                None => {
+                    reg.push(Arc::downgrade(&fresh));
+                    fresh
+                }
+            }
+        };
+        self.hold(chosen)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<ProcessHandle>>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `h` to the handles this context keeps, within the cap.
+    fn hold(&self, h: Arc<ProcessHandle>) -> Result<Arc<ProcessHandle>, Errno> {
+        let full = {
+            let mut held = self.lock();
+            held.retain(|x| !x.is_retired());
+            if held.iter().any(|x| Arc::ptr_eq(x, &h)) {
+                return Ok(h);
+            }
+            if held.len() < MAX_PROCESSES_PER_CONTEXT {
+                held.push(h.clone());
+                return Ok(h);
+            }
+            held.clone()
+        };
+        // At the cap: let go of handles whose process is gone (probed outside the lock).
+        for x in &full {
+            x.alive();
+        }
+        let mut held = self.lock();
+        held.retain(|x| !x.is_retired());
+        if held.iter().any(|x| Arc::ptr_eq(x, &h)) {
+            return Ok(h);
+        }
+        if held.len() >= MAX_PROCESSES_PER_CONTEXT {
+            return Err(Errno::ENOMEM);
+        }
+        held.push(h.clone());
+        Ok(h)
+    }
+
+    /// Live handles held (inspection and tests).
+    pub fn len(&self) -> usize {
+        let mut held = self.lock();
+        held.retain(|x| !x.is_retired());
+        held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The credentials of a calling thread, as the kernel's `capable()` and `current_user()` see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credentials {
+    /// Real uid (in the daemon's user namespace): the user pins are charged to.
+    pub uid: u32,
+    /// Effective capability set.
+    pub cap_eff: u64,
+    /// Whether the thread's credentials belong to the daemon's own user namespace.
+    pub initial_userns: bool,
+}
+
+impl Credentials {
+    /// Whether `capable(cap)` would hold: the capability is in the effective set *and* the
+    /// credentials are in the daemon's user namespace.
+    pub fn capable(&self, cap: u32) -> bool {
+        self.initial_userns && cap < 64 && self.cap_eff & (1u64 << cap) != 0
+    }
+
+    /// Reads the credentials of thread `tid` from `/proc/<tid>` (ESRCH when it cannot).
+    pub fn of_thread(tid: i32) -> Result<Self, Errno> {
+        if tid <= 0 {
+            return Err(Errno::ESRCH);
+        }
+        let dir = open_dir(&format!("/proc/{tid}"))?;
+        let status = read_all(open_at(&dir, "status", rustix::fs::OFlags::RDONLY)?)?;
+        let (uid, cap_eff) =
+            parse_status_creds(&String::from_utf8_lossy(&status)).ok_or(Errno::ESRCH)?;
+        Ok(Self {
+            uid,
+            cap_eff,
+            initial_userns: in_daemon_userns(&dir),
+        })
+    }
+}
+
+/// (real uid, CapEff) from the text of a status file.
+pub fn parse_status_creds(status: &str) -> Option<(u32, u64)> {
+    let mut uid = None;
+    let mut cap_eff = None;
+    for line in status.lines() {
+        if let Some(v) = line.strip_prefix("Uid:") {
+            uid = v.split_whitespace().next().and_then(|s| s.parse().ok());
+        } else if let Some(v) = line.strip_prefix("CapEff:") {
+            cap_eff = u64::from_str_radix(v.trim(), 16).ok();
+        }
+    }
+    Some((uid?, cap_eff?))
+}
+
+fn userns_id_at(dir: &OwnedFd) -> Option<(u64, u64)> {
+    let st = rustix::fs::statat(dir, "ns/user", rustix::fs::AtFlags::empty()).ok()?;
+    Some((st.st_dev, st.st_ino))
+}
+
+/// Whether the thread whose `/proc` directory is `dir` is in the daemon's own user namespace
+/// (false when that cannot be established: fail closed).
+pub(super) fn in_daemon_userns(dir: &OwnedFd) -> bool {
+    static OWN: OnceLock<Option<(u64, u64)>> = OnceLock::new();
+    let own = *OWN.get_or_init(|| {
+        let st = rustix::fs::stat("/proc/self/ns/user").ok()?;
+        Some((st.st_dev, st.st_ino))
+    });
+    match (own, userns_id_at(dir)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Whether thread `tid` is in the daemon's own user namespace.
+pub fn thread_in_daemon_userns(tid: i32) -> bool {
+    open_dir(&format!("/proc/{tid}")).is_ok_and(|d| in_daemon_userns(&d))
+}
+
+/// `PIDFD_THREAD` (Linux 6.9): a pidfd naming one thread rather than its thread group.
+const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
+
+/// Duplicates fd `fd` from the table of thread `tid` (its own table, which a thread created
+/// without CLONE_FILES does not share with its group leader).
+pub fn get_thread_fd(tid: i32, tgid: i32, fd: i32) -> Result<OwnedFd, Errno> {
+    if fd < 0 {
+        return Err(Errno::EBADF);
+    }
+    let pid = rustix::process::Pid::from_raw(tid).ok_or(Errno::ESRCH)?;
+    let flags = rustix::process::PidfdFlags::from_bits_retain(PIDFD_THREAD);
+    let pidfd = match rustix::process::pidfd_open(pid, flags) {
+        Ok(p) => p,
+        // A kernel without PIDFD_THREAD: only the group leader can be named (same table for
+        // every thread that shares it).
+        Err(rustix::io::Errno::INVAL) if tid == tgid => {
+            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+                .map_err(|e| Errno::from_raw(e.raw_os_error()))?
+        }
+        Err(e) => return Err(Errno::from_raw(e.raw_os_error())),
+    };
+    rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+        .map_err(|e| Errno::from_raw(e.raw_os_error()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::process::{Command, Stdio};
+
+    #[test]
+    fn parses_memlock_limits() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                    Max cpu time              unlimited            unlimited            seconds   \n\
+                    Max locked memory         8388608              16777216             bytes     \n";
+        assert_eq!(parse_memlock_limit(text), Some(8 << 20));
+        let unl = "Max locked memory         unlimited            unlimited            bytes\n";
+        assert_eq!(parse_memlock_limit(unl), Some(u64::MAX));
+        assert_eq!(parse_memlock_limit("Max cpu time 1 1 seconds\n"), None);
+        assert_eq!(
+            parse_memlock_limit("Max locked memory  junk x bytes\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn capabilities_need_the_daemons_namespace() {
+        let c = Credentials {
+            uid: 0,
+            cap_eff: 1 << super::super::CAP_IPC_LOCK,
+            initial_userns: false,
+        };
+        assert!(!c.capable(super::super::CAP_IPC_LOCK));
+        let c = Credentials {
+            initial_userns: true,
+            ..c
+        };
+        assert!(c.capable(super::super::CAP_IPC_LOCK));
+        assert!(!c.capable(super::super::CAP_SYS_RESOURCE));
+        assert!(!c.capable(99));
+        assert!(thread_in_daemon_userns(std::process::id() as i32));
+        assert_eq!(
+            parse_status_creds("Uid:\t1000\t1000\t1000\t1000\nCapEff:\t0000000000004000\n"),
+            Some((1000, 1 << 14))
+        );
+    }
+
+    #[test]
+    fn own_process_reads_writes_and_limits() {
+        let h = ProcessHandle::current().unwrap();
+        assert!(h.alive());
+        let src = [7u8, 6, 5, 4];
+        let mut dst = [0u8; 4];
+        h.read(src.as_ptr() as u64, &mut dst).unwrap();
+        assert_eq!(src, dst);
+        let mut target = vec![0u8; 3];
+        h.write(target.as_mut_ptr() as u64, &[1, 2, 3]).unwrap();
+        assert_eq!(std::hint::black_box(&target)[..], [1, 2, 3]);
+        assert_eq!(h.read(8, &mut dst), Err(Errno::EFAULT));
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the valid rlimit struct.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) }, 0);
+        let want = if rl.rlim_cur == libc::RLIM_INFINITY {
+            u64::MAX
+        } else {
+            rl.rlim_cur
+        };
+        assert_eq!(h.memlock_limit(), want);
+    }
+
+    #[test]
+    fn vma_queries_agree_with_the_maps_text() {
+        let h = ProcessHandle::current().unwrap();
+        // A few private and shared, readable and writable mappings of our own.
+        let mk = |prot, flags| {
+            // SAFETY: fresh anonymous mappings, checked, unmapped below.
+            let p = unsafe { libc::mmap(std::ptr::null_mut(), 3 * 4096, prot, flags, -1, 0) };
+            assert_ne!(p, libc::MAP_FAILED);
+            p
+        };
+        let maps = [
+            mk(libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS),
+            mk(
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            ),
+        ];
+        for &p in &maps {
+            let start = p as u64;
+            let got = h.vmas_in(start, start + 3 * 4096).unwrap();
+            let text = std::fs::read_to_string("/proc/self/maps").unwrap();
+            let want: Vec<Vma> = parse_maps(&text)
+                .into_iter()
+                .filter(|v| v.end > start && v.start < start + 3 * 4096)
+                .collect();
+            // (Neighbours mapped meanwhile by other tests may merge: compare what our range sees.)
+            let perms = |v: &Vec<Vma>| -> Vec<(bool, bool, bool)> {
+                v.iter().map(|v| (v.read, v.write, v.private)).collect()
+            };
+            assert_eq!(perms(&got), perms(&want));
+            assert_eq!(got.len(), 1);
+            assert!(got[0].start <= start && got[0].end >= start + 3 * 4096);
+        }
+        assert!(check_vmas(
+            &h.vmas_in(maps[1] as u64, maps[1] as u64 + 1).unwrap(),
+            maps[1] as u64,
+            maps[1] as u64 + 1,
+            true
+        )
+        .is_ok());
+        for p in maps {
+            // SAFETY: unmapping the mappings made above.
+            unsafe { libc::munmap(p, 3 * 4096) };
+        }
+    }
+
+    #[test]
+    fn writes_refuse_read_only_mappings() {
+        let h = ProcessHandle::current().unwrap();
+        // SAFETY: a fresh private read-only anonymous mapping; checked and unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        assert_eq!(h.write(p as u64, &[1]), Err(Errno::EFAULT));
+        let mut b = [9u8; 1];
+        h.read(p as u64, &mut b).unwrap();
+        assert_eq!(b, [0]);
+        // SAFETY: unmapping the mapping made above.
+        unsafe { libc::munmap(p, 4096) };
+    }
+
+    /// A child that is stopped until we say so; its memory is read through a handle bound
+    /// while it lives, and the handle goes dead (EFAULT) when it exits or execs.
+    fn child_stack_addr(pid: i32) -> u64 {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        parse_maps(&maps)
+            .into_iter()
+            .find(|v| v.read && v.write)
+            .map(|v| v.start)
+            .unwrap()
+    }
+
+    #[test]
+    fn handle_dies_with_exit_and_exec() {
+        for exec in [false, true] {
+            let script = if exec {
+                "echo up; read x; exec sleep 30"
+            } else {
+                "echo up; read x"
+            };
+            let mut child = Command::new("sh")
+                .args(["-c", script])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            // The shell runs (its program image is complete) once it has spoken.
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+                &mut line,
+            )
+            .unwrap();
+            let pid = child.id() as i32;
+            let h = ProcessHandle::open(pid, pid).unwrap();
+            let addr = child_stack_addr(pid);
+            let mut b = [0u8; 16];
+            h.read(addr, &mut b).unwrap();
+            assert!(h.alive());
+            drop(child.stdin.take());
+            if exec {
+                // Wait until the exec happened.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() != "sleep")
+                {
+                    assert!(std::time::Instant::now() < deadline, "no exec");
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            } else {
+                child.wait().unwrap();
+            }
+            if exec {
+                // Found dead by the VMA query first.
+                assert_eq!(h.vmas().unwrap_err(), Errno::EFAULT);
+            }
+            assert_eq!(h.read(addr, &mut b), Err(Errno::EFAULT), "exec={exec}");
+            assert!(!h.alive());
+            assert!(h.is_retired());
+            assert_eq!(h.pagemap(addr, 1), Err(Errno::EFAULT));
+            assert_eq!(h.vmas().unwrap_err(), Errno::EFAULT);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    #[test]
+    fn thread_fd_comes_from_the_threads_own_table() {
+        use std::io::Write;
+        let tgid = std::process::id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            // SAFETY: unshare(CLONE_FILES) only gives this thread a private copy of the table.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_FILES) }, 0);
+            let mut f = tempfile_in_thread();
+            f.write_all(b"thread").unwrap();
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let fd = f.as_raw_fd();
+            let got = get_thread_fd(tid, tgid, fd).unwrap();
+            let mut buf = [0u8; 6];
+            File::from(got).read_at(&mut buf, 0).unwrap();
+            tx.send((buf, fd)).unwrap();
+        });
+        let (buf, fd) = rx.recv().unwrap();
+        t.join().unwrap();
+        assert_eq!(&buf, b"thread");
+        assert!(fd >= 0);
+        assert_eq!(get_thread_fd(tgid, tgid, -1).unwrap_err(), Errno::EBADF);
+    }
+
+    fn tempfile_in_thread() -> File {
+        let fd = rustix::fs::memfd_create("t", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        File::from(fd)
+    }
+
+    #[test]
+    fn handles_are_shared_and_capped() {
+        let mem = super::super::ProcessMemory::current();
+        let a = ProcessHandles::new();
+        let b = ProcessHandles::new();
+        let h1 = a.get(&mem).unwrap();
+        let h2 = a.get(&mem).unwrap();
+        let h3 = b.get(&mem).unwrap();
+        assert!(Arc::ptr_eq(&h1, &h2));
+        assert!(
+            Arc::ptr_eq(&h1, &h3),
+            "one handle per process across contexts"
+        );
+        assert_eq!(a.len(), 1);
+        // A retired handle is never handed out again.
+        h1.retire();
+        let h4 = a.get(&mem).unwrap();
+        assert!(!Arc::ptr_eq(&h1, &h4));
+        assert_eq!(a.len(), 1);
+        assert_ne!(h1.id(), h4.id());
+    }
+
+    /// A stand-in for the request of process `pid` (its only thread).
+    struct Caller(i32);
+
+    impl CallerMemory for Caller {
+        fn read(&self, _: u64, _: &mut [u8]) -> Result<(), Errno> {
+            Err(Errno::EFAULT)
+        }
+        fn write(&self, _: u64, _: &[u8]) -> Result<(), Errno> {
+            Err(Errno::EFAULT)
+        }
+        fn pid(&self) -> i32 {
+            self.0
+        }
+        fn get_fd(&self, _: i32) -> Result<OwnedFd, Errno> {
+            Err(Errno::EBADF)
+        }
+    }
+
+    #[test]
+    fn a_context_holds_a_bounded_number_of_live_processes() {
+        use std::io::BufRead;
+        let mut children: Vec<std::process::Child> = (0..=MAX_PROCESSES_PER_CONTEXT)
+            .map(|_| {
+                let mut c = Command::new("sh")
+                    .args(["-c", "echo up; read x"])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let mut line = String::new();
+                std::io::BufReader::new(c.stdout.as_mut().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                c
+            })
+            .collect();
+        let ctx = ProcessHandles::new();
+        let pids: Vec<i32> = children.iter().map(|c| c.id() as i32).collect();
+        for &pid in &pids[..MAX_PROCESSES_PER_CONTEXT] {
+            ctx.get(&Caller(pid)).unwrap();
+        }
+        // The same processes again cost nothing new.
+        ctx.get(&Caller(pids[0])).unwrap();
+        let last = *pids.last().unwrap();
+        assert_eq!(ctx.get(&Caller(last)).unwrap_err(), Errno::ENOMEM);
+        assert_eq!(ctx.len(), MAX_PROCESSES_PER_CONTEXT);
+        // One of them exits: its handle is retired and makes room.
+        drop(children[0].stdin.take());
+        children[0].wait().unwrap();
+        let h = ctx.get(&Caller(last)).unwrap();
+        assert_eq!(h.tgid(), last);
+        assert_eq!(ctx.len(), MAX_PROCESSES_PER_CONTEXT);
+        for c in &mut children {
+            drop(c.stdin.take());
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    #[test]
+    fn the_mapping_thread_may_exit() {
+        // A worker thread maps, then exits; its process lives on.
+        let pid = std::process::id() as i32;
+        let h = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            ProcessHandle::open(tid, pid).unwrap()
+        })
+        .join()
+        .unwrap();
+        let src = vec![3u8; 4096];
+        let mut b = [0u8; 8];
+        let addr = src.as_ptr() as u64;
+        // The files hold the address space, not the thread that opened them.
+        assert!(h.alive());
+        assert_eq!(h.vmas_in(addr, addr + 8).unwrap().len(), 1);
+        h.read(addr, &mut b).unwrap();
+        assert_eq!(b, [3; 8]);
+        assert_eq!(h.pagemap(addr & !4095, 1).unwrap().len(), 1);
+        assert!(h.alive());
+    }
+}
