@@ -349,10 +349,6 @@ fn bench_allow_iovas() {
         if n == 4_000 {
             base = per;
         }
-        println!(
-            "| {n} | {:.2} | {per:.0} | {:.2} |",
-            best * 1e3,
-            per / base
-        );
+        println!("| {n} | {:.2} | {per:.0} | {:.2} |", best * 1e3, per / base);
     }
 }

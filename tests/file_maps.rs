@@ -96,7 +96,11 @@ fn scenario(name: &str, f: &File) {
             // domain attach: EINVAL, as memfd_pin_folios() past the end of the file.
             let ioas = ioas_alloc(f);
             let m = memfd(4);
-            check("map", map_file(f, ioas, m.as_raw_fd(), 0, 4 * PAGE, IOVA), Ok(()));
+            check(
+                "map",
+                map_file(f, ioas, m.as_raw_fd(), 0, 4 * PAGE, IOVA),
+                Ok(()),
+            );
             nix::unistd::ftruncate(&m, 0).unwrap();
             check("attach pins", mock_domain(f, ioas), Err(libc::EINVAL));
             // Pinned first, truncated under the pin: a second domain takes the pinned pages
@@ -104,7 +108,11 @@ fn scenario(name: &str, f: &File) {
             let ioas2 = ioas_alloc(f);
             check("domain", mock_domain(f, ioas2), Ok(()));
             let m2 = memfd(4);
-            check("map+pin", map_file(f, ioas2, m2.as_raw_fd(), 0, 4 * PAGE, IOVA), Ok(()));
+            check(
+                "map+pin",
+                map_file(f, ioas2, m2.as_raw_fd(), 0, 4 * PAGE, IOVA),
+                Ok(()),
+            );
             nix::unistd::ftruncate(&m2, PAGE as i64).unwrap();
             check("second domain", mock_domain(f, ioas2), Ok(()));
             // A new map of the truncated part into a domain fails; the remaining page maps.
@@ -138,7 +146,11 @@ fn scenario(name: &str, f: &File) {
             );
             // Without a domain the kernel maps lazily and refuses the pin at attach.
             let lazy = ioas_alloc(f);
-            check("lazy map", map_file(f, lazy, file.as_raw_fd(), 0, 4 * PAGE, IOVA), Ok(()));
+            check(
+                "lazy map",
+                map_file(f, lazy, file.as_raw_fd(), 0, 4 * PAGE, IOVA),
+                Ok(()),
+            );
             check("attach", mock_domain(f, lazy), Err(libc::EINVAL));
             // A read-only fd cannot be mapped writable (the kernel's EPERM).
             let ro = File::open("/proc/self/exe").unwrap();
@@ -153,7 +165,11 @@ fn scenario(name: &str, f: &File) {
             let ioas = ioas_alloc(f);
             let m = memfd(1);
             for i in 0..300u64 {
-                check("map", map_file(f, ioas, m.as_raw_fd(), 0, PAGE, IOVA + i * PAGE), Ok(()));
+                check(
+                    "map",
+                    map_file(f, ioas, m.as_raw_fd(), 0, PAGE, IOVA + i * PAGE),
+                    Ok(()),
+                );
             }
             hold();
         }
@@ -261,7 +277,13 @@ fn test_user() -> Option<(u32, u32)> {
     let lookup = || nix::unistd::User::from_name(USER).ok().flatten();
     if lookup().is_none() {
         let st = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER])
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                USER,
+            ])
             .status();
         assert!(
             st.as_ref().is_ok_and(|s| s.success()) || lookup().is_some(),
@@ -372,7 +394,12 @@ fn regular_file_is_refused_and_not_held() {
     let path = dir.join(format!("regular-{}", std::process::id()));
     std::fs::write(&path, vec![7u8; 4 * PAGE as usize]).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
-    let mut c = Client::spawn_with(&d, user, "regular", &[(REGULAR_ENV, path.to_str().unwrap())]);
+    let mut c = Client::spawn_with(
+        &d,
+        user,
+        "regular",
+        &[(REGULAR_ENV, path.to_str().unwrap())],
+    );
     c.wait_holding();
     // The regular file is not kept open by the daemon (one fd of slack for the client's open).
     let during = daemon_fds(&d);
@@ -390,7 +417,10 @@ fn one_daemon_fd_for_many_maps_of_one_file() {
     let mut c = Client::spawn(&d, user, "same_memfd");
     c.wait_holding();
     let during = daemon_fds(&d);
-    assert!(during <= before + 2, "300 maps of one memfd: fds {before} -> {during}");
+    assert!(
+        during <= before + 2,
+        "300 maps of one memfd: fds {before} -> {during}"
+    );
     c.finish();
     assert_serving(&mut d);
 }
@@ -407,7 +437,10 @@ fn a_user_cannot_make_the_daemon_hold_more_fds_than_its_cap() {
         during <= before + FILE_MAPS_PER_USER + 8,
         "fds {before} -> {during}"
     );
-    assert!(during >= before + FILE_MAPS_PER_USER, "the maps hold their files");
+    assert!(
+        during >= before + FILE_MAPS_PER_USER,
+        "the maps hold their files"
+    );
     // Another user (root here) is not affected.
     let f = d.open_iommu();
     let ioas = ioas_alloc(&f);
@@ -419,7 +452,11 @@ fn a_user_cannot_make_the_daemon_hold_more_fds_than_its_cap() {
     drop(f);
     let deadline = Instant::now() + Duration::from_secs(10);
     while daemon_fds(&d) > before + 2 {
-        assert!(Instant::now() < deadline, "fds not released: {}", daemon_fds(&d));
+        assert!(
+            Instant::now() < deadline,
+            "fds not released: {}",
+            daemon_fds(&d)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -122,8 +122,7 @@ fn read_ranges(u: &Ucmd, addr: u64, num: u32) -> (Vec<iommu_iova_range>, Option<
             }
         } else {
             out.extend(chunk.chunks_exact(SZ).map(|c| {
-                <iommu_iova_range as zerocopy::FromBytes>::read_from_bytes(c)
-                    .expect("exact chunk")
+                <iommu_iova_range as zerocopy::FromBytes>::read_from_bytes(c).expect("exact chunk")
             }));
         }
         i += n;
@@ -252,7 +251,12 @@ pub fn ioas_map_file(u: &Ucmd) -> Result<(), Errno> {
         FileKind::Unsupported => None,
         _ => Some(SharedFile::share(file, &info)?),
     };
-    let source = Arc::new(FileSource::new(shared, aligned_start, map_len, Some(charge)));
+    let source = Arc::new(FileSource::new(
+        shared,
+        aligned_start,
+        map_len,
+        Some(charge),
+    ));
     let pages = Ioas::make_pages(
         source,
         start_byte,

@@ -97,7 +97,12 @@ impl Quota {
 
     /// Takes `n` units of `res` for this context and, when known, for user `uid`; ENOMEM past a
     /// cap (nothing is taken then). The returned charge gives them back when dropped.
-    pub fn charge(self: &Arc<Self>, uid: Option<u32>, res: Resource, n: u64) -> Result<Charge, Errno> {
+    pub fn charge(
+        self: &Arc<Self>,
+        uid: Option<u32>,
+        res: Resource,
+        n: u64,
+    ) -> Result<Charge, Errno> {
         let (ctx_cap, user_cap) = res.caps();
         let counter = &self.counts[res.index()];
         counter
@@ -207,7 +212,10 @@ mod tests {
         let (cap, _) = Resource::FileMaps.caps();
         let big = q.charge(None, Resource::FileMaps, cap - 1).unwrap();
         let one = q.charge(None, Resource::FileMaps, 1).unwrap();
-        assert_eq!(q.charge(None, Resource::FileMaps, 1).unwrap_err(), Errno::ENOMEM);
+        assert_eq!(
+            q.charge(None, Resource::FileMaps, 1).unwrap_err(),
+            Errno::ENOMEM
+        );
         assert_eq!(q.used(Resource::FileMaps), cap);
         drop(one);
         let again = q.charge(None, Resource::FileMaps, 1).unwrap();
@@ -229,8 +237,15 @@ mod tests {
             total += n;
         }
         let q = Quota::new();
-        assert_eq!(q.charge(Some(uid), Resource::Objects, 1).unwrap_err(), Errno::ENOMEM);
-        assert_eq!(q.used(Resource::Objects), 0, "a refused charge takes nothing");
+        assert_eq!(
+            q.charge(Some(uid), Resource::Objects, 1).unwrap_err(),
+            Errno::ENOMEM
+        );
+        assert_eq!(
+            q.used(Resource::Objects),
+            0,
+            "a refused charge takes nothing"
+        );
         assert_eq!(user_total(uid, Resource::Objects), user_cap);
         // Another user is not affected.
         let other = q.charge(Some(uid + 1), Resource::Objects, 1).unwrap();

@@ -447,7 +447,9 @@ impl SharedFile {
         if self.kind == FileKind::Unsupported {
             return Err(Errno::EINVAL);
         }
-        let size = nix::sys::stat::fstat(&self.fd).map_err(|_| Errno::EINVAL)?.st_size as u64;
+        let size = nix::sys::stat::fstat(&self.fd)
+            .map_err(|_| Errno::EINVAL)?
+            .st_size as u64;
         match off.checked_add(len) {
             Some(end) if end <= size => Ok(()),
             _ => Err(Errno::EINVAL),

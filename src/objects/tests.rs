@@ -138,7 +138,7 @@ fn ids_match_a_naive_smallest_free_allocator() {
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
-        if x % 3 != 0 || live.is_empty() {
+        if !x.is_multiple_of(3) || live.is_empty() {
             let expect = (1..).find(|i| !live.contains(i)).unwrap();
             assert_eq!(ioas(&ctx), expect);
             live.insert(expect);

@@ -91,10 +91,13 @@ fn regular_files_and_o_path_are_told_apart() {
         FileKind::Unsupported
     );
     // A regular file on a tmpfs mount is shmem.
-    let shm = std::path::Path::new("/dev/shm").join(format!("uiommufd-files-{}", std::process::id()));
+    let shm =
+        std::path::Path::new("/dev/shm").join(format!("uiommufd-files-{}", std::process::id()));
     std::fs::write(&shm, [0u8; 4096]).unwrap();
     let f = std::fs::File::open(&shm).unwrap();
-    let kind = inspect_file(f.as_fd(), std::process::id() as i32).unwrap().kind;
+    let kind = inspect_file(f.as_fd(), std::process::id() as i32)
+        .unwrap()
+        .kind;
     let _ = std::fs::remove_file(&shm);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(kind, FileKind::Shmem);
