@@ -237,7 +237,7 @@ pub fn ioas_map_file(u: &Ucmd) -> Result<(), Errno> {
     // hugetlbfs, or past the end of the file) fail later with EINVAL. Such a file is not kept.
     let info = inspect_file(std::os::fd::AsFd::as_fd(&file), u.mem.pid())?;
     let prot = prot_of(cmd.flags);
-    if prot.write && !info.fd_writable {
+    if prot.write && (!info.fd_writable || info.write_sealed) {
         return Err(Errno::EPERM);
     }
     if cmd.length > u64::MAX - PAGE_SIZE {

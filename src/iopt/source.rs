@@ -275,6 +275,8 @@ pub struct FileInfo {
     pub key: FileKey,
     /// Opened for writing (the kernel's FMODE_WRITE).
     pub fd_writable: bool,
+    /// A memfd sealed against writes (F_SEAL_WRITE): the kernel's mapping_map_writable() fails.
+    pub write_sealed: bool,
 }
 
 const TMPFS_NAME: &str = "tmpfs";
@@ -305,6 +307,8 @@ pub fn inspect_file(fd: BorrowedFd<'_>, caller_pid: i32) -> Result<FileInfo, Err
     } else {
         FileKind::Unsupported
     };
+    // F_GET_SEALS answers EINVAL for files that cannot be sealed.
+    let seals = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GET_SEALS).unwrap_or(0);
     Ok(FileInfo {
         kind,
         key: FileKey {
@@ -313,6 +317,7 @@ pub fn inspect_file(fd: BorrowedFd<'_>, caller_pid: i32) -> Result<FileInfo, Err
             writable: fd_writable,
         },
         fd_writable,
+        write_sealed: seals & libc::F_SEAL_WRITE != 0,
     })
 }
 
@@ -500,8 +505,12 @@ impl SharedFile {
         // faults pages in (a page past the end of the file is EFAULT here, never a signal).
         match unsafe { nix::sys::mman::madvise(ptr, len as usize, advice) } {
             Ok(()) => {}
-            // Truncated between the size check and the populate.
-            Err(Errno::EFAULT) => return Err(Errno::EINVAL),
+            // Truncated between the size check and the populate, or no page to be had (a
+            // hugetlbfs file without free huge pages).
+            Err(Errno::EFAULT) => {
+                self.check_inside(off, len)?;
+                return Err(Errno::ENOMEM);
+            }
             Err(Errno::ENOMEM) => return Err(Errno::ENOMEM),
             Err(_) => return Err(Errno::EFAULT),
         }

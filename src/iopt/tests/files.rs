@@ -121,3 +121,59 @@ fn one_daemon_fd_per_distinct_file() {
     let again = shared(&fd);
     assert_eq!(Arc::strong_count(&again), 1);
 }
+
+#[test]
+fn write_sealed_memfd_is_reported() {
+    let fd = nix::sys::memfd::memfd_create(
+        c"files-sealed",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .unwrap();
+    nix::unistd::ftruncate(&fd, PG as i64).unwrap();
+    let me = std::process::id() as i32;
+    assert!(!inspect_file(fd.as_fd(), me).unwrap().write_sealed);
+    nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_ADD_SEALS(nix::fcntl::SealFlag::F_SEAL_WRITE),
+    )
+    .unwrap();
+    let info = inspect_file(fd.as_fd(), me).unwrap();
+    assert!(info.write_sealed && info.fd_writable);
+    assert_eq!(info.kind, FileKind::Shmem);
+}
+
+#[test]
+fn hugetlb_memfd_without_huge_pages_fails_without_a_signal() {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let Ok(fd) = memfd_create(c"files-huge", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_HUGETLB) else {
+        return; // no hugetlbfs in this kernel
+    };
+    let me = std::process::id() as i32;
+    let info = inspect_file(fd.as_fd(), me).unwrap();
+    let FileKind::Hugetlb(size) = info.kind else {
+        panic!("hugetlb memfd seen as {:?}", info.kind);
+    };
+    assert!(size >= 2 << 20);
+    nix::unistd::ftruncate(&fd, size as i64).unwrap();
+    let src = FileSource::new(
+        Some(SharedFile::share(fd.try_clone().unwrap(), &info).unwrap()),
+        0,
+        size,
+        None,
+    );
+    let free: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let r = src.pin(1, 2, true);
+    if free == 0 {
+        assert_eq!(r, Err(Errno::ENOMEM));
+    } else {
+        r.unwrap();
+    }
+    // Past the end of the file: EINVAL, as for shmem.
+    nix::unistd::ftruncate(&fd, 0).unwrap();
+    assert_eq!(src.pin(0, 1, false), Err(Errno::EINVAL));
+}
