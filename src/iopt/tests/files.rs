@@ -177,3 +177,28 @@ fn hugetlb_memfd_without_huge_pages_fails_without_a_signal() {
     nix::unistd::ftruncate(&fd, 0).unwrap();
     assert_eq!(src.pin(0, 1, false), Err(Errno::EINVAL));
 }
+
+#[test]
+fn a_pin_over_the_limit_allocates_nothing_in_the_file() {
+    use super::super::accounting::{Account, AccountMode};
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
+        .unwrap()
+        .0;
+    if limit == nix::sys::resource::RLIM_INFINITY || limit > (1 << 30) {
+        return; // nothing to exceed
+    }
+    let len = (limit + 16 * PG).next_multiple_of(PG);
+    let fd = memfd(len);
+    let account = Account {
+        mode: AccountMode::User,
+        pid: std::process::id() as i32,
+        uid: 0xfff0_0002,
+        limit_snapshot: limit,
+    };
+    let src = Arc::new(FileSource::new(Some(shared(&fd)), 0, len, None));
+    let pages = Pages::new(src, 0, len, true, account).unwrap();
+    assert_eq!(pages.pin(0, len / PG - 1, true), Err(Errno::ENOMEM));
+    let st = nix::sys::stat::fstat(&fd).unwrap();
+    assert_eq!(st.st_blocks, 0, "no page of the file was populated");
+    assert_eq!(pages.npinned(), 0);
+}
