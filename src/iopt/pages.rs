@@ -169,7 +169,7 @@ impl Pages {
     /// pinned are made resident and charged; on any failure nothing changes.
     pub fn pin(&self, first: u64, last: u64, write: bool) -> Result<Vec<u64>, Errno> {
         debug_assert!(first <= last && last < self.npages);
-        let mut pins = self.pins.lock().unwrap();
+        let pins = self.pins.lock().unwrap();
         let fresh: Vec<u64> = (first..=last).filter(|i| !pins.contains_key(i)).collect();
         // Populating a file's holes allocates pages charged to the daemon, not to the client:
         // for files the charge against the owner's limit comes first, so a client cannot make
