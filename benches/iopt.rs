@@ -4,7 +4,10 @@
 //!    1M areas (bare, and with a no-op 4 KiB domain so the pin path runs too);
 //! 2. automatic IOVA allocation (MAP without FIXED_IOVA + UNMAP) in a fragmented space of 100k
 //!    areas with holes of mixed size, against an empty table;
-//! 3. memory per area: RSS before and after building 1M areas.
+//! 3. memory per area: RSS before and after building 1M areas;
+//! 4. IOAS_ALLOW_IOVAS validation + install of 4k (baseline), 40k and 400k disjoint ranges given in
+//!    descending order: cost per range and its ratio to the 4k baseline (1.0 is linear; pairwise
+//!    overlap checks would make it 100 at 400k).
 //!
 //! Results are printed as a Markdown table; docs/benchmarks.md records a run.
 
@@ -174,7 +177,11 @@ fn bench_auto(iopt: &mut IoPagetable, probe: &Arc<Pages>, len: u64, iters: u64) 
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing to parse.
+    // `cargo bench` passes `--bench`; nothing to parse. IOPT_BENCH=allow_iovas runs only section 4.
+    if std::env::var("IOPT_BENCH").is_ok_and(|v| v == "allow_iovas") {
+        bench_allow_iovas();
+        return;
+    }
     let t0 = Instant::now();
     let shared = pages(PAGE_SIZE, 0x7f00_0000_0000);
     let probe = pages(64 * 1024, 0x7f00_1000_1000);
@@ -286,6 +293,8 @@ fn main() {
         ns / empty_ns
     );
 
+    bench_allow_iovas();
+
     println!(
         "\ntotal benchmark time: {:.1} s",
         t0.elapsed().as_secs_f64()
@@ -307,4 +316,39 @@ fn cpu_model() -> String {
                 .map(|s| s.trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// IOAS_ALLOW_IOVAS: the handler's validation (in input order, as the kernel) plus the install
+/// into the table, per range, against 4k ranges measured in the same run.
+fn bench_allow_iovas() {
+    use uiommufd::dispatch::ioas_cmds::check_allowed_ranges;
+    use uiommufd_uapi::iommufd::iommu_iova_range;
+    println!("\n### IOAS_ALLOW_IOVAS: validate + install n disjoint ranges (descending input)\n");
+    println!("| ranges | total ms | ns/range | ratio to 4k (per range) |");
+    println!("|---|---|---|---|");
+    let mut base = 0.0;
+    for n in [4_000u64, 40_000, 400_000] {
+        let ranges: Vec<iommu_iova_range> = (0..n)
+            .rev()
+            .map(|i| iommu_iova_range {
+                start: BASE + i * STRIDE,
+                last: BASE + i * STRIDE + PAGE_SIZE - 1,
+            })
+            .collect();
+        let rounds = (4_000_000 / n).clamp(3, 200);
+        let mut best = f64::MAX;
+        for _ in 0..rounds {
+            let mut iopt = IoPagetable::new();
+            let t = Instant::now();
+            let ok = check_allowed_ranges(black_box(&ranges)).unwrap();
+            iopt.set_allowed(&ok).unwrap();
+            best = best.min(t.elapsed().as_secs_f64());
+            black_box(&iopt);
+        }
+        let per = best * 1e9 / n as f64;
+        if n == 4_000 {
+            base = per;
+        }
+        println!("| {n} | {:.2} | {per:.0} | {:.2} |", best * 1e3, per / base);
+    }
 }

@@ -66,6 +66,9 @@ fn serve(
     devices: Vec<String>,
     selftest: bool,
 ) -> std::process::ExitCode {
+    // Client files are held one fd each; give the daemon all the fds it may have.
+    let nofile = uiommufd::iopt::limits::raise_fd_limit();
+    tracing::debug!(nofile, "RLIMIT_NOFILE");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -80,13 +80,6 @@ fn role_cmd_exe(
         c.args(["unshare", "-U", "-r"]);
     }
     c.arg(exe)
-        .args([
-            "role_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
         .env(ROLE_ENV, role)
         .env(MNT_ENV, mnt)
         .env(ARG_ENV, arg)
@@ -345,8 +338,7 @@ fn probe_area(f: &File, acc: &File, unpinned: u32, dev: &File, own: &support::An
 // Roles
 // ---------------------------------------------------------------------------------------------
 
-/// Entry point of the client roles; a no-op in the normal test run.
-#[test]
+/// Entry point of the client roles (`main` calls it when the role variable is set).
 fn role_entry() {
     let Ok(role) = std::env::var(ROLE_ENV) else {
         return;
@@ -738,7 +730,6 @@ fn expect_refused(result: &str) {
     );
 }
 
-#[test]
 fn pid_reuse_does_not_reach_the_new_owner() {
     if !prerequisites() {
         return;
@@ -774,7 +765,6 @@ fn pid_reuse_does_not_reach_the_new_owner() {
     assert!(victim.finish().success());
 }
 
-#[test]
 fn exec_of_a_setuid_program_cuts_the_area_off() {
     if !prerequisites() {
         return;
@@ -810,7 +800,6 @@ fn exec_of_a_setuid_program_cuts_the_area_off() {
     assert!(holder.finish().success());
 }
 
-#[test]
 fn memlock_limit_holds_also_in_a_user_namespace() {
     if !prerequisites() {
         return;
@@ -836,7 +825,6 @@ fn memlock_limit_holds_also_in_a_user_namespace() {
     }
 }
 
-#[test]
 fn a_thread_maps_from_its_own_fd_table() {
     if !prerequisites() {
         return;
@@ -848,7 +836,6 @@ fn a_thread_maps_from_its_own_fd_table() {
     assert!(c.finish().success());
 }
 
-#[test]
 fn a_thread_outlives_its_group_leader() {
     if !prerequisites() {
         return;
@@ -861,4 +848,33 @@ fn a_thread_outlives_its_group_leader() {
         "map_file=ok content=still-mapped-ok! map=ok"
     );
     assert!(c.finish().success());
+}
+
+fn main() {
+    if std::env::var(ROLE_ENV).is_ok() {
+        role_entry();
+        return;
+    }
+    support::runner::run(&[
+        (
+            "pid_reuse_does_not_reach_the_new_owner",
+            pid_reuse_does_not_reach_the_new_owner,
+        ),
+        (
+            "exec_of_a_setuid_program_cuts_the_area_off",
+            exec_of_a_setuid_program_cuts_the_area_off,
+        ),
+        (
+            "memlock_limit_holds_also_in_a_user_namespace",
+            memlock_limit_holds_also_in_a_user_namespace,
+        ),
+        (
+            "a_thread_maps_from_its_own_fd_table",
+            a_thread_maps_from_its_own_fd_table,
+        ),
+        (
+            "a_thread_outlives_its_group_leader",
+            a_thread_outlives_its_group_leader,
+        ),
+    ]);
 }

@@ -152,6 +152,13 @@ pub fn execute(
     cmd: u32,
     arg: u64,
 ) -> Option<Outcome> {
+    // The first caller of a context names the user its resources are capped against (one /proc
+    // read per context). A transport that knows the opener's uid sets it at open instead.
+    if ctx.owner_uid().is_none() {
+        if let Some(uid) = crate::iopt::limits::real_uid_of(mem.pid()) {
+            ctx.set_owner_uid(uid);
+        }
+    }
     let route = route(table, cmd);
     if matches!(route, Route::Vfio) {
         return None;

@@ -71,14 +71,7 @@ impl IoPagetable {
 
     /// The gaps inside `[start, last]` between reserved ranges and areas, in ascending order.
     fn holes(&self, start: u64, last: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-        let mut used: Vec<(u64, u64)> = self
-            .reserved
-            .iter()
-            .filter(|r| r.last >= start && r.start <= last)
-            .map(|r| (r.start, r.last))
-            .collect();
-        used.sort_unstable();
-        let mut reserved = used.into_iter().peekable();
+        let mut reserved = self.reserved_spans(start, last).peekable();
         let mut areas = self
             .area_range_from(start)
             .take_while(move |a| a.iova <= last)

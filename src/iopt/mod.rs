@@ -32,6 +32,7 @@
 mod access;
 pub mod accounting;
 mod alloc;
+pub mod limits;
 pub mod pages;
 pub mod source;
 
@@ -132,7 +133,11 @@ pub enum UnmapProgress {
 pub struct IoPagetable {
     areas: BTreeMap<u64, Area>,
     allowed: BTreeMap<u64, u64>,
+    /// What the allowed ranges cost the context that set them.
+    allowed_charge: Option<limits::Charge>,
     reserved: Vec<Reserved>,
+    /// The union of `reserved`, merged (start -> last), for O(log n) intersection queries.
+    reserved_union: BTreeMap<u64, u64>,
     domains: Vec<(u64, Arc<dyn Domain>)>,
     /// Alignment each access needs, by access id.
     accesses: BTreeMap<u32, u64>,
@@ -155,7 +160,9 @@ impl IoPagetable {
         Self {
             areas: BTreeMap::new(),
             allowed: BTreeMap::new(),
+            allowed_charge: None,
             reserved: Vec::new(),
+            reserved_union: BTreeMap::new(),
             domains: Vec::new(),
             accesses: BTreeMap::new(),
             // A table without domains is a software table: any alignment goes.
@@ -213,9 +220,55 @@ impl IoPagetable {
     }
 
     fn reserved_intersects(&self, start: u64, last: u64) -> bool {
-        self.reserved
-            .iter()
-            .any(|r| r.start <= last && r.last >= start)
+        // Union entries are disjoint: the one starting last at or before `last` decides.
+        self.reserved_union
+            .range(..=last)
+            .next_back()
+            .is_some_and(|(_, &l)| l >= start)
+    }
+
+    /// The merged reserved ranges intersecting `[start, last]`, in order.
+    fn reserved_spans(&self, start: u64, last: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let before = self
+            .reserved_union
+            .range(..start)
+            .next_back()
+            .filter(|(_, &l)| l >= start)
+            .map(|(&s, &l)| (s, l));
+        before.into_iter().chain(
+            self.reserved_union
+                .range(start..=last)
+                .map(|(&s, &l)| (s, l)),
+        )
+    }
+
+    /// Adds `[start, last]` to the union, merging what it overlaps or touches.
+    fn union_add(&mut self, mut start: u64, mut last: u64) {
+        if let Some((&s, &l)) = self.reserved_union.range(..=start).next_back() {
+            if l.checked_add(1).is_none_or(|end| end >= start) {
+                start = s;
+                last = last.max(l);
+            }
+        }
+        let search_end = last.saturating_add(1);
+        let inside: Vec<(u64, u64)> = self
+            .reserved_union
+            .range(start..=search_end)
+            .map(|(&s, &l)| (s, l))
+            .collect();
+        for (s, l) in inside {
+            self.reserved_union.remove(&s);
+            last = last.max(l);
+        }
+        self.reserved_union.insert(start, last);
+    }
+
+    fn rebuild_union(&mut self) {
+        self.reserved_union.clear();
+        let ranges: Vec<(u64, u64)> = self.reserved.iter().map(|r| (r.start, r.last)).collect();
+        for (s, l) in ranges {
+            self.union_add(s, l);
+        }
     }
 
     fn allowed_intersects(&self, start: u64, last: u64) -> bool {
@@ -415,10 +468,21 @@ impl IoPagetable {
     /// Replaces the allowed ranges (already validated as non-overlapping, start < last).
     /// EADDRINUSE if one of them intersects a reserved range; the old set stays then.
     pub fn set_allowed(&mut self, ranges: &[(u64, u64)]) -> Result<(), Errno> {
+        self.set_allowed_charged(ranges, None)
+    }
+
+    /// [`Self::set_allowed`], keeping `charge` (what the ranges cost their context) for as long
+    /// as they stay; the charge of the ranges replaced is given back.
+    pub fn set_allowed_charged(
+        &mut self,
+        ranges: &[(u64, u64)],
+        charge: Option<limits::Charge>,
+    ) -> Result<(), Errno> {
         if ranges.iter().any(|&(s, l)| self.reserved_intersects(s, l)) {
             return Err(Errno::EADDRINUSE);
         }
         self.allowed = ranges.iter().copied().collect();
+        self.allowed_charge = charge;
         Ok(())
     }
 
@@ -428,17 +492,21 @@ impl IoPagetable {
             return Err(Errno::EADDRINUSE);
         }
         self.reserved.push(Reserved { start, last, owner });
+        self.union_add(start, last);
         Ok(())
     }
 
     pub fn remove_reserved(&mut self, owner: ReservedOwner) {
+        let before = self.reserved.len();
         self.reserved.retain(|r| r.owner != owner);
+        if self.reserved.len() != before {
+            self.rebuild_union();
+        }
     }
 
     /// The usable IOVA ranges: the complement of the reserved ranges in `[0, u64::MAX]`.
     pub fn usable_ranges(&self) -> Vec<(u64, u64)> {
-        let mut used: Vec<(u64, u64)> = self.reserved.iter().map(|r| (r.start, r.last)).collect();
-        used.sort_unstable();
+        let used = self.reserved_union.iter().map(|(&s, &l)| (s, l));
         let mut out = Vec::new();
         let mut cur = Some(0u64);
         for (s, l) in used {

@@ -169,8 +169,31 @@ impl Pages {
     /// pinned are made resident and charged; on any failure nothing changes.
     pub fn pin(&self, first: u64, last: u64, write: bool) -> Result<Vec<u64>, Errno> {
         debug_assert!(first <= last && last < self.npages);
-        let mut pins = self.pins.lock().unwrap();
+        let pins = self.pins.lock().unwrap();
         let fresh: Vec<u64> = (first..=last).filter(|i| !pins.contains_key(i)).collect();
+        // Populating a file's holes allocates pages charged to the daemon, not to the client:
+        // for files the charge against the owner's limit comes first, so a client cannot make
+        // the daemon allocate more than its RLIMIT_MEMLOCK (the kernel pins first, but charges
+        // the allocation to the caller's memory cgroup).
+        let charge_first = self.source.is_file();
+        if charge_first {
+            self.account.lock().unwrap().charge(fresh.len() as u64)?;
+        }
+        match self.pin_fresh(&fresh, write) {
+            Ok(fresh_paddrs) => {
+                self.finish_pin(pins, first, last, &fresh, fresh_paddrs, charge_first)
+            }
+            Err(e) => {
+                if charge_first {
+                    self.account.lock().unwrap().uncharge(fresh.len() as u64);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Physical addresses of the pages `fresh` (sorted), fetched from the source run by run.
+    fn pin_fresh(&self, fresh: &[u64], write: bool) -> Result<BTreeMap<u64, u64>, Errno> {
         let mut fresh_paddrs = BTreeMap::new();
         // Fetch the new pages run by run so a large mapping costs few /proc reads.
         let mut i = 0;
@@ -185,7 +208,21 @@ impl Pages {
             }
             i = j;
         }
-        self.account.lock().unwrap().charge(fresh.len() as u64)?;
+        Ok(fresh_paddrs)
+    }
+
+    fn finish_pin(
+        &self,
+        mut pins: std::sync::MutexGuard<'_, BTreeMap<u64, PinnedPage>>,
+        first: u64,
+        last: u64,
+        fresh: &[u64],
+        fresh_paddrs: BTreeMap<u64, u64>,
+        charged: bool,
+    ) -> Result<Vec<u64>, Errno> {
+        if !charged {
+            self.account.lock().unwrap().charge(fresh.len() as u64)?;
+        }
         let mut out = Vec::with_capacity((last - first + 1) as usize);
         for index in first..=last {
             let entry = pins.entry(index).or_insert(PinnedPage {

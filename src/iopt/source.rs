@@ -5,8 +5,9 @@ use super::pages::{PageSource, PAGE_SIZE};
 use crate::caller::identity::{check_vmas, Vma};
 use crate::caller::ProcessHandle;
 use nix::errno::Errno;
-use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::OwnedFd;
+use nix::sys::uio::{process_vm_writev, RemoteIoVec};
+use std::io::{IoSlice, Read, Seek, SeekFrom};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
@@ -148,47 +149,390 @@ impl PageSource for ProcessSource {
     }
 }
 
-/// A file (memfd, hugetlbfs, …) mapped shared into the daemon; `start` is the page-aligned file
-/// offset of the mapping.
-#[derive(Debug)]
-pub struct FileSource {
-    _file: OwnedFd,
-    map: NonNull<u8>,
-    len: usize,
-    start: u64,
+// ---------------------------------------------------------------------------------------------
+// Files (IOAS_MAP_FILE)
+//
+// The daemon never dereferences a mapping of a client's file: a client can truncate the file at
+// any time, and touching a page past the new end would deliver SIGBUS to the daemon. Instead
+// reads use pread(2) (short past the end), writes go through process_vm_writev(2) aimed at the
+// daemon's own pid with a transient mapping as the remote side (a page past the end becomes
+// EFAULT), and pins populate a transient mapping with MADV_POPULATE_READ/WRITE (EFAULT, not
+// SIGBUS) before reading its frames from /proc/self/pagemap. No mapping outlives one call, so a
+// client's mappings cost the daemon no entries against vm.max_map_count either.
+
+/// What the kernel's memfd_pin_folios() can pin: shmem files (memfd, tmpfs) and hugetlbfs files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Shmem,
+    /// hugetlbfs, with its huge page size (transient mappings are aligned to it).
+    Hugetlb(u64),
+    /// Anything else. The kernel accepts such a map and fails every pin of it with EINVAL; so
+    /// does the daemon, without keeping the file open at all.
+    Unsupported,
 }
 
-// SAFETY: the mapping is owned by this value and only accessed through copies; a shared file mapping
-// may be used from any thread.
-unsafe impl Send for FileSource {}
-// SAFETY: as above; concurrent copies into a MAP_SHARED mapping are the same races DMA has.
-unsafe impl Sync for FileSource {}
+/// Identity of an open file for sharing one daemon fd: device, inode, and whether the fd may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    dev: (u32, u32),
+    ino: u64,
+    writable: bool,
+}
 
-impl FileSource {
-    /// Maps `len` bytes of `file` at page-aligned `start`. Errors follow mmap's errno.
-    pub fn new(file: OwnedFd, start: u64, len: u64, writable: bool) -> Result<Self, Errno> {
-        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
-        let len = usize::try_from(len).map_err(|_| Errno::EINVAL)?;
-        let size = std::num::NonZeroUsize::new(len).ok_or(Errno::EINVAL)?;
-        let mut prot = ProtFlags::PROT_READ;
-        if writable {
-            prot |= ProtFlags::PROT_WRITE;
+/// What IOAS_MAP_FILE learns about a client's file, without any call a FUSE server could stall
+/// (statx with AT_STATX_DONT_SYNC, fcntl, and /proc lookups only).
+#[derive(Debug, Clone, Copy)]
+pub struct FileInfo {
+    pub kind: FileKind,
+    pub key: FileKey,
+    /// Opened for writing (the kernel's FMODE_WRITE).
+    pub fd_writable: bool,
+    /// A memfd sealed against writes (F_SEAL_WRITE): the kernel's mapping_map_writable() fails.
+    pub write_sealed: bool,
+}
+
+const TMPFS_NAME: &str = "tmpfs";
+const HUGETLBFS_NAME: &str = "hugetlbfs";
+
+/// Classifies `fd`; EBADF for an O_PATH fd (the kernel's fget() refuses those).
+pub fn inspect_file(fd: BorrowedFd<'_>, caller_pid: i32) -> Result<FileInfo, Errno> {
+    let fl = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).map_err(|_| Errno::EBADF)?;
+    if fl & libc::O_PATH != 0 {
+        return Err(Errno::EBADF);
+    }
+    let acc = fl & libc::O_ACCMODE;
+    let fd_writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+    let readable = acc == libc::O_RDONLY || acc == libc::O_RDWR;
+    use rustix::fs::{AtFlags, StatxFlags};
+    let st = rustix::fs::statx(
+        fd,
+        c"",
+        AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC,
+        StatxFlags::TYPE | StatxFlags::INO,
+    )
+    .map_err(|_| Errno::EBADF)?;
+    let dev = (st.stx_dev_major, st.stx_dev_minor);
+    let regular = u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFREG;
+    // The daemon maps the file to reach it: an fd without read access is treated as unsupported.
+    let kind = if regular && readable {
+        kind_of_dev(dev, caller_pid, u64::from(st.stx_blksize))
+    } else {
+        FileKind::Unsupported
+    };
+    // F_GET_SEALS answers EINVAL for files that cannot be sealed.
+    let seals = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GET_SEALS).unwrap_or(0);
+    Ok(FileInfo {
+        kind,
+        key: FileKey {
+            dev,
+            ino: st.stx_ino,
+            writable: fd_writable,
+        },
+        fd_writable,
+        write_sealed: seals & libc::F_SEAL_WRITE != 0,
+    })
+}
+
+/// Devices of the kernel's internal memfd mounts (shmem, and hugetlbfs per huge page size), which
+/// no mountinfo lists; learnt once by creating memfds of our own.
+fn memfd_devices() -> &'static [((u32, u32), FileKind)] {
+    static DEVS: std::sync::OnceLock<Vec<((u32, u32), FileKind)>> = std::sync::OnceLock::new();
+    DEVS.get_or_init(|| {
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        let probes = [
+            MFdFlags::MFD_CLOEXEC,
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_HUGETLB,
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_HUGETLB | MFdFlags::MFD_HUGE_2MB,
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_HUGETLB | MFdFlags::MFD_HUGE_1GB,
+        ];
+        let mut out = Vec::new();
+        for flags in probes {
+            let Ok(fd) = memfd_create(c"uiommufd-probe", flags) else {
+                continue;
+            };
+            let Ok(st) = rustix::fs::statx(
+                &fd,
+                c"",
+                rustix::fs::AtFlags::EMPTY_PATH,
+                rustix::fs::StatxFlags::TYPE,
+            ) else {
+                continue;
+            };
+            let kind = if flags.contains(MFdFlags::MFD_HUGETLB) {
+                FileKind::Hugetlb(u64::from(st.stx_blksize))
+            } else {
+                FileKind::Shmem
+            };
+            out.push(((st.stx_dev_major, st.stx_dev_minor), kind));
         }
-        let offset = i64::try_from(start).map_err(|_| Errno::EOVERFLOW)?;
-        // SAFETY: a fresh shared mapping at an address of the kernel's choosing aliases no Rust object.
-        let ptr = unsafe { mmap(None, size, prot, MapFlags::MAP_SHARED, &file, offset)? };
-        Ok(Self {
-            _file: file,
-            map: ptr.cast(),
-            len,
-            start,
+        out
+    })
+}
+
+/// The file system type of device `dev` as mounted in the daemon's or the caller's namespace.
+fn kind_of_dev(dev: (u32, u32), caller_pid: i32, blksize: u64) -> FileKind {
+    if let Some((_, kind)) = memfd_devices().iter().find(|(d, _)| *d == dev) {
+        return *kind;
+    }
+    let want = format!("{}:{}", dev.0, dev.1);
+    for who in ["self".to_string(), caller_pid.to_string()] {
+        let Ok(info) = std::fs::read_to_string(format!("/proc/{who}/mountinfo")) else {
+            continue;
+        };
+        for line in info.lines() {
+            if line.split(' ').nth(2) != Some(want.as_str()) {
+                continue;
+            }
+            let fstype = line
+                .split_once(" - ")
+                .and_then(|(_, rest)| rest.split(' ').next());
+            return match fstype {
+                Some(TMPFS_NAME) => FileKind::Shmem,
+                Some(HUGETLBFS_NAME) if blksize.is_power_of_two() && blksize >= PAGE_SIZE => {
+                    FileKind::Hugetlb(blksize)
+                }
+                _ => FileKind::Unsupported,
+            };
+        }
+    }
+    FileKind::Unsupported
+}
+
+/// Files of clients held now (one per [`FileKey`]), over the whole daemon.
+static HELD_FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+#[allow(clippy::type_complexity)]
+static FILES: Mutex<Option<std::collections::HashMap<FileKey, std::sync::Weak<SharedFile>>>> =
+    Mutex::new(None);
+
+/// Number of client files the daemon holds open (tests, status).
+pub fn held_files() -> u64 {
+    HELD_FILES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// One open file, shared by every mapping of it (one daemon fd per distinct file).
+#[derive(Debug)]
+pub struct SharedFile {
+    fd: OwnedFd,
+    kind: FileKind,
+    /// Registered under this key (None: a file of the daemon's own).
+    key: Option<FileKey>,
+}
+
+impl SharedFile {
+    /// The daemon's file for `info`: the one already held for that file if any (then `fd` is
+    /// closed), else `fd`. ENOMEM when the daemon holds its share of fds already.
+    pub fn share(fd: OwnedFd, info: &FileInfo) -> Result<Arc<Self>, Errno> {
+        use std::sync::atomic::Ordering;
+        let mut guard = FILES.lock().unwrap_or_else(|e| e.into_inner());
+        let map = guard.get_or_insert_with(Default::default);
+        if let Some(f) = map.get(&info.key).and_then(std::sync::Weak::upgrade) {
+            return Ok(f);
+        }
+        let cap = super::limits::fd_limit() / super::limits::HELD_FILES_FD_SHARE;
+        if HELD_FILES.load(Ordering::Relaxed) >= cap {
+            return Err(Errno::ENOMEM);
+        }
+        HELD_FILES.fetch_add(1, Ordering::Relaxed);
+        let f = Arc::new(Self {
+            fd,
+            kind: info.kind,
+            key: Some(info.key),
+        });
+        map.insert(info.key, Arc::downgrade(&f));
+        Ok(f)
+    }
+
+    /// A shmem file of the daemon's own (neither shared nor counted).
+    pub fn private(fd: OwnedFd) -> Arc<Self> {
+        Arc::new(Self {
+            fd,
+            kind: FileKind::Shmem,
+            key: None,
         })
     }
 
-    fn check(&self, offset: u64, len: usize) -> Result<usize, Errno> {
-        let off = usize::try_from(offset).map_err(|_| Errno::EFAULT)?;
+    fn map_align(&self) -> u64 {
+        match self.kind {
+            FileKind::Hugetlb(size) => size,
+            _ => PAGE_SIZE,
+        }
+    }
+
+    /// EINVAL unless `[off, off + len)` lies inside the file now (the kernel's memfd_pin_folios
+    /// refuses a range reaching past the end of the file the same way).
+    fn check_inside(&self, off: u64, len: u64) -> Result<(), Errno> {
+        if self.kind == FileKind::Unsupported {
+            return Err(Errno::EINVAL);
+        }
+        let size = nix::sys::stat::fstat(&self.fd)
+            .map_err(|_| Errno::EINVAL)?
+            .st_size as u64;
         match off.checked_add(len) {
-            Some(end) if end <= self.len => Ok(off),
+            Some(end) if end <= size => Ok(()),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// A transient shared mapping covering `[off, off + len)`; also returns where `off` is in it.
+    fn map(&self, off: u64, len: u64, write: bool) -> Result<(TempMap, usize), Errno> {
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        let align = self.map_align();
+        let map_start = off - off % align;
+        let map_end = off
+            .checked_add(len)
+            .and_then(|e| e.checked_next_multiple_of(align))
+            .ok_or(Errno::EINVAL)?;
+        let map_len = usize::try_from(map_end - map_start).map_err(|_| Errno::ENOMEM)?;
+        let size = std::num::NonZeroUsize::new(map_len).ok_or(Errno::EINVAL)?;
+        let mut prot = ProtFlags::PROT_READ;
+        if write {
+            prot |= ProtFlags::PROT_WRITE;
+        }
+        let mut flags = MapFlags::MAP_SHARED;
+        if matches!(self.kind, FileKind::Hugetlb(_)) {
+            // No reservation: a missing huge page fails the populate/copy, not the mmap.
+            flags |= MapFlags::MAP_NORESERVE;
+        }
+        let offset = i64::try_from(map_start).map_err(|_| Errno::EOVERFLOW)?;
+        // SAFETY: a fresh shared mapping at an address of the kernel's choosing aliases no Rust
+        // object; it is only ever reached through syscalls (madvise, pagemap, process_vm_writev),
+        // never dereferenced, and unmapped by `TempMap`'s drop.
+        let ptr = unsafe { mmap(None, size, prot, flags, &self.fd, offset)? };
+        Ok((TempMap { ptr, len: map_len }, (off - map_start) as usize))
+    }
+
+    /// Physical addresses of `count` pages from page-aligned file offset `off`.
+    fn pin(&self, off: u64, count: u64, write: bool) -> Result<Vec<u64>, Errno> {
+        let len = count.checked_mul(PAGE_SIZE).ok_or(Errno::EINVAL)?;
+        self.check_inside(off, len)?;
+        let (map, delta) = self.map(off, len, write)?;
+        let addr = map.addr() + delta;
+        let advice = if write {
+            nix::sys::mman::MmapAdvise::MADV_POPULATE_WRITE
+        } else {
+            nix::sys::mman::MmapAdvise::MADV_POPULATE_READ
+        };
+        let ptr = NonNull::new(addr as *mut std::ffi::c_void).ok_or(Errno::EFAULT)?;
+        // SAFETY: `[addr, addr + len)` lies inside the transient mapping `map`; populating only
+        // faults pages in (a page past the end of the file is EFAULT here, never a signal).
+        match unsafe { nix::sys::mman::madvise(ptr, len as usize, advice) } {
+            Ok(()) => {}
+            // Truncated between the size check and the populate, or no page to be had (a
+            // hugetlbfs file without free huge pages).
+            Err(Errno::EFAULT) => {
+                self.check_inside(off, len)?;
+                return Err(Errno::ENOMEM);
+            }
+            Err(Errno::ENOMEM) => return Err(Errno::ENOMEM),
+            Err(_) => return Err(Errno::EFAULT),
+        }
+        pagemap_paddrs("self", addr as u64, count)
+    }
+
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.check_inside(off, buf.len() as u64)?;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = i64::try_from(off + done as u64).map_err(|_| Errno::EINVAL)?;
+            match nix::sys::uio::pread(&self.fd, &mut buf[done..], pos) {
+                Ok(0) => return Err(Errno::EINVAL),
+                Ok(n) => done += n,
+                Err(Errno::EINTR) => {}
+                Err(_) => return Err(Errno::EFAULT),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, off: u64, data: &[u8]) -> Result<(), Errno> {
+        self.check_inside(off, data.len() as u64)?;
+        // Not pwrite: a write past a concurrent truncation would grow the client's file again.
+        let (map, delta) = self.map(off, data.len() as u64, true)?;
+        let remote = [RemoteIoVec {
+            base: map.addr() + delta,
+            len: data.len(),
+        }];
+        let n = process_vm_writev(nix::unistd::getpid(), &[IoSlice::new(data)], &remote)
+            .map_err(|_| Errno::EFAULT)?;
+        if n == data.len() {
+            Ok(())
+        } else {
+            Err(Errno::EFAULT)
+        }
+    }
+}
+
+impl Drop for SharedFile {
+    fn drop(&mut self) {
+        let Some(key) = self.key else { return };
+        HELD_FILES.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let mut guard = FILES.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(map) = guard.as_mut() {
+            // A new holder may have replaced the entry already; only a dead one goes.
+            if map.get(&key).is_some_and(|w| w.strong_count() == 0) {
+                map.remove(&key);
+            }
+        }
+    }
+}
+
+/// A mapping that lives for one call.
+struct TempMap {
+    ptr: NonNull<std::ffi::c_void>,
+    len: usize,
+}
+
+impl TempMap {
+    fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+}
+
+impl Drop for TempMap {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` describe a mapping made by `SharedFile::map`, unmapped once here.
+        let _ = unsafe { nix::sys::mman::munmap(self.ptr, self.len) };
+    }
+}
+
+/// A window of a file: `len` bytes from the page-aligned file offset `start`.
+#[derive(Debug)]
+pub struct FileSource {
+    /// None when the kernel could not pin the file either ([`FileKind::Unsupported`]).
+    file: Option<Arc<SharedFile>>,
+    start: u64,
+    len: u64,
+    /// What this mapping costs its context (IOAS_MAP_FILE), returned when the last area goes.
+    _charge: Option<super::limits::Charge>,
+}
+
+impl FileSource {
+    /// A window onto `file` (None: an unsupported file, every use EINVAL).
+    pub fn new(
+        file: Option<Arc<SharedFile>>,
+        start: u64,
+        len: u64,
+        charge: Option<super::limits::Charge>,
+    ) -> Self {
+        debug_assert_eq!(start % PAGE_SIZE, 0);
+        Self {
+            file,
+            start,
+            len,
+            _charge: charge,
+        }
+    }
+
+    /// A window onto a shmem file of the daemon's own (the selftest's dma-buf memory).
+    pub fn private(fd: OwnedFd, start: u64, len: u64) -> Self {
+        Self::new(Some(SharedFile::private(fd)), start, len, None)
+    }
+
+    /// The file offset of byte `offset` of the window, if `len` bytes from there fit in it.
+    fn at(&self, offset: u64, len: u64) -> Result<(&SharedFile, u64), Errno> {
+        let file = self.file.as_deref().ok_or(Errno::EINVAL)?;
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok((file, self.start + offset)),
             _ => Err(Errno::EFAULT),
         }
     }
@@ -198,41 +542,22 @@ impl FileSource {
     }
 }
 
-impl Drop for FileSource {
-    fn drop(&mut self) {
-        // SAFETY: `map`/`len` describe the mapping created in `new`, unmapped exactly once here.
-        let _ = unsafe { nix::sys::mman::munmap(self.map.cast(), self.len) };
-    }
-}
-
 impl PageSource for FileSource {
-    fn pin(&self, first: u64, count: u64, _write: bool) -> Result<Vec<u64>, Errno> {
-        let off = self.check(first * PAGE_SIZE, (count * PAGE_SIZE) as usize)?;
-        for k in 0..count as usize {
-            // SAFETY: `off + k * PAGE_SIZE` lies inside the mapping (checked above); a volatile read
-            // faults the page in without creating a reference to shared memory.
-            unsafe { std::ptr::read_volatile(self.map.as_ptr().add(off + k * PAGE_SIZE as usize)) };
-        }
-        let vaddr = self.map.as_ptr() as u64 + off as u64;
-        pagemap_paddrs("self", vaddr, count)
+    fn pin(&self, first: u64, count: u64, write: bool) -> Result<Vec<u64>, Errno> {
+        let offset = first.checked_mul(PAGE_SIZE).ok_or(Errno::EFAULT)?;
+        let len = count.checked_mul(PAGE_SIZE).ok_or(Errno::EFAULT)?;
+        let (file, off) = self.at(offset, len)?;
+        file.pin(off, count, write)
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        let off = self.check(offset, buf.len())?;
-        // SAFETY: the source range is inside the mapping (checked) and does not overlap `buf`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(off), buf.as_mut_ptr(), buf.len())
-        };
-        Ok(())
+        let (file, off) = self.at(offset, buf.len() as u64)?;
+        file.read_at(off, buf)
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
-        let off = self.check(offset, data.len())?;
-        // SAFETY: the destination range is inside the (writable when mapped writable) mapping.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_ptr().add(off), data.len())
-        };
-        Ok(())
+        let (file, off) = self.at(offset, data.len() as u64)?;
+        file.write_at(off, data)
     }
 
     fn is_file(&self) -> bool {

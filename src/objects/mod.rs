@@ -26,8 +26,9 @@ pub use hwpt::HwptPaging;
 pub use ioas::Ioas;
 
 use crate::iopt::accounting::AccountMode;
+use crate::iopt::limits::{Charge, Quota, Resource};
 use nix::errno::Errno;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -66,6 +67,50 @@ struct Entry {
     object: Option<Object>,
     /// 1 for the table itself, +1 for each object that depends on this one.
     users: u32,
+    /// The entry's share of the context's and its owner's object cap.
+    _charge: Charge,
+}
+
+/// The ID table and the bookkeeping that makes "smallest free ID" O(log n).
+#[derive(Default)]
+struct Table {
+    entries: BTreeMap<u32, Entry>,
+    /// Free IDs below `next`.
+    holes: BTreeSet<u32>,
+    /// One past the largest ID ever handed out since the table was last empty (IDs start at 1).
+    next: u32,
+}
+
+impl Table {
+    fn alloc_id(&mut self) -> Result<u32, Errno> {
+        if let Some(id) = self.holes.pop_first() {
+            return Ok(id);
+        }
+        let id = self.next.max(1);
+        if id > i32::MAX as u32 {
+            return Err(Errno::ENOSPC);
+        }
+        self.next = id + 1;
+        Ok(id)
+    }
+
+    fn free_id(&mut self, id: u32) {
+        if id + 1 == self.next {
+            self.next = id;
+            // Trailing holes shrink back as well, so `holes` stays below `next`.
+            while self.next > 1 && self.holes.remove(&(self.next - 1)) {
+                self.next -= 1;
+            }
+        } else {
+            self.holes.insert(id);
+        }
+    }
+
+    fn clear(&mut self) -> Vec<Entry> {
+        self.holes.clear();
+        self.next = 1;
+        std::mem::take(&mut self.entries).into_values().collect()
+    }
 }
 
 static NEXT_CONTEXT: AtomicU64 = AtomicU64::new(1);
@@ -73,7 +118,11 @@ static NEXT_CONTEXT: AtomicU64 = AtomicU64::new(1);
 /// One open of `/dev/iommu` (or `/dev/vfio/vfio`).
 pub struct Context {
     pub id: u64,
-    table: Mutex<BTreeMap<u32, Entry>>,
+    table: Mutex<Table>,
+    /// What this context holds against the caps of [`crate::iopt::limits`].
+    quota: Arc<Quota>,
+    /// The user charged for this context's resources across contexts (see [`Self::set_owner_uid`]).
+    owner_uid: std::sync::OnceLock<u32>,
     account_mode: Mutex<AccountMode>,
     /// The IOAS the VFIO compatibility ioctls act on (IOMMU_VFIO_IOAS).
     vfio_ioas: Mutex<Option<u32>>,
@@ -93,12 +142,34 @@ impl Context {
     pub fn new() -> Self {
         Self {
             id: NEXT_CONTEXT.fetch_add(1, Ordering::Relaxed),
-            table: Mutex::new(BTreeMap::new()),
+            table: Mutex::new(Table::default()),
+            quota: Quota::new(),
+            owner_uid: std::sync::OnceLock::new(),
             account_mode: Mutex::new(AccountMode::User),
             vfio_ioas: Mutex::new(None),
             compat_lock: Mutex::new(()),
             processes: crate::caller::ProcessHandles::new(),
         }
+    }
+
+    /// Sets the user whose per-user caps this context's resources count against; only the first
+    /// call takes effect. Until it is set only the per-context caps apply.
+    pub fn set_owner_uid(&self, uid: u32) {
+        let _ = self.owner_uid.set(uid);
+    }
+
+    pub fn owner_uid(&self) -> Option<u32> {
+        self.owner_uid.get().copied()
+    }
+
+    /// Takes `n` units of `res` for this context and its owner (ENOMEM past a cap).
+    pub fn charge(&self, res: Resource, n: u64) -> Result<Charge, Errno> {
+        self.quota.charge(self.owner_uid(), res, n)
+    }
+
+    /// Units of `res` this context holds now.
+    pub fn used(&self, res: Resource) -> u64 {
+        self.quota.used(res)
     }
 
     pub fn account_mode(&self) -> AccountMode {
@@ -108,31 +179,24 @@ impl Context {
     /// IOMMU_OPTION_RLIMIT_MODE set: EBUSY once any object exists.
     pub fn set_account_mode(&self, mode: AccountMode) -> Result<(), Errno> {
         let table = self.table.lock().unwrap();
-        if !table.is_empty() {
+        if !table.entries.is_empty() {
             return Err(Errno::EBUSY);
         }
         *self.account_mode.lock().unwrap() = mode;
         Ok(())
     }
 
-    /// Inserts `object` under the smallest free ID ≥ 1.
+    /// Inserts `object` under the smallest free ID ≥ 1. ENOMEM past the object caps.
     pub fn insert(&self, object: Object) -> Result<u32, Errno> {
+        let charge = self.charge(Resource::Objects, 1)?;
         let mut table = self.table.lock().unwrap();
-        let mut id = 1u32;
-        for &k in table.keys() {
-            if k != id {
-                break;
-            }
-            id = id.checked_add(1).ok_or(Errno::ENOSPC)?;
-        }
-        if id > i32::MAX as u32 {
-            return Err(Errno::ENOSPC);
-        }
-        table.insert(
+        let id = table.alloc_id()?;
+        table.entries.insert(
             id,
             Entry {
                 object: Some(object),
                 users: 1,
+                _charge: charge,
             },
         );
         Ok(id)
@@ -166,6 +230,7 @@ impl Context {
     pub fn get(&self, id: u32) -> Result<Object, Errno> {
         let table = self.table.lock().unwrap();
         table
+            .entries
             .get(&id)
             .and_then(|e| e.object.clone())
             .ok_or(Errno::ENOENT)
@@ -197,6 +262,7 @@ impl Context {
     pub fn add_user(&self, id: u32) -> Result<(), Errno> {
         let mut table = self.table.lock().unwrap();
         let e = table
+            .entries
             .get_mut(&id)
             .filter(|e| e.object.is_some())
             .ok_or(Errno::ENOENT)?;
@@ -205,7 +271,7 @@ impl Context {
     }
 
     pub fn remove_user(&self, id: u32) {
-        if let Some(e) = self.table.lock().unwrap().get_mut(&id) {
+        if let Some(e) = self.table.lock().unwrap().entries.get_mut(&id) {
             e.users = e.users.saturating_sub(1).max(1);
         }
     }
@@ -222,9 +288,11 @@ impl Context {
     }
 
     fn remove(&self, id: u32, tombstone: bool) -> Result<(), Errno> {
+        let mut removed = None;
         let object = {
             let mut table = self.table.lock().unwrap();
             let e = table
+                .entries
                 .get(&id)
                 .filter(|e| e.object.is_some())
                 .ok_or(Errno::ENOENT)?;
@@ -232,10 +300,15 @@ impl Context {
                 return Err(Errno::EBUSY);
             }
             let object = if tombstone {
-                let e = table.get_mut(&id).expect("entry present");
+                let e = table.entries.get_mut(&id).expect("entry present");
                 e.object.take()
             } else {
-                table.remove(&id).expect("entry present").object
+                let mut entry = table.entries.remove(&id).expect("entry present");
+                table.free_id(id);
+                let object = entry.object.take();
+                // The charge goes back outside the table lock.
+                removed = Some(entry);
+                object
             };
             let mut vfio = self.vfio_ioas.lock().unwrap();
             if *vfio == Some(id) {
@@ -244,6 +317,7 @@ impl Context {
             object.expect("live entry")
         };
         self.run_destroy(object);
+        drop(removed);
         Ok(())
     }
 
@@ -261,11 +335,14 @@ impl Context {
             let ids: Vec<u32> = {
                 let mut table = self.table.lock().unwrap();
                 // Only tombstones left (or nothing): they go with the context.
-                if table.values().all(|e| e.object.is_none()) {
-                    table.clear();
+                if table.entries.values().all(|e| e.object.is_none()) {
+                    let gone = table.clear();
+                    drop(table);
+                    drop(gone);
                     break;
                 }
                 table
+                    .entries
                     .iter()
                     .filter(|(_, e)| e.users == 1 && e.object.is_some())
                     .map(|(&k, _)| k)
@@ -275,9 +352,10 @@ impl Context {
                 tracing::error!(ctx = self.id, "objects left with circular users; forcing");
                 let all: Vec<Object> = {
                     let mut table = self.table.lock().unwrap();
-                    std::mem::take(&mut *table)
-                        .into_values()
-                        .filter_map(|e| e.object)
+                    table
+                        .clear()
+                        .into_iter()
+                        .filter_map(|mut e| e.object.take())
                         .collect()
                 };
                 for o in all {
@@ -299,6 +377,7 @@ impl Context {
             .table
             .lock()
             .unwrap()
+            .entries
             .values()
             .filter_map(|e| e.object.as_ref())
         {
@@ -312,6 +391,7 @@ impl Context {
         self.table
             .lock()
             .unwrap()
+            .entries
             .iter()
             .filter_map(|(&id, e)| e.object.as_ref().map(|o| (id, o)))
             .filter(|(_, o)| o.type_name() == name)
@@ -324,6 +404,7 @@ impl Context {
         self.table
             .lock()
             .unwrap()
+            .entries
             .values()
             .filter(|e| e.object.is_some())
             .count()

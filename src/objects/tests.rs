@@ -127,3 +127,45 @@ fn destroy_all_goes_leaves_first() {
     ctx.destroy_all();
     assert_eq!(ctx.num_objects(), 0);
 }
+
+#[test]
+fn ids_match_a_naive_smallest_free_allocator() {
+    // Pseudo-random inserts and destroys, checked against a linear scan.
+    let ctx = Context::new();
+    let mut live: std::collections::BTreeSet<u32> = Default::default();
+    let mut x = 0x2545_f491u32;
+    for _ in 0..3000 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        if !x.is_multiple_of(3) || live.is_empty() {
+            let expect = (1..).find(|i| !live.contains(i)).unwrap();
+            assert_eq!(ioas(&ctx), expect);
+            live.insert(expect);
+        } else {
+            let victim = *live.iter().nth(x as usize % live.len()).unwrap();
+            ctx.destroy(victim).unwrap();
+            live.remove(&victim);
+        }
+    }
+    ctx.destroy_all();
+    assert_eq!(ioas(&ctx), 1);
+}
+
+#[test]
+fn object_cap_is_enomem_and_freed_on_destroy() {
+    use crate::iopt::limits::{Resource, OBJECTS_PER_CONTEXT};
+    let ctx = Context::new();
+    for _ in 0..OBJECTS_PER_CONTEXT {
+        ioas(&ctx);
+    }
+    assert_eq!(
+        ctx.insert(Object::Ioas(Ioas::new())).unwrap_err(),
+        Errno::ENOMEM
+    );
+    assert_eq!(ctx.used(Resource::Objects), OBJECTS_PER_CONTEXT);
+    ctx.destroy(7).unwrap();
+    assert_eq!(ioas(&ctx), 7);
+    ctx.destroy_all();
+    assert_eq!(ctx.used(Resource::Objects), 0);
+}

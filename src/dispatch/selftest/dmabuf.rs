@@ -39,7 +39,7 @@ impl TestDmabuf {
             nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
         )?;
         nix::unistd::ftruncate(&fd, length as i64)?;
-        let memory = Arc::new(FileSource::new(fd, 0, length, true)?);
+        let memory = Arc::new(FileSource::private(fd, 0, length));
         Ok(Arc::new(Self {
             memory,
             length,

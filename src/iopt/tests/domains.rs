@@ -243,7 +243,7 @@ fn dmabuf_import(npages: u64) -> Arc<crate::iopt::source::DmabufImport> {
     let fd = nix::sys::memfd::memfd_create(c"iopt-test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
         .unwrap();
     nix::unistd::ftruncate(&fd, (npages * PAGE_SIZE) as i64).unwrap();
-    let mem = Arc::new(FileSource::new(fd, 0, npages * PAGE_SIZE, true).unwrap());
+    let mem = Arc::new(FileSource::private(fd, 0, npages * PAGE_SIZE));
     Arc::new(DmabufImport::new(mem, 0))
 }
 

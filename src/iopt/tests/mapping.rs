@@ -497,3 +497,44 @@ fn usable_ranges_is_the_complement_of_reserved() {
     assert_eq!(iopt.usable_ranges(), vec![(0, u64::MAX)]);
     assert_eq!(iopt.iova_alignment(), 1);
 }
+
+#[test]
+fn reserved_union_matches_a_linear_scan_across_owners() {
+    let mut iopt = IoPagetable::new();
+    let mut x = 0x1234_5678_9abc_def1u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let owners = [
+        ReservedOwner::Test,
+        ReservedOwner::Device(1),
+        ReservedOwner::Device(2),
+        ReservedOwner::Domain(9),
+    ];
+    let mut naive: Vec<(u64, u64, ReservedOwner)> = Vec::new();
+    for round in 0..400 {
+        if round % 37 == 36 {
+            let owner = owners[(next() % 4) as usize];
+            iopt.remove_reserved(owner);
+            naive.retain(|r| r.2 != owner);
+        } else {
+            let s = next() % 200;
+            let l = s + next() % 12;
+            let owner = owners[(next() % 4) as usize];
+            iopt.reserve(s, l, owner).unwrap();
+            naive.push((s, l, owner));
+        }
+        for q in 0..210u64 {
+            let want = naive.iter().any(|r| r.0 <= q + 2 && r.1 >= q);
+            assert_eq!(iopt.reserved_intersects(q, q + 2), want, "[{q}, {}]", q + 2);
+        }
+        let covered = |p: u64| naive.iter().any(|r| r.0 <= p && p <= r.1);
+        for (s, l) in iopt.usable_ranges() {
+            assert!(!covered(s) && !covered(l.min(300)));
+            assert!(s == 0 || covered(s - 1));
+        }
+    }
+}

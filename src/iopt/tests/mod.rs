@@ -4,6 +4,7 @@
 
 mod access;
 mod domains;
+mod files;
 mod mapping;
 mod model;
 
