@@ -238,6 +238,12 @@ fn a_stalled_client_stalls_nobody_else() {
     });
     assert_eq!(r, Some(0));
     assert!(t.elapsed() < Duration::from_secs(10));
+    // Its release went through too: only the stalled client's context is left.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.status()["contexts"] != 1 {
+        assert!(Instant::now() < deadline, "status {}", d.status());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let t = Instant::now();
     d.stop();
     assert!(

@@ -155,7 +155,7 @@ impl DmaCopy {
         // file of this very device.
         let iommufd = mem.get_fd(bind.iommufd)?;
         let ctx = self.resolver.resolve(iommufd.as_fd());
-        drop(iommufd);
+        crate::dispatch::daemon::context_query::close_dup(iommufd);
         let ctx = ctx?;
         let mut slot = self.binding.lock().unwrap();
         if slot.is_some() {

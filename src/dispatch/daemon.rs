@@ -439,6 +439,74 @@ pub mod context_query {
         }
     }
 
+    /// Closes the daemon's duplicate of a client's fd. Closing the last reference to a CUSE node
+    /// file waits for our own RELEASE answer (CUSE releases synchronously), which runs in the
+    /// opener's pool lane: a worker must never wait for that, so such closes happen on a thread
+    /// of their own. Everything else (FUSE files release asynchronously and are opened with
+    /// FOPEN_NOFLUSH) is closed right here.
+    pub fn close_dup(file: std::os::fd::OwnedFd) {
+        use std::os::fd::AsFd;
+        let cuse_node = nix::sys::stat::fstat(file.as_fd()).is_ok_and(|st| {
+            st.st_mode & libc::S_IFMT == libc::S_IFCHR
+                && own_nodes()
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&OwnNode::CharDevice { rdev: st.st_rdev })
+        });
+        if !cuse_node {
+            return;
+        }
+        static CLOSER: OnceLock<
+            Option<std::sync::Mutex<std::sync::mpsc::Sender<std::os::fd::OwnedFd>>>,
+        > = OnceLock::new();
+        let closer = CLOSER.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<std::os::fd::OwnedFd>();
+            std::thread::Builder::new()
+                .name("uiommufd-closer".into())
+                .spawn(move || rx.into_iter().for_each(drop))
+                .ok()
+                .map(|_| std::sync::Mutex::new(tx))
+        });
+        match closer {
+            Some(tx) => {
+                let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(file);
+            }
+            // No thread could be started: closing here is the only way left.
+            None => drop(file),
+        }
+    }
+
+    /// A duplicate of a client's fd that goes through [`close_dup`] however it is dropped.
+    pub struct ClientDup(Option<std::os::fd::OwnedFd>);
+
+    impl ClientDup {
+        pub fn new(file: std::os::fd::OwnedFd) -> Self {
+            Self(Some(file))
+        }
+
+        /// The fd itself, for keeping (only for files that cannot be our own nodes).
+        pub fn into_inner(mut self) -> std::os::fd::OwnedFd {
+            self.0.take().expect("ClientDup holds its fd until dropped")
+        }
+    }
+
+    impl std::os::fd::AsFd for ClientDup {
+        fn as_fd(&self) -> BorrowedFd<'_> {
+            self.0
+                .as_ref()
+                .expect("ClientDup holds its fd until dropped")
+                .as_fd()
+        }
+    }
+
+    impl Drop for ClientDup {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                close_dup(f);
+            }
+        }
+    }
+
     /// Whether an ioctl may be sent to `file` at all: only a file the transport serves. The
     /// daemon is root and the fd is the client's: an ioctl on any other file (another FUSE
     /// filesystem, some character device) would be root acting for the client on a file the

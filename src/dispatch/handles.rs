@@ -70,7 +70,9 @@ pub fn object_of_file(file: std::os::fd::BorrowedFd<'_>) -> Option<HandleObject>
 /// What the caller's `fd` is a handle of: EBADF when it is not open, None for any other file.
 pub fn object_of_fd(mem: &dyn CallerMemory, fd: i32) -> Result<Option<HandleObject>, Errno> {
     let file = mem.get_fd(fd).map_err(|_| Errno::EBADF)?;
-    Ok(object_of_file(file.as_fd()))
+    let object = object_of_file(file.as_fd());
+    super::daemon::context_query::close_dup(file);
+    Ok(object)
 }
 
 pub struct Handle {
@@ -111,8 +113,9 @@ pub fn bind(
         return Err(Errno::ENOTTY);
     }
     let iommufd = mem.get_fd(req.iommufd).map_err(|_| Errno::EBADF)?;
-    let hold = daemon.context_of_file(iommufd.as_fd())?;
-    drop(iommufd);
+    let hold = daemon.context_of_file(iommufd.as_fd());
+    super::daemon::context_query::close_dup(iommufd);
+    let hold = hold?;
     let ctx = hold.context().clone();
     let (object_id, object) = match req.kind {
         UIOMMUFD_HANDLE_TEST_ACCESS => {

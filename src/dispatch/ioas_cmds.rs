@@ -229,7 +229,10 @@ pub fn ioas_map_file(u: &Ucmd) -> Result<(), Errno> {
     cmd.start
         .checked_add(cmd.length - 1)
         .ok_or(Errno::EOVERFLOW)?;
-    let file = u.mem.get_fd(cmd.fd).map_err(|_| Errno::EBADF)?;
+    // Closed through close_dup whatever happens: the fd may be a file of our own CUSE node.
+    let file = super::daemon::context_query::ClientDup::new(
+        u.mem.get_fd(cmd.fd).map_err(|_| Errno::EBADF)?,
+    );
     if let Some(HandleObject::Dmabuf(buf)) =
         super::handles::object_of_file(std::os::fd::AsFd::as_fd(&file))
     {
@@ -251,7 +254,7 @@ pub fn ioas_map_file(u: &Ucmd) -> Result<(), Errno> {
     let charge = u.ctx.charge(Resource::FileMaps, 1)?;
     let shared = match info.kind {
         FileKind::Unsupported => None,
-        _ => Some(SharedFile::share(file, &info)?),
+        _ => Some(SharedFile::share(file.into_inner(), &info)?),
     };
     let source = Arc::new(FileSource::new(
         shared,

@@ -45,7 +45,6 @@ pub enum Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
     Inline,
-    Release,
     User(u32),
 }
 
@@ -72,6 +71,9 @@ pub struct Handler {
     service: Arc<dyn Service>,
     callers: Arc<dyn CallerResolver>,
     handles: Mutex<HashMap<u64, Handle>>,
+    /// The uid that opened each handle: its RELEASE runs in that user's lane (RELEASE itself
+    /// carries no credentials), so a user whose requests are stuck delays only its own releases.
+    openers: Mutex<HashMap<u64, u32>>,
     next_fh: AtomicU64,
     ready: watch::Sender<bool>,
 }
@@ -83,6 +85,7 @@ impl Handler {
             service,
             callers,
             handles: Mutex::new(HashMap::new()),
+            openers: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             ready: watch::channel(false).0,
         }
@@ -104,18 +107,28 @@ impl Handler {
     }
 
     /// Where a message is handled: inline on the reader (no service call, or one of the daemon's
-    /// own queries), on the release thread, or on the workers in the lane of the caller's uid.
+    /// own queries), or on the workers in the lane of the caller's uid (for RELEASE, the uid that
+    /// opened the file).
     pub fn lane(&self, msg: &[u8]) -> Lane {
         let Some(h) = wire::peek_header(msg) else {
             return Lane::Inline;
         };
         match h.opcode {
-            opcode::RELEASE => Lane::Release,
+            opcode::RELEASE => Lane::User(self.opener_of(msg)),
             opcode::OPEN | opcode::READ | opcode::WRITE => Lane::User(h.uid),
             opcode::IOCTL if self.ioctl_is_inline(msg) => Lane::Inline,
             opcode::IOCTL => Lane::User(h.uid),
             _ => Lane::Inline,
         }
+    }
+
+    fn opener_of(&self, msg: &[u8]) -> u32 {
+        let fh = wire::parse(msg)
+            .ok()
+            .and_then(|r| r.arg::<wire::ReleaseIn>().ok())
+            .map(|r| r.fh);
+        let openers = self.openers.lock().unwrap_or_else(|p| p.into_inner());
+        fh.and_then(|fh| openers.get(&fh).copied()).unwrap_or(0)
     }
 
     fn ioctl_is_inline(&self, msg: &[u8]) -> bool {
@@ -168,6 +181,10 @@ impl Handler {
     /// Releases every open file still held (at shutdown, after in-flight requests finished).
     pub fn release_all(&self) -> usize {
         let drained: Vec<Handle> = self.lock().drain().map(|(_, h)| h).collect();
+        self.openers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let mut n = 0;
         for h in drained {
             if let Handle::File(f) = h {
@@ -447,6 +464,10 @@ impl Handler {
             Node::Service(kind) => Handle::File(self.service.open(&kind)?),
         };
         let id = self.insert(handle);
+        self.openers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, req.header.uid);
         *fh = Some(id);
         let out = wire::OpenOut {
             fh: id,
@@ -463,6 +484,10 @@ impl Handler {
         let r: wire::ReleaseIn = req.arg().map_err(wire_err)?;
         *fh = Some(r.fh);
         let removed = self.lock().remove(&r.fh);
+        self.openers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&r.fh);
         match removed {
             Some(Handle::File(f)) => f.release(),
             Some(_) => {}

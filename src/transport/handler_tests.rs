@@ -435,10 +435,25 @@ fn lanes() {
         fh,
         ..Default::default()
     };
+    // RELEASE comes without credentials: it runs in the lane of the uid that opened the file.
     assert_eq!(
         h.lane(&msg(opcode::RELEASE, 6, 0, 0, rel.as_bytes())),
-        Lane::Release
+        Lane::User(0)
     );
+    let mut o = msg(opcode::OPEN, 8, 0, 100, OpenIn::default().as_bytes());
+    o[24..28].copy_from_slice(&4321u32.to_ne_bytes());
+    let reply = h.handle(&o).unwrap();
+    let (hd, body) = split(&reply);
+    assert_eq!(hd.error, 0);
+    let fh2 = OpenOut::read_from_bytes(body).unwrap().fh;
+    let rel2 = ReleaseIn {
+        fh: fh2,
+        ..Default::default()
+    };
+    let release2 = msg(opcode::RELEASE, 9, 0, 0, rel2.as_bytes());
+    assert_eq!(h.lane(&release2), Lane::User(4321));
+    h.handle(&release2);
+    assert_eq!(h.lane(&release2), Lane::User(0), "forgotten once released");
     assert_eq!(
         h.lane(&msg(opcode::GETATTR, 7, 1, 100, &[0; 16])),
         Lane::Inline

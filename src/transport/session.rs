@@ -101,12 +101,8 @@ pub enum SessionEnd {
 
 /// The worker pools every session of a transport hands requests to.
 pub struct Pools {
-    /// OPEN, READ, WRITE and IOCTL: fair per user id (see [`Pool`]).
+    /// OPEN, READ, WRITE, IOCTL and RELEASE: fair per user id (see [`Pool`]).
     pub requests: Pool,
-    /// RELEASE only, on a thread of its own: a release never waits on a client, and the daemon's
-    /// own close of a CUSE node file waits for its RELEASE answer, so releases must never queue
-    /// behind requests that might be the ones waiting.
-    pub releases: Pool,
     /// Subordinate uid ranges (/etc/subuid) and whom they belong to.
     owners: SubordinateIds,
 }
@@ -165,22 +161,12 @@ impl Pools {
         Ok(Self {
             owners: SubordinateIds::load(),
             requests: Pool::new("uiommufd-worker", PoolConfig::requests())?,
-            releases: Pool::new(
-                "uiommufd-release",
-                PoolConfig {
-                    threads: 1,
-                    per_user: 1,
-                    queued_bytes_per_user: usize::MAX,
-                },
-            )?,
         })
     }
 
-    /// Waits for both pools to go idle, at most `timeout` in all. True if they did.
+    /// Waits for the pool to go idle, at most `timeout`. True if it did.
     pub fn drain(&self, timeout: std::time::Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        let left = || deadline.saturating_duration_since(std::time::Instant::now());
-        self.requests.drain(left()) & self.releases.drain(left())
+        self.requests.drain(timeout)
     }
 }
 
@@ -224,10 +210,6 @@ pub async fn serve(
         };
         match lane {
             Lane::Inline => send(&chan, handler.handle_guarded(msg)),
-            Lane::Release => {
-                // An unbounded lane never refuses.
-                let _ = pools.releases.submit(0, 0, job(msg.to_vec()));
-            }
             Lane::User(uid) => {
                 let key = pools.owners.owner_of(uid);
                 if pools.requests.submit(key, n, job(msg.to_vec())).is_err() {
