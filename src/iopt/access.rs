@@ -131,7 +131,7 @@ impl IoPagetable {
             return;
         };
         let Ok(keys) = self.contiguous_keys(iova, last) else {
-            tracing::warn!(iova, length, "access unpin of a range that is not mapped");
+            crate::warn_limited!(iova, length, "access unpin of a range that is not mapped");
             return;
         };
         let mut cur = iova;

@@ -649,7 +649,7 @@ impl IoPagetable {
         }
         self.remove_reserved(ReservedOwner::Domain(id));
         if let Err(e) = self.recalculate_alignment() {
-            tracing::warn!(?e, "alignment recalculation failed after domain removal");
+            crate::warn_limited!(?e, "alignment recalculation failed after domain removal");
         }
     }
 

@@ -265,7 +265,7 @@ impl Drop for Pages {
     fn drop(&mut self) {
         let n = self.pins.get_mut().unwrap().len() as u64;
         if n != 0 {
-            tracing::warn!(pages = n, "pages dropped while still pinned; uncharging");
+            crate::warn_limited!(pages = n, "pages dropped while still pinned; uncharging");
             self.account.get_mut().unwrap().uncharge(n);
         }
     }

@@ -114,7 +114,7 @@ impl Ioas {
                     cursor = iova;
                     tries += 1;
                     if tries > MAX_UNMAP_TRIES {
-                        tracing::warn!(iova, length, "an access does not release its pins");
+                        crate::warn_limited!(iova, length, "an access does not release its pins");
                         return Err((Errno::EDEADLK, total));
                     }
                     self.notify_unmap(iova, length);
@@ -153,7 +153,7 @@ impl Ioas {
     /// Destruction: everything unmapped (the table is unreachable by now).
     pub fn destroy(&self) {
         if let Err((e, _)) = self.unmap(0, u64::MAX) {
-            tracing::warn!(?e, "IOAS destroyed with areas that could not be unmapped");
+            crate::warn_limited!(?e, "IOAS destroyed with areas that could not be unmapped");
         }
     }
 }

@@ -349,7 +349,7 @@ impl Context {
                     .collect()
             };
             if ids.is_empty() {
-                tracing::error!(ctx = self.id, "objects left with circular users; forcing");
+                crate::error_limited!(ctx = self.id, "objects left with circular users; forcing");
                 let all: Vec<Object> = {
                     let mut table = self.table.lock().unwrap();
                     table
