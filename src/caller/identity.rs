@@ -46,6 +46,88 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// Distinct live process handles one context may hold (ENOMEM beyond).
 pub const MAX_PROCESSES_PER_CONTEXT: usize = 64;
+/// Bound processes (five daemon fds each) one user may have at once, over all contexts: a user
+/// starting many short-lived processes that map memory must not fill the daemon's fd table.
+pub const MAX_BOUND_PER_USER: usize = 256;
+/// Share of the daemon's fd limit that bound processes of all users together may use (1/4).
+const BOUND_FD_SHARE: u64 = 4;
+/// Daemon fds one bound process holds (mem, pagemap, maps, /proc dir, pidfd).
+pub const FDS_PER_BOUND: u64 = 5;
+
+/// Bound processes alive, per uid of the thread that bound them, and in all.
+static BOUND_COUNT: Mutex<(usize, Vec<(u32, usize)>)> = Mutex::new((0, Vec::new()));
+
+/// One bound process counted against its user and the daemon (released on drop).
+#[derive(Debug)]
+struct BoundSlot {
+    uid: u32,
+}
+
+impl BoundSlot {
+    fn daemon_cap() -> usize {
+        let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft);
+        usize::try_from(soft / BOUND_FD_SHARE / FDS_PER_BOUND).unwrap_or(usize::MAX)
+    }
+
+    /// A slot for `uid`, or None at a cap.
+    fn try_take(uid: u32) -> Option<Self> {
+        let cap = Self::daemon_cap();
+        let mut c = BOUND_COUNT.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per_user) = &mut *c;
+        let i = match per_user.iter().position(|(u, _)| *u == uid) {
+            Some(i) => i,
+            None => {
+                per_user.push((uid, 0));
+                per_user.len() - 1
+            }
+        };
+        if per_user[i].1 >= MAX_BOUND_PER_USER || *total >= cap {
+            return None;
+        }
+        per_user[i].1 += 1;
+        *total += 1;
+        Some(Self { uid })
+    }
+
+    /// A slot for `uid`; at a cap, first lets go of bound processes that are gone, then ENOMEM.
+    fn take(uid: u32) -> Result<Self, Errno> {
+        if let Some(s) = Self::try_take(uid) {
+            return Ok(s);
+        }
+        let held: Vec<Arc<ProcessHandle>> = REGISTRY
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for h in held {
+            // Probing retires a handle whose process exited or exec'd.
+            h.alive();
+        }
+        Self::try_take(uid).ok_or(Errno::ENOMEM)
+    }
+}
+
+impl Drop for BoundSlot {
+    fn drop(&mut self) {
+        let mut c = BOUND_COUNT.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per_user) = &mut *c;
+        *total = total.saturating_sub(1);
+        if let Some(i) = per_user.iter().position(|(u, _)| *u == self.uid) {
+            per_user[i].1 = per_user[i].1.saturating_sub(1);
+            if per_user[i].1 == 0 {
+                per_user.swap_remove(i);
+            }
+        }
+    }
+}
+
+/// Bound processes of user `uid` alive now (tests and status).
+pub fn bound_of_user(uid: u32) -> usize {
+    let c = BOUND_COUNT.lock().unwrap_or_else(|e| e.into_inner());
+    c.1.iter().find(|(u, _)| *u == uid).map_or(0, |(_, n)| *n)
+}
 
 const PAGE_SIZE: u64 = 4096;
 
@@ -62,6 +144,8 @@ struct Bound {
     /// `/proc/<tgid>`, bound to the process itself.
     proc_dir: OwnedFd,
     pidfd: OwnedFd,
+    /// Counts these files against the binding user and the daemon.
+    _slot: BoundSlot,
 }
 
 /// The identity of one process (and the program image it ran) bound at map time.
@@ -150,14 +234,17 @@ impl ProcessHandle {
     /// Binds the process of the calling thread `tid` (thread group `tgid`). Only valid while a
     /// request of that thread is held (or for the daemon itself): see the module documentation.
     pub fn open(tid: i32, tgid: i32) -> Result<Self, Errno> {
-        Self::open_with(tid, tgid, exec_identity(tid)?)
+        let uid = Credentials::of_thread(tid)?.uid;
+        Self::open_with(tid, tgid, exec_identity(tid)?, uid)
     }
 
-    fn open_with(tid: i32, tgid: i32, exec_id: Vec<u8>) -> Result<Self, Errno> {
+    /// `uid`: the real uid of the binding thread, whose share of bound processes this takes.
+    fn open_with(tid: i32, tgid: i32, exec_id: Vec<u8>, uid: u32) -> Result<Self, Errno> {
         use rustix::fs::OFlags;
         if tid <= 0 || tgid <= 0 {
             return Err(Errno::ESRCH);
         }
+        let slot = BoundSlot::take(uid)?;
         let thread_dir = open_dir(&format!("/proc/{tid}"))?;
         let mem = File::from(open_at(&thread_dir, "mem", OFlags::RDWR)?);
         let pagemap = File::from(open_at(&thread_dir, "pagemap", OFlags::RDONLY)?);
@@ -178,6 +265,7 @@ impl ProcessHandle {
                 maps: Mutex::new(maps),
                 proc_dir,
                 pidfd,
+                _slot: slot,
             }))),
         })
     }
@@ -547,7 +635,8 @@ impl ProcessHandles {
                 return self.hold(h);
             }
         }
-        let fresh = Arc::new(ProcessHandle::open_with(tid, tgid, exec_id)?);
+        let uid = mem.credentials()?.uid;
+        let fresh = Arc::new(ProcessHandle::open_with(tid, tgid, exec_id, uid)?);
         // A concurrent request of the same program may have bound it meanwhile: share that one.
         let chosen = {
             let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());

@@ -42,6 +42,8 @@ pub trait IoctlObserver: Send + Sync {
 struct Lifetime {
     daemon: Weak<Daemon>,
     ctx: Arc<Context>,
+    /// Counts the context against its opener's cap until it is torn down.
+    slot: Mutex<Option<ContextSlot>>,
     /// (the context's own file is still open, holds outstanding)
     state: Mutex<(bool, usize)>,
 }
@@ -49,7 +51,7 @@ struct Lifetime {
 impl Lifetime {
     /// A new hold; None once the context is being torn down.
     fn hold(self: &Arc<Self>) -> Option<ContextHold> {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if !st.0 && st.1 == 0 {
             return None;
         }
@@ -59,7 +61,7 @@ impl Lifetime {
 
     fn file_released(&self) {
         let last = {
-            let mut st = self.state.lock().unwrap();
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             st.0 = false;
             st.1 == 0
         };
@@ -70,7 +72,7 @@ impl Lifetime {
 
     fn unhold(&self) {
         let last = {
-            let mut st = self.state.lock().unwrap();
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             st.1 -= 1;
             !st.0 && st.1 == 0
         };
@@ -86,9 +88,63 @@ impl Lifetime {
         }
         self.ctx.destroy_all();
         if let Some(d) = daemon {
-            d.contexts.lock().unwrap().remove(&self.ctx.id);
+            d.contexts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.ctx.id);
         }
+        drop(self.slot.lock().unwrap_or_else(|p| p.into_inner()).take());
         tracing::debug!(ctx = self.ctx.id, "context torn down");
+    }
+}
+
+/// Contexts one user may have open at once (ENOMEM beyond): each costs the daemon memory, and
+/// a process can hold as many fds as its own RLIMIT_NOFILE allows.
+pub const CONTEXTS_PER_USER: usize = 4096;
+
+/// One context counted against the user that opened it.
+struct ContextSlot {
+    daemon: Weak<Daemon>,
+    uid: u32,
+}
+
+impl ContextSlot {
+    fn take(daemon: &Arc<Daemon>, uid: u32) -> Result<Self, Errno> {
+        let mut per_user = daemon
+            .contexts_per_user
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = per_user.entry(uid).or_insert(0);
+        if *n >= CONTEXTS_PER_USER {
+            crate::warn_limited!(
+                uid,
+                "a user's open contexts reached the cap; open answered ENOMEM"
+            );
+            return Err(Errno::ENOMEM);
+        }
+        *n += 1;
+        Ok(Self {
+            daemon: Arc::downgrade(daemon),
+            uid,
+        })
+    }
+}
+
+impl Drop for ContextSlot {
+    fn drop(&mut self) {
+        let Some(d) = self.daemon.upgrade() else {
+            return;
+        };
+        let mut per_user = d
+            .contexts_per_user
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_user.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                per_user.remove(&self.uid);
+            }
+        }
     }
 }
 
@@ -124,6 +180,8 @@ pub struct Daemon {
     contexts: Mutex<HashMap<u64, Arc<Lifetime>>>,
     /// Whether the selftest surface is served (IOMMU_TEST_CMD and its object fds).
     selftest: bool,
+    /// Open contexts per opening uid (see [`CONTEXTS_PER_USER`]).
+    contexts_per_user: Mutex<HashMap<u32, usize>>,
     devices: Vec<String>,
     device_opener: Option<DeviceOpener>,
     observer: OnceLock<Arc<dyn IoctlObserver>>,
@@ -143,6 +201,7 @@ impl Daemon {
         Arc::new(Self {
             table: table::build(&ext),
             selftest: ext.test_cmd.is_some(),
+            contexts_per_user: Mutex::new(HashMap::new()),
             contexts: Mutex::new(HashMap::new()),
             devices,
             device_opener: opener,
@@ -175,6 +234,7 @@ impl Daemon {
         let life = Arc::new(Lifetime {
             daemon: Arc::downgrade(self),
             ctx: ctx.clone(),
+            slot: Mutex::new(None),
             state: Mutex::new((true, 0)),
         });
         self.contexts.lock().unwrap().insert(ctx.id, life.clone());
@@ -418,11 +478,13 @@ pub mod context_query {
         Ok(0)
     }
 
-    /// The files the transport serves: every file of our FUSE mount has the mount's `st_dev`,
-    /// each CUSE node its own `st_rdev`.
+    /// The context nodes the transport serves: in the FUSE mount, `iommu` and `vfio/vfio` (the
+    /// mount's `st_dev` and the file's inode number), and each CUSE node (its `st_rdev`). Only
+    /// opens of these answer the query inline; anything else (status, device nodes) is never
+    /// asked, so no asking worker can wait for a worker.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum OwnNode {
-        Mount { dev: u64 },
+        MountFile { dev: u64, ino: u64 },
         CharDevice { rdev: u64 },
     }
 
@@ -518,7 +580,9 @@ pub mod context_query {
         let own = own_nodes().read().unwrap_or_else(|p| p.into_inner());
         let fmt = st.st_mode & libc::S_IFMT;
         own.iter().any(|n| match *n {
-            OwnNode::Mount { dev } => fmt == libc::S_IFREG && st.st_dev == dev,
+            OwnNode::MountFile { dev, ino } => {
+                fmt == libc::S_IFREG && st.st_dev == dev && st.st_ino == ino
+            }
             OwnNode::CharDevice { rdev } => fmt == libc::S_IFCHR && st.st_rdev == rdev,
         })
     }
@@ -549,10 +613,17 @@ pub struct DaemonService(pub Arc<Daemon>);
 
 impl Service for DaemonService {
     fn open(&self, node: &NodeKind) -> Result<Arc<dyn OpenFile>, Errno> {
+        self.open_by(node, 0)
+    }
+
+    fn open_by(&self, node: &NodeKind, uid: u32) -> Result<Arc<dyn OpenFile>, Errno> {
         match node {
             NodeKind::Iommu | NodeKind::VfioContainer => {
+                let slot = ContextSlot::take(&self.0, uid)?;
                 let life = self.0.new_lifetime(node);
                 let ctx = life.ctx.clone();
+                ctx.set_owner_uid(uid);
+                *life.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
                 tracing::debug!(ctx = ctx.id, ?node, "open");
                 Ok(Arc::new(IommuFile {
                     daemon: self.0.clone(),

@@ -157,6 +157,11 @@ pub fn ioas_allow_iovas(u: &Ucmd) -> Result<(), Errno> {
         return Err(Errno::EOPNOTSUPP);
     }
     let ioas = u.ctx.get_ioas(cmd.ioas_id)?;
+    // The kernel allocates room for every entry before copying any (ENOMEM when that fails);
+    // here the room is bounded by the context's cap, before a byte is read or allocated.
+    if u64::from(cmd.num_iovas) > Resource::AllowedRanges.caps().0 {
+        return Err(Errno::ENOMEM);
+    }
     let (raw, fault) = read_ranges(u, cmd.allowed_iovas, cmd.num_iovas);
     let ranges = check_allowed_ranges(&raw)?;
     if let Some(e) = fault {

@@ -24,6 +24,10 @@ pub enum NodeKind {
 pub trait Service: Send + Sync + 'static {
     /// A new open(); each open of `/dev/iommu` is its own context.
     fn open(&self, node: &NodeKind) -> Result<Arc<dyn OpenFile>, Errno>;
+    /// An open() by user `uid` (the FUSE header's): the daemon charges the new context to it.
+    fn open_by(&self, node: &NodeKind, _uid: u32) -> Result<Arc<dyn OpenFile>, Errno> {
+        self.open(node)
+    }
     /// The device names to publish under `vfio/devices/`.
     fn device_names(&self) -> Vec<String> {
         Vec::new()

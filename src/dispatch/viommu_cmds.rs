@@ -174,7 +174,8 @@ pub fn viommu_invalidate(
     if cmd.data_type != IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST || cmd.entry_num == 0 {
         return Err(Errno::EINVAL);
     }
-    let mut reqs = Vec::with_capacity(cmd.entry_num as usize);
+    // Grows with what was really read: entry_num is the caller's word (up to 4G entries).
+    let mut reqs = Vec::with_capacity((cmd.entry_num as usize).min(4096));
     for i in 0..cmd.entry_num {
         let addr = cmd
             .data_uptr

@@ -48,6 +48,9 @@ pub fn pins_by_paddr() -> std::collections::HashMap<u64, u32> {
 /// The CPU page size all page bookkeeping is done in.
 pub const PAGE_SIZE: u64 = 4096;
 
+/// Pages pinned (and charged) per step of [`Pages::pin`].
+pub const PIN_BATCH: u64 = 1024;
+
 /// Where the bytes of a [`Pages`] live. Offsets are relative to the page-aligned start of the backing.
 pub trait PageSource: Send + Sync + fmt::Debug {
     /// Makes pages `[first, first + count)` resident and returns their physical addresses.
@@ -167,29 +170,56 @@ impl Pages {
 
     /// Adds one pin user to pages `[first, last]`, returning their physical addresses. Pages not yet
     /// pinned are made resident and charged; on any failure nothing changes.
+    ///
+    /// Works in batches of [`PIN_BATCH`] pages, each charged as it is pinned (as the kernel's
+    /// reader does): the daemon's bookkeeping for a range is bounded by what the owner may
+    /// charge, however long the range a client names.
     pub fn pin(&self, first: u64, last: u64, write: bool) -> Result<Vec<u64>, Errno> {
         debug_assert!(first <= last && last < self.npages);
         let pins = self.pins.lock().unwrap();
-        let fresh: Vec<u64> = (first..=last).filter(|i| !pins.contains_key(i)).collect();
         // Populating a file's holes allocates pages charged to the daemon, not to the client:
         // for files the charge against the owner's limit comes first, so a client cannot make
         // the daemon allocate more than its RLIMIT_MEMLOCK (the kernel pins first, but charges
         // the allocation to the caller's memory cgroup).
         let charge_first = self.source.is_file();
+        let mut fresh_paddrs = BTreeMap::new();
+        let mut charged = 0u64;
         if charge_first {
-            self.account.lock().unwrap().charge(fresh.len() as u64)?;
+            // The whole range up front: not one page is populated past the owner's limit.
+            let fresh = (last - first + 1) - pins.range(first..=last).count() as u64;
+            self.account.lock().unwrap().charge(fresh)?;
+            charged = fresh;
         }
-        match self.pin_fresh(&fresh, write) {
-            Ok(fresh_paddrs) => {
-                self.finish_pin(pins, first, last, &fresh, fresh_paddrs, charge_first)
+        let mut batch_first = first;
+        let outcome = loop {
+            if batch_first > last {
+                break Ok(());
             }
-            Err(e) => {
-                if charge_first {
-                    self.account.lock().unwrap().uncharge(fresh.len() as u64);
+            let batch_last = batch_first.saturating_add(PIN_BATCH - 1).min(last);
+            let fresh: Vec<u64> = (batch_first..=batch_last)
+                .filter(|i| !pins.contains_key(i))
+                .collect();
+            let n = fresh.len() as u64;
+            match self.pin_fresh(&fresh, write) {
+                Ok(got) => fresh_paddrs.extend(got),
+                Err(e) => break Err(e),
+            }
+            if !charge_first {
+                if let Err(e) = self.account.lock().unwrap().charge(n) {
+                    break Err(e);
                 }
-                Err(e)
+                charged += n;
             }
+            match batch_last.checked_add(1) {
+                Some(next) => batch_first = next,
+                None => break Ok(()),
+            }
+        };
+        if let Err(e) = outcome {
+            self.account.lock().unwrap().uncharge(charged);
+            return Err(e);
         }
+        Ok(self.finish_pin(pins, first, last, fresh_paddrs))
     }
 
     /// Physical addresses of the pages `fresh` (sorted), fetched from the source run by run.
@@ -211,19 +241,16 @@ impl Pages {
         Ok(fresh_paddrs)
     }
 
+    /// Records one more user of every page of `[first, last]`; `fresh_paddrs` are the pages
+    /// pinned (and charged) just now.
     fn finish_pin(
         &self,
         mut pins: std::sync::MutexGuard<'_, BTreeMap<u64, PinnedPage>>,
         first: u64,
         last: u64,
-        fresh: &[u64],
         fresh_paddrs: BTreeMap<u64, u64>,
-        charged: bool,
-    ) -> Result<Vec<u64>, Errno> {
-        if !charged {
-            self.account.lock().unwrap().charge(fresh.len() as u64)?;
-        }
-        let mut out = Vec::with_capacity((last - first + 1) as usize);
+    ) -> Vec<u64> {
+        let mut out = Vec::new();
         for index in first..=last {
             let entry = pins.entry(index).or_insert(PinnedPage {
                 users: 0,
@@ -232,7 +259,7 @@ impl Pages {
             entry.users += 1;
             out.push(entry.paddr);
         }
-        Ok(out)
+        out
     }
 
     /// Drops one pin user from pages `[first, last]`; pages left without users are uncharged.

@@ -272,7 +272,7 @@ impl Handler {
                 let name = req.name().map_err(wire_err)?;
                 let ino = t.lookup(h.nodeid, name).ok_or(Errno::ENOENT)?;
                 let attr = self.attr(t, ino)?;
-                let attr_valid = if ino == tree::STATUS { 0 } else { STATIC_TTL };
+                let attr_valid = attr_ttl(t, ino);
                 let e = wire::EntryOut {
                     nodeid: ino,
                     generation: 1,
@@ -288,11 +288,7 @@ impl Handler {
                     self.setattr(t, req)?;
                 }
                 let attr = self.attr(t, h.nodeid)?;
-                let attr_valid = if h.nodeid == tree::STATUS {
-                    0
-                } else {
-                    STATIC_TTL
-                };
+                let attr_valid = attr_ttl(t, h.nodeid);
                 let a = wire::AttrOut {
                     attr_valid,
                     attr,
@@ -363,13 +359,10 @@ impl Handler {
         t.set_perm(req.header.nodeid, req.header.uid, mode, uid, gid)
     }
 
+    /// The status file reports size 0: its text is built only at open, on a worker (every read
+    /// is direct I/O and goes to EOF), never on the reader for a stat.
     fn attr(&self, t: &Tree, ino: u64) -> Result<wire::Attr, Errno> {
-        let status_len = if ino == tree::STATUS {
-            self.service.status().len() as u64
-        } else {
-            0
-        };
-        t.attr(ino, status_len).ok_or(Errno::ENOENT)
+        t.attr(ino, 0).ok_or(Errno::ENOENT)
     }
 
     fn init(&self, req: &Request) -> Result<Answer, Errno> {
@@ -461,7 +454,7 @@ impl Handler {
                 }
                 Handle::Status(self.service.status().into_bytes().into())
             }
-            Node::Service(kind) => Handle::File(self.service.open(&kind)?),
+            Node::Service(kind) => Handle::File(self.service.open_by(&kind, req.header.uid)?),
         };
         let id = self.insert(handle);
         self.openers
@@ -583,6 +576,17 @@ impl Handler {
                 Ok(Answer::Data(out.as_bytes().to_vec()))
             }
         }
+    }
+}
+
+/// How long the kernel may cache an inode's attributes: files an hour (their mode changes only
+/// through SETATTR, whose reply refreshes the cache); the status file and directories never, so
+/// that a stat of the mount of a dead daemon says ENOTCONN (path walks check directory modes
+/// under `default_permissions` and would otherwise keep the root's attributes cached).
+fn attr_ttl(t: &Tree, ino: u64) -> u64 {
+    match t.node(ino) {
+        Some(Node::Service(_)) => STATIC_TTL,
+        _ => 0,
     }
 }
 

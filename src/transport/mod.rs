@@ -241,7 +241,9 @@ impl Transport {
         wait_ready(&h).await?;
         let m = self.mount.clone();
         let dev = blocking(move || Ok(std::fs::metadata(m)?.dev())).await?;
-        context_query::register_own_node(OwnNode::Mount { dev });
+        for ino in [tree::IOMMU, tree::VFIO_CONTAINER] {
+            context_query::register_own_node(OwnNode::MountFile { dev, ino });
+        }
         if bind_dev {
             let m = self.mount.clone();
             let binds = blocking(move || {
@@ -332,6 +334,12 @@ impl Transport {
         if let Err(e) = r {
             first_err.get_or_insert(e);
         }
+        // Drain while the readers still read: requests in flight may need the reader to answer
+        // the daemon's own queries (and their callers deserve an answer).
+        let pools = self.pools.clone();
+        let idle = blocking(move || Ok(pools.drain(SHUTDOWN_GRACE)))
+            .await
+            .unwrap_or(false);
         self.stop.send_replace(true);
         let sessions = std::mem::take(&mut self.sessions);
         let mut handlers = Vec::new();
@@ -347,17 +355,17 @@ impl Transport {
             }
             handlers.push((s.name, s.handler));
         }
-        let pools = self.pools.clone();
-        let idle = blocking(move || Ok(pools.drain(SHUTDOWN_GRACE)))
-            .await
-            .unwrap_or(false);
         if !idle {
+            // A stuck request may hold locks the teardown needs: do not tear down, just go (the
+            // process's exit ends the connection and every request still waiting gets an error).
             let (queued, running) = self.pools.requests.load();
             tracing::warn!(
                 queued,
                 running,
-                "requests still waiting on their callers after the grace period; shutting down without them"
+                "requests still waiting on their callers after the grace period; exiting without releasing contexts"
             );
+            tracing::info!(mount = %self.mount.display(), "transport stopped");
+            return first_err.map_or(Ok(()), Err);
         }
         for (name, h) in handlers {
             let n = blocking(move || Ok(h.release_all())).await.unwrap_or(0);

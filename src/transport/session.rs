@@ -212,7 +212,16 @@ pub async fn serve(
             Lane::Inline => send(&chan, handler.handle_guarded(msg)),
             Lane::User(uid) => {
                 let key = pools.owners.owner_of(uid);
-                if pools.requests.submit(key, n, job(msg.to_vec())).is_err() {
+                // A RELEASE is never refused (its file's context would leak): it weighs nothing
+                // against the byte cap, and releases are bounded by the files open anyway.
+                let release =
+                    wire::peek_header(msg).is_some_and(|h| h.opcode == wire::opcode::RELEASE);
+                let weight = if release { 0 } else { n };
+                if pools
+                    .requests
+                    .submit(key, weight, job(msg.to_vec()))
+                    .is_err()
+                {
                     crate::warn_limited!(
                         uid,
                         "a user's queued requests exceed their share; answered ENOMEM"
