@@ -316,12 +316,25 @@ impl Client {
             .expect("spawn client");
         let out = BufReader::new(child.stdout.take().unwrap());
         // A client that hangs (the daemon not answering) is killed, so the test fails instead.
-        let pid = child.id() as i32;
+        // Through a pidfd: it names this very process, even once it was reaped and its number
+        // went to someone else (the signal then fails with ESRCH).
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::PidfdFlags::empty(),
+        )
+        .expect("pidfd of the client");
         std::thread::spawn(move || {
-            std::thread::sleep(CLIENT_DEADLINE);
-            // SAFETY: signalling a pid; at worst the client already ended (and was reaped, so
-            // the test is over and this process exits soon).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let mut pfd = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(&pidfd),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let ms = i32::try_from(CLIENT_DEADLINE.as_millis()).unwrap_or(i32::MAX);
+            let timeout =
+                nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX);
+            // Readable once the client exited; otherwise the deadline passed.
+            if nix::poll::poll(&mut pfd, timeout) == Ok(0) {
+                let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
+            }
         });
         Self { child, out }
     }

@@ -230,8 +230,10 @@ fn a_stalled_client_stalls_nobody_else() {
         "stalling client set up"
     );
     // The stalled request is in the daemon (the client is blocked in it); others are served.
+    // Another user (its own lane of the pool) is served meanwhile.
+    let u1 = user("uiommufd-t1");
     let t = Instant::now();
-    let r = run_forked(None, Duration::from_secs(20), || {
+    let r = run_as(&u1, Duration::from_secs(20), || {
         let f = open_node(&d.node("iommu"));
         ioas_alloc(&f);
         0
@@ -327,6 +329,197 @@ fn kill_9_with_a_context_held() {
     d.stop();
 }
 
+/// IOAS_ALLOW_IOVAS with a count far past the cap: ENOMEM before the daemon reads or allocates
+/// anything (it used to allocate for every entry and could be made to abort), and it lives on.
+fn allow_iovas_with_a_huge_count() {
+    let d = DaemonProcess::start(&["--iommu-perm", "0666"]);
+    let u1 = user("uiommufd-t1");
+    let p = d.node("iommu");
+    let r = run_as(&u1, Duration::from_secs(60), || {
+        let f = open_node(&p);
+        let ioas = ioas_alloc(&f);
+        let len = 1usize << 31;
+        // SAFETY: a fresh anonymous read-only reservation; never touched by this process.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return 2;
+        }
+        let mut cmd = iommu_ioas_allow_iovas {
+            size: std::mem::size_of::<iommu_ioas_allow_iovas>() as u32,
+            ioas_id: ioas,
+            num_iovas: 1 << 27,
+            allowed_iovas: map as u64,
+            ..Default::default()
+        };
+        match ioctl(&f, IOMMU_IOAS_ALLOW_IOVAS, &mut cmd) {
+            Err(libc::ENOMEM) => 0,
+            _ => 1,
+        }
+    });
+    assert_eq!(r, Some(0));
+    let f = d.open_iommu();
+    ioas_alloc(&f);
+    drop(f);
+    d.stop();
+}
+
+/// Many short-lived processes of one user mapping memory: each binds a process identity (five
+/// daemon fds), but a user's live bindings are capped and those of exited processes are let go,
+/// so the daemon's fd table stays bounded and the maps keep working.
+fn short_lived_processes_cannot_fill_the_fd_table() {
+    const CONTEXTS: usize = 20;
+    const CHILDREN: usize = 40;
+    let d = DaemonProcess::start(&["--iommu-perm", "0666"]);
+    let u1 = user("uiommufd-t1");
+    let fds = |d: &DaemonProcess| {
+        std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = fds(&d);
+    let p = d.node("iommu");
+    let (done_r, done_w) = nix::unistd::pipe().unwrap();
+    let (go_r, go_w) = nix::unistd::pipe().unwrap();
+    let pid = {
+        // SAFETY: single-threaded parent; the child drives the scenario and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                users::drop_to_user(&u1);
+                let ctxs: Vec<_> = (0..CONTEXTS).map(|_| open_node(&p)).collect();
+                let ioas: Vec<u32> = ctxs.iter().map(ioas_alloc).collect();
+                let mut failed = 0;
+                for (f, &ioas) in ctxs.iter().zip(&ioas) {
+                    for k in 0..CHILDREN {
+                        let iova = 1u64 << 32 | (k as u64) << 16;
+                        let r = run_forked(None, Duration::from_secs(20), || {
+                            let buf = support::AnonPages::new(1);
+                            buf.fill(0, &[1]);
+                            i32::from(
+                                support::ioas_map_fixed(f, ioas, buf.addr(), 4096, iova).is_err(),
+                            )
+                        });
+                        if r != Some(0) {
+                            failed += 1;
+                        }
+                    }
+                }
+                // Holding every context: let the parent count the daemon's fds now.
+                // SAFETY: writes one byte to our pipe.
+                unsafe { libc::write(done_w.as_raw_fd(), b"d".as_ptr().cast(), 1) };
+                let mut b = [0u8; 1];
+                let _ = nix::unistd::read(&go_r, &mut b);
+                i32::from(failed > 0)
+            }))
+            .unwrap_or(101);
+            // SAFETY: ends the child.
+            unsafe { libc::_exit(code) };
+        }
+        pid
+    };
+    drop(done_w);
+    drop(go_r);
+    let mut b = [0u8; 1];
+    assert_eq!(nix::unistd::read(&done_r, &mut b), Ok(1), "client ran");
+    let during = fds(&d);
+    use uiommufd::caller::identity::{FDS_PER_BOUND, MAX_BOUND_PER_USER};
+    let bound = MAX_BOUND_PER_USER * FDS_PER_BOUND as usize;
+    assert!(
+        during <= before + CONTEXTS + bound,
+        "daemon fds {before} -> {during} for {} short-lived processes",
+        CONTEXTS * CHILDREN
+    );
+    nix::unistd::write(&go_w, b"g").unwrap();
+    let mut status = 0;
+    // SAFETY: reaps our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "every map worked ({status:#x})"
+    );
+    d.stop();
+}
+
+/// Four users, each with more concurrent fd-taking calls than its share of the pool, naming a
+/// file of the mount that is not a context (the status file): the daemon never asks such a file
+/// anything, so no worker waits on another and every call is answered. (The status file's query
+/// used to go through the pool and could leave every worker waiting.)
+fn fd_taking_calls_naming_other_node_files() {
+    const PER_USER: usize = 16;
+    let d = DaemonProcess::start(&["--iommu-perm", "0666"]);
+    let users: Vec<TestUser> = ["uiommufd-t1", "uiommufd-t2", "uiommufd-t3", "uiommufd-t4"]
+        .iter()
+        .map(|n| user(n))
+        .collect();
+    let (p, st) = (d.node("iommu"), d.node("status"));
+    let mut pids = Vec::new();
+    for u in &users {
+        // SAFETY: single-threaded parent; each child runs its calls and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                users::drop_to_user(u);
+                let f = open_node(&p);
+                let ioas = ioas_alloc(&f);
+                let status = std::fs::File::open(&st).unwrap();
+                let (fd, sfd) = (f.as_raw_fd(), status.as_raw_fd());
+                let threads: Vec<_> = (0..PER_USER)
+                    .map(|_| {
+                        std::thread::spawn(move || {
+                            let mut m = iommu_ioas_map_file {
+                                size: std::mem::size_of::<iommu_ioas_map_file>() as u32,
+                                flags: IOMMU_IOAS_MAP_READABLE,
+                                ioas_id: ioas,
+                                fd: sfd,
+                                length: 4096,
+                                ..Default::default()
+                            };
+                            // SAFETY: `m` is live; both fds stay open until the threads end.
+                            unsafe { libc::ioctl(fd, IOMMU_IOAS_MAP_FILE as libc::c_ulong, &mut m) }
+                        })
+                    })
+                    .collect();
+                let answered = threads.into_iter().filter_map(|t| t.join().ok()).count();
+                i32::from(answered != PER_USER)
+            }))
+            .unwrap_or(101);
+            // SAFETY: ends the child.
+            unsafe { libc::_exit(code) };
+        }
+        pids.push(pid);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for pid in pids {
+        let mut status = 0;
+        loop {
+            // SAFETY: reaps our own child.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if r == pid {
+                break;
+            }
+            if Instant::now() >= deadline {
+                // SAFETY: kills our own child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("calls naming the status file were not all answered");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    }
+    d.stop();
+}
+
 fn main() {
     if !users::require(
         "root, to create test users and drop to them",
@@ -349,5 +542,17 @@ fn main() {
             a_stalled_client_stalls_nobody_else,
         ),
         ("kill_9_with_a_context_held", kill_9_with_a_context_held),
+        (
+            "allow_iovas_with_a_huge_count",
+            allow_iovas_with_a_huge_count,
+        ),
+        (
+            "short_lived_processes_cannot_fill_the_fd_table",
+            short_lived_processes_cannot_fill_the_fd_table,
+        ),
+        (
+            "fd_taking_calls_naming_other_node_files",
+            fd_taking_calls_naming_other_node_files,
+        ),
     ]);
 }

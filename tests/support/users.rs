@@ -122,6 +122,11 @@ pub fn run_forked(
     }
 }
 
+/// Drops this (forked, single-threaded) process to `u`.
+pub fn drop_to_user(u: &TestUser) {
+    drop_to(u)
+}
+
 fn drop_to(u: &TestUser) {
     // SAFETY: plain credential syscalls in a single-threaded child; each result is checked.
     unsafe {
