@@ -8,6 +8,8 @@
 
 mod support;
 
+use support::access_rw;
+
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -230,17 +232,6 @@ fn access(mnt: &Path, f: &File, ioas: u32) -> File {
     h
 }
 
-fn access_rw(f: &File, access: &File, iova: u64, buf: &mut [u8], write: bool) -> Result<(), i32> {
-    let p = iommu_test_cmd_access_rw {
-        iova,
-        length: buf.len() as u64,
-        uptr: buf.as_mut_ptr() as u64,
-        flags: if write { MOCK_ACCESS_RW_WRITE } else { 0 },
-        __pad: 0,
-    };
-    test_cmd(f, IOMMU_TEST_OP_ACCESS_RW, access.as_raw_fd() as u32, &p).map(|_| ())
-}
-
 fn mock_domain(f: &File, ioas: u32) -> Result<(), i32> {
     test_cmd(
         f,
@@ -356,66 +347,100 @@ fn role_entry() {
     }
 }
 
+/// What a holder role sets up before a child maps the fixed buffer: an iommufd with a selftest
+/// access and a bound dmacopy device on its IOAS, its own mapped page, a second (unpinned) IOAS,
+/// and the two IOAS_MAP commands the child will issue.
+struct Holder {
+    f: File,
+    ioas2: u32,
+    acc: File,
+    dev: File,
+    own: support::AnonPages,
+    map: iommu_ioas_map,
+    map2: iommu_ioas_map,
+}
+
+impl Holder {
+    fn new(mnt: &Path) -> Self {
+        let f = open_node(&mnt.join("iommu"));
+        let ioas = ioas_alloc(&f);
+        let acc = access(mnt, &f, ioas);
+        let dev = dmacopy(mnt, &f, ioas);
+        let own = support::AnonPages::new(1);
+        own.fill(0, &[0x11; PAGE as usize]);
+        ioas_map_fixed(&f, ioas, own.addr(), PAGE, OWN_IOVA).expect("map own buffer");
+        let ioas2 = ioas_alloc(&f);
+        let map_in = |ioas_id| iommu_ioas_map {
+            size: std::mem::size_of::<iommu_ioas_map>() as u32,
+            flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_FIXED_IOVA,
+            ioas_id,
+            user_va: FIXED,
+            length: BUF_PAGES * PAGE,
+            iova: IOVA,
+            ..Default::default()
+        };
+        Self {
+            map: map_in(ioas),
+            map2: map_in(ioas2),
+            f,
+            ioas2,
+            acc,
+            dev,
+            own,
+        }
+    }
+}
+
+/// In a forked child of a holder: maps the fixed buffer (filled with MINE) and issues `map` and
+/// `map2` on the iommufd `fd`. Allocates nothing and takes no locks (fork-safe). 0 on success,
+/// 2 when the buffer cannot be placed, 3 when a map fails.
+fn child_maps_fixed(fd: i32, mut map: iommu_ioas_map, mut map2: iommu_ioas_map) -> i32 {
+    let len = (BUF_PAGES * PAGE) as usize;
+    // SAFETY: as in fixed_buffer, without the allocating assert.
+    let p = unsafe {
+        libc::mmap(
+            FIXED as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p as u64 != FIXED {
+        return 2;
+    }
+    // SAFETY: in bounds of the mapping just made; each ioctl reads and writes its struct only.
+    unsafe {
+        std::ptr::write_bytes(p.cast::<u8>(), MINE, len);
+        if libc::ioctl(fd, IOMMU_IOAS_MAP as libc::c_ulong, &mut map) != 0
+            || libc::ioctl(fd, IOMMU_IOAS_MAP as libc::c_ulong, &mut map2) != 0
+        {
+            return 3;
+        }
+    }
+    0
+}
+
 /// Holds an iommufd whose area was mapped by a child that is gone; probes it on "go".
 fn reuse_holder(mnt: &Path) {
-    let f = open_node(&mnt.join("iommu"));
-    let ioas = ioas_alloc(&f);
-    let acc = access(mnt, &f, ioas);
-    let dev = dmacopy(mnt, &f, ioas);
-    let own = support::AnonPages::new(1);
-    own.fill(0, &[0x11; PAGE as usize]);
-    ioas_map_fixed(&f, ioas, own.addr(), PAGE, OWN_IOVA).expect("map own buffer");
-    let ioas2 = ioas_alloc(&f);
-    let map2 = iommu_ioas_map {
-        size: std::mem::size_of::<iommu_ioas_map>() as u32,
-        flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_FIXED_IOVA,
-        ioas_id: ioas2,
-        user_va: FIXED,
-        length: BUF_PAGES * PAGE,
-        iova: IOVA,
-        ..Default::default()
-    };
-    let map = iommu_ioas_map {
-        size: std::mem::size_of::<iommu_ioas_map>() as u32,
-        flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_FIXED_IOVA,
-        ioas_id: ioas,
-        user_va: FIXED,
-        length: BUF_PAGES * PAGE,
-        iova: IOVA,
-        ..Default::default()
-    };
+    let Holder {
+        f,
+        ioas2,
+        acc,
+        dev,
+        own,
+        map,
+        map2,
+    } = Holder::new(mnt);
     let fd = f.as_raw_fd();
     // SAFETY: fork; the child only maps memory, issues one ioctl on a struct prepared before the
     // fork and leaves with _exit — no allocation, no locks.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork");
     if pid == 0 {
-        let mut m = map;
-        let len = (BUF_PAGES * PAGE) as usize;
-        // SAFETY: as in fixed_buffer, without the allocating assert.
-        let p = unsafe {
-            libc::mmap(
-                FIXED as *mut libc::c_void,
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        if p as u64 != FIXED {
-            // SAFETY: leaving the forked child.
-            unsafe { libc::_exit(2) };
-        }
-        // SAFETY: in bounds of the mapping just made.
-        unsafe { std::ptr::write_bytes(p.cast::<u8>(), MINE, len) };
-        // SAFETY: IOAS_MAP reads and writes the struct `m` only.
-        let rc = unsafe { libc::ioctl(fd, IOMMU_IOAS_MAP as libc::c_ulong, &mut m) };
-        let mut m2 = map2;
-        // SAFETY: as above, for the second IOAS.
-        let rc = rc | unsafe { libc::ioctl(fd, IOMMU_IOAS_MAP as libc::c_ulong, &mut m2) };
         // SAFETY: leaving the forked child.
-        unsafe { libc::_exit(if rc == 0 { 0 } else { 3 }) };
+        unsafe { libc::_exit(child_maps_fixed(fd, map, map2)) };
     }
     let mut status = 0;
     // SAFETY: waiting for our own child.
@@ -451,32 +476,15 @@ fn victim() {
 /// Maps through a child that then execs the setuid-root copy `exe` of this binary (as
 /// `victim`); probes the area on "go".
 fn exec_holder(mnt: &Path, exe: &str) {
-    let f = open_node(&mnt.join("iommu"));
-    let ioas = ioas_alloc(&f);
-    let acc = access(mnt, &f, ioas);
-    let dev = dmacopy(mnt, &f, ioas);
-    let own = support::AnonPages::new(1);
-    own.fill(0, &[0x11; PAGE as usize]);
-    ioas_map_fixed(&f, ioas, own.addr(), PAGE, OWN_IOVA).expect("map own buffer");
-    let ioas2 = ioas_alloc(&f);
-    let map2 = iommu_ioas_map {
-        size: std::mem::size_of::<iommu_ioas_map>() as u32,
-        flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_FIXED_IOVA,
-        ioas_id: ioas2,
-        user_va: FIXED,
-        length: BUF_PAGES * PAGE,
-        iova: IOVA,
-        ..Default::default()
-    };
-    let map = iommu_ioas_map {
-        size: std::mem::size_of::<iommu_ioas_map>() as u32,
-        flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_FIXED_IOVA,
-        ioas_id: ioas,
-        user_va: FIXED,
-        length: BUF_PAGES * PAGE,
-        iova: IOVA,
-        ..Default::default()
-    };
+    let Holder {
+        f,
+        ioas2,
+        acc,
+        dev,
+        own,
+        map,
+        map2,
+    } = Holder::new(mnt);
     let fd = f.as_raw_fd();
     // The victim reads its "check" order from a pipe only this holder writes.
     let mut fds = [0i32; 2];
@@ -509,32 +517,12 @@ fn exec_holder(mnt: &Path, exe: &str) {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork");
     if pid == 0 {
-        let mut m = map;
-        let len = (BUF_PAGES * PAGE) as usize;
-        // SAFETY: as in fixed_buffer.
-        let p = unsafe {
-            libc::mmap(
-                FIXED as *mut libc::c_void,
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        if p as u64 != FIXED {
-            // SAFETY: leaving the forked child.
-            unsafe { libc::_exit(2) };
-        }
-        // SAFETY: in bounds of the mapping; then one ioctl on `m`; then fd shuffling and exec
-        // with pointers to the strings prepared before the fork.
+        let rc = child_maps_fixed(fd, map, map2);
+        // SAFETY: leaving the child on failure; else fd shuffling and exec with pointers to the
+        // strings prepared before the fork.
         unsafe {
-            std::ptr::write_bytes(p.cast::<u8>(), MINE, len);
-            let mut m2 = map2;
-            if libc::ioctl(fd, IOMMU_IOAS_MAP as libc::c_ulong, &mut m) != 0
-                || libc::ioctl(fd, IOMMU_IOAS_MAP as libc::c_ulong, &mut m2) != 0
-            {
-                libc::_exit(3);
+            if rc != 0 {
+                libc::_exit(rc);
             }
             libc::dup2(fds[0], 0);
             libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());

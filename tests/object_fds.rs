@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::access_rw;
+
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use support::{ioas_alloc, ioas_map_fixed, ioctl, ioctl_raw, test_cmd, AnonPages, DaemonProcess};
@@ -38,17 +40,6 @@ fn destroy(f: &File, id: u32) -> Result<i32, i32> {
         id,
     };
     ioctl(f, IOMMU_DESTROY, &mut cmd)
-}
-
-fn access_rw(f: &File, access: &File, iova: u64, buf: &mut [u8], write: bool) -> Result<(), i32> {
-    let p = iommu_test_cmd_access_rw {
-        iova,
-        length: buf.len() as u64,
-        uptr: buf.as_mut_ptr() as u64,
-        flags: if write { MOCK_ACCESS_RW_WRITE } else { 0 },
-        __pad: 0,
-    };
-    test_cmd(f, IOMMU_TEST_OP_ACCESS_RW, access.as_raw_fd() as u32, &p).map(|_| ())
 }
 
 fn access_pages(f: &File, access_fd: i32, iova: u64, length: u64, uptr: u64) -> Result<u32, i32> {

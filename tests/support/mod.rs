@@ -239,6 +239,26 @@ where
     ioctl(f, IOMMU_TEST_CMD, &mut cmd).map(|_| cmd)
 }
 
+/// IOMMU_TEST_OP_ACCESS_RW through the selftest access whose fd is `access`: reads (or writes,
+/// with `write`) `buf` at `iova`.
+pub fn access_rw(
+    f: &File,
+    access: &File,
+    iova: u64,
+    buf: &mut [u8],
+    write: bool,
+) -> Result<(), i32> {
+    use uiommufd_uapi::selftest::*;
+    let p = iommu_test_cmd_access_rw {
+        iova,
+        length: buf.len() as u64,
+        uptr: buf.as_mut_ptr() as u64,
+        flags: if write { MOCK_ACCESS_RW_WRITE } else { 0 },
+        __pad: 0,
+    };
+    test_cmd(f, IOMMU_TEST_OP_ACCESS_RW, access.as_raw_fd() as u32, &p).map(|_| ())
+}
+
 /// A page-aligned buffer of `pages` anonymous pages (zero-filled), unmapped on drop.
 pub struct AnonPages {
     ptr: *mut u8,
