@@ -128,11 +128,15 @@ fn a_thousand_concurrent_fd_taking_calls() {
         let f = open_node(&p);
         let ioas = ioas_alloc(&f);
         let fd = f.as_raw_fd();
+        // All at once: the calls must be in the daemon together, not one after the other.
+        let start = std::sync::Arc::new(std::sync::Barrier::new(CALLS));
         let threads: Vec<_> = (0..CALLS)
             .map(|_| {
+                let start = start.clone();
                 std::thread::Builder::new()
                     .stack_size(64 * 1024)
                     .spawn(move || {
+                        start.wait();
                         // The iommufd itself as the file to map: the daemon must ask whether it is
                         // one of its dma-buf handles.
                         let mut m = iommu_ioas_map_file {
