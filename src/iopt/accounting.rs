@@ -98,6 +98,8 @@ impl Account {
         if npages == 0 {
             return Ok(());
         }
+        #[cfg(test)]
+        super::failpoint::check(Errno::ENOMEM)?;
         match self.mode {
             AccountMode::None => {}
             AccountMode::User => {

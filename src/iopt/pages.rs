@@ -45,6 +45,12 @@ pub fn pins_by_paddr() -> std::collections::HashMap<u64, u32> {
     out
 }
 
+/// Pages whose last pin was released by [`Pages`]' drop instead of an unpin: a leaked pin that
+/// the drop covered up (the fault-injection tests require it to stay 0).
+#[cfg(test)]
+pub(crate) static DROPPED_WHILE_PINNED: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
 /// The CPU page size all page bookkeeping is done in.
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -179,6 +185,8 @@ impl Pages {
             while j < fresh.len() && fresh[j] == fresh[j - 1] + 1 {
                 j += 1;
             }
+            #[cfg(test)]
+            super::failpoint::check(Errno::EFAULT)?;
             let run = self.source.pin(fresh[i], (j - i) as u64, write)?;
             for (k, paddr) in run.into_iter().enumerate() {
                 fresh_paddrs.insert(fresh[i] + k as u64, paddr);
@@ -228,6 +236,8 @@ impl Drop for Pages {
     fn drop(&mut self) {
         let n = self.pins.get_mut().unwrap().len() as u64;
         if n != 0 {
+            #[cfg(test)]
+            DROPPED_WHILE_PINNED.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
             tracing::warn!(pages = n, "pages dropped while still pinned; uncharging");
             self.account.get_mut().unwrap().uncharge(n);
         }
