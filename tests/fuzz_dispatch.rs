@@ -23,7 +23,7 @@
 //! root's pins are charged) with an 8 MiB RLIMIT_MEMLOCK, so ENOMEM paths are reached too.
 
 use nix::errno::Errno;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -195,7 +195,7 @@ impl AccessOps for PinList {
     fn unmap(&self, access: &Access, iova: u64, length: u64) {
         let last = iova.saturating_add(length.saturating_sub(1));
         self.0.lock().unwrap().retain(|&(s, l)| {
-            let hit = s <= last && s + l > iova;
+            let hit = s <= last && s.saturating_add(l) > iova;
             if hit {
                 access.unpin_pages(s, l);
             }
@@ -252,6 +252,8 @@ struct Case<'a> {
     ctxs: Vec<Arc<Context>>,
     accesses: Vec<(Arc<Access>, Arc<PinList>)>,
     log: Vec<String>,
+    /// (succeeded, failed) per ioctl name, across cases.
+    stats: &'a mut BTreeMap<&'static str, (u64, u64)>,
 }
 
 impl<'a> Case<'a> {
@@ -303,7 +305,7 @@ impl<'a> Case<'a> {
             0..=3 if !areas.is_empty() => {
                 let (s, l) = self.rng.pick(&areas);
                 match self.rng.below(4) {
-                    0 => l + 1,
+                    0 => l.wrapping_add(1),
                     1 => s + (self.rng.below((l - s) / 2048 + 1)) * 2048,
                     _ => s,
                 }
@@ -992,6 +994,12 @@ impl<'a> Case<'a> {
             hex(&call.bytes),
             r
         ));
+        let st = self.stats.entry(call.name).or_default();
+        if r.is_ok() {
+            st.0 += 1;
+        } else {
+            st.1 += 1;
+        }
         if let Err(e) = r {
             if !allowed(call.cmd).contains(&e) {
                 return Err(format!(
@@ -1158,10 +1166,12 @@ fn in_uncapped_child(name: &str) -> bool {
             Ok(())
         });
     }
-    let out = cmd.output().expect("spawn the test binary");
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("spawn the test binary");
     let text = String::from_utf8_lossy(&out.stdout);
     print!("{text}");
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "child run of {name} failed");
     assert!(text.contains("1 passed"), "the child did not run {name}");
     false
@@ -1207,7 +1217,9 @@ fn fuzz_dispatch() {
     let other: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
     let base = Counters::now();
     let (mut done, mut ops, mut errnos) = (0u64, 0usize, BTreeSet::new());
+    let mut stats = BTreeMap::new();
     let start = Instant::now();
+    let mut last_report = start;
     for i in 0..cases {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
@@ -1224,8 +1236,11 @@ fn fuzz_dispatch() {
             ctxs: Vec::new(),
             accesses: Vec::new(),
             log: Vec::new(),
+            stats: &mut stats,
         };
-        if let Err(msg) = case.run() {
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| case.run()))
+            .unwrap_or_else(|_| Err("the test's own code panicked".into()));
+        if let Err(msg) = result {
             let tail = case.log.len().saturating_sub(30);
             panic!(
                 "case {i} failed: {msg}\nreproduce with UIOMMUFD_FUZZ_SEED={case_seed:#x} \
@@ -1240,10 +1255,23 @@ fn fuzz_dispatch() {
             }
         }
         done += 1;
+        if last_report.elapsed() >= Duration::from_secs(30) {
+            // stderr reaches the terminal while the child runs (stdout is collected).
+            eprintln!(
+                "fuzz_dispatch: {done} cases, {ops} ops, {:.0} s",
+                start.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
     }
     println!(
         "fuzz_dispatch: {done} cases, {ops} ops in {:.1} s; errnos seen: {errnos:?}",
         start.elapsed().as_secs_f64()
     );
+    let ok: Vec<String> = stats
+        .iter()
+        .map(|(n, (ok, err))| format!("{n} {ok}/{}", ok + err))
+        .collect();
+    println!("fuzz_dispatch: succeeded/issued: {}", ok.join(", "));
     assert!(done > 0);
 }
