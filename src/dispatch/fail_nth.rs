@@ -1011,7 +1011,8 @@ fn fail_nth_sweep() {
                 problems.push(e);
             }
             if s.injected.is_none() {
-                if k <= count / 2 {
+                // Caller-memory accesses are the same in every run: all must have been met.
+                if matches!(fault, Fault::Memory(_)) && k <= count {
                     problems.push(format!("{fault:?}: never fired"));
                 }
                 break;
