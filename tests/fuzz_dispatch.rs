@@ -1013,11 +1013,13 @@ impl<'a> Case<'a> {
             let pins = Arc::new(PinList::default());
             let a = Access::new(pins.clone(), self.rng.pct(70));
             let ioas = self.id(ci, "ioas");
-            if let Ok(id) = ctx.insert(Object::Access(a.clone())) {
+            // Held by its owner as the selftest's access fd holds it: IOMMU_DESTROY is EBUSY.
+            if let Ok(id) = ctx.insert_held(Object::Access(a.clone())) {
                 let r = a.attach(&ctx, ioas);
                 self.log
                     .push(format!("ctx{ci} access {id} attach to {ioas} -> {r:?}"));
                 if r.is_err() {
+                    ctx.remove_user(id);
                     ctx.destroy(id)
                         .map_err(|e| format!("destroying a fresh access: {e}"))?;
                 } else {
@@ -1318,7 +1320,10 @@ impl<'a> Case<'a> {
         // pins (a pin an owner could not release would otherwise only show as an unmap that
         // never finishes, covered up when the pages are dropped).
         for (ci, id, _, _) in std::mem::take(&mut self.accesses) {
-            let _ = self.ctxs[ci].destroy(id);
+            self.ctxs[ci].remove_user(id);
+            self.ctxs[ci]
+                .destroy(id)
+                .map_err(|e| format!("destroying access {id}: {e}"))?;
         }
         for ci in 0..self.ctxs.len() {
             let mut queues = self.ids_of(ci, "hw_queue");
