@@ -1392,21 +1392,53 @@ fn in_uncapped_child(name: &str) -> bool {
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, "1");
-    // SAFETY: runs between fork and exec and only makes a prctl call (async-signal-safe).
+    // SAFETY: runs between fork and exec and only makes prctl and setrlimit calls, which are
+    // async-signal-safe; it touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
             // EPERM without CAP_SETPCAP: then there was no CAP_IPC_LOCK to lose.
             libc::prctl(libc::PR_CAPBSET_DROP, 14 as libc::c_ulong, 0, 0, 0);
+            let limit = libc::rlimit {
+                rlim_cur: 4 << 30,
+                rlim_max: 4 << 30,
+            };
+            libc::setrlimit(libc::RLIMIT_AS, &limit);
             Ok(())
         });
     }
-    let out = cmd
+    // Output to a file, and a deadline: a hang (a deadlock in the daemon code) must fail the
+    // test rather than stall the run; RLIMIT_AS turns a runaway allocation into a failure of
+    // this child instead of an OOM kill on the machine.
+    let out_path = std::env::temp_dir().join(format!(
+        "uiommufd-{}-{}.out",
+        name.replace(':', "_"),
+        std::process::id()
+    ));
+    let out_file = std::fs::File::create(&out_path).expect("child output file");
+    let mut child = cmd
+        .stdout(out_file)
         .stderr(std::process::Stdio::inherit())
-        .output()
+        .spawn()
         .expect("spawn the test binary");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let limit = Duration::from_secs(300 + env_u64("UIOMMUFD_FUZZ_SECONDS").unwrap_or(0));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
     print!("{text}");
-    assert!(out.status.success(), "child run of {name} failed");
+    let status =
+        status.unwrap_or_else(|| panic!("child run of {name} still running after {limit:?}"));
+    assert!(status.success(), "child run of {name} failed: {status}");
     assert!(text.contains("1 passed"), "the child did not run {name}");
     false
 }

@@ -910,8 +910,8 @@ fn in_uncapped_child(name: &str) -> bool {
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, "1");
-    // SAFETY: the closure runs between fork and exec and only makes prctl calls, which are
-    // async-signal-safe; it touches no memory of the parent.
+    // SAFETY: the closure runs between fork and exec and only makes prctl and setrlimit calls,
+    // which are async-signal-safe; it touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
             // EPERM without CAP_SETPCAP: then the process had no CAP_IPC_LOCK to lose.
@@ -922,14 +922,47 @@ fn in_uncapped_child(name: &str) -> bool {
                 0,
                 0,
             );
+            let limit = libc::rlimit {
+                rlim_cur: 4 << 30,
+                rlim_max: 4 << 30,
+            };
+            libc::setrlimit(libc::RLIMIT_AS, &limit);
             Ok(())
         });
     }
-    let out = cmd.output().expect("spawn the test binary");
-    let text = String::from_utf8_lossy(&out.stdout);
+    // Output to a file, and a deadline: a hang (a deadlock in the daemon code) must fail the
+    // test rather than stall the run; RLIMIT_AS turns a runaway allocation into a failure of
+    // this child instead of an OOM kill on the machine.
+    let out_path = std::env::temp_dir().join(format!(
+        "uiommufd-{}-{}.out",
+        name.replace(':', "_"),
+        std::process::id()
+    ));
+    let out_file = std::fs::File::create(&out_path).expect("child output file");
+    let mut child = cmd
+        .stdout(out_file)
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn the test binary");
+    let limit = std::time::Duration::from_secs(300);
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
     print!("{text}");
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "child run of {name} failed");
+    let status =
+        status.unwrap_or_else(|| panic!("child run of {name} still running after {limit:?}"));
+    assert!(status.success(), "child run of {name} failed: {status}");
     assert!(text.contains("1 passed"), "the child did not run {name}");
     false
 }
@@ -1095,4 +1128,44 @@ fn access_replace_and_destroy_release_pins() {
         Ok(4 * PAGE_SIZE)
     );
     ctx.destroy_all();
+}
+
+/// Found by the fuzzer (its process, the daemon's stand-in, was OOM-killed at 24 GB): pinning a
+/// range first listed every page of it, so mapping a huge range of unmapped memory into an IOAS
+/// with a domain made the daemon allocate 8 bytes per page of the range before the source said
+/// EFAULT. Pins now go to the source in bounded batches.
+#[test]
+fn pin_of_a_huge_range_fails_at_its_first_batch() {
+    use crate::iopt::accounting::Account;
+    use crate::iopt::pages::PIN_BATCH;
+    use crate::iopt::PageSource;
+
+    #[derive(Debug, Default)]
+    struct Unmapped {
+        calls: AtomicU64,
+        largest: AtomicU64,
+    }
+    impl PageSource for Unmapped {
+        fn pin(&self, _first: u64, count: u64, _write: bool) -> Result<Vec<u64>, Errno> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.largest.fetch_max(count, Ordering::SeqCst);
+            Err(Errno::EFAULT)
+        }
+        fn read(&self, _offset: u64, _buf: &mut [u8]) -> Result<(), Errno> {
+            Err(Errno::EFAULT)
+        }
+        fn write(&self, _offset: u64, _data: &[u8]) -> Result<(), Errno> {
+            Err(Errno::EFAULT)
+        }
+        fn address_hint(&self) -> u64 {
+            0
+        }
+    }
+    let source = Arc::new(Unmapped::default());
+    // 64 GiB: 16 Mi pages.
+    let pages = Pages::new(source.clone(), 0, 1 << 36, false, Account::unaccounted()).unwrap();
+    assert_eq!(pages.pin(0, pages.npages - 1, false), Err(Errno::EFAULT));
+    assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+    assert!(source.largest.load(Ordering::SeqCst) <= PIN_BATCH);
+    assert_eq!(pages.npinned(), 0);
 }

@@ -51,6 +51,9 @@ pub fn pins_by_paddr() -> std::collections::HashMap<u64, u32> {
 pub(crate) static DROPPED_WHILE_PINNED: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 
+/// Most pages [`Pages::pin`] asks its source for (and charges) at a time.
+pub const PIN_BATCH: u64 = 4096;
+
 /// The CPU page size all page bookkeeping is done in.
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -173,27 +176,52 @@ impl Pages {
 
     /// Adds one pin user to pages `[first, last]`, returning their physical addresses. Pages not yet
     /// pinned are made resident and charged; on any failure nothing changes.
+    ///
+    /// New pages are fetched from the source and charged in batches of at most [`PIN_BATCH`], as
+    /// the kernel pins: the memory this costs the daemon grows only with what was really pinned
+    /// and charged, so a huge range of unmapped (or over-limit) memory fails at its first batch
+    /// instead of making the daemon build per-page tables for all of it first.
     pub fn pin(&self, first: u64, last: u64, write: bool) -> Result<Vec<u64>, Errno> {
         debug_assert!(first <= last && last < self.npages);
         let mut pins = self.pins.lock().unwrap();
-        let fresh: Vec<u64> = (first..=last).filter(|i| !pins.contains_key(i)).collect();
-        let mut fresh_paddrs = BTreeMap::new();
-        // Fetch the new pages run by run so a large mapping costs few /proc reads.
-        let mut i = 0;
-        while i < fresh.len() {
-            let mut j = i + 1;
-            while j < fresh.len() && fresh[j] == fresh[j - 1] + 1 {
-                j += 1;
+        // The runs of pages not pinned yet: the gaps between the pinned pages of the range.
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut cur = first;
+        for &i in pins.range(first..=last).map(|(i, _)| i) {
+            if i > cur {
+                runs.push((cur, i - cur));
             }
-            #[cfg(test)]
-            super::failpoint::check(Errno::EFAULT)?;
-            let run = self.source.pin(fresh[i], (j - i) as u64, write)?;
-            for (k, paddr) in run.into_iter().enumerate() {
-                fresh_paddrs.insert(fresh[i] + k as u64, paddr);
-            }
-            i = j;
+            cur = i + 1;
         }
-        self.account.lock().unwrap().charge(fresh.len() as u64)?;
+        if cur <= last {
+            runs.push((cur, last - cur + 1));
+        }
+        let mut fresh_paddrs = BTreeMap::new();
+        let mut charged = 0u64;
+        let undo = |charged: u64, e: Errno| {
+            self.account.lock().unwrap().uncharge(charged);
+            e
+        };
+        for (start, count) in runs {
+            let mut done = 0;
+            while done < count {
+                let n = (count - done).min(PIN_BATCH);
+                #[cfg(test)]
+                super::failpoint::check(Errno::EFAULT).map_err(|e| undo(charged, e))?;
+                let batch = self
+                    .source
+                    .pin(start + done, n, write)
+                    .map_err(|e| undo(charged, e))?;
+                // The ledger's guard must be gone before `undo` takes it again.
+                let charge = self.account.lock().unwrap().charge(n);
+                charge.map_err(|e| undo(charged, e))?;
+                charged += n;
+                for (k, paddr) in batch.into_iter().enumerate() {
+                    fresh_paddrs.insert(start + done + k as u64, paddr);
+                }
+                done += n;
+            }
+        }
         let mut out = Vec::with_capacity((last - first + 1) as usize);
         for index in first..=last {
             let entry = pins.entry(index).or_insert(PinnedPage {
