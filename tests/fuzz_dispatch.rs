@@ -153,11 +153,12 @@ fn allowed(cmd: u32) -> &'static [Errno] {
         IOMMU_VFIO_IOAS => &[EFAULT, EINVAL, E2BIG, EOPNOTSUPP, ENOENT, ENODEV],
         IOMMU_IOAS_CHANGE_PROCESS => &[EFAULT, EINVAL, E2BIG, EOPNOTSUPP, ENOMEM, EBUSY, EPERM],
         // The selftest's hardware queue N needs queue N - 1 (EIO, as the kernel's mock); the
-        // queue's internal access needs page-aligned areas (EADDRINUSE, iopt_add_access); the
-        // rounded range may overflow (ERANGE).
+        // queue's internal access needs page-aligned areas (EADDRINUSE, iopt_add_access) and
+        // readable ones (EPERM, as an access pin checks); the rounded range may overflow
+        // (ERANGE).
         IOMMU_HW_QUEUE_ALLOC => &[
             EFAULT, EINVAL, E2BIG, EOPNOTSUPP, ENOENT, ENOMEM, ENOSPC, EBUSY, EEXIST, EOVERFLOW,
-            EIO, EADDRINUSE, ERANGE,
+            EIO, EADDRINUSE, ERANGE, EPERM,
         ],
         // Attaching a device to a page table may meet reserved ranges and existing areas.
         IOMMU_HWPT_ALLOC | IOMMU_VIOMMU_ALLOC | IOMMU_VDEVICE_ALLOC => &[
