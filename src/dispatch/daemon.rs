@@ -173,11 +173,18 @@ impl Drop for ContextHold {
     }
 }
 
+/// A context as the daemon finds it: alive while anything holds it (its file, holds, in-process
+/// users of [`Daemon::new_context`]); its lifetime only when it was opened through a file.
+struct Registered {
+    ctx: Weak<Context>,
+    life: Weak<Lifetime>,
+}
+
 /// State shared by every open file.
 pub struct Daemon {
     table: Vec<Option<Op>>,
     /// Every context not yet torn down.
-    contexts: Mutex<HashMap<u64, Arc<Lifetime>>>,
+    contexts: Mutex<HashMap<u64, Registered>>,
     /// Whether the selftest surface is served (IOMMU_TEST_CMD and its object fds).
     selftest: bool,
     /// Open contexts per opening uid (see [`CONTEXTS_PER_USER`]).
@@ -219,25 +226,46 @@ impl Daemon {
         self.observer.set(observer).is_ok()
     }
 
-    /// A new context, as an open() would create (also used in-process by tests and replay). It
-    /// lives until [`Self::release_context`] and the last [`ContextHold`] are gone.
+    /// A new context as in-process users (tests, replay) make them: it lives as long as they
+    /// hold it, and no fd can name it.
     pub fn new_context(self: &Arc<Self>, node: &NodeKind) -> Arc<Context> {
-        self.new_lifetime(node).ctx.clone()
+        let ctx = self.make_context(node);
+        self.register(&ctx, Weak::new());
+        ctx
     }
 
-    fn new_lifetime(self: &Arc<Self>, node: &NodeKind) -> Arc<Lifetime> {
+    fn make_context(&self, node: &NodeKind) -> Arc<Context> {
         let ctx = Arc::new(Context::new());
         if *node == NodeKind::VfioContainer {
             // /dev/vfio/vfio keeps VFIO's per-process accounting.
             let _ = ctx.set_account_mode(AccountMode::Process);
         }
+        ctx
+    }
+
+    fn register(&self, ctx: &Arc<Context>, life: Weak<Lifetime>) {
+        let mut all = self.contexts.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|_, r| r.ctx.strong_count() > 0);
+        all.insert(
+            ctx.id,
+            Registered {
+                ctx: Arc::downgrade(ctx),
+                life,
+            },
+        );
+    }
+
+    /// A context opened through a file: it lives until the file is released and the last
+    /// [`ContextHold`] is gone.
+    fn new_lifetime(self: &Arc<Self>, node: &NodeKind) -> Arc<Lifetime> {
+        let ctx = self.make_context(node);
         let life = Arc::new(Lifetime {
             daemon: Arc::downgrade(self),
             ctx: ctx.clone(),
             slot: Mutex::new(None),
             state: Mutex::new((true, 0)),
         });
-        self.contexts.lock().unwrap().insert(ctx.id, life.clone());
+        self.register(&ctx, Arc::downgrade(&life));
         if let Some(o) = self.observer.get() {
             o.open(&ctx, node);
         }
@@ -245,12 +273,20 @@ impl Daemon {
     }
 
     fn lifetime(&self, id: u64) -> Option<Arc<Lifetime>> {
-        self.contexts.lock().unwrap().get(&id).cloned()
+        self.contexts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .and_then(|r| r.life.upgrade())
     }
 
     /// The live context with this id.
     pub fn context(&self, id: u64) -> Option<Arc<Context>> {
-        self.lifetime(id).map(|l| l.ctx.clone())
+        self.contexts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .and_then(|r| r.ctx.upgrade())
     }
 
     /// A hold on the live context with this id (None when it is gone or going).
@@ -313,9 +349,9 @@ impl Daemon {
         let contexts: Vec<Arc<Context>> = self
             .contexts
             .lock()
-            .unwrap()
+            .unwrap_or_else(|p| p.into_inner())
             .values()
-            .map(|l| l.ctx.clone())
+            .filter_map(|r| r.ctx.upgrade())
             .collect();
         let objects: usize = contexts.iter().map(|c| c.num_objects()).sum();
         let detail: Vec<serde_json::Value> = contexts

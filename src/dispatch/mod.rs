@@ -2,6 +2,8 @@
 
 pub mod daemon;
 pub mod extensions;
+#[cfg(test)]
+mod fail_nth;
 pub mod handles;
 pub mod hwpt_cmds;
 pub mod ioas_cmds;

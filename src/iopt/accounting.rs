@@ -46,6 +46,15 @@ pub fn charged_to_process(key: u64) -> u64 {
         .unwrap_or(0)
 }
 
+/// Pages charged in process mode over all process identities (leak checks).
+pub fn charged_to_processes() -> u64 {
+    PER_PROCESS
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map_or(0, |m| m.values().sum())
+}
+
 /// Pages charged to user `uid` in user mode.
 pub fn charged_to_user(uid: u32) -> u64 {
     PER_USER
@@ -137,6 +146,8 @@ impl Account {
         if npages == 0 {
             return Ok(());
         }
+        #[cfg(test)]
+        super::failpoint::check(Errno::ENOMEM)?;
         match self.mode {
             AccountMode::None => {}
             AccountMode::User => {

@@ -32,6 +32,8 @@
 mod access;
 pub mod accounting;
 mod alloc;
+#[cfg(test)]
+pub(crate) mod failpoint;
 pub mod limits;
 pub mod pages;
 pub mod source;
@@ -773,6 +775,8 @@ fn map_area_into(domain: &dyn Domain, area: &Area, paddrs: &[u64]) -> Result<(),
     let mut run: Option<(u64, u64, u64)> = None; // (iova, paddr, len)
     let mut mapped: Vec<(u64, u64)> = Vec::new();
     let flush = |run: (u64, u64, u64), mapped: &mut Vec<(u64, u64)>| -> Result<(), Errno> {
+        #[cfg(test)]
+        failpoint::check(Errno::ENOMEM)?;
         domain.map(run.0, run.1, run.2, area.prot)?;
         mapped.push((run.0, run.2));
         Ok(())

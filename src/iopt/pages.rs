@@ -48,8 +48,14 @@ pub fn pins_by_paddr() -> std::collections::HashMap<u64, u32> {
 /// The CPU page size all page bookkeeping is done in.
 pub const PAGE_SIZE: u64 = 4096;
 
-/// Pages pinned (and charged) per step of [`Pages::pin`].
-pub const PIN_BATCH: u64 = 1024;
+/// Pages whose last pin was released by [`Pages`]' drop instead of an unpin: a leaked pin that
+/// the drop covered up (the fault-injection tests require it to stay 0).
+#[cfg(test)]
+pub(crate) static DROPPED_WHILE_PINNED: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
+/// Most pages [`Pages::pin`] asks its source for (and charges) at a time.
+pub const PIN_BATCH: u64 = 4096;
 
 /// Where the bytes of a [`Pages`] live. Offsets are relative to the page-aligned start of the backing.
 pub trait PageSource: Send + Sync + fmt::Debug {
@@ -171,85 +177,64 @@ impl Pages {
     /// Adds one pin user to pages `[first, last]`, returning their physical addresses. Pages not yet
     /// pinned are made resident and charged; on any failure nothing changes.
     ///
-    /// Works in batches of [`PIN_BATCH`] pages, each charged as it is pinned (as the kernel's
-    /// reader does): the daemon's bookkeeping for a range is bounded by what the owner may
-    /// charge, however long the range a client names.
+    /// New pages are fetched from the source and charged in batches of at most [`PIN_BATCH`], as
+    /// the kernel pins: the memory this costs the daemon grows only with what was really pinned
+    /// and charged, so a huge range of unmapped (or over-limit) memory fails at its first batch
+    /// instead of making the daemon build per-page tables for all of it first.
     pub fn pin(&self, first: u64, last: u64, write: bool) -> Result<Vec<u64>, Errno> {
         debug_assert!(first <= last && last < self.npages);
-        let pins = self.pins.lock().unwrap();
+        let mut pins = self.pins.lock().unwrap();
+        // The runs of pages not pinned yet: the gaps between the pinned pages of the range.
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut cur = first;
+        for &i in pins.range(first..=last).map(|(i, _)| i) {
+            if i > cur {
+                runs.push((cur, i - cur));
+            }
+            cur = i + 1;
+        }
+        if cur <= last {
+            runs.push((cur, last - cur + 1));
+        }
+        let undo = |charged: u64, e: Errno| {
+            self.account.lock().unwrap().uncharge(charged);
+            e
+        };
         // Populating a file's holes allocates pages charged to the daemon, not to the client:
-        // for files the charge against the owner's limit comes first, so a client cannot make
-        // the daemon allocate more than its RLIMIT_MEMLOCK (the kernel pins first, but charges
-        // the allocation to the caller's memory cgroup).
+        // for files the whole charge against the owner's limit comes first, so a client cannot
+        // make the daemon allocate more than its RLIMIT_MEMLOCK (the kernel pins first, but
+        // charges the allocation to the caller's memory cgroup).
         let charge_first = self.source.is_file();
-        let mut fresh_paddrs = BTreeMap::new();
         let mut charged = 0u64;
         if charge_first {
-            // The whole range up front: not one page is populated past the owner's limit.
-            let fresh = (last - first + 1) - pins.range(first..=last).count() as u64;
+            let fresh: u64 = runs.iter().map(|r| r.1).sum();
             self.account.lock().unwrap().charge(fresh)?;
             charged = fresh;
         }
-        let mut batch_first = first;
-        let outcome = loop {
-            if batch_first > last {
-                break Ok(());
-            }
-            let batch_last = batch_first.saturating_add(PIN_BATCH - 1).min(last);
-            let fresh: Vec<u64> = (batch_first..=batch_last)
-                .filter(|i| !pins.contains_key(i))
-                .collect();
-            let n = fresh.len() as u64;
-            match self.pin_fresh(&fresh, write) {
-                Ok(got) => fresh_paddrs.extend(got),
-                Err(e) => break Err(e),
-            }
-            if !charge_first {
-                if let Err(e) = self.account.lock().unwrap().charge(n) {
-                    break Err(e);
-                }
-                charged += n;
-            }
-            match batch_last.checked_add(1) {
-                Some(next) => batch_first = next,
-                None => break Ok(()),
-            }
-        };
-        if let Err(e) = outcome {
-            self.account.lock().unwrap().uncharge(charged);
-            return Err(e);
-        }
-        Ok(self.finish_pin(pins, first, last, fresh_paddrs))
-    }
-
-    /// Physical addresses of the pages `fresh` (sorted), fetched from the source run by run.
-    fn pin_fresh(&self, fresh: &[u64], write: bool) -> Result<BTreeMap<u64, u64>, Errno> {
         let mut fresh_paddrs = BTreeMap::new();
-        // Fetch the new pages run by run so a large mapping costs few /proc reads.
-        let mut i = 0;
-        while i < fresh.len() {
-            let mut j = i + 1;
-            while j < fresh.len() && fresh[j] == fresh[j - 1] + 1 {
-                j += 1;
+        for (start, count) in runs {
+            let mut done = 0;
+            while done < count {
+                let n = (count - done).min(PIN_BATCH);
+                #[cfg(test)]
+                super::failpoint::check(Errno::EFAULT).map_err(|e| undo(charged, e))?;
+                let batch = self
+                    .source
+                    .pin(start + done, n, write)
+                    .map_err(|e| undo(charged, e))?;
+                if !charge_first {
+                    // The ledger's guard must be gone before `undo` takes it again.
+                    let charge = self.account.lock().unwrap().charge(n);
+                    charge.map_err(|e| undo(charged, e))?;
+                    charged += n;
+                }
+                for (k, paddr) in batch.into_iter().enumerate() {
+                    fresh_paddrs.insert(start + done + k as u64, paddr);
+                }
+                done += n;
             }
-            let run = self.source.pin(fresh[i], (j - i) as u64, write)?;
-            for (k, paddr) in run.into_iter().enumerate() {
-                fresh_paddrs.insert(fresh[i] + k as u64, paddr);
-            }
-            i = j;
         }
-        Ok(fresh_paddrs)
-    }
-
-    /// Records one more user of every page of `[first, last]`; `fresh_paddrs` are the pages
-    /// pinned (and charged) just now.
-    fn finish_pin(
-        &self,
-        mut pins: std::sync::MutexGuard<'_, BTreeMap<u64, PinnedPage>>,
-        first: u64,
-        last: u64,
-        fresh_paddrs: BTreeMap<u64, u64>,
-    ) -> Vec<u64> {
+        // Pages already pinned were charged before: the answer grows only with what is charged.
         let mut out = Vec::new();
         for index in first..=last {
             let entry = pins.entry(index).or_insert(PinnedPage {
@@ -259,7 +244,7 @@ impl Pages {
             entry.users += 1;
             out.push(entry.paddr);
         }
-        out
+        Ok(out)
     }
 
     /// Drops one pin user from pages `[first, last]`; pages left without users are uncharged.
@@ -292,6 +277,8 @@ impl Drop for Pages {
     fn drop(&mut self) {
         let n = self.pins.get_mut().unwrap().len() as u64;
         if n != 0 {
+            #[cfg(test)]
+            DROPPED_WHILE_PINNED.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
             crate::warn_limited!(pages = n, "pages dropped while still pinned; uncharging");
             self.account.get_mut().unwrap().uncharge(n);
         }

@@ -71,14 +71,17 @@ impl Access {
         new.iopt().add_access(self.key, self.alignment())?;
         ctx.add_user(ioas_id)?;
         new.attach_access(self);
-        if let Some((old_id, old)) = cur.take() {
-            // Let the owner drop pins on the old IOAS before it goes.
+        if cur.is_some() {
+            // Let the owner drop its pins on the old IOAS first, while this access is still
+            // attached to it: the owner unpins through `unpin_pages`, which needs the IOAS.
             drop(cur);
             self.ops.unmap(self, 0, u64::MAX);
-            old.detach_access(self);
-            old.iopt().remove_access(self.key);
-            ctx.remove_user(old_id);
             cur = self.ioas.lock().unwrap();
+            if let Some((old_id, old)) = cur.take() {
+                old.detach_access(self);
+                old.iopt().remove_access(self.key);
+                ctx.remove_user(old_id);
+            }
         }
         *cur = Some((ioas_id, new));
         Ok(())
@@ -116,11 +119,15 @@ impl Access {
         self.ops.unmap(self, iova, length);
     }
 
-    /// Detaches from its IOAS (releasing pins through the owner first).
+    /// Detaches from its IOAS (releasing pins through the owner first, while still attached:
+    /// the owner unpins through `unpin_pages`, which needs the IOAS).
     pub fn detach(&self, ctx: &Context) {
+        if self.ioas.lock().unwrap().is_none() {
+            return;
+        }
+        self.ops.unmap(self, 0, u64::MAX);
         let taken = self.ioas.lock().unwrap().take();
         if let Some((id, ioas)) = taken {
-            self.ops.unmap(self, 0, u64::MAX);
             ioas.detach_access(self);
             ioas.iopt().remove_access(self.key);
             ctx.remove_user(id);
