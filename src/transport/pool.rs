@@ -133,7 +133,8 @@ impl Pool {
         let limit = self.shared.queued_bytes_per_user;
         let mut st = self.shared.lock();
         let lane = st.lanes.entry(key).or_default();
-        if !lane.queue.is_empty() && lane.queued_bytes.saturating_add(bytes) > limit {
+        // A weightless job (a RELEASE) is never refused.
+        if bytes > 0 && !lane.queue.is_empty() && lane.queued_bytes.saturating_add(bytes) > limit {
             return Err(job);
         }
         lane.queue.push_back((job, bytes));
@@ -283,8 +284,10 @@ mod tests {
             });
             assert!(pool.submit(1, 10, job).is_ok());
         }
-        // Its queue is full by bytes now: more is refused; another user's big message is not.
+        // Its queue is full by bytes now: more is refused (but never a weightless job); another
+        // user's big message is not.
         assert!(pool.submit(1, 600, Box::new(|| ())).is_err());
+        assert!(pool.submit(1, 0, Box::new(|| ())).is_ok());
         let (tx, rx) = mpsc::channel();
         let job: Job = Box::new(move || tx.send(()).unwrap());
         assert!(pool.submit(2, 5000, job).is_ok());
