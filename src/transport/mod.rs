@@ -11,8 +11,8 @@
 //! t.serve_until(shutdown).await?;                               // stops, releases, unmounts
 //! ```
 //!
-//! Both must run inside a tokio runtime (the multi-threaded one is expected; requests that call the
-//! service run on `spawn_blocking` threads).
+//! Both must run inside a tokio runtime (the multi-threaded one is expected). Requests that call the
+//! service run on the transport's own fixed worker pool (`pool`: per-user lanes), never on tokio.
 //!
 //! # What is served
 //!
@@ -31,8 +31,10 @@
 //! [`Transport::start`] detaches stale mounts of ours (or dead FUSE mounts) at the mount point (and at
 //! the /dev targets with `--bind-dev`), starts the readers, mounts, and returns once INIT (and each
 //! CUSE_INIT) was answered. Shutdown undoes the bind mounts and lazily unmounts first (while requests
-//! are still served, so no path walk can wait on us), then stops reading, waits for requests in flight,
-//! calls [`OpenFile::release`] on every file still open and closes the device fds.
+//! are still served, so no path walk can wait on us), waits up to [`SHUTDOWN_GRACE`] for requests
+//! in flight (the readers still answer the daemon's own queries meanwhile), stops reading, and —
+//! only if everything finished — calls [`OpenFile::release`] on every file still open; the device
+//! fds close with the process.
 
 pub mod handler;
 pub mod mounts;
