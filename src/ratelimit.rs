@@ -1,7 +1,7 @@
 //! Rate-limited logging for lines a client can cause.
 //!
 //! Any local user can send the daemon bad requests as fast as it likes; a log line per bad request
-//! would let them fill the disk or drown real messages. Each call site of [`warn_limited!`] gets its
+//! would let them fill the disk or drown real messages. Each call site of [`crate::warn_limited!`] gets its
 //! own budget (like the kernel's printk_ratelimit: a burst per interval) and reports how many lines
 //! it swallowed with the next one it lets through.
 
@@ -81,7 +81,7 @@ macro_rules! warn_limited {
     }};
 }
 
-/// [`warn_limited!`] at error level (for panics caught in a request).
+/// [`crate::warn_limited!`] at error level (for panics caught in a request).
 #[macro_export]
 macro_rules! error_limited {
     ($($arg:tt)+) => {{
