@@ -188,8 +188,9 @@ fn say(line: &str) {
 // Client-side helpers
 // ---------------------------------------------------------------------------------------------
 
-/// An anonymous buffer at exactly `FIXED`, filled with `byte`.
-fn fixed_buffer(byte: u8) -> *mut u8 {
+/// An anonymous buffer at exactly `FIXED`, filled with `byte`; None if the address is taken.
+/// Allocates nothing and takes no locks, so a forked child may call it.
+fn try_fixed_buffer(byte: u8) -> Option<*mut u8> {
     let len = (BUF_PAGES * PAGE) as usize;
     // SAFETY: an anonymous mapping at an address nothing of ours uses (NOREPLACE refuses to
     // clobber); the result is checked.
@@ -203,10 +204,17 @@ fn fixed_buffer(byte: u8) -> *mut u8 {
             0,
         )
     };
-    assert_eq!(p as u64, FIXED, "mmap at the fixed address");
+    if p as u64 != FIXED {
+        return None;
+    }
     // SAFETY: the mapping is `len` bytes long and writable.
     unsafe { std::ptr::write_bytes(p.cast::<u8>(), byte, len) };
-    p.cast()
+    Some(p.cast())
+}
+
+/// [`try_fixed_buffer`] that must succeed.
+fn fixed_buffer(byte: u8) -> *mut u8 {
+    try_fixed_buffer(byte).expect("mmap at the fixed address")
 }
 
 /// Whether every byte of the fixed buffer is still `byte`.
@@ -395,24 +403,11 @@ impl Holder {
 /// `map2` on the iommufd `fd`. Allocates nothing and takes no locks (fork-safe). 0 on success,
 /// 2 when the buffer cannot be placed, 3 when a map fails.
 fn child_maps_fixed(fd: i32, mut map: iommu_ioas_map, mut map2: iommu_ioas_map) -> i32 {
-    let len = (BUF_PAGES * PAGE) as usize;
-    // SAFETY: as in fixed_buffer, without the allocating assert.
-    let p = unsafe {
-        libc::mmap(
-            FIXED as *mut libc::c_void,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    if p as u64 != FIXED {
+    if try_fixed_buffer(MINE).is_none() {
         return 2;
     }
-    // SAFETY: in bounds of the mapping just made; each ioctl reads and writes its struct only.
+    // SAFETY: each ioctl reads and writes its struct only.
     unsafe {
-        std::ptr::write_bytes(p.cast::<u8>(), MINE, len);
         if libc::ioctl(fd, IOMMU_IOAS_MAP as libc::c_ulong, &mut map) != 0
             || libc::ioctl(fd, IOMMU_IOAS_MAP as libc::c_ulong, &mut map2) != 0
         {

@@ -257,23 +257,10 @@ fn a_stalled_client_stalls_nobody_else() {
         "SIGTERM took {:?}",
         t.elapsed()
     );
-    let mut status = 0;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        // SAFETY: reaps our own child.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if r == pid {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the stalled client never got an answer"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "client status {status:#x}"
+    assert_eq!(
+        users::wait_child(pid, Instant::now() + Duration::from_secs(10)),
+        Some(0),
+        "the stalled client gets an error (exit 0) in time"
     );
 }
 
@@ -444,12 +431,10 @@ fn short_lived_processes_cannot_fill_the_fd_table() {
         CONTEXTS * CHILDREN
     );
     nix::unistd::write(&go_w, b"g").unwrap();
-    let mut status = 0;
-    // SAFETY: reaps our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "every map worked ({status:#x})"
+    assert_eq!(
+        users::wait_child(pid, Instant::now() + Duration::from_secs(120)),
+        Some(0),
+        "every map worked"
     );
     d.stop();
 }
@@ -505,21 +490,11 @@ fn fd_taking_calls_naming_other_node_files() {
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     for pid in pids {
-        let mut status = 0;
-        loop {
-            // SAFETY: reaps our own child.
-            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if r == pid {
-                break;
-            }
-            if Instant::now() >= deadline {
-                // SAFETY: kills our own child.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                panic!("calls naming the status file were not all answered");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        assert_eq!(
+            users::wait_child(pid, deadline),
+            Some(0),
+            "calls naming the status file were not all answered"
+        );
     }
     d.stop();
 }

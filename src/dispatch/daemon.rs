@@ -544,14 +544,7 @@ pub mod context_query {
     /// FOPEN_NOFLUSH) is closed right here.
     pub fn close_dup(file: std::os::fd::OwnedFd) {
         use std::os::fd::AsFd;
-        let cuse_node = nix::sys::stat::fstat(file.as_fd()).is_ok_and(|st| {
-            st.st_mode & libc::S_IFMT == libc::S_IFCHR
-                && own_nodes()
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains(&OwnNode::CharDevice { rdev: st.st_rdev })
-        });
-        if !cuse_node {
+        if !matches!(own_node(file.as_fd()), Some(OwnNode::CharDevice { .. })) {
             return;
         }
         static CLOSER: OnceLock<
@@ -605,17 +598,15 @@ pub mod context_query {
         }
     }
 
-    /// Whether an ioctl may be sent to `file` at all: only a file the transport serves. The
-    /// daemon is root and the fd is the client's: an ioctl on any other file (another FUSE
-    /// filesystem, some character device) would be root acting for the client on a file the
-    /// daemon has no business with.
-    fn is_own_node(file: BorrowedFd<'_>) -> bool {
-        let Ok(st) = nix::sys::stat::fstat(file) else {
-            return false;
-        };
+    /// Which of the transport's context nodes `file` is, if any. Only such a file is ever sent
+    /// an ioctl: the daemon is root and the fd is the client's, and an ioctl on any other file
+    /// (another FUSE filesystem, some character device) would be root acting for the client on a
+    /// file the daemon has no business with.
+    fn own_node(file: BorrowedFd<'_>) -> Option<OwnNode> {
+        let st = nix::sys::stat::fstat(file).ok()?;
         let own = own_nodes().read().unwrap_or_else(|p| p.into_inner());
         let fmt = st.st_mode & libc::S_IFMT;
-        own.iter().any(|n| match *n {
+        own.iter().copied().find(|n| match *n {
             OwnNode::MountFile { dev, ino } => {
                 fmt == libc::S_IFREG && st.st_dev == dev && st.st_ino == ino
             }
@@ -625,7 +616,7 @@ pub mod context_query {
 
     /// The asking side: the id of the context `file` was opened as, EBADFD for any other file.
     pub fn ask(file: BorrowedFd<'_>) -> Result<u64, Errno> {
-        if !is_own_node(file) {
+        if own_node(file).is_none() {
             return Err(Errno::EBADFD);
         }
         let mut q = Query {

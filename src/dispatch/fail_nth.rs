@@ -22,16 +22,18 @@
 //! would otherwise not be charged at all), under an 8 MiB RLIMIT_MEMLOCK.
 
 use super::extensions::daemon_extensions;
+use super::harness::{check_areas_and_pins, in_uncapped_child, prepare_child, Counters, PinList};
 use super::{Daemon, NodeKind};
 use crate::caller::{CallerMemory, ProcessMemory};
-use crate::iopt::accounting::{self, AccountMode};
+use crate::iopt::accounting;
 use crate::iopt::{failpoint, Pages, PAGE_SIZE};
-use crate::objects::{Access, AccessOps, Context, Object};
+use crate::objects::{Access, Context, Object};
 use nix::errno::Errno;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 use uiommufd_uapi::iommufd::*;
 use uiommufd_uapi::selftest::*;
 use uiommufd_uapi::vfio::*;
@@ -130,23 +132,6 @@ impl Arena {
     }
 }
 
-/// Pins an access took, released when the IOAS unmaps under them (as the selftest's access does).
-#[derive(Default)]
-struct PinList(Mutex<Vec<(u64, u64)>>);
-
-impl AccessOps for PinList {
-    fn unmap(&self, access: &Access, iova: u64, length: u64) {
-        let last = iova.saturating_add(length.saturating_sub(1));
-        self.0.lock().unwrap().retain(|&(s, l)| {
-            let hit = s <= last && s + l > iova;
-            if hit {
-                access.unpin_pages(s, l);
-            }
-            !hit
-        });
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct IoasSnap {
     id: u32,
@@ -167,28 +152,6 @@ struct Snap {
     access_pins: usize,
 }
 
-/// Global counters before the session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Baseline {
-    pinned: u64,
-    user: u64,
-    process: u64,
-}
-
-fn uid() -> u32 {
-    nix::unistd::getuid().as_raw()
-}
-
-impl Baseline {
-    fn now() -> Self {
-        Self {
-            pinned: accounting::pinned_total(),
-            user: accounting::charged_to_user(uid()),
-            process: accounting::charged_to_processes(),
-        }
-    }
-}
-
 /// The outcome of one op: Ok(return value) or the errno.
 type Outcome = Result<i64, Errno>;
 
@@ -200,7 +163,7 @@ struct Session<'a> {
     /// Set-up copies of structs in and out: never faulted.
     raw: ProcessMemory,
     fault: Fault,
-    base: Baseline,
+    base: Counters,
     ctxs: Vec<Arc<Context>>,
     access: Option<(Arc<Access>, Arc<PinList>)>,
     vars: BTreeMap<String, u64>,
@@ -216,7 +179,7 @@ impl<'a> Session<'a> {
         arena: &'a Arena,
         memfd: &'a OwnedFd,
         fault: Fault,
-        base: Baseline,
+        base: Counters,
     ) -> Self {
         let nth = match fault {
             Fault::Memory(k) => Some(k),
@@ -286,7 +249,7 @@ impl<'a> Session<'a> {
             ioas,
             vfio_ioas: self.ctxs.iter().map(|c| c.vfio_ioas()).collect(),
             pinned: accounting::pinned_total(),
-            user: accounting::charged_to_user(uid()),
+            user: accounting::charged_to_user(nix::unistd::getuid().as_raw()),
             process: accounting::charged_to_processes(),
             access_pins: self
                 .access
@@ -297,62 +260,7 @@ impl<'a> Session<'a> {
 
     /// The consistency every op must leave behind.
     fn check_consistent(&self) -> Result<(), String> {
-        let mut pages: Vec<Arc<Pages>> = Vec::new();
-        for ctx in &self.ctxs {
-            for (id, o) in ctx.objects_of_type("ioas") {
-                let Object::Ioas(ioas) = o else { continue };
-                let t = ioas.iopt();
-                for a in t.areas() {
-                    let revoked = a.pages.source().revoked();
-                    if t.has_domains() != (a.filled || revoked) {
-                        return Err(format!(
-                            "ctx {} ioas {id}: area {:#x}..{:#x} filled={} with {} domains",
-                            ctx.id,
-                            a.iova,
-                            a.last,
-                            a.filled,
-                            t.domains().count()
-                        ));
-                    }
-                    if a.filled {
-                        for d in t.domains() {
-                            if d.translate(a.iova).is_none() || d.translate(a.last).is_none() {
-                                return Err(format!(
-                                    "ctx {} ioas {id}: filled area {:#x}..{:#x} not in a domain",
-                                    ctx.id, a.iova, a.last
-                                ));
-                            }
-                        }
-                    }
-                    if !pages.iter().any(|p| Arc::ptr_eq(p, &a.pages)) {
-                        pages.push(a.pages.clone());
-                    }
-                }
-            }
-        }
-        let sum = |mode: Option<AccountMode>| -> u64 {
-            pages
-                .iter()
-                .filter(|p| mode.is_none_or(|m| p.account_mode() == m))
-                .map(|p| p.npinned())
-                .sum()
-        };
-        let now = Baseline::now();
-        let got = (
-            now.pinned.wrapping_sub(self.base.pinned),
-            now.user.wrapping_sub(self.base.user),
-            now.process.wrapping_sub(self.base.process),
-        );
-        let want = (
-            sum(None),
-            sum(Some(AccountMode::User)),
-            sum(Some(AccountMode::Process)),
-        );
-        if got != want {
-            return Err(format!(
-                "pins/charges (total, user, process) above baseline {got:?}, live pages hold {want:?}"
-            ));
-        }
+        check_areas_and_pins(&self.ctxs, &self.base)?;
         let dropped = crate::iopt::pages::DROPPED_WHILE_PINNED.swap(0, Ordering::SeqCst);
         if dropped != 0 {
             return Err(format!(
@@ -881,7 +789,7 @@ impl<'a> Session<'a> {
         }
         let status: serde_json::Value =
             serde_json::from_str(&self.daemon.status_json()).map_err(|e| e.to_string())?;
-        let now = Baseline::now();
+        let now = Counters::now();
         let dropped = crate::iopt::pages::DROPPED_WHILE_PINNED.swap(0, Ordering::SeqCst);
         if now != self.base || status["contexts"] != 0 || status["objects"] != 0 || dropped != 0 {
             return Err(format!(
@@ -896,91 +804,6 @@ impl<'a> Session<'a> {
 
 const CHILD_ENV: &str = "UIOMMUFD_FAIL_NTH_CHILD";
 
-/// Runs test `name` of this binary again in a child process whose capability bounding set lacks
-/// CAP_IPC_LOCK, so that its pins are charged, with `CHILD_ENV` set; true when this is the child.
-fn in_uncapped_child(name: &str) -> bool {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        return true;
-    }
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1");
-    // SAFETY: the closure runs between fork and exec and only makes prctl and setrlimit calls,
-    // which are async-signal-safe; it touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            // EPERM without CAP_SETPCAP: then the process had no CAP_IPC_LOCK to lose.
-            libc::prctl(
-                libc::PR_CAPBSET_DROP,
-                crate::caller::CAP_IPC_LOCK as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            let limit = libc::rlimit {
-                rlim_cur: 4 << 30,
-                rlim_max: 4 << 30,
-            };
-            libc::setrlimit(libc::RLIMIT_AS, &limit);
-            Ok(())
-        });
-    }
-    // Output to a file, and a deadline: a hang (a deadlock in the daemon code) must fail the
-    // test rather than stall the run; RLIMIT_AS turns a runaway allocation into a failure of
-    // this child instead of an OOM kill on the machine.
-    let out_path = std::env::temp_dir().join(format!(
-        "uiommufd-{}-{}.out",
-        name.replace(':', "_"),
-        std::process::id()
-    ));
-    let out_file = std::fs::File::create(&out_path).expect("child output file");
-    let mut child = cmd
-        .stdout(out_file)
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("spawn the test binary");
-    let limit = std::time::Duration::from_secs(300);
-    let deadline = std::time::Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the child") {
-            break Some(status);
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let _ = std::fs::remove_file(&out_path);
-    print!("{text}");
-    let status =
-        status.unwrap_or_else(|| panic!("child run of {name} still running after {limit:?}"));
-    assert!(status.success(), "child run of {name} failed: {status}");
-    assert!(text.contains("1 passed"), "the child did not run {name}");
-    false
-}
-
-/// In the child: no CAP_IPC_LOCK (pins are charged) and an 8 MiB memlock limit.
-fn prepare_child() {
-    assert!(
-        !crate::caller::CallerMemory::capable(
-            &ProcessMemory::current(),
-            crate::caller::CAP_IPC_LOCK
-        ),
-        "CAP_IPC_LOCK still effective"
-    );
-    let (soft, hard) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK).unwrap();
-    let want = 8u64 << 20;
-    if soft > want {
-        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK, want, hard)
-            .unwrap();
-    }
-}
-
 fn memfd() -> OwnedFd {
     let fd = rustix::fs::memfd_create("fail-nth", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
     rustix::fs::ftruncate(&fd, 64 * 1024).unwrap();
@@ -989,14 +812,18 @@ fn memfd() -> OwnedFd {
 
 #[test]
 fn fail_nth_sweep() {
-    if !in_uncapped_child("dispatch::fail_nth::fail_nth_sweep") {
+    if !in_uncapped_child(
+        "dispatch::fail_nth::fail_nth_sweep",
+        CHILD_ENV,
+        Duration::ZERO,
+    ) {
         return;
     }
     prepare_child();
     let daemon = Daemon::new(daemon_extensions());
     let arena = Arena::new();
     let fd = memfd();
-    let base = Baseline::now();
+    let base = Counters::now();
 
     // The reference run counts the steps of each class.
     let mut s = Session::new(&daemon, &arena, &fd, Fault::None, base);

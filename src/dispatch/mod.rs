@@ -4,7 +4,11 @@ pub mod daemon;
 pub mod extensions;
 #[cfg(test)]
 mod fail_nth;
+#[cfg(test)]
+mod fuzz;
 pub mod handles;
+#[cfg(test)]
+mod harness;
 pub mod hwpt_cmds;
 pub mod ioas_cmds;
 pub mod selftest;

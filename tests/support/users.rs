@@ -98,7 +98,12 @@ pub fn run_forked(
         // SAFETY: ends the forked child without running the parent's exit handlers twice.
         unsafe { libc::_exit(code) };
     }
-    let deadline = Instant::now() + timeout;
+    wait_child(pid, Instant::now() + timeout)
+}
+
+/// Reaps child `pid`: its exit code (128 + signal number when killed), or None when it did not
+/// end by `deadline` (it is killed and reaped then).
+pub fn wait_child(pid: i32, deadline: Instant) -> Option<i32> {
     loop {
         let mut status = 0;
         // SAFETY: waits for our own child; `status` is a valid out-pointer.

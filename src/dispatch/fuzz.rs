@@ -22,22 +22,24 @@
 //! The cases run in a child process whose capability bounding set lacks CAP_IPC_LOCK (so that
 //! root's pins are charged) with an 8 MiB RLIMIT_MEMLOCK, so ENOMEM paths are reached too.
 
+use crate::caller::{CallerMemory, ProcessMemory};
+use crate::dispatch::extensions::daemon_extensions;
+use crate::dispatch::{Daemon, NodeKind};
+use crate::iopt::accounting;
+use crate::iopt::PAGE_SIZE;
+use crate::objects::{Access, Context, Object};
 use nix::errno::Errno;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use uiommufd::caller::{CallerMemory, ProcessMemory};
-use uiommufd::dispatch::extensions::daemon_extensions;
-use uiommufd::dispatch::{Daemon, NodeKind};
-use uiommufd::iopt::accounting::{self, AccountMode};
-use uiommufd::iopt::{Pages, PAGE_SIZE};
-use uiommufd::objects::{Access, AccessOps, Context, Object};
 use uiommufd_uapi::iommufd::*;
 use uiommufd_uapi::selftest::*;
 use uiommufd_uapi::vfio::*;
 use zerocopy::IntoBytes;
+
+use super::harness::{check_areas_and_pins, in_uncapped_child, prepare_child, Counters, PinList};
 
 // ---------------------------------------------------------------------------------------------
 // Random numbers: splitmix64, so that one u64 seed reproduces a case exactly.
@@ -196,44 +198,7 @@ fn allowed(cmd: u32) -> &'static [Errno] {
 // An in-daemon access (as an emulated device or the selftest's access uses), so that pins by
 // IOVA and unmaps across them are fuzzed too.
 
-#[derive(Default)]
-struct PinList(Mutex<Vec<(u64, u64)>>);
-
-impl AccessOps for PinList {
-    fn unmap(&self, access: &Access, iova: u64, length: u64) {
-        let last = iova.saturating_add(length.saturating_sub(1));
-        self.0.lock().unwrap().retain(|&(s, l)| {
-            let hit = s <= last && s.saturating_add(l) > iova;
-            if hit {
-                access.unpin_pages(s, l);
-            }
-            !hit
-        });
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Counters {
-    pinned: u64,
-    user: u64,
-    process: u64,
-}
-
-fn uid() -> u32 {
-    nix::unistd::getuid().as_raw()
-}
-
-impl Counters {
-    fn now() -> Self {
-        Self {
-            pinned: accounting::pinned_total(),
-            user: accounting::charged_to_user(uid()),
-            process: accounting::charged_to_processes(),
-        }
-    }
-}
 
 /// The ioctl about to be issued, for the failure report.
 #[derive(Debug, Clone)]
@@ -1100,61 +1065,7 @@ impl<'a> Case<'a> {
 
     /// The consistency every op must leave behind.
     fn check(&self) -> Result<(), String> {
-        let mut pages: Vec<Arc<Pages>> = Vec::new();
-        for ctx in &self.ctxs {
-            for (id, o) in ctx.objects_of_type("ioas") {
-                let Object::Ioas(ioas) = o else { continue };
-                let t = ioas.iopt();
-                for a in t.areas() {
-                    let revoked = a.pages.source().revoked();
-                    if t.has_domains() != (a.filled || revoked) {
-                        return Err(format!(
-                            "ioas {id}: area {:#x}..{:#x} filled={} with {} domains",
-                            a.iova,
-                            a.last,
-                            a.filled,
-                            t.domains().count()
-                        ));
-                    }
-                    if a.filled {
-                        for d in t.domains() {
-                            if d.translate(a.iova).is_none() || d.translate(a.last).is_none() {
-                                return Err(format!(
-                                    "ioas {id}: filled area {:#x}..{:#x} missing from a domain",
-                                    a.iova, a.last
-                                ));
-                            }
-                        }
-                    }
-                    if !pages.iter().any(|p| Arc::ptr_eq(p, &a.pages)) {
-                        pages.push(a.pages.clone());
-                    }
-                }
-            }
-        }
-        let sum = |mode: Option<AccountMode>| -> u64 {
-            pages
-                .iter()
-                .filter(|p| mode.is_none_or(|m| p.account_mode() == m))
-                .map(|p| p.npinned())
-                .sum()
-        };
-        let now = Counters::now();
-        let got = (
-            now.pinned.wrapping_sub(self.base.pinned),
-            now.user.wrapping_sub(self.base.user),
-            now.process.wrapping_sub(self.base.process),
-        );
-        let want = (
-            sum(None),
-            sum(Some(AccountMode::User)),
-            sum(Some(AccountMode::Process)),
-        );
-        if got != want {
-            return Err(format!(
-                "pins/charges (total, user, process) above baseline {got:?}, live pages hold {want:?}"
-            ));
-        }
+        check_areas_and_pins(&self.ctxs, &self.base)?;
         let status: serde_json::Value =
             serde_json::from_str(&self.daemon.status_json()).map_err(|e| e.to_string())?;
         let objects: usize = self.ctxs.iter().map(|c| c.num_objects()).sum();
@@ -1383,84 +1294,14 @@ const CI_CASES: u64 = 2000;
 const CI_SEED: u64 = 0x1105_5eed;
 const CHILD_ENV: &str = "UIOMMUFD_FUZZ_CHILD";
 
-/// Runs this test again in a child without CAP_IPC_LOCK; true when this is the child.
-fn in_uncapped_child(name: &str) -> bool {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        return true;
-    }
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1");
-    // SAFETY: runs between fork and exec and only makes prctl and setrlimit calls, which are
-    // async-signal-safe; it touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            // EPERM without CAP_SETPCAP: then there was no CAP_IPC_LOCK to lose.
-            libc::prctl(libc::PR_CAPBSET_DROP, 14 as libc::c_ulong, 0, 0, 0);
-            let limit = libc::rlimit {
-                rlim_cur: 4 << 30,
-                rlim_max: 4 << 30,
-            };
-            libc::setrlimit(libc::RLIMIT_AS, &limit);
-            Ok(())
-        });
-    }
-    // Output to a file, and a deadline: a hang (a deadlock in the daemon code) must fail the
-    // test rather than stall the run; RLIMIT_AS turns a runaway allocation into a failure of
-    // this child instead of an OOM kill on the machine.
-    let out_path = std::env::temp_dir().join(format!(
-        "uiommufd-{}-{}.out",
-        name.replace(':', "_"),
-        std::process::id()
-    ));
-    let out_file = std::fs::File::create(&out_path).expect("child output file");
-    let mut child = cmd
-        .stdout(out_file)
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("spawn the test binary");
-    let limit = Duration::from_secs(300 + env_u64("UIOMMUFD_FUZZ_SECONDS").unwrap_or(0));
-    let deadline = std::time::Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the child") {
-            break Some(status);
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let _ = std::fs::remove_file(&out_path);
-    print!("{text}");
-    let status =
-        status.unwrap_or_else(|| panic!("child run of {name} still running after {limit:?}"));
-    assert!(status.success(), "child run of {name} failed: {status}");
-    assert!(text.contains("1 passed"), "the child did not run {name}");
-    false
-}
-
 #[test]
 fn fuzz_dispatch() {
-    if !in_uncapped_child("fuzz_dispatch") {
+    let extra = Duration::from_secs(env_u64("UIOMMUFD_FUZZ_SECONDS").unwrap_or(0));
+    if !in_uncapped_child("dispatch::fuzz::fuzz_dispatch", CHILD_ENV, extra) {
         return;
     }
     // Charged like any user: no CAP_IPC_LOCK, at most 8 MiB locked.
-    assert!(
-        !uiommufd::caller::CallerMemory::capable(
-            &uiommufd::caller::ProcessMemory::current(),
-            uiommufd::caller::CAP_IPC_LOCK
-        ),
-        "CAP_IPC_LOCK still effective"
-    );
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_MEMLOCK).unwrap();
-    if soft > 8 << 20 {
-        setrlimit(Resource::RLIMIT_MEMLOCK, 8 << 20, hard).unwrap();
-    }
+    prepare_child();
 
     let seconds = env_u64("UIOMMUFD_FUZZ_SECONDS");
     let cases = env_u64("UIOMMUFD_FUZZ_CASES").unwrap_or(if seconds.is_some() {
