@@ -26,6 +26,10 @@ enum Command {
         /// `dmacopy[:NAME]`: a DMA copy engine, PCI 1234:dc01 (default NAME dmacopy0).
         #[arg(long = "device", value_name = "dmacopy[:NAME]", value_parser = uiommufd::devices::parse_spec)]
         devices: Vec<String>,
+        /// Serve a real PCI device (bound to vfio-pci) as `<mount>/vfio/devices/BDF`, behind a
+        /// kernel VFIO type1 container that mirrors the page table it attaches to (repeatable).
+        #[arg(id = "vfio_devices", long = "vfio", value_name = "BDF", value_parser = uiommufd::backends::vfio::host::parse_bdf)]
+        vfio_devices: Vec<String>,
         /// Also serve the kernel selftest's surface (IOMMU_TEST_CMD: mock devices, test accesses,
         /// dma-bufs), as a kernel built with CONFIG_IOMMUFD_TEST. Off by default: on a shared host
         /// it would hand every user of the node the selftest's raw access paths.
@@ -53,8 +57,9 @@ fn main() -> std::process::ExitCode {
             transport,
             record,
             devices,
+            vfio_devices,
             selftest,
-        } => serve(transport, record, devices, selftest),
+        } => serve(transport, record, devices, vfio_devices, selftest),
         Command::Replay(args) => uiommufd::replay::main(args),
         Command::Launch(args) => uiommufd::launch::main(args),
     }
@@ -64,6 +69,7 @@ fn serve(
     opts: uiommufd::transport::TransportOptions,
     record: Option<std::path::PathBuf>,
     devices: Vec<String>,
+    vfio: Vec<String>,
     selftest: bool,
 ) -> std::process::ExitCode {
     // Client files are held one fd each; give the daemon all the fds it may have.
@@ -85,10 +91,18 @@ fn serve(
     } else {
         uiommufd::dispatch::extensions::production_extensions()
     };
-    let daemon = if devices.is_empty() {
+    let hosts =
+        match uiommufd::backends::vfio::host::open_devices(std::path::Path::new("/sys"), &vfio) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!("{e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+    let daemon = if devices.is_empty() && hosts.is_empty() {
         Daemon::new(ext)
     } else {
-        match uiommufd::devices::daemon_with_dmacopy(ext, &devices) {
+        match uiommufd::devices::daemon_with_devices(ext, &devices, hosts) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(%e, "bad --device");

@@ -1,9 +1,38 @@
 //! Backends: the IOMMU domains an io_pagetable mirrors its mappings into.
 //!
-//! A domain receives physically contiguous runs (`paddr` is a real physical address: page frame
-//! number from /proc/<pid>/pagemap × CPU page size + offset), one call per run, IO-page aligned.
+//! A domain consumes an area's memory in one of two ways ([`Backing`]):
+//! - physical frames: physically contiguous runs (`paddr` is a real physical address: page frame
+//!   number from /proc/<pid>/pagemap × CPU page size + offset), one call per run, IO-page
+//!   aligned; the io_pagetable pins (and charges) the pages first (the mock, soft domains);
+//! - daemon addresses: the same pages mapped into the daemon ([`VaRun`]); the domain pins by
+//!   itself (a kernel VFIO type1 container), so the io_pagetable only charges the caller.
 
 pub mod mock;
+pub mod vfio;
+
+/// How a domain wants an area's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// Physical addresses, pinned by the io_pagetable ([`Domain::map`]).
+    Frames,
+    /// Daemon virtual addresses; the domain pins by itself ([`Domain::map_va`]).
+    DaemonVa,
+}
+
+/// A run of an area's memory as mapped into the daemon: `len` bytes at daemon address `va`,
+/// kept mapped while `keep` lives.
+#[derive(Clone)]
+pub struct VaRun {
+    pub va: u64,
+    pub len: u64,
+    pub keep: std::sync::Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for VaRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VaRun({:#x}+{:#x})", self.va, self.len)
+    }
+}
 
 use nix::errno::Errno;
 
@@ -34,6 +63,18 @@ pub trait Domain: Send + Sync + std::fmt::Debug {
     /// IOVA ranges `[start, last]` this domain can never map (reserved regions of its devices).
     fn reserved_ranges(&self) -> Vec<(u64, u64)> {
         Vec::new()
+    }
+    /// The concrete domain, for drivers that need their own type back (device compatibility).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
+    /// How this domain consumes memory.
+    fn backing(&self) -> Backing {
+        Backing::Frames
+    }
+    /// Maps `run` at `iova` (domains with [`Backing::DaemonVa`]); same rules as [`Domain::map`].
+    fn map_va(&self, _iova: u64, _run: &VaRun, _prot: Prot) -> Result<(), Errno> {
+        Err(Errno::EOPNOTSUPP)
     }
     /// Maps `len` bytes at `iova` to physically contiguous memory at `paddr`. EEXIST if any part of
     /// the range is already mapped; on error nothing of the range stays mapped.

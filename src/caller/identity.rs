@@ -159,6 +159,8 @@ pub struct ProcessHandle {
     /// charging against the last limit of a dead owner). 0 if it could not be read.
     limit_at_bind: u64,
     bound: Mutex<Option<Arc<Bound>>>,
+    /// The daemon's mappings of this process's shared memory (see [`super::shared`]).
+    pub(super) views: Mutex<super::shared::ViewCache>,
 }
 
 fn errno_of(e: &std::io::Error) -> Errno {
@@ -267,6 +269,7 @@ impl ProcessHandle {
                 pidfd,
                 _slot: slot,
             }))),
+            views: Mutex::new(Default::default()),
         })
     }
 
@@ -440,6 +443,20 @@ impl ProcessHandle {
         Ok(out)
     }
 
+    /// Opens the file behind the VMA `[start, end)` through `/proc/<tgid>/map_files` of the bound
+    /// process (needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE, which the daemon has).
+    pub(super) fn open_vma_file(
+        &self,
+        start: u64,
+        end: u64,
+        write: bool,
+    ) -> Result<OwnedFd, Errno> {
+        use rustix::fs::OFlags;
+        let b = self.bound()?;
+        let flags = if write { OFlags::RDWR } else { OFlags::RDONLY };
+        open_at(&b.proc_dir, &format!("map_files/{start:x}-{end:x}"), flags)
+    }
+
     /// Every VMA of the bound address space now.
     pub fn vmas(&self) -> Result<Vec<Vma>, Errno> {
         self.vmas_in(0, u64::MAX)
@@ -527,6 +544,9 @@ fn procmap_query(maps: &File, addr: u64) -> Result<Option<Vma>, Errno> {
         read: q.vma_flags & PROCMAP_QUERY_VMA_READABLE != 0,
         write: q.vma_flags & PROCMAP_QUERY_VMA_WRITABLE != 0,
         private: q.vma_flags & PROCMAP_QUERY_VMA_SHARED == 0,
+        offset: q.vma_offset,
+        dev: (q.dev_major, q.dev_minor),
+        inode: q.inode,
     }))
 }
 
@@ -539,6 +559,11 @@ pub struct Vma {
     pub write: bool,
     /// MAP_PRIVATE (copy-on-write) rather than MAP_SHARED.
     pub private: bool,
+    /// Offset in the mapped file of `start` (bytes; 0 for anonymous memory).
+    pub offset: u64,
+    /// Device (major, minor) and inode of the mapped file ((0, 0) and 0 for anonymous memory).
+    pub dev: (u32, u32),
+    pub inode: u64,
 }
 
 /// Parses the text of a maps file.
@@ -549,12 +574,20 @@ pub fn parse_maps(maps: &str) -> Vec<Vma> {
             let range = it.next()?;
             let perms = it.next()?.as_bytes();
             let (s, e) = range.split_once('-')?;
+            let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+            let (major, minor) = it.next()?.split_once(':')?;
             Some(Vma {
                 start: u64::from_str_radix(s, 16).ok()?,
                 end: u64::from_str_radix(e, 16).ok()?,
                 read: perms.first() == Some(&b'r'),
                 write: perms.get(1) == Some(&b'w'),
                 private: perms.get(3) == Some(&b'p'),
+                offset,
+                dev: (
+                    u32::from_str_radix(major, 16).ok()?,
+                    u32::from_str_radix(minor, 16).ok()?,
+                ),
+                inode: it.next()?.parse().ok()?,
             })
         })
         .collect()

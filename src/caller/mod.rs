@@ -13,6 +13,7 @@
 
 pub mod identity;
 mod process;
+pub mod shared;
 
 pub use identity::{Credentials, ProcessHandle, ProcessHandles};
 pub use process::ProcessMemory;

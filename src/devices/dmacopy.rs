@@ -10,17 +10,18 @@
 //!
 //! Locks: `binding` is taken before `access`; `hw` is never held while calling into the context.
 
+use super::cdev::CdevBinding;
 use super::config::{Config, BAR0_SIZE, CONFIG_SIZE};
 use super::domain::{SoftDomain, SOFT_APERTURE, SOFT_PGSIZE_BITMAP};
 use super::irq::{self, Irqs};
 use super::regs::{Dma, Regs, REGS_SIZE};
 use crate::backends::Domain;
-use crate::caller::{read_struct, CallerMemory};
+use crate::caller::CallerMemory;
 use crate::dispatch::daemon::ContextHold;
 use crate::dispatch::OpenFile;
 use crate::objects::{Access, AccessOps, Context, Device, DeviceBackend, Ioas, Object};
 use nix::errno::Errno;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use uiommufd_uapi::iommufd::{IOMMU_HWPT_ALLOC_NEST_PARENT, IOMMU_HWPT_ALLOC_PASID};
@@ -58,19 +59,10 @@ impl Hw {
     }
 }
 
-struct Binding {
-    file: u64,
-    /// Keeps the context open while bound.
-    ctx: ContextHold,
-    dev_id: u32,
-    device: Arc<Device>,
-}
-
 /// One dmacopy device.
 pub struct DmaCopy {
     name: String,
-    resolver: Arc<dyn ContextResolver>,
-    binding: Mutex<Option<Binding>>,
+    cdev: CdevBinding,
     hw: Mutex<Hw>,
     access: Mutex<Option<Arc<Access>>>,
     next_file: AtomicU64,
@@ -80,8 +72,7 @@ impl DmaCopy {
     pub fn new(name: &str, resolver: Arc<dyn ContextResolver>) -> Arc<Self> {
         Arc::new(Self {
             name: name.to_string(),
-            resolver,
-            binding: Mutex::new(None),
+            cdev: CdevBinding::new(name, resolver),
             hw: Mutex::new(Hw::default()),
             access: Mutex::new(None),
             next_file: AtomicU64::new(1),
@@ -102,18 +93,11 @@ impl DmaCopy {
 
     /// The context id and device object id of the current binding.
     pub fn bound_to(&self) -> Option<(u64, u32)> {
-        self.binding
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(|b| (b.ctx.id, b.dev_id))
+        self.cdev.bound_to()
     }
 
     fn bound(&self, file: u64) -> Result<(Arc<Context>, Arc<Device>), Errno> {
-        match self.binding.lock().unwrap().as_ref() {
-            Some(b) if b.file == file => Ok((b.ctx.clone(), b.device.clone())),
-            _ => Err(Errno::EINVAL),
-        }
+        self.cdev.bound(file)
     }
 
     /// The device's page table changed: move the access along.
@@ -139,80 +123,28 @@ impl DmaCopy {
     }
 
     fn bind(self: &Arc<Self>, file: u64, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno> {
-        const MINSZ: usize = 16;
-        let bind: vfio_device_bind_iommufd = read_ext_struct(mem, arg, MINSZ)?;
-        if bind.iommufd < 0 || bind.flags & !VFIO_DEVICE_BIND_FLAG_TOKEN != 0 {
-            return Err(Errno::EINVAL);
-        }
-        // No VF token: a token is only meaningful for SR-IOV virtual functions.
-        if bind.flags & VFIO_DEVICE_BIND_FLAG_TOKEN != 0 {
-            return Err(Errno::EINVAL);
-        }
-        if self.binding.lock().unwrap().is_some() {
-            return Err(Errno::EINVAL);
-        }
-        // Resolve with no lock held: the query is an ioctl to ourselves, and the fd may well be a
-        // file of this very device.
-        let iommufd = mem.get_fd(bind.iommufd)?;
-        let ctx = self.resolver.resolve(iommufd.as_fd());
-        crate::dispatch::daemon::context_query::close_dup(iommufd);
-        let ctx = ctx?;
-        let mut slot = self.binding.lock().unwrap();
-        if slot.is_some() {
-            return Err(Errno::EINVAL);
-        }
-        let backend = Arc::new(Port {
-            dev: Arc::downgrade(self),
-            ctx: Arc::downgrade(&ctx),
-            name: self.name.clone(),
-        });
-        let (dev_id, device) =
-            Device::bind(&ctx, backend).and_then(|(dev_id, device)| {
-                match mem.write(arg + 12, &dev_id.to_ne_bytes()) {
-                    Ok(()) => Ok((dev_id, device)),
-                    Err(e) => {
-                        let _ = ctx.destroy(dev_id);
-                        Err(e)
-                    }
-                }
-            })?;
-        self.hw.lock().unwrap().reset();
-        tracing::debug!(device = self.name, ctx = ctx.id, dev_id, "bound");
-        *slot = Some(Binding {
-            file,
-            ctx,
-            dev_id,
-            device,
-        });
-        Ok(0)
+        let backend = |ctx: &Arc<Context>| -> Arc<dyn DeviceBackend> {
+            Arc::new(Port {
+                dev: Arc::downgrade(self),
+                ctx: Arc::downgrade(ctx),
+                name: self.name.clone(),
+            })
+        };
+        self.cdev
+            .bind(file, arg, mem, backend, || self.hw.lock().unwrap().reset())
     }
 
     /// Unbinds if `file` holds the binding (its release).
     fn unbind(&self, file: u64) {
-        let mut slot = self.binding.lock().unwrap();
-        if !matches!(slot.as_ref(), Some(b) if b.file == file) {
-            return;
-        }
-        let Some(b) = slot.take() else {
-            return;
-        };
-        b.device.detach(&b.ctx);
-        // ENOENT when the context was already closed (shutdown): nothing left to destroy.
-        let _ = b.ctx.destroy(b.dev_id);
-        {
-            let mut hw = self.hw.lock().unwrap();
-            hw.irqs.clear();
-            hw.reset();
-        }
-        drop(slot);
-        tracing::debug!(
-            device = self.name,
-            ctx = b.ctx.id,
-            dev_id = b.dev_id,
-            "unbound"
+        self.cdev.unbind(
+            file,
+            || {},
+            || {
+                let mut hw = self.hw.lock().unwrap();
+                hw.irqs.clear();
+                hw.reset();
+            },
         );
-        // Last: the context may go with the binding's hold.
-        drop(b);
     }
 }
 
@@ -284,28 +216,6 @@ impl Dma for AccessDma<'_> {
     }
 }
 
-/// Reads a VFIO argsz struct: EINVAL below `minsz`; bytes past the struct this daemon knows must
-/// be zero (E2BIG), as copy_struct_from_user.
-fn read_ext_struct<T: FromBytes + IntoBytes>(
-    mem: &dyn CallerMemory,
-    arg: u64,
-    minsz: usize,
-) -> Result<T, Errno> {
-    let argsz: u32 = read_struct(mem, arg)?;
-    let argsz = argsz as usize;
-    if argsz < minsz {
-        return Err(Errno::EINVAL);
-    }
-    let mut v = T::new_zeroed();
-    let size = std::mem::size_of::<T>();
-    let n = argsz.min(size);
-    mem.read(arg, &mut v.as_mut_bytes()[..n])?;
-    if argsz > size {
-        crate::dispatch::ucmd::check_zeroed(mem, arg + size as u64, (argsz - size) as u64)?;
-    }
-    Ok(v)
-}
-
 /// Reads the first `minsz` bytes of a VFIO struct (the fields vfio-pci reads); EINVAL when its
 /// argsz is below `minsz`.
 fn read_min<T: FromBytes + IntoBytes>(
@@ -339,37 +249,6 @@ struct DmaCopyFile {
 }
 
 impl DmaCopyFile {
-    fn attach(&self, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno> {
-        let a: vfio_device_attach_iommufd_pt = read_min(mem, arg, 12)?;
-        if a.flags & !VFIO_DEVICE_ATTACH_PASID != 0 {
-            return Err(Errno::EINVAL);
-        }
-        if a.flags & VFIO_DEVICE_ATTACH_PASID != 0 {
-            return Err(Errno::EOPNOTSUPP);
-        }
-        let (ctx, device) = self.dev.bound(self.id)?;
-        let hwpt_id = device.attach(&ctx, a.pt_id)?;
-        if let Err(e) = mem.write(arg + 8, &hwpt_id.to_ne_bytes()) {
-            device.detach(&ctx);
-            return Err(e);
-        }
-        tracing::debug!(device = self.dev.name, hwpt_id, "attached");
-        Ok(0)
-    }
-
-    fn detach(&self, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno> {
-        let d: vfio_device_detach_iommufd_pt = read_min(mem, arg, 8)?;
-        if d.flags & !VFIO_DEVICE_DETACH_PASID != 0 {
-            return Err(Errno::EINVAL);
-        }
-        if d.flags & VFIO_DEVICE_DETACH_PASID != 0 {
-            return Err(Errno::EOPNOTSUPP);
-        }
-        let (ctx, device) = self.dev.bound(self.id)?;
-        device.detach(&ctx);
-        Ok(0)
-    }
-
     fn get_info(&self, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno> {
         const MINSZ: usize = 16;
         let mut info: vfio_device_info = read_min(mem, arg, MINSZ)?;
@@ -498,16 +377,14 @@ impl DmaCopyFile {
 
 impl OpenFile for DmaCopyFile {
     fn ioctl(&self, cmd: u32, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno> {
-        match cmd {
-            VFIO_DEVICE_BIND_IOMMUFD => return self.dev.bind(self.id, arg, mem),
-            // A device file is never an iommufd (answered without taking any lock).
-            crate::dispatch::daemon::context_query::IOCTL => return Err(Errno::ENOTTY),
-            _ => {}
+        if let Some(v) = self
+            .dev
+            .cdev
+            .ioctl(self.id, cmd, arg, mem, || self.dev.bind(self.id, arg, mem))?
+        {
+            return Ok(v);
         }
-        self.dev.bound(self.id)?;
         let r = match cmd {
-            VFIO_DEVICE_ATTACH_IOMMUFD_PT => self.attach(arg, mem),
-            VFIO_DEVICE_DETACH_IOMMUFD_PT => self.detach(arg, mem),
             VFIO_DEVICE_GET_INFO => self.get_info(arg, mem),
             VFIO_DEVICE_GET_REGION_INFO => self.get_region_info(arg, mem),
             VFIO_DEVICE_GET_IRQ_INFO => self.get_irq_info(arg, mem),

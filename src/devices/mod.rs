@@ -20,11 +20,13 @@
 //! The page tables in front of the device are [`domain::SoftDomain`]s (4 KiB pages, 48-bit
 //! IOVA space); IOMMU_GET_HW_INFO and IOMMU_HWPT_ALLOC reach it through `dispatch::hwpt_cmds`.
 
+pub mod cdev;
 pub mod config;
 pub mod dmacopy;
 pub mod domain;
 pub mod irq;
 pub mod regs;
+pub mod vfio_pci;
 
 use crate::dispatch::daemon::ContextHold;
 use crate::dispatch::{Daemon, DeviceOpener, Extensions};
@@ -73,21 +75,53 @@ impl ContextResolver for DaemonResolver {
 
 /// A daemon serving `names` as dmacopy devices. Duplicate names are an error.
 pub fn daemon_with_dmacopy(ext: Extensions, names: &[String]) -> Result<Arc<Daemon>, String> {
+    daemon_with_devices(ext, names, Vec::new())
+}
+
+/// A daemon serving `names` as dmacopy devices and `hosts` (real devices taken with
+/// `--vfio`) under their PCI addresses. Duplicate names are an error.
+pub fn daemon_with_devices(
+    ext: Extensions,
+    names: &[String],
+    hosts: Vec<Arc<crate::backends::vfio::HostDevice>>,
+) -> Result<Arc<Daemon>, String> {
     let resolver = Arc::new(DaemonResolver(OnceLock::new()));
-    let mut devices: HashMap<String, Arc<DmaCopy>> = HashMap::new();
+    let mut devices: HashMap<String, Node> = HashMap::new();
+    let mut all = Vec::new();
     for n in names {
+        let node = Node::Emulated(DmaCopy::new(n, resolver.clone()));
+        if devices.insert(n.clone(), node).is_some() {
+            return Err(format!("device name {n:?} given twice"));
+        }
+        all.push(n.clone());
+    }
+    for h in hosts {
+        let n = h.bdf.clone();
         if devices
-            .insert(n.clone(), DmaCopy::new(n, resolver.clone()))
+            .insert(
+                n.clone(),
+                Node::Real(vfio_pci::VfioPci::new(h, resolver.clone())),
+            )
             .is_some()
         {
             return Err(format!("device name {n:?} given twice"));
         }
+        all.push(n);
     }
-    let opener: DeviceOpener =
-        Arc::new(move |name: &str| devices.get(name).map(|d| d.open()).ok_or(Errno::ENODEV));
-    let daemon = Daemon::with_devices(ext, names.to_vec(), opener);
+    let opener: DeviceOpener = Arc::new(move |name: &str| match devices.get(name) {
+        Some(Node::Emulated(d)) => Ok(d.open()),
+        Some(Node::Real(d)) => Ok(d.open()),
+        None => Err(Errno::ENODEV),
+    });
+    let daemon = Daemon::with_devices(ext, all, opener);
     let _ = resolver.0.set(Arc::downgrade(&daemon));
     Ok(daemon)
+}
+
+/// A device node's device.
+enum Node {
+    Emulated(Arc<DmaCopy>),
+    Real(Arc<vfio_pci::VfioPci>),
 }
 
 #[cfg(test)]

@@ -192,8 +192,9 @@ pub fn get_hw_info(u: &Ucmd) -> Result<(), Errno> {
     if cmd.flags & IOMMU_HW_INFO_FLAG_INPUT_TYPE == 0 {
         cmd.in_data_type = IOMMU_HW_INFO_TYPE_DEFAULT;
     }
-    u.ctx.get_device(cmd.dev_id)?;
+    let device = u.ctx.get_device(cmd.dev_id)?;
     let mock = mock_of_device(u.ctx, cmd.dev_id).ok().map(|(_, m)| m);
+    let driver_info = device.backend.hw_info();
     let data: Vec<u8> = match &mock {
         Some(_) => {
             if cmd.in_data_type != IOMMU_HW_INFO_TYPE_DEFAULT
@@ -208,10 +209,19 @@ pub fn get_hw_info(u: &Ucmd) -> Result<(), Errno> {
             };
             zerocopy::IntoBytes::as_bytes(&info).to_vec()
         }
-        None => {
-            cmd.in_data_type = IOMMU_HW_INFO_TYPE_NONE;
-            Vec::new()
-        }
+        None => match &driver_info {
+            Some((ty, data, _, _)) => {
+                if cmd.in_data_type != IOMMU_HW_INFO_TYPE_DEFAULT && cmd.in_data_type != *ty {
+                    return Err(Errno::EOPNOTSUPP);
+                }
+                cmd.in_data_type = *ty;
+                data.clone()
+            }
+            None => {
+                cmd.in_data_type = IOMMU_HW_INFO_TYPE_NONE;
+                Vec::new()
+            }
+        },
     };
     let copy_len = (cmd.data_len as usize).min(data.len());
     u.mem.write(cmd.data_uptr, &data[..copy_len])?;
@@ -227,6 +237,10 @@ pub fn get_hw_info(u: &Ucmd) -> Result<(), Errno> {
     cmd.data_len = data.len() as u32;
     cmd.out_capabilities = IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED;
     cmd.out_max_pasid_log2 = 0;
+    if let (None, Some((_, _, caps, pasid_log2))) = (&mock, &driver_info) {
+        cmd.out_capabilities = *caps;
+        cmd.out_max_pasid_log2 = *pasid_log2;
+    }
     if let Some(m) = &mock {
         if m.dirty_capable() {
             cmd.out_capabilities |= IOMMU_HW_CAP_DIRTY_TRACKING;

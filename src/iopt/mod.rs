@@ -41,7 +41,7 @@ pub mod source;
 #[cfg(test)]
 mod tests;
 
-use crate::backends::{Domain, Prot};
+use crate::backends::{Backing, Domain, Prot};
 use nix::errno::Errno;
 pub use pages::{PageSource, Pages, PAGE_SIZE};
 use std::collections::BTreeMap;
@@ -365,13 +365,17 @@ impl IoPagetable {
         if self.domains.is_empty() || area.filled || area.pages.source().revoked() {
             return Ok(());
         }
-        let (first, last) = area.pin_span();
-        let paddrs = area.pages.pin(first, last, area.prot.write)?;
+        let frames = self
+            .domains
+            .iter()
+            .any(|(_, d)| d.backing() == Backing::Frames);
+        let paddrs = pin_area(area, frames)?;
         for (i, (_, domain)) in self.domains.iter().enumerate() {
-            if let Err(e) = map_area_into(domain.as_ref(), area, &paddrs) {
+            if let Err(e) = map_area(domain.as_ref(), area, paddrs.as_deref()) {
                 for (_, undo) in &self.domains[..i] {
                     undo.unmap(area.iova, area.length());
                 }
+                let (first, last) = area.pin_span();
                 area.pages.unpin(first, last);
                 return Err(e);
             }
@@ -594,14 +598,12 @@ impl IoPagetable {
                 continue;
             }
             let (first, last) = area.pin_span();
-            let res = area
-                .pages
-                .pin(first, last, area.prot.write)
-                .and_then(|paddrs| {
-                    map_area_into(domain.as_ref(), area, &paddrs).inspect_err(|_| {
-                        area.pages.unpin(first, last);
-                    })
-                });
+            let frames = domain.backing() == Backing::Frames;
+            let res = pin_area(area, frames).and_then(|paddrs| {
+                map_area(domain.as_ref(), area, paddrs.as_deref()).inspect_err(|_| {
+                    area.pages.unpin(first, last);
+                })
+            });
             match res {
                 Ok(()) => done.push(*key),
                 Err(e) => {
@@ -765,6 +767,51 @@ impl IoPagetable {
 /// 1 << (lowest set bit) of a page size bitmap.
 fn smallest_page(bitmap: u64) -> u64 {
     1u64 << bitmap.trailing_zeros().min(63)
+}
+
+/// Adds one pin user to the area's pages: with their frames (returned) when a domain needs them,
+/// else only counted and charged (domains that pin by themselves).
+fn pin_area(area: &Area, frames: bool) -> Result<Option<Vec<u64>>, Errno> {
+    let (first, last) = area.pin_span();
+    if frames {
+        area.pages.pin(first, last, area.prot.write).map(Some)
+    } else {
+        area.pages.hold(first, last, area.prot.write).map(|()| None)
+    }
+}
+
+/// Maps `area` into `domain` the way the domain takes memory; `paddrs` are the frames of the
+/// area's pages (present whenever a domain wants frames).
+fn map_area(domain: &dyn Domain, area: &Area, paddrs: Option<&[u64]>) -> Result<(), Errno> {
+    match (domain.backing(), paddrs) {
+        (Backing::Frames, Some(paddrs)) => map_area_into(domain, area, paddrs),
+        (Backing::Frames, None) => Err(Errno::EINVAL),
+        (Backing::DaemonVa, _) => map_area_va(domain, area),
+    }
+}
+
+/// Maps `area` into a domain that pins by itself, through the daemon's mapping of its pages.
+fn map_area_va(domain: &dyn Domain, area: &Area) -> Result<(), Errno> {
+    let runs = area
+        .pages
+        .source()
+        .daemon_view(area.start_byte, area.length(), area.prot.write)?;
+    let mut iova = area.iova;
+    let mut done = 0;
+    for run in &runs {
+        #[cfg(test)]
+        if let Err(e) = failpoint::check(Errno::ENOMEM) {
+            domain.unmap(area.iova, done);
+            return Err(e);
+        }
+        if let Err(e) = domain.map_va(iova, run, area.prot) {
+            domain.unmap(area.iova, done);
+            return Err(e);
+        }
+        iova += run.len;
+        done += run.len;
+    }
+    Ok(())
 }
 
 /// Maps `area` into `domain` given the physical address of each CPU page it touches, merging

@@ -9,6 +9,7 @@
 //! budget ([`super::accounting`]) for as long as it stays pinned.
 
 use super::accounting::{Account, AccountMode};
+use crate::backends::VaRun;
 use nix::errno::Errno;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,8 +38,8 @@ pub fn pins_by_paddr() -> std::collections::HashMap<u64, u32> {
     let mut out = std::collections::HashMap::new();
     for p in live {
         for entry in p.pins.lock().unwrap().values() {
-            if entry.users > 0 && entry.paddr != 0 {
-                *out.entry(entry.paddr & !(PAGE_SIZE - 1)).or_insert(0) += 1;
+            if let Some(paddr) = entry.paddr.filter(|&p| entry.users > 0 && p != 0) {
+                *out.entry(paddr & !(PAGE_SIZE - 1)).or_insert(0) += 1;
             }
         }
     }
@@ -81,12 +82,19 @@ pub trait PageSource: Send + Sync + fmt::Debug {
     fn is_dmabuf(&self) -> bool {
         false
     }
+    /// The same pages as bytes `[offset, offset + len)` of the backing, mapped into the daemon,
+    /// for domains that pin by themselves ([`crate::backends::Backing::DaemonVa`]). EOPNOTSUPP
+    /// when the daemon cannot map them (private memory).
+    fn daemon_view(&self, _offset: u64, _len: u64, _write: bool) -> Result<Vec<VaRun>, Errno> {
+        Err(Errno::EOPNOTSUPP)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
 struct PinnedPage {
     users: u32,
-    paddr: u64,
+    /// None while only held for a domain that pins by itself.
+    paddr: Option<u64>,
 }
 
 /// A page-aligned window onto a backing, shared by the areas that map it.
@@ -182,19 +190,43 @@ impl Pages {
     /// and charged, so a huge range of unmapped (or over-limit) memory fails at its first batch
     /// instead of making the daemon build per-page tables for all of it first.
     pub fn pin(&self, first: u64, last: u64, write: bool) -> Result<Vec<u64>, Errno> {
+        self.pin_inner(first, last, write, true)
+    }
+
+    /// Like [`Pages::pin`] for a domain that pins by itself: pages are charged and counted, but
+    /// their frames are not looked up (a later [`Pages::pin`] looks them up without charging).
+    pub fn hold(&self, first: u64, last: u64, write: bool) -> Result<(), Errno> {
+        self.pin_inner(first, last, write, false).map(drop)
+    }
+
+    fn pin_inner(
+        &self,
+        first: u64,
+        last: u64,
+        write: bool,
+        frames: bool,
+    ) -> Result<Vec<u64>, Errno> {
         debug_assert!(first <= last && last < self.npages);
         let mut pins = self.pins.lock().unwrap();
-        // The runs of pages not pinned yet: the gaps between the pinned pages of the range.
-        let mut runs: Vec<(u64, u64)> = Vec::new();
+        // Runs of pages to work on: not pinned yet (`fresh`: charged), or held without their
+        // frames while frames are wanted (looked up only).
+        let mut runs: Vec<(u64, u64, bool)> = Vec::new();
         let mut cur = first;
-        for &i in pins.range(first..=last).map(|(i, _)| i) {
-            if i > cur {
-                runs.push((cur, i - cur));
+        let push = |runs: &mut Vec<(u64, u64, bool)>, at: u64, fresh: bool| match runs.last_mut() {
+            Some((s, n, f)) if *f == fresh && *s + *n == at => *n += 1,
+            _ => runs.push((at, 1, fresh)),
+        };
+        for (&i, p) in pins.range(first..=last) {
+            for gap in cur..i {
+                push(&mut runs, gap, true);
+            }
+            if frames && p.paddr.is_none() {
+                push(&mut runs, i, false);
             }
             cur = i + 1;
         }
-        if cur <= last {
-            runs.push((cur, last - cur + 1));
+        for gap in cur..=last {
+            push(&mut runs, gap, true);
         }
         let undo = |charged: u64, e: Errno| {
             self.account.lock().unwrap().uncharge(charged);
@@ -203,16 +235,17 @@ impl Pages {
         // Populating a file's holes allocates pages charged to the daemon, not to the client:
         // for files the whole charge against the owner's limit comes first, so a client cannot
         // make the daemon allocate more than its RLIMIT_MEMLOCK (the kernel pins first, but
-        // charges the allocation to the caller's memory cgroup).
-        let charge_first = self.source.is_file();
+        // charges the allocation to the caller's memory cgroup). Without frames nothing is
+        // allocated here: the charge comes first too.
+        let charge_first = self.source.is_file() || !frames;
         let mut charged = 0u64;
         if charge_first {
-            let fresh: u64 = runs.iter().map(|r| r.1).sum();
+            let fresh: u64 = runs.iter().filter(|r| r.2).map(|r| r.1).sum();
             self.account.lock().unwrap().charge(fresh)?;
             charged = fresh;
         }
         let mut fresh_paddrs = BTreeMap::new();
-        for (start, count) in runs {
+        for &(start, count, fresh) in runs.iter().filter(|_| frames) {
             let mut done = 0;
             while done < count {
                 let n = (count - done).min(PIN_BATCH);
@@ -222,7 +255,7 @@ impl Pages {
                     .source
                     .pin(start + done, n, write)
                     .map_err(|e| undo(charged, e))?;
-                if !charge_first {
+                if !charge_first && fresh {
                     // The ledger's guard must be gone before `undo` takes it again.
                     let charge = self.account.lock().unwrap().charge(n);
                     charge.map_err(|e| undo(charged, e))?;
@@ -239,10 +272,15 @@ impl Pages {
         for index in first..=last {
             let entry = pins.entry(index).or_insert(PinnedPage {
                 users: 0,
-                paddr: fresh_paddrs.get(&index).copied().unwrap_or(0),
+                paddr: None,
             });
+            if let Some(&p) = fresh_paddrs.get(&index) {
+                entry.paddr = Some(p);
+            }
             entry.users += 1;
-            out.push(entry.paddr);
+            if frames {
+                out.push(entry.paddr.unwrap_or(0));
+            }
         }
         Ok(out)
     }

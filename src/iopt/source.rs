@@ -2,6 +2,7 @@
 //! a plain in-memory buffer for tests.
 
 use super::pages::{PageSource, PAGE_SIZE};
+use crate::backends::VaRun;
 use crate::caller::identity::{check_vmas, Vma};
 use crate::caller::ProcessHandle;
 use nix::errno::Errno;
@@ -147,6 +148,43 @@ impl PageSource for ProcessSource {
     fn address_hint(&self) -> u64 {
         self.uva
     }
+
+    fn daemon_view(&self, offset: u64, len: u64, write: bool) -> Result<Vec<VaRun>, Errno> {
+        use crate::caller::shared::{shared_ranges, Unshareable};
+        let start = self.uva.checked_add(offset).ok_or(Errno::EFAULT)?;
+        let end = start.checked_add(len).ok_or(Errno::EFAULT)?;
+        match shared_ranges(&self.process, start, end, write) {
+            Ok(ranges) => Ok(ranges
+                .into_iter()
+                .map(|(r, hold)| VaRun {
+                    va: r.addr(),
+                    len: r.len,
+                    keep: Arc::new(hold),
+                })
+                .collect()),
+            Err(Err(e)) => Err(e),
+            Err(Ok(why)) => {
+                let pid = self.process.tgid();
+                match why {
+                    Unshareable::Private { start, end } => crate::warn_limited!(
+                        pid,
+                        range = format_args!("{start:#x}-{end:#x}"),
+                        "private memory cannot reach a real device through uiommufd: map it \
+                         MAP_SHARED (a memfd, shm or MAP_SHARED|MAP_ANONYMOUS); QEMU: -object \
+                         memory-backend-memfd,id=m0,size=...,share=on -machine \
+                         memory-backend=m0,aux-ram-share=on"
+                    ),
+                    Unshareable::FileKind { start, end } => crate::warn_limited!(
+                        pid,
+                        range = format_args!("{start:#x}-{end:#x}"),
+                        "only shmem (memfd, shm, tmpfs) or hugetlbfs memory can reach a real \
+                         device through uiommufd"
+                    ),
+                }
+                Err(Errno::EOPNOTSUPP)
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -231,6 +269,27 @@ pub fn inspect_file(fd: BorrowedFd<'_>, caller_pid: i32) -> Result<FileInfo, Err
         fd_writable,
         write_sealed: seals & libc::F_SEAL_WRITE != 0,
     })
+}
+
+impl FileInfo {
+    /// Device (major, minor) of the file.
+    pub fn dev(&self) -> (u32, u32) {
+        self.key.dev
+    }
+
+    pub fn inode(&self) -> u64 {
+        self.key.ino
+    }
+}
+
+/// Whether files of device `dev` are shmem or hugetlbfs files, judged before opening any (an open
+/// of a FUSE file would ask its server).
+pub fn dev_is_pinnable(dev: (u32, u32), caller_pid: i32) -> bool {
+    // Any power-of-two block size passes the hugetlbfs check; the open file decides the size.
+    !matches!(
+        kind_of_dev(dev, caller_pid, PAGE_SIZE),
+        FileKind::Unsupported
+    )
 }
 
 /// Devices of the kernel's internal memfd mounts (shmem, and hugetlbfs per huge page size), which
@@ -504,6 +563,9 @@ pub struct FileSource {
     len: u64,
     /// What this mapping costs its context (IOAS_MAP_FILE), returned when the last area goes.
     _charge: Option<super::limits::Charge>,
+    /// The daemon's kept mapping of the window, made on first need (domains that pin by
+    /// themselves); with the offset of the window's first byte in it.
+    view: Mutex<Option<(Arc<crate::caller::shared::DaemonMapping>, u64)>>,
 }
 
 impl FileSource {
@@ -520,6 +582,7 @@ impl FileSource {
             start,
             len,
             _charge: charge,
+            view: Mutex::new(None),
         }
     }
 
@@ -566,6 +629,35 @@ impl PageSource for FileSource {
 
     fn address_hint(&self) -> u64 {
         self.start
+    }
+
+    fn daemon_view(&self, offset: u64, len: u64, write: bool) -> Result<Vec<VaRun>, Errno> {
+        let (file, _) = self.at(offset, len)?;
+        if write && !file.key.is_none_or(|k| k.writable) {
+            return Err(Errno::EPERM);
+        }
+        let mut view = self.view.lock().unwrap();
+        if view.is_none() {
+            let align = file.map_align();
+            let map_start = self.start - self.start % align;
+            let map_end = (self.start + self.len)
+                .checked_next_multiple_of(align)
+                .ok_or(Errno::EINVAL)?;
+            let writable = file.key.is_none_or(|k| k.writable);
+            let m = crate::caller::shared::DaemonMapping::map_file(
+                &file.fd,
+                map_start,
+                map_end - map_start,
+                writable,
+            )?;
+            *view = Some((Arc::new(m), self.start - map_start));
+        }
+        let (m, base) = view.as_ref().expect("just made");
+        Ok(vec![VaRun {
+            va: m.addr() + base + offset,
+            len,
+            keep: m.clone(),
+        }])
     }
 }
 
@@ -615,6 +707,22 @@ impl PageSource for MemorySource {
 
     fn address_hint(&self) -> u64 {
         self.hint
+    }
+
+    fn daemon_view(&self, offset: u64, len: u64, _write: bool) -> Result<Vec<VaRun>, Errno> {
+        let data = self.data.lock().unwrap();
+        if offset
+            .checked_add(len)
+            .is_none_or(|e| e > data.len() as u64)
+        {
+            return Err(Errno::EFAULT);
+        }
+        // Made up like the frames: tests hand it only to container models.
+        Ok(vec![VaRun {
+            va: self.hint + offset,
+            len,
+            keep: Arc::new(()),
+        }])
     }
 }
 

@@ -48,6 +48,16 @@ pub trait DeviceBackend: Send + Sync {
     fn set_dev_pasid(&self, _pasid: u32, _hwpt: Option<&Attachment>) -> Result<(), Errno> {
         Ok(())
     }
+    /// The IOMMU driver's switch of the device's (RID) domain, before the attachment is
+    /// committed: `None` blocks DMA (detach, which cannot fail). On error the old domain stays.
+    fn set_domain(&self, _domain: Option<&Arc<dyn Domain>>) -> Result<(), Errno> {
+        Ok(())
+    }
+    /// IOMMU_GET_HW_INFO for this device's IOMMU: (data type, data, capabilities, max PASID
+    /// width). None: an IOMMU with nothing to report (type NONE).
+    fn hw_info(&self) -> Option<(u32, Vec<u8>, u64, u8)> {
+        None
+    }
     /// Called after the device's page table changed (`None`: detached).
     fn attached(&self, _ioas: Option<Arc<Ioas>>) {}
     /// Name for logs and status.
@@ -151,6 +161,14 @@ impl Device {
             }
             _ => return Err(Errno::EINVAL),
         };
+        if let Err(e) = self.backend.set_domain(Some(&hwpt.domain)) {
+            ctx.remove_user(hwpt_id);
+            if hwpt.auto_domain {
+                // An automatic HWPT made for this attach goes again (EBUSY while others use it).
+                let _ = ctx.destroy(hwpt_id);
+            }
+            return Err(e);
+        }
         let old = self.attachment.lock().unwrap().replace(Attachment {
             hwpt_id,
             hwpt: hwpt.clone(),
@@ -204,6 +222,7 @@ impl Device {
     pub fn detach(&self, ctx: &Context) {
         let old = self.attachment.lock().unwrap().take();
         if let Some(old) = old {
+            let _ = self.backend.set_domain(None);
             self.backend.attached(None);
             self.drop_hwpt(ctx, &old);
         }

@@ -7,6 +7,7 @@ mod domains;
 mod files;
 mod mapping;
 mod model;
+mod self_pinning;
 
 use super::accounting::Account;
 use super::source::MemorySource;
