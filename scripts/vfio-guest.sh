@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Real DMA through uiommufd's VFIO backend: boot Debian's 6.12 kernel (VFIO type1, Intel IOMMU, no
+# IOMMUFD) under QEMU/TCG with an emulated VT-d and three QEMU `edu` devices (00:04.0, 00:05.0,
+# 00:06.0), bind them to vfio-pci and run the client tests/guest/vfio_dma.rs in the guest:
+#   1. baseline-bench: the client's own type1v2 container on 06.0 (one DMA, MAP/UNMAP timings);
+#   2. `uiommufd serve --transport cuse --mount /run/uiommufd $DAEMON_ARGS` (default: --vfio for
+#      04.0 and 05.0); dma-tests, kill-test and bench through /dev/iommu and the daemon's device
+#      nodes /run/uiommufd/vfio/devices/<BDF>; the DMA to an unmapped IOVA must leave a DMAR fault
+#      in dmesg; the bench is printed as a ratio to the baseline of the same boot.
+# Kernel cmdline: intel_iommu=on iommu.strict=1 (loglevel=3 keeps DMAR fault messages off the
+# console; they are copied from dmesg). Packages and initramfs as in cuse-guest.sh
+# (scripts/lib-guest.sh). Everything the guest prints goes to target/vfio-guest/console.log; its
+# lines start with VFIO-GUEST:, CLIENT:, DAEMON: or DMESG:.
+#
+# Env: UIOMMUFD (daemon binary; default: cargo build --release), VFIO_DMA (client binary; default:
+# cargo build --release --example vfio_dma), QEMU, KERNEL_PKG, GUEST_PKG_DIR (see lib-guest.sh),
+# BOOT_TIMEOUT (seconds for the whole guest, default 900), CLIENT_TIMEOUT (seconds per client run
+# in the guest, default 240), ROUNDS (benchmark rounds, default 5), DAEMON_ARGS, RUST_LOG (the
+# daemon's level in the guest, default info).
+# Exit 0 only if the guest printed `VFIO-GUEST: summary: N passed, 0 failed` with N > 0; 1
+# otherwise; 77 if QEMU is missing (1 under CI=true).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=$ROOT/target/vfio-guest
+QEMU=${QEMU:-qemu-system-x86_64}
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-900}
+CLIENT_TIMEOUT=${CLIENT_TIMEOUT:-240}
+ROUNDS=${ROUNDS:-5}
+DAEMON_ARGS=${DAEMON_ARGS:---vfio 0000:00:04.0 --vfio 0000:00:05.0}
+start=$(date +%s)
+if ! command -v "$QEMU" >/dev/null; then
+  [ "${CI:-}" = true ] && { echo "FAIL: $QEMU not found" >&2; exit 1; }
+  echo "SKIP: $QEMU not found" >&2; exit 77
+fi
+
+# shellcheck source=scripts/lib-guest.sh
+. "$ROOT/scripts/lib-guest.sh"
+guest_build_uiommufd
+if [ -z "${VFIO_DMA:-}" ]; then
+  CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target} cargo build -q --release --example vfio_dma
+  VFIO_DMA=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/vfio_dma
+fi
+mkdir -p "$OUT"
+guest_packages
+
+# ---- initramfs ----
+R=$OUT/root
+guest_root "$R"
+guest_add_bin "$R" "$UIOMMUFD" uiommufd
+guest_add_bin "$R" "$VFIO_DMA" vfio_dma
+# In dependency order; a =y option needs no module (6.12.95: VFIO_CONTAINER=y, the rest =m).
+guest_add_module "$R" CONFIG_CUSE kernel/fs/fuse/cuse
+guest_add_module "$R" CONFIG_IRQ_BYPASS_MANAGER kernel/virt/lib/irqbypass
+guest_add_module "$R" CONFIG_VFIO kernel/drivers/vfio/vfio
+guest_add_module "$R" CONFIG_VFIO_IOMMU_TYPE1 kernel/drivers/vfio/vfio_iommu_type1
+guest_add_module "$R" CONFIG_VFIO_PCI_CORE kernel/drivers/vfio/pci/vfio-pci-core
+guest_add_module "$R" CONFIG_VFIO_PCI kernel/drivers/vfio/pci/vfio-pci
+{ guest_init_head VFIO-GUEST; cat <<EOF; } > "$R/init"
+PASSED=0
+FAILED=0
+say() { echo "VFIO-GUEST: \$*"; }
+up() { cut -d' ' -f1 /proc/uptime; }
+# check NAME RESULT WHY: one check of this script (RESULT "ok" passes).
+check() {
+  if [ "\$2" = ok ]; then PASSED=\$((PASSED + 1)); say "ok \$1"
+  else FAILED=\$((FAILED + 1)); say "FAIL \$1: \$3"; fi
+}
+# client SUBCOMMAND ARGS...: run vfio_dma under a deadline and add up its RESULT line.
+client() {
+  sub=\$1
+  say "client \$sub start at \$(up) s"
+  timeout -s KILL $CLIENT_TIMEOUT /bin/vfio_dma "\$@" >/tmp/\$sub.log 2>&1
+  rc=\$?
+  sed "s/^/CLIENT: [\$sub] /" /tmp/\$sub.log
+  res=\$(grep "^RESULT \$sub: " /tmp/\$sub.log | tail -n1)
+  if [ -z "\$res" ]; then
+    check "\$sub" fail "no RESULT line (exit \$rc; 137 = killed after $CLIENT_TIMEOUT s)"
+  else
+    PASSED=\$((PASSED + \$(echo "\$res" | awk '{print \$3}')))
+    f=\$(echo "\$res" | awk '{print \$5}')
+    FAILED=\$((FAILED + f))
+    [ "\$f" = 0 ] && [ \$rc -ne 0 ] && check "\$sub-exit" fail "exit \$rc"
+  fi
+  say "client \$sub exit \$rc at \$(up) s"
+}
+# wait_for SECONDS CONDITION...: poll until the condition holds or SECONDS of uptime have passed.
+wait_for() {
+  end=\$(awk -v s=\$1 '{print \$1 + s}' /proc/uptime); shift
+  until "\$@"; do
+    awk -v e=\$end '{exit !(\$1 > e)}' /proc/uptime && return 1
+    sleep 0.1
+  done
+}
+# dmar_check NAME LOG: the client's DMA to an unmapped IOVA (its line "DMAR-EXPECTED BDF iova A")
+# must show up in dmesg as a DMAR write fault of that device at that address.
+dmar_check() {
+  set -- "\$1" "\$(awk '/^DMAR-EXPECTED/ {print \$2}' \$2)" "\$(awk '/^DMAR-EXPECTED/ {print \$4}' \$2)"
+  if [ -z "\$3" ]; then check \$1 fail "the client did not reach its DMA to an unmapped IOVA"; return; fi
+  fault_seen() { dmesg | grep 'DMAR: \[DMA Write' | grep "device \[\${2#0000:}\]" | grep -q "fault addr \$3 "; }
+  if wait_for 5 fault_seen "\$@"; then check \$1 ok
+  else check \$1 fail "no DMAR write fault of \$2 at \$3 in dmesg"; fi
+}
+say "modules: \$(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
+vfio_bound() { for d in 04 05 06; do [ "\$(basename "\$(readlink /sys/bus/pci/devices/0000:00:\$d.0/driver)")" = vfio-pci ] || return 1; done; }
+echo 1234 11e8 > /sys/bus/pci/drivers/vfio-pci/new_id || say "new_id failed"
+wait_for 10 vfio_bound
+for d in 04 05 06; do
+  s=/sys/bus/pci/devices/0000:00:\$d.0
+  say "0000:00:\$d.0 \$(cat \$s/vendor):\$(cat \$s/device) driver \$(basename "\$(readlink \$s/driver)") group \$(basename "\$(readlink \$s/iommu_group)")"
+done
+for g in /sys/kernel/iommu_groups/*; do say "iommu group \$(basename \$g): \$(ls \$g/devices | tr '\n' ' ')"; done
+say "/dev/vfio: \$(ls /dev/vfio | tr '\n' ' ')"
+if vfio_bound; then check edu-bound-to-vfio-pci ok; else check edu-bound-to-vfio-pci fail "not every edu is bound to vfio-pci"; fi
+G=\$(basename "\$(readlink /sys/bus/pci/devices/0000:00:06.0/iommu_group)")
+client baseline-bench /dev/vfio/\$G --bdf 0000:00:06.0 --rounds $ROUNDS
+dmar_check baseline-dmar-fault /tmp/baseline-bench.log
+
+say "daemon: uiommufd serve --transport cuse --mount /run/uiommufd $DAEMON_ARGS"
+NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} /bin/uiommufd serve --transport cuse --mount /run/uiommufd $DAEMON_ARGS >/tmp/daemon.log 2>&1 &
+DPID=\$!
+nodes_up() {
+  [ -c /dev/iommu ] && [ -e /run/uiommufd/vfio/devices/0000:00:04.0 ] && [ -e /run/uiommufd/vfio/devices/0000:00:05.0 ]
+}
+settled() { nodes_up || ! kill -0 \$DPID 2>/dev/null; }
+wait_for 60 settled
+if nodes_up; then check daemon-nodes ok
+else check daemon-nodes fail "/dev/iommu or the device nodes missing (daemon \$(kill -0 \$DPID 2>/dev/null && echo running || echo exited))"; fi
+say "nodes: \$(ls -l /dev/iommu /dev/vfio/vfio /run/uiommufd/vfio/devices 2>&1 | tr '\n' ' ')"
+
+client dma-tests
+dmar_check dmar-fault /tmp/dma-tests.log
+client kill-test
+client bench --rounds $ROUNDS
+for mib in 64 256; do
+  b=\$(awk -v m=\$mib '\$2 == "baseline" && \$3 == m {print \$6}' /tmp/baseline-bench.log)
+  u=\$(awk -v m=\$mib '\$2 == "uiommufd" && \$3 == m {print \$6}' /tmp/bench.log)
+  if [ -n "\$b" ] && [ -n "\$u" ]; then
+    say "bench \$mib MiB MAP+UNMAP median: baseline \$b s, uiommufd \$u s, ratio \$(awk -v b=\$b -v u=\$u 'BEGIN {printf "%.2f", u / b}')"
+  else
+    say "bench \$mib MiB: missing numbers (baseline '\$b', uiommufd '\$u')"
+  fi
+done
+
+kill -TERM \$DPID 2>/dev/null
+wait \$DPID
+say "daemon exit \$?"
+sed 's/^/DAEMON: /' /tmp/daemon.log
+dmesg | grep -E 'DMAR|vfio' | sed 's/^/DMESG: /'
+say "summary: \$PASSED passed, \$FAILED failed"
+say "done at \$(up) s"
+poweroff -f
+EOF
+chmod +x "$R/init"
+guest_pack "$R" "$OUT/initrd.cpio.gz"
+
+# ---- boot ----
+LOG=$OUT/console.log
+echo "booting $GUEST_KVER under TCG with 3 edu devices after $(( $(date +%s) - start )) s of preparation (log: $LOG)" >&2
+guest_boot "$LOG" "$BOOT_TIMEOUT" "$OUT/initrd.cpio.gz" "loglevel=3 intel_iommu=on iommu.strict=1" \
+  -M q35,kernel-irqchip=split -cpu max -smp 2 -m 2G -device intel-iommu,intremap=on \
+  -device edu,addr=04.0 -device edu,addr=05.0 -device edu,addr=06.0
+qrc=$GUEST_QEMU_RC
+grep -aE '^(VFIO-GUEST|CLIENT|DAEMON|DMESG):' "$LOG" >&2 || true
+echo "qemu exit $qrc, $(( $(date +%s) - start )) s" >&2
+summary=$(grep -aE '^VFIO-GUEST: summary: [0-9]+ passed, [0-9]+ failed$' "$LOG" | tail -n1 || true)
+if [ -n "$summary" ] && grep -q ' 0 failed$' <<<"$summary" && ! grep -q ': 0 passed' <<<"$summary" \
+   && grep -aq '^VFIO-GUEST: done' "$LOG"; then
+  echo "PASS: VFIO DMA in the guest: ${summary#VFIO-GUEST: summary: }"
+  exit 0
+fi
+echo "FAIL: ${summary:-no summary line} (log: $LOG)" >&2
+grep -aE '^(VFIO-GUEST|CLIENT): .*FAIL' "$LOG" >&2 || tail -n 40 "$LOG" >&2
+exit 1

@@ -1,0 +1,518 @@
+//! Guest client for uiommufd's VFIO type1 backend: real DMA by QEMU `edu` devices through the
+//! emulated VT-d, driven from inside the Debian 6.12 guest that `scripts/vfio-guest.sh` boots.
+//!
+//! Subcommands (each prints `ok NAME` / `FAIL NAME: why` per check and a last line
+//! `RESULT SUBCOMMAND: N passed, M failed`; exit 0 only with checks and no failure):
+//! - `baseline-bench /dev/vfio/N [--bdf B]`: the client's own kernel type1v2 container; one edu
+//!   DMA round trip, then VFIO_IOMMU_MAP_DMA + UNMAP_DMA timings (`BENCH baseline ...` lines).
+//! - `dma-tests`: through uiommufd (/dev/iommu and the daemon's device nodes): DMA into the
+//!   client's memfd, no write after IOAS_UNMAP, EOPNOTSUPP for private memory, two devices on one
+//!   IOAS, HWPT replace.
+//! - `kill-test`: a SIGKILLed client's pinned memory comes back and the device can be bound again.
+//! - `bench`: IOAS_MAP + IOAS_UNMAP timings through uiommufd (`BENCH uiommufd ...` lines).
+//!
+//! Built as a dev-only example: `cargo build --release --example vfio_dma`.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod edu;
+mod iommufd;
+mod sys;
+mod type1;
+
+use clap::{Args, Parser};
+use edu::{Device, EDU_BUF_LEN};
+use iommufd::{Bound, Iommufd};
+use nix::errno::Errno;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use sys::{compare, median, mem_free, pattern, Buffer, Res, MIB};
+use type1::Container;
+
+/// IOVA of the 2 MiB test buffers (edu masks DMA addresses to 28 bits: stay below 256 MiB).
+const IOVA: u64 = 0x10_0000;
+const BUF_LEN: usize = 2 * MIB;
+/// IOVA of the benchmark buffers (no DMA there, so above edu's reach is fine).
+const BENCH_IOVA: u64 = 0x1000_0000;
+const BENCH_SIZES: [usize; 2] = [64 * MIB, 256 * MIB];
+const KILL_BUF: usize = 64 * MIB;
+/// How far MemFree may stay below its value before the killed client started.
+const KILL_TOLERANCE: u64 = 16 * MIB as u64;
+const KILL_DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Parser)]
+#[command(about = "edu DMA through uiommufd (run inside scripts/vfio-guest.sh)")]
+enum Cmd {
+    /// The client's own VFIO type1v2 container: one DMA, then MAP/UNMAP timings.
+    BaselineBench {
+        /// The group file, /dev/vfio/N.
+        group: String,
+        /// The device in that group.
+        #[arg(long, default_value = "0000:00:06.0")]
+        bdf: String,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// DMA through uiommufd.
+    DmaTests(Nodes),
+    /// SIGKILL a client that holds pinned memory and a bound device.
+    KillTest(Nodes),
+    /// IOAS_MAP + IOAS_UNMAP timings through uiommufd.
+    Bench {
+        #[command(flatten)]
+        nodes: Nodes,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+}
+
+#[derive(Args)]
+struct Nodes {
+    #[arg(long, default_value = "/dev/iommu")]
+    iommu: String,
+    #[arg(long, default_value = "/run/uiommufd/vfio/devices/0000:00:04.0")]
+    dev: String,
+    /// The second device (dma-tests: two devices on one IOAS).
+    #[arg(long, default_value = "/run/uiommufd/vfio/devices/0000:00:05.0")]
+    dev2: String,
+}
+
+struct Report {
+    passed: u32,
+    failed: u32,
+}
+
+impl Report {
+    fn check<T>(&mut self, name: &str, r: Res<T>) -> Option<T> {
+        match r {
+            Ok(v) => {
+                self.passed += 1;
+                println!("ok {name}");
+                Some(v)
+            }
+            Err(e) => {
+                self.failed += 1;
+                println!("FAIL {name}: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// Runs one check; on failure the enclosing test function stops (later steps depend on it).
+macro_rules! step {
+    ($r:expr, $name:expr, $e:expr) => {
+        match $r.check($name, $e) {
+            Some(v) => v,
+            None => return,
+        }
+    };
+}
+
+fn main() -> ExitCode {
+    let cmd = Cmd::parse();
+    let mut r = Report {
+        passed: 0,
+        failed: 0,
+    };
+    let name = match &cmd {
+        Cmd::BaselineBench { group, bdf, rounds } => {
+            baseline(&mut r, group, bdf, *rounds);
+            "baseline-bench"
+        }
+        Cmd::DmaTests(n) => {
+            roundtrip_and_unmap(&mut r, n);
+            private_memory(&mut r, n);
+            two_devices(&mut r, n);
+            replace(&mut r, n);
+            "dma-tests"
+        }
+        Cmd::KillTest(n) => {
+            kill_test(&mut r, n);
+            "kill-test"
+        }
+        Cmd::Bench { nodes, rounds } => {
+            bench_uiommufd(&mut r, nodes, *rounds);
+            "bench"
+        }
+    };
+    println!("RESULT {name}: {} passed, {} failed", r.passed, r.failed);
+    if r.failed == 0 && r.passed > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// edu copies `seed`'s pattern from `src` (offset in `buf`, mapped at `iova`) into its own buffer
+/// and back to `dst`; `buf` must then hold the pattern at `dst`.
+fn roundtrip(dev: &Device, buf: &Buffer, iova: u64, src: usize, dst: usize, seed: u8) -> Res<()> {
+    let p = pattern(seed, EDU_BUF_LEN);
+    buf.write(src, &p);
+    buf.fill(dst, EDU_BUF_LEN, 0);
+    dev.dma(iova + src as u64, EDU_BUF_LEN, false)?;
+    dev.dma(iova + dst as u64, EDU_BUF_LEN, true)?;
+    compare(
+        &format!("{}: buffer at {dst:#x}", dev.name),
+        &buf.read(dst, EDU_BUF_LEN),
+        &p,
+    )
+}
+
+/// After the unmap of `buf` (mapped at IOVA), edu writes to IOVA + 0x20000: the transfer must
+/// finish and leave the buffer, still mapped in this process, as it was. Prints the
+/// `DMAR-EXPECTED` line by which the script looks for the fault in dmesg.
+fn unmapped_write(dev: &Device, buf: &Buffer) -> Res<()> {
+    let off = 0x20000;
+    buf.fill(off, EDU_BUF_LEN, 0x5a);
+    println!("DMAR-EXPECTED {} iova {:#x}", dev.name, IOVA + off as u64);
+    dev.dma(IOVA + off as u64, EDU_BUF_LEN, true)?;
+    compare(
+        "buffer after DMA to an unmapped IOVA",
+        &buf.read(off, EDU_BUF_LEN),
+        &[0x5a; EDU_BUF_LEN],
+    )
+}
+
+/// MAP + UNMAP of a pre-faulted memfd buffer of each benchmark size, `rounds` times; prints
+/// `BENCH KIND MiB median SECONDS rounds ...`.
+fn bench(
+    r: &mut Report,
+    kind: &str,
+    rounds: usize,
+    map: impl Fn(u64, u64) -> Res<()>,
+    unmap: impl Fn(u64) -> Res<()>,
+) {
+    for size in BENCH_SIZES {
+        let name = format!("{kind}-bench-{}MiB", size / MIB);
+        let buf = step!(r, &format!("{name}-buffer"), Buffer::shared(size));
+        let mut times = Vec::new();
+        for _ in 0..rounds.max(1) {
+            let t = Instant::now();
+            step!(r, &format!("{name}-round{}", times.len()), {
+                map(buf.addr(), size as u64).and_then(|()| unmap(size as u64))
+            });
+            times.push(t.elapsed());
+        }
+        let all: Vec<String> = times
+            .iter()
+            .map(|t| format!("{:.4}", t.as_secs_f64()))
+            .collect();
+        println!(
+            "BENCH {kind} {} MiB median {:.4} s rounds {}",
+            size / MIB,
+            median(times),
+            all.join(",")
+        );
+    }
+}
+
+fn baseline(r: &mut Report, group: &str, bdf: &str, rounds: usize) {
+    let c = step!(r, "baseline-container", Container::open(group));
+    let dev = step!(
+        r,
+        "baseline-device",
+        c.device(bdf).and_then(|f| Device::new(f, bdf))
+    );
+    step!(r, "baseline-edu", dev.enable_edu());
+    let buf = step!(r, "baseline-buffer", Buffer::shared(BUF_LEN));
+    step!(r, "baseline-map", c.map(buf.addr(), IOVA, BUF_LEN as u64));
+    step!(
+        r,
+        "baseline-dma",
+        roundtrip(&dev, &buf, IOVA, 0, 0x10000, 0x11)
+    );
+    step!(r, "baseline-unmap", c.unmap(IOVA, BUF_LEN as u64));
+    step!(r, "baseline-unmapped-no-write", unmapped_write(&dev, &buf));
+    bench(
+        r,
+        "baseline",
+        rounds,
+        |va, len| c.map(va, BENCH_IOVA, len),
+        |len| c.unmap(BENCH_IOVA, len),
+    );
+}
+
+/// An iommufd with one IOAS and a 2 MiB memfd buffer mapped at IOVA.
+fn mapped(n: &Nodes) -> Res<(Iommufd, u32, Buffer)> {
+    let fd = Iommufd::open(&n.iommu)?;
+    let ioas = fd.ioas_alloc()?;
+    let buf = Buffer::shared(BUF_LEN)?;
+    fd.map(ioas, buf.addr(), BUF_LEN as u64, IOVA)?;
+    Ok((fd, ioas, buf))
+}
+
+/// Through uiommufd: IOAS_MAP, bind, attach, edu round trip into the memfd; then after
+/// IOAS_UNMAP a device write to that IOVA must not reach the (still mapped) buffer.
+fn roundtrip_and_unmap(r: &mut Report, n: &Nodes) {
+    let (fd, ioas, buf) = step!(r, "ioas-map", mapped(n));
+    let b = step!(r, "bind", Bound::open(&n.dev, &fd, None));
+    step!(r, "attach", b.attach(ioas));
+    let dev = step!(r, "device-regions", b.edu());
+    step!(
+        r,
+        "dma-roundtrip",
+        roundtrip(&dev, &buf, IOVA, 0, 0x10000, 0x21)
+    );
+    step!(r, "ioas-unmap", fd.unmap(ioas, IOVA, BUF_LEN as u64));
+    step!(r, "unmapped-no-write", unmapped_write(&dev, &buf));
+}
+
+/// Private anonymous memory cannot be shared with the daemon: IOAS_MAP says EOPNOTSUPP.
+fn private_memory(r: &mut Report, n: &Nodes) {
+    let fd = step!(r, "private-open", Iommufd::open(&n.iommu));
+    let ioas = step!(r, "private-ioas", fd.ioas_alloc());
+    let b = step!(r, "private-bind", Bound::open(&n.dev, &fd, None));
+    step!(r, "private-attach", b.attach(ioas));
+    let buf = step!(r, "private-buffer", Buffer::private(BUF_LEN));
+    step!(
+        r,
+        "private-map-eopnotsupp",
+        match fd.try_map(ioas, buf.addr(), BUF_LEN as u64, IOVA) {
+            Err(Errno::EOPNOTSUPP) => Ok(()),
+            Err(e) => Err(format!(
+                "IOMMU_IOAS_MAP of MAP_PRIVATE|MAP_ANONYMOUS: {e}, expected EOPNOTSUPP"
+            )),
+            Ok(()) => Err(
+                "IOMMU_IOAS_MAP of MAP_PRIVATE|MAP_ANONYMOUS succeeded, expected EOPNOTSUPP".into()
+            ),
+        }
+    );
+}
+
+/// Both devices bound to one iommufd and attached to one IOAS; each DMAs through it.
+fn two_devices(r: &mut Report, n: &Nodes) {
+    let (fd, ioas, buf) = step!(r, "two-map", mapped(n));
+    let b1 = step!(r, "two-bind-1", Bound::open(&n.dev, &fd, None));
+    let b2 = step!(r, "two-bind-2", Bound::open(&n.dev2, &fd, None));
+    step!(r, "two-attach-1", b1.attach(ioas));
+    step!(r, "two-attach-2", b2.attach(ioas));
+    let d1 = step!(r, "two-regions-1", b1.edu());
+    let d2 = step!(r, "two-regions-2", b2.edu());
+    step!(r, "two-dma-1", roundtrip(&d1, &buf, IOVA, 0, 0x10000, 0x31));
+    step!(
+        r,
+        "two-dma-2",
+        roundtrip(&d2, &buf, IOVA, 0x20000, 0x30000, 0x32)
+    );
+    step!(
+        r,
+        "two-dma-1-intact",
+        compare(
+            "first device's copy",
+            &buf.read(0x10000, EDU_BUF_LEN),
+            &pattern(0x31, EDU_BUF_LEN)
+        )
+    );
+}
+
+/// Two paging HWPTs on two IOASes map two buffers at the same IOVA; after replacing the
+/// device's HWPT, its DMA lands in the second buffer only.
+fn replace(r: &mut Report, n: &Nodes) {
+    let fd = step!(r, "replace-open", Iommufd::open(&n.iommu));
+    let ioas1 = step!(r, "replace-ioas-1", fd.ioas_alloc());
+    let ioas2 = step!(r, "replace-ioas-2", fd.ioas_alloc());
+    let buf1 = step!(r, "replace-buffer-1", Buffer::shared(BUF_LEN));
+    let buf2 = step!(r, "replace-buffer-2", Buffer::shared(BUF_LEN));
+    for (name, ioas, buf) in [
+        ("replace-map-1", ioas1, &buf1),
+        ("replace-map-2", ioas2, &buf2),
+    ] {
+        step!(r, name, fd.map(ioas, buf.addr(), BUF_LEN as u64, IOVA));
+    }
+    let b = step!(r, "replace-bind", Bound::open(&n.dev, &fd, None));
+    let h1 = step!(r, "replace-hwpt-1", fd.hwpt_alloc(b.dev_id, ioas1));
+    let h2 = step!(r, "replace-hwpt-2", fd.hwpt_alloc(b.dev_id, ioas2));
+    let attached = |h: u32| {
+        b.attach(h).and_then(|got| {
+            if got == h {
+                Ok(())
+            } else {
+                Err(format!("attached to {got}, asked {h}"))
+            }
+        })
+    };
+    step!(r, "replace-attach-1", attached(h1));
+    let dev = step!(r, "replace-regions", b.edu());
+    step!(
+        r,
+        "replace-dma-1",
+        roundtrip(&dev, &buf1, IOVA, 0, 0x10000, 0x41)
+    );
+    step!(r, "replace-attach-2", attached(h2));
+    // edu still holds pattern 0x41: write it out through the new HWPT.
+    buf1.fill(0x20000, EDU_BUF_LEN, 0);
+    buf2.fill(0x20000, EDU_BUF_LEN, 0);
+    step!(
+        r,
+        "replace-dma-2",
+        dev.dma(IOVA + 0x20000, EDU_BUF_LEN, true)
+    );
+    step!(
+        r,
+        "replace-lands-in-2",
+        compare(
+            "buffer 2",
+            &buf2.read(0x20000, EDU_BUF_LEN),
+            &pattern(0x41, EDU_BUF_LEN)
+        )
+    );
+    step!(
+        r,
+        "replace-not-in-1",
+        compare(
+            "buffer 1",
+            &buf1.read(0x20000, EDU_BUF_LEN),
+            &[0; EDU_BUF_LEN]
+        )
+    );
+    step!(
+        r,
+        "replace-roundtrip-2",
+        roundtrip(&dev, &buf2, IOVA, 0x30000, 0x40000, 0x42)
+    );
+}
+
+/// The child of kill_test: binds and attaches the device, maps KILL_BUF of memfd, then reports
+/// readiness and waits to be killed.
+fn kill_child(n: &Nodes) -> Res<(Iommufd, Bound, Buffer)> {
+    let fd = Iommufd::open(&n.iommu)?;
+    let ioas = fd.ioas_alloc()?;
+    let b = Bound::open(&n.dev, &fd, None)?;
+    b.attach(ioas)?;
+    let buf = Buffer::shared(KILL_BUF)?;
+    fd.map(ioas, buf.addr(), KILL_BUF as u64, BENCH_IOVA)?;
+    Ok((fd, b, buf))
+}
+
+fn kill_test(r: &mut Report, n: &Nodes) {
+    let before = step!(r, "kill-memfree-before", mem_free());
+    let pipes = rustix::pipe::pipe().and_then(|a| Ok((a, rustix::pipe::pipe()?)));
+    let ((ready_rd, ready_wr), (hold_rd, hold_wr)) =
+        step!(r, "kill-pipes", pipes.map_err(|e| format!("pipe: {e}")));
+    let (mut ready_rd, ready_wr) = (File::from(ready_rd), File::from(ready_wr));
+    // SAFETY: this program is single-threaded, so the child may run arbitrary code after fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        r.check::<()>("kill-fork", Err(format!("fork: {}", Errno::last())));
+        return;
+    }
+    if pid == 0 {
+        drop((ready_rd, hold_wr));
+        let (msg, _held) = match kill_child(n) {
+            Ok(held) => ("ready".to_string(), Some(held)),
+            Err(e) => (e, None),
+        };
+        let _ = (&ready_wr).write_all(msg.as_bytes());
+        drop(ready_wr);
+        // Blocks until killed: the parent holds the write end and never writes.
+        let _ = File::from(hold_rd).read(&mut [0]);
+        // SAFETY: leaves the forked child without running the parent's destructors or atexit
+        // handlers.
+        unsafe { libc::_exit(1) };
+    }
+    drop((ready_wr, hold_rd));
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let ready = wait_readable(&ready_rd, KILL_DEADLINE).and_then(|()| {
+        let mut s = String::new();
+        ready_rd
+            .read_to_string(&mut s)
+            .map_err(|e| format!("read: {e}"))?;
+        if s == "ready" {
+            Ok(())
+        } else {
+            Err(format!("child: {s}"))
+        }
+    });
+    let ok = r.check("kill-child-ready", ready).is_some();
+    let during = mem_free().unwrap_or(before);
+    println!(
+        "kill-test: MemFree before {} MiB, with the child {} MiB",
+        before / MIB as u64,
+        during / MIB as u64
+    );
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(pid, None);
+    drop((ready_rd, hold_wr));
+    if !ok {
+        return;
+    }
+    step!(
+        r,
+        "kill-child-held-memory",
+        if before.saturating_sub(during) >= KILL_BUF as u64 / 2 {
+            Ok(())
+        } else {
+            Err(format!(
+                "MemFree only {} KiB lower with the child's {} MiB mapped",
+                before.saturating_sub(during) / 1024,
+                KILL_BUF / MIB
+            ))
+        }
+    );
+    let start = Instant::now();
+    step!(
+        r,
+        "kill-memory-freed",
+        loop {
+            let now = match mem_free() {
+                Ok(v) => v,
+                Err(e) => break Err(e),
+            };
+            if now + KILL_TOLERANCE >= before {
+                println!(
+                    "kill-test: MemFree back to {} MiB after {:.2} s",
+                    now / MIB as u64,
+                    start.elapsed().as_secs_f64()
+                );
+                break Ok(());
+            }
+            if start.elapsed() > KILL_DEADLINE {
+                break Err(format!(
+                    "MemFree {} MiB after {KILL_DEADLINE:?}, was {} MiB before the child",
+                    now / MIB as u64,
+                    before / MIB as u64
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    );
+    let (fd, ioas, buf) = step!(r, "kill-reopen-map", mapped(n));
+    let b = step!(
+        r,
+        "kill-rebind",
+        Bound::open(&n.dev, &fd, Some(Duration::from_secs(5)))
+    );
+    step!(r, "kill-reattach", b.attach(ioas));
+    let dev = step!(r, "kill-regions", b.edu());
+    step!(r, "kill-dma", roundtrip(&dev, &buf, IOVA, 0, 0x10000, 0x51));
+}
+
+/// poll(2) for readability with a deadline.
+fn wait_readable(fd: &impl AsRawFd, deadline: Duration) -> Res<()> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut p, 1, deadline.as_millis() as i32) };
+    match n {
+        1 => Ok(()),
+        0 => Err(format!("no answer within {deadline:?}")),
+        _ => Err(format!("poll: {}", Errno::last())),
+    }
+}
+
+fn bench_uiommufd(r: &mut Report, n: &Nodes, rounds: usize) {
+    let fd = step!(r, "bench-open", Iommufd::open(&n.iommu));
+    let ioas = step!(r, "bench-ioas", fd.ioas_alloc());
+    let b = step!(r, "bench-bind", Bound::open(&n.dev, &fd, None));
+    step!(r, "bench-attach", b.attach(ioas));
+    let map = |va, len| fd.map(ioas, va, len, BENCH_IOVA);
+    bench(r, "uiommufd", rounds, map, |len| {
+        fd.unmap(ioas, BENCH_IOVA, len)
+    });
+}
