@@ -131,9 +131,9 @@ say "nodes: \$(ls -l /dev/iommu /dev/vfio/vfio /run/uiommufd/vfio/devices 2>&1 |
 client dma-tests
 dmar_check dmar-fault /tmp/dma-tests.log
 client kill-test
-client bench --rounds $ROUNDS
+client bench --baseline-group /dev/vfio/\$G --rounds $ROUNDS
 for mib in 64 256; do
-  b=\$(awk -v m=\$mib '\$2 == "baseline" && \$3 == m {print \$6}' /tmp/baseline-bench.log)
+  b=\$(awk -v m=\$mib '\$2 == "baseline" && \$3 == m {print \$6}' /tmp/bench.log)
   u=\$(awk -v m=\$mib '\$2 == "uiommufd" && \$3 == m {print \$6}' /tmp/bench.log)
   if [ -n "\$b" ] && [ -n "\$u" ]; then
     say "bench \$mib MiB MAP+UNMAP median: baseline \$b s, uiommufd \$u s, ratio \$(awk -v b=\$b -v u=\$u 'BEGIN {printf "%.2f", u / b}')"

@@ -36,6 +36,7 @@ mod alloc;
 pub(crate) mod failpoint;
 pub mod limits;
 pub mod pages;
+mod pin_runs;
 pub mod source;
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! budget ([`super::accounting`]) for as long as it stays pinned.
 
 use super::accounting::{Account, AccountMode};
+use super::pin_runs::PinRuns;
 use crate::backends::VaRun;
 use nix::errno::Errno;
 use std::collections::BTreeMap;
@@ -37,10 +38,8 @@ pub fn pins_by_paddr() -> std::collections::HashMap<u64, u32> {
     };
     let mut out = std::collections::HashMap::new();
     for p in live {
-        for entry in p.pins.lock().unwrap().values() {
-            if let Some(paddr) = entry.paddr.filter(|&p| entry.users > 0 && p != 0) {
-                *out.entry(paddr & !(PAGE_SIZE - 1)).or_insert(0) += 1;
-            }
+        for paddr in p.pins.lock().unwrap().frames().filter(|&p| p != 0) {
+            *out.entry(paddr & !(PAGE_SIZE - 1)).or_insert(0) += 1;
         }
     }
     out
@@ -90,13 +89,6 @@ pub trait PageSource: Send + Sync + fmt::Debug {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct PinnedPage {
-    users: u32,
-    /// None while only held for a domain that pins by itself.
-    paddr: Option<u64>,
-}
-
 /// A page-aligned window onto a backing, shared by the areas that map it.
 pub struct Pages {
     source: Arc<dyn PageSource>,
@@ -107,7 +99,7 @@ pub struct Pages {
     pub npages: u64,
     pub writable: bool,
     account: Mutex<Account>,
-    pins: Mutex<BTreeMap<u64, PinnedPage>>,
+    pins: Mutex<PinRuns>,
 }
 
 impl fmt::Debug for Pages {
@@ -142,7 +134,7 @@ impl Pages {
             npages,
             writable,
             account: Mutex::new(account),
-            pins: Mutex::new(BTreeMap::new()),
+            pins: Mutex::new(PinRuns::default()),
         });
         register(&pages);
         Ok(pages)
@@ -154,12 +146,12 @@ impl Pages {
 
     /// Number of distinct CPU pages pinned right now.
     pub fn npinned(&self) -> u64 {
-        self.pins.lock().unwrap().len() as u64
+        self.pins.lock().unwrap().npinned()
     }
 
     /// Pin users recorded on page `index` (0 when not pinned).
     pub fn pin_users(&self, index: u64) -> u32 {
-        self.pins.lock().unwrap().get(&index).map_or(0, |p| p.users)
+        self.pins.lock().unwrap().users(index)
     }
 
     pub fn account_mode(&self) -> AccountMode {
@@ -174,7 +166,7 @@ impl Pages {
     /// Moves the charge of every pinned page to `new_owner` (IOMMU_IOAS_CHANGE_PROCESS).
     pub fn change_owner(&self, new_owner: Account) -> Result<(), Errno> {
         let pins = self.pins.lock().unwrap();
-        let n = pins.len() as u64;
+        let n = pins.npinned();
         let mut account = self.account.lock().unwrap();
         new_owner.charge(n)?;
         account.uncharge(n);
@@ -208,26 +200,9 @@ impl Pages {
     ) -> Result<Vec<u64>, Errno> {
         debug_assert!(first <= last && last < self.npages);
         let mut pins = self.pins.lock().unwrap();
-        // Runs of pages to work on: not pinned yet (`fresh`: charged), or held without their
-        // frames while frames are wanted (looked up only).
-        let mut runs: Vec<(u64, u64, bool)> = Vec::new();
-        let mut cur = first;
-        let push = |runs: &mut Vec<(u64, u64, bool)>, at: u64, fresh: bool| match runs.last_mut() {
-            Some((s, n, f)) if *f == fresh && *s + *n == at => *n += 1,
-            _ => runs.push((at, 1, fresh)),
-        };
-        for (&i, p) in pins.range(first..=last) {
-            for gap in cur..i {
-                push(&mut runs, gap, true);
-            }
-            if frames && p.paddr.is_none() {
-                push(&mut runs, i, false);
-            }
-            cur = i + 1;
-        }
-        for gap in cur..=last {
-            push(&mut runs, gap, true);
-        }
+        // Parts to work on: not pinned yet (`fresh`: charged), or held without their frames
+        // while frames are wanted (looked up only).
+        let needs = pins.needs(first, last, frames);
         let undo = |charged: u64, e: Errno| {
             self.account.lock().unwrap().uncharge(charged);
             e
@@ -240,64 +215,39 @@ impl Pages {
         let charge_first = self.source.is_file() || !frames;
         let mut charged = 0u64;
         if charge_first {
-            let fresh: u64 = runs.iter().filter(|r| r.2).map(|r| r.1).sum();
+            let fresh: u64 = needs.iter().filter(|n| n.fresh).map(|n| n.count).sum();
             self.account.lock().unwrap().charge(fresh)?;
             charged = fresh;
         }
-        let mut fresh_paddrs = BTreeMap::new();
-        for &(start, count, fresh) in runs.iter().filter(|_| frames) {
-            let mut done = 0;
-            while done < count {
-                let n = (count - done).min(PIN_BATCH);
+        let mut fetched = BTreeMap::new();
+        for need in needs.iter().filter(|_| frames) {
+            let mut got = Vec::with_capacity(need.count.min(PIN_BATCH) as usize);
+            while (got.len() as u64) < need.count {
+                let at = need.start + got.len() as u64;
+                let n = (need.count - got.len() as u64).min(PIN_BATCH);
                 #[cfg(test)]
                 super::failpoint::check(Errno::EFAULT).map_err(|e| undo(charged, e))?;
                 let batch = self
                     .source
-                    .pin(start + done, n, write)
+                    .pin(at, n, write)
                     .map_err(|e| undo(charged, e))?;
-                if !charge_first && fresh {
+                if !charge_first && need.fresh {
                     // The ledger's guard must be gone before `undo` takes it again.
                     let charge = self.account.lock().unwrap().charge(n);
                     charge.map_err(|e| undo(charged, e))?;
                     charged += n;
                 }
-                for (k, paddr) in batch.into_iter().enumerate() {
-                    fresh_paddrs.insert(start + done + k as u64, paddr);
-                }
-                done += n;
+                got.extend(batch);
             }
+            fetched.insert(need.start, got);
         }
         // Pages already pinned were charged before: the answer grows only with what is charged.
-        let mut out = Vec::new();
-        for index in first..=last {
-            let entry = pins.entry(index).or_insert(PinnedPage {
-                users: 0,
-                paddr: None,
-            });
-            if let Some(&p) = fresh_paddrs.get(&index) {
-                entry.paddr = Some(p);
-            }
-            entry.users += 1;
-            if frames {
-                out.push(entry.paddr.unwrap_or(0));
-            }
-        }
-        Ok(out)
+        Ok(pins.add(first, last, fetched, frames).unwrap_or_default())
     }
 
     /// Drops one pin user from pages `[first, last]`; pages left without users are uncharged.
     pub fn unpin(&self, first: u64, last: u64) {
-        let mut pins = self.pins.lock().unwrap();
-        let mut released = 0;
-        for index in first..=last {
-            if let Some(entry) = pins.get_mut(&index) {
-                entry.users -= 1;
-                if entry.users == 0 {
-                    pins.remove(&index);
-                    released += 1;
-                }
-            }
-        }
+        let released = self.pins.lock().unwrap().remove(first, last);
         self.account.lock().unwrap().uncharge(released);
     }
 
@@ -313,7 +263,7 @@ impl Pages {
 
 impl Drop for Pages {
     fn drop(&mut self) {
-        let n = self.pins.get_mut().unwrap().len() as u64;
+        let n = self.pins.get_mut().unwrap().npinned();
         if n != 0 {
             #[cfg(test)]
             DROPPED_WHILE_PINNED.fetch_add(n, std::sync::atomic::Ordering::SeqCst);

@@ -212,6 +212,29 @@ impl Transport {
     ) -> io::Result<()> {
         if self.kind == TransportKind::Cuse {
             for (node, devname) in CUSE_DEVICES {
+                // A CUSE device goes with its server, so a node already there is someone else's:
+                // the kernel's own (VFIO's container, or /dev/iommu of a kernel with
+                // CONFIG_IOMMUFD). Never take it over, chmod it, or treat it as ours.
+                let path = Path::new("/dev").join(devname);
+                if std::fs::symlink_metadata(&path).is_ok() {
+                    if node == NodeKind::VfioContainer {
+                        tracing::warn!(
+                            path = %path.display(),
+                            mount = %self.mount.display(),
+                            "the kernel's VFIO container node exists: the compat container is \
+                             served only as <mount>/vfio/vfio"
+                        );
+                        continue;
+                    }
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!(
+                            "{} exists already (a kernel with CONFIG_IOMMUFD, or another daemon): \
+                             not serving over it",
+                            path.display()
+                        ),
+                    ));
+                }
                 let chan = Channel::new(Channel::open_device(Path::new(DEV_CUSE))?)?;
                 let perm = match node {
                     NodeKind::VfioContainer => perms.vfio,

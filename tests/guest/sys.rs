@@ -191,6 +191,30 @@ pub fn mem_free() -> Res<u64> {
         .ok_or_else(|| "no MemFree in /proc/meminfo".into())
 }
 
+/// Bytes the daemon (the process named `uiommufd`) has locked: VFIO type1 charges every page it
+/// pins to the mm of the process that mapped it (VmLck), whatever that process's capabilities.
+pub fn daemon_locked() -> Res<u64> {
+    for e in std::fs::read_dir("/proc")
+        .map_err(|e| format!("/proc: {e}"))?
+        .flatten()
+    {
+        let dir = e.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != "uiommufd" {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status"))
+            .map_err(|e| format!("{}/status: {e}", dir.display()))?;
+        return status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmLck:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .ok_or_else(|| "no VmLck in the daemon's status".into());
+    }
+    Err("no uiommufd process".into())
+}
+
 /// Median of the durations, in seconds.
 pub fn median(mut d: Vec<Duration>) -> f64 {
     d.sort();
