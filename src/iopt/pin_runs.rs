@@ -49,10 +49,7 @@ impl PinRuns {
 
     /// Runs meeting `[first, last]`, clipped to it: (start, count, run).
     fn clipped(&self, first: u64, last: u64) -> impl Iterator<Item = (u64, u64, &Run)> {
-        let head = self
-            .run_at(first)
-            .filter(|(s, _)| *s < first)
-            .map(|(s, r)| (s, r));
+        let head = self.run_at(first).filter(|(s, _)| *s < first);
         head.into_iter()
             .chain(self.runs.range(first..=last).map(|(&s, r)| (s, r)))
             .map(move |(s, r)| {
