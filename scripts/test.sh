@@ -9,7 +9,10 @@
 #      tests/kselftest-expected.txt (scripts/kselftest.sh);
 #   4. the QEMU end-to-end script (scripts/qemu-e2e.sh);
 #   5. CUSE for real: the replay corpus through CUSE nodes inside a QEMU guest whose Debian 6.12
-#      kernel has CUSE (scripts/cuse-guest.sh; CI's own kernel has none).
+#      kernel has CUSE (scripts/cuse-guest.sh; CI's own kernel has none);
+#   6. real DMA: the same guest with an emulated VT-d and three `edu` devices bound to vfio-pci;
+#      `serve --vfio` puts two of them behind kernel type1 containers and a client drives their DMA
+#      engines through /dev/iommu and the device nodes (scripts/vfio-guest.sh).
 # Any failure stops the run with a non-zero status. The last line adds up what passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,5 +27,7 @@ kselftest_passed=$(grep '^ok ' "${CARGO_TARGET_DIR:-target}/kselftest/output.tap
 bash scripts/qemu-e2e.sh
 bash scripts/cuse-guest.sh
 cuse_passed=$(grep -ao 'REPLAY: [0-9]* passed' target/cuse-guest/console.log | awk '{print $2}')
-echo "cargo test: $cargo_passed passed; kernel selftest: $kselftest_passed instances passed (gate green); QEMU e2e script: passed; CUSE guest: $cuse_passed replay scripts passed"
-echo "summary: $((cargo_passed + kselftest_passed + 1 + ${cuse_passed:-0})) passed, $cargo_failed failed"
+bash scripts/vfio-guest.sh
+vfio_passed=$(grep -ao 'VFIO-GUEST: summary: [0-9]* passed' target/vfio-guest/console.log | awk '{print $3}')
+echo "cargo test: $cargo_passed passed; kernel selftest: $kselftest_passed instances passed (gate green); QEMU e2e script: passed; CUSE guest: $cuse_passed replay scripts passed; real DMA guest: $vfio_passed checks passed"
+echo "summary: $((cargo_passed + kselftest_passed + 1 + ${cuse_passed:-0} + ${vfio_passed:-0})) passed, $cargo_failed failed"

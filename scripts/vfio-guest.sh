@@ -27,7 +27,8 @@ QEMU=${QEMU:-qemu-system-x86_64}
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-900}
 CLIENT_TIMEOUT=${CLIENT_TIMEOUT:-240}
 ROUNDS=${ROUNDS:-5}
-DAEMON_ARGS=${DAEMON_ARGS:---vfio 0000:00:04.0 --vfio 0000:00:05.0}
+# The nodes are opened by an unprivileged client too (its RLIMIT_MEMLOCK is checked).
+DAEMON_ARGS=${DAEMON_ARGS:---vfio 0000:00:04.0 --vfio 0000:00:05.0 --iommu-perm 0666 --device-perm 0666}
 start=$(date +%s)
 if ! command -v "$QEMU" >/dev/null; then
   [ "${CI:-}" = true ] && { echo "FAIL: $QEMU not found" >&2; exit 1; }

@@ -128,6 +128,7 @@ fn main() -> ExitCode {
         Cmd::DmaTests(n) => {
             roundtrip_and_unmap(&mut r, n);
             private_memory(&mut r, n);
+            memlock_limit(&mut r, n);
             two_devices(&mut r, n);
             replace(&mut r, n);
             "dma-tests"
@@ -285,6 +286,78 @@ fn private_memory(r: &mut Report, n: &Nodes) {
             Ok(()) => Err(
                 "IOMMU_IOAS_MAP of MAP_PRIVATE|MAP_ANONYMOUS succeeded, expected EOPNOTSUPP".into()
             ),
+        }
+    );
+}
+
+/// What an unprivileged client may lock through uiommufd: its own RLIMIT_MEMLOCK (type1 would
+/// charge the root daemon, which is exempt). Runs in a child that drops to nobody with an 8 MiB
+/// limit: 16 MiB is refused with ENOMEM, 4 MiB maps and DMA works.
+fn memlock_limit(r: &mut Report, n: &Nodes) {
+    const LIMIT: u64 = 8 * MIB as u64;
+    let child = || -> Res<()> {
+        let lim = libc::rlimit {
+            rlim_cur: LIMIT,
+            rlim_max: LIMIT,
+        };
+        // SAFETY: plain syscalls on this (single-threaded, forked) process's own credentials.
+        unsafe {
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) != 0
+                || libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(format!("dropping privileges: {}", Errno::last()));
+            }
+        }
+        let fd = Iommufd::open(&n.iommu)?;
+        let ioas = fd.ioas_alloc()?;
+        let b = Bound::open(&n.dev, &fd, None)?;
+        b.attach(ioas)?;
+        let big = Buffer::shared(2 * LIMIT as usize)?;
+        match fd.try_map(ioas, big.addr(), 2 * LIMIT, IOVA) {
+            Err(Errno::ENOMEM) => {}
+            other => {
+                return Err(format!(
+                    "16 MiB over an 8 MiB limit: {other:?}, expected ENOMEM"
+                ))
+            }
+        }
+        let buf = Buffer::shared(BUF_LEN)?;
+        fd.map(ioas, buf.addr(), BUF_LEN as u64, IOVA)?;
+        let dev = b.edu()?;
+        roundtrip(&dev, &buf, IOVA, 0, 0x10000, 0x61)
+    };
+    let (rd, wr) = step!(
+        r,
+        "memlock-pipe",
+        rustix::pipe::pipe().map_err(|e| format!("pipe: {e}"))
+    );
+    // SAFETY: this program is single-threaded, so the child may run arbitrary code after fork.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        drop(rd);
+        let msg = match child() {
+            Ok(()) => "ok".to_string(),
+            Err(e) => e,
+        };
+        let _ = File::from(wr).write_all(msg.as_bytes());
+        // SAFETY: leaves the forked child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    drop(wr);
+    let mut msg = String::new();
+    let _ = File::from(rd).read_to_string(&mut msg);
+    if pid > 0 {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    }
+    step!(
+        r,
+        "memlock-limit-of-an-unprivileged-client",
+        if msg == "ok" {
+            Ok(())
+        } else {
+            Err(format!("child: {msg}"))
         }
     );
 }
@@ -546,6 +619,15 @@ fn bench_interleaved(r: &mut Report, n: &Nodes, group: &str, rounds: usize) {
     let ioas = step!(r, "bench-ioas", fd.ioas_alloc());
     let b = step!(r, "bench-bind", Bound::open(&n.dev, &fd, None));
     step!(r, "bench-attach", b.attach(ioas));
+    // The fixed cost of one ioctl through the node (IOAS_MAP of length 0: EINVAL at once).
+    let rtt: Vec<Duration> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = fd.try_map(ioas, 0, 0, BENCH_IOVA);
+            t.elapsed()
+        })
+        .collect();
+    println!("BENCH node-round-trip median {:.6} s", median(rtt));
     for size in BENCH_SIZES {
         let len = size as u64;
         let buf = step!(
