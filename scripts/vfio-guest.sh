@@ -117,6 +117,21 @@ G=\$(basename "\$(readlink /sys/bus/pci/devices/0000:00:06.0/iommu_group)")
 client baseline-bench /dev/vfio/\$G --bdf 0000:00:06.0 --rounds $ROUNDS
 dmar_check baseline-dmar-fault /tmp/baseline-bench.log
 
+# Start errors: one clear line and a non-zero exit, before any node appears.
+start_error() {
+  name=\$1; want=\$2; shift 2
+  if timeout 20 /bin/uiommufd serve --transport cuse --mount /run/uiommufd-bad "\$@" >/tmp/bad.log 2>&1; then
+    check \$name fail "serve \$* started"
+  elif grep -q "\$want" /tmp/bad.log && [ "\$(grep -c ERROR /tmp/bad.log)" = 1 ]; then check \$name ok
+  else check \$name fail "serve \$*: \$(tr '\n' ' ' < /tmp/bad.log)"; fi
+}
+start_error start-error-not-vfio-pci "not vfio-pci" --vfio 0000:00:1f.2
+start_error start-error-no-device "no such PCI device" --vfio 0000:00:09.0
+# The group of 06.0 held by this shell: the daemon must say it is in use.
+exec 9<>/dev/vfio/\$G
+start_error start-error-group-in-use "already open" --vfio 0000:00:06.0
+exec 9<&-
+
 say "daemon: uiommufd serve --transport cuse --mount /run/uiommufd $DAEMON_ARGS"
 NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} /bin/uiommufd serve --transport cuse --mount /run/uiommufd $DAEMON_ARGS >/tmp/daemon.log 2>&1 &
 DPID=\$!
