@@ -286,3 +286,157 @@ pub fn hwpt_invalidate(u: &Ucmd) -> Result<(), Errno> {
     }
     rc
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::mock::{MockDomain, MockKind};
+    use crate::backends::Domain;
+    use crate::caller::ProcessMemory;
+    use crate::objects::{Context, Device, DeviceBackend, Ioas};
+    use std::mem::size_of;
+    use std::sync::Arc;
+    use uiommufd_uapi::selftest::{IOMMU_HWPT_DATA_SELFTEST, IOMMU_VIOMMU_TYPE_SELFTEST};
+    use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+    /// An IOMMU driver that keeps every default but paging domains and its hw_info answer.
+    struct Plain(Option<(u32, Vec<u8>, u64, u8)>);
+
+    impl DeviceBackend for Plain {
+        fn alloc_domain(&self, flags: u32) -> Result<Arc<dyn Domain>, Errno> {
+            if flags != 0 {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            Ok(Arc::new(MockDomain::new(MockKind::Normal)))
+        }
+        fn hw_info(&self) -> Option<(u32, Vec<u8>, u64, u8)> {
+            self.0.clone()
+        }
+        fn name(&self) -> String {
+            "plain".into()
+        }
+    }
+
+    /// Runs `handler` on `cmd` (in this process's memory, as a caller's); returns the struct as
+    /// the handler left it.
+    fn run<T: FromBytes + IntoBytes + Immutable>(
+        ctx: &Context,
+        handler: fn(&Ucmd) -> Result<(), Errno>,
+        cmd: &T,
+    ) -> Result<T, Errno> {
+        let mut buf = cmd.as_bytes().to_vec();
+        let mem = ProcessMemory::current();
+        let arg = buf.as_mut_ptr() as u64;
+        let size = size_of::<T>();
+        let u = Ucmd::copy_in(ctx, &mem, arg, size as u32, size)?;
+        handler(&u)?;
+        Ok(T::read_from_bytes(&buf).unwrap())
+    }
+
+    fn setup(info: Option<(u32, Vec<u8>, u64, u8)>) -> (Context, u32, u32) {
+        let ctx = Context::new();
+        let ioas_id = ctx.insert(Object::Ioas(Ioas::new())).unwrap();
+        let (dev_id, _) = Device::bind(&ctx, Arc::new(Plain(info))).unwrap();
+        (ctx, ioas_id, dev_id)
+    }
+
+    fn hw_info_cmd(dev_id: u32, flags: u32, ty: u32, out: &mut [u8]) -> iommu_hw_info {
+        iommu_hw_info {
+            size: size_of::<iommu_hw_info>() as u32,
+            flags,
+            dev_id,
+            data_len: out.len() as u32,
+            data_uptr: out.as_mut_ptr() as u64,
+            in_data_type: ty,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hw_info_follows_the_driver() {
+        // Nothing to report: type NONE whatever was asked, the rest of the buffer zeroed.
+        let (ctx, _, dev) = setup(None);
+        let mut out = [0xaau8; 8];
+        let c = hw_info_cmd(dev, IOMMU_HW_INFO_FLAG_INPUT_TYPE, 77, &mut out);
+        let r = run(&ctx, get_hw_info, &c).unwrap();
+        assert_eq!(r.in_data_type, IOMMU_HW_INFO_TYPE_NONE);
+        assert_eq!(r.data_len, 0);
+        assert_eq!(r.out_capabilities, IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED);
+        assert_eq!(r.out_max_pasid_log2, 0);
+        assert_eq!(std::hint::black_box(out), [0; 8]);
+
+        // A typed answer: only that type (or the default) may be asked for.
+        let (ctx, _, dev) = setup(Some((3, vec![1, 2, 3, 4], 0x10, 5)));
+        let mut out = [0xaau8; 6];
+        let c = hw_info_cmd(dev, IOMMU_HW_INFO_FLAG_INPUT_TYPE, 4, &mut out);
+        assert_eq!(run(&ctx, get_hw_info, &c).err(), Some(Errno::EOPNOTSUPP));
+        // Without the flag the type asked for is ignored.
+        let c = hw_info_cmd(dev, 0, 4, &mut out);
+        let r = run(&ctx, get_hw_info, &c).unwrap();
+        assert_eq!(
+            (
+                r.in_data_type,
+                r.data_len,
+                r.out_capabilities,
+                r.out_max_pasid_log2
+            ),
+            (3, 4, 0x10, 5)
+        );
+        assert_eq!(std::hint::black_box(out), [1, 2, 3, 4, 0, 0]);
+        let c = hw_info_cmd(dev, IOMMU_HW_INFO_FLAG_INPUT_TYPE, 3, &mut out);
+        assert_eq!(run(&ctx, get_hw_info, &c).unwrap().in_data_type, 3);
+        let c = hw_info_cmd(dev, IOMMU_HW_INFO_FLAG_INPUT_TYPE << 1, 0, &mut out);
+        assert_eq!(run(&ctx, get_hw_info, &c).err(), Some(Errno::EOPNOTSUPP));
+    }
+
+    /// A driver without driver data, dirty tracking, nesting or vIOMMUs: EOPNOTSUPP for each.
+    #[test]
+    fn default_driver_refuses_what_it_lacks() {
+        let (ctx, ioas, dev) = setup(None);
+        let data = [0u32; 2];
+        let alloc = |flags, pt_id, data_type, data_len| iommu_hwpt_alloc {
+            size: size_of::<iommu_hwpt_alloc>() as u32,
+            flags,
+            dev_id: dev,
+            pt_id,
+            data_type,
+            data_len,
+            data_uptr: data.as_ptr() as u64,
+            ..Default::default()
+        };
+        let dirty = alloc(IOMMU_HWPT_ALLOC_DIRTY_TRACKING, ioas, 0, 0);
+        assert_eq!(run(&ctx, hwpt_alloc, &dirty).err(), Some(Errno::EOPNOTSUPP));
+        let with_data = alloc(0, ioas, IOMMU_HWPT_DATA_SELFTEST, 4);
+        assert_eq!(
+            run(&ctx, hwpt_alloc, &with_data).err(),
+            Some(Errno::EOPNOTSUPP)
+        );
+        let parent = alloc(0, ioas, 0, 0);
+        let hwpt = run(&ctx, hwpt_alloc, &parent).unwrap().out_hwpt_id;
+        assert!(ctx.get_hwpt_paging(hwpt).is_ok());
+        let nested = alloc(0, hwpt, IOMMU_HWPT_DATA_SELFTEST, 4);
+        assert_eq!(
+            run(&ctx, hwpt_alloc, &nested).err(),
+            Some(Errno::EOPNOTSUPP)
+        );
+
+        let track = iommu_hwpt_set_dirty_tracking {
+            size: size_of::<iommu_hwpt_set_dirty_tracking>() as u32,
+            flags: IOMMU_HWPT_DIRTY_TRACKING_ENABLE,
+            hwpt_id: hwpt,
+            reserved: 0,
+        };
+        let r = run(&ctx, hwpt_set_dirty_tracking, &track);
+        assert_eq!(r.err(), Some(Errno::EOPNOTSUPP));
+
+        let viommu = iommu_viommu_alloc {
+            size: size_of::<iommu_viommu_alloc>() as u32,
+            r#type: IOMMU_VIOMMU_TYPE_SELFTEST,
+            dev_id: dev,
+            hwpt_id: hwpt,
+            ..Default::default()
+        };
+        let r = run(&ctx, super::super::viommu_cmds::viommu_alloc, &viommu);
+        assert_eq!(r.err(), Some(Errno::EOPNOTSUPP));
+    }
+}

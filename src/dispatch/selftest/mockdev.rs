@@ -370,6 +370,7 @@ impl ViommuDriver for MockViommu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zerocopy::FromBytes;
 
     #[test]
     fn registry_finds_mock_domains_only() {
@@ -392,6 +393,23 @@ mod tests {
         );
         assert_eq!(nodirty.cache(3), Some(IOMMU_TEST_DEV_CACHE_DEFAULT));
         assert_eq!(nodirty.cache(4), None);
+    }
+
+    #[test]
+    fn hw_info_reports_the_device_flags() {
+        let caps = |flags| {
+            let (ty, data, caps, log2) = MockDev::new(flags).unwrap().hw_info().unwrap();
+            assert_eq!(ty, IOMMU_HW_INFO_TYPE_SELFTEST);
+            let info = iommu_test_hw_info::read_from_bytes(&data).unwrap();
+            assert_eq!(info.test_reg, IOMMU_HW_INFO_SELFTEST_REGVAL);
+            (caps, log2)
+        };
+        let ats = IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED;
+        assert_eq!(caps(0), (ats | IOMMU_HW_CAP_DIRTY_TRACKING, 0));
+        assert_eq!(
+            caps(MOCK_FLAGS_DEVICE_NO_DIRTY | MOCK_FLAGS_DEVICE_PASID),
+            (ats, MOCK_PASID_WIDTH as u8)
+        );
     }
 
     #[test]
