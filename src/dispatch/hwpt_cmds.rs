@@ -290,13 +290,12 @@ pub fn hwpt_invalidate(u: &Ucmd) -> Result<(), Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backends::mock::{MockDomain, MockKind};
     use crate::backends::Domain;
     use crate::caller::ProcessMemory;
+    use crate::devices::domain::SoftDomain;
     use crate::objects::{Context, Device, DeviceBackend, Ioas};
     use std::mem::size_of;
     use std::sync::Arc;
-    use uiommufd_uapi::selftest::{IOMMU_HWPT_DATA_SELFTEST, IOMMU_VIOMMU_TYPE_SELFTEST};
     use zerocopy::{FromBytes, Immutable, IntoBytes};
 
     /// An IOMMU driver that keeps every default but paging domains and its hw_info answer.
@@ -307,7 +306,7 @@ mod tests {
             if flags != 0 {
                 return Err(Errno::EOPNOTSUPP);
             }
-            Ok(Arc::new(MockDomain::new(MockKind::Normal)))
+            Ok(Arc::new(SoftDomain::new()))
         }
         fn hw_info(&self) -> Option<(u32, Vec<u8>, u64, u8)> {
             self.0.clone()
@@ -406,7 +405,7 @@ mod tests {
         };
         let dirty = alloc(IOMMU_HWPT_ALLOC_DIRTY_TRACKING, ioas, 0, 0);
         assert_eq!(run(&ctx, hwpt_alloc, &dirty).err(), Some(Errno::EOPNOTSUPP));
-        let with_data = alloc(0, ioas, IOMMU_HWPT_DATA_SELFTEST, 4);
+        let with_data = alloc(0, ioas, IOMMU_HWPT_DATA_VTD_S1, 4);
         assert_eq!(
             run(&ctx, hwpt_alloc, &with_data).err(),
             Some(Errno::EOPNOTSUPP)
@@ -414,7 +413,7 @@ mod tests {
         let parent = alloc(0, ioas, 0, 0);
         let hwpt = run(&ctx, hwpt_alloc, &parent).unwrap().out_hwpt_id;
         assert!(ctx.get_hwpt_paging(hwpt).is_ok());
-        let nested = alloc(0, hwpt, IOMMU_HWPT_DATA_SELFTEST, 4);
+        let nested = alloc(0, hwpt, IOMMU_HWPT_DATA_VTD_S1, 4);
         assert_eq!(
             run(&ctx, hwpt_alloc, &nested).err(),
             Some(Errno::EOPNOTSUPP)
@@ -431,7 +430,7 @@ mod tests {
 
         let viommu = iommu_viommu_alloc {
             size: size_of::<iommu_viommu_alloc>() as u32,
-            r#type: IOMMU_VIOMMU_TYPE_SELFTEST,
+            r#type: IOMMU_VIOMMU_TYPE_ARM_SMMUV3,
             dev_id: dev,
             hwpt_id: hwpt,
             ..Default::default()
