@@ -150,11 +150,6 @@ impl MockDomain {
         self.kind
     }
 
-    /// Whether the domain was created with dirty tracking support.
-    pub fn has_dirty_ops(&self) -> bool {
-        self.dirty_ops
-    }
-
     /// Whether dirty tracking is currently enabled.
     pub fn dirty_tracking(&self) -> bool {
         self.lock().dirty_tracking
@@ -374,6 +369,11 @@ impl Domain for MockDomain {
 
     fn translate(&self, iova: u64) -> Option<u64> {
         self.lock().leaf_at(iova).map(|(k, l)| l.paddr + (iova - k))
+    }
+
+    /// Whether the domain was created with dirty tracking support.
+    fn has_dirty_ops(&self) -> bool {
+        self.dirty_ops
     }
 
     /// EINVAL when enabling on a domain without dirty tracking support; disabling always works.

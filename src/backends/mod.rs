@@ -83,6 +83,11 @@ pub trait Domain: Send + Sync + std::fmt::Debug {
     fn unmap(&self, iova: u64, len: u64) -> u64;
     /// The physical address `iova` translates to, if mapped.
     fn translate(&self, iova: u64) -> Option<u64>;
+    /// Whether the domain has dirty-tracking ops (the kernel's `dirty_ops`): without them
+    /// IOMMU_HWPT_SET_DIRTY_TRACKING and IOMMU_HWPT_GET_DIRTY_BITMAP are EOPNOTSUPP.
+    fn has_dirty_ops(&self) -> bool {
+        false
+    }
     /// Turns dirty tracking on or off. EOPNOTSUPP where the domain has none.
     fn set_dirty_tracking(&self, _enable: bool) -> Result<(), Errno> {
         Err(Errno::EOPNOTSUPP)

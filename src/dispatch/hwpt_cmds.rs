@@ -1,65 +1,17 @@
 //! HWPT commands: IOMMU_HWPT_ALLOC, IOMMU_GET_HW_INFO, dirty tracking, IOMMU_HWPT_INVALIDATE.
 //!
-//! Paging HWPTs for mock devices are mock domains; nested HWPTs only exist on mock nest parents
-//! (the mock's stage-1 IOTLB). Other devices get their backend's domain and no driver data.
+//! The commands are validated here; the device's IOMMU driver
+//! ([`DeviceBackend`](crate::objects::DeviceBackend)) makes the domains from its driver data and
+//! answers for its capabilities, and domain operations go to the domain
+//! ([`Domain`](crate::backends::Domain), [`NestedDomain`](crate::objects::NestedDomain)).
 
-use super::selftest::mock_of_device;
-use super::selftest::mockdev::as_mock;
 use super::ucmd::Ucmd;
-use crate::backends::mock::{MockKind, MockNested};
-use crate::backends::Domain;
-use crate::objects::{hwpt::HwptNested, HwptPaging, Object};
+use crate::objects::{hwpt::HwptNested, HwptPaging, Object, UserArray, UserData};
 use nix::errno::Errno;
 use std::collections::BTreeMap;
-use std::mem::size_of;
 use uiommufd_uapi::iommufd::*;
-use uiommufd_uapi::selftest::*;
-use zerocopy::FromBytes;
 
 const INVALIDATE_ENTRY_NUM_MAX: u32 = 1 << 19;
-
-/// Reads a driver struct the way iommu_copy_struct_from_user does: `len` bytes of the caller, at
-/// least up to the end of the mandatory fields (`min`) and at most the struct this daemon knows
-/// (EINVAL either way: unlike the ioctl structs, longer driver data is refused, not zero-checked).
-pub(super) fn copy_struct<T: FromBytes + zerocopy::IntoBytes>(
-    u: &Ucmd,
-    uptr: u64,
-    len: u32,
-    min: usize,
-) -> Result<T, Errno> {
-    if (len as usize) < min || len as usize > size_of::<T>() {
-        return Err(Errno::EINVAL);
-    }
-    copy_struct_zero_tail(u, uptr, len, min)
-}
-
-/// Reads an array entry the way copy_struct_from_user does (iommu_copy_struct_from_full_user_array
-/// with an entry size other than the kernel's): shorter entries are zero-extended, bytes beyond
-/// the struct must be zero (E2BIG); `min` bounds the length from below (EINVAL).
-pub(super) fn copy_struct_zero_tail<T: FromBytes + zerocopy::IntoBytes>(
-    u: &Ucmd,
-    uptr: u64,
-    len: u32,
-    min: usize,
-) -> Result<T, Errno> {
-    let len = len as usize;
-    if len < min {
-        return Err(Errno::EINVAL);
-    }
-    let mut v = T::new_zeroed();
-    let n = len.min(size_of::<T>());
-    u.mem.read(uptr, &mut v.as_mut_bytes()[..n])?;
-    if len > size_of::<T>() {
-        super::ucmd::check_zeroed(
-            u.mem,
-            uptr + size_of::<T>() as u64,
-            (len - size_of::<T>()) as u64,
-        )?;
-    }
-    Ok(v)
-}
-
-const SELFTEST_MIN: usize = size_of::<u32>(); // up to `iotlb`
 
 /// Links HWPT `hwpt_id` to fault queue `fault_id` (ENOENT when that is no fault queue).
 fn link_fault(ctx: &crate::objects::Context, hwpt_id: u32, fault_id: u32) -> Result<(), Errno> {
@@ -89,7 +41,8 @@ pub fn hwpt_alloc(u: &Ucmd) -> Result<(), Errno> {
         return Err(Errno::EINVAL);
     }
     let device = ctx.get_device(cmd.dev_id)?;
-    let mock = mock_of_device(ctx, cmd.dev_id).ok().map(|(_, m)| m);
+    let driver = &device.backend;
+    let data = UserData::new(u.mem, cmd.data_type, cmd.data_uptr, cmd.data_len);
     let pt = ctx.get(cmd.pt_id).map_err(|_| Errno::EINVAL)?;
     let id = match pt {
         Object::Ioas(_) => {
@@ -100,8 +53,7 @@ pub fn hwpt_alloc(u: &Ucmd) -> Result<(), Errno> {
             if cmd.flags & !valid != 0 {
                 return Err(Errno::EOPNOTSUPP);
             }
-            let dirty_capable = mock.as_ref().is_some_and(|m| m.dirty_capable());
-            if cmd.flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING != 0 && !dirty_capable {
+            if cmd.flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING != 0 && !driver.dirty_tracking() {
                 return Err(Errno::EOPNOTSUPP);
             }
             if cmd.flags & IOMMU_HWPT_FAULT_ID_VALID != 0
@@ -109,28 +61,7 @@ pub fn hwpt_alloc(u: &Ucmd) -> Result<(), Errno> {
             {
                 return Err(Errno::EOPNOTSUPP);
             }
-            let dflags = cmd.flags & !IOMMU_HWPT_FAULT_ID_VALID;
-            let domain: std::sync::Arc<dyn Domain> = match &mock {
-                Some(m) => {
-                    let mut kind = MockKind::Normal;
-                    if cmd.data_len != 0 {
-                        if cmd.data_type != IOMMU_HWPT_DATA_SELFTEST {
-                            return Err(Errno::EOPNOTSUPP);
-                        }
-                        let cfg: iommu_hwpt_selftest =
-                            copy_struct(u, cmd.data_uptr, cmd.data_len, SELFTEST_MIN)?;
-                        kind = MockKind::from_pagetable_type(cfg.pagetable_type)
-                            .ok_or(Errno::EOPNOTSUPP)?;
-                    }
-                    m.alloc_paging(dflags, kind)?
-                }
-                None => {
-                    if cmd.data_len != 0 {
-                        return Err(Errno::EOPNOTSUPP);
-                    }
-                    device.backend.alloc_domain(dflags)?
-                }
-            };
+            let domain = driver.alloc_paging(cmd.flags & !IOMMU_HWPT_FAULT_ID_VALID, &data)?;
             HwptPaging::alloc(ctx, cmd.pt_id, domain, cmd.flags, false)?.0
         }
         Object::Ext(ref e)
@@ -139,34 +70,25 @@ pub fn hwpt_alloc(u: &Ucmd) -> Result<(), Errno> {
                 .is_some() =>
         {
             let viommu = ctx.get_ext_as::<crate::objects::viommu::Viommu>(cmd.pt_id)?;
-            super::viommu_cmds::alloc_nested_on_viommu(u, &cmd, viommu)?
+            super::viommu_cmds::alloc_nested_on_viommu(u, &cmd, &device, &data, viommu)?
         }
         Object::Ext(_) => {
             let parent = ctx.get_hwpt_paging(cmd.pt_id).map_err(|_| Errno::EINVAL)?;
             if cmd.flags & !(IOMMU_HWPT_FAULT_ID_VALID | IOMMU_HWPT_ALLOC_PASID) != 0
                 || cmd.data_len == 0
-                || mock.is_none()
+                || !driver.nesting()
             {
                 return Err(Errno::EOPNOTSUPP);
             }
             if parent.auto_domain
                 || parent.flags & IOMMU_HWPT_ALLOC_NEST_PARENT == 0
-                || as_mock(&parent.domain).is_none()
+                || !driver.owns_domain(&parent.domain)
             {
                 return Err(Errno::EINVAL);
             }
-            if cmd.data_type != IOMMU_HWPT_DATA_SELFTEST {
-                return Err(Errno::EOPNOTSUPP);
-            }
-            let cfg: iommu_hwpt_selftest =
-                copy_struct(u, cmd.data_uptr, cmd.data_len, SELFTEST_MIN)?;
-            HwptNested::alloc(
-                ctx,
-                cmd.pt_id,
-                Box::new(MockNested::new(cfg.iotlb)),
-                cmd.flags,
-            )?
-            .0
+            let flags = cmd.flags & !IOMMU_HWPT_FAULT_ID_VALID;
+            let nested = driver.alloc_nested(&parent.domain, flags, &data)?;
+            HwptNested::alloc(ctx, cmd.pt_id, nested, cmd.flags)?.0
         }
         _ => return Err(Errno::EINVAL),
     };
@@ -193,35 +115,18 @@ pub fn get_hw_info(u: &Ucmd) -> Result<(), Errno> {
         cmd.in_data_type = IOMMU_HW_INFO_TYPE_DEFAULT;
     }
     let device = u.ctx.get_device(cmd.dev_id)?;
-    let mock = mock_of_device(u.ctx, cmd.dev_id).ok().map(|(_, m)| m);
-    let driver_info = device.backend.hw_info();
-    let data: Vec<u8> = match &mock {
-        Some(_) => {
-            if cmd.in_data_type != IOMMU_HW_INFO_TYPE_DEFAULT
-                && cmd.in_data_type != IOMMU_HW_INFO_TYPE_SELFTEST
-            {
+    let (data, caps, max_pasid_log2) = match device.backend.hw_info() {
+        Some((ty, data, caps, max_pasid_log2)) => {
+            if cmd.in_data_type != IOMMU_HW_INFO_TYPE_DEFAULT && cmd.in_data_type != ty {
                 return Err(Errno::EOPNOTSUPP);
             }
-            cmd.in_data_type = IOMMU_HW_INFO_TYPE_SELFTEST;
-            let info = iommu_test_hw_info {
-                flags: 0,
-                test_reg: IOMMU_HW_INFO_SELFTEST_REGVAL,
-            };
-            zerocopy::IntoBytes::as_bytes(&info).to_vec()
+            cmd.in_data_type = ty;
+            (data, caps, max_pasid_log2)
         }
-        None => match &driver_info {
-            Some((ty, data, _, _)) => {
-                if cmd.in_data_type != IOMMU_HW_INFO_TYPE_DEFAULT && cmd.in_data_type != *ty {
-                    return Err(Errno::EOPNOTSUPP);
-                }
-                cmd.in_data_type = *ty;
-                data.clone()
-            }
-            None => {
-                cmd.in_data_type = IOMMU_HW_INFO_TYPE_NONE;
-                Vec::new()
-            }
-        },
+        None => {
+            cmd.in_data_type = IOMMU_HW_INFO_TYPE_NONE;
+            (Vec::new(), IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED, 0)
+        }
     };
     let copy_len = (cmd.data_len as usize).min(data.len());
     u.mem.write(cmd.data_uptr, &data[..copy_len])?;
@@ -235,26 +140,9 @@ pub fn get_hw_info(u: &Ucmd) -> Result<(), Errno> {
         left -= n;
     }
     cmd.data_len = data.len() as u32;
-    cmd.out_capabilities = IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED;
-    cmd.out_max_pasid_log2 = 0;
-    if let (None, Some((_, _, caps, pasid_log2))) = (&mock, &driver_info) {
-        cmd.out_capabilities = *caps;
-        cmd.out_max_pasid_log2 = *pasid_log2;
-    }
-    if let Some(m) = &mock {
-        if m.dirty_capable() {
-            cmd.out_capabilities |= IOMMU_HW_CAP_DIRTY_TRACKING;
-        }
-        if m.pasid_capable() {
-            cmd.out_max_pasid_log2 = MOCK_PASID_WIDTH as u8;
-        }
-    }
+    cmd.out_capabilities = caps;
+    cmd.out_max_pasid_log2 = max_pasid_log2;
     u.respond(&cmd)
-}
-
-/// Whether `domain` has dirty tracking ops (only mock domains allocated with DIRTY_TRACKING).
-fn has_dirty_ops(domain: &std::sync::Arc<dyn Domain>) -> bool {
-    as_mock(domain).is_some_and(|m| m.has_dirty_ops())
 }
 
 pub fn hwpt_set_dirty_tracking(u: &Ucmd) -> Result<(), Errno> {
@@ -263,7 +151,7 @@ pub fn hwpt_set_dirty_tracking(u: &Ucmd) -> Result<(), Errno> {
         return Err(Errno::EOPNOTSUPP);
     }
     let h = u.ctx.get_hwpt_paging(cmd.hwpt_id)?;
-    if !has_dirty_ops(&h.domain) {
+    if !h.domain.has_dirty_ops() {
         return Err(Errno::EOPNOTSUPP);
     }
     let enable = cmd.flags & IOMMU_HWPT_DIRTY_TRACKING_ENABLE != 0;
@@ -301,7 +189,7 @@ pub fn hwpt_get_dirty_bitmap(u: &Ucmd) -> Result<(), Errno> {
     if cmd.iova & (ps - 1) != 0 || end & (ps - 1) != 0 {
         return Err(Errno::EINVAL);
     }
-    if !has_dirty_ops(&h.domain) {
+    if !h.domain.has_dirty_ops() {
         return Err(Errno::EOPNOTSUPP);
     }
     let no_clear = cmd.flags & IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR != 0;
@@ -348,28 +236,6 @@ pub fn hwpt_get_dirty_bitmap(u: &Ucmd) -> Result<(), Errno> {
     Ok(())
 }
 
-pub(super) fn invalidate_nested(
-    u: &Ucmd,
-    cmd: &iommu_hwpt_invalidate,
-    nested: &MockNested,
-    done: &mut u32,
-) -> Result<(), Errno> {
-    if cmd.data_type != IOMMU_HWPT_INVALIDATE_DATA_SELFTEST {
-        return Err(Errno::EINVAL);
-    }
-    for i in 0..cmd.entry_num {
-        let addr = cmd
-            .data_uptr
-            .checked_add(i as u64 * cmd.entry_len as u64)
-            .ok_or(Errno::EFAULT)?;
-        let inv: iommu_hwpt_invalidate_selftest =
-            copy_struct(u, addr, cmd.entry_len, 2 * size_of::<u32>())?;
-        nested.invalidate(inv.flags, inv.iotlb_id)?;
-        *done += 1;
-    }
-    Ok(())
-}
-
 pub fn hwpt_invalidate(u: &Ucmd) -> Result<(), Errno> {
     let mut cmd: iommu_hwpt_invalidate = u.cmd();
     let mut done = 0u32;
@@ -389,30 +255,187 @@ pub fn hwpt_invalidate(u: &Ucmd) -> Result<(), Errno> {
         let Object::Ext(ext) = obj else {
             return Err(Errno::EINVAL);
         };
+        let array = UserArray::new(
+            u.mem,
+            cmd.data_type,
+            cmd.data_uptr,
+            cmd.entry_len,
+            cmd.entry_num,
+        );
         if let Some(v) = ext
             .as_any()
             .downcast_ref::<crate::objects::viommu::Viommu>()
         {
-            return super::viommu_cmds::viommu_invalidate(u, &cmd, v, &mut done);
+            return v.driver.cache_invalidate(u.ctx, v, &array, &mut done);
         }
         if let Some(n) = ext
             .as_any()
             .downcast_ref::<crate::objects::viommu::ViommuNested>()
         {
-            return super::viommu_cmds::viommu_nested_invalidate(u, &cmd, n, &mut done);
+            return n.domain.cache_invalidate_user(&array, &mut done);
         }
         let n = u
             .ctx
             .get_hwpt_nested(cmd.hwpt_id)
             .map_err(|_| Errno::EINVAL)?;
-        let Some(nested) = n.data.downcast_ref::<MockNested>() else {
-            return Err(Errno::EOPNOTSUPP);
-        };
-        invalidate_nested(u, &cmd, nested, &mut done)
+        n.domain.cache_invalidate_user(&array, &mut done)
     })();
     cmd.entry_num = done;
     if u.respond(&cmd).is_err() {
         return Err(Errno::EFAULT);
     }
     rc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::Domain;
+    use crate::caller::ProcessMemory;
+    use crate::devices::domain::SoftDomain;
+    use crate::objects::{Context, Device, DeviceBackend, Ioas};
+    use std::mem::size_of;
+    use std::sync::Arc;
+    use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+    /// An IOMMU driver that keeps every default but paging domains and its hw_info answer.
+    struct Plain(Option<(u32, Vec<u8>, u64, u8)>);
+
+    impl DeviceBackend for Plain {
+        fn alloc_domain(&self, flags: u32) -> Result<Arc<dyn Domain>, Errno> {
+            if flags != 0 {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            Ok(Arc::new(SoftDomain::new()))
+        }
+        fn hw_info(&self) -> Option<(u32, Vec<u8>, u64, u8)> {
+            self.0.clone()
+        }
+        fn name(&self) -> String {
+            "plain".into()
+        }
+    }
+
+    /// Runs `handler` on `cmd` (in this process's memory, as a caller's); returns the struct as
+    /// the handler left it.
+    fn run<T: FromBytes + IntoBytes + Immutable>(
+        ctx: &Context,
+        handler: fn(&Ucmd) -> Result<(), Errno>,
+        cmd: &T,
+    ) -> Result<T, Errno> {
+        let mut buf = cmd.as_bytes().to_vec();
+        let mem = ProcessMemory::current();
+        let arg = buf.as_mut_ptr() as u64;
+        let size = size_of::<T>();
+        let u = Ucmd::copy_in(ctx, &mem, arg, size as u32, size)?;
+        handler(&u)?;
+        Ok(T::read_from_bytes(&buf).unwrap())
+    }
+
+    fn setup(info: Option<(u32, Vec<u8>, u64, u8)>) -> (Context, u32, u32) {
+        let ctx = Context::new();
+        let ioas_id = ctx.insert(Object::Ioas(Ioas::new())).unwrap();
+        let (dev_id, _) = Device::bind(&ctx, Arc::new(Plain(info))).unwrap();
+        (ctx, ioas_id, dev_id)
+    }
+
+    fn hw_info_cmd(dev_id: u32, flags: u32, ty: u32, out: &mut [u8]) -> iommu_hw_info {
+        iommu_hw_info {
+            size: size_of::<iommu_hw_info>() as u32,
+            flags,
+            dev_id,
+            data_len: out.len() as u32,
+            data_uptr: out.as_mut_ptr() as u64,
+            in_data_type: ty,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hw_info_follows_the_driver() {
+        // Nothing to report: type NONE whatever was asked, the rest of the buffer zeroed.
+        let (ctx, _, dev) = setup(None);
+        let mut out = [0xaau8; 8];
+        let c = hw_info_cmd(dev, IOMMU_HW_INFO_FLAG_INPUT_TYPE, 77, &mut out);
+        let r = run(&ctx, get_hw_info, &c).unwrap();
+        assert_eq!(r.in_data_type, IOMMU_HW_INFO_TYPE_NONE);
+        assert_eq!(r.data_len, 0);
+        assert_eq!(r.out_capabilities, IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED);
+        assert_eq!(r.out_max_pasid_log2, 0);
+        assert_eq!(std::hint::black_box(out), [0; 8]);
+
+        // A typed answer: only that type (or the default) may be asked for.
+        let (ctx, _, dev) = setup(Some((3, vec![1, 2, 3, 4], 0x10, 5)));
+        let mut out = [0xaau8; 6];
+        let c = hw_info_cmd(dev, IOMMU_HW_INFO_FLAG_INPUT_TYPE, 4, &mut out);
+        assert_eq!(run(&ctx, get_hw_info, &c).err(), Some(Errno::EOPNOTSUPP));
+        // Without the flag the type asked for is ignored.
+        let c = hw_info_cmd(dev, 0, 4, &mut out);
+        let r = run(&ctx, get_hw_info, &c).unwrap();
+        assert_eq!(
+            (
+                r.in_data_type,
+                r.data_len,
+                r.out_capabilities,
+                r.out_max_pasid_log2
+            ),
+            (3, 4, 0x10, 5)
+        );
+        assert_eq!(std::hint::black_box(out), [1, 2, 3, 4, 0, 0]);
+        let c = hw_info_cmd(dev, IOMMU_HW_INFO_FLAG_INPUT_TYPE, 3, &mut out);
+        assert_eq!(run(&ctx, get_hw_info, &c).unwrap().in_data_type, 3);
+        let c = hw_info_cmd(dev, IOMMU_HW_INFO_FLAG_INPUT_TYPE << 1, 0, &mut out);
+        assert_eq!(run(&ctx, get_hw_info, &c).err(), Some(Errno::EOPNOTSUPP));
+    }
+
+    /// A driver without driver data, dirty tracking, nesting or vIOMMUs: EOPNOTSUPP for each.
+    #[test]
+    fn default_driver_refuses_what_it_lacks() {
+        let (ctx, ioas, dev) = setup(None);
+        let data = [0u32; 2];
+        let alloc = |flags, pt_id, data_type, data_len| iommu_hwpt_alloc {
+            size: size_of::<iommu_hwpt_alloc>() as u32,
+            flags,
+            dev_id: dev,
+            pt_id,
+            data_type,
+            data_len,
+            data_uptr: data.as_ptr() as u64,
+            ..Default::default()
+        };
+        let dirty = alloc(IOMMU_HWPT_ALLOC_DIRTY_TRACKING, ioas, 0, 0);
+        assert_eq!(run(&ctx, hwpt_alloc, &dirty).err(), Some(Errno::EOPNOTSUPP));
+        let with_data = alloc(0, ioas, IOMMU_HWPT_DATA_VTD_S1, 4);
+        assert_eq!(
+            run(&ctx, hwpt_alloc, &with_data).err(),
+            Some(Errno::EOPNOTSUPP)
+        );
+        let parent = alloc(0, ioas, 0, 0);
+        let hwpt = run(&ctx, hwpt_alloc, &parent).unwrap().out_hwpt_id;
+        assert!(ctx.get_hwpt_paging(hwpt).is_ok());
+        let nested = alloc(0, hwpt, IOMMU_HWPT_DATA_VTD_S1, 4);
+        assert_eq!(
+            run(&ctx, hwpt_alloc, &nested).err(),
+            Some(Errno::EOPNOTSUPP)
+        );
+
+        let track = iommu_hwpt_set_dirty_tracking {
+            size: size_of::<iommu_hwpt_set_dirty_tracking>() as u32,
+            flags: IOMMU_HWPT_DIRTY_TRACKING_ENABLE,
+            hwpt_id: hwpt,
+            reserved: 0,
+        };
+        let r = run(&ctx, hwpt_set_dirty_tracking, &track);
+        assert_eq!(r.err(), Some(Errno::EOPNOTSUPP));
+
+        let viommu = iommu_viommu_alloc {
+            size: size_of::<iommu_viommu_alloc>() as u32,
+            r#type: IOMMU_VIOMMU_TYPE_ARM_SMMUV3,
+            dev_id: dev,
+            hwpt_id: hwpt,
+            ..Default::default()
+        };
+        let r = run(&ctx, super::super::viommu_cmds::viommu_alloc, &viommu);
+        assert_eq!(r.err(), Some(Errno::EOPNOTSUPP));
+    }
 }

@@ -60,16 +60,4 @@ impl<'a> Ucmd<'a> {
 }
 
 /// Checks that `len` bytes of caller memory at `addr` are all zero (E2BIG otherwise).
-pub fn check_zeroed(mem: &dyn CallerMemory, addr: u64, len: u64) -> Result<(), Errno> {
-    let mut chunk = vec![0u8; len.min(4096) as usize];
-    let mut done = 0u64;
-    while done < len {
-        let n = (len - done).min(chunk.len() as u64) as usize;
-        mem.read(addr + done, &mut chunk[..n])?;
-        if chunk[..n].iter().any(|&b| b != 0) {
-            return Err(Errno::E2BIG);
-        }
-        done += n as u64;
-    }
-    Ok(())
-}
+pub use crate::objects::driver::check_zeroed;

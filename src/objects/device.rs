@@ -10,6 +10,7 @@
 //! while the RID's page table is such a HWPT (or the RID is detached); the RID takes a HWPT without
 //! that flag only while no PASID is attached. Automatic HWPTs never carry it.
 
+use super::driver::{NestedDomain, UserData, ViommuDriver};
 use super::hwpt::{HwptNested, HwptPaging};
 use super::{Context, Extension, Ioas, Object};
 use crate::backends::Domain;
@@ -21,10 +22,70 @@ use uiommufd_uapi::iommufd::IOMMU_HWPT_ALLOC_PASID;
 /// The PASID that stands for "no PASID": attachments at it are the RID's.
 pub const NO_PASID: u32 = 0;
 
-/// What kind of IOMMU sits in front of a device.
+/// The IOMMU driver in front of a device (the kernel's `iommu_ops` for it).
+///
+/// The core validates commands and the objects they name, then asks the driver what it supports
+/// and for its domains and vIOMMUs; the driver reads its own data ([`UserData`]). Defaults answer
+/// as an IOMMU without the feature.
 pub trait DeviceBackend: Send + Sync {
-    /// A fresh paging domain for this device (IOMMU_HWPT_ALLOC `flags` as given).
+    /// A fresh paging domain for this device (IOMMU_HWPT_ALLOC `flags` without
+    /// IOMMU_HWPT_FAULT_ID_VALID; 0 for the automatic domain of an attach).
     fn alloc_domain(&self, flags: u32) -> Result<Arc<dyn Domain>, Errno>;
+    /// IOMMU_HWPT_ALLOC of a paging domain with driver data (domain_alloc_paging_flags). The
+    /// default takes no data (EOPNOTSUPP) and leaves the rest to [`Self::alloc_domain`].
+    fn alloc_paging(&self, flags: u32, data: &UserData) -> Result<Arc<dyn Domain>, Errno> {
+        if !data.is_empty() {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        self.alloc_domain(flags)
+    }
+    /// Whether the IOMMU tracks dirty pages (IOMMU_CAP_DIRTY_TRACKING): without it,
+    /// IOMMU_HWPT_ALLOC_DIRTY_TRACKING is EOPNOTSUPP.
+    fn dirty_tracking(&self) -> bool {
+        false
+    }
+    /// Whether the driver makes nested domains on a paging parent (domain_alloc_nested).
+    fn nesting(&self) -> bool {
+        false
+    }
+    /// Whether `domain` is one of this driver's (a nest parent or a vIOMMU's stage 2 must be).
+    fn owns_domain(&self, _domain: &Arc<dyn Domain>) -> bool {
+        false
+    }
+    /// A nested domain on the nest-parent `parent` (owned by this driver; checked by the core),
+    /// IOMMU_HWPT_ALLOC `flags` without IOMMU_HWPT_FAULT_ID_VALID. Called only when
+    /// [`Self::nesting`].
+    fn alloc_nested(
+        &self,
+        _parent: &Arc<dyn Domain>,
+        _flags: u32,
+        _data: &UserData,
+    ) -> Result<Box<dyn NestedDomain>, Errno> {
+        Err(Errno::EOPNOTSUPP)
+    }
+    /// The IOMMU instance in front of the device: a vIOMMU serves only devices behind the instance
+    /// it was made on (EINVAL otherwise). None: an instance no vIOMMU spans.
+    fn iommu_instance(&self) -> Option<u64> {
+        None
+    }
+    /// Whether the driver makes vIOMMUs of type `ty` (IOMMU_VIOMMU_ALLOC; EOPNOTSUPP otherwise).
+    fn viommu_type(&self, _ty: u32) -> bool {
+        false
+    }
+    /// A vIOMMU of type `ty` (accepted by [`Self::viommu_type`]) on the nest-parent `hwpt`,
+    /// whose domain this driver owns. `data.ty` is the vIOMMU type.
+    fn viommu_alloc(
+        &self,
+        _ty: u32,
+        _hwpt: &Arc<HwptPaging>,
+        _data: &UserData,
+    ) -> Result<Box<dyn ViommuDriver>, Errno> {
+        Err(Errno::EOPNOTSUPP)
+    }
+    /// The concrete driver, for a driver's own objects that need their device back.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
     /// Whether an existing domain can serve this device too (automatic domain reuse).
     fn domain_compatible(&self, _domain: &Arc<dyn Domain>) -> bool {
         true
@@ -54,7 +115,9 @@ pub trait DeviceBackend: Send + Sync {
         Ok(())
     }
     /// IOMMU_GET_HW_INFO for this device's IOMMU: (data type, data, capabilities, max PASID
-    /// width). None: an IOMMU with nothing to report (type NONE).
+    /// width). A caller asking for a type gets EOPNOTSUPP unless it is this one. None: an IOMMU
+    /// with nothing to report (type NONE, whatever was asked; capabilities
+    /// IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED).
     fn hw_info(&self) -> Option<(u32, Vec<u8>, u64, u8)> {
         None
     }

@@ -1,6 +1,6 @@
 //! Hardware page tables: a paging HWPT is an IOMMU domain kept in sync with one IOAS.
 
-use super::{Context, Extension, Ioas};
+use super::{Context, Extension, Ioas, NestedDomain};
 use crate::backends::Domain;
 use nix::errno::Errno;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,12 +83,12 @@ impl Extension for HwptPaging {
 
 /// A nested (stage-1) HWPT on top of a paging HWPT allocated with IOMMU_HWPT_ALLOC_NEST_PARENT.
 /// Translation still goes through the parent; the nested part only carries the driver's
-/// (here: the mock's) stage-1 state.
+/// stage-1 domain.
 pub struct HwptNested {
     pub parent_id: u32,
     pub parent: Arc<HwptPaging>,
-    /// Driver state of the stage-1 domain (e.g. `crate::backends::mock::MockNested`).
-    pub data: Box<dyn std::any::Any + Send + Sync>,
+    /// The driver's stage-1 domain.
+    pub domain: Box<dyn NestedDomain>,
     pub flags: u32,
     /// Where I/O page faults of devices attached here go.
     pub fault: super::fault::FaultLink,
@@ -99,14 +99,14 @@ impl HwptNested {
     pub fn alloc(
         ctx: &Context,
         parent_id: u32,
-        data: Box<dyn std::any::Any + Send + Sync>,
+        domain: Box<dyn NestedDomain>,
         flags: u32,
     ) -> Result<(u32, Arc<HwptNested>), Errno> {
         let parent = ctx.get_hwpt_paging(parent_id)?;
         let h = Arc::new(HwptNested {
             parent_id,
             parent,
-            data,
+            domain,
             flags,
             fault: Default::default(),
         });

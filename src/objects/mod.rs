@@ -14,6 +14,7 @@
 
 pub mod access;
 pub mod device;
+pub mod driver;
 pub mod fault;
 pub mod hwpt;
 pub mod ioas;
@@ -22,6 +23,7 @@ pub mod viommu;
 
 pub use access::{Access, AccessOps};
 pub use device::{Device, DeviceBackend};
+pub use driver::{NestedDomain, UserArray, UserData, ViommuDriver};
 pub use hwpt::HwptPaging;
 pub use ioas::Ioas;
 

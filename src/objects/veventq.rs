@@ -149,13 +149,17 @@ mod tests {
     use uiommufd_uapi::iommufd::iommufd_vevent_header;
     use zerocopy::FromBytes;
 
+    /// A vIOMMU driver without any feature.
+    struct Plain;
+    impl crate::objects::ViommuDriver for Plain {}
+
     fn queue(depth: u32) -> (Context, Arc<VeventQueue>) {
         let ctx = Context::new();
         let ioas = ctx.insert(Object::Ioas(Ioas::new())).unwrap();
         use crate::backends::mock::{MockDomain, MockKind};
         let d: Arc<dyn crate::backends::Domain> = Arc::new(MockDomain::new(MockKind::Normal));
         let (hwpt_id, hwpt) = HwptPaging::alloc(&ctx, ioas, d, 0, false).unwrap();
-        let (vid, _) = Viommu::alloc(&ctx, 1, hwpt_id, hwpt, Box::new(())).unwrap();
+        let (vid, _) = Viommu::alloc(&ctx, 1, None, hwpt_id, hwpt, Box::new(Plain)).unwrap();
         assert_eq!(
             VeventQueue::alloc(&ctx, 1, vid, 7, 2).err(),
             Some(Errno::EOPNOTSUPP)

@@ -2,15 +2,17 @@
 //! nested HWPTs allocated on a vIOMMU.
 //!
 //! A vIOMMU sits on a nest-parent paging HWPT (which gains a user); each vDEVICE ties one device
-//! to a virtual ID of one vIOMMU (which gains a user). The driver's state is opaque here
-//! (`data`), as for [`super::hwpt::HwptNested`]. Destroying a device destroys its vDEVICE too
-//! and leaves the vDEVICE's ID as a tombstone.
+//! to a virtual ID of one vIOMMU (which gains a user). The driver's part is a [`ViommuDriver`],
+//! as a nested HWPT's is a [`NestedDomain`]. Destroying a device destroys its vDEVICE
+//! too and leaves the vDEVICE's ID as a tombstone.
 //!
 //! A hardware queue (IOMMU_HW_QUEUE_ALLOC) reads guest memory at an IOVA of the vIOMMU's IOAS:
 //! an internal access pins that range and locks it, so IOAS_UNMAP of it is EBUSY while the queue
 //! lives.
 
-use super::{Access, AccessOps, Context, Device, Extension, HwptPaging};
+use super::{
+    Access, AccessOps, Context, Device, Extension, HwptPaging, NestedDomain, ViommuDriver,
+};
 use crate::iopt::PAGE_SIZE;
 use nix::errno::Errno;
 use std::collections::BTreeMap;
@@ -19,14 +21,16 @@ use std::sync::{Arc, Mutex};
 /// A vIOMMU instance.
 pub struct Viommu {
     pub viommu_type: u32,
+    /// The IOMMU instance it was made on (see [`super::DeviceBackend::iommu_instance`]).
+    pub iommu: Option<u64>,
     pub hwpt_id: u32,
     pub hwpt: Arc<HwptPaging>,
     /// virt_id → vDEVICE object id.
     pub vdevs: Mutex<BTreeMap<u64, u32>>,
     /// Hardware queue index → HW_QUEUE object id.
     pub hw_queues: Mutex<BTreeMap<u32, u32>>,
-    /// Driver state (the mock keeps nothing yet).
-    pub data: Box<dyn std::any::Any + Send + Sync>,
+    /// The driver's vIOMMU.
+    pub driver: Box<dyn ViommuDriver>,
     /// vEVENT queues by type (at most one each).
     pub veventqs: Mutex<BTreeMap<u32, std::sync::Weak<super::veventq::VeventQueue>>>,
 }
@@ -36,21 +40,28 @@ impl Viommu {
     pub fn alloc(
         ctx: &Context,
         viommu_type: u32,
+        iommu: Option<u64>,
         hwpt_id: u32,
         hwpt: Arc<HwptPaging>,
-        data: Box<dyn std::any::Any + Send + Sync>,
+        driver: Box<dyn ViommuDriver>,
     ) -> Result<(u32, Arc<Viommu>), Errno> {
         let v = Arc::new(Viommu {
             viommu_type,
+            iommu,
             hwpt_id,
             hwpt,
             vdevs: Mutex::new(BTreeMap::new()),
             hw_queues: Mutex::new(BTreeMap::new()),
-            data,
+            driver,
             veventqs: Mutex::new(BTreeMap::new()),
         });
         let id = ctx.insert_child(hwpt_id, super::Object::Ext(v.clone()))?;
         Ok((id, v))
+    }
+
+    /// Whether `device` sits behind the IOMMU instance the vIOMMU was made on.
+    pub fn serves(&self, device: &Device) -> bool {
+        self.iommu.is_some() && device.backend.iommu_instance() == self.iommu
     }
 }
 
@@ -75,8 +86,6 @@ pub struct Vdevice {
     pub dev_id: u32,
     pub device: Arc<Device>,
     pub virt_id: u64,
-    /// Driver state of the device (the mock device, for cache invalidation).
-    pub data: Arc<dyn std::any::Any + Send + Sync>,
 }
 
 impl Vdevice {
@@ -88,7 +97,6 @@ impl Vdevice {
         viommu: Arc<Viommu>,
         dev_id: u32,
         virt_id: u64,
-        data: Arc<dyn std::any::Any + Send + Sync>,
     ) -> Result<(u32, Arc<Vdevice>), Errno> {
         let taken = ctx.objects_of_type("vdevice").into_iter().any(|(_, o)| {
             matches!(o, super::Object::Ext(e)
@@ -109,7 +117,6 @@ impl Vdevice {
             dev_id,
             device,
             virt_id,
-            data,
         });
         match ctx.insert(super::Object::Ext(v.clone())) {
             Ok(id) => {
@@ -311,8 +318,8 @@ impl Extension for HwQueue {
 pub struct ViommuNested {
     pub viommu_id: u32,
     pub viommu: Arc<Viommu>,
-    /// Driver state of the stage-1 domain (e.g. `crate::backends::mock::MockNested`).
-    pub data: Box<dyn std::any::Any + Send + Sync>,
+    /// The driver's stage-1 domain.
+    pub domain: Box<dyn NestedDomain>,
     pub flags: u32,
     /// Where I/O page faults of devices attached here go.
     pub fault: super::fault::FaultLink,
@@ -323,13 +330,13 @@ impl ViommuNested {
         ctx: &Context,
         viommu_id: u32,
         viommu: Arc<Viommu>,
-        data: Box<dyn std::any::Any + Send + Sync>,
+        domain: Box<dyn NestedDomain>,
         flags: u32,
     ) -> Result<(u32, Arc<ViommuNested>), Errno> {
         let h = Arc::new(ViommuNested {
             viommu_id,
             viommu,
-            data,
+            domain,
             flags,
             fault: Default::default(),
         });

@@ -1,19 +1,23 @@
-//! The selftest's mock device: which mock domains it makes and what it accepts.
+//! The selftest's mock IOMMU driver: the mock device, which mock domains it makes and what it
+//! accepts, its nested domains and its vIOMMU.
 
-use crate::backends::mock::{MockDomain, MockKind};
+use crate::backends::mock::{MockDomain, MockKind, MockNested};
 use crate::backends::Domain;
 use crate::objects::device::Attachment;
-use crate::objects::{DeviceBackend, HwptPaging};
+use crate::objects::viommu::{Vdevice, Viommu};
+use crate::objects::{
+    Context, DeviceBackend, HwptPaging, NestedDomain, UserArray, UserData, ViommuDriver,
+};
 use nix::errno::Errno;
+use std::collections::BTreeMap;
+use std::mem::size_of;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use uiommufd_uapi::iommufd::{
     IOMMU_HWPT_ALLOC_DIRTY_TRACKING, IOMMU_HWPT_ALLOC_NEST_PARENT, IOMMU_HWPT_ALLOC_PASID,
+    IOMMU_HW_CAP_DIRTY_TRACKING, IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED,
 };
-use uiommufd_uapi::selftest::{
-    IOMMU_TEST_DEV_CACHE_DEFAULT, IOMMU_TEST_PASID_RESERVED, MOCK_DEV_CACHE_NUM,
-    MOCK_FLAGS_DEVICE_NO_DIRTY, MOCK_FLAGS_DEVICE_PASID, MOCK_PASID_WIDTH,
-};
+use uiommufd_uapi::selftest::*;
 
 /// Every mock paging domain made here, so a HWPT's `Arc<dyn Domain>` can be recognised as one.
 static MOCKS: Mutex<Vec<Weak<MockDomain>>> = Mutex::new(Vec::new());
@@ -100,9 +104,9 @@ impl MockDev {
         self.cache.lock().unwrap().get(id as usize).copied()
     }
 
-    /// A paging domain for IOMMU_HWPT_ALLOC: EOPNOTSUPP for unknown flags or dirty tracking on
-    /// a device without it.
-    pub fn alloc_paging(&self, flags: u32, kind: MockKind) -> Result<Arc<MockDomain>, Errno> {
+    /// A paging domain of `kind`: EOPNOTSUPP for unknown flags or dirty tracking on a device
+    /// without it.
+    pub fn paging_domain(&self, flags: u32, kind: MockKind) -> Result<Arc<MockDomain>, Errno> {
         if flags & !PAGING_FLAGS != 0
             || (flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING != 0 && !self.dirty_capable())
         {
@@ -112,14 +116,91 @@ impl MockDev {
     }
 }
 
+/// The mock's IOMMU instance: every mock device sits behind the same one.
+const MOCK_IOMMU: u64 = u64::from_be_bytes(*b"mockiomm");
+
+/// Size of `iommu_hwpt_selftest` up to its mandatory `iotlb`.
+const HWPT_SELFTEST_MIN: usize = size_of::<u32>();
+
+/// The mock's nested domain from IOMMU_HWPT_ALLOC's driver data (EOPNOTSUPP for another type).
+fn nested_domain(data: &UserData) -> Result<Box<dyn NestedDomain>, Errno> {
+    if data.ty != IOMMU_HWPT_DATA_SELFTEST {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    let cfg: iommu_hwpt_selftest = data.read(HWPT_SELFTEST_MIN)?;
+    Ok(Box::new(MockNested::new(cfg.iotlb)))
+}
+
 impl DeviceBackend for MockDev {
     fn alloc_domain(&self, flags: u32) -> Result<Arc<dyn Domain>, Errno> {
-        Ok(self.alloc_paging(flags, MockKind::Normal)?)
+        Ok(self.paging_domain(flags, MockKind::Normal)?)
+    }
+
+    /// Driver data `iommu_hwpt_selftest` picks the page table's kind.
+    fn alloc_paging(&self, flags: u32, data: &UserData) -> Result<Arc<dyn Domain>, Errno> {
+        let mut kind = MockKind::Normal;
+        if !data.is_empty() {
+            if data.ty != IOMMU_HWPT_DATA_SELFTEST {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            let cfg: iommu_hwpt_selftest = data.read(HWPT_SELFTEST_MIN)?;
+            kind = MockKind::from_pagetable_type(cfg.pagetable_type).ok_or(Errno::EOPNOTSUPP)?;
+        }
+        Ok(self.paging_domain(flags, kind)?)
+    }
+
+    fn dirty_tracking(&self) -> bool {
+        self.dirty_capable()
+    }
+
+    fn nesting(&self) -> bool {
+        true
+    }
+
+    fn owns_domain(&self, domain: &Arc<dyn Domain>) -> bool {
+        as_mock(domain).is_some()
+    }
+
+    fn alloc_nested(
+        &self,
+        _parent: &Arc<dyn Domain>,
+        _flags: u32,
+        data: &UserData,
+    ) -> Result<Box<dyn NestedDomain>, Errno> {
+        nested_domain(data)
+    }
+
+    fn iommu_instance(&self) -> Option<u64> {
+        Some(MOCK_IOMMU)
+    }
+
+    fn viommu_type(&self, ty: u32) -> bool {
+        ty == IOMMU_VIOMMU_TYPE_SELFTEST
+    }
+
+    fn viommu_alloc(
+        &self,
+        _ty: u32,
+        _hwpt: &Arc<HwptPaging>,
+        data: &UserData,
+    ) -> Result<Box<dyn ViommuDriver>, Errno> {
+        if !data.is_empty() {
+            // The mock's driver data asks for an mmap of the iommufd file (a loopback page),
+            // which this daemon cannot offer through FUSE; refuse rather than hand out a dead
+            // offset.
+            let min = size_of::<u32>(); // up to `in_data`
+            let _: iommu_viommu_selftest = data.read(min)?;
+            return Err(Errno::EOPNOTSUPP);
+        }
+        Ok(Box::new(MockViommu))
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 
     fn check_attach(&self, hwpt: &HwptPaging) -> Result<(), Errno> {
-        let dirty = as_mock(&hwpt.domain).is_some_and(|m| m.has_dirty_ops());
-        if dirty && !self.dirty_capable() {
+        if hwpt.domain.has_dirty_ops() && !self.dirty_capable() {
             return Err(Errno::EINVAL);
         }
         Ok(())
@@ -149,14 +230,147 @@ impl DeviceBackend for MockDev {
         Ok(())
     }
 
+    fn hw_info(&self) -> Option<(u32, Vec<u8>, u64, u8)> {
+        let info = iommu_test_hw_info {
+            flags: 0,
+            test_reg: IOMMU_HW_INFO_SELFTEST_REGVAL,
+        };
+        let mut caps = IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED;
+        if self.dirty_capable() {
+            caps |= IOMMU_HW_CAP_DIRTY_TRACKING;
+        }
+        let pasid_log2 = if self.pasid_capable() {
+            MOCK_PASID_WIDTH as u8
+        } else {
+            0
+        };
+        let data = zerocopy::IntoBytes::as_bytes(&info).to_vec();
+        Some((IOMMU_HW_INFO_TYPE_SELFTEST, data, caps, pasid_log2))
+    }
+
     fn name(&self) -> String {
         format!("mock(flags={:#x})", self.flags)
+    }
+}
+
+/// The mock's stage-1 IOTLB takes `iommu_hwpt_invalidate_selftest` entries.
+impl NestedDomain for MockNested {
+    fn cache_invalidate_user(&self, array: &UserArray, done: &mut u32) -> Result<(), Errno> {
+        if array.ty != IOMMU_HWPT_INVALIDATE_DATA_SELFTEST {
+            return Err(Errno::EINVAL);
+        }
+        for i in 0..array.entry_num {
+            let inv: iommu_hwpt_invalidate_selftest = array.entry(i, 2 * size_of::<u32>())?;
+            self.invalidate(inv.flags, inv.iotlb_id)?;
+            *done += 1;
+        }
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The mock's vIOMMU (IOMMU_VIOMMU_TYPE_SELFTEST): nested domains like the mock device's, device
+/// cache invalidation by virtual ID, IOMMU_HW_QUEUE_TYPE_SELFTEST queues.
+struct MockViommu;
+
+impl ViommuDriver for MockViommu {
+    fn alloc_domain_nested(
+        &self,
+        _flags: u32,
+        data: &UserData,
+    ) -> Result<Box<dyn NestedDomain>, Errno> {
+        nested_domain(data)
+    }
+
+    /// The whole array is read before any entry runs.
+    fn cache_invalidate(
+        &self,
+        ctx: &Context,
+        viommu: &Viommu,
+        array: &UserArray,
+        done: &mut u32,
+    ) -> Result<(), Errno> {
+        if array.entry_num == 0 && array.ty == IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST {
+            return Ok(());
+        }
+        if array.ty != IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST || array.entry_num == 0 {
+            return Err(Errno::EINVAL);
+        }
+        // Grows with what was really read: entry_num is the caller's word (up to 4G entries).
+        let mut reqs = Vec::with_capacity((array.entry_num as usize).min(4096));
+        for i in 0..array.entry_num {
+            let r: iommu_viommu_invalidate_selftest = array.entry_zero_tail(i, 0)?;
+            reqs.push(r);
+        }
+        for r in reqs {
+            if r.flags & !IOMMU_TEST_INVALIDATE_FLAG_ALL != 0 {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            if r.cache_id > MOCK_DEV_CACHE_ID_MAX {
+                return Err(Errno::EINVAL);
+            }
+            let vdev_obj = viommu
+                .vdevs
+                .lock()
+                .unwrap()
+                .get(&(r.vdev_id as u64))
+                .copied()
+                .ok_or(Errno::EINVAL)?;
+            let vdev = ctx
+                .get_ext_as::<Vdevice>(vdev_obj)
+                .map_err(|_| Errno::EINVAL)?;
+            let mock = vdev
+                .device
+                .backend
+                .as_any()
+                .and_then(|a| a.downcast_ref::<MockDev>())
+                .ok_or(Errno::EINVAL)?;
+            if r.flags & IOMMU_TEST_INVALIDATE_FLAG_ALL != 0 {
+                mock.invalidate_cache(None);
+            } else {
+                mock.invalidate_cache(Some(r.cache_id));
+            }
+            *done += 1;
+        }
+        Ok(())
+    }
+
+    fn hw_queue_type(&self, ty: u32) -> bool {
+        ty == IOMMU_HW_QUEUE_TYPE_SELFTEST
+    }
+
+    /// Indexes below IOMMU_TEST_HW_QUEUE_MAX, allocated in order: each queue depends on the one
+    /// of the index below (EIO without it).
+    fn hw_queue_init(
+        &self,
+        queues: &BTreeMap<u32, u32>,
+        index: u32,
+        _base_pa: u64,
+    ) -> Result<Option<u32>, Errno> {
+        if index >= IOMMU_TEST_HW_QUEUE_MAX {
+            return Err(Errno::EINVAL);
+        }
+        if queues.contains_key(&index) {
+            return Err(Errno::EEXIST);
+        }
+        if index == 0 {
+            return Ok(None);
+        }
+        queues
+            .get(&(index - 1))
+            .copied()
+            .map(Some)
+            .ok_or(Errno::EIO)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zerocopy::FromBytes;
 
     #[test]
     fn registry_finds_mock_domains_only() {
@@ -173,12 +387,29 @@ mod tests {
         let nodirty = MockDev::new(MOCK_FLAGS_DEVICE_NO_DIRTY).unwrap();
         assert_eq!(
             nodirty
-                .alloc_paging(IOMMU_HWPT_ALLOC_DIRTY_TRACKING, MockKind::Normal)
+                .paging_domain(IOMMU_HWPT_ALLOC_DIRTY_TRACKING, MockKind::Normal)
                 .unwrap_err(),
             Errno::EOPNOTSUPP
         );
         assert_eq!(nodirty.cache(3), Some(IOMMU_TEST_DEV_CACHE_DEFAULT));
         assert_eq!(nodirty.cache(4), None);
+    }
+
+    #[test]
+    fn hw_info_reports_the_device_flags() {
+        let caps = |flags| {
+            let (ty, data, caps, log2) = MockDev::new(flags).unwrap().hw_info().unwrap();
+            assert_eq!(ty, IOMMU_HW_INFO_TYPE_SELFTEST);
+            let info = iommu_test_hw_info::read_from_bytes(&data).unwrap();
+            assert_eq!(info.test_reg, IOMMU_HW_INFO_SELFTEST_REGVAL);
+            (caps, log2)
+        };
+        let ats = IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED;
+        assert_eq!(caps(0), (ats | IOMMU_HW_CAP_DIRTY_TRACKING, 0));
+        assert_eq!(
+            caps(MOCK_FLAGS_DEVICE_NO_DIRTY | MOCK_FLAGS_DEVICE_PASID),
+            (ats, MOCK_PASID_WIDTH as u8)
+        );
     }
 
     #[test]

@@ -128,7 +128,8 @@ pub fn test_cmd(u: &Ucmd) -> Result<(), Errno> {
             let p: iommu_test_cmd_check_iotlb = payload(&cmd);
             let h = u.ctx.get_hwpt_nested(cmd.id)?;
             let nested = h
-                .data
+                .domain
+                .as_any()
                 .downcast_ref::<crate::backends::mock::MockNested>()
                 .ok_or(Errno::EINVAL)?;
             nested.check_iotlb(p.id, p.iotlb)
