@@ -121,13 +121,23 @@ impl VfioPci {
         self.cdev.unbind(file, || self.quiesce(), || {});
     }
 
-    /// The driver's domain switch: leave the old domain's mirror, join the new one.
+    /// The driver's domain switch: leave the old domain's mirror, join the new one. EINVAL when
+    /// another device of the same IOMMU group is attached to a different page table.
     fn switch_domain(&self, new: Option<&Arc<dyn Domain>>) -> Result<(), Errno> {
         let mut cur = self.domain.lock().unwrap();
         if let (Some(c), Some(n)) = (cur.as_ref(), new) {
             if Arc::ptr_eq(c, n) {
                 return Ok(());
             }
+        }
+        let key = |d: &Arc<dyn Domain>| Arc::as_ptr(d) as *const () as usize;
+        let (cur_key, new_key) = (cur.as_ref().map(key), new.map(key));
+        let mut attached = self.host.group.attached.lock().unwrap();
+        let others = attached
+            .iter()
+            .any(|(&k, &n)| Some(k) != new_key && !(Some(k) == cur_key && n <= 1));
+        if new.is_some() && others {
+            return Err(Errno::EINVAL);
         }
         let container = self.container();
         let new_vfio = match new {
@@ -143,14 +153,33 @@ impl VfioPci {
                 if let Some(old) = cur.as_ref().and_then(as_vfio) {
                     if let Err(e2) = old.join(container) {
                         crate::error_limited!(device = self.name(), %e2, "cannot restore the old domain");
+                        if let Some(k) = cur_key {
+                            release(&mut attached, k);
+                        }
                         *cur = None;
                     }
                 }
                 return Err(e);
             }
         }
+        if let Some(k) = cur_key {
+            release(&mut attached, k);
+        }
+        if let Some(k) = new_key {
+            *attached.entry(k).or_insert(0) += 1;
+        }
         *cur = new.cloned();
         Ok(())
+    }
+}
+
+/// One device of a group less on domain `k`.
+fn release(attached: &mut std::collections::HashMap<usize, usize>, k: usize) {
+    if let Some(n) = attached.get_mut(&k) {
+        *n -= 1;
+        if *n == 0 {
+            attached.remove(&k);
+        }
     }
 }
 

@@ -23,6 +23,9 @@ pub struct Group {
     _file: OwnedFd,
     pub container: Arc<KernelContainer>,
     pub geometry: Geometry,
+    /// Domains the group's devices are attached to (by address), with how many devices each:
+    /// the devices of a group share its container, so they must share one page table.
+    pub attached: std::sync::Mutex<HashMap<usize, usize>>,
 }
 
 /// What IOMMU_GET_HW_INFO reports for the device's IOMMU.
@@ -256,6 +259,7 @@ fn open_group(sysfs: &Path, bdf: &str, n: u32) -> Result<Group, String> {
         _file: file,
         container: Arc::new(KernelContainer::new(container)),
         geometry: Geometry::from_info(&info),
+        attached: Default::default(),
     })
 }
 
