@@ -443,18 +443,18 @@ impl ProcessHandle {
         Ok(out)
     }
 
-    /// Opens the file behind the VMA `[start, end)` through `/proc/<tgid>/map_files` of the bound
-    /// process (needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE, which the daemon has).
-    pub(super) fn open_vma_file(
-        &self,
-        start: u64,
-        end: u64,
-        write: bool,
-    ) -> Result<OwnedFd, Errno> {
+    /// An O_PATH handle on the file behind the VMA `[start, end)`, through
+    /// `/proc/<tgid>/map_files` of the bound process (needs CAP_SYS_ADMIN or
+    /// CAP_CHECKPOINT_RESTORE, which the daemon has). O_PATH runs no file system open: a file
+    /// system served by the client cannot stall the daemon here.
+    pub(super) fn open_vma_path(&self, start: u64, end: u64) -> Result<OwnedFd, Errno> {
         use rustix::fs::OFlags;
         let b = self.bound()?;
-        let flags = if write { OFlags::RDWR } else { OFlags::RDONLY };
-        open_at(&b.proc_dir, &format!("map_files/{start:x}-{end:x}"), flags)
+        open_at(
+            &b.proc_dir,
+            &format!("map_files/{start:x}-{end:x}"),
+            OFlags::PATH,
+        )
     }
 
     /// Every VMA of the bound address space now.

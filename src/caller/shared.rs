@@ -230,16 +230,35 @@ fn vma_mapping(
     if !crate::iopt::source::dev_is_pinnable(vma.dev, handle.tgid()) {
         return Err(Ok(Unshareable::FileKind { start, end }));
     }
-    // The cache lock is held across the open and mmap: they concern only the daemon's /proc
-    // view and its own address space, never a client's file system (the kind is checked first).
-    let fd = handle
-        .open_vma_file(start, end, write)
-        .map_err(|e| match e {
-            Errno::ENOENT => Ok(Unshareable::Private { start, end }),
-            e => Err(e),
-        })?;
-    let info = crate::iopt::source::inspect_file(fd.as_fd(), handle.tgid()).map_err(Err)?;
+    // The cache lock is held across the opens and the mmap: they concern only the daemon's /proc
+    // view, its own address space and a shmem/hugetlbfs file (checked before the real open).
+    let path = handle.open_vma_path(start, end).map_err(|e| match e {
+        Errno::ENOENT => Ok(Unshareable::Private { start, end }),
+        e => Err(e),
+    })?;
     // The VMA may have been replaced between the query and the open.
+    let st = rustix::fs::statx(
+        &path,
+        c"",
+        rustix::fs::AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::INO,
+    )
+    .map_err(|e| Err(Errno::from_raw(e.raw_os_error())))?;
+    if (st.stx_dev_major, st.stx_dev_minor) != vma.dev || st.stx_ino != vma.inode {
+        return Err(Err(Errno::EFAULT));
+    }
+    let flags = if write {
+        rustix::fs::OFlags::RDWR
+    } else {
+        rustix::fs::OFlags::RDONLY
+    };
+    let fd = rustix::fs::open(
+        format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&path)),
+        flags | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| Err(Errno::from_raw(e.raw_os_error())))?;
+    let info = crate::iopt::source::inspect_file(fd.as_fd(), handle.tgid()).map_err(Err)?;
     if info.dev() != vma.dev || info.inode() != vma.inode {
         return Err(Err(Errno::EFAULT));
     }
@@ -250,4 +269,72 @@ fn vma_mapping(
     let m = Arc::new(DaemonMapping::map_file(&fd, vma.offset, end - start, write).map_err(Err)?);
     cache.put(key, &m);
     Ok((key, m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::mman::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
+    use std::num::NonZeroUsize;
+
+    const LEN: usize = 64 * 1024;
+
+    fn rw() -> ProtFlags {
+        ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
+    }
+
+    #[test]
+    fn a_shared_memfd_is_reached_through_one_kept_mapping() {
+        let h = Arc::new(ProcessHandle::current().unwrap());
+        let fd =
+            nix::sys::memfd::memfd_create(c"view", nix::sys::memfd::MFdFlags::empty()).unwrap();
+        nix::unistd::ftruncate(&fd, LEN as i64).unwrap();
+        let len = NonZeroUsize::new(LEN).unwrap();
+        // SAFETY: a fresh shared mapping owned by this test, unmapped at its end.
+        let p = unsafe { mmap(None, len, rw(), MapFlags::MAP_SHARED, &fd, 0).unwrap() };
+        let va = p.as_ptr() as u64;
+        // SAFETY: the mapping is LEN bytes long and nothing else uses it.
+        unsafe { p.as_ptr().cast::<u8>().add(4096).write(0x5a) };
+        let r = shared_ranges(&h, va + 4096, va + 2 * 4096, true).unwrap();
+        assert_eq!(r.len(), 1);
+        let (range, _hold) = &r[0];
+        assert_eq!((range.offset, range.len), (4096, 4096));
+        assert_ne!(
+            range.addr(),
+            va + 4096,
+            "the daemon's own mapping, not the caller's"
+        );
+        // SAFETY: the daemon mapping is live (held) and covers this byte of the memfd; the test
+        // owns the file, so it cannot shrink underneath.
+        let seen = unsafe { (range.addr() as *const u8).read() };
+        assert_eq!(seen, 0x5a);
+        let first = range.mapping.addr();
+        drop(r);
+        // Released mappings stay idle and are found again.
+        let again = shared_ranges(&h, va, va + LEN as u64, true).unwrap();
+        assert_eq!(again[0].0.mapping.addr(), first);
+        drop(again);
+        // SAFETY: unmapping the test's own mapping.
+        unsafe { munmap(p, LEN).unwrap() };
+    }
+
+    #[test]
+    fn private_memory_is_refused() {
+        let h = Arc::new(ProcessHandle::current().unwrap());
+        let len = NonZeroUsize::new(LEN).unwrap();
+        // SAFETY: a fresh private mapping owned by this test, unmapped at its end.
+        let p = unsafe { mmap_anonymous(None, len, rw(), MapFlags::MAP_PRIVATE).unwrap() };
+        let va = p.as_ptr() as u64;
+        match shared_ranges(&h, va, va + LEN as u64, true) {
+            Err(Ok(Unshareable::Private { start, .. })) => assert_eq!(start, va),
+            other => panic!("expected Private, got {:?}", other.map(|v| v.len())),
+        }
+        // A hole in the range is EFAULT.
+        // SAFETY: unmapping the test's own mapping.
+        unsafe { munmap(p, LEN).unwrap() };
+        assert!(matches!(
+            shared_ranges(&h, va, va + LEN as u64, true),
+            Err(Err(Errno::EFAULT))
+        ));
+    }
 }
