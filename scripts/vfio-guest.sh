@@ -7,6 +7,10 @@
 #      04.0 and 05.0); dma-tests, kill-test and bench through /dev/iommu and the daemon's device
 #      nodes /run/uiommufd/vfio/devices/<BDF>; the DMA to an unmapped IOVA must leave a DMAR fault
 #      in dmesg; the bench is printed as a ratio to the baseline of the same boot.
+#   3. SIGTERM to the daemon while a client (vfio_dma hold) holds 64 MiB mapped with 04.0
+#      attached: the daemon exits 0 within 20 s and releases the open files, no uiommufd process
+#      or /dev/iommu remains, the client's next ioctl fails, its memory comes back, and the
+#      client's own type1 container drives 04.0 again (baseline-bench).
 # Kernel cmdline: intel_iommu=on iommu.strict=1 (loglevel=3 keeps DMAR fault messages off the
 # console; they are copied from dmesg). Packages and initramfs as in cuse-guest.sh
 # (scripts/lib-guest.sh). Everything the guest prints goes to target/vfio-guest/console.log; its
@@ -158,10 +162,82 @@ for mib in 64 256; do
   fi
 done
 
+# SIGTERM while a client holds 64 MiB mapped with 04.0 attached (vfio_dma hold): the daemon must
+# exit 0 within a deadline and release everything; the orphaned client's ioctl then fails.
+# meminfo FIELD: its value in KiB.
+meminfo() { awk -v f="\$1:" '\$1 == f {print \$2}' /proc/meminfo; }
+mi() { say "meminfo \$1: MemFree \$((\$(meminfo MemFree) / 1024)) MiB, Shmem \$((\$(meminfo Shmem) / 1024)) MiB"; }
+exited() { [ ! -e /proc/\$1 ] || [ "\$(awk '{print \$3}' /proc/\$1/stat 2>/dev/null)" = Z ]; }
+no_daemon() { for c in /proc/[0-9]*/comm; do [ "\$(cat \$c 2>/dev/null)" = uiommufd ] && return 1; done; return 0; }
+# hold_read UNTIL: copy the holder's lines to /tmp/hold.log until one starts with UNTIL (each
+# line within 60 s).
+hold_read() {
+  while read -t 60 -r line <&8; do
+    echo "\$line" >> /tmp/hold.log
+    case \$line in "\$1"*) return 0 ;; esac
+  done
+  return 1
+}
+mkfifo /tmp/hold.in /tmp/hold.out
+# Both ends opened read-write first: no open blocks, whatever the holder does.
+exec 7<>/tmp/hold.in 8<>/tmp/hold.out
+: > /tmp/hold.log
+say "client hold start at \$(up) s"
+timeout -s KILL $CLIENT_TIMEOUT /bin/vfio_dma hold </tmp/hold.in >/tmp/hold.out 2>&1 &
+HPID=\$!
+if hold_read held; then check hold-ready ok; else check hold-ready fail "no 'held' line from the holder"; fi
+# What the holder's 64 MiB (+ 2 MiB) of memfd must give back once it and the daemon are gone.
+MF1=\$(meminfo MemFree); SH1=\$(meminfo Shmem)
+mi holder-ready
 kill -TERM \$DPID 2>/dev/null
+T0=\$(up)
+if wait_for 20 exited \$DPID; then
+  check daemon-exits-after-sigterm-with-client ok
+  say "daemon gone \$(awk -v a=\$T0 -v b=\$(up) 'BEGIN {printf "%.2f", b - a}') s after SIGTERM"
+else
+  check daemon-exits-after-sigterm-with-client fail "still running 20 s after SIGTERM with a client holding 04.0"
+  for t in /proc/\$DPID/task/*; do
+    say "daemon thread \$(basename \$t) \$(cat \$t/comm) state \$(awk '{print \$3}' \$t/stat) wchan \$(cat \$t/wchan 2>/dev/null)"
+    sed 's/^/VFIO-GUEST:   /' \$t/stack 2>/dev/null
+  done
+  kill -KILL \$DPID
+fi
 wait \$DPID
-say "daemon exit \$?"
+DRC=\$?
+say "daemon exit \$DRC"
+mi daemon-exited
+if [ \$DRC = 0 ]; then check daemon-exit-0 ok; else check daemon-exit-0 fail "exit status \$DRC"; fi
 sed 's/^/DAEMON: /' /tmp/daemon.log
+if grep -q 'released files still open at shutdown' /tmp/daemon.log; then check daemon-released-held-files ok
+else check daemon-released-held-files fail "no 'released files still open at shutdown' in its log"; fi
+if grep -q ' ERROR ' /tmp/daemon.log; then check daemon-log-no-error fail "\$(grep ' ERROR ' /tmp/daemon.log | head -n3 | tr '\\n' ' ')"
+else check daemon-log-no-error ok; fi
+if wait_for 5 no_daemon; then check no-uiommufd-process ok
+else check no-uiommufd-process fail "a uiommufd process remains"; fi
+nodes_gone() { [ ! -e /dev/iommu ]; }
+if wait_for 5 nodes_gone; then check cuse-node-gone ok; else check cuse-node-gone fail "/dev/iommu still there"; fi
+# The holder's ioctl on its orphaned iommufd must fail, not hang.
+echo go >&7
+hold_read "RESULT hold: " || say "holder: no RESULT line"
+if wait_for 30 exited \$HPID; then wait \$HPID; HRC=\$?; else kill -KILL \$HPID; wait \$HPID; HRC=killed; fi
+exec 7>&- 8<&-
+sed "s/^/CLIENT: [hold] /" /tmp/hold.log
+res=\$(grep "^RESULT hold: " /tmp/hold.log | tail -n1)
+if [ -z "\$res" ]; then check hold fail "no RESULT line (exit \$HRC)"
+else
+  PASSED=\$((PASSED + \$(echo "\$res" | awk '{print \$3}')))
+  FAILED=\$((FAILED + \$(echo "\$res" | awk '{print \$5}')))
+  [ "\$HRC" = 0 ] || check hold-exit fail "exit \$HRC"
+fi
+say "client hold exit \$HRC at \$(up) s"
+# Everything comes back: the holder's memfd, pinned by the daemon's container until it exited.
+mem_back() { [ \$((SH1 - \$(meminfo Shmem))) -ge 61440 ] && [ \$((\$(meminfo MemFree) - MF1)) -ge 32768 ]; }
+if wait_for 30 mem_back; then check memory-back-after-daemon-and-holder ok
+else check memory-back-after-daemon-and-holder fail "with the holder: MemFree \$((MF1 / 1024)) MiB, Shmem \$((SH1 / 1024)) MiB; 30 s after: MemFree \$((\$(meminfo MemFree) / 1024)) MiB, Shmem \$((\$(meminfo Shmem) / 1024)) MiB (expected MemFree +32, Shmem -60)"; fi
+mi holder-gone
+# The daemon let go of 04.0's group: the kernel's own container drives it again.
+G4=\$(basename "\$(readlink /sys/bus/pci/devices/0000:00:04.0/iommu_group)")
+client baseline-bench /dev/vfio/\$G4 --bdf 0000:00:04.0 --rounds 1
 dmesg | grep -E 'DMAR|vfio' | sed 's/^/DMESG: /'
 say "summary: \$PASSED passed, \$FAILED failed"
 say "done at \$(up) s"

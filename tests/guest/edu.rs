@@ -5,13 +5,24 @@
 //! inverted), 0x80 DMA source, 0x88 DMA destination, 0x90 count, 0x98 command (bit 0 run, bit 1
 //! edu→RAM); its DMA buffer sits at 0x40000 in the device's address space and holds 4 KiB. A
 //! transfer runs about 100 ms after the command, register writes are ignored while it runs, and
-//! addresses are masked to 28 bits.
+//! addresses are masked to 28 bits. Interrupts: a write to 0x60 ORs the value into the status at
+//! 0x24 and raises the interrupt (MSI when enabled, INTx otherwise); a write to 0x64 clears those
+//! bits (INTx drops when none is left).
 
 use crate::sys::{ctx, ioctl_ptr, Res};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 use uiommufd_uapi::vfio::*;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// VFIO_DEVICE_SET_IRQS with one eventfd.
+#[repr(C)]
+#[derive(Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+struct IrqSetOne {
+    hdr: vfio_irq_set,
+    fd: i32,
+}
 
 pub const EDU_ID: u32 = 0x0100_00ed;
 /// Where edu's internal DMA buffer sits in its DMA address space.
@@ -23,6 +34,9 @@ const REG_DMA_SRC: u64 = 0x80;
 const REG_DMA_DST: u64 = 0x88;
 const REG_DMA_COUNT: u64 = 0x90;
 const REG_DMA_CMD: u64 = 0x98;
+const REG_IRQ_STATUS: u64 = 0x24;
+const REG_IRQ_RAISE: u64 = 0x60;
+const REG_IRQ_ACK: u64 = 0x64;
 const DMA_RUN: u32 = 1 << 0;
 const DMA_TO_RAM: u32 = 1 << 1;
 /// How long one transfer may take before the test gives up (edu needs ~100 ms).
@@ -131,6 +145,66 @@ impl Device {
                 self.name,
                 u16::from_le_bytes(cmd)
             ));
+        }
+        Ok(())
+    }
+
+    /// edu raises its interrupt with `bits` in the status register.
+    pub fn raise_irq(&self, bits: u32) -> Res<()> {
+        self.write32(REG_IRQ_RAISE, bits)
+    }
+
+    /// edu's interrupt status register.
+    pub fn irq_status(&self) -> Res<u32> {
+        self.read32(REG_IRQ_STATUS)
+    }
+
+    /// Clears `bits` of edu's interrupt status.
+    pub fn ack_irq(&self, bits: u32) -> Res<()> {
+        self.write32(REG_IRQ_ACK, bits)
+    }
+
+    /// VFIO_DEVICE_GET_IRQ_INFO of one interrupt index.
+    pub fn irq_info(&self, index: u32) -> Res<vfio_irq_info> {
+        let mut i = vfio_irq_info {
+            argsz: size_of::<vfio_irq_info>() as u32,
+            index,
+            ..Default::default()
+        };
+        ioctl_ptr(&self.file, VFIO_DEVICE_GET_IRQ_INFO, &mut i)
+            .map_err(|e| format!("VFIO_DEVICE_GET_IRQ_INFO {index}: {e}"))?;
+        Ok(i)
+    }
+
+    /// VFIO_DEVICE_SET_IRQS ACTION_TRIGGER of vector 0 of `index`: the eventfd `fd` signals it
+    /// (DATA_EVENTFD, count 1), or with `None` every vector of the index is torn down (DATA_NONE,
+    /// count 0).
+    pub fn set_irq_trigger(&self, index: u32, fd: Option<i32>) -> Res<()> {
+        let hdr = vfio_irq_set {
+            argsz: size_of::<vfio_irq_set>() as u32,
+            flags: VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
+            index,
+            start: 0,
+            count: 0,
+        };
+        let what = |e| format!("VFIO_DEVICE_SET_IRQS {index} {fd:?}: {e}");
+        match fd {
+            None => {
+                let mut h = hdr;
+                ioctl_ptr(&self.file, VFIO_DEVICE_SET_IRQS, &mut h).map_err(what)?;
+            }
+            Some(fd) => {
+                let mut s = IrqSetOne {
+                    hdr: vfio_irq_set {
+                        argsz: size_of::<IrqSetOne>() as u32,
+                        flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+                        count: 1,
+                        ..hdr
+                    },
+                    fd,
+                };
+                ioctl_ptr(&self.file, VFIO_DEVICE_SET_IRQS, &mut s).map_err(what)?;
+            }
         }
         Ok(())
     }

@@ -67,6 +67,78 @@ impl Iommufd {
         Ok(())
     }
 
+    /// IOMMU_IOAS_IOVA_RANGES: the usable ranges `[start, last]` (asks for the count first, as
+    /// the kernel answers EMSGSIZE with the count when the array is too small).
+    pub fn iova_ranges(&self, ioas: u32) -> Res<Vec<(u64, u64)>> {
+        let mut q = iommu_ioas_iova_ranges {
+            size: size_of::<iommu_ioas_iova_ranges>() as u32,
+            ioas_id: ioas,
+            ..Default::default()
+        };
+        match ioctl_ptr(&self.file, IOMMU_IOAS_IOVA_RANGES, &mut q) {
+            Ok(_) | Err(Errno::EMSGSIZE) => {}
+            Err(e) => return Err(format!("IOMMU_IOAS_IOVA_RANGES (count): {e}")),
+        }
+        let mut v = vec![iommu_iova_range::default(); q.num_iovas as usize];
+        q.allowed_iovas = v.as_mut_ptr() as u64;
+        ioctl_ptr(&self.file, IOMMU_IOAS_IOVA_RANGES, &mut q)
+            .map_err(ctx("IOMMU_IOAS_IOVA_RANGES"))?;
+        v.truncate(q.num_iovas as usize);
+        Ok(v.iter().map(|r| (r.start, r.last)).collect())
+    }
+
+    /// IOMMU_IOAS_COPY, readable and writeable, at the fixed `dst_iova`.
+    pub fn copy(&self, dst: u32, dst_iova: u64, src: u32, src_iova: u64, length: u64) -> Res<()> {
+        let mut c = iommu_ioas_copy {
+            size: size_of::<iommu_ioas_copy>() as u32,
+            flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+            dst_ioas_id: dst,
+            src_ioas_id: src,
+            length,
+            dst_iova,
+            src_iova,
+        };
+        ioctl_ptr(&self.file, IOMMU_IOAS_COPY, &mut c).map_err(ctx("IOMMU_IOAS_COPY"))?;
+        Ok(())
+    }
+
+    /// IOMMU_IOAS_MAP_FILE of `[start, start + length)` of `file`, readable and writeable, at
+    /// the fixed `iova`.
+    pub fn map_file(
+        &self,
+        ioas: u32,
+        file: &impl AsRawFd,
+        start: u64,
+        length: u64,
+        iova: u64,
+    ) -> Res<()> {
+        let mut m = iommu_ioas_map_file {
+            size: size_of::<iommu_ioas_map_file>() as u32,
+            flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+            ioas_id: ioas,
+            fd: file.as_raw_fd(),
+            start,
+            length,
+            iova,
+        };
+        ioctl_ptr(&self.file, IOMMU_IOAS_MAP_FILE, &mut m).map_err(ctx("IOMMU_IOAS_MAP_FILE"))?;
+        Ok(())
+    }
+
+    /// IOMMU_GET_HW_INFO of `dev_id` into `data` (its whole length offered); returns the header
+    /// as answered.
+    pub fn hw_info(&self, dev_id: u32, data: &mut [u8]) -> Res<iommu_hw_info> {
+        let mut h = iommu_hw_info {
+            size: size_of::<iommu_hw_info>() as u32,
+            dev_id,
+            data_len: data.len() as u32,
+            data_uptr: data.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        ioctl_ptr(&self.file, IOMMU_GET_HW_INFO, &mut h).map_err(ctx("IOMMU_GET_HW_INFO"))?;
+        Ok(h)
+    }
+
     /// A paging HWPT for `dev_id` on the IOAS `ioas`.
     pub fn hwpt_alloc(&self, dev_id: u32, ioas: u32) -> Res<u32> {
         let mut h = iommu_hwpt_alloc {

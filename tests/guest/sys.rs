@@ -215,6 +215,22 @@ pub fn daemon_locked() -> Res<u64> {
     Err("no uiommufd process".into())
 }
 
+/// poll(2) for readability with a deadline.
+pub fn wait_readable(fd: &impl AsRawFd, deadline: Duration) -> Res<()> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut p, 1, deadline.as_millis() as i32) };
+    match n {
+        1 => Ok(()),
+        0 => Err(format!("no answer within {deadline:?}")),
+        _ => Err(format!("poll: {}", Errno::last())),
+    }
+}
+
 /// Median of the durations, in seconds.
 pub fn median(mut d: Vec<Duration>) -> f64 {
     d.sort();

@@ -7,15 +7,23 @@
 //!   DMA round trip, then VFIO_IOMMU_MAP_DMA + UNMAP_DMA timings (`BENCH baseline ...` lines).
 //! - `dma-tests`: through uiommufd (/dev/iommu and the daemon's device nodes): DMA into the
 //!   client's memfd, no write after IOAS_UNMAP, EOPNOTSUPP for private memory, two devices on one
-//!   IOAS, HWPT replace.
+//!   IOAS, HWPT replace, GET_HW_INFO, the MSI window in IOVA_RANGES, IOAS_COPY, IOAS_MAP_FILE,
+//!   INTx and MSI into the client's eventfd.
 //! - `kill-test`: a SIGKILLed client's pinned memory comes back and the device can be bound again.
+//! - `hold`: maps 64 MiB with the device attached, prints `held` and waits for a line on stdin
+//!   (the script stops the daemon meanwhile); then an ioctl on the orphaned iommufd must fail.
 //! - `bench`: IOAS_MAP + IOAS_UNMAP timings through uiommufd (`BENCH uiommufd ...` lines).
 //!
 //! Built as a dev-only example: `cargo build --release --example vfio_dma`.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+#[macro_use]
+mod report;
 mod edu;
+mod ioas;
 mod iommufd;
+mod irq;
+mod lifetime;
 mod sys;
 mod type1;
 
@@ -23,12 +31,12 @@ use clap::{Args, Parser};
 use edu::{Device, EDU_BUF_LEN};
 use iommufd::{Bound, Iommufd};
 use nix::errno::Errno;
+use report::Report;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use sys::{compare, daemon_locked, median, mem_free, pattern, Buffer, Res, MIB};
+use sys::{compare, median, pattern, Buffer, Res, MIB};
 use type1::Container;
 
 /// IOVA of the 2 MiB test buffers (edu masks DMA addresses to 28 bits: stay below 256 MiB).
@@ -37,10 +45,6 @@ const BUF_LEN: usize = 2 * MIB;
 /// IOVA of the benchmark buffers (no DMA there, so above edu's reach is fine).
 const BENCH_IOVA: u64 = 0x1000_0000;
 const BENCH_SIZES: [usize; 2] = [64 * MIB, 256 * MIB];
-const KILL_BUF: usize = 64 * MIB;
-/// How far MemFree may stay below its value before the killed client started.
-const KILL_TOLERANCE: u64 = 16 * MIB as u64;
-const KILL_DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Parser)]
 #[command(about = "edu DMA through uiommufd (run inside scripts/vfio-guest.sh)")]
@@ -59,6 +63,8 @@ enum Cmd {
     DmaTests(Nodes),
     /// SIGKILL a client that holds pinned memory and a bound device.
     KillTest(Nodes),
+    /// Hold 64 MiB mapped with the device attached until a line arrives on stdin.
+    Hold(Nodes),
     /// IOAS_MAP + IOAS_UNMAP timings through uiommufd, interleaved with the client's own
     /// container (the group file of another edu, /dev/vfio/N).
     Bench {
@@ -82,44 +88,9 @@ struct Nodes {
     dev2: String,
 }
 
-struct Report {
-    passed: u32,
-    failed: u32,
-}
-
-impl Report {
-    fn check<T>(&mut self, name: &str, r: Res<T>) -> Option<T> {
-        match r {
-            Ok(v) => {
-                self.passed += 1;
-                println!("ok {name}");
-                Some(v)
-            }
-            Err(e) => {
-                self.failed += 1;
-                println!("FAIL {name}: {e}");
-                None
-            }
-        }
-    }
-}
-
-/// Runs one check; on failure the enclosing test function stops (later steps depend on it).
-macro_rules! step {
-    ($r:expr, $name:expr, $e:expr) => {
-        match $r.check($name, $e) {
-            Some(v) => v,
-            None => return,
-        }
-    };
-}
-
 fn main() -> ExitCode {
     let cmd = Cmd::parse();
-    let mut r = Report {
-        passed: 0,
-        failed: 0,
-    };
+    let mut r = Report::default();
     let name = match &cmd {
         Cmd::BaselineBench { group, bdf, rounds } => {
             baseline(&mut r, group, bdf, *rounds);
@@ -131,11 +102,20 @@ fn main() -> ExitCode {
             memlock_limit(&mut r, n);
             two_devices(&mut r, n);
             replace(&mut r, n);
+            ioas::hw_info(&mut r, n);
+            ioas::msi_window(&mut r, n);
+            ioas::ioas_copy(&mut r, n);
+            ioas::map_file(&mut r, n);
+            irq::interrupts(&mut r, n);
             "dma-tests"
         }
         Cmd::KillTest(n) => {
-            kill_test(&mut r, n);
+            lifetime::kill_test(&mut r, n);
             "kill-test"
+        }
+        Cmd::Hold(n) => {
+            lifetime::hold(&mut r, n);
+            "hold"
         }
         Cmd::Bench {
             nodes,
@@ -173,10 +153,15 @@ fn roundtrip(dev: &Device, buf: &Buffer, iova: u64, src: usize, dst: usize, seed
 /// finish and leave the buffer, still mapped in this process, as it was. Prints the
 /// `DMAR-EXPECTED` line by which the script looks for the fault in dmesg.
 fn unmapped_write(dev: &Device, buf: &Buffer) -> Res<()> {
-    let off = 0x20000;
+    println!("DMAR-EXPECTED {} iova {:#x}", dev.name, IOVA + 0x20000);
+    no_write_at(dev, buf, IOVA, 0x20000)
+}
+
+/// edu writes to `iova + off`, where `buf` (mapped at `iova` in this process, but no longer for
+/// the device) must not change.
+fn no_write_at(dev: &Device, buf: &Buffer, iova: u64, off: usize) -> Res<()> {
     buf.fill(off, EDU_BUF_LEN, 0x5a);
-    println!("DMAR-EXPECTED {} iova {:#x}", dev.name, IOVA + off as u64);
-    dev.dma(IOVA + off as u64, EDU_BUF_LEN, true)?;
+    dev.dma(iova + off as u64, EDU_BUF_LEN, true)?;
     compare(
         "buffer after DMA to an unmapped IOVA",
         &buf.read(off, EDU_BUF_LEN),
@@ -453,161 +438,6 @@ fn replace(r: &mut Report, n: &Nodes) {
         "replace-roundtrip-2",
         roundtrip(&dev, &buf2, IOVA, 0x30000, 0x40000, 0x42)
     );
-}
-
-/// The child of kill_test: binds and attaches the device, maps KILL_BUF of memfd, then reports
-/// readiness and waits to be killed.
-fn kill_child(n: &Nodes) -> Res<(Iommufd, Bound, Buffer)> {
-    let fd = Iommufd::open(&n.iommu)?;
-    let ioas = fd.ioas_alloc()?;
-    let b = Bound::open(&n.dev, &fd, None)?;
-    b.attach(ioas)?;
-    let buf = Buffer::shared(KILL_BUF)?;
-    fd.map(ioas, buf.addr(), KILL_BUF as u64, BENCH_IOVA)?;
-    Ok((fd, b, buf))
-}
-
-fn kill_test(r: &mut Report, n: &Nodes) {
-    let before = step!(r, "kill-memfree-before", mem_free());
-    let locked_before = step!(r, "kill-vmlck-before", daemon_locked());
-    let pipes = rustix::pipe::pipe().and_then(|a| Ok((a, rustix::pipe::pipe()?)));
-    let ((ready_rd, ready_wr), (hold_rd, hold_wr)) =
-        step!(r, "kill-pipes", pipes.map_err(|e| format!("pipe: {e}")));
-    let (mut ready_rd, ready_wr) = (File::from(ready_rd), File::from(ready_wr));
-    // SAFETY: this program is single-threaded, so the child may run arbitrary code after fork.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        r.check::<()>("kill-fork", Err(format!("fork: {}", Errno::last())));
-        return;
-    }
-    if pid == 0 {
-        drop((ready_rd, hold_wr));
-        let (msg, _held) = match kill_child(n) {
-            Ok(held) => ("ready".to_string(), Some(held)),
-            Err(e) => (e, None),
-        };
-        let _ = (&ready_wr).write_all(msg.as_bytes());
-        drop(ready_wr);
-        // Blocks until killed: the parent holds the write end and never writes.
-        let _ = File::from(hold_rd).read(&mut [0]);
-        // SAFETY: leaves the forked child without running the parent's destructors or atexit
-        // handlers.
-        unsafe { libc::_exit(1) };
-    }
-    drop((ready_wr, hold_rd));
-    let pid = nix::unistd::Pid::from_raw(pid);
-    let ready = wait_readable(&ready_rd, KILL_DEADLINE).and_then(|()| {
-        let mut s = String::new();
-        ready_rd
-            .read_to_string(&mut s)
-            .map_err(|e| format!("read: {e}"))?;
-        if s == "ready" {
-            Ok(())
-        } else {
-            Err(format!("child: {s}"))
-        }
-    });
-    let ok = r.check("kill-child-ready", ready).is_some();
-    let during = mem_free().unwrap_or(before);
-    let locked_during = daemon_locked().unwrap_or(0);
-    println!(
-        "kill-test: MemFree before {} MiB, with the child {} MiB",
-        before / MIB as u64,
-        during / MIB as u64
-    );
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    let _ = nix::sys::wait::waitpid(pid, None);
-    drop((ready_rd, hold_wr));
-    if !ok {
-        return;
-    }
-    // The pins are the daemon's (type1 charges the mapping process): 64 MiB more while the child
-    // lives, back to where they were once it is gone.
-    step!(
-        r,
-        "kill-child-pinned-in-daemon",
-        if locked_during >= locked_before + KILL_BUF as u64 {
-            Ok(())
-        } else {
-            Err(format!(
-                "daemon VmLck {} KiB with the child's {} MiB mapped, {} KiB before",
-                locked_during / 1024,
-                KILL_BUF / MIB,
-                locked_before / 1024
-            ))
-        }
-    );
-    let start = Instant::now();
-    step!(
-        r,
-        "kill-daemon-unpinned",
-        loop {
-            match daemon_locked() {
-                Ok(now) if now <= locked_before => break Ok(()),
-                Ok(now) if start.elapsed() > KILL_DEADLINE => {
-                    break Err(format!(
-                        "daemon VmLck {} KiB after {KILL_DEADLINE:?}, {} KiB before the child",
-                        now / 1024,
-                        locked_before / 1024
-                    ))
-                }
-                Ok(_) => std::thread::sleep(Duration::from_millis(50)),
-                Err(e) => break Err(e),
-            }
-        }
-    );
-    let start = Instant::now();
-    step!(
-        r,
-        "kill-memory-freed",
-        loop {
-            let now = match mem_free() {
-                Ok(v) => v,
-                Err(e) => break Err(e),
-            };
-            if now + KILL_TOLERANCE >= before {
-                println!(
-                    "kill-test: MemFree back to {} MiB after {:.2} s",
-                    now / MIB as u64,
-                    start.elapsed().as_secs_f64()
-                );
-                break Ok(());
-            }
-            if start.elapsed() > KILL_DEADLINE {
-                break Err(format!(
-                    "MemFree {} MiB after {KILL_DEADLINE:?}, was {} MiB before the child",
-                    now / MIB as u64,
-                    before / MIB as u64
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    );
-    let (fd, ioas, buf) = step!(r, "kill-reopen-map", mapped(n));
-    let b = step!(
-        r,
-        "kill-rebind",
-        Bound::open(&n.dev, &fd, Some(Duration::from_secs(5)))
-    );
-    step!(r, "kill-reattach", b.attach(ioas));
-    let dev = step!(r, "kill-regions", b.edu());
-    step!(r, "kill-dma", roundtrip(&dev, &buf, IOVA, 0, 0x10000, 0x51));
-}
-
-/// poll(2) for readability with a deadline.
-fn wait_readable(fd: &impl AsRawFd, deadline: Duration) -> Res<()> {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(&mut p, 1, deadline.as_millis() as i32) };
-    match n {
-        1 => Ok(()),
-        0 => Err(format!("no answer within {deadline:?}")),
-        _ => Err(format!("poll: {}", Errno::last())),
-    }
 }
 
 /// IOAS_MAP + IOAS_UNMAP through uiommufd (edu attached) against the client's own container's
