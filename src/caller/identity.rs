@@ -547,6 +547,7 @@ fn procmap_query(maps: &File, addr: u64) -> Result<Option<Vma>, Errno> {
         offset: q.vma_offset,
         dev: (q.dev_major, q.dev_minor),
         inode: q.inode,
+        page_size: q.vma_page_size.max(4096),
     }))
 }
 
@@ -564,6 +565,9 @@ pub struct Vma {
     /// Device (major, minor) and inode of the mapped file ((0, 0) and 0 for anonymous memory).
     pub dev: (u32, u32),
     pub inode: u64,
+    /// The VMA's page size (a huge page size for hugetlbfs; 4096 where the maps text is all
+    /// there is).
+    pub page_size: u64,
 }
 
 /// Parses the text of a maps file.
@@ -588,6 +592,7 @@ pub fn parse_maps(maps: &str) -> Vec<Vma> {
                     u32::from_str_radix(minor, 16).ok()?,
                 ),
                 inode: it.next()?.parse().ok()?,
+                page_size: 4096,
             })
         })
         .collect()

@@ -47,9 +47,23 @@ impl DaemonMapping {
             prot |= ProtFlags::PROT_WRITE;
         }
         let offset = libc::off_t::try_from(offset).map_err(|_| Errno::EINVAL)?;
+        use std::sync::atomic::Ordering;
+        if LIVE_MAPPINGS.fetch_add(1, Ordering::Relaxed) >= MAX_LIVE_MAPPINGS {
+            LIVE_MAPPINGS.fetch_sub(1, Ordering::Relaxed);
+            return Err(Errno::ENOMEM);
+        }
+        // No reservation: hugetlb pages are reserved by whoever faults them (the client's own
+        // mapping), not for the whole window here.
+        let flags = MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE;
         // SAFETY: a fresh mapping chosen by the kernel (no address hint); nothing in the daemon
         // aliases it, and it is never dereferenced by the daemon (see the module documentation).
-        let p = unsafe { mmap(None, len_nz, prot, MapFlags::MAP_SHARED, fd, offset)? };
+        let p = match unsafe { mmap(None, len_nz, prot, flags, fd, offset) } {
+            Ok(p) => p,
+            Err(e) => {
+                LIVE_MAPPINGS.fetch_sub(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
         Ok(Self {
             addr: p.as_ptr() as usize,
             len: len as usize,
@@ -76,7 +90,18 @@ impl Drop for DaemonMapping {
             // alone; nothing refers to it once the last Arc is dropped.
             let _ = unsafe { nix::sys::mman::munmap(p, self.len) };
         }
+        LIVE_MAPPINGS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// Daemon mappings of clients' memory alive now, over the whole daemon.
+static LIVE_MAPPINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// At most this many (a quarter of the default vm.max_map_count): past it, ENOMEM.
+pub const MAX_LIVE_MAPPINGS: u64 = 16384;
+
+/// Daemon mappings of clients' memory alive now (tests, status).
+pub fn live_mappings() -> u64 {
+    LIVE_MAPPINGS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Bytes `[offset, offset + len)` of a daemon mapping.
@@ -94,7 +119,8 @@ impl SharedRange {
     }
 }
 
-/// What identifies a VMA's pages: its range, file and offset, and the access it was mapped for.
+/// What identifies a daemon mapping: the VMA (range, file, offset), the window of it that is
+/// mapped, and the access it was mapped for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ViewKey {
     start: u64,
@@ -102,6 +128,9 @@ struct ViewKey {
     dev: (u32, u32),
     inode: u64,
     offset: u64,
+    /// `[win_start, win_end)`: the part of the VMA mapped (user addresses).
+    win_start: u64,
+    win_end: u64,
     write: bool,
 }
 
@@ -187,13 +216,21 @@ pub fn shared_ranges(
     super::identity::check_vmas(&vmas, start, end, write).map_err(Err)?;
     let mut out = Vec::with_capacity(vmas.len());
     for vma in vmas.iter().filter(|v| v.end > start && v.start < end) {
-        let mapping = vma_mapping(handle, vma, write)?;
         let lo = vma.start.max(start);
         let hi = vma.end.min(end);
+        // Only the part asked for (whole pages of the VMA's page size) is mapped: the daemon's
+        // address space grows with what clients pin, not with how large their VMAs are.
+        let ps = vma.page_size.max(4096);
+        let win_start = (lo - lo % ps).max(vma.start);
+        let win_end = hi
+            .checked_next_multiple_of(ps)
+            .unwrap_or(vma.end)
+            .min(vma.end);
+        let mapping = vma_mapping(handle, vma, win_start, win_end, write)?;
         out.push((
             SharedRange {
                 mapping: mapping.1.clone(),
-                offset: lo - vma.start,
+                offset: lo - win_start,
                 len: hi - lo,
             },
             ViewHold {
@@ -209,6 +246,8 @@ pub fn shared_ranges(
 fn vma_mapping(
     handle: &Arc<ProcessHandle>,
     vma: &Vma,
+    win_start: u64,
+    win_end: u64,
     write: bool,
 ) -> Result<(ViewKey, Arc<DaemonMapping>), Result<Unshareable, Errno>> {
     let (start, end) = (vma.start, vma.end);
@@ -221,6 +260,8 @@ fn vma_mapping(
         dev: vma.dev,
         inode: vma.inode,
         offset: vma.offset,
+        win_start,
+        win_end,
         write,
     };
     let mut cache = handle.views.lock().unwrap_or_else(|e| e.into_inner());
@@ -240,7 +281,7 @@ fn vma_mapping(
     let st = rustix::fs::statx(
         &path,
         c"",
-        rustix::fs::AtFlags::EMPTY_PATH,
+        rustix::fs::AtFlags::EMPTY_PATH | rustix::fs::AtFlags::STATX_DONT_SYNC,
         rustix::fs::StatxFlags::INO,
     )
     .map_err(|e| Err(Errno::from_raw(e.raw_os_error())))?;
@@ -266,7 +307,14 @@ fn vma_mapping(
     if !matches!(info.kind, FileKind::Shmem | FileKind::Hugetlb(_)) {
         return Err(Ok(Unshareable::FileKind { start, end }));
     }
-    let m = Arc::new(DaemonMapping::map_file(&fd, vma.offset, end - start, write).map_err(Err)?);
+    let m = DaemonMapping::map_file(
+        &fd,
+        vma.offset + (win_start - vma.start),
+        win_end - win_start,
+        write,
+    )
+    .map_err(Err)?;
+    let m = Arc::new(m);
     cache.put(key, &m);
     Ok((key, m))
 }
@@ -298,7 +346,9 @@ mod tests {
         let r = shared_ranges(&h, va + 4096, va + 2 * 4096, true).unwrap();
         assert_eq!(r.len(), 1);
         let (range, _hold) = &r[0];
-        assert_eq!((range.offset, range.len), (4096, 4096));
+        // Only the page asked for is mapped.
+        assert_eq!((range.offset, range.len), (0, 4096));
+        assert_eq!(range.mapping.len(), 4096);
         assert_ne!(
             range.addr(),
             va + 4096,
@@ -311,11 +361,35 @@ mod tests {
         let first = range.mapping.addr();
         drop(r);
         // Released mappings stay idle and are found again.
-        let again = shared_ranges(&h, va, va + LEN as u64, true).unwrap();
+        let again = shared_ranges(&h, va + 4096, va + 2 * 4096, true).unwrap();
         assert_eq!(again[0].0.mapping.addr(), first);
         drop(again);
         // SAFETY: unmapping the test's own mapping.
         unsafe { munmap(p, LEN).unwrap() };
+    }
+
+    #[test]
+    fn the_daemon_maps_what_is_asked_not_the_whole_vma() {
+        let h = Arc::new(ProcessHandle::current().unwrap());
+        const HUGE: usize = 1 << 40;
+        let len = NonZeroUsize::new(HUGE).unwrap();
+        // SAFETY: a fresh shared anonymous mapping owned by this test, unmapped at its end.
+        let p = unsafe {
+            mmap_anonymous(
+                None,
+                len,
+                rw(),
+                MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE,
+            )
+            .unwrap()
+        };
+        let va = p.as_ptr() as u64;
+        let r = shared_ranges(&h, va + (1 << 30), va + (1 << 30) + 4096, true).unwrap();
+        let daemon_len = r[0].0.mapping.len();
+        drop(r);
+        // SAFETY: unmapping the test's own mapping.
+        unsafe { munmap(p, HUGE).unwrap() };
+        assert_eq!(daemon_len, 4096);
     }
 
     #[test]

@@ -56,14 +56,15 @@ impl CdevBinding {
         }
     }
 
-    /// VFIO_DEVICE_BIND_IOMMUFD through `file`: `backend` becomes the device object's driver,
-    /// `on_bound` runs once the device object exists (with the binding lock held).
+    /// VFIO_DEVICE_BIND_IOMMUFD through `file`: `backend` makes the device object's driver (or
+    /// refuses the context), `on_bound` runs once the device object exists (with the binding
+    /// lock held).
     pub fn bind(
         &self,
         file: u64,
         arg: u64,
         mem: &dyn CallerMemory,
-        backend: impl FnOnce(&Arc<Context>) -> Arc<dyn DeviceBackend>,
+        backend: impl FnOnce(&Arc<Context>) -> Result<Arc<dyn DeviceBackend>, Errno>,
         on_bound: impl FnOnce(),
     ) -> Result<i64, Errno> {
         let mut bind = vfio_device_bind_iommufd::default();
@@ -88,7 +89,7 @@ impl CdevBinding {
         if slot.is_some() {
             return Err(Errno::EINVAL);
         }
-        let (dev_id, device) = Device::bind(&ctx, backend(&ctx))?;
+        let (dev_id, device) = Device::bind(&ctx, backend(&ctx)?)?;
         if let Err(e) = mem.write(arg + 12, &dev_id.to_ne_bytes()) {
             let _ = ctx.destroy(dev_id);
             return Err(e);

@@ -123,12 +123,12 @@ impl DmaCopy {
     }
 
     fn bind(self: &Arc<Self>, file: u64, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno> {
-        let backend = |ctx: &Arc<Context>| -> Arc<dyn DeviceBackend> {
-            Arc::new(Port {
+        let backend = |ctx: &Arc<Context>| -> Result<Arc<dyn DeviceBackend>, Errno> {
+            Ok(Arc::new(Port {
                 dev: Arc::downgrade(self),
                 ctx: Arc::downgrade(ctx),
                 name: self.name.clone(),
-            })
+            }))
         };
         self.cdev
             .bind(file, arg, mem, backend, || self.hw.lock().unwrap().reset())
@@ -165,7 +165,19 @@ impl DeviceBackend for Port {
     }
 
     fn domain_compatible(&self, domain: &Arc<dyn Domain>) -> bool {
-        domain.pgsize_bitmap() == SOFT_PGSIZE_BITMAP && domain.aperture() == SOFT_APERTURE
+        domain.pgsize_bitmap() == SOFT_PGSIZE_BITMAP
+            && domain.aperture() == SOFT_APERTURE
+            && domain.backing() == crate::backends::Backing::Frames
+    }
+
+    /// Only page tables of this driver's kind (EINVAL for another driver's domain, as the
+    /// kernel).
+    fn check_attach(&self, hwpt: &crate::objects::HwptPaging) -> Result<(), Errno> {
+        if self.domain_compatible(&hwpt.domain) {
+            Ok(())
+        } else {
+            Err(Errno::EINVAL)
+        }
     }
 
     fn attached(&self, ioas: Option<Arc<Ioas>>) {

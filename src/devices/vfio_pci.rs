@@ -19,10 +19,11 @@ use crate::backends::vfio::sys::{self, Container};
 use crate::backends::vfio::VfioDomain;
 use crate::backends::Domain;
 use crate::caller::CallerMemory;
+use crate::dispatch::daemon::context_query::ClientDup;
 use crate::dispatch::OpenFile;
 use crate::objects::{Context, Device, DeviceBackend, HwptPaging};
 use nix::errno::Errno;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use uiommufd_uapi::vfio::*;
@@ -41,6 +42,9 @@ pub struct VfioPci {
     cdev: CdevBinding,
     /// The domain the device's container mirrors now.
     domain: Mutex<Option<Arc<dyn Domain>>>,
+    /// The kernel device fd of the current binding (owned by its [`Port`]: closed when the
+    /// device object goes).
+    fd: Mutex<std::sync::Weak<OwnedFd>>,
     next_file: AtomicU64,
 }
 
@@ -50,6 +54,7 @@ impl VfioPci {
             cdev: CdevBinding::new(&host.bdf, resolver),
             host,
             domain: Mutex::new(None),
+            fd: Mutex::new(std::sync::Weak::new()),
             next_file: AtomicU64::new(1),
         })
     }
@@ -74,10 +79,16 @@ impl VfioPci {
     }
 
     fn bind(self: &Arc<Self>, file: u64, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno> {
-        let port = |_: &Arc<Context>| -> Arc<dyn DeviceBackend> {
-            Arc::new(Port {
+        let port = |ctx: &Arc<Context>| -> Result<Arc<dyn DeviceBackend>, Errno> {
+            // The group's devices share its container: one context at a time.
+            let claim = self.host.group.claim(ctx.id)?;
+            let fd = Arc::new(self.host.open()?);
+            *self.fd.lock().unwrap() = Arc::downgrade(&fd);
+            Ok(Arc::new(Port {
                 dev: Arc::downgrade(self),
-            })
+                _fd: fd,
+                _claim: claim,
+            }))
         };
         // A clean device for the new owner.
         self.cdev.bind(file, arg, mem, port, || self.quiesce())
@@ -85,8 +96,16 @@ impl VfioPci {
 
     /// Stops the device's DMA and interrupts: bus mastering off, every interrupt disabled, and a
     /// reset where the device has one.
+    /// The kernel device fd of the current binding.
+    fn dev_fd(&self) -> Result<Arc<OwnedFd>, Errno> {
+        self.fd.lock().unwrap().upgrade().ok_or(Errno::EINVAL)
+    }
+
     fn quiesce(&self) {
-        let fd = self.host.fd();
+        let Ok(fd) = self.dev_fd() else {
+            return;
+        };
+        let fd = fd.as_fd();
         let at = region_offset(VFIO_PCI_CONFIG_REGION_INDEX) + PCI_COMMAND;
         let mut cmd = [0u8; 2];
         if nix::sys::uio::pread(fd, &mut cmd, at as i64) == Ok(2) {
@@ -195,6 +214,10 @@ fn region_offset(index: u32) -> u64 {
 /// The device as the objects layer sees it: its IOMMU driver.
 struct Port {
     dev: std::sync::Weak<VfioPci>,
+    /// The kernel device fd of this binding.
+    _fd: Arc<OwnedFd>,
+    /// The device's share of its group while bound.
+    _claim: crate::backends::vfio::host::GroupClaim,
 }
 
 impl Port {
@@ -267,12 +290,21 @@ impl VfioPciFile {
         let mut buf = vec![0u8; argsz];
         mem.read(arg, &mut buf)?;
         buf[..4].copy_from_slice(&(argsz as u32).to_ne_bytes());
-        let rc = sys::ioctl_buf(self.dev.host.fd(), cmd, &mut buf)?;
+        let rc = sys::ioctl_buf(self.dev.dev_fd()?.as_fd(), cmd, &mut buf);
+        // ENOSPC still carries an answer (GET_PCI_HOT_RESET_INFO's count).
+        if let Err(e) = rc {
+            if e != Errno::ENOSPC {
+                return Err(e);
+            }
+        }
         fix(&mut buf);
-        // The kernel wrote the caller's argsz back as it was (clamped only when too big to be
-        // a real struct); give the caller its own word back.
-        buf[..4].copy_from_slice(&w);
+        // The kernel's argsz stands when it asks for more room; where it left the word alone,
+        // the caller gets its own (clamped only when too big to be a real struct) back.
+        if buf[..4] == (argsz as u32).to_ne_bytes() {
+            buf[..4].copy_from_slice(&w);
+        }
         mem.write(arg, &buf)?;
+        let rc = rc?;
         Ok(i64::from(rc))
     }
 
@@ -280,36 +312,72 @@ impl VfioPciFile {
         const MINSZ: usize = size_of::<vfio_irq_set>();
         let mut hdr = vfio_irq_set::default();
         read_min(mem, arg, MINSZ, zerocopy::IntoBytes::as_mut_bytes(&mut hdr))?;
+        let fd = self.dev.dev_fd()?;
+        // The kernel's checks, before anything of the caller's is fetched: the interrupt type
+        // exists and the range fits its count.
+        if hdr.index >= self.dev.host.info.num_irqs {
+            return Err(Errno::EINVAL);
+        }
+        let mut info = vfio_irq_info {
+            argsz: size_of::<vfio_irq_info>() as u32,
+            index: hdr.index,
+            ..Default::default()
+        };
+        sys::ioctl_buf(
+            fd.as_fd(),
+            VFIO_DEVICE_GET_IRQ_INFO,
+            zerocopy::IntoBytes::as_mut_bytes(&mut info),
+        )?;
+        if hdr.start >= info.count.max(1)
+            || hdr.count >= u32::MAX - hdr.start
+            || hdr.start + hdr.count > info.count
+        {
+            return Err(Errno::EINVAL);
+        }
         let item = match hdr.flags & VFIO_IRQ_SET_DATA_TYPE_MASK {
             VFIO_IRQ_SET_DATA_NONE => 0usize,
             VFIO_IRQ_SET_DATA_BOOL => 1,
             VFIO_IRQ_SET_DATA_EVENTFD => 4,
             _ => return Err(Errno::EINVAL),
         };
-        let data_size = item.checked_mul(hdr.count as usize).ok_or(Errno::EINVAL)?;
-        if data_size > MAX_ARGSZ || (item > 0 && (hdr.argsz as usize) < MINSZ + data_size) {
+        let data_size = item * hdr.count as usize;
+        if item > 0 && (hdr.argsz as usize) < MINSZ + data_size {
             return Err(Errno::EINVAL);
         }
         let mut data = vec![0u8; data_size];
         mem.read(arg + MINSZ as u64, &mut data)?;
-        // The caller's eventfds, duplicated into the daemon for the call; the kernel keeps its
-        // own references to them.
+        // The caller's eventfds, duplicated into the daemon for the call (the kernel keeps its
+        // own references). Each is checked to be an eventfd before it is fetched (no file of a
+        // client's file system is ever duplicated), and again after; the copies close through
+        // `ClientDup`.
         let mut held = Vec::new();
         if item == 4 {
             for c in data.chunks_exact_mut(4) {
-                let fd = i32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
-                if fd >= 0 {
-                    let mine = mem.get_fd(fd)?;
-                    c.copy_from_slice(&mine.as_raw_fd().to_ne_bytes());
-                    held.push(mine);
+                let n = i32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+                if n < 0 {
+                    continue;
                 }
+                let link = std::fs::read_link(format!("/proc/{}/fd/{n}", mem.tid()))
+                    .map_err(|_| Errno::EBADF)?;
+                if link.as_os_str() != "anon_inode:[eventfd]" {
+                    return Err(Errno::EINVAL);
+                }
+                let mine = ClientDup::new(mem.get_fd(n)?);
+                let raw = mine.as_fd().as_raw_fd();
+                let link =
+                    std::fs::read_link(format!("/proc/self/fd/{raw}")).map_err(|_| Errno::EBADF)?;
+                if link.as_os_str() != "anon_inode:[eventfd]" {
+                    return Err(Errno::EINVAL);
+                }
+                c.copy_from_slice(&raw.to_ne_bytes());
+                held.push(mine);
             }
         }
         let mut buf = Vec::with_capacity(MINSZ + data_size);
         hdr.argsz = (MINSZ + data_size) as u32;
         buf.extend_from_slice(zerocopy::IntoBytes::as_bytes(&hdr));
         buf.extend_from_slice(&data);
-        let rc = sys::ioctl_buf(self.dev.host.fd(), VFIO_DEVICE_SET_IRQS, &mut buf)?;
+        let rc = sys::ioctl_buf(fd.as_fd(), VFIO_DEVICE_SET_IRQS, &mut buf)?;
         drop(held);
         Ok(i64::from(rc))
     }
@@ -337,7 +405,7 @@ impl OpenFile for VfioPciFile {
                 }
             }),
             VFIO_DEVICE_SET_IRQS => self.set_irqs(arg, mem),
-            VFIO_DEVICE_RESET => sys::device_reset(self.dev.host.fd()).map(|()| 0),
+            VFIO_DEVICE_RESET => sys::device_reset(self.dev.dev_fd()?.as_fd()).map(|()| 0),
             // Needs the group fds of every affected device, which the daemon does not hand out.
             VFIO_DEVICE_PCI_HOT_RESET => Err(Errno::EPERM),
             _ => Err(Errno::ENOTTY),
@@ -348,7 +416,7 @@ impl OpenFile for VfioPciFile {
         self.dev.bound(self.id)?;
         let mut out = vec![0u8; (size as usize).min(MAX_RW)];
         let off = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
-        let n = nix::sys::uio::pread(self.dev.host.fd(), &mut out, off)?;
+        let n = nix::sys::uio::pread(self.dev.dev_fd()?.as_fd(), &mut out, off)?;
         out.truncate(n);
         Ok(out)
     }
@@ -356,7 +424,11 @@ impl OpenFile for VfioPciFile {
     fn write(&self, offset: u64, data: &[u8], _mem: &dyn CallerMemory) -> Result<u32, Errno> {
         self.dev.bound(self.id)?;
         let off = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
-        let n = nix::sys::uio::pwrite(self.dev.host.fd(), &data[..data.len().min(MAX_RW)], off)?;
+        let n = nix::sys::uio::pwrite(
+            self.dev.dev_fd()?.as_fd(),
+            &data[..data.len().min(MAX_RW)],
+            off,
+        )?;
         Ok(n as u32)
     }
 

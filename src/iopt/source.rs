@@ -563,8 +563,8 @@ pub struct FileSource {
     len: u64,
     /// What this mapping costs its context (IOAS_MAP_FILE), returned when the last area goes.
     _charge: Option<super::limits::Charge>,
-    /// The daemon's kept mapping of the window, made on first need (domains that pin by
-    /// themselves); with the offset of the window's first byte in it.
+    /// The daemon's last mapping of part of the window (domains that pin by themselves), with
+    /// the file offset it starts at.
     view: Mutex<Option<(Arc<crate::caller::shared::DaemonMapping>, u64)>>,
 }
 
@@ -632,29 +632,35 @@ impl PageSource for FileSource {
     }
 
     fn daemon_view(&self, offset: u64, len: u64, write: bool) -> Result<Vec<VaRun>, Errno> {
-        let (file, _) = self.at(offset, len)?;
-        if write && !file.key.is_none_or(|k| k.writable) {
+        let (file, at) = self.at(offset, len)?;
+        let writable = file.key.is_none_or(|k| k.writable);
+        if write && !writable {
             return Err(Errno::EPERM);
         }
+        // Only the window asked for is mapped (whole pages of the file's page size): the
+        // daemon's address space grows with what is pinned, not with the size of the window a
+        // client named in IOAS_MAP_FILE. The last mapping is kept for the next fill.
+        let align = file.map_align();
+        let map_start = at - at % align;
+        let map_end = (at + len)
+            .checked_next_multiple_of(align)
+            .ok_or(Errno::EINVAL)?;
         let mut view = self.view.lock().unwrap();
-        if view.is_none() {
-            let align = file.map_align();
-            let map_start = self.start - self.start % align;
-            let map_end = (self.start + self.len)
-                .checked_next_multiple_of(align)
-                .ok_or(Errno::EINVAL)?;
-            let writable = file.key.is_none_or(|k| k.writable);
+        let covers = |(m, base): &(Arc<crate::caller::shared::DaemonMapping>, u64)| {
+            *base <= map_start && map_end <= *base + m.len()
+        };
+        if !view.as_ref().is_some_and(covers) {
             let m = crate::caller::shared::DaemonMapping::map_file(
                 &file.fd,
                 map_start,
                 map_end - map_start,
                 writable,
             )?;
-            *view = Some((Arc::new(m), self.start - map_start));
+            *view = Some((Arc::new(m), map_start));
         }
         let (m, base) = view.as_ref().expect("just made");
         Ok(vec![VaRun {
-            va: m.addr() + base + offset,
+            va: m.addr() + (at - base),
             len,
             keep: m.clone(),
         }])

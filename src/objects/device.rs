@@ -154,6 +154,9 @@ impl Attachment {
 
 pub struct Device {
     pub backend: Arc<dyn DeviceBackend>,
+    /// Serialises attach/replace/detach, so that the driver's domain and the attachment move
+    /// together.
+    switching: Mutex<()>,
     attachment: Mutex<Option<Attachment>>,
     /// Attachments by PASID (never [`NO_PASID`]).
     pasids: Mutex<BTreeMap<u32, Attachment>>,
@@ -167,6 +170,7 @@ impl Device {
     ) -> Result<(u32, Arc<Device>), Errno> {
         let dev = Arc::new(Device {
             backend,
+            switching: Mutex::new(()),
             attachment: Mutex::new(None),
             pasids: Mutex::new(BTreeMap::new()),
         });
@@ -186,6 +190,7 @@ impl Device {
     /// Attaches (or replaces) to `pt_id`, an IOAS or a paging HWPT; returns the HWPT id in effect
     /// (the automatic HWPT's id when `pt_id` is an IOAS). EINVAL when `pt_id` is neither.
     pub fn attach(&self, ctx: &Context, pt_id: u32) -> Result<u32, Errno> {
+        let _switching = self.switching.lock().unwrap();
         let mut nested = None;
         let mut viommu_nested = None;
         let (hwpt_id, hwpt) = match ctx.get(pt_id).map_err(|_| Errno::ENOENT)? {
@@ -283,6 +288,7 @@ impl Device {
 
     /// Detaches from the current page table (no-op when not attached).
     pub fn detach(&self, ctx: &Context) {
+        let _switching = self.switching.lock().unwrap();
         let old = self.attachment.lock().unwrap().take();
         if let Some(old) = old {
             let _ = self.backend.set_domain(None);

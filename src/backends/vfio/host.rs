@@ -26,6 +26,43 @@ pub struct Group {
     /// Domains the group's devices are attached to (by address), with how many devices each:
     /// the devices of a group share its container, so they must share one page table.
     pub attached: std::sync::Mutex<HashMap<usize, usize>>,
+    /// The context the group's devices are bound to, with how many are: a group's devices
+    /// share its container, so they belong to one context at a time (as the kernel's group
+    /// ownership at bind).
+    owner: std::sync::Mutex<Option<(u64, usize)>>,
+}
+
+/// A device's share in its group's ownership; released when dropped.
+#[derive(Debug)]
+pub struct GroupClaim {
+    group: Arc<Group>,
+}
+
+impl Group {
+    /// Claims the group for context `ctx`: EPERM while devices of it are bound to another.
+    pub fn claim(self: &Arc<Self>, ctx: u64) -> Result<GroupClaim, Errno> {
+        let mut owner = self.owner.lock().unwrap();
+        match owner.as_mut() {
+            Some((id, n)) if *id == ctx => *n += 1,
+            Some(_) => return Err(Errno::EPERM),
+            None => *owner = Some((ctx, 1)),
+        }
+        Ok(GroupClaim {
+            group: self.clone(),
+        })
+    }
+}
+
+impl Drop for GroupClaim {
+    fn drop(&mut self) {
+        let mut owner = self.group.owner.lock().unwrap();
+        if let Some((_, n)) = owner.as_mut() {
+            *n -= 1;
+            if *n == 0 {
+                *owner = None;
+            }
+        }
+    }
 }
 
 /// What IOMMU_GET_HW_INFO reports for the device's IOMMU.
@@ -37,13 +74,13 @@ pub enum IommuKind {
     Other,
 }
 
-/// A PCI device the daemon holds.
+/// A PCI device the daemon holds (through its group; a device fd is opened per binding, so that
+/// the kernel's own cleanup of a closed device runs between users).
 #[derive(Debug)]
 pub struct HostDevice {
     /// PCI address, as given (e.g. `0000:00:04.0`).
     pub bdf: String,
     pub group: Arc<Group>,
-    pub fd: OwnedFd,
     pub info: vfio_device_info,
     pub iommu: IommuKind,
     /// The device has an ATS capability in its extended config space.
@@ -51,8 +88,10 @@ pub struct HostDevice {
 }
 
 impl HostDevice {
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// A new device fd (VFIO_GROUP_GET_DEVICE_FD). When the last one closes the kernel disables
+    /// and resets the device and restores its saved state.
+    pub fn open(&self) -> Result<OwnedFd, Errno> {
+        sys::group_device_fd(group_fd(&self.group), &self.bdf)
     }
 }
 
@@ -205,9 +244,10 @@ pub fn open_devices(sysfs: &Path, bdfs: &[String]) -> Result<Vec<Arc<HostDevice>
             iommu: iommu_kind(sysfs, bdf),
             ats: has_ats(&config),
             group,
-            fd,
             info,
         }));
+        // Closed again: the device is opened per binding.
+        drop(fd);
     }
     Ok(out)
 }
@@ -260,6 +300,7 @@ fn open_group(sysfs: &Path, bdf: &str, n: u32) -> Result<Group, String> {
         container: Arc::new(KernelContainer::new(container)),
         geometry: Geometry::from_info(&info),
         attached: Default::default(),
+        owner: Default::default(),
     })
 }
 
@@ -320,6 +361,29 @@ mod tests {
         assert!(!has_ats(&cfg));
         // Only 256 bytes readable (no extended space).
         assert!(!has_ats(&cfg[..256]));
+    }
+
+    #[test]
+    fn a_group_belongs_to_one_context_at_a_time() {
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let g = Arc::new(Group {
+            number: 7,
+            _file: r,
+            container: Arc::new(KernelContainer::new(
+                std::fs::File::open("/dev/null").unwrap().into(),
+            )),
+            geometry: Geometry::from_info(&Default::default()),
+            attached: Default::default(),
+            owner: Default::default(),
+        });
+        let a1 = g.claim(1).unwrap();
+        let a2 = g.claim(1).unwrap();
+        assert_eq!(g.claim(2).unwrap_err(), Errno::EPERM);
+        drop(a1);
+        assert_eq!(g.claim(2).unwrap_err(), Errno::EPERM);
+        drop(a2);
+        let _b = g.claim(2).unwrap();
+        assert_eq!(g.claim(1).unwrap_err(), Errno::EPERM);
     }
 
     #[test]

@@ -197,3 +197,18 @@ fn a_pin_over_the_limit_allocates_nothing_in_the_file() {
     assert_eq!(st.st_blocks, 0, "no page of the file was populated");
     assert_eq!(pages.npinned(), 0);
 }
+
+#[test]
+fn the_daemon_view_of_a_file_is_bounded_by_the_area() {
+    let fd = memfd(PG);
+    let src = FileSource::new(Some(shared(&fd)), 0, 1 << 40, None);
+    let runs = src.daemon_view(PG, PG, true).unwrap();
+    let m = runs[0]
+        .keep
+        .downcast_ref::<crate::caller::shared::DaemonMapping>()
+        .unwrap();
+    assert_eq!(m.len(), PG);
+    // A second view inside the kept one reuses it.
+    let again = src.daemon_view(PG, PG, false).unwrap();
+    assert_eq!(again[0].va, runs[0].va);
+}
