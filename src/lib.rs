@@ -4,7 +4,8 @@
 //! `transport` (FUSE/CUSE wire, per-open state) → `caller` (the caller's memory and fds) →
 //! `dispatch` (ioctl number → handler, the extensible-struct rule) → `objects` (per-context ID table) →
 //! `iopt` (the io_pagetable: areas, allowed/reserved ranges, IOVA allocation, pin accounting) →
-//! `backends` (mock domain) and `devices` (emulated VFIO PCI devices).
+//! `backends` (mock domain) and `devices` (emulated VFIO PCI devices). `ops`: host-daemon commands beside
+//! `serve` (`doctor`).
 
 pub mod backends;
 pub mod caller;
@@ -13,6 +14,7 @@ pub mod dispatch;
 pub mod iopt;
 pub mod launch;
 pub mod objects;
+pub mod ops;
 pub mod ratelimit;
 pub mod replay;
 pub mod transport;

@@ -41,10 +41,17 @@ enum Command {
     /// Run CMD so that iommufd ioctls returning a new fd (IOMMU_TEST_OP_CREATE_ACCESS) work on a
     /// uiommufd node: a seccomp user-notify supervisor installs those fds. Exits with CMD's status.
     Launch(uiommufd::launch::LaunchArgs),
+    /// Check this host for what `serve` needs (FUSE/CUSE, IOMMU, VFIO, memlock, QEMU) and say what
+    /// to do, one line per finding. Exits 0 only when `serve` with these options can work.
+    Doctor(uiommufd::ops::doctor::DoctorArgs),
 }
 
 fn main() -> std::process::ExitCode {
+    use std::io::IsTerminal;
+    // Colour only for a person at a terminal: a log file, a pipe or journald gets plain text.
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -62,6 +69,7 @@ fn main() -> std::process::ExitCode {
         } => serve(transport, record, devices, vfio_devices, selftest),
         Command::Replay(args) => uiommufd::replay::main(args),
         Command::Launch(args) => uiommufd::launch::main(args),
+        Command::Doctor(args) => uiommufd::ops::doctor::main(args),
     }
 }
 
