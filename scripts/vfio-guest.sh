@@ -121,6 +121,14 @@ G=\$(basename "\$(readlink /sys/bus/pci/devices/0000:00:06.0/iommu_group)")
 client baseline-bench /dev/vfio/\$G --bdf 0000:00:06.0 --rounds $ROUNDS
 dmar_check baseline-dmar-fault /tmp/baseline-bench.log
 
+# doctor on a host where --vfio can work: exit 0, the devices found usable.
+if /bin/uiommufd doctor --transport cuse --mount /run/uiommufd --vfio 0000:00:04.0 --vfio 0000:00:05.0 >/tmp/doctor.log 2>&1; then
+  check doctor-vfio-ok ok
+else
+  check doctor-vfio-ok fail "doctor: \$(tr '\n' '|' < /tmp/doctor.log)"
+fi
+sed 's/^/DOCTOR: /' /tmp/doctor.log
+
 # Start errors: one clear line and a non-zero exit, before any node appears.
 start_error() {
   name=\$1; want=\$2; shift 2

@@ -121,15 +121,20 @@ impl CdevBinding {
         // ENOENT when the context was already closed (shutdown): nothing left to destroy.
         let _ = b.ctx.destroy(b.dev_id);
         after();
-        drop(slot);
         tracing::debug!(
             device = self.name,
             ctx = b.ctx.id,
             dev_id = b.dev_id,
             "unbound"
         );
+        // The device object (and with it its driver's hold on the hardware) goes before the
+        // next bind can run: a client's close() returns before its RELEASE reaches us, and an
+        // immediate rebind must find the device free.
+        let Binding { ctx, device, .. } = b;
+        drop(device);
+        drop(slot);
         // Last: the context may go with the binding's hold.
-        drop(b);
+        drop(ctx);
     }
 
     /// The iommufd part of a device node's ioctl: `Ok(Some(..))` when `cmd` was one of the
