@@ -75,7 +75,9 @@ check() {
 client() {
   sub=\$1
   say "client \$sub start at \$(up) s"
-  timeout -s KILL $CLIENT_TIMEOUT /bin/vfio_dma "\$@" >/tmp/\$sub.log 2>&1
+  # native runs under the launcher, which hands it the kernel's device fd.
+  launch=; [ "\$sub" = native ] && launch="/bin/uiommufd launch --"
+  timeout -s KILL $CLIENT_TIMEOUT \$launch /bin/vfio_dma "\$@" >/tmp/\$sub.log 2>&1
   rc=\$?
   sed "s/^/CLIENT: [\$sub] /" /tmp/\$sub.log
   res=\$(grep "^RESULT \$sub: " /tmp/\$sub.log | tail -n1)
@@ -159,6 +161,7 @@ say "nodes: \$(ls -l /dev/iommu /dev/vfio/vfio /run/uiommufd/vfio/devices 2>&1 |
 client dma-tests
 dmar_check dmar-fault /tmp/dma-tests.log
 client kill-test
+client native
 client bench --baseline-group /dev/vfio/\$G --rounds $ROUNDS
 for mib in 64 256; do
   b=\$(awk -v m=\$mib '\$2 == "baseline" && \$3 == m {print \$6}' /tmp/bench.log)

@@ -111,7 +111,12 @@ fn serve(
         Daemon::new(ext)
     } else {
         match uiommufd::devices::daemon_with_devices(ext, &devices, hosts) {
-            Ok(d) => d,
+            Ok((d, real)) => {
+                // Programs under `uiommufd launch` get the kernel device fds of real devices.
+                let mount = std::path::absolute(&opts.mount).unwrap_or(opts.mount.clone());
+                uiommufd::devices::handout::serve(mount, real);
+                d
+            }
             Err(e) => {
                 tracing::error!(%e, "bad --device");
                 return std::process::ExitCode::FAILURE;

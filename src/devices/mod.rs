@@ -24,6 +24,7 @@ pub mod cdev;
 pub mod config;
 pub mod dmacopy;
 pub mod domain;
+pub mod handout;
 pub mod irq;
 pub mod regs;
 pub mod vfio_pci;
@@ -75,8 +76,11 @@ impl ContextResolver for DaemonResolver {
 
 /// A daemon serving `names` as dmacopy devices. Duplicate names are an error.
 pub fn daemon_with_dmacopy(ext: Extensions, names: &[String]) -> Result<Arc<Daemon>, String> {
-    daemon_with_devices(ext, names, Vec::new())
+    daemon_with_devices(ext, names, Vec::new()).map(|(d, _)| d)
 }
+
+/// The real devices of a daemon, by name (for [`handout::serve`]).
+pub type RealDevices = HashMap<String, Arc<vfio_pci::VfioPci>>;
 
 /// A daemon serving `names` as dmacopy devices and `hosts` (real devices taken with
 /// `--vfio`) under their PCI addresses. Duplicate names are an error.
@@ -84,7 +88,7 @@ pub fn daemon_with_devices(
     ext: Extensions,
     names: &[String],
     hosts: Vec<Arc<crate::backends::vfio::HostDevice>>,
-) -> Result<Arc<Daemon>, String> {
+) -> Result<(Arc<Daemon>, RealDevices), String> {
     let resolver = Arc::new(DaemonResolver(OnceLock::new()));
     let mut devices: HashMap<String, Node> = HashMap::new();
     let mut all = Vec::new();
@@ -95,15 +99,12 @@ pub fn daemon_with_devices(
         }
         all.push(n.clone());
     }
+    let mut real = RealDevices::new();
     for h in hosts {
         let n = h.bdf.clone();
-        if devices
-            .insert(
-                n.clone(),
-                Node::Real(vfio_pci::VfioPci::new(h, resolver.clone())),
-            )
-            .is_some()
-        {
+        let dev = vfio_pci::VfioPci::new(h, resolver.clone());
+        real.insert(n.clone(), dev.clone());
+        if devices.insert(n.clone(), Node::Real(dev)).is_some() {
             return Err(format!("device name {n:?} given twice"));
         }
         all.push(n);
@@ -115,7 +116,7 @@ pub fn daemon_with_devices(
     });
     let daemon = Daemon::with_devices(ext, all, opener);
     let _ = resolver.0.set(Arc::downgrade(&daemon));
-    Ok(daemon)
+    Ok((daemon, real))
 }
 
 /// A device node's device.

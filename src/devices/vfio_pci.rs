@@ -45,6 +45,8 @@ pub struct VfioPci {
     /// The kernel device fd of the current binding (owned by its [`Port`]: closed when the
     /// device object goes).
     fd: Mutex<std::sync::Weak<OwnedFd>>,
+    /// The user a kernel device fd was handed to ([`super::handout`]): the device stays theirs.
+    handed_to: Mutex<Option<u32>>,
     next_file: AtomicU64,
 }
 
@@ -55,6 +57,7 @@ impl VfioPci {
             host,
             domain: Mutex::new(None),
             fd: Mutex::new(std::sync::Weak::new()),
+            handed_to: Mutex::new(None),
             next_file: AtomicU64::new(1),
         })
     }
@@ -79,6 +82,13 @@ impl VfioPci {
     }
 
     fn bind(self: &Arc<Self>, file: u64, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno> {
+        // A device whose kernel fd was handed out stays with that user (the fd cannot be
+        // taken back).
+        if let Some(owner) = *self.handed_to.lock().unwrap() {
+            if mem.credentials()?.uid != owner {
+                return Err(Errno::EPERM);
+            }
+        }
         let port = |ctx: &Arc<Context>| -> Result<Arc<dyn DeviceBackend>, Errno> {
             // The group's devices share its container: one context at a time.
             let claim = self.host.group.claim(ctx.id)?;
@@ -96,6 +106,24 @@ impl VfioPci {
 
     /// Stops the device's DMA and interrupts: bus mastering off, every interrupt disabled, and a
     /// reset where the device has one.
+    /// A duplicate of the kernel device fd for the program bound through open file `file`
+    /// ([`super::handout`]); EINVAL when `file` is not the bound one, EPERM when the device was
+    /// handed to another user before.
+    pub fn hand_out(&self, file: u64, uid: u32) -> Result<OwnedFd, Errno> {
+        self.bound(file)?;
+        let mut owner = self.handed_to.lock().unwrap();
+        if owner.is_some_and(|o| o != uid) {
+            return Err(Errno::EPERM);
+        }
+        let fd = self.dev_fd()?;
+        let dup = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(0))?;
+        // SAFETY: F_DUPFD_CLOEXEC just returned this new fd; nothing else owns it.
+        let dup = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) };
+        *owner = Some(uid);
+        tracing::info!(device = self.name(), uid, "kernel device fd handed out");
+        Ok(dup)
+    }
+
     /// The kernel device fd of the current binding.
     fn dev_fd(&self) -> Result<Arc<OwnedFd>, Errno> {
         self.fd.lock().unwrap().upgrade().ok_or(Errno::EINVAL)
@@ -383,8 +411,65 @@ impl VfioPciFile {
     }
 }
 
+/// `_IO(';', 0xfb)`: the daemon asking one of its own device files which open it is.
+pub const FILE_QUERY: u32 = uiommufd_uapi::iommufd::io(b';', 0xfb);
+
+#[repr(C)]
+#[derive(Debug, Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
+struct FileQuery {
+    key: u64,
+    file: u64,
+}
+
+/// A per-daemon secret: only the daemon itself gets answers.
+fn query_key() -> u64 {
+    static KEY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KEY.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0x5eed);
+        h.finish() | 1
+    })
+}
+
+/// Which open of a real device's node `node` (a file of the daemon's own mount) is.
+pub fn query_file_id(node: std::os::fd::BorrowedFd<'_>) -> Result<u64, Errno> {
+    let mut q = FileQuery {
+        key: query_key(),
+        file: 0,
+    };
+    // SAFETY: the command reads and writes exactly `q` (the answering side is this daemon's
+    // own node, which writes 16 bytes through the same pointer).
+    let rc = unsafe {
+        libc::ioctl(
+            node.as_raw_fd(),
+            libc::c_ulong::from(FILE_QUERY),
+            &mut q as *mut FileQuery,
+        )
+    };
+    Errno::result(rc)?;
+    Ok(q.file)
+}
+
 impl OpenFile for VfioPciFile {
+    fn inline_ioctl(&self, cmd: u32) -> bool {
+        // Asked by the daemon's own hand-out thread, which waits: answered on the reader.
+        cmd == FILE_QUERY
+    }
+
     fn ioctl(&self, cmd: u32, arg: u64, mem: &dyn CallerMemory) -> Result<i64, Errno> {
+        if cmd == FILE_QUERY {
+            if mem.pid() != std::process::id() as i32 {
+                return Err(Errno::ENOTTY);
+            }
+            let mut q: FileQuery = crate::caller::read_struct(mem, arg)?;
+            if q.key != query_key() {
+                return Err(Errno::ENOTTY);
+            }
+            q.file = self.id;
+            crate::caller::write_struct(mem, arg, &q)?;
+            return Ok(0);
+        }
         if let Some(v) = self
             .dev
             .cdev

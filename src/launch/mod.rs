@@ -6,12 +6,15 @@
 //! [`supervisor::HANDLERS`]) to a supervisor thread here. For IOMMU_TEST_OP_CREATE_ACCESS the
 //! supervisor opens the caller's node afresh, asks the daemon to bind a new access to that open file
 //! ([`uiommufd_uapi::handles`]), installs the file in the caller with SECCOMP_IOCTL_NOTIF_ADDFD and
-//! writes its number into the caller's argument. Every other ioctl, and every one the supervisor
+//! writes its number into the caller's argument. A real device node's bind is taken over too
+//! ([`device`]): the program gets the kernel's device fd. Every other ioctl, and every one the supervisor
 //! cannot handle, runs unchanged (SECCOMP_USER_NOTIF_FLAG_CONTINUE).
 //!
 //! The filter is installed on the launcher's own main thread before CMD is spawned, so CMD inherits
-//! it and no fd has to be passed back from a child. The launcher itself never issues the
-//! intercepted ioctls, and it never executes anything after setting PR_SET_NO_NEW_PRIVS.
+//! it and no fd has to be passed back from a child. The launcher's threads never issue the
+//! intercepted ioctls, except one thread started before the filter exists, which the supervisor
+//! uses for device BIND/ATTACH/DETACH on node files; the launcher never executes anything after
+//! setting PR_SET_NO_NEW_PRIVS.
 //!
 //! Exit status: CMD's, or 128+N when a signal N killed it; 125 when the launcher cannot set up,
 //! 126 when CMD cannot be executed, 127 when it is not found (as `env` and `timeout` do). SIGTERM,
@@ -19,6 +22,7 @@
 //! CMD does. Processes CMD left behind lose the supervisor then: their intercepted ioctls fail with
 //! ENOSYS.
 
+mod device;
 pub mod seccomp;
 pub mod supervisor;
 mod zero_read;
@@ -65,6 +69,9 @@ pub fn main(args: LaunchArgs) -> ExitCode {
         tracing::error!("launch: unsupported architecture");
         return ExitCode::from(EXIT_SETUP);
     };
+    // Started before the filter exists, so that the supervisor can issue intercepted ioctls
+    // (device BIND/ATTACH through a node file) without trapping them itself.
+    device::start_unfiltered_thread();
     let numbers: Vec<u32> = supervisor::HANDLERS.iter().map(|(nr, _)| *nr).collect();
     let listener = match seccomp::install_filter(&seccomp::filter_program(arch, &numbers)) {
         Ok(l) => l,

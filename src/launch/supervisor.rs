@@ -67,6 +67,18 @@ pub const HANDLERS: &[(u32, Handler)] = &[
     (IOMMU_TEST_CMD, test_cmd),
     (IOMMU_FAULT_QUEUE_ALLOC, fault_queue_alloc),
     (IOMMU_VEVENTQ_ALLOC, veventq_alloc),
+    (
+        uiommufd_uapi::vfio::VFIO_DEVICE_BIND_IOMMUFD,
+        super::device::bind,
+    ),
+    (
+        uiommufd_uapi::vfio::VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+        super::device::attach_detach,
+    ),
+    (
+        uiommufd_uapi::vfio::VFIO_DEVICE_DETACH_IOMMUFD_PT,
+        super::device::attach_detach,
+    ),
 ];
 
 /// Answers notifications until the listener fails (it is then dropped, which fails every pending
@@ -420,7 +432,7 @@ fn bind_new_handle(
 }
 
 /// A pidfd for thread `tid` (PIDFD_THREAD, Linux 6.9+), else for its thread group.
-pub(super) fn open_pidfd(tid: i32) -> Result<OwnedFd, Errno> {
+pub fn open_pidfd(tid: i32) -> Result<OwnedFd, Errno> {
     use rustix::process::{pidfd_open, Pid, PidfdFlags};
     let pid = Pid::from_raw(tid).ok_or(Errno::ESRCH)?;
     // PIDFD_THREAD is O_EXCL.

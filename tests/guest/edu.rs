@@ -245,7 +245,7 @@ impl Device {
     }
 }
 
-fn region(file: &File, index: u32) -> Res<vfio_region_info> {
+pub fn region(file: &File, index: u32) -> Res<vfio_region_info> {
     let mut r = vfio_region_info {
         argsz: size_of::<vfio_region_info>() as u32,
         index,

@@ -155,7 +155,7 @@ impl Iommufd {
 
 /// A device node of the daemon, opened and bound to an iommufd.
 pub struct Bound {
-    file: File,
+    pub file: File,
     pub name: String,
     pub dev_id: u32,
 }

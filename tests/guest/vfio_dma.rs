@@ -24,6 +24,7 @@ mod ioas;
 mod iommufd;
 mod irq;
 mod lifetime;
+mod native;
 mod sys;
 mod type1;
 
@@ -65,6 +66,8 @@ enum Cmd {
     KillTest(Nodes),
     /// Hold 64 MiB mapped with the device attached until a line arrives on stdin.
     Hold(Nodes),
+    /// Under `uiommufd launch`: the kernel's device fd in place of the node file.
+    Native(Nodes),
     /// IOAS_MAP + IOAS_UNMAP timings through uiommufd, interleaved with the client's own
     /// container (the group file of another edu, /dev/vfio/N).
     Bench {
@@ -116,6 +119,10 @@ fn main() -> ExitCode {
         Cmd::Hold(n) => {
             lifetime::hold(&mut r, n);
             "hold"
+        }
+        Cmd::Native(n) => {
+            native::native(&mut r, n);
+            "native"
         }
         Cmd::Bench {
             nodes,

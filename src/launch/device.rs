@@ -1,0 +1,313 @@
+//! Real devices under the launcher: the program gets the kernel's device fd.
+//!
+//! When the program binds a uiommufd device node (VFIO_DEVICE_BIND_IOMMUFD on a file of a
+//! uiommufd mount's `vfio/devices/`), the supervisor binds it itself through a duplicate of that
+//! node file, asks the daemon for the kernel device fd over the daemon's hand-out socket
+//! ([`crate::devices::handout`], with the node file as proof) and puts the kernel fd in the
+//! program's table at the same number (SECCOMP_IOCTL_NOTIF_ADDFD with SETFD). From then on
+//! regions, mmap of BARs, interrupts and reset go straight to the kernel (and KVM accepts the
+//! file); ATTACH_IOMMUFD_PT and DETACH_IOMMUFD_PT, which a kernel without CONFIG_IOMMUFD lacks,
+//! are recognised on that kernel file (kcmp) and forwarded through the node file the supervisor
+//! keeps, which also keeps the binding until the launcher exits.
+//!
+//! Whatever goes wrong after the bind leaves the program with the node file (pread/pwrite of
+//! regions, no mmap): a working device, only slower.
+
+use super::supervisor::{open_pidfd, Notification, Reply};
+use crate::caller::{CallerMemory, ProcessMemory};
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixStream};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use uiommufd_uapi::vfio::*;
+use zerocopy::IntoBytes;
+
+/// A kernel device fd installed in the program, with the node file whose binding it uses.
+struct Installed {
+    node: OwnedFd,
+    kernel: OwnedFd,
+}
+
+static INSTALLED: Mutex<Vec<Installed>> = Mutex::new(Vec::new());
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The thread without the seccomp filter (see [`start_unfiltered_thread`]).
+static UNFILTERED: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> =
+    std::sync::OnceLock::new();
+
+/// Starts the thread that issues the device ioctls the filter intercepts: a thread created
+/// before the filter is installed does not carry it. Call before installing the filter.
+pub fn start_unfiltered_thread() {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let started = std::thread::Builder::new()
+        .name("uiommufd-unfiltered".into())
+        .spawn(move || rx.into_iter().for_each(|job| job()));
+    if started.is_ok() {
+        let _ = UNFILTERED.set(Mutex::new(tx));
+    }
+}
+
+/// An ioctl on `fd` with `buf` as its argument, issued from the unfiltered thread; the
+/// return value or errno, and the buffer as the ioctl left it.
+fn unfiltered_ioctl(fd: i32, cmd: u32, mut buf: Vec<u8>) -> Result<(i32, Vec<u8>), Errno> {
+    let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+    let job: Job = Box::new(move || {
+        // SAFETY: the argument is `buf`, owned by this job and as long as the struct the
+        // command reads and writes (the callers size it so); `fd` is kept open by the caller,
+        // which waits for this job.
+        let rc = unsafe { libc::ioctl(fd, libc::c_ulong::from(cmd), buf.as_mut_ptr()) };
+        let err = Errno::last();
+        let _ = reply_tx.send(if rc < 0 { Err(err) } else { Ok((rc, buf)) });
+    });
+    UNFILTERED
+        .get()
+        .ok_or(Errno::ENOSYS)?
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(job)
+        .map_err(|_| Errno::ENOSYS)?;
+    reply_rx.recv().map_err(|_| Errno::ENOSYS)?
+}
+
+/// FUSE's file system magic.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// The target's fd `fd`, duplicated into the supervisor.
+fn target_fd(n: &Notification<'_>, fd: i32) -> Result<OwnedFd, Errno> {
+    let pidfd = open_pidfd(n.tid)?;
+    rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+        .map_err(|e| Errno::from_raw(e.raw_os_error()))
+}
+
+/// The mount of a uiommufd device node file: `<mount>/vfio/devices/<name>` on FUSE.
+fn node_mount(file: BorrowedFd<'_>) -> Option<PathBuf> {
+    let fs = nix::sys::statfs::fstatfs(file).ok()?;
+    if fs.filesystem_type().0 as i64 != FUSE_SUPER_MAGIC {
+        return None;
+    }
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+    let dir = path.parent()?;
+    if !dir.ends_with("vfio/devices") {
+        return None;
+    }
+    Some(dir.parent()?.parent()?.to_path_buf())
+}
+
+/// Whether two files of the supervisor's table are the same open file.
+fn same_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
+    let pid = std::process::id();
+    // SAFETY: kcmp only compares kernel objects named by our own pid and fds; no memory is passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid,
+            pid,
+            0, // KCMP_FILE
+            a.as_raw_fd(),
+            b.as_raw_fd(),
+        )
+    };
+    rc == 0
+}
+
+/// Asks the daemon serving `mount` for the kernel fd of the device bound through `node`.
+fn request_kernel_fd(mount: &std::path::Path, node: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    let name = crate::devices::handout::socket_name(mount);
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let conn = UnixStream::connect_addr(&addr)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    // Only the root daemon may answer: anyone can bind an abstract name first.
+    let peer = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials)?;
+    if peer.uid() != 0 {
+        return Err(Errno::EPERM);
+    }
+    let timeout = Some(std::time::Duration::from_secs(5));
+    let _ = conn.set_read_timeout(timeout);
+    let _ = conn.set_write_timeout(timeout);
+    let req = [crate::devices::handout::REQUEST_DEVICE_FD];
+    let fds = [node.as_raw_fd()];
+    sendmsg::<()>(
+        conn.as_raw_fd(),
+        &[IoSlice::new(&req)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    let mut word = [0u8; 4];
+    let mut iov = [IoSliceMut::new(&mut word)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut got = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(r) = c {
+            // SAFETY: the kernel just installed these fds in our table; each is owned once here.
+            got.extend(r.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    if msg.bytes != 4 {
+        return Err(Errno::EPROTO);
+    }
+    match i32::from_ne_bytes(word) {
+        0 if got.len() == 1 => Ok(got.pop().expect("one fd")),
+        0 => Err(Errno::EPROTO),
+        e => Err(Errno::from_raw(e)),
+    }
+}
+
+/// VFIO_DEVICE_BIND_IOMMUFD: see the module documentation.
+pub fn bind(n: &Notification<'_>) -> Reply {
+    let Ok(node) = target_fd(n, n.fd()) else {
+        return Reply::Continue;
+    };
+    let Some(mount) = node_mount(node.as_fd()) else {
+        return Reply::Continue;
+    };
+    let Ok(mem) = ProcessMemory::new(n.tid) else {
+        return Reply::Continue;
+    };
+    let arg = n.args[2];
+    let mut b = vfio_device_bind_iommufd::default();
+    if mem.read(arg, &mut b.as_mut_bytes()[..16]).is_err() {
+        return Reply::Continue;
+    }
+    // The daemon checks everything else; only the iommufd must be ours to name it.
+    let iommufd = if b.iommufd >= 0 {
+        match target_fd(n, b.iommufd) {
+            Ok(f) => Some(f),
+            Err(_) => return Reply::Error(Errno::EBADF),
+        }
+    } else {
+        None
+    };
+    let mut local = b;
+    local.argsz = local.argsz.min(16);
+    if let Some(f) = &iommufd {
+        local.iommufd = f.as_raw_fd();
+    }
+    let answer = unfiltered_ioctl(
+        node.as_raw_fd(),
+        VFIO_DEVICE_BIND_IOMMUFD,
+        local.as_bytes()[..16].to_vec(),
+    );
+    drop(iommufd);
+    match answer {
+        Ok((_, out)) => local.as_mut_bytes()[..16].copy_from_slice(&out),
+        Err(e) => return Reply::Error(e),
+    }
+    if mem.write(arg + 12, &local.out_devid.to_ne_bytes()).is_err() {
+        return Reply::Error(Errno::EFAULT);
+    }
+    // Bound. Now the kernel's file, in place of the node file.
+    let kernel = match request_kernel_fd(&mount, node.as_fd()) {
+        Ok(f) => f,
+        // No hand-out socket (no real devices) or not a real device (an emulated one).
+        Err(e @ (Errno::ECONNREFUSED | Errno::ENODEV)) => {
+            tracing::debug!(%e, "the program keeps the node file");
+            return Reply::Value(0);
+        }
+        Err(e) => {
+            tracing::warn!(%e, "no kernel device fd from the daemon; the program keeps the node file (no mmap)");
+            return Reply::Value(0);
+        }
+    };
+    let flags = libc::SECCOMP_ADDFD_FLAG_SETFD as u32;
+    match super::seccomp::notif_addfd_at(
+        n.listener,
+        n.id,
+        kernel.as_fd(),
+        flags,
+        n.fd(),
+        libc::O_CLOEXEC as u32,
+    ) {
+        Ok(_) => {
+            tracing::debug!(tid = n.tid, fd = n.fd(), "kernel device fd installed");
+            INSTALLED
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Installed { node, kernel });
+            Reply::Value(0)
+        }
+        Err(Errno::ENOENT) => Reply::Gone,
+        Err(e) => {
+            tracing::warn!(%e, "SECCOMP_IOCTL_NOTIF_ADDFD(SETFD) failed; the program keeps the node file");
+            Reply::Value(0)
+        }
+    }
+}
+
+/// ATTACH/DETACH_IOMMUFD_PT on an installed kernel device fd: forwarded through its node file.
+pub fn attach_detach(n: &Notification<'_>) -> Reply {
+    let Ok(target) = target_fd(n, n.fd()) else {
+        return Reply::Continue;
+    };
+    let installed = INSTALLED.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(entry) = installed
+        .iter()
+        .find(|e| same_file(e.kernel.as_fd(), target.as_fd()))
+    else {
+        return Reply::Continue;
+    };
+    let Ok(node) = entry.node.try_clone() else {
+        return Reply::Continue;
+    };
+    drop(installed);
+    let Ok(mem) = ProcessMemory::new(n.tid) else {
+        return Reply::Continue;
+    };
+    let cmd = n.args[1] as u32;
+    let arg = n.args[2];
+    // Both structs are 16 bytes at most (attach: argsz, flags, pt_id, pasid).
+    let mut buf = [0u8; 16];
+    let len = if cmd == VFIO_DEVICE_ATTACH_IOMMUFD_PT {
+        size_of::<vfio_device_attach_iommufd_pt>()
+    } else {
+        size_of::<vfio_device_detach_iommufd_pt>()
+    };
+    if mem.read(arg, &mut buf[..len]).is_err() {
+        return Reply::Error(Errno::EFAULT);
+    }
+    let argsz = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    buf[..4].copy_from_slice(&argsz.min(len as u32).to_ne_bytes());
+    let rc = match unfiltered_ioctl(node.as_raw_fd(), cmd, buf[..len].to_vec()) {
+        Ok((rc, out)) => {
+            buf[..len].copy_from_slice(&out);
+            rc
+        }
+        Err(e) => return Reply::Error(e),
+    };
+    buf[..4].copy_from_slice(&argsz.to_ne_bytes());
+    if mem.write(arg, &buf[..len]).is_err() {
+        return Reply::Error(Errno::EFAULT);
+    }
+    Reply::Value(i64::from(rc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_mounts_are_recognised_only_on_fuse() {
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        assert_eq!(node_mount(f.as_fd()), None);
+    }
+
+    #[test]
+    fn same_file_compares_open_files() {
+        let a = std::fs::File::open("/dev/null").unwrap();
+        let b = a.try_clone().unwrap();
+        let c = std::fs::File::open("/dev/null").unwrap();
+        assert!(same_file(a.as_fd(), b.as_fd()));
+        assert!(!same_file(a.as_fd(), c.as_fd()));
+    }
+}
