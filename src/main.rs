@@ -151,23 +151,22 @@ fn serve(
     };
     let service: Arc<dyn uiommufd::dispatch::Service> = Arc::new(DaemonService(daemon));
     let result = runtime.block_on(async move {
+        // Installed before the nodes go live: a SIGTERM right after READY=1 must shut down
+        // cleanly, not kill the process by the default action.
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            control.remove();
+            return Err(std::io::Error::other("cannot install signal handlers"));
+        };
+        let stopping = std::sync::atomic::AtomicBool::new(false);
         let shutdown = async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
                 _ = int.recv() => tracing::info!("SIGINT: shutting down"),
             }
-        };
-        let stopping = std::sync::atomic::AtomicBool::new(false);
-        let shutdown = async {
-            shutdown.await;
             stopping.store(true, std::sync::atomic::Ordering::Relaxed);
             notify_logged("STOPPING=1");
         };

@@ -275,7 +275,18 @@ async fn answer(mut stream: tokio::net::UnixStream, service: Arc<dyn Service>) -
     };
     match tokio::time::timeout(IO_TIMEOUT, async {
         stream.write_all(reply.as_bytes()).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        // Closing with unread input would reset the connection, and the client could lose the
+        // answer: take what it still sends (a bounded amount) until it closes.
+        let mut scratch = [0u8; 4096];
+        let mut left = 64usize << 10;
+        while left > 0 {
+            match stream.read(&mut scratch).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        Ok(())
     })
     .await
     {
