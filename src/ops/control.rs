@@ -360,18 +360,14 @@ pub fn render_table(json: &str) -> String {
         })
         .collect();
     let head = ["CONTEXT", "UID", "OBJECTS"];
-    let w0 = rows
-        .iter()
-        .map(|r| r[0].len())
-        .chain([head[0].len()])
-        .max()
-        .unwrap_or(0);
-    let w1 = rows
-        .iter()
-        .map(|r| r[1].len())
-        .chain([head[1].len()])
-        .max()
-        .unwrap_or(0);
+    let width = |col: usize| {
+        rows.iter()
+            .map(|r| r[col].len())
+            .chain([head[col].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let (w0, w1) = (width(0), width(1));
     out.push('\n');
     for r in std::iter::once(head.map(String::from)).chain(rows) {
         let _ = writeln!(out, "{:<w0$}  {:<w1$}  {}", r[0], r[1], r[2]);
