@@ -280,3 +280,43 @@ fn sd_notify_ready_and_stopping_on_an_abstract_socket() {
     let rx = UnixDatagram::bind_addr(&addr).unwrap();
     notify_roundtrip(std::ffi::OsStr::new(&format!("@{name}")), &rx, &dir);
 }
+
+#[test]
+fn watch_redraws_until_killed() {
+    use std::io::BufRead;
+    let d = DaemonProcess::start_plain(&[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_uiommufd"))
+        .arg("status")
+        .arg("--control")
+        .arg(d.control())
+        .args(["--watch", "0.05"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut snapshots = 0;
+    while snapshots < 3 {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("status --watch stopped redrawing");
+        // Not a terminal: no clear-screen sequences, just one snapshot after another.
+        assert!(!line.contains('\x1b'), "{line:?}");
+        if line.starts_with("contexts 0 ") {
+            snapshots += 1;
+        }
+    }
+    assert!(child.try_wait().unwrap().is_none(), "watch exited");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
