@@ -5,6 +5,9 @@ export DEBIAN_FRONTEND=noninteractive
 need=()
 command -v gcc >/dev/null || need+=(gcc)
 [ -e /usr/include/sys/capability.h ] || need+=(libcap-dev)
+# systemd-analyze verifies scripts/uiommufd.service (tests/systemd_unit.rs); the package does not
+# need to be the init system for that.
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}"

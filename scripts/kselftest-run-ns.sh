@@ -50,11 +50,12 @@ cleanup() {
   umount -l /dev/iommu 2>/dev/null || true
   umount -l "$mnt" 2>/dev/null || true
   rmdir "$mnt" 2>/dev/null || true
+  rm -f "$mnt.sock"
 }
 trap cleanup EXIT
 
-echo "+ $daemon serve --selftest --transport fuse --mount $mnt --bind-dev" >&2
-"$daemon" serve --selftest --transport fuse --mount "$mnt" --bind-dev > "$log" 2>&1 &
+echo "+ $daemon serve --selftest --transport fuse --mount $mnt --bind-dev --control $mnt.sock" >&2
+"$daemon" serve --selftest --transport fuse --mount "$mnt" --bind-dev --control "$mnt.sock" > "$log" 2>&1 &
 dpid=$!
 
 # Wait for the FUSE node, then for /dev/iommu (the daemon's bind mount).

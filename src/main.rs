@@ -35,6 +35,9 @@ enum Command {
         /// it would hand every user of the node the selftest's raw access paths.
         #[arg(long)]
         selftest: bool,
+        /// The control socket `uiommufd status` asks (mode 0600; must be outside the mount).
+        #[arg(long, value_name = "PATH", default_value = uiommufd::ops::control::DEFAULT_PATH)]
+        control: std::path::PathBuf,
     },
     /// Run ioctl scripts against a node (default /dev/iommu) or an in-process daemon.
     Replay(uiommufd::replay::ReplayArgs),
@@ -44,6 +47,9 @@ enum Command {
     /// Check this host for what `serve` needs (FUSE/CUSE, IOMMU, VFIO, memlock, QEMU) and say what
     /// to do, one line per finding. Exits 0 only when `serve` with these options can work.
     Doctor(uiommufd::ops::doctor::DoctorArgs),
+    /// Show what the running daemon holds: contexts and their objects, pinned pages, the daemon's
+    /// mappings of clients' memory, devices (asks `serve` over its control socket).
+    Status(uiommufd::ops::control::StatusArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,10 +72,12 @@ fn main() -> std::process::ExitCode {
             devices,
             vfio_devices,
             selftest,
-        } => serve(transport, record, devices, vfio_devices, selftest),
+            control,
+        } => serve(transport, record, devices, vfio_devices, selftest, &control),
         Command::Replay(args) => uiommufd::replay::main(args),
         Command::Launch(args) => uiommufd::launch::main(args),
         Command::Doctor(args) => uiommufd::ops::doctor::main(args),
+        Command::Status(args) => uiommufd::ops::control::status_main(args),
     }
 }
 
@@ -79,7 +87,9 @@ fn serve(
     devices: Vec<String>,
     vfio: Vec<String>,
     selftest: bool,
+    control: &std::path::Path,
 ) -> std::process::ExitCode {
+    use uiommufd::ops::{control::ControlSocket, notify::notify_logged};
     // Client files are held one fd each; give the daemon all the fds it may have.
     let nofile = uiommufd::iopt::limits::raise_fd_limit();
     tracing::debug!(nofile, "RLIMIT_NOFILE");
@@ -134,23 +144,63 @@ fn serve(
             }
         }
     }
-    let service = Arc::new(DaemonService(daemon));
+    // The control socket first: a daemon already answering there stops this one before it mounts.
+    let control = match uiommufd::ops::control::check_outside_mount(control, &opts.mount)
+        .and_then(|()| ControlSocket::bind(control))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let service: Arc<dyn uiommufd::dispatch::Service> = Arc::new(DaemonService(daemon));
     let result = runtime.block_on(async move {
+        // Installed before the nodes go live: a SIGTERM right after READY=1 must shut down
+        // cleanly, not kill the process by the default action.
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            control.remove();
+            return Err(std::io::Error::other("cannot install signal handlers"));
+        };
+        let stopping = std::sync::atomic::AtomicBool::new(false);
         let shutdown = async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
                 _ = int.recv() => tracing::info!("SIGINT: shutting down"),
             }
+            stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+            notify_logged("STOPPING=1");
         };
-        uiommufd::transport::run(opts, service, shutdown).await
+        let transport = match uiommufd::transport::Transport::start(&opts, service.clone()).await {
+            Ok(t) => t,
+            Err(e) => {
+                control.remove();
+                return Err(e);
+            }
+        };
+        let control = match control.serve(service) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(error = %e, "control socket: cannot serve; `uiommufd status` will not answer");
+                None
+            }
+        };
+        notify_logged(&format!(
+            "READY=1\nSTATUS=serving at {}",
+            transport.mount_point().display()
+        ));
+        let r = transport.serve_until(shutdown).await;
+        if !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            notify_logged("STOPPING=1");
+        }
+        if let Some(c) = control {
+            c.stop();
+        }
+        r
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

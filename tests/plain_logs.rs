@@ -14,6 +14,8 @@ fn failing_serve() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_uiommufd"));
     c.args(["serve", "--transport", "fuse", "--mount"])
         .arg(&mount)
+        .arg("--control")
+        .arg(mount.with_extension("sock"))
         .args(["--record", "/proc/uiommufd-no-such-dir/x"])
         .env("RUST_LOG", "info")
         // Decided by the terminal alone, not by a NO_COLOR the test runner may have set.

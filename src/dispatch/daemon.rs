@@ -344,24 +344,43 @@ impl Daemon {
         }
     }
 
-    /// A human- and machine-readable snapshot: contexts, objects, pinned pages.
+    /// A human- and machine-readable snapshot: contexts (owner, objects per type), pinned pages
+    /// (in all, and charged to each owning user in user accounting mode), the daemon's mappings
+    /// of clients' memory, devices. The FUSE `status` file and the control socket
+    /// (`uiommufd status`) serve it.
     pub fn status_json(&self) -> String {
-        let contexts: Vec<Arc<Context>> = self
+        let mut contexts: Vec<Arc<Context>> = self
             .contexts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .filter_map(|r| r.ctx.upgrade())
             .collect();
+        contexts.sort_by_key(|c| c.id);
         let objects: usize = contexts.iter().map(|c| c.num_objects()).sum();
         let detail: Vec<serde_json::Value> = contexts
             .iter()
-            .map(|c| serde_json::json!({"id": c.id, "objects": c.object_counts()}))
+            .map(|c| {
+                serde_json::json!({
+                    "id": c.id,
+                    "uid": c.owner_uid(),
+                    "objects": c.object_counts(),
+                })
+            })
+            .collect();
+        let uids: std::collections::BTreeSet<u32> =
+            contexts.iter().filter_map(|c| c.owner_uid()).collect();
+        let per_user: serde_json::Map<String, serde_json::Value> = uids
+            .into_iter()
+            .map(|u| (u.to_string(), accounting::charged_to_user(u).into()))
             .collect();
         serde_json::json!({
             "contexts": contexts.len(),
             "objects": objects,
             "pinned_pages": accounting::pinned_total(),
+            "memlock_pages_per_user": per_user,
+            "live_mappings": crate::caller::shared::live_mappings(),
+            "devices": self.devices,
             "context_detail": detail,
         })
         .to_string()

@@ -74,6 +74,11 @@ impl DaemonProcess {
         self.child.id() as i32
     }
 
+    /// The daemon's control socket (`serve --control`), beside its mount point.
+    pub fn control(&self) -> PathBuf {
+        control_path(&self.mount)
+    }
+
     pub fn node(&self, rel: &str) -> PathBuf {
         self.mount.join(rel)
     }
@@ -127,10 +132,17 @@ impl Drop for DaemonProcess {
     }
 }
 
+/// Each test daemon has its own control socket (the default path is one per host).
+fn control_path(mount: &Path) -> PathBuf {
+    mount.with_file_name("control.sock")
+}
+
 fn spawn_daemon(mount: &Path, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_uiommufd"))
         .args(["serve", "--transport", "fuse", "--mount"])
         .arg(mount)
+        .arg("--control")
+        .arg(control_path(mount))
         .args(args)
         .env(
             "RUST_LOG",
