@@ -163,6 +163,13 @@ dmar_check dmar-fault /tmp/dma-tests.log
 client kill-test
 client native
 client bench --baseline-group /dev/vfio/\$G --rounds $ROUNDS
+m=\$(awk '\$2 == "bar0-read" && \$3 == "mmap" {print \$5}' /tmp/native.log)
+p=\$(awk '\$2 == "bar0-read" && \$3 == "node" {print \$5}' /tmp/bench.log)
+if [ -n "\$m" ] && [ -n "\$p" ]; then
+  say "bench BAR0 register read median: node pread \$p s, kernel fd mmap (launch) \$m s, ratio \$(awk -v a=\$p -v b=\$m 'BEGIN {printf "%.0f", a / b}')"
+else
+  say "bench BAR0 register read: missing numbers (node '\$p', mmap '\$m')"
+fi
 for mib in 64 256; do
   b=\$(awk -v m=\$mib '\$2 == "baseline" && \$3 == m {print \$6}' /tmp/bench.log)
   u=\$(awk -v m=\$mib '\$2 == "uiommufd" && \$3 == m {print \$6}' /tmp/bench.log)

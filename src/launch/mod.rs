@@ -69,17 +69,6 @@ pub fn main(args: LaunchArgs) -> ExitCode {
         tracing::error!("launch: unsupported architecture");
         return ExitCode::from(EXIT_SETUP);
     };
-    // Started before the filter exists, so that the supervisor can issue intercepted ioctls
-    // (device BIND/ATTACH through a node file) without trapping them itself.
-    device::start_unfiltered_thread();
-    let numbers: Vec<u32> = supervisor::HANDLERS.iter().map(|(nr, _)| *nr).collect();
-    let listener = match seccomp::install_filter(&seccomp::filter_program(arch, &numbers)) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(%e, "launch: cannot install the seccomp filter");
-            return ExitCode::from(EXIT_SETUP);
-        }
-    };
     // Blocked here, before any thread exists, so that every thread inherits the mask and only the
     // forwarder's sigwait() takes them. The child unblocks them before exec.
     let mut signals = SigSet::empty();
@@ -90,6 +79,18 @@ pub fn main(args: LaunchArgs) -> ExitCode {
         tracing::error!(%e, "launch: cannot block signals");
         return ExitCode::from(EXIT_SETUP);
     }
+    // Started after the mask (it must not take the forwarded signals) but before the filter
+    // exists, so that the supervisor can issue intercepted ioctls (device BIND/ATTACH through
+    // a node file) without trapping them itself.
+    device::start_unfiltered_thread();
+    let numbers: Vec<u32> = supervisor::HANDLERS.iter().map(|(nr, _)| *nr).collect();
+    let listener = match seccomp::install_filter(&seccomp::filter_program(arch, &numbers)) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%e, "launch: cannot install the seccomp filter");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
     let mut command = std::process::Command::new(program);
     command.args(rest);
     // SAFETY: the hook runs in the child between fork and exec and only calls pthread_sigmask,

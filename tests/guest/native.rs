@@ -70,6 +70,19 @@ fn mmap_id(file: &std::fs::File, offset: u64, size: u64) -> Res<()> {
     // SAFETY: the mapping is at least 4 bytes long (BAR0 is 1 MiB) and aligned; MMIO is read
     // with a volatile load.
     let id = unsafe { p.as_ptr().cast::<u32>().read_volatile() };
+    // The register read latency through the mapping (the bench compares the node's pread).
+    let times: Vec<std::time::Duration> = (0..200)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            // SAFETY: as above.
+            let _ = unsafe { p.as_ptr().cast::<u32>().read_volatile() };
+            t.elapsed()
+        })
+        .collect();
+    println!(
+        "BENCH bar0-read mmap median {:.9} s",
+        crate::sys::median(times)
+    );
     // SAFETY: unmapping our own mapping of `size` bytes.
     unsafe { munmap(p, size as usize) }.map_err(|e| format!("munmap: {e}"))?;
     if id == EDU_ID {

@@ -465,6 +465,16 @@ fn bench_interleaved(r: &mut Report, n: &Nodes, group: &str, rounds: usize) {
         })
         .collect();
     println!("BENCH node-round-trip median {:.6} s", median(rtt));
+    // A BAR0 register read through the node (pread; `native` measures the kernel fd's mmap).
+    let dev = step!(r, "bench-regions", b.edu());
+    let reads: Vec<Duration> = (0..50)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = dev.read32(0);
+            t.elapsed()
+        })
+        .collect();
+    println!("BENCH bar0-read node median {:.9} s", median(reads));
     for size in BENCH_SIZES {
         let len = size as u64;
         let buf = step!(
