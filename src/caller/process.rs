@@ -8,27 +8,27 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::OwnedFd;
 
 /// The memory of one caller, addressed through its thread id (the FUSE header's `pid`).
+///
+/// Most requests only copy their argument in and out (process_vm works on the thread id); the
+/// thread group and credentials, which cost a read of `/proc/<tid>/status`, are read on first
+/// use only.
 #[derive(Debug, Clone)]
 pub struct ProcessMemory {
     tid: i32,
-    tgid: i32,
-    /// (real uid, CapEff) from the same status read that found the thread group, if it parsed.
-    creds: Option<(u32, u64)>,
+    /// (thread group id, (real uid, CapEff) if they parsed), from one status read.
+    status: std::sync::OnceLock<Option<(i32, Option<(u32, u64)>)>>,
 }
 
 impl ProcessMemory {
-    /// Memory of the thread `tid`. Fails with ESRCH when the thread is gone or invisible (tid 0).
+    /// Memory of the thread `tid`. Fails with ESRCH when the thread is invisible (tid 0); a thread
+    /// gone meanwhile makes the accesses fail.
     pub fn new(tid: i32) -> Result<Self, Errno> {
         if tid <= 0 {
             return Err(Errno::ESRCH);
         }
-        let status =
-            std::fs::read_to_string(format!("/proc/{tid}/status")).map_err(|_| Errno::ESRCH)?;
-        let tgid = thread_group_of(&status)?;
         Ok(Self {
             tid,
-            tgid,
-            creds: super::identity::parse_status_creds(&status),
+            status: std::sync::OnceLock::new(),
         })
     }
 
@@ -37,9 +37,21 @@ impl ProcessMemory {
         let pid = std::process::id() as i32;
         Self {
             tid: pid,
-            tgid: pid,
-            creds: None,
+            status: std::sync::OnceLock::from(Some((pid, None))),
         }
+    }
+
+    fn status(&self) -> Option<(i32, Option<(u32, u64)>)> {
+        *self.status.get_or_init(|| {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", self.tid)).ok()?;
+            let tgid = thread_group_of(&status).ok()?;
+            Some((tgid, super::identity::parse_status_creds(&status)))
+        })
+    }
+
+    /// The thread group, or the thread itself when it is gone (every later use then fails).
+    fn tgid(&self) -> i32 {
+        self.status().map_or(self.tid, |s| s.0)
     }
 }
 
@@ -97,12 +109,12 @@ impl CallerMemory for ProcessMemory {
     }
 
     fn pid(&self) -> i32 {
-        self.tgid
+        self.tgid()
     }
 
     /// From the calling *thread's* table (a thread created without CLONE_FILES has its own).
     fn get_fd(&self, fd: i32) -> Result<OwnedFd, Errno> {
-        super::identity::get_thread_fd(self.tid, self.tgid, fd)
+        super::identity::get_thread_fd(self.tid, self.tgid(), fd)
     }
 
     fn tid(&self) -> i32 {
@@ -110,7 +122,7 @@ impl CallerMemory for ProcessMemory {
     }
 
     fn credentials(&self) -> Result<Credentials, Errno> {
-        match self.creds {
+        match self.status().and_then(|s| s.1) {
             Some((uid, cap_eff)) => Ok(Credentials {
                 uid,
                 cap_eff,
