@@ -15,9 +15,12 @@ use std::os::fd::OwnedFd;
 #[derive(Debug, Clone)]
 pub struct ProcessMemory {
     tid: i32,
-    /// (thread group id, (real uid, CapEff) if they parsed), from one status read.
-    status: std::sync::OnceLock<Option<(i32, Option<(u32, u64)>)>>,
+    /// From one status read, on first need.
+    status: std::sync::OnceLock<Option<ThreadStatus>>,
 }
+
+/// (thread group id, (real uid, CapEff) if they parsed).
+type ThreadStatus = (i32, Option<(u32, u64)>);
 
 impl ProcessMemory {
     /// Memory of the thread `tid`. Fails with ESRCH when the thread is invisible (tid 0); a thread
@@ -41,7 +44,7 @@ impl ProcessMemory {
         }
     }
 
-    fn status(&self) -> Option<(i32, Option<(u32, u64)>)> {
+    fn status(&self) -> Option<ThreadStatus> {
         *self.status.get_or_init(|| {
             let status = std::fs::read_to_string(format!("/proc/{}/status", self.tid)).ok()?;
             let tgid = thread_group_of(&status).ok()?;
