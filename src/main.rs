@@ -38,6 +38,13 @@ enum Command {
         /// The control socket `uiommufd status` asks (mode 0600; must be outside the mount).
         #[arg(long, value_name = "PATH", default_value = uiommufd::ops::control::DEFAULT_PATH)]
         control: std::path::PathBuf,
+        /// Contexts (open iommufd files) one user may hold at once; ENOMEM beyond.
+        #[arg(long, value_name = "N", default_value_t = uiommufd::dispatch::daemon::CONTEXTS_PER_USER)]
+        max_contexts_per_user: usize,
+        /// A TOML file of serve flags (keys are the flags without dashes); the command line wins.
+        /// Default /etc/uiommufd/uiommufd.toml if it exists; `none` reads no file.
+        #[arg(long, value_name = "PATH")]
+        config: Option<std::path::PathBuf>,
     },
     /// Run ioctl scripts against a node (default /dev/iommu) or an in-process daemon.
     Replay(uiommufd::replay::ReplayArgs),
@@ -64,7 +71,14 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let argv = match uiommufd::ops::config::expand(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("config: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(argv);
     match cli.command {
         Command::Serve {
             transport,
@@ -73,7 +87,17 @@ fn main() -> std::process::ExitCode {
             vfio_devices,
             selftest,
             control,
-        } => serve(transport, record, devices, vfio_devices, selftest, &control),
+            max_contexts_per_user,
+            config: _,
+        } => serve(
+            transport,
+            record,
+            devices,
+            vfio_devices,
+            selftest,
+            &control,
+            max_contexts_per_user,
+        ),
         Command::Replay(args) => uiommufd::replay::main(args),
         Command::Launch(args) => uiommufd::launch::main(args),
         Command::Doctor(args) => uiommufd::ops::doctor::main(args),
@@ -88,6 +112,7 @@ fn serve(
     vfio: Vec<String>,
     selftest: bool,
     control: &std::path::Path,
+    max_contexts_per_user: usize,
 ) -> std::process::ExitCode {
     use uiommufd::ops::{control::ControlSocket, notify::notify_logged};
     // Client files are held one fd each; give the daemon all the fds it may have.
@@ -133,6 +158,7 @@ fn serve(
             }
         }
     };
+    daemon.set_contexts_per_user(max_contexts_per_user);
     if let Some(dir) = record {
         match uiommufd::replay::record::Recorder::new(&dir) {
             Ok(r) => {

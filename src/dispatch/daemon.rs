@@ -98,8 +98,9 @@ impl Lifetime {
     }
 }
 
-/// Contexts one user may have open at once (ENOMEM beyond): each costs the daemon memory, and
-/// a process can hold as many fds as its own RLIMIT_NOFILE allows.
+/// Contexts one user may have open at once by default (ENOMEM beyond): each costs the daemon
+/// memory, and a process can hold as many fds as its own RLIMIT_NOFILE allows.
+/// `serve --max-contexts-per-user` sets another cap ([`Daemon::set_contexts_per_user`]).
 pub const CONTEXTS_PER_USER: usize = 4096;
 
 /// One context counted against the user that opened it.
@@ -115,7 +116,11 @@ impl ContextSlot {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let n = per_user.entry(uid).or_insert(0);
-        if *n >= CONTEXTS_PER_USER {
+        if *n
+            >= daemon
+                .contexts_cap
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
             crate::warn_limited!(
                 uid,
                 "a user's open contexts reached the cap; open answered ENOMEM"
@@ -187,8 +192,9 @@ pub struct Daemon {
     contexts: Mutex<HashMap<u64, Registered>>,
     /// Whether the selftest surface is served (IOMMU_TEST_CMD and its object fds).
     selftest: bool,
-    /// Open contexts per opening uid (see [`CONTEXTS_PER_USER`]).
+    /// Open contexts per opening uid, and the cap (see [`CONTEXTS_PER_USER`]).
     contexts_per_user: Mutex<HashMap<u32, usize>>,
+    contexts_cap: std::sync::atomic::AtomicUsize,
     devices: Vec<String>,
     device_opener: Option<DeviceOpener>,
     observer: OnceLock<Arc<dyn IoctlObserver>>,
@@ -209,11 +215,18 @@ impl Daemon {
             table: table::build(&ext),
             selftest: ext.test_cmd.is_some(),
             contexts_per_user: Mutex::new(HashMap::new()),
+            contexts_cap: std::sync::atomic::AtomicUsize::new(CONTEXTS_PER_USER),
             contexts: Mutex::new(HashMap::new()),
             devices,
             device_opener: opener,
             observer: OnceLock::new(),
         })
+    }
+
+    /// Caps the contexts one user may have open at once (ENOMEM beyond; at least 1).
+    pub fn set_contexts_per_user(&self, cap: usize) {
+        self.contexts_cap
+            .store(cap.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether the selftest surface (IOMMU_TEST_CMD, test accesses and dma-bufs) is served.

@@ -1,0 +1,68 @@
+//! `serve --config FILE`: the TOML file's keys are serve flags; the command line wins.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(path).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_file_sets_the_mount_and_the_context_cap() {
+    let dir = std::env::temp_dir().join(format!("uiommufd-cfgtest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mount = dir.join("mnt");
+    let cfg = dir.join("uiommufd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "transport = \"fuse\"\nmount = \"{}\"\nmax-contexts-per-user = 1\ncontrol = \"{}\"\n",
+            mount.display(),
+            dir.join("control.sock").display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_uiommufd"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let node = mount.join("iommu");
+    wait_for(&node);
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&node)
+    };
+    let first = open().expect("the first context");
+    let second = open().expect_err("a second context over the cap of 1");
+    assert_eq!(second.raw_os_error(), Some(libc::ENOMEM));
+    drop(first);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
+    // An unknown key is refused like an unknown flag.
+    std::fs::write(&cfg, "no-such-flag = 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_uiommufd"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
