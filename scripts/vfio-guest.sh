@@ -7,6 +7,9 @@
 #      04.0 and 05.0); dma-tests, kill-test and bench through /dev/iommu and the daemon's device
 #      nodes /run/uiommufd/vfio/devices/<BDF>; the DMA to an unmapped IOVA must leave a DMAR fault
 #      in dmesg; the bench is printed as a ratio to the baseline of the same boot.
+#   2b. unmodified QEMU inside the guest: the host's own binary (the host's root is shared read-only
+#      over 9p and QEMU runs in a chroot of it) under `uiommufd launch` with 04.0 passed through
+#      uiommufd; `vfio_dma nested-qemu` drives it over qtest and checks an edu DMA into its RAM.
 #   3. SIGTERM to the daemon while a client (vfio_dma hold) holds 64 MiB mapped with 04.0
 #      attached: the daemon exits 0 within 20 s and releases the open files, no uiommufd process
 #      or /dev/iommu remains, the client's next ioctl fails, its memory comes back, and the
@@ -20,7 +23,8 @@
 # cargo build --release --example vfio_dma), QEMU, KERNEL_PKG, GUEST_PKG_DIR (see lib-guest.sh),
 # BOOT_TIMEOUT (seconds for the whole guest, default 900), CLIENT_TIMEOUT (seconds per client run
 # in the guest, default 240), ROUNDS (benchmark rounds, default 5), DAEMON_ARGS, RUST_LOG (the
-# daemon's level in the guest, default info).
+# daemon's level in the guest, default info), NESTED_QEMU (the QEMU run inside the guest, a path
+# of the host's root; default: $QEMU resolved).
 # Exit 0 only if the guest printed `VFIO-GUEST: summary: N passed, 0 failed` with N > 0; 1
 # otherwise; 77 if QEMU is missing (1 under CI=true).
 set -euo pipefail
@@ -47,6 +51,8 @@ if [ -z "${VFIO_DMA:-}" ]; then
   VFIO_DMA=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/vfio_dma
 fi
 mkdir -p "$OUT"
+# The QEMU that runs inside the guest: the host's own, seen through its root over 9p.
+NESTED_QEMU=${NESTED_QEMU:-$(readlink -f "$(command -v "$QEMU")")}
 guest_packages
 
 # ---- initramfs ----
@@ -61,6 +67,11 @@ guest_add_module "$R" CONFIG_VFIO kernel/drivers/vfio/vfio
 guest_add_module "$R" CONFIG_VFIO_IOMMU_TYPE1 kernel/drivers/vfio/vfio_iommu_type1
 guest_add_module "$R" CONFIG_VFIO_PCI_CORE kernel/drivers/vfio/pci/vfio-pci-core
 guest_add_module "$R" CONFIG_VFIO_PCI kernel/drivers/vfio/pci/vfio-pci
+# The host's root over 9p (read-only): the nested QEMU is the host's own binary.
+guest_add_module "$R" CONFIG_NETFS_SUPPORT kernel/fs/netfs/netfs
+guest_add_module "$R" CONFIG_NET_9P kernel/net/9p/9pnet
+guest_add_module "$R" CONFIG_NET_9P_VIRTIO kernel/net/9p/9pnet_virtio
+guest_add_module "$R" CONFIG_9P_FS kernel/fs/9p/9p
 { guest_init_head VFIO-GUEST; cat <<EOF; } > "$R/init"
 PASSED=0
 FAILED=0
@@ -162,6 +173,31 @@ client dma-tests
 dmar_check dmar-fault /tmp/dma-tests.log
 client kill-test
 client native
+
+# Unmodified QEMU: the host's own binary (its root mounted read-only over 9p at /host, run in a
+# chroot of it) under the launcher, 04.0 passed through uiommufd (fds 3 and 4 opened by the
+# client), driven over qtest by \`vfio_dma nested-qemu\`: edu DMA into the nested QEMU's RAM.
+mkdir -p /host
+if mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host 2>/tmp/9p.log; then
+  check nested-hostroot-mount ok
+  if [ -x /host$NESTED_QEMU ]; then check nested-qemu-binary ok; else check nested-qemu-binary fail "no /host$NESTED_QEMU"; fi
+  if mount -o bind /dev /host/dev && mount -t proc proc /host/proc && mount -t sysfs sys /host/sys \
+     && mount -t tmpfs tmp /host/tmp; then
+    check nested-chroot-mounts ok
+  else
+    check nested-chroot-mounts fail "mounts over /host/{dev,proc,sys,tmp} failed"
+  fi
+  client nested-qemu --socket /host/tmp/qtest.sock --daemon-pid \$DPID --timeout 150 \
+    --fd 3=/dev/iommu --fd 4=/run/uiommufd/vfio/devices/0000:00:04.0 -- \
+    /bin/uiommufd launch -- chroot /host $NESTED_QEMU -S -qtest unix:/tmp/qtest.sock -qtest-log /dev/null \
+    -accel tcg,tb-size=32 -M q35 -m 64M -nodefaults -display none \
+    -object memory-backend-memfd,id=m0,size=64M,share=on -machine memory-backend=m0,aux-ram-share=on \
+    -object iommufd,id=i0,fd=3 -device vfio-pci,fd=4,iommufd=i0,bus=pcie.0,addr=05.0
+  umount /host/tmp /host/sys /host/proc /host/dev 2>/dev/null
+  umount /host || say "umount /host failed"
+else
+  check nested-hostroot-mount fail "mount -t 9p hostroot: \$(cat /tmp/9p.log)"
+fi
 client bench --baseline-group /dev/vfio/\$G --rounds $ROUNDS
 m=\$(awk '\$2 == "bar0-read" && \$3 == "mmap" {print \$5}' /tmp/native.log)
 p=\$(awk '\$2 == "bar0-read" && \$3 == "node" {print \$5}' /tmp/bench.log)
@@ -269,7 +305,8 @@ LOG=$OUT/console.log
 echo "booting $GUEST_KVER under TCG with 3 edu devices after $(( $(date +%s) - start )) s of preparation (log: $LOG)" >&2
 guest_boot "$LOG" "$BOOT_TIMEOUT" "$OUT/initrd.cpio.gz" "loglevel=3 intel_iommu=on iommu.strict=1" \
   -M q35,kernel-irqchip=split -cpu max -smp 2 -m 2G -device intel-iommu,intremap=on \
-  -device edu,addr=04.0 -device edu,addr=05.0 -device edu,addr=06.0
+  -device edu,addr=04.0 -device edu,addr=05.0 -device edu,addr=06.0 \
+  -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on
 qrc=$GUEST_QEMU_RC
 grep -aE '^(VFIO-GUEST|CLIENT|DAEMON|DMESG):' "$LOG" >&2 || true
 echo "qemu exit $qrc, $(( $(date +%s) - start )) s" >&2

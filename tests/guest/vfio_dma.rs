@@ -12,6 +12,8 @@
 //! - `kill-test`: a SIGKILLed client's pinned memory comes back and the device can be bound again.
 //! - `hold`: maps 64 MiB with the device attached, prints `held` and waits for a line on stdin
 //!   (the script stops the daemon meanwhile); then an ioctl on the orphaned iommufd must fail.
+//! - `nested-qemu --socket PATH --daemon-pid PID -- CMD...`: unmodified QEMU (CMD) with the edu
+//!   passed through uiommufd, driven over qtest: DMA into the nested QEMU's RAM (`nested.rs`).
 //! - `bench`: IOAS_MAP + IOAS_UNMAP timings through uiommufd (`BENCH uiommufd ...` lines).
 //!
 //! Built as a dev-only example: `cargo build --release --example vfio_dma`.
@@ -25,6 +27,7 @@ mod iommufd;
 mod irq;
 mod lifetime;
 mod native;
+mod nested;
 mod sys;
 mod type1;
 
@@ -68,6 +71,9 @@ enum Cmd {
     Hold(Nodes),
     /// Under `uiommufd launch`: the kernel's device fd in place of the node file.
     Native(Nodes),
+    /// Unmodified QEMU (the command after `--`, under `uiommufd launch`) driven over qtest: edu
+    /// DMA into the nested QEMU's RAM.
+    NestedQemu(nested::NestedArgs),
     /// IOAS_MAP + IOAS_UNMAP timings through uiommufd, interleaved with the client's own
     /// container (the group file of another edu, /dev/vfio/N).
     Bench {
@@ -123,6 +129,10 @@ fn main() -> ExitCode {
         Cmd::Native(n) => {
             native::native(&mut r, n);
             "native"
+        }
+        Cmd::NestedQemu(a) => {
+            nested::nested(&mut r, a);
+            "nested-qemu"
         }
         Cmd::Bench {
             nodes,
