@@ -41,6 +41,11 @@ enum Command {
         /// Contexts (open iommufd files) one user may hold at once; ENOMEM beyond.
         #[arg(long, value_name = "N", default_value_t = uiommufd::dispatch::daemon::CONTEXTS_PER_USER)]
         max_contexts_per_user: usize,
+        /// How pinned memory of new /dev/iommu contexts is charged against RLIMIT_MEMLOCK until a
+        /// context sets IOMMU_OPTION_RLIMIT_MODE: per user (the kernel's default) or per process
+        /// (as VFIO type1 does, which some programs' limits are sized for).
+        #[arg(long, value_name = "MODE", value_enum, default_value = "user")]
+        memlock_mode: MemlockMode,
         /// A TOML file of serve flags (keys are the flags without dashes); the command line wins.
         /// Default /etc/uiommufd/uiommufd.toml if it exists; `none` reads no file.
         #[arg(long, value_name = "PATH")]
@@ -57,6 +62,13 @@ enum Command {
     /// Show what the running daemon holds: contexts and their objects, pinned pages, the daemon's
     /// mappings of clients' memory, devices (asks `serve` over its control socket).
     Status(uiommufd::ops::control::StatusArgs),
+}
+
+/// `serve --memlock-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MemlockMode {
+    User,
+    Process,
 }
 
 fn main() -> std::process::ExitCode {
@@ -88,6 +100,7 @@ fn main() -> std::process::ExitCode {
             selftest,
             control,
             max_contexts_per_user,
+            memlock_mode,
             config: _,
         } => serve(
             transport,
@@ -97,6 +110,7 @@ fn main() -> std::process::ExitCode {
             selftest,
             &control,
             max_contexts_per_user,
+            memlock_mode,
         ),
         Command::Replay(args) => uiommufd::replay::main(args),
         Command::Launch(args) => uiommufd::launch::main(args),
@@ -113,6 +127,7 @@ fn serve(
     selftest: bool,
     control: &std::path::Path,
     max_contexts_per_user: usize,
+    memlock_mode: MemlockMode,
 ) -> std::process::ExitCode {
     use uiommufd::ops::{control::ControlSocket, notify::notify_logged};
     // Client files are held one fd each; give the daemon all the fds it may have.
@@ -159,6 +174,9 @@ fn serve(
         }
     };
     daemon.set_contexts_per_user(max_contexts_per_user);
+    if memlock_mode == MemlockMode::Process {
+        daemon.set_memlock_mode(uiommufd::iopt::accounting::AccountMode::Process);
+    }
     if let Some(dir) = record {
         match uiommufd::replay::record::Recorder::new(&dir) {
             Ok(r) => {

@@ -26,7 +26,7 @@ fn the_file_sets_the_mount_and_the_context_cap() {
     std::fs::write(
         &cfg,
         format!(
-            "transport = \"fuse\"\nmount = \"{}\"\nmax-contexts-per-user = 1\ncontrol = \"{}\"\n",
+            "transport = \"fuse\"\nmount = \"{}\"\nmax-contexts-per-user = 1\nmemlock-mode = \"process\"\ncontrol = \"{}\"\n",
             mount.display(),
             dir.join("control.sock").display()
         ),
@@ -51,6 +51,25 @@ fn the_file_sets_the_mount_and_the_context_cap() {
     let first = open().expect("the first context");
     let second = open().expect_err("a second context over the cap of 1");
     assert_eq!(second.raw_os_error(), Some(libc::ENOMEM));
+    // memlock-mode = "process" from the file: a new context reports RLIMIT_MODE 1.
+    use std::os::fd::AsRawFd;
+    use uiommufd_uapi::iommufd::*;
+    let mut opt = iommu_option {
+        size: size_of::<iommu_option>() as u32,
+        option_id: IOMMU_OPTION_RLIMIT_MODE,
+        op: IOMMU_OPTION_OP_GET,
+        ..Default::default()
+    };
+    // SAFETY: IOMMU_OPTION reads and writes exactly `opt`, which lives across the call.
+    let rc = unsafe {
+        libc::ioctl(
+            first.as_raw_fd(),
+            libc::c_ulong::from(IOMMU_OPTION),
+            &mut opt as *mut iommu_option,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    assert_eq!(opt.val64, 1);
     drop(first);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };

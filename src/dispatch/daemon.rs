@@ -195,6 +195,8 @@ pub struct Daemon {
     /// Open contexts per opening uid, and the cap (see [`CONTEXTS_PER_USER`]).
     contexts_per_user: Mutex<HashMap<u32, usize>>,
     contexts_cap: std::sync::atomic::AtomicUsize,
+    /// The RLIMIT accounting mode new `/dev/iommu` contexts start in (None: the kernel's, user).
+    memlock_mode: Mutex<Option<AccountMode>>,
     devices: Vec<String>,
     device_opener: Option<DeviceOpener>,
     observer: OnceLock<Arc<dyn IoctlObserver>>,
@@ -216,11 +218,18 @@ impl Daemon {
             selftest: ext.test_cmd.is_some(),
             contexts_per_user: Mutex::new(HashMap::new()),
             contexts_cap: std::sync::atomic::AtomicUsize::new(CONTEXTS_PER_USER),
+            memlock_mode: Mutex::new(None),
             contexts: Mutex::new(HashMap::new()),
             devices,
             device_opener: opener,
             observer: OnceLock::new(),
         })
+    }
+
+    /// The RLIMIT accounting mode new `/dev/iommu` contexts start in, as if each had set
+    /// IOMMU_OPTION_RLIMIT_MODE (`serve --memlock-mode`); the VFIO container keeps per-process.
+    pub fn set_memlock_mode(&self, mode: AccountMode) {
+        *self.memlock_mode.lock().unwrap_or_else(|p| p.into_inner()) = Some(mode);
     }
 
     /// Caps the contexts one user may have open at once (ENOMEM beyond; at least 1).
@@ -252,6 +261,8 @@ impl Daemon {
         if *node == NodeKind::VfioContainer {
             // /dev/vfio/vfio keeps VFIO's per-process accounting.
             let _ = ctx.set_account_mode(AccountMode::Process);
+        } else if let Some(mode) = *self.memlock_mode.lock().unwrap_or_else(|p| p.into_inner()) {
+            let _ = ctx.set_account_mode(mode);
         }
         ctx
     }
