@@ -13,44 +13,48 @@ struct Cli {
     command: Command,
 }
 
+/// `uiommufd serve`.
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    transport: uiommufd::transport::TransportOptions,
+    /// Write every context's ioctls as a replayable script into DIR (one file per open).
+    #[arg(long, value_name = "DIR")]
+    record: Option<std::path::PathBuf>,
+    /// Serve an emulated VFIO PCI device as `<mount>/vfio/devices/NAME` (repeatable).
+    /// `dmacopy[:NAME]`: a DMA copy engine, PCI 1234:dc01 (default NAME dmacopy0).
+    #[arg(long = "device", value_name = "dmacopy[:NAME]", value_parser = uiommufd::devices::parse_spec)]
+    devices: Vec<String>,
+    /// Serve a real PCI device (bound to vfio-pci) as `<mount>/vfio/devices/BDF`, behind a
+    /// kernel VFIO type1 container that mirrors the page table it attaches to (repeatable).
+    #[arg(id = "vfio_devices", long = "vfio", value_name = "BDF", value_parser = uiommufd::backends::vfio::host::parse_bdf)]
+    vfio_devices: Vec<String>,
+    /// Also serve the kernel selftest's surface (IOMMU_TEST_CMD: mock devices, test accesses,
+    /// dma-bufs), as a kernel built with CONFIG_IOMMUFD_TEST. Off by default: on a shared host
+    /// it would hand every user of the node the selftest's raw access paths.
+    #[arg(long)]
+    selftest: bool,
+    /// The control socket `uiommufd status` asks (mode 0600; must be outside the mount).
+    #[arg(long, value_name = "PATH", default_value = uiommufd::ops::control::DEFAULT_PATH)]
+    control: std::path::PathBuf,
+    /// Contexts (open iommufd files) one user may hold at once; ENOMEM beyond.
+    #[arg(long, value_name = "N", default_value_t = uiommufd::dispatch::daemon::CONTEXTS_PER_USER)]
+    max_contexts_per_user: usize,
+    /// How pinned memory of new /dev/iommu contexts is charged against RLIMIT_MEMLOCK until a
+    /// context sets IOMMU_OPTION_RLIMIT_MODE: per user (the kernel's default) or per process
+    /// (as VFIO type1 does, which some programs' limits are sized for).
+    #[arg(long, value_name = "MODE", value_enum, default_value = "user")]
+    memlock_mode: MemlockMode,
+    /// A TOML file of serve flags (keys are the flags without dashes); the command line wins.
+    /// Default /etc/uiommufd/uiommufd.toml if it exists; `none` reads no file.
+    #[arg(long, value_name = "PATH")]
+    config: Option<std::path::PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve /dev/iommu and /dev/vfio/vfio (CUSE) or files in a FUSE mount.
-    Serve {
-        #[command(flatten)]
-        transport: uiommufd::transport::TransportOptions,
-        /// Write every context's ioctls as a replayable script into DIR (one file per open).
-        #[arg(long, value_name = "DIR")]
-        record: Option<std::path::PathBuf>,
-        /// Serve an emulated VFIO PCI device as `<mount>/vfio/devices/NAME` (repeatable).
-        /// `dmacopy[:NAME]`: a DMA copy engine, PCI 1234:dc01 (default NAME dmacopy0).
-        #[arg(long = "device", value_name = "dmacopy[:NAME]", value_parser = uiommufd::devices::parse_spec)]
-        devices: Vec<String>,
-        /// Serve a real PCI device (bound to vfio-pci) as `<mount>/vfio/devices/BDF`, behind a
-        /// kernel VFIO type1 container that mirrors the page table it attaches to (repeatable).
-        #[arg(id = "vfio_devices", long = "vfio", value_name = "BDF", value_parser = uiommufd::backends::vfio::host::parse_bdf)]
-        vfio_devices: Vec<String>,
-        /// Also serve the kernel selftest's surface (IOMMU_TEST_CMD: mock devices, test accesses,
-        /// dma-bufs), as a kernel built with CONFIG_IOMMUFD_TEST. Off by default: on a shared host
-        /// it would hand every user of the node the selftest's raw access paths.
-        #[arg(long)]
-        selftest: bool,
-        /// The control socket `uiommufd status` asks (mode 0600; must be outside the mount).
-        #[arg(long, value_name = "PATH", default_value = uiommufd::ops::control::DEFAULT_PATH)]
-        control: std::path::PathBuf,
-        /// Contexts (open iommufd files) one user may hold at once; ENOMEM beyond.
-        #[arg(long, value_name = "N", default_value_t = uiommufd::dispatch::daemon::CONTEXTS_PER_USER)]
-        max_contexts_per_user: usize,
-        /// How pinned memory of new /dev/iommu contexts is charged against RLIMIT_MEMLOCK until a
-        /// context sets IOMMU_OPTION_RLIMIT_MODE: per user (the kernel's default) or per process
-        /// (as VFIO type1 does, which some programs' limits are sized for).
-        #[arg(long, value_name = "MODE", value_enum, default_value = "user")]
-        memlock_mode: MemlockMode,
-        /// A TOML file of serve flags (keys are the flags without dashes); the command line wins.
-        /// Default /etc/uiommufd/uiommufd.toml if it exists; `none` reads no file.
-        #[arg(long, value_name = "PATH")]
-        config: Option<std::path::PathBuf>,
-    },
+    Serve(ServeArgs),
     /// Run ioctl scripts against a node (default /dev/iommu) or an in-process daemon.
     Replay(uiommufd::replay::ReplayArgs),
     /// Run CMD so that iommufd ioctls returning a new fd (IOMMU_TEST_OP_CREATE_ACCESS) work on a
@@ -92,26 +96,7 @@ fn main() -> std::process::ExitCode {
     };
     let cli = Cli::parse_from(argv);
     match cli.command {
-        Command::Serve {
-            transport,
-            record,
-            devices,
-            vfio_devices,
-            selftest,
-            control,
-            max_contexts_per_user,
-            memlock_mode,
-            config: _,
-        } => serve(
-            transport,
-            record,
-            devices,
-            vfio_devices,
-            selftest,
-            &control,
-            max_contexts_per_user,
-            memlock_mode,
-        ),
+        Command::Serve(args) => serve(args),
         Command::Replay(args) => uiommufd::replay::main(args),
         Command::Launch(args) => uiommufd::launch::main(args),
         Command::Doctor(args) => uiommufd::ops::doctor::main(args),
@@ -119,16 +104,19 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn serve(
-    opts: uiommufd::transport::TransportOptions,
-    record: Option<std::path::PathBuf>,
-    devices: Vec<String>,
-    vfio: Vec<String>,
-    selftest: bool,
-    control: &std::path::Path,
-    max_contexts_per_user: usize,
-    memlock_mode: MemlockMode,
-) -> std::process::ExitCode {
+fn serve(args: ServeArgs) -> std::process::ExitCode {
+    let ServeArgs {
+        transport: opts,
+        record,
+        devices,
+        vfio_devices: vfio,
+        selftest,
+        control,
+        max_contexts_per_user,
+        memlock_mode,
+        config: _,
+    } = args;
+    let control = control.as_path();
     use uiommufd::ops::{control::ControlSocket, notify::notify_logged};
     // Client files are held one fd each; give the daemon all the fds it may have.
     let nofile = uiommufd::iopt::limits::raise_fd_limit();
