@@ -43,6 +43,33 @@ fn registry() -> &'static Mutex<HashMap<u64, Entry>> {
     REGISTRY.get_or_init(Default::default)
 }
 
+/// Signalled whenever a handle is released: IOMMU_DESTROY waits on it for an object fd's close.
+fn released() -> &'static (Mutex<u64>, std::sync::Condvar) {
+    static RELEASED: OnceLock<(Mutex<u64>, std::sync::Condvar)> = OnceLock::new();
+    RELEASED.get_or_init(Default::default)
+}
+
+/// A count of releases so far, to wait from ([`wait_release_after`]).
+pub fn releases() -> u64 {
+    *released().0.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits until a handle release after `seen` (a value of [`releases`]) or `deadline`.
+pub fn wait_release_after(seen: u64, deadline: std::time::Instant) {
+    let (count, cv) = released();
+    let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+    while *n == seen {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        n = cv
+            .wait_timeout(n, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+}
+
 /// Whether closing some open handle of context `ctx_id` would drop a user of object `id`: the
 /// handle's own object (an access, a fault queue) or the IOAS an access is attached to.
 pub fn release_may_free(ctx_id: u64, id: u32) -> bool {
@@ -192,6 +219,11 @@ impl Handle {
         // Out of the registry only once the object let go, so IOMMU_DESTROY keeps waiting till then.
         self.drop_object();
         registry().lock().unwrap().remove(&file_id);
+        {
+            let (count, cv) = released();
+            *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            cv.notify_all();
+        }
         // Last: the context may go with this hold.
         drop(self.hold.lock().unwrap().take());
         tracing::debug!(handle = file_id, "handle released");

@@ -41,12 +41,14 @@ pub fn destroy(u: &Ucmd) -> Result<(), Errno> {
     loop {
         // Asked before the attempt: a handle leaves the registry only after its object let go, so
         // when none is left here, an EBUSY below is not waiting for any close.
+        let seen = super::handles::releases();
         let held_by_handle = super::handles::release_may_free(u.ctx.id, cmd.id);
         let r = u.ctx.destroy(cmd.id);
         if r != Err(Errno::EBUSY) || !held_by_handle || std::time::Instant::now() >= deadline {
             return r;
         }
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        // Woken by the next release of any handle (then tried again), not by a timer.
+        super::handles::wait_release_after(seen, deadline);
     }
 }
 
