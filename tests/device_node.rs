@@ -137,6 +137,15 @@ fn device_api_before_and_at_bind() {
 
     let dev_id = bind(&dev, iommu.as_raw_fd()).expect("BIND");
     assert_eq!(dev_id, 1);
+    // A bound device's object goes with its binding only (the kernel: EBUSY).
+    let mut destroy = uiommufd_uapi::iommufd::iommu_destroy {
+        size: size_of::<uiommufd_uapi::iommufd::iommu_destroy>() as u32,
+        id: dev_id,
+    };
+    assert_eq!(
+        ioctl(&iommu, uiommufd_uapi::iommufd::IOMMU_DESTROY, &mut destroy),
+        Err(libc::EBUSY)
+    );
     assert_eq!(
         bind(&dev, iommu.as_raw_fd()),
         Err(libc::EINVAL),

@@ -90,7 +90,13 @@ impl CdevBinding {
             return Err(Errno::EINVAL);
         }
         let (dev_id, device) = Device::bind(&ctx, backend(&ctx)?)?;
-        if let Err(e) = mem.write(arg + 12, &dev_id.to_ne_bytes()) {
+        // The device object goes with the binding only: IOMMU_DESTROY of its ID is EBUSY, as the
+        // kernel's bound device holds a user of its own object.
+        if let Err(e) = ctx
+            .add_user(dev_id)
+            .and_then(|()| mem.write(arg + 12, &dev_id.to_ne_bytes()))
+        {
+            ctx.remove_user(dev_id);
             let _ = ctx.destroy(dev_id);
             return Err(e);
         }
@@ -119,6 +125,7 @@ impl CdevBinding {
         before();
         b.device.detach(&b.ctx);
         // ENOENT when the context was already closed (shutdown): nothing left to destroy.
+        b.ctx.remove_user(b.dev_id);
         let _ = b.ctx.destroy(b.dev_id);
         after();
         tracing::debug!(
