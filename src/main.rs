@@ -1,4 +1,4 @@
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::sync::Arc;
 use uiommufd::dispatch::{Daemon, DaemonService};
 
@@ -66,6 +66,13 @@ enum Command {
     /// Show what the running daemon holds: contexts and their objects, pinned pages, the daemon's
     /// mappings of clients' memory, devices (asks `serve` over its control socket).
     Status(uiommufd::ops::control::StatusArgs),
+    /// Write the manual pages (uiommufd.1 and one per subcommand) into DIR, generated from these
+    /// definitions (for packaging).
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
 }
 
 /// `serve --memlock-mode`.
@@ -101,6 +108,19 @@ fn main() -> std::process::ExitCode {
         Command::Launch(args) => uiommufd::launch::main(args),
         Command::Doctor(args) => uiommufd::ops::doctor::main(args),
         Command::Status(args) => uiommufd::ops::control::status_main(args),
+        Command::Man { dir } => man(&dir),
+    }
+}
+
+/// The manual pages of every visible (sub)command, from the clap definitions above.
+fn man(dir: &std::path::Path) -> std::process::ExitCode {
+    match std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(Cli::command(), dir))
+    {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(%e, dir = %dir.display(), "cannot write the manual pages");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
