@@ -8,6 +8,10 @@ command -v gcc >/dev/null || need+=(gcc)
 # systemd-analyze verifies scripts/uiommufd.service (tests/systemd_unit.rs); the package does not
 # need to be the init system for that.
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# scripts/package-deb.sh: dpkg-shlibdeps (Depends), objdump/strip (binutils), man (its check).
+command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
+command -v objdump >/dev/null || need+=(binutils)
+command -v man >/dev/null || need+=(man-db)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}"

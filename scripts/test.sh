@@ -12,7 +12,9 @@
 #      kernel has CUSE (scripts/cuse-guest.sh; CI's own kernel has none);
 #   6. real DMA: the same guest with an emulated VT-d and three `edu` devices bound to vfio-pci;
 #      `serve --vfio` puts two of them behind kernel type1 containers and a client drives their DMA
-#      engines through /dev/iommu and the device nodes (scripts/vfio-guest.sh).
+#      engines through /dev/iommu and the device nodes (scripts/vfio-guest.sh);
+#   7. the Debian package: built, installed into an empty root with dpkg, its files, unit and
+#      binary checked, purged (scripts/package-deb.sh --check).
 # Any failure stops the run with a non-zero status. The last line adds up what passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,5 +31,7 @@ bash scripts/cuse-guest.sh
 cuse_passed=$(grep -ao 'REPLAY: [0-9]* passed' target/cuse-guest/console.log | awk '{print $2}')
 bash scripts/vfio-guest.sh
 vfio_passed=$(grep -ao 'VFIO-GUEST: summary: [0-9]* passed' target/vfio-guest/console.log | awk '{print $3}')
-echo "cargo test: $cargo_passed passed; kernel selftest: $kselftest_passed instances passed (gate green); QEMU e2e script: passed; CUSE guest: $cuse_passed replay scripts passed; real DMA guest: $vfio_passed checks passed"
-echo "summary: $((cargo_passed + kselftest_passed + 1 + ${cuse_passed:-0} + ${vfio_passed:-0})) passed, $cargo_failed failed"
+bash scripts/package-deb.sh --check | tee target/package-deb.log
+deb_passed=$(grep -c '^check: ok' target/package-deb.log || true)
+echo "cargo test: $cargo_passed passed; kernel selftest: $kselftest_passed instances passed (gate green); QEMU e2e script: passed; CUSE guest: $cuse_passed replay scripts passed; real DMA guest: $vfio_passed checks passed; package: $deb_passed checks passed"
+echo "summary: $((cargo_passed + kselftest_passed + 1 + ${cuse_passed:-0} + ${vfio_passed:-0} + ${deb_passed:-0})) passed, $cargo_failed failed"
