@@ -75,6 +75,20 @@ fn status_shows_contexts_objects_and_devices() {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
     assert!(ctxs.iter().all(|c| c["uid"] == uid), "{s}");
+    // Who opened each context, and its IOASes (none mapped yet).
+    assert!(ctxs.iter().all(|c| c["pid"] == std::process::id()), "{s}");
+    assert!(ctxs.iter().all(|c| c["command"].is_string()), "{s}");
+    let ioas_entries: usize = ctxs
+        .iter()
+        .map(|c| c["ioas"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(ioas_entries, 3, "{s}");
+    assert!(
+        ctxs.iter()
+            .flat_map(|c| c["ioas"].as_array().cloned().unwrap_or_default())
+            .all(|i| i["areas"] == 0 && i["bytes"] == 0),
+        "{s}"
+    );
     // The FUSE status file is a view of the same data.
     let file = d.status();
     assert_eq!(file["contexts"], s["contexts"]);
@@ -99,7 +113,12 @@ fn status_shows_contexts_objects_and_devices() {
         let cols: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(cols[0], ctx["id"].to_string(), "{table}");
         assert_eq!(cols[1], uid.to_string(), "{table}");
-        assert_eq!(cols[2], format!("ioas={}", ioas_count(ctx)), "{table}");
+        assert_eq!(cols[2], std::process::id().to_string(), "{table}");
+        assert_eq!(
+            cols.last().copied(),
+            Some(format!("ioas={}", ioas_count(ctx)).as_str()),
+            "{table}"
+        );
     }
 
     drop((a, b));

@@ -385,10 +385,14 @@ impl Daemon {
         let detail: Vec<serde_json::Value> = contexts
             .iter()
             .map(|c| {
+                let (pid, command) = c.opener().unzip();
                 serde_json::json!({
                     "id": c.id,
                     "uid": c.owner_uid(),
+                    "pid": pid,
+                    "command": command,
                     "objects": c.object_counts(),
+                    "ioas": ioas_status(c),
                 })
             })
             .collect();
@@ -410,6 +414,26 @@ impl Daemon {
         .to_string()
             + "\n"
     }
+}
+
+/// Each IOAS of `ctx`: id, areas, bytes mapped. An IOAS busy right now (pinning a client's memory)
+/// is reported as busy rather than waited for.
+fn ioas_status(ctx: &Context) -> Vec<serde_json::Value> {
+    ctx.objects_of_type("ioas")
+        .into_iter()
+        .filter_map(|(id, o)| match o {
+            crate::objects::Object::Ioas(i) => Some((id, i)),
+            _ => None,
+        })
+        .map(|(id, ioas)| match ioas.try_iopt() {
+            Some(iopt) => serde_json::json!({
+                "id": id,
+                "areas": iopt.num_areas(),
+                "bytes": iopt.areas().map(|a| a.length()).sum::<u64>(),
+            }),
+            None => serde_json::json!({"id": id, "busy": true}),
+        })
+        .collect()
 }
 
 struct IommuFile {
@@ -687,12 +711,31 @@ impl Service for DaemonService {
     }
 
     fn open_by(&self, node: &NodeKind, uid: u32) -> Result<Arc<dyn OpenFile>, Errno> {
+        self.open_from(node, uid, 0)
+    }
+
+    fn open_from(&self, node: &NodeKind, uid: u32, tid: u32) -> Result<Arc<dyn OpenFile>, Errno> {
         match node {
             NodeKind::Iommu | NodeKind::VfioContainer => {
                 let slot = ContextSlot::take(&self.0, uid)?;
                 let life = self.0.new_lifetime(node);
                 let ctx = life.ctx.clone();
                 ctx.set_owner_uid(uid);
+                if tid > 0 {
+                    // For status only: the thread group and command name as they are at open.
+                    let status =
+                        std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
+                    let field = |k: &str| {
+                        status
+                            .lines()
+                            .find_map(|l| l.strip_prefix(k))
+                            .map(|v| v.trim().to_string())
+                    };
+                    let pid = field("Tgid:")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(tid as i32);
+                    ctx.set_opener(pid, field("Name:").unwrap_or_default());
+                }
                 *life.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
                 tracing::debug!(ctx = ctx.id, ?node, "open");
                 Ok(Arc::new(IommuFile {

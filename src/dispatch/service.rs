@@ -28,6 +28,11 @@ pub trait Service: Send + Sync + 'static {
     fn open_by(&self, node: &NodeKind, _uid: u32) -> Result<Arc<dyn OpenFile>, Errno> {
         self.open(node)
     }
+    /// Like [`Service::open_by`], also naming the opening thread (for status: which program
+    /// holds what); 0 when it is not visible.
+    fn open_from(&self, node: &NodeKind, uid: u32, _tid: u32) -> Result<Arc<dyn OpenFile>, Errno> {
+        self.open_by(node, uid)
+    }
     /// The device names to publish under `vfio/devices/`.
     fn device_names(&self) -> Vec<String> {
         Vec::new()

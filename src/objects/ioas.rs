@@ -32,6 +32,11 @@ impl Ioas {
         self.iopt.lock().unwrap()
     }
 
+    /// The io_pagetable if no one holds it right now (status never waits on a client's work).
+    pub fn try_iopt(&self) -> Option<MutexGuard<'_, IoPagetable>> {
+        self.iopt.try_lock().ok()
+    }
+
     /// Builds the Pages for `length` bytes of `source` starting `offset` bytes into it, charged
     /// to `account` (`mode` upgraded to per-process when the context asks for it).
     pub fn make_pages(

@@ -125,6 +125,9 @@ pub struct Context {
     quota: Arc<Quota>,
     /// The user charged for this context's resources across contexts (see [`Self::set_owner_uid`]).
     owner_uid: std::sync::OnceLock<u32>,
+    /// The process that opened it and its command name then (status only; never used to
+    /// reach it).
+    opener: std::sync::OnceLock<(i32, String)>,
     account_mode: Mutex<AccountMode>,
     /// The IOAS the VFIO compatibility ioctls act on (IOMMU_VFIO_IOAS).
     vfio_ioas: Mutex<Option<u32>>,
@@ -147,6 +150,7 @@ impl Context {
             table: Mutex::new(Table::default()),
             quota: Quota::new(),
             owner_uid: std::sync::OnceLock::new(),
+            opener: std::sync::OnceLock::new(),
             account_mode: Mutex::new(AccountMode::User),
             vfio_ioas: Mutex::new(None),
             compat_lock: Mutex::new(()),
@@ -162,6 +166,16 @@ impl Context {
 
     pub fn owner_uid(&self) -> Option<u32> {
         self.owner_uid.get().copied()
+    }
+
+    /// Records who opened the context (first call only).
+    pub fn set_opener(&self, pid: i32, comm: String) {
+        let _ = self.opener.set((pid, comm));
+    }
+
+    /// (pid, command name) of the opener, if recorded.
+    pub fn opener(&self) -> Option<(i32, String)> {
+        self.opener.get().cloned()
     }
 
     /// Takes `n` units of `res` for this context and its owner (ENOMEM past a cap).

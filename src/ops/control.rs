@@ -340,7 +340,7 @@ pub fn render_table(json: &str) -> String {
     if contexts.is_empty() {
         return out;
     }
-    let rows: Vec<[String; 3]> = contexts
+    let rows: Vec<[String; 6]> = contexts
         .iter()
         .map(|c| {
             let objects = c["objects"]
@@ -353,13 +353,28 @@ pub fn render_table(json: &str) -> String {
                 })
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "-".into());
-            let uid = c["uid"]
-                .as_u64()
-                .map_or_else(|| "-".into(), |u| u.to_string());
-            [c["id"].as_u64().unwrap_or(0).to_string(), uid, objects]
+            let num = |k: &str| c[k].as_u64().map_or_else(|| "-".into(), |u| u.to_string());
+            let ioas = c["ioas"].as_array().cloned().unwrap_or_default();
+            let mapped = if ioas.is_empty() {
+                "-".to_string()
+            } else if ioas.iter().any(|i| i["busy"].as_bool() == Some(true)) {
+                "busy".to_string()
+            } else {
+                let bytes: u64 = ioas.iter().filter_map(|i| i["bytes"].as_u64()).sum();
+                let areas: u64 = ioas.iter().filter_map(|i| i["areas"].as_u64()).sum();
+                format!("{} KiB in {areas}", bytes / 1024)
+            };
+            [
+                c["id"].as_u64().unwrap_or(0).to_string(),
+                num("uid"),
+                num("pid"),
+                c["command"].as_str().unwrap_or("-").to_string(),
+                mapped,
+                objects,
+            ]
         })
         .collect();
-    let head = ["CONTEXT", "UID", "OBJECTS"];
+    let head = ["CONTEXT", "UID", "PID", "COMMAND", "MAPPED", "OBJECTS"];
     let width = |col: usize| {
         rows.iter()
             .map(|r| r[col].len())
@@ -367,10 +382,24 @@ pub fn render_table(json: &str) -> String {
             .max()
             .unwrap_or(0)
     };
-    let (w0, w1) = (width(0), width(1));
+    let w: Vec<usize> = (0..5).map(width).collect();
     out.push('\n');
     for r in std::iter::once(head.map(String::from)).chain(rows) {
-        let _ = writeln!(out, "{:<w0$}  {:<w1$}  {}", r[0], r[1], r[2]);
+        let _ = writeln!(
+            out,
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {:<w4$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3],
+            w4 = w[4]
+        );
     }
     out
 }
@@ -479,7 +508,8 @@ mod tests {
     fn table_has_the_numbers() {
         let json = r#"{"contexts":2,"objects":3,"pinned_pages":16,"live_mappings":1,
             "devices":["dmacopy0"],"memlock_pages_per_user":{"1000":16},
-            "context_detail":[{"id":7,"uid":1000,"objects":{"ioas":2,"hwpt_paging":1}},
+            "context_detail":[{"id":7,"uid":1000,"pid":4242,"command":"qemu","objects":{"ioas":2,"hwpt_paging":1},
+                               "ioas":[{"id":1,"areas":2,"bytes":8192},{"id":2,"areas":1,"bytes":4096}]},
                               {"id":12,"uid":null,"objects":{}}]}"#;
         let t = render_table(json);
         assert!(
@@ -491,8 +521,14 @@ mod tests {
         assert!(t.contains("uid 1000: 16"), "{t}");
         let lines: Vec<&str> = t.lines().collect();
         let head = lines.iter().position(|l| l.starts_with("CONTEXT")).unwrap();
-        assert_eq!(lines[head + 1], "7        1000  hwpt_paging=1 ioas=2");
-        assert_eq!(lines[head + 2], "12       -     -");
+        assert_eq!(
+            lines[head + 1],
+            "7        1000  4242  qemu     12 KiB in 3  hwpt_paging=1 ioas=2"
+        );
+        assert_eq!(
+            lines[head + 2],
+            "12       -     -     -        -            -"
+        );
         assert_eq!(render_table("not json"), "not json");
     }
 

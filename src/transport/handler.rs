@@ -454,7 +454,11 @@ impl Handler {
                 }
                 Handle::Status(self.service.status().into_bytes().into())
             }
-            Node::Service(kind) => Handle::File(self.service.open_by(&kind, req.header.uid)?),
+            Node::Service(kind) => Handle::File(self.service.open_from(
+                &kind,
+                req.header.uid,
+                req.header.pid,
+            )?),
         };
         let id = self.insert(handle);
         self.openers
