@@ -92,8 +92,11 @@ pub fn daemon_with_devices(
     let resolver = Arc::new(DaemonResolver(OnceLock::new()));
     let mut devices: HashMap<String, Node> = HashMap::new();
     let mut all = Vec::new();
+    let mut emulated = Vec::new();
     for n in names {
-        let node = Node::Emulated(DmaCopy::new(n, resolver.clone()));
+        let dev = DmaCopy::new(n, resolver.clone());
+        emulated.push(dev.clone());
+        let node = Node::Emulated(dev);
         if devices.insert(n.clone(), node).is_some() {
             return Err(format!("device name {n:?} given twice"));
         }
@@ -116,6 +119,16 @@ pub fn daemon_with_devices(
     });
     let daemon = Daemon::with_devices(ext, all, opener);
     let _ = resolver.0.set(Arc::downgrade(&daemon));
+    let (emulated, reals) = (emulated, real.clone());
+    daemon.set_device_bindings(Arc::new(move || {
+        let mut v: Vec<(String, Option<(u64, u32)>)> = emulated
+            .iter()
+            .map(|d| (d.name().to_string(), d.bound_to()))
+            .chain(reals.iter().map(|(n, d)| (n.clone(), d.bound_to())))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }));
     Ok((daemon, real))
 }
 

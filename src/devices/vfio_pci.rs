@@ -66,6 +66,11 @@ impl VfioPci {
         &self.host.bdf
     }
 
+    /// The context id and device object id of the current binding.
+    pub fn bound_to(&self) -> Option<(u64, u32)> {
+        self.cdev.bound_to()
+    }
+
     pub fn open(self: &Arc<Self>) -> Arc<dyn OpenFile> {
         Arc::new(VfioPciFile {
             dev: self.clone(),

@@ -14,6 +14,8 @@ use uiommufd_compat_vfio::CompatHost;
 
 /// Opens a device node (supplied by the devices layer).
 pub type DeviceOpener = Arc<dyn Fn(&str) -> Result<Arc<dyn OpenFile>, Errno> + Send + Sync>;
+/// Which context (and device object ID in it) each device is bound to now, by name (status).
+pub type DeviceBindings = Arc<dyn Fn() -> Vec<(String, Option<(u64, u32)>)> + Send + Sync>;
 
 /// Sees every context's open, ioctls and release (session recording, `serve --record`).
 pub trait IoctlObserver: Send + Sync {
@@ -199,6 +201,7 @@ pub struct Daemon {
     memlock_mode: Mutex<Option<AccountMode>>,
     devices: Vec<String>,
     device_opener: Option<DeviceOpener>,
+    device_bindings: OnceLock<DeviceBindings>,
     observer: OnceLock<Arc<dyn IoctlObserver>>,
 }
 
@@ -222,8 +225,14 @@ impl Daemon {
             contexts: Mutex::new(HashMap::new()),
             devices,
             device_opener: opener,
+            device_bindings: OnceLock::new(),
             observer: OnceLock::new(),
         })
+    }
+
+    /// Installs the report of the devices' bindings (status).
+    pub fn set_device_bindings(&self, f: DeviceBindings) {
+        let _ = self.device_bindings.set(f);
     }
 
     /// The RLIMIT accounting mode new `/dev/iommu` contexts start in, as if each had set
@@ -409,6 +418,17 @@ impl Daemon {
             "memlock_pages_per_user": per_user,
             "live_mappings": crate::caller::shared::live_mappings(),
             "devices": self.devices,
+            "device_detail": self.device_bindings.get().map_or_else(Vec::new, |f| {
+                f().into_iter()
+                    .map(|(name, b)| {
+                        serde_json::json!({
+                            "name": name,
+                            "context": b.map(|b| b.0),
+                            "device_id": b.map(|b| b.1),
+                        })
+                    })
+                    .collect()
+            }),
             "context_detail": detail,
         })
         .to_string()

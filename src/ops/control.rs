@@ -314,10 +314,29 @@ pub fn render_table(json: &str) -> String {
         n("pinned_pages"),
         n("live_mappings")
     );
-    let devices: Vec<&str> = v["devices"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|d| d.as_str()).collect())
-        .unwrap_or_default();
+    let detail = v["device_detail"].as_array().cloned().unwrap_or_default();
+    let devices: Vec<String> = if detail.is_empty() {
+        v["devices"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_str())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        detail
+            .iter()
+            .map(|d| {
+                let name = d["name"].as_str().unwrap_or("?");
+                match (d["context"].as_u64(), d["device_id"].as_u64()) {
+                    (Some(c), Some(id)) => format!("{name} (bound: context {c}, device {id})"),
+                    _ => name.to_string(),
+                }
+            })
+            .collect()
+    };
     let _ = writeln!(
         out,
         "devices  {}",
@@ -518,6 +537,13 @@ mod tests {
         );
         assert!(t.contains("daemon mappings of client memory 1"), "{t}");
         assert!(t.contains("devices  dmacopy0"), "{t}");
+        let bound = r#"{"devices":["d0","d1"],"device_detail":[{"name":"d0","context":3,"device_id":1},
+            {"name":"d1","context":null,"device_id":null}]}"#;
+        assert!(
+            render_table(bound).contains("devices  d0 (bound: context 3, device 1), d1"),
+            "{}",
+            render_table(bound)
+        );
         assert!(t.contains("uid 1000: 16"), "{t}");
         let lines: Vec<&str> = t.lines().collect();
         let head = lines.iter().position(|l| l.starts_with("CONTEXT")).unwrap();
