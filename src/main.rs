@@ -40,6 +40,10 @@ struct ServeArgs {
     /// Contexts (open iommufd files) one user may hold at once; ENOMEM beyond.
     #[arg(long, value_name = "N", default_value_t = uiommufd::dispatch::daemon::CONTEXTS_PER_USER)]
     max_contexts_per_user: usize,
+    /// Most mappings (IOAS areas, VFIO DMA mappings) one context may hold; past it maps answer
+    /// ENOSPC, as VFIO type1 at its dma_entry_limit (65535 by default there). 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_mappings_per_context: u64,
     /// How pinned memory of new /dev/iommu contexts is charged against RLIMIT_MEMLOCK until a
     /// context sets IOMMU_OPTION_RLIMIT_MODE: per user (the kernel's default) or per process
     /// (as VFIO type1 does, which some programs' limits are sized for).
@@ -133,6 +137,7 @@ fn serve(args: ServeArgs) -> std::process::ExitCode {
         selftest,
         control,
         max_contexts_per_user,
+        max_mappings_per_context,
         memlock_mode,
         config: _,
     } = args;
@@ -182,6 +187,7 @@ fn serve(args: ServeArgs) -> std::process::ExitCode {
         }
     };
     daemon.set_contexts_per_user(max_contexts_per_user);
+    daemon.set_mapping_limit(max_mappings_per_context);
     if memlock_mode == MemlockMode::Process {
         daemon.set_memlock_mode(uiommufd::iopt::accounting::AccountMode::Process);
     }

@@ -1,5 +1,7 @@
 //! `serve --config FILE`: the TOML file's keys are serve flags; the command line wins.
 
+mod support;
+
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -26,7 +28,7 @@ fn the_file_sets_the_mount_and_the_context_cap() {
     std::fs::write(
         &cfg,
         format!(
-            "transport = \"fuse\"\nmount = \"{}\"\nmax-contexts-per-user = 1\nmemlock-mode = \"process\"\ncontrol = \"{}\"\n",
+            "transport = \"fuse\"\nmount = \"{}\"\nmax-contexts-per-user = 1\nmemlock-mode = \"process\"\nmax-mappings-per-context = 2\ncontrol = \"{}\"\n",
             mount.display(),
             dir.join("control.sock").display()
         ),
@@ -70,6 +72,24 @@ fn the_file_sets_the_mount_and_the_context_cap() {
     };
     assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
     assert_eq!(opt.val64, 1);
+    // max-mappings-per-context = 2: the third mapping is ENOSPC (type1's dma_entry_limit errno).
+    let ioas = support::ioas_alloc(&first);
+    let mem = support::AnonPages::new(3);
+    for k in 0..2u64 {
+        support::ioas_map_at(
+            &first,
+            ioas,
+            mem.addr() + k * 4096,
+            4096,
+            0x10_0000 + k * 0x1000,
+            true,
+        )
+        .expect("a mapping under the limit");
+    }
+    assert_eq!(
+        support::ioas_map_at(&first, ioas, mem.addr() + 2 * 4096, 4096, 0x20_0000, true),
+        Err(libc::ENOSPC)
+    );
     drop(first);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };

@@ -199,6 +199,8 @@ pub struct Daemon {
     contexts_cap: std::sync::atomic::AtomicUsize,
     /// The RLIMIT accounting mode new `/dev/iommu` contexts start in (None: the kernel's, user).
     memlock_mode: Mutex<Option<AccountMode>>,
+    /// Mappings per context (0: no limit); see `Context::check_mapping_room`.
+    mapping_limit: std::sync::atomic::AtomicU64,
     devices: Vec<String>,
     device_opener: Option<DeviceOpener>,
     device_bindings: OnceLock<DeviceBindings>,
@@ -222,12 +224,20 @@ impl Daemon {
             contexts_per_user: Mutex::new(HashMap::new()),
             contexts_cap: std::sync::atomic::AtomicUsize::new(CONTEXTS_PER_USER),
             memlock_mode: Mutex::new(None),
+            mapping_limit: std::sync::atomic::AtomicU64::new(0),
             contexts: Mutex::new(HashMap::new()),
             devices,
             device_opener: opener,
             device_bindings: OnceLock::new(),
             observer: OnceLock::new(),
         })
+    }
+
+    /// Most mappings a context may hold (0: no limit): past it IOAS_MAP, MAP_FILE, COPY and the
+    /// VFIO container's MAP_DMA answer ENOSPC, as type1 at its `dma_entry_limit`.
+    pub fn set_mapping_limit(&self, n: u64) {
+        self.mapping_limit
+            .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Installs the report of the devices' bindings (status).
@@ -267,6 +277,10 @@ impl Daemon {
 
     fn make_context(&self, node: &NodeKind) -> Arc<Context> {
         let ctx = Arc::new(Context::new());
+        ctx.set_mapping_limit(
+            self.mapping_limit
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         if *node == NodeKind::VfioContainer {
             // /dev/vfio/vfio keeps VFIO's per-process accounting.
             let _ = ctx.set_account_mode(AccountMode::Process);
@@ -816,6 +830,7 @@ impl CompatHost for CompatBridge<'_> {
         write: bool,
     ) -> Result<(), Errno> {
         let ioas = self.ioas(ioas)?;
+        self.ctx.check_mapping_room()?;
         let (owner, creds) = super::ioas_cmds::caller_process(self.ctx, self.mem)?;
         ioas.map_user(
             owner,

@@ -193,6 +193,7 @@ pub fn ioas_map(u: &Ucmd) -> Result<(), Errno> {
     }
     check_map_flags(cmd.flags, cmd.iova, cmd.length)?;
     let ioas = u.ctx.get_ioas(cmd.ioas_id)?;
+    u.ctx.check_mapping_room()?;
     let (owner, creds) = caller_process(u.ctx, u.mem)?;
     let iova = ioas.map_user(
         owner,
@@ -233,6 +234,7 @@ pub fn ioas_map_file(u: &Ucmd) -> Result<(), Errno> {
     if cmd.length == 0 {
         return Err(Errno::EINVAL);
     }
+    u.ctx.check_mapping_room()?;
     cmd.start
         .checked_add(cmd.length - 1)
         .ok_or(Errno::EOVERFLOW)?;
@@ -321,6 +323,7 @@ pub fn ioas_copy(u: &Ucmd) -> Result<(), Errno> {
     let src = u.ctx.get_ioas(cmd.src_ioas_id)?;
     let slices = src.iopt().get_pages(cmd.src_iova, cmd.length)?;
     let dst = u.ctx.get_ioas(cmd.dst_ioas_id)?;
+    u.ctx.check_mapping_room()?;
     let iova = dst.iopt().map_pages(
         &slices,
         cmd.length,

@@ -128,6 +128,8 @@ pub struct Context {
     /// The process that opened it and its command name then (status only; never used to
     /// reach it).
     opener: std::sync::OnceLock<(i32, String)>,
+    /// Most mappings (areas over all IOASes) this context may hold; 0 for no limit.
+    mapping_limit: std::sync::atomic::AtomicU64,
     account_mode: Mutex<AccountMode>,
     /// The IOAS the VFIO compatibility ioctls act on (IOMMU_VFIO_IOAS).
     vfio_ioas: Mutex<Option<u32>>,
@@ -151,6 +153,7 @@ impl Context {
             quota: Quota::new(),
             owner_uid: std::sync::OnceLock::new(),
             opener: std::sync::OnceLock::new(),
+            mapping_limit: std::sync::atomic::AtomicU64::new(0),
             account_mode: Mutex::new(AccountMode::User),
             vfio_ioas: Mutex::new(None),
             compat_lock: Mutex::new(()),
@@ -166,6 +169,35 @@ impl Context {
 
     pub fn owner_uid(&self) -> Option<u32> {
         self.owner_uid.get().copied()
+    }
+
+    /// Limits the mappings this context may hold (`serve --max-mappings-per-context`).
+    pub fn set_mapping_limit(&self, n: u64) {
+        self.mapping_limit
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// ENOSPC when the context holds its limit of mappings already (as VFIO type1's
+    /// `dma_entry_limit`, to reproduce what programs meet on hosts that lower it).
+    pub fn check_mapping_room(&self) -> Result<(), Errno> {
+        let limit = self
+            .mapping_limit
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if limit == 0 {
+            return Ok(());
+        }
+        let held: usize = self
+            .objects_of_type("ioas")
+            .into_iter()
+            .map(|(_, o)| match o {
+                Object::Ioas(i) => i.iopt().num_areas(),
+                _ => 0,
+            })
+            .sum();
+        if held as u64 >= limit {
+            return Err(Errno::ENOSPC);
+        }
+        Ok(())
     }
 
     /// Records who opened the context (first call only).
