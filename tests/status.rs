@@ -62,7 +62,11 @@ fn status_shows_contexts_objects_and_devices() {
     let b = d.open_iommu();
     ioas_alloc(&a);
     ioas_alloc(&a);
-    ioas_alloc(&b);
+    let mapped_ioas = ioas_alloc(&b);
+    // An IOAS with areas: two mappings of 8 KiB and 4 KiB of this process's memory.
+    let mem = support::AnonPages::new(3);
+    support::ioas_map_at(&b, mapped_ioas, mem.addr(), 8192, 0x10_0000, true).unwrap();
+    support::ioas_map_at(&b, mapped_ioas, mem.addr() + 8192, 4096, 0x20_0000, true).unwrap();
     let s = status_json(&control);
     assert_eq!(s["contexts"], 2, "{s}");
     assert_eq!(s["objects"], 3, "{s}");
@@ -83,12 +87,13 @@ fn status_shows_contexts_objects_and_devices() {
         .map(|c| c["ioas"].as_array().map_or(0, Vec::len))
         .sum();
     assert_eq!(ioas_entries, 3, "{s}");
-    assert!(
-        ctxs.iter()
-            .flat_map(|c| c["ioas"].as_array().cloned().unwrap_or_default())
-            .all(|i| i["areas"] == 0 && i["bytes"] == 0),
-        "{s}"
-    );
+    let mut ioas: Vec<(u64, u64)> = ctxs
+        .iter()
+        .flat_map(|c| c["ioas"].as_array().cloned().unwrap_or_default())
+        .map(|i| (i["areas"].as_u64().unwrap(), i["bytes"].as_u64().unwrap()))
+        .collect();
+    ioas.sort();
+    assert_eq!(ioas, [(0, 0), (0, 0), (2, 12288)], "{s}");
     // The FUSE status file is a view of the same data.
     let file = d.status();
     assert_eq!(file["contexts"], s["contexts"]);
@@ -103,6 +108,7 @@ fn status_shows_contexts_objects_and_devices() {
         "{table}"
     );
     assert!(table.contains("devices  dmacopy0"), "{table}");
+    assert!(table.contains("12 KiB in 2"), "{table}");
     let rows: Vec<&str> = table
         .lines()
         .skip_while(|l| !l.starts_with("CONTEXT"))

@@ -195,6 +195,11 @@ impl Context {
             })
             .sum();
         if held as u64 >= limit {
+            crate::warn_limited!(
+                ctx = self.id,
+                limit,
+                "a context reached --max-mappings-per-context; the map answered ENOSPC"
+            );
             return Err(Errno::ENOSPC);
         }
         Ok(())
