@@ -61,8 +61,10 @@ enum Command {
     Serve(ServeArgs),
     /// Run ioctl scripts against a node (default /dev/iommu) or an in-process daemon.
     Replay(uiommufd::replay::ReplayArgs),
-    /// Run CMD so that iommufd ioctls returning a new fd (IOMMU_TEST_OP_CREATE_ACCESS) work on a
-    /// uiommufd node: a seccomp user-notify supervisor installs those fds. Exits with CMD's status.
+    /// Run CMD so that iommufd ioctls returning a new fd (fault and vEVENT queues, the selftest's
+    /// accesses) work on a uiommufd node, and a real device CMD binds through a node becomes the
+    /// kernel's own device fd (BAR mmap, KVM): a seccomp user-notify supervisor installs those
+    /// fds. Exits with CMD's status.
     Launch(uiommufd::launch::LaunchArgs),
     /// Check this host for what `serve` needs (FUSE/CUSE, IOMMU, VFIO, memlock, QEMU) and say what
     /// to do, one line per finding. Exits 0 only when `serve` with these options can work.
