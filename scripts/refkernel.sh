@@ -1,0 +1,421 @@
+#!/usr/bin/env bash
+# The real kernel as the oracle: build Linux 7.2 (Debian's linux-source-7.2) with iommufd, its test
+# hooks (IOMMUFD_TEST), VFIO (cdev + the iommufd-provided /dev/vfio/vfio), FUSE and CUSE from the
+# small config scripts/refkernel.config, boot it under QEMU/TCG with a busybox initramfs, and run the
+# replay corpus (tests/replay/*.jsonl) in that guest twice: against the kernel's own /dev/iommu and
+# /dev/vfio/vfio, then against uiommufd serving the same corpus over FUSE (/run/u/iommu) in the same
+# guest. uiommufd is only the replay client in the first run.
+#
+# Every step that fails on the real kernel is a divergence between the corpus (our expectations)
+# and the kernel. The gate, per variant: the FAIL lines ("file:line: step N: IOCTL: expected X, got
+# Y") of both runs, prefixed "kernel: " and "uiommufd: ", must be exactly the lines of the variant's
+# expected list; new failures and ones that went away both fail.
+#
+#   scripts/refkernel.sh                    build (or take from the cache), boot, replay, compare
+#   scripts/refkernel.sh --build-only       stop after the kernel images are in the cache
+#   scripts/refkernel.sh --update-expected  run, then rewrite the expected list(s)
+#   scripts/refkernel.sh --log FILE         no build/boot: judge an existing console log (with
+#                                           --variant test|prod)
+#   scripts/refkernel.sh --probe            differential probe instead of the corpus: generated
+#                                           one-step scripts (every iommufd ioctl number 0x80-0xa1
+#                                           and VFIO container number 0x64-0x77, each with a set of
+#                                           argument shapes), run on both sides; each probe whose
+#                                           outcome differs between the kernel and uiommufd is
+#                                           printed and gated against tests/refkernel-probe-expected.txt
+#   scripts/refkernel.sh --self-test        check the judging on built-in sample logs (no QEMU)
+#   --variant test|prod|both                which kernel(s) (default both): "test" has
+#                                           CONFIG_IOMMUFD_TEST (uiommufd runs with --selftest),
+#                                           "prod" is the same config without it, as production
+#                                           kernels are (uiommufd runs without --selftest)
+#
+# Each variant has its own expected list: tests/refkernel-expected.txt (test) and
+# tests/refkernel-expected-prod.txt (prod).
+#
+# The image is cached outside the checkout under $REFKERNEL_CACHE (default
+# ${XDG_CACHE_HOME:-/var/cache}/uiommufd/refkernel) in <kernel version>-<hash of the variant's
+# fragment>/, with the .config next to it; a missing image is rebuilt (make -j$REFKERNEL_JOBS,
+# default 2; 8-9 min on 2 cores for the first, under a minute for the other variant). The object
+# tree of the last build stays in $REFKERNEL_CACHE/build (remove it freely), so the second variant
+# and a changed fragment build incrementally.
+#
+# Env: LINUX_SRC (an unpacked tree; default: scripts/fetch-linux-source.sh into target/linux-src),
+# LINUX_SOURCE_VERSION (Debian version to fetch), UIOMMUFD (binary; default cargo build --release),
+# GUEST_PKG_DIR (busybox-static, via scripts/lib-guest.sh), QEMU, BOOT_TIMEOUT (default 600 s),
+# REPLAY (scripts or dirs, default tests/replay).
+# Exit: 0 every variant's failures match its list; 1 a difference or a guest that did not finish;
+# 2 could not run.
+set -euo pipefail
+export LC_ALL=C
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT0=${CARGO_TARGET_DIR:-$ROOT/target}/refkernel
+QEMU=${QEMU:-qemu-system-x86_64}
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-600}
+FRAGMENT=$ROOT/scripts/refkernel.config
+default_version=7.2.12-1~bpo13+1
+die() { echo "refkernel: $*" >&2; exit 2; }
+
+mode=run
+update=0
+log_in=""
+variants="test prod"
+while [ $# -gt 0 ]; do
+  case $1 in
+    --build-only) mode=build ;;
+    --update-expected) update=1 ;;
+    --log) log_in=$2; mode=log; shift ;;
+    --self-test) mode=selftest ;;
+    --probe) mode=probe ;;
+    --variant)
+      case ${2:-} in test|prod) variants=$2 ;; both) variants="test prod" ;; *) die "--variant test|prod|both" ;; esac
+      shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument: $1" ;;
+  esac
+  shift
+done
+
+# set_variant V: OUT, EXPECTED, SERVE_FLAGS and the effective fragment $OUT/fragment for V.
+set_variant() {
+  VARIANT=$1
+  OUT=$OUT0/$VARIANT
+  mkdir -p "$OUT"
+  case $VARIANT in
+    test)
+      EXPECTED=$ROOT/tests/refkernel-expected.txt
+      SERVE_FLAGS=--selftest
+      cp "$FRAGMENT" "$OUT/fragment" ;;
+    prod)
+      EXPECTED=$ROOT/tests/refkernel-expected-prod.txt
+      SERVE_FLAGS=
+      { grep -vx 'enable IOMMUFD_TEST' "$FRAGMENT"; echo "disable IOMMUFD_TEST"; } > "$OUT/fragment" ;;
+  esac
+}
+
+expected_header() {
+  cat <<EOF
+# Replay steps (tests/replay) that fail in scripts/refkernel.sh's $VARIANT variant: "kernel: " lines
+# are FAIL lines of \`uiommufd replay\` against the real Linux 7.2 /dev/iommu (each one a divergence
+# between the corpus and the kernel), "uiommufd: " lines those of the same corpus against uiommufd in
+# the same guest; paths without the directory. A script stops at its first failing step, so one line
+# a script and side at most. The script fails when either set differs (a new failure, or one that
+# went away: then delete its line, or run scripts/refkernel.sh --variant $VARIANT --update-expected).
+# docs/refkernel.md says why each one diverges and who is right.
+EOF
+}
+
+# judge LOG: the FAIL lines of both runs (prefixed "kernel: " / "uiommufd: ") against the expected list.
+judge() {
+  local log=$1 rc=0 got exp ksum usum
+  ksum=$(sed -n 's/^KREPLAY: \([0-9]* passed, [0-9]* failed\)$/\1/p' "$log" | tail -n1)
+  usum=$(sed -n 's/^UREPLAY: \([0-9]* passed, [0-9]* failed\)$/\1/p' "$log" | tail -n1)
+  echo "[$VARIANT] kernel   /dev/iommu   : ${ksum:-no summary}"
+  echo "[$VARIANT] uiommufd /run/u/iommu : ${usum:-no summary}"
+  [ -n "$ksum" ] && [ -n "$usum" ] || { echo "[$VARIANT] FAIL: a replay summary is missing from $log"; tail -n 40 "$log"; return 1; }
+  got=$OUT/failures.txt
+  { sed -n 's/^KREPLAY: FAIL \(.*\)$/kernel: \1/p; s/^UREPLAY: FAIL \(.*\)$/uiommufd: \1/p' "$log" || true; } \
+    | sed 's|^\([a-z]*: \)[^:]*/|\1|' | sort -u > "$got"
+  exp=$OUT/expected.txt
+  if [ -f "$EXPECTED" ]; then
+    { grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$EXPECTED" || true; } | sed 's/[[:space:]]*$//' | sort -u > "$exp"
+  else
+    : > "$exp"
+  fi
+  echo "[$VARIANT] failing steps (kernel: the real kernel vs the corpus; uiommufd: the daemon in the same guest):"
+  if [ -s "$got" ]; then sed 's/^/  /' "$got"; else echo "  none"; fi
+  if [ "$update" = 1 ]; then
+    { expected_header; echo; cat "$got"; } > "$EXPECTED"
+    echo "rewrote ${EXPECTED#"$ROOT"/}: $(wc -l < "$got") line(s)"
+    cp "$got" "$exp"
+  fi
+  local new gone
+  new=$(comm -13 "$exp" "$got"); gone=$(comm -23 "$exp" "$got")
+  if [ -n "$new" ]; then
+    echo "[$VARIANT] NEW failure(s), not in ${EXPECTED#"$ROOT"/}:"; sed 's/^/  /' <<<"$new"; rc=1
+  fi
+  if [ -n "$gone" ]; then
+    echo "[$VARIANT] GONE: listed failure(s) that no longer occur (delete them from ${EXPECTED#"$ROOT"/}):"
+    sed 's/^/  /' <<<"$gone"; rc=1
+  fi
+  [ $rc = 0 ] && echo "[$VARIANT] PASS: the $(wc -l < "$exp") listed failure(s), no others"
+  return $rc
+}
+
+# self_test: the judging on sample logs against scratch expected lists.
+self_test() {
+  local d
+  d=$(mktemp -d)
+  trap 'rm -rf "$d"' RETURN
+  set_variant test
+  OUT=$d; ROOT=$d; EXPECTED=$d/expected
+  cat > "$d/ok.log" <<'EOF'
+KREPLAY: PASS /replay/a.jsonl
+KREPLAY: FAIL /replay/b.jsonl:7: step 6: ioctl 0x3b9f: expected EFAULT, got ENOTTY
+KREPLAY: 1 passed, 1 failed
+UREPLAY: PASS /replay/a.jsonl
+UREPLAY: PASS /replay/b.jsonl
+UREPLAY: 2 passed, 0 failed
+EOF
+  printf '# c\n\nkernel: b.jsonl:7: step 6: ioctl 0x3b9f: expected EFAULT, got ENOTTY  \n' > "$EXPECTED"
+  judge "$d/ok.log" > "$d/out" || die "self-test: a matching log was judged a failure: $(cat "$d/out")"
+  : > "$EXPECTED"
+  if judge "$d/ok.log" > "$d/out"; then die "self-test: an unlisted kernel failure passed"; fi
+  grep -q '^  kernel: b.jsonl:7: step 6' "$d/out" || die "self-test: NEW not shown: $(cat "$d/out")"
+  printf 'kernel: b.jsonl:7: step 6: ioctl 0x3b9f: expected EFAULT, got ENOTTY\nuiommufd: a.jsonl:1: step 1: x\n' > "$EXPECTED"
+  if judge "$d/ok.log" > "$d/out"; then die "self-test: a listed failure that went away passed"; fi
+  grep -q 'GONE' "$d/out" || die "self-test: GONE not shown: $(cat "$d/out")"
+  grep -v '^UREPLAY: [0-9]' "$d/ok.log" > "$d/cut.log"
+  printf 'kernel: b.jsonl:7: step 6: ioctl 0x3b9f: expected EFAULT, got ENOTTY\n' > "$EXPECTED"
+  if judge "$d/cut.log" > "$d/out"; then die "self-test: a log without the uiommufd summary passed"; fi
+  sed 's/^UREPLAY: PASS \/replay\/b.jsonl$/UREPLAY: FAIL \/replay\/b.jsonl:3: step 2: y/; s/2 passed, 0/1 passed, 1/' "$d/ok.log" > "$d/u.log"
+  if judge "$d/u.log" > "$d/out"; then die "self-test: an unlisted uiommufd failure passed"; fi
+  grep -q '^  uiommufd: b.jsonl:3: step 2: y$' "$d/out" || die "self-test: uiommufd failure not shown: $(cat "$d/out")"
+  update=1; judge "$d/u.log" > /dev/null || die "self-test: --update-expected did not pass"; update=0
+  judge "$d/u.log" > /dev/null || die "self-test: the updated list does not match"
+  grep -q '^# Replay steps' "$EXPECTED" || die "self-test: header missing"
+  echo "self-test ok"
+}
+
+# ---- differential probe ----
+le32() { printf '%02x%02x%02x%02x' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24 & 255)); }
+# words SIZE W...: SIZE then the words, as little-endian hex.
+words() { local w; for w in "$@"; do le32 "$w"; done; }
+rep() { local i out=""; for ((i = 0; i < $2; i++)); do out+="$1 "; done; echo "$out"; }
+
+# gen_probes DIR: one script per (ioctl number, argument shape, starting state), each ending in one
+# ioctl with "expect": "ok", so a FAIL line carries the errno the node answered.
+gen_probes() {
+  local d=$1 nr num shape st f
+  rm -rf "$d"; mkdir -p "$d"
+  local head_i='{"open": "iommu"}
+{"buffer": "b", "size": 8192, "fill": "zero"}
+{"buffer": "hole", "size": 4096, "prot": "none"}'
+  for ((nr = 0x80; nr <= 0xa1; nr++)); do
+    num=$(printf '0x3b%02x' $nr)
+    for shape in hole size0 size4 size8z s64z s64ones s64ff s64id1 s64id2 s4096z s4096nz; do
+      for st in fresh ioas; do
+        f=$d/$(printf 'p%02x' $nr)_${shape}_$st.jsonl
+        {
+          echo "$head_i"
+          [ $st = ioas ] && echo '{"ioctl": "IOMMU_IOAS_ALLOC"}'
+          case $shape in
+            hole) echo "{\"ioctl\": \"$num\", \"arg\": \"&hole\", \"expect\": \"ok\"}" ;;
+            size0) echo "{\"ioctl\": \"$num\", \"raw\": \"$(words 0)\", \"expect\": \"ok\"}" ;;
+            size4) echo "{\"ioctl\": \"$num\", \"raw\": \"$(words 4)\", \"expect\": \"ok\"}" ;;
+            size8z) echo "{\"ioctl\": \"$num\", \"raw\": \"$(words 8 0)\", \"expect\": \"ok\"}" ;;
+            s64z) echo "{\"ioctl\": \"$num\", \"raw\": \"$(words 64 $(rep 0 15))\", \"expect\": \"ok\"}" ;;
+            s64ones) echo "{\"ioctl\": \"$num\", \"raw\": \"$(words 64 $(rep 1 15))\", \"expect\": \"ok\"}" ;;
+            s64ff) echo "{\"ioctl\": \"$num\", \"raw\": \"$(words 64 $(rep 4294967295 15))\", \"expect\": \"ok\"}" ;;
+            s64id1) echo "{\"ioctl\": \"$num\", \"raw\": \"$(words 64 0 1 1 1 $(rep 0 11))\", \"expect\": \"ok\"}" ;;
+            s64id2) echo "{\"ioctl\": \"$num\", \"raw\": \"$(words 64 0 2 2 2 $(rep 0 11))\", \"expect\": \"ok\"}" ;;
+            s4096z) printf '{"write": "&b", "hex": "%s"}\n{"ioctl": "%s", "arg": "&b", "expect": "ok"}\n' "$(words 4096)" "$num" ;;
+            s4096nz) printf '{"write": "&b", "hex": "%s"}\n{"write": "&b+4095", "hex": "01"}\n{"ioctl": "%s", "arg": "&b", "expect": "ok"}\n' "$(words 4096)" "$num" ;;
+          esac
+        } > "$f"
+      done
+    done
+  done
+  local head_v='{"open": "vfio"}
+{"buffer": "b", "size": 8192, "fill": "zero"}
+{"buffer": "hole", "size": 4096, "prot": "none"}'
+  for ((nr = 0x64; nr <= 0x77; nr++)); do
+    num=$(printf '0x3b%02x' $nr)
+    for shape in hole int0 int1 int8 s0 s64z s64ones s64ff; do
+      # GET_API_VERSION, CHECK_EXTENSION, SET_IOMMU take an integer: no struct shapes.
+      case $nr:$shape in 100:s*|101:s*|102:s*) continue ;; esac
+      for st in fresh type1v2; do
+        f=$d/$(printf 'v%02x' $nr)_${shape}_$st.jsonl
+        {
+          echo "$head_v"
+          [ $st = type1v2 ] && echo '{"ioctl": "VFIO_SET_IOMMU", "arg": 3, "expect": "any"}'
+          case $shape in
+            hole) echo "{\"ioctl\": \"$num\", \"arg\": \"&hole\", \"expect\": \"ok\"}" ;;
+            int*) echo "{\"ioctl\": \"$num\", \"arg\": ${shape#int}, \"expect\": \"ok\"}" ;;
+            s0) echo "{\"ioctl\": \"$num\", \"raw\": \"$(words 0 $(rep 0 15))\", \"expect\": \"ok\"}" ;;
+            s64z) echo "{\"ioctl\": \"$num\", \"raw\": \"$(words 64 $(rep 0 15))\", \"expect\": \"ok\"}" ;;
+            s64ones) echo "{\"ioctl\": \"$num\", \"raw\": \"$(words 64 $(rep 1 15))\", \"expect\": \"ok\"}" ;;
+            s64ff) echo "{\"ioctl\": \"$num\", \"raw\": \"$(words 64 $(rep 4294967295 15))\", \"expect\": \"ok\"}" ;;
+          esac
+        } > "$f"
+      done
+    done
+  done
+}
+
+# probe_outcomes PREFIX LOG: "name outcome" per probe (outcome: ok, the errno, or the message).
+probe_outcomes() {
+  { sed -n "s/^$1: \(PASS\|FAIL\) \/replay\/\([^/]*\)\.jsonl\(.*\)$/\2 \1\3/p" "$2" || true; } \
+    | sed -E 's/ PASS$/ ok/; s/ FAIL:[0-9]+: step [0-9]+: [^:]*: expected [^,]*, got (.*)$/ \1/; s/ FAIL(.*)$/ FAIL\1/' | sort
+}
+
+# probe_judge LOG: the probes whose outcomes differ, against tests/refkernel-probe-expected.txt.
+probe_judge() {
+  local log=$1 k=$OUT/probe-kernel.txt u=$OUT/probe-uiommufd.txt got=$OUT/probe-differences.txt
+  local exp=$OUT/probe-expected.txt file=$ROOT/tests/refkernel-probe-expected.txt n rc=0
+  probe_outcomes KREPLAY "$log" > "$k"; probe_outcomes UREPLAY "$log" > "$u"
+  n=$(ls "$OUT0/probe-scripts" | wc -l)
+  if [ "$(wc -l < "$k")" != "$n" ] || [ "$(wc -l < "$u")" != "$n" ]; then
+    echo "[$VARIANT] FAIL: $n probes, but $(wc -l < "$k") kernel and $(wc -l < "$u") uiommufd outcomes in $log"
+    return 1
+  fi
+  join "$k" "$u" | awk -v v="$VARIANT" '{ku = $2; uu = $3; for (i = 4; i <= NF; i++) uu = uu " " $i
+    if (ku != uu) print v " " $1 " kernel=" ku " uiommufd=" uu }' | sort > "$got"
+  echo "[$VARIANT] $n probes; outcomes differ in $(wc -l < "$got"):"
+  sed 's/^/  /' "$got"
+  { grep -h "^$VARIANT " "$file" 2>/dev/null || true; } | sed 's/[[:space:]]*$//' | sort -u > "$exp"
+  if [ "$update" = 1 ]; then
+    { grep -v "^$VARIANT " "$file" 2>/dev/null || true; cat "$got"; } > "$file.new"
+    { sed -n '/^#/p' "$file.new"; grep -v '^#' "$file.new" | grep -v '^$' | sort; } > "$file"; rm -f "$file.new"
+    echo "rewrote tests/refkernel-probe-expected.txt ($VARIANT)"; cp "$got" "$exp"
+  fi
+  local new gone
+  new=$(comm -13 "$exp" "$got"); gone=$(comm -23 "$exp" "$got")
+  [ -z "$new" ] || { echo "[$VARIANT] NEW differences:"; sed 's/^/  /' <<<"$new"; rc=1; }
+  [ -z "$gone" ] || { echo "[$VARIANT] GONE (delete from tests/refkernel-probe-expected.txt):"; sed 's/^/  /' <<<"$gone"; rc=1; }
+  [ $rc = 0 ] && echo "[$VARIANT] PASS: the differences are the listed ones"
+  return $rc
+}
+
+if [ $mode = selftest ]; then self_test; exit 0; fi
+if [ $mode = log ]; then
+  [ -f "$log_in" ] || die "no such log: $log_in"
+  [ "$variants" != "test prod" ] || die "--log needs --variant test|prod"
+  set_variant "$variants"
+  judge "$log_in"; exit $?
+fi
+
+# ---- 1. the kernel image (cached) ----
+if [ -n "${LINUX_SRC:-}" ]; then
+  src=$LINUX_SRC
+else
+  src=$(LINUX_SOURCE_VERSION=${LINUX_SOURCE_VERSION:-$default_version} "$ROOT/scripts/fetch-linux-source.sh") \
+    || die "fetching linux-source-7.2 failed"
+fi
+[ -f "$src/drivers/iommu/iommufd/main.c" ] || die "$src is not a kernel tree with iommufd"
+kver=$(awk '/^VERSION =/ {v=$3} /^PATCHLEVEL =/ {p=$3} /^SUBLEVEL =/ {s=$3} END {print v "." p "." s}' "$src/Makefile")
+CACHE=${REFKERNEL_CACHE:-${XDG_CACHE_HOME:-/var/cache}/uiommufd/refkernel}
+
+# kernel_image: sets IMG for the current variant, building it where the cache has none.
+kernel_image() {
+  local key
+  key=$kver-$(sha256sum < "$OUT/fragment" | cut -c1-16)
+  IMG=$CACHE/$key/bzImage
+  echo "[$VARIANT] kernel tree: $src ($kver); image: $IMG" >&2
+  if [ -f "$IMG" ]; then
+    echo "[$VARIANT] kernel image from the cache" >&2
+    return 0
+  fi
+  local need=() b=$CACHE/build t0=$SECONDS t
+  for t in flex bison bc; do command -v $t >/dev/null || need+=("$t"); done
+  [ -e /usr/include/libelf.h ] || need+=(libelf-dev)
+  [ -e /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
+  if [ ${#need[@]} -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "missing build tools: ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
+  fi
+  mkdir -p "$b"
+  make -s -C "$src" O="$b" tinyconfig >&2
+  local args=() verb sym
+  while read -r verb sym; do
+    case $verb in
+      enable) args+=(--enable "$sym") ;;
+      disable) args+=(--disable "$sym") ;;
+      ''|\#*) ;;
+      *) die "refkernel.config: bad line: $verb $sym" ;;
+    esac
+  done < "$OUT/fragment"
+  "$src/scripts/config" --file "$b/.config" "${args[@]}"
+  make -s -C "$src" O="$b" olddefconfig >&2
+  # IOMMU_PT_AMDV1 shows only once GENERIC_PT is selected: a second pass takes it and what follows.
+  "$src/scripts/config" --file "$b/.config" "${args[@]}"
+  make -s -C "$src" O="$b" olddefconfig >&2
+  while read -r verb sym; do
+    case $verb in
+      enable) grep -qx "CONFIG_$sym=y" "$b/.config" || die "CONFIG_$sym=y did not take (see $b/.config)" ;;
+      disable) ! grep -q "^CONFIG_$sym=" "$b/.config" || die "CONFIG_$sym is still set" ;;
+    esac
+  done < <(grep -v '^#' "$OUT/fragment")
+  echo "[$VARIANT] building $kver in $b (make -j${REFKERNEL_JOBS:-2})" >&2
+  make -s -C "$src" O="$b" -j"${REFKERNEL_JOBS:-2}" bzImage >&2
+  mkdir -p "$CACHE/$key"
+  cp "$b/.config" "$CACHE/$key/config"
+  cp "$b/arch/x86/boot/bzImage" "$IMG.new" && mv "$IMG.new" "$IMG"
+  echo "$((SECONDS - t0))" > "$CACHE/$key/build-seconds"
+  echo "[$VARIANT] built $IMG in $((SECONDS - t0)) s" >&2
+}
+
+# run_guest: the initramfs (busybox, uiommufd, the corpus), the boot, the log in $OUT/console.log.
+run_guest() {
+  local R=$OUT/root s
+  guest_root "$R" replay run/u
+  guest_add_bin "$R" "$UIOMMUFD" uiommufd
+  for s in ${REPLAY:-tests/replay}; do
+    if [ -d "$s" ]; then cp "$s"/*.jsonl "$R/replay/"; else cp "$s" "$R/replay/"; fi
+  done
+  { guest_init_head REFKERNEL; cat <<EOF; } > "$R/init"
+echo "REFKERNEL: nodes: \$(ls -l /dev/iommu /dev/vfio/vfio 2>&1 | tr '\n' ' ')"
+t0=\$(cut -d' ' -f1 /proc/uptime)
+/bin/uiommufd replay --node /dev/iommu --vfio-node /dev/vfio/vfio /replay >/tmp/k.log 2>&1
+echo "REFKERNEL: kernel replay exit \$? (uptime \$t0 -> \$(cut -d' ' -f1 /proc/uptime))"
+sed 's/^/KREPLAY: /' /tmp/k.log
+NO_COLOR=1 RUST_LOG=warn /bin/uiommufd serve $SERVE_FLAGS --transport fuse --mount /run/u >/tmp/daemon.log 2>&1 &
+DPID=\$!
+i=0
+while [ \$i -lt 600 ] && ! [ -e /run/u/iommu ]; do
+  kill -0 \$DPID 2>/dev/null || break
+  sleep 0.1; i=\$((i+1))
+done
+t0=\$(cut -d' ' -f1 /proc/uptime)
+if [ -e /run/u/iommu ]; then
+  /bin/uiommufd replay --node /run/u/iommu --vfio-node /run/u/vfio/vfio /replay >/tmp/u.log 2>&1
+  echo "REFKERNEL: uiommufd replay exit \$? (uptime \$t0 -> \$(cut -d' ' -f1 /proc/uptime))"
+  sed 's/^/UREPLAY: /' /tmp/u.log
+else
+  echo "REFKERNEL: /run/u/iommu did not appear"
+fi
+kill -TERM \$DPID 2>/dev/null
+wait \$DPID
+echo "REFKERNEL: daemon exit \$?"
+sed 's/^/DAEMON: /' /tmp/daemon.log
+echo "REFKERNEL: done"
+poweroff -f
+EOF
+  chmod +x "$R/init"
+  guest_pack "$R" "$OUT/initrd.cpio.gz"
+  LOG=$OUT/console.log
+  GUEST_VMLINUZ=$IMG
+  echo "[$VARIANT] booting $kver under TCG (log: $LOG)" >&2
+  local t0=$SECONDS
+  guest_boot "$LOG" "$BOOT_TIMEOUT" "$OUT/initrd.cpio.gz" "" -M q35 -cpu max -m 1G
+  grep -E '^(REFKERNEL|KREPLAY|UREPLAY|DAEMON):' "$LOG" >&2 || true
+  echo "[$VARIANT] qemu exit $GUEST_QEMU_RC after $((SECONDS - t0)) s" >&2
+}
+
+for v in $variants; do
+  set_variant "$v"
+  t0=$SECONDS
+  kernel_image
+  echo "[$v] kernel image: $((SECONDS - t0)) s" >&2
+done
+[ $mode = build ] && exit 0
+
+command -v "$QEMU" >/dev/null || die "$QEMU not found"
+# shellcheck source=scripts/lib-guest.sh
+. "$ROOT/scripts/lib-guest.sh"
+guest_build_uiommufd
+guest_packages
+if [ $mode = probe ]; then
+  gen_probes "$OUT0/probe-scripts"
+  REPLAY=$OUT0/probe-scripts
+fi
+status=0
+for v in $variants; do
+  set_variant "$v"
+  kernel_image
+  run_guest
+  if ! grep -qx 'REFKERNEL: done' "$LOG"; then
+    echo "[$v] FAIL: the guest did not finish (see $LOG)"; tail -n 40 "$LOG"; status=1; continue
+  fi
+  if [ $mode = probe ]; then probe_judge "$LOG" || status=1; else judge "$LOG" || status=1; fi
+done
+exit $status
