@@ -12,6 +12,10 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
 command -v objdump >/dev/null || need+=(binutils)
 command -v man >/dev/null || need+=(man-db)
+# scripts/refkernel.sh builds Linux 7.2 (the oracle).
+for t in flex bison bc make; do command -v $t >/dev/null || need+=("$t"); done
+[ -e /usr/include/libelf.h ] || need+=(libelf-dev)
+[ -e /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}"

@@ -14,7 +14,11 @@
 #      `serve --vfio` puts two of them behind kernel type1 containers and a client drives their DMA
 #      engines through /dev/iommu and the device nodes (scripts/vfio-guest.sh);
 #   7. the Debian package: built, installed into an empty root with dpkg, its files, unit and
-#      binary checked, purged (scripts/package-deb.sh --check).
+#      binary checked, purged (scripts/package-deb.sh --check);
+#   8. the real Linux 7.2 as the oracle: built once (cached outside the checkout), booted under
+#      QEMU/TCG with and without IOMMUFD_TEST; the replay corpus and 1044 generated probes run
+#      against the kernel's /dev/iommu and against uiommufd in the same guest, gated on
+#      tests/refkernel-*expected*.txt (scripts/refkernel.sh).
 # Any failure stops the run with a non-zero status. The last line adds up what passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,5 +37,8 @@ bash scripts/vfio-guest.sh
 vfio_passed=$(grep -ao 'VFIO-GUEST: summary: [0-9]* passed' target/vfio-guest/console.log | awk '{print $3}')
 bash scripts/package-deb.sh --check | tee target/package-deb.log
 deb_passed=$(grep -c '^check: ok' target/package-deb.log || true)
-echo "cargo test: $cargo_passed passed; kernel selftest: $kselftest_passed instances passed (gate green); QEMU e2e script: passed; CUSE guest: $cuse_passed replay scripts passed; real DMA guest: $vfio_passed checks passed; package: $deb_passed checks passed"
-echo "summary: $((cargo_passed + kselftest_passed + 1 + ${cuse_passed:-0} + ${vfio_passed:-0} + ${deb_passed:-0})) passed, $cargo_failed failed"
+bash scripts/refkernel.sh | tee target/refkernel.log
+bash scripts/refkernel.sh --probe | tee target/refkernel-probe.log
+ref_passed=$(cat target/refkernel.log target/refkernel-probe.log | grep -c '^\[[a-z]*\] PASS' || true)
+echo "cargo test: $cargo_passed passed; kernel selftest: $kselftest_passed instances passed (gate green); QEMU e2e script: passed; CUSE guest: $cuse_passed replay scripts passed; real DMA guest: $vfio_passed checks passed; package: $deb_passed checks passed; real-kernel oracle: $ref_passed gates green"
+echo "summary: $((cargo_passed + kselftest_passed + 1 + ${cuse_passed:-0} + ${vfio_passed:-0} + ${deb_passed:-0} + ${ref_passed:-0})) passed, $cargo_failed failed"
