@@ -44,6 +44,24 @@ fn not_supported(_u: &Ucmd) -> Result<(), Errno> {
     Err(Errno::EOPNOTSUPP)
 }
 
+/// IOMMU_VEVENTQ_ALLOC through a node alone: the kernel's checks (so a bad request gets the
+/// kernel's errno), then EOPNOTSUPP — the queue's fd can only be installed under `uiommufd launch`,
+/// whose supervisor takes the call over before it reaches here.
+fn veventq_alloc_without_fd(u: &Ucmd) -> Result<(), Errno> {
+    let cmd: iommu_veventq_alloc = u.cmd();
+    if cmd.reserved != 0 {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    crate::objects::veventq::VeventQueue::check(
+        u.ctx,
+        cmd.flags,
+        cmd.viommu_id,
+        cmd.r#type,
+        cmd.veventq_depth,
+    )?;
+    Err(Errno::EOPNOTSUPP)
+}
+
 /// A command handler.
 pub type Handler = fn(&Ucmd) -> Result<(), Errno>;
 
@@ -102,7 +120,7 @@ pub fn build(ext: &Extensions) -> Vec<Option<Op>> {
         op!(IOMMU_IOAS_UNMAP, iommu_ioas_unmap, length: u64, ioas::ioas_unmap),
         op!(IOMMU_OPTION, iommu_option, val64: u64, ioas::option),
         op!(IOMMU_VDEVICE_ALLOC, iommu_vdevice_alloc, virt_id: u64, ext.vdevice_alloc),
-        op!(IOMMU_VEVENTQ_ALLOC, iommu_veventq_alloc, out_veventq_fd: u32, not_supported),
+        op!(IOMMU_VEVENTQ_ALLOC, iommu_veventq_alloc, out_veventq_fd: u32, veventq_alloc_without_fd),
         op!(IOMMU_VFIO_IOAS, iommu_vfio_ioas, reserved: u16, ioas::vfio_ioas),
         op!(IOMMU_VIOMMU_ALLOC, iommu_viommu_alloc, out_viommu_id: u32, ext.viommu_alloc),
     ];

@@ -50,13 +50,7 @@ impl VeventQueue {
         veventq_type: u32,
         depth: u32,
     ) -> Result<(u32, Arc<VeventQueue>), Errno> {
-        if flags != 0 || veventq_type == uiommufd_uapi::iommufd::IOMMU_VEVENTQ_TYPE_DEFAULT {
-            return Err(Errno::EOPNOTSUPP);
-        }
-        if depth == 0 || depth > VEVENTQ_MAX_DEPTH {
-            return Err(Errno::EINVAL);
-        }
-        let viommu = ctx.get_ext_as::<Viommu>(viommu_id)?;
+        let viommu = Self::check(ctx, flags, viommu_id, veventq_type, depth)?;
         let mut queues = viommu.veventqs.lock().unwrap();
         if queues.contains_key(&veventq_type) {
             return Err(Errno::EEXIST);
@@ -71,6 +65,28 @@ impl VeventQueue {
         let id = ctx.insert_child(viommu_id, super::Object::Ext(q.clone()))?;
         queues.insert(veventq_type, Arc::downgrade(&q));
         Ok((id, q))
+    }
+
+    /// IOMMU_VEVENTQ_ALLOC's checks, in the kernel's order, without making anything: the vIOMMU
+    /// the queue would belong to.
+    pub fn check(
+        ctx: &Context,
+        flags: u32,
+        viommu_id: u32,
+        veventq_type: u32,
+        depth: u32,
+    ) -> Result<Arc<Viommu>, Errno> {
+        if flags != 0 || veventq_type == uiommufd_uapi::iommufd::IOMMU_VEVENTQ_TYPE_DEFAULT {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if depth == 0 || depth > VEVENTQ_MAX_DEPTH {
+            return Err(Errno::EINVAL);
+        }
+        let viommu = ctx.get_ext_as::<Viommu>(viommu_id)?;
+        if viommu.veventqs.lock().unwrap().contains_key(&veventq_type) {
+            return Err(Errno::EEXIST);
+        }
+        Ok(viommu)
     }
 
     /// The vIOMMU reports an event with `data`.
