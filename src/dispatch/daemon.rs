@@ -5,7 +5,7 @@ use super::service::{NodeKind, OpenFile, Service};
 use super::table::{self, Extensions, Op};
 use crate::backends::Prot;
 use crate::caller::CallerMemory;
-use crate::iopt::accounting::{self, AccountMode};
+use crate::iopt::accounting::AccountMode;
 use crate::objects::Context;
 use nix::errno::Errno;
 use std::collections::HashMap;
@@ -182,8 +182,8 @@ impl Drop for ContextHold {
 
 /// A context as the daemon finds it: alive while anything holds it (its file, holds, in-process
 /// users of [`Daemon::new_context`]); its lifetime only when it was opened through a file.
-struct Registered {
-    ctx: Weak<Context>,
+pub(super) struct Registered {
+    pub(super) ctx: Weak<Context>,
     life: Weak<Lifetime>,
 }
 
@@ -191,7 +191,7 @@ struct Registered {
 pub struct Daemon {
     table: Vec<Option<Op>>,
     /// Every context not yet torn down.
-    contexts: Mutex<HashMap<u64, Registered>>,
+    pub(super) contexts: Mutex<HashMap<u64, Registered>>,
     /// Whether the selftest surface is served (IOMMU_TEST_CMD and its object fds).
     selftest: bool,
     /// Open contexts per opening uid, and the cap (see [`CONTEXTS_PER_USER`]).
@@ -201,9 +201,9 @@ pub struct Daemon {
     memlock_mode: Mutex<Option<AccountMode>>,
     /// Mappings per context (0: no limit); see `Context::check_mapping_room`.
     mapping_limit: std::sync::atomic::AtomicU64,
-    devices: Vec<String>,
+    pub(super) devices: Vec<String>,
     device_opener: Option<DeviceOpener>,
-    device_bindings: OnceLock<DeviceBindings>,
+    pub(super) device_bindings: OnceLock<DeviceBindings>,
     observer: OnceLock<Arc<dyn IoctlObserver>>,
 }
 
@@ -390,84 +390,6 @@ impl Daemon {
             }
         }
     }
-
-    /// A human- and machine-readable snapshot: contexts (owner, objects per type), pinned pages
-    /// (in all, and charged to each owning user in user accounting mode), the daemon's mappings
-    /// of clients' memory, devices. The FUSE `status` file and the control socket
-    /// (`uiommufd status`) serve it.
-    pub fn status_json(&self) -> String {
-        let mut contexts: Vec<Arc<Context>> = self
-            .contexts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter_map(|r| r.ctx.upgrade())
-            .collect();
-        contexts.sort_by_key(|c| c.id);
-        let objects: usize = contexts.iter().map(|c| c.num_objects()).sum();
-        let detail: Vec<serde_json::Value> = contexts
-            .iter()
-            .map(|c| {
-                let (pid, command) = c.opener().unzip();
-                serde_json::json!({
-                    "id": c.id,
-                    "uid": c.owner_uid(),
-                    "pid": pid,
-                    "command": command,
-                    "objects": c.object_counts(),
-                    "ioas": ioas_status(c),
-                })
-            })
-            .collect();
-        let uids: std::collections::BTreeSet<u32> =
-            contexts.iter().filter_map(|c| c.owner_uid()).collect();
-        let per_user: serde_json::Map<String, serde_json::Value> = uids
-            .into_iter()
-            .map(|u| (u.to_string(), accounting::charged_to_user(u).into()))
-            .collect();
-        serde_json::json!({
-            "contexts": contexts.len(),
-            "objects": objects,
-            "pinned_pages": accounting::pinned_total(),
-            "memlock_pages_per_user": per_user,
-            "live_mappings": crate::caller::shared::live_mappings(),
-            "devices": self.devices,
-            "device_detail": self.device_bindings.get().map_or_else(Vec::new, |f| {
-                f().into_iter()
-                    .map(|(name, b)| {
-                        serde_json::json!({
-                            "name": name,
-                            "context": b.map(|b| b.0),
-                            "device_id": b.map(|b| b.1),
-                        })
-                    })
-                    .collect()
-            }),
-            "context_detail": detail,
-        })
-        .to_string()
-            + "\n"
-    }
-}
-
-/// Each IOAS of `ctx`: id, areas, bytes mapped. An IOAS busy right now (pinning a client's memory)
-/// is reported as busy rather than waited for.
-fn ioas_status(ctx: &Context) -> Vec<serde_json::Value> {
-    ctx.objects_of_type("ioas")
-        .into_iter()
-        .filter_map(|(id, o)| match o {
-            crate::objects::Object::Ioas(i) => Some((id, i)),
-            _ => None,
-        })
-        .map(|(id, ioas)| match ioas.try_iopt() {
-            Some(iopt) => serde_json::json!({
-                "id": id,
-                "areas": iopt.num_areas(),
-                "bytes": iopt.areas().map(|a| a.length()).sum::<u64>(),
-            }),
-            None => serde_json::json!({"id": id, "busy": true}),
-        })
-        .collect()
 }
 
 struct IommuFile {

@@ -13,6 +13,7 @@ pub mod hwpt_cmds;
 pub mod ioas_cmds;
 pub mod selftest;
 pub mod service;
+mod status;
 pub mod table;
 pub mod ucmd;
 pub mod viommu_cmds;
