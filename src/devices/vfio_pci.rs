@@ -97,7 +97,9 @@ impl VfioPci {
         let port = |ctx: &Arc<Context>| -> Result<Arc<dyn DeviceBackend>, Errno> {
             // The group's devices share its container: one context at a time.
             let claim = self.host.group.claim(ctx.id)?;
-            let fd = Arc::new(self.host.open()?);
+            let fd = Arc::new(self.host.open().inspect_err(|e| {
+                crate::warn_limited!(device = self.name(), %e, "VFIO_GROUP_GET_DEVICE_FD failed at bind");
+            })?);
             *self.fd.lock().unwrap() = Arc::downgrade(&fd);
             Ok(Arc::new(Port {
                 dev: Arc::downgrade(self),
