@@ -102,10 +102,10 @@ fn answer(conn: UnixStream, mount: &Path, devices: &HashMap<String, Arc<VfioPci>
     }
 }
 
-/// The request byte and exactly one fd.
-fn receive(conn: &UnixStream) -> Result<(u8, OwnedFd), Errno> {
-    let mut byte = [0u8; 1];
-    let mut iov = [IoSliceMut::new(&mut byte)];
+/// One message on `conn` into `buf`: the bytes read and the fds that came with it (at most two
+/// are accepted; more are closed by the kernel as truncated).
+pub fn recv_with_fds(conn: &UnixStream, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), Errno> {
+    let mut iov = [IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
     let msg = recvmsg::<()>(
         conn.as_raw_fd(),
@@ -121,7 +121,14 @@ fn receive(conn: &UnixStream) -> Result<(u8, OwnedFd), Errno> {
             fds.extend(r.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
         }
     }
-    if msg.bytes != 1 || fds.len() != 1 {
+    Ok((msg.bytes, fds))
+}
+
+/// The request byte and exactly one fd.
+fn receive(conn: &UnixStream) -> Result<(u8, OwnedFd), Errno> {
+    let mut byte = [0u8; 1];
+    let (n, mut fds) = recv_with_fds(conn, &mut byte)?;
+    if n != 1 || fds.len() != 1 {
         return Err(Errno::EINVAL);
     }
     Ok((byte[0], fds.pop().expect("one fd")))

@@ -16,9 +16,9 @@
 use super::supervisor::{open_pidfd, Notification, Reply};
 use crate::caller::{CallerMemory, ProcessMemory};
 use nix::errno::Errno;
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
 use std::path::PathBuf;
@@ -139,22 +139,8 @@ fn request_kernel_fd(mount: &std::path::Path, node: BorrowedFd<'_>) -> Result<Ow
         None,
     )?;
     let mut word = [0u8; 4];
-    let mut iov = [IoSliceMut::new(&mut word)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
-    let msg = recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let mut got = Vec::new();
-    for c in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(r) = c {
-            // SAFETY: the kernel just installed these fds in our table; each is owned once here.
-            got.extend(r.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-        }
-    }
-    if msg.bytes != 4 {
+    let (n, mut got) = crate::devices::handout::recv_with_fds(&conn, &mut word)?;
+    if n != 4 {
         return Err(Errno::EPROTO);
     }
     match i32::from_ne_bytes(word) {

@@ -177,27 +177,12 @@ pub fn notif_addfd(
     flags: u32,
     newfd_flags: u32,
 ) -> Result<RawFd, Errno> {
-    let mut addfd = libc::seccomp_notif_addfd {
-        id,
-        flags,
-        srcfd: src.as_raw_fd() as u32,
-        newfd: 0,
-        newfd_flags,
-    };
-    // SAFETY: ADDFD reads one `struct seccomp_notif_addfd` from `addfd`, alive for the call; the
-    // source fd is borrowed, so it stays open during the call.
-    let rc = unsafe {
-        libc::ioctl(
-            listener.as_raw_fd(),
-            libc::SECCOMP_IOCTL_NOTIF_ADDFD,
-            &mut addfd as *mut libc::seccomp_notif_addfd,
-        )
-    };
-    Errno::result(rc)
+    notif_addfd_at(listener, id, src, flags, 0, newfd_flags)
 }
 
-/// SECCOMP_IOCTL_NOTIF_ADDFD at a chosen number (`flags` with SECCOMP_ADDFD_FLAG_SETFD): the
-/// target's fd `newfd` is replaced by `src` (an open file there is closed, as dup2 does).
+/// SECCOMP_IOCTL_NOTIF_ADDFD with `newfd`: with SECCOMP_ADDFD_FLAG_SETFD in `flags` the target's
+/// fd `newfd` is replaced by `src` (an open file there is closed, as dup2 does); without it
+/// `newfd` must be 0.
 pub fn notif_addfd_at(
     listener: BorrowedFd<'_>,
     id: u64,
