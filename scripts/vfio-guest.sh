@@ -193,6 +193,15 @@ if mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose host
     -accel tcg,tb-size=32 -M q35 -m 64M -nodefaults -display none \
     -object memory-backend-memfd,id=m0,size=64M,share=on -machine memory-backend=m0,aux-ram-share=on \
     -object iommufd,id=i0,fd=3 -device vfio-pci,fd=4,iommufd=i0,bus=pcie.0,addr=05.0
+  # The legacy container path: 06.0 by host=BDF (QEMU opens /dev/vfio/vfio, which the launcher
+  # answers with the daemon's compat node, and its own /dev/vfio/\$G, which the daemon joins
+  # to that container's IOAS). No fds given: QEMU opens everything by name.
+  client nested-qemu --label legacy --socket /host/tmp/qtest-legacy.sock --daemon-pid \$DPID --timeout 150 \
+    --expect-fd /run/uiommufd/vfio/vfio --expect-fd /host/dev/vfio/\$G -- \
+    /bin/uiommufd launch -- chroot /host $NESTED_QEMU -S -qtest unix:/tmp/qtest-legacy.sock -qtest-log /dev/null \
+    -accel tcg,tb-size=32 -M q35 -m 64M -nodefaults -display none \
+    -object memory-backend-memfd,id=m0,size=64M,share=on -machine memory-backend=m0,aux-ram-share=on \
+    -device vfio-pci,host=0000:00:06.0,bus=pcie.0,addr=05.0
   umount /host/tmp /host/sys /host/proc /host/dev 2>/dev/null
   umount /host || say "umount /host failed"
 else

@@ -1,6 +1,6 @@
 use clap::{CommandFactory, Parser, Subcommand};
 use std::sync::Arc;
-use uiommufd::dispatch::{Daemon, DaemonService};
+use uiommufd::dispatch::DaemonService;
 
 #[derive(Parser)]
 #[command(
@@ -172,20 +172,21 @@ fn serve(args: ServeArgs) -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
-    let daemon = if devices.is_empty() && hosts.is_empty() {
-        Daemon::new(ext)
-    } else {
-        match uiommufd::devices::daemon_with_devices(ext, &devices, hosts) {
-            Ok((d, real)) => {
-                // Programs under `uiommufd launch` get the kernel device fds of real devices.
-                let mount = std::path::absolute(&opts.mount).unwrap_or(opts.mount.clone());
-                uiommufd::devices::handout::serve(mount, real);
-                d
-            }
-            Err(e) => {
-                tracing::error!(%e, "bad --device");
-                return std::process::ExitCode::FAILURE;
-            }
+    let daemon = match uiommufd::devices::daemon_with_devices(ext, &devices, hosts) {
+        Ok((d, parts)) => {
+            // Programs under `uiommufd launch` get the kernel device fds of real devices, and
+            // their own VFIO groups join their compat IOAS.
+            let mount = std::path::absolute(&opts.mount).unwrap_or(opts.mount.clone());
+            uiommufd::devices::handout::serve(uiommufd::devices::handout::HandOut {
+                mount,
+                devices: parts.devices,
+                groups: parts.groups,
+            });
+            d
+        }
+        Err(e) => {
+            tracing::error!(%e, "bad --device");
+            return std::process::ExitCode::FAILURE;
         }
     };
     daemon.set_contexts_per_user(max_contexts_per_user);

@@ -172,14 +172,6 @@ impl DeviceBackend for Port {
 
     /// Only page tables of this driver's kind (EINVAL for another driver's domain, as the
     /// kernel).
-    fn check_attach(&self, hwpt: &crate::objects::HwptPaging) -> Result<(), Errno> {
-        if self.domain_compatible(&hwpt.domain) {
-            Ok(())
-        } else {
-            Err(Errno::EINVAL)
-        }
-    }
-
     fn attached(&self, ioas: Option<Arc<Ioas>>) {
         if let (Some(dev), Some(ctx)) = (self.dev.upgrade(), self.ctx.upgrade()) {
             dev.set_ioas(&ctx, ioas);

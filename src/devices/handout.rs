@@ -16,7 +16,12 @@
 //! user for the daemon's life: binds from other users are EPERM (as a kernel's VFIO group is
 //! busy while any of its device files is open). Anyone can connect to the socket; what decides is
 //! the proof.
+//!
+//! The same socket serves the legacy container path ([`super::legacy_group`]): "join this group
+//! file to the context of this compat node file" and "take this group out again", with the files
+//! as the proof (the node file names the context; a group file can be open only once).
 
+use super::legacy_group::LegacyGroups;
 use super::vfio_pci::VfioPci;
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
@@ -29,8 +34,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The request byte: "the kernel fd of the device this node file is bound through".
+/// The request byte: "the kernel fd of the device this node file is bound through" (one fd:
+/// the node file).
 pub const REQUEST_DEVICE_FD: u8 = b'D';
+/// "Join this group to this container node" (two fds: the node file, the group file).
+pub const REQUEST_SET_CONTAINER: u8 = b'G';
+/// "Take this group out of its container" (one fd: the group file).
+pub const REQUEST_UNSET_CONTAINER: u8 = b'U';
 /// How long one client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -39,13 +49,18 @@ pub fn socket_name(mount: &Path) -> String {
     format!("uiommufd-devices:{}", mount.display())
 }
 
+/// What the hand-out socket serves.
+pub struct HandOut {
+    pub mount: PathBuf,
+    pub devices: HashMap<String, Arc<VfioPci>>,
+    pub groups: Arc<LegacyGroups>,
+}
+
 /// Serves hand-out requests on a thread of its own until the process ends. Logs and gives up if
-/// the name is taken (then programs under the launcher keep the node file: no mmap, TCG only).
-pub fn serve(mount: PathBuf, devices: HashMap<String, Arc<VfioPci>>) {
-    if devices.is_empty() {
-        return;
-    }
-    let name = socket_name(&mount);
+/// the name is taken (then programs under the launcher keep the node files: no mmap, TCG only;
+/// and their own VFIO groups cannot join the compat node).
+pub fn serve(h: HandOut) {
+    let name = socket_name(&h.mount);
     let listener = match SocketAddr::from_abstract_name(name.as_bytes())
         .and_then(|a| UnixListener::bind_addr(&a))
     {
@@ -58,9 +73,10 @@ pub fn serve(mount: PathBuf, devices: HashMap<String, Arc<VfioPci>>) {
     let spawned = std::thread::Builder::new()
         .name("uiommufd-handout".into())
         .spawn(move || {
+            let h = h;
             for conn in listener.incoming() {
                 match conn {
-                    Ok(c) => answer(c, &mount, &devices),
+                    Ok(c) => answer(c, &h),
                     Err(e) => crate::warn_limited!(%e, "device hand-out accept failed"),
                 }
             }
@@ -70,8 +86,8 @@ pub fn serve(mount: PathBuf, devices: HashMap<String, Arc<VfioPci>>) {
     }
 }
 
-/// One request: receive the node file, answer with an errno word and, on success, the fd.
-fn answer(conn: UnixStream, mount: &Path, devices: &HashMap<String, Arc<VfioPci>>) {
+/// One request: receive it, answer with an errno word and, for a device, the fd.
+fn answer(conn: UnixStream, h: &HandOut) {
     let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
     let _ = conn.set_write_timeout(Some(REQUEST_TIMEOUT));
     let uid = match nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials)
@@ -79,14 +95,17 @@ fn answer(conn: UnixStream, mount: &Path, devices: &HashMap<String, Arc<VfioPci>
         Ok(c) => c.uid(),
         Err(_) => return,
     };
-    let result = receive(&conn).and_then(|(req, node)| {
-        if req != REQUEST_DEVICE_FD {
-            return Err(Errno::EINVAL);
+    let result = receive(&conn).and_then(|(req, mut fds)| match (req, fds.len()) {
+        (REQUEST_DEVICE_FD, 1) => device_fd(fds[0].as_fd(), uid, &h.mount, &h.devices).map(Some),
+        (REQUEST_SET_CONTAINER, 2) => {
+            let group = fds.pop().expect("two fds");
+            h.groups.set_container(fds[0].as_fd(), group).map(|()| None)
         }
-        device_fd(node.as_fd(), uid, mount, devices)
+        (REQUEST_UNSET_CONTAINER, 1) => h.groups.unset_container(fds[0].as_fd()).map(|()| None),
+        _ => Err(Errno::EINVAL),
     });
     let (word, fd) = match &result {
-        Ok(fd) => (0i32, Some(fd.as_raw_fd())),
+        Ok(fd) => (0i32, fd.as_ref().map(|f| f.as_raw_fd())),
         Err(e) => (*e as i32, None),
     };
     let bytes = word.to_ne_bytes();
@@ -97,8 +116,11 @@ fn answer(conn: UnixStream, mount: &Path, devices: &HashMap<String, Arc<VfioPci>
     if let Err(e) = sendmsg::<()>(conn.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
         crate::warn_limited!(%e, "device hand-out answer failed");
     }
-    if let Err(e) = result {
-        crate::warn_limited!(uid, %e, "device hand-out refused");
+    match result {
+        // "Not a group the daemon took": the kernel answers the program instead.
+        Err(Errno::ENOENT) => tracing::debug!(uid, "hand-out: no such group here"),
+        Err(e) => crate::warn_limited!(uid, %e, "hand-out request refused"),
+        Ok(_) => {}
     }
 }
 
@@ -124,14 +146,14 @@ pub fn recv_with_fds(conn: &UnixStream, buf: &mut [u8]) -> Result<(usize, Vec<Ow
     Ok((msg.bytes, fds))
 }
 
-/// The request byte and exactly one fd.
-fn receive(conn: &UnixStream) -> Result<(u8, OwnedFd), Errno> {
+/// The request byte and its fds.
+fn receive(conn: &UnixStream) -> Result<(u8, Vec<OwnedFd>), Errno> {
     let mut byte = [0u8; 1];
-    let (n, mut fds) = recv_with_fds(conn, &mut byte)?;
-    if n != 1 || fds.len() != 1 {
+    let (n, fds) = recv_with_fds(conn, &mut byte)?;
+    if n != 1 {
         return Err(Errno::EINVAL);
     }
-    Ok((byte[0], fds.pop().expect("one fd")))
+    Ok((byte[0], fds))
 }
 
 /// Checks the proof and returns a duplicate of the bound device's kernel fd.

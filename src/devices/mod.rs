@@ -26,6 +26,7 @@ pub mod dmacopy;
 pub mod domain;
 pub mod handout;
 pub mod irq;
+pub mod legacy_group;
 pub mod regs;
 pub mod vfio_pci;
 
@@ -82,13 +83,20 @@ pub fn daemon_with_dmacopy(ext: Extensions, names: &[String]) -> Result<Arc<Daem
 /// The real devices of a daemon, by name (for [`handout::serve`]).
 pub type RealDevices = HashMap<String, Arc<vfio_pci::VfioPci>>;
 
+/// What a daemon's hand-out socket serves ([`handout::serve`]), but for the mount.
+pub struct HandOutParts {
+    pub devices: RealDevices,
+    pub groups: Arc<legacy_group::LegacyGroups>,
+}
+
 /// A daemon serving `names` as dmacopy devices and `hosts` (real devices taken with
-/// `--vfio`) under their PCI addresses. Duplicate names are an error.
+/// `--vfio`) under their PCI addresses, and what its hand-out socket needs. Duplicate names are
+/// an error.
 pub fn daemon_with_devices(
     ext: Extensions,
     names: &[String],
     hosts: Vec<Arc<crate::backends::vfio::HostDevice>>,
-) -> Result<(Arc<Daemon>, RealDevices), String> {
+) -> Result<(Arc<Daemon>, HandOutParts), String> {
     let resolver = Arc::new(DaemonResolver(OnceLock::new()));
     let mut devices: HashMap<String, Node> = HashMap::new();
     let mut all = Vec::new();
@@ -119,6 +127,7 @@ pub fn daemon_with_devices(
     });
     let daemon = Daemon::with_devices(ext, all, opener);
     let _ = resolver.0.set(Arc::downgrade(&daemon));
+    let groups = legacy_group::LegacyGroups::new(resolver);
     let (emulated, reals) = (emulated, real.clone());
     daemon.set_device_bindings(Arc::new(move || {
         let mut v: Vec<(String, Option<(u64, u32)>)> = emulated
@@ -129,7 +138,13 @@ pub fn daemon_with_devices(
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }));
-    Ok((daemon, real))
+    Ok((
+        daemon,
+        HandOutParts {
+            devices: real,
+            groups,
+        },
+    ))
 }
 
 /// A device node's device.

@@ -21,7 +21,7 @@ use crate::backends::Domain;
 use crate::caller::CallerMemory;
 use crate::dispatch::daemon::context_query::ClientDup;
 use crate::dispatch::OpenFile;
-use crate::objects::{Context, Device, DeviceBackend, HwptPaging};
+use crate::objects::{Context, Device, DeviceBackend};
 use nix::errno::Errno;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -276,14 +276,6 @@ impl DeviceBackend for Port {
             return false;
         };
         as_vfio(domain).is_some_and(|v| *v.geometry() == dev.host.group.geometry)
-    }
-
-    fn check_attach(&self, hwpt: &HwptPaging) -> Result<(), Errno> {
-        if self.domain_compatible(&hwpt.domain) {
-            Ok(())
-        } else {
-            Err(Errno::EINVAL)
-        }
     }
 
     fn set_domain(&self, domain: Option<&Arc<dyn Domain>>) -> Result<(), Errno> {

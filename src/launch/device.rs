@@ -34,51 +34,20 @@ struct Installed {
 
 static INSTALLED: Mutex<Vec<Installed>> = Mutex::new(Vec::new());
 
-type Job = Box<dyn FnOnce() + Send>;
-
-/// The thread without the seccomp filter (see [`start_unfiltered_thread`]).
-static UNFILTERED: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> =
-    std::sync::OnceLock::new();
-
-/// Starts the thread that issues the device ioctls the filter intercepts: a thread created
-/// before the filter is installed does not carry it. Call before installing the filter.
-pub fn start_unfiltered_thread() {
-    let (tx, rx) = std::sync::mpsc::channel::<Job>();
-    let started = std::thread::Builder::new()
-        .name("uiommufd-unfiltered".into())
-        .spawn(move || rx.into_iter().for_each(|job| job()));
-    if started.is_ok() {
-        let _ = UNFILTERED.set(Mutex::new(tx));
-    }
-}
-
-/// An ioctl on `fd` with `buf` as its argument, issued from the unfiltered thread; the
-/// return value or errno, and the buffer as the ioctl left it.
-fn unfiltered_ioctl(fd: i32, cmd: u32, mut buf: Vec<u8>) -> Result<(i32, Vec<u8>), Errno> {
-    let (reply_tx, reply_rx) = std::sync::mpsc::channel();
-    let job: Job = Box::new(move || {
-        // SAFETY: the argument is `buf`, owned by this job and as long as the struct the
-        // command reads and writes (the callers size it so); `fd` is kept open by the caller,
-        // which waits for this job.
-        let rc = unsafe { libc::ioctl(fd, libc::c_ulong::from(cmd), buf.as_mut_ptr()) };
-        let err = Errno::last();
-        let _ = reply_tx.send(if rc < 0 { Err(err) } else { Ok((rc, buf)) });
-    });
-    UNFILTERED
-        .get()
-        .ok_or(Errno::ENOSYS)?
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .send(job)
-        .map_err(|_| Errno::ENOSYS)?;
-    reply_rx.recv().map_err(|_| Errno::ENOSYS)?
+/// An ioctl on `fd` with `buf` as its argument (the supervisor carries no filter: it is not
+/// trapped); the return value or errno, and the buffer as the ioctl left it.
+fn node_ioctl(fd: i32, cmd: u32, mut buf: Vec<u8>) -> Result<(i32, Vec<u8>), Errno> {
+    // SAFETY: the argument is `buf`, owned here and as long as the struct the command reads and
+    // writes (the callers size it so); `fd` is kept open by the caller for the call.
+    let rc = unsafe { libc::ioctl(fd, libc::c_ulong::from(cmd), buf.as_mut_ptr()) };
+    Errno::result(rc).map(|rc| (rc, buf))
 }
 
 /// FUSE's file system magic.
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+pub(super) const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
 /// The target's fd `fd`, duplicated into the supervisor.
-fn target_fd(n: &Notification<'_>, fd: i32) -> Result<OwnedFd, Errno> {
+pub(super) fn target_fd(n: &Notification<'_>, fd: i32) -> Result<OwnedFd, Errno> {
     let pidfd = open_pidfd(n.tid)?;
     rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
         .map_err(|e| Errno::from_raw(e.raw_os_error()))
@@ -98,25 +67,13 @@ fn node_mount(file: BorrowedFd<'_>) -> Option<PathBuf> {
     Some(dir.parent()?.parent()?.to_path_buf())
 }
 
-/// Whether two files of the supervisor's table are the same open file.
-fn same_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
-    let pid = std::process::id();
-    // SAFETY: kcmp only compares kernel objects named by our own pid and fds; no memory is passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_kcmp,
-            pid,
-            pid,
-            0, // KCMP_FILE
-            a.as_raw_fd(),
-            b.as_raw_fd(),
-        )
-    };
-    rc == 0
-}
-
-/// Asks the daemon serving `mount` for the kernel fd of the device bound through `node`.
-fn request_kernel_fd(mount: &std::path::Path, node: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+/// Sends request `req` with `fds` to the daemon serving `mount` ([`crate::devices::handout`]):
+/// its answer, with the fd that came with it.
+pub(super) fn ask_daemon(
+    mount: &std::path::Path,
+    req: u8,
+    fds: &[BorrowedFd<'_>],
+) -> Result<Option<OwnedFd>, Errno> {
     let name = crate::devices::handout::socket_name(mount);
     let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
     let conn = UnixStream::connect_addr(&addr)
@@ -129,25 +86,28 @@ fn request_kernel_fd(mount: &std::path::Path, node: BorrowedFd<'_>) -> Result<Ow
     let timeout = Some(std::time::Duration::from_secs(5));
     let _ = conn.set_read_timeout(timeout);
     let _ = conn.set_write_timeout(timeout);
-    let req = [crate::devices::handout::REQUEST_DEVICE_FD];
-    let fds = [node.as_raw_fd()];
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
     sendmsg::<()>(
         conn.as_raw_fd(),
-        &[IoSlice::new(&req)],
-        &[ControlMessage::ScmRights(&fds)],
+        &[IoSlice::new(&[req])],
+        &[ControlMessage::ScmRights(&raw)],
         MsgFlags::MSG_NOSIGNAL,
         None,
     )?;
     let mut word = [0u8; 4];
     let (n, mut got) = crate::devices::handout::recv_with_fds(&conn, &mut word)?;
-    if n != 4 {
+    if n != 4 || got.len() > 1 {
         return Err(Errno::EPROTO);
     }
     match i32::from_ne_bytes(word) {
-        0 if got.len() == 1 => Ok(got.pop().expect("one fd")),
-        0 => Err(Errno::EPROTO),
+        0 => Ok(got.pop()),
         e => Err(Errno::from_raw(e)),
     }
+}
+
+/// Asks the daemon serving `mount` for the kernel fd of the device bound through `node`.
+fn request_kernel_fd(mount: &std::path::Path, node: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    ask_daemon(mount, crate::devices::handout::REQUEST_DEVICE_FD, &[node])?.ok_or(Errno::EPROTO)
 }
 
 /// VFIO_DEVICE_BIND_IOMMUFD: see the module documentation.
@@ -180,7 +140,7 @@ pub fn bind(n: &Notification<'_>) -> Reply {
     if let Some(f) = &iommufd {
         local.iommufd = f.as_raw_fd();
     }
-    let answer = unfiltered_ioctl(
+    let answer = node_ioctl(
         node.as_raw_fd(),
         VFIO_DEVICE_BIND_IOMMUFD,
         local.as_bytes()[..16].to_vec(),
@@ -239,7 +199,7 @@ pub fn attach_detach(n: &Notification<'_>) -> Reply {
     let installed = INSTALLED.lock().unwrap_or_else(|p| p.into_inner());
     let Some(entry) = installed
         .iter()
-        .find(|e| same_file(e.kernel.as_fd(), target.as_fd()))
+        .find(|e| crate::caller::same_open_file(e.kernel.as_fd(), target.as_fd()))
     else {
         return Reply::Continue;
     };
@@ -264,7 +224,7 @@ pub fn attach_detach(n: &Notification<'_>) -> Reply {
     }
     let argsz = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
     buf[..4].copy_from_slice(&argsz.min(len as u32).to_ne_bytes());
-    let rc = match unfiltered_ioctl(node.as_raw_fd(), cmd, buf[..len].to_vec()) {
+    let rc = match node_ioctl(node.as_raw_fd(), cmd, buf[..len].to_vec()) {
         Ok((rc, out)) => {
             buf[..len].copy_from_slice(&out);
             rc
@@ -293,7 +253,7 @@ mod tests {
         let a = std::fs::File::open("/dev/null").unwrap();
         let b = a.try_clone().unwrap();
         let c = std::fs::File::open("/dev/null").unwrap();
-        assert!(same_file(a.as_fd(), b.as_fd()));
-        assert!(!same_file(a.as_fd(), c.as_fd()));
+        assert!(crate::caller::same_open_file(a.as_fd(), b.as_fd()));
+        assert!(!crate::caller::same_open_file(a.as_fd(), c.as_fd()));
     }
 }

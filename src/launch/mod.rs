@@ -11,10 +11,15 @@
 //! cannot handle, runs unchanged (SECCOMP_USER_NOTIF_FLAG_CONTINUE).
 //!
 //! The filter is installed on the launcher's own main thread before CMD is spawned, so CMD inherits
-//! it and no fd has to be passed back from a child. The launcher's threads never issue the
-//! intercepted ioctls, except one thread started before the filter exists, which the supervisor
-//! uses for device BIND/ATTACH/DETACH on node files; the launcher never executes anything after
-//! setting PR_SET_NO_NEW_PRIVS.
+//! it and no fd has to be passed back from a child. The launcher's other threads (the supervisor,
+//! the signal forwarder) are started before the filter exists and so do not carry it: the
+//! supervisor opens files and issues intercepted ioctls on node files itself. The launcher
+//! never executes anything after setting PR_SET_NO_NEW_PRIVS.
+//!
+//! The legacy VFIO path ([`group`], [`open`]): CMD's opens of `/dev/vfio/vfio` get the daemon's
+//! compat node (`--mount`), and a VFIO_GROUP_SET_CONTAINER of CMD's own group file into it is
+//! done by the daemon, which joins the group to the context's compat IOAS; the group file, its
+//! devices and KVM's use of it stay the kernel's.
 //!
 //! Exit status: CMD's, or 128+N when a signal N killed it; 125 when the launcher cannot set up,
 //! 126 when CMD cannot be executed, 127 when it is not found (as `env` and `timeout` do). SIGTERM,
@@ -23,6 +28,8 @@
 //! ENOSYS.
 
 mod device;
+mod group;
+mod open;
 pub mod seccomp;
 pub mod supervisor;
 mod zero_read;
@@ -34,6 +41,11 @@ use std::process::ExitCode;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LaunchArgs {
+    /// The mount of the daemon whose nodes stand in for the kernel's: CMD's opens of
+    /// /dev/vfio/vfio get `<mount>/vfio/vfio` (its own VFIO groups then join that container
+    /// through the daemon), and of /dev/iommu, where this host has none, `<mount>/iommu`.
+    #[arg(long, value_name = "DIR", default_value = "/run/uiommufd")]
+    pub mount: std::path::PathBuf,
     /// The command to run and its arguments.
     #[arg(
         value_name = "CMD",
@@ -79,18 +91,46 @@ pub fn main(args: LaunchArgs) -> ExitCode {
         tracing::error!(%e, "launch: cannot block signals");
         return ExitCode::from(EXIT_SETUP);
     }
-    // Started after the mask (it must not take the forwarded signals) but before the filter
-    // exists, so that the supervisor can issue intercepted ioctls (device BIND/ATTACH through
-    // a node file) without trapping them itself.
-    device::start_unfiltered_thread();
+    let redirects = open::Redirects::for_mount(&args.mount);
+    // The launcher's own threads start before the filter exists (after the mask: they must not
+    // take the forwarded signals), so that none of them carries it: the supervisor opens files
+    // and issues intercepted ioctls on node files itself.
+    let (listener_tx, listener_rx) = std::sync::mpsc::channel();
+    let (child_tx, child_rx) = std::sync::mpsc::channel();
+    let trap_opens = !redirects.is_empty();
+    let spawned = std::thread::Builder::new()
+        .name("supervisor".into())
+        .spawn(move || {
+            if let Ok(listener) = listener_rx.recv() {
+                supervisor::run(listener, &redirects);
+            }
+        })
+        .and_then(|_| {
+            std::thread::Builder::new()
+                .name("signals".into())
+                .spawn(move || {
+                    if let Ok(pid) = child_rx.recv() {
+                        forward_signals(signals, pid);
+                    }
+                })
+        });
+    if let Err(e) = spawned {
+        tracing::error!(%e, "launch: cannot start the supervisor");
+        return ExitCode::from(EXIT_SETUP);
+    }
     let numbers: Vec<u32> = supervisor::HANDLERS.iter().map(|(nr, _)| *nr).collect();
-    let listener = match seccomp::install_filter(&seccomp::filter_program(arch, &numbers)) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(%e, "launch: cannot install the seccomp filter");
-            return ExitCode::from(EXIT_SETUP);
-        }
-    };
+    let listener =
+        match seccomp::install_filter(&seccomp::filter_program(arch, &numbers, trap_opens)) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(%e, "launch: cannot install the seccomp filter");
+                return ExitCode::from(EXIT_SETUP);
+            }
+        };
+    if listener_tx.send(listener).is_err() {
+        tracing::error!("launch: the supervisor is gone");
+        return ExitCode::from(EXIT_SETUP);
+    }
     let mut command = std::process::Command::new(program);
     command.args(rest);
     // SAFETY: the hook runs in the child between fork and exec and only calls pthread_sigmask,
@@ -110,21 +150,7 @@ pub fn main(args: LaunchArgs) -> ExitCode {
     };
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     tracing::debug!(%pid, "launched");
-    let spawned = std::thread::Builder::new()
-        .name("supervisor".into())
-        .spawn(move || supervisor::run(listener))
-        .and_then(|_| {
-            std::thread::Builder::new()
-                .name("signals".into())
-                .spawn(move || forward_signals(signals, pid))
-        });
-    if let Err(e) = spawned {
-        // Without the supervisor the target's intercepted ioctls would hang or fail: stop it.
-        tracing::error!(%e, "launch: cannot start the supervisor");
-        let _ = child.kill();
-        let _ = child.wait();
-        return ExitCode::from(EXIT_SETUP);
-    }
+    let _ = child_tx.send(pid);
     match child.wait() {
         Ok(status) => ExitCode::from(exit_code(status)),
         Err(e) => {

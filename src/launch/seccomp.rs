@@ -44,30 +44,45 @@ const fn insn(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
     sock_filter { code, jt, jf, k }
 }
 
-/// The classic-BPF program: `arch == arch && nr == SYS_ioctl && (u32)args[1] ∈ ioctls`, and
+/// The system calls that open a file by path, trapped when the launcher redirects opens of the
+/// kernel's VFIO container to the daemon's compat node ([`super::open`]).
+#[cfg(target_arch = "x86_64")]
+const OPEN_CALLS: [u32; 2] = [libc::SYS_openat as u32, libc::SYS_open as u32];
+#[cfg(not(target_arch = "x86_64"))]
+const OPEN_CALLS: [u32; 2] = [libc::SYS_openat as u32, libc::SYS_openat as u32];
+/// A system call number no architecture has: the slot of a check that is switched off.
+const NO_CALL: u32 = u32::MAX;
+
+/// The classic-BPF program: `arch == arch && nr == SYS_ioctl && (u32)args[1] ∈ ioctls`,
 /// `arch == arch && nr == SYS_read && args[2] == 0` (a zero-length read, which FUSE and CUSE answer
-/// without asking their server) → `SECCOMP_RET_USER_NOTIF`, anything else → `SECCOMP_RET_ALLOW`.
+/// without asking their server) and, with `opens`, every `openat`/`open` of the native arch →
+/// `SECCOMP_RET_USER_NOTIF`, anything else → `SECCOMP_RET_ALLOW`.
 ///
 /// Panics if `ioctls` has more than 240 numbers (BPF conditional jumps reach 255 instructions).
-pub fn filter_program(arch: u32, ioctls: &[u32]) -> Vec<sock_filter> {
+pub fn filter_program(arch: u32, ioctls: &[u32], opens: bool) -> Vec<sock_filter> {
     let n = ioctls.len();
     assert!(n <= 240, "too many intercepted ioctls for one BPF jump");
-    // Layout: 0 ld arch, 1 jeq, 2 ld nr, 3 jeq ioctl, 4 jeq read, 5 ld arg1, 6.. one jeq per
-    // number, 6+n allow; read: 7+n ld arg2 lo, jeq 0, ld arg2 hi, jeq 0; then allow, notify.
-    let read = 7 + n;
+    // Layout: 0 ld arch, 1 jeq, 2 ld nr, 3 jeq ioctl, 4-5 jeq open calls, 6 jeq read, 7 ld arg1,
+    // 8.. one jeq per number, 8+n allow; read: 9+n ld arg2 lo, jeq 0, ld arg2 hi, jeq 0; then
+    // allow, notify.
+    let ioctl = 7;
+    let read = 9 + n;
     let allow = read + 4;
     let notify = allow + 1;
     let to = |from: usize, target: usize| (target - from - 1) as u8;
+    let [open_a, open_b] = if opens { OPEN_CALLS } else { [NO_CALL; 2] };
     let mut prog = vec![
         insn(LD_W_ABS, 0, 0, OFF_ARCH),
         insn(JEQ_K, 0, to(1, allow), arch),
         insn(LD_W_ABS, 0, 0, OFF_NR),
-        insn(JEQ_K, to(3, 5), 0, libc::SYS_ioctl as u32),
-        insn(JEQ_K, to(4, read), to(4, allow), libc::SYS_read as u32),
+        insn(JEQ_K, to(3, ioctl), 0, libc::SYS_ioctl as u32),
+        insn(JEQ_K, to(4, notify), 0, open_a),
+        insn(JEQ_K, to(5, notify), 0, open_b),
+        insn(JEQ_K, to(6, read), to(6, allow), libc::SYS_read as u32),
         insn(LD_W_ABS, 0, 0, OFF_ARG1_LO),
     ];
     for (k, &nr) in ioctls.iter().enumerate() {
-        prog.push(insn(JEQ_K, to(6 + k, notify), 0, nr));
+        prog.push(insn(JEQ_K, to(8 + k, notify), 0, nr));
     }
     prog.push(insn(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW));
     prog.extend([
@@ -260,7 +275,7 @@ mod tests {
     #[test]
     fn notifies_zero_length_reads_only() {
         let arch = 0xc000_003e;
-        let prog = filter_program(arch, &[0x3ba0]);
+        let prog = filter_program(arch, &[0x3ba0], false);
         assert_eq!(run(&prog, &read_of(arch, 0)), libc::SECCOMP_RET_USER_NOTIF);
         assert_eq!(run(&prog, &read_of(arch, 1)), libc::SECCOMP_RET_ALLOW);
         assert_eq!(run(&prog, &read_of(arch, 1 << 32)), libc::SECCOMP_RET_ALLOW);
@@ -273,7 +288,7 @@ mod tests {
     #[test]
     fn notifies_only_the_listed_ioctls_of_the_native_arch() {
         let arch = 0xc000_003e;
-        let prog = filter_program(arch, &[0x3ba0, 0x3b8b]);
+        let prog = filter_program(arch, &[0x3ba0, 0x3b8b], false);
         let notify = libc::SECCOMP_RET_USER_NOTIF;
         let allow = libc::SECCOMP_RET_ALLOW;
         assert_eq!(run(&prog, &data(arch, libc::SYS_ioctl, 0x3ba0)), notify);
@@ -290,8 +305,31 @@ mod tests {
             allow
         );
         assert_eq!(
-            run(&filter_program(arch, &[]), &data(arch, libc::SYS_ioctl, 0)),
+            run(
+                &filter_program(arch, &[], false),
+                &data(arch, libc::SYS_ioctl, 0)
+            ),
             allow
         );
+    }
+
+    #[test]
+    fn notifies_opens_only_when_asked() {
+        let arch = 0xc000_003e;
+        let notify = libc::SECCOMP_RET_USER_NOTIF;
+        let allow = libc::SECCOMP_RET_ALLOW;
+        let off = filter_program(arch, &[0x3ba0], false);
+        let on = filter_program(arch, &[0x3ba0], true);
+        for nr in OPEN_CALLS {
+            assert_eq!(run(&off, &data(arch, i64::from(nr), 0)), allow);
+            assert_eq!(run(&on, &data(arch, i64::from(nr), 0)), notify);
+            assert_eq!(run(&on, &data(0x4000_0003, i64::from(nr), 0)), allow);
+        }
+        // The other checks are unchanged by it.
+        assert_eq!(run(&on, &data(arch, libc::SYS_ioctl, 0x3ba0)), notify);
+        assert_eq!(run(&on, &data(arch, libc::SYS_ioctl, 0x3ba1)), allow);
+        assert_eq!(run(&on, &read_of(arch, 0)), notify);
+        assert_eq!(run(&on, &read_of(arch, 8)), allow);
+        assert_eq!(run(&on, &data(arch, libc::SYS_close, 0)), allow);
     }
 }

@@ -79,11 +79,19 @@ pub const HANDLERS: &[(u32, Handler)] = &[
         uiommufd_uapi::vfio::VFIO_DEVICE_DETACH_IOMMUFD_PT,
         super::device::attach_detach,
     ),
+    (
+        uiommufd_uapi::vfio::VFIO_GROUP_SET_CONTAINER,
+        super::group::set_container,
+    ),
+    (
+        uiommufd_uapi::vfio::VFIO_GROUP_UNSET_CONTAINER,
+        super::group::unset_container,
+    ),
 ];
 
 /// Answers notifications until the listener fails (it is then dropped, which fails every pending
-/// and future intercepted ioctl with ENOSYS).
-pub fn run(listener: OwnedFd) {
+/// and future intercepted ioctl with ENOSYS). Opens are answered from `redirects`.
+pub fn run(listener: OwnedFd, redirects: &super::open::Redirects) {
     loop {
         let notif = match notif_recv(listener.as_fd()) {
             Ok(n) => n,
@@ -100,15 +108,18 @@ pub fn run(listener: OwnedFd) {
             tid: notif.pid as i32,
             args: notif.data.args,
         };
-        let reply = dispatch(&n, notif.data.nr as i64);
+        let reply = dispatch(&n, notif.data.nr as i64, redirects);
         tracing::debug!(id = n.id, tid = n.tid, ?reply, "notification handled");
         respond(&n, reply);
     }
 }
 
-fn dispatch(n: &Notification<'_>, nr: i64) -> Reply {
+fn dispatch(n: &Notification<'_>, nr: i64, redirects: &super::open::Redirects) -> Reply {
     if nr == libc::SYS_read {
         return super::zero_read::answer(n);
+    }
+    if let Some(path_arg) = super::open::path_arg(nr) {
+        return redirects.answer(n, path_arg);
     }
     if nr != libc::SYS_ioctl {
         return Reply::Continue;

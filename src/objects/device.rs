@@ -91,9 +91,13 @@ pub trait DeviceBackend: Send + Sync {
         true
     }
     /// Whether the device may attach to `hwpt` (e.g. a device without dirty tracking refuses a
-    /// domain with dirty tracking: EINVAL).
-    fn check_attach(&self, _hwpt: &HwptPaging) -> Result<(), Errno> {
-        Ok(())
+    /// domain with dirty tracking: EINVAL). By default: when its domain could serve the device.
+    fn check_attach(&self, hwpt: &HwptPaging) -> Result<(), Errno> {
+        if self.domain_compatible(&hwpt.domain) {
+            Ok(())
+        } else {
+            Err(Errno::EINVAL)
+        }
     }
     /// Whether the device's IOMMU can attach domains to PASIDs at all (EOPNOTSUPP otherwise).
     fn pasid_ops(&self) -> bool {

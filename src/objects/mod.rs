@@ -137,7 +137,12 @@ pub struct Context {
     pub compat_lock: Mutex<()>,
     /// The identities of the processes whose memory this context maps (bound at map time).
     pub processes: crate::caller::ProcessHandles,
+    /// Run first when the context is torn down (see [`Self::on_teardown`]).
+    teardown_hooks: Mutex<Vec<TeardownHook>>,
 }
+
+/// Work a layer below the context's owner needs done when the context goes.
+pub type TeardownHook = Box<dyn FnOnce(&Context) + Send>;
 
 impl Default for Context {
     fn default() -> Self {
@@ -158,7 +163,27 @@ impl Context {
             vfio_ioas: Mutex::new(None),
             compat_lock: Mutex::new(()),
             processes: crate::caller::ProcessHandles::new(),
+            teardown_hooks: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Runs `hook` when the context is torn down, before its objects are destroyed: an object
+    /// the daemon keeps a user on for the program (a VFIO group's device taken through the
+    /// legacy container path) lets go of it there.
+    pub fn on_teardown(&self, hook: TeardownHook) {
+        self.teardown_hooks.lock().unwrap().push(hook);
+    }
+
+    /// The compat IOAS, created if there is none (as a VFIO group joining the context through
+    /// VFIO_GROUP_SET_CONTAINER makes one).
+    pub fn compat_ioas_get_or_create(&self) -> Result<u32, Errno> {
+        let _creating = self.compat_lock.lock().unwrap();
+        if let Ok(id) = self.live_vfio_ioas() {
+            return Ok(id);
+        }
+        let id = self.insert(Object::Ioas(Ioas::new()))?;
+        self.set_vfio_ioas(Some(id));
+        Ok(id)
     }
 
     /// Sets the user whose per-user caps this context's resources count against; only the first
@@ -384,6 +409,10 @@ impl Context {
 
     /// Destroys every object (close of the file): repeatedly removes the ones nothing depends on.
     pub fn destroy_all(&self) {
+        let hooks = std::mem::take(&mut *self.teardown_hooks.lock().unwrap());
+        for hook in hooks {
+            hook(self);
+        }
         loop {
             let ids: Vec<u32> = {
                 let mut table = self.table.lock().unwrap();

@@ -44,6 +44,13 @@ pub struct NestedArgs {
     /// files close when QEMU and the launcher are gone).
     #[arg(long = "fd")]
     fds: Vec<String>,
+    /// Report the checks as `LABEL-...` instead of `nested-...`.
+    #[arg(long, default_value = "nested")]
+    pub label: String,
+    /// A file QEMU must have open (as `/proc/PID/fd` names it), besides a kernel device file
+    /// (repeatable).
+    #[arg(long = "expect-fd")]
+    expect_fds: Vec<String>,
     /// Seconds for QEMU to connect, and for each later wait.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
@@ -285,7 +292,7 @@ pub fn nested(r: &mut Report, a: &NestedArgs) {
     let t0 = Instant::now();
     let mut child = step!(r, "nested-qemu-start", spawn(&a.cmd, &files));
     drop(files);
-    let ran = drive(r, &l, &mut child, deadline, t0, a.daemon_pid, lck0);
+    let ran = drive(r, &l, &mut child, deadline, t0, a, lck0);
     // Stop QEMU: SIGTERM to the launcher, which forwards it to its command.
     if child.try_wait().ok().flatten().is_none() {
         // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
@@ -329,9 +336,10 @@ fn drive(
     child: &mut Child,
     deadline: Duration,
     t0: Instant,
-    daemon: u32,
+    a: &NestedArgs,
     lck0: u64,
 ) -> bool {
+    let daemon = a.daemon_pid;
     let s = match r.check("nested-qtest-connect", accept(l, child, deadline)) {
         Some(s) => s,
         None => return false,
@@ -355,7 +363,7 @@ fn drive(
     // QEMU connects to qtest before it builds the machine; once qtest answers, vfio-pci has
     // bound the device (and the launcher swapped the file).
     if let Some(pid) = pid {
-        files(r, pid);
+        files(r, pid, &a.expect_fds);
     }
     if let Some(v) = r.check("nested-daemon-vmlck-with-qemu", locked_grew(daemon, lck0)) {
         println!("nested: daemon VmLck with QEMU {} KiB", v / 1024);
@@ -381,21 +389,33 @@ fn locked_grew(daemon: u32, lck0: u64) -> Res<u64> {
     }
 }
 
-/// QEMU's fds 3 and 4: /dev/iommu (the CUSE node) and the kernel's device file.
-fn files(r: &mut Report, pid: u32) {
-    for fd in [3, 4] {
-        match std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) {
-            Ok(p) => println!("nested: QEMU fd {fd} -> {}", p.display()),
-            Err(e) => println!("nested: QEMU fd {fd}: {e}"),
+/// QEMU's open files: a kernel device file (not a node of the daemon) and each of `expected`.
+fn files(r: &mut Report, pid: u32, expected: &[String]) {
+    let dir = format!("/proc/{pid}/fd");
+    let mut open = Vec::new();
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        if let Ok(p) = std::fs::read_link(e.path()) {
+            let p = p.to_string_lossy().into_owned();
+            if !p.starts_with("anon_inode:[eventfd]") && !p.starts_with("socket:") {
+                println!("nested: QEMU fd {} -> {p}", e.file_name().to_string_lossy());
+            }
+            open.push(p);
         }
     }
-    r.check("nested-qemu-kernel-device-fd", {
-        match std::fs::read_link(format!("/proc/{pid}/fd/4")) {
-            Ok(p) if p.as_os_str() == "anon_inode:[vfio-device]" => Ok(()),
-            Ok(p) => Err(format!("QEMU's fd 4 is {}", p.display())),
-            Err(e) => Err(format!("/proc/{pid}/fd/4: {e}")),
+    let has = |want: &str| {
+        if open.iter().any(|p| p == want) {
+            Ok(())
+        } else {
+            Err(format!("no fd of QEMU is {want}"))
         }
-    });
+    };
+    r.check(
+        "nested-qemu-kernel-device-fd",
+        has("anon_inode:[vfio-device]"),
+    );
+    for (i, want) in expected.iter().enumerate() {
+        r.check(&format!("nested-qemu-fd-{i}"), has(want));
+    }
 }
 
 /// QEMU's mappings of the device file (BAR0 mmapped by QEMU's vfio-pci, no FUSE in the way).

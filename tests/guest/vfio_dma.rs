@@ -131,6 +131,7 @@ fn main() -> ExitCode {
             "native"
         }
         Cmd::NestedQemu(a) => {
+            r.rename = Some(("nested-".into(), format!("{}-", a.label)));
             nested::nested(&mut r, a);
             "nested-qemu"
         }

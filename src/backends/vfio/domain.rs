@@ -151,6 +151,13 @@ impl VfioDomain {
         }
     }
 
+    /// `container` lost its IOMMU (its last group left it, which dropped every mapping in the
+    /// kernel): it stops mirroring this domain, with nothing left to unmap.
+    pub fn forget(&self, container: &Arc<dyn Container>) {
+        let mut st = self.state.lock().unwrap();
+        st.members.retain(|m| !Arc::ptr_eq(&m.0, container));
+    }
+
     /// Containers mirroring this domain now.
     pub fn members(&self) -> usize {
         self.state.lock().unwrap().members.len()

@@ -278,14 +278,10 @@ fn open_group(sysfs: &Path, bdf: &str, n: u32) -> Result<Group, String> {
             }
         ));
     }
-    let container = sys::open_container()
-        .map_err(|e| format!("--vfio {bdf}: /dev/vfio/vfio has no type1 v2 IOMMU ({e})"))?;
-    sys::group_set_container(file.as_fd(), container.as_fd())
-        .map_err(|e| format!("--vfio {bdf}: VFIO_GROUP_SET_CONTAINER: {e}"))?;
-    sys::set_type1v2(container.as_fd())
-        .map_err(|e| format!("--vfio {bdf}: VFIO_SET_IOMMU(type1 v2): {e}"))?;
-    let info = sys::container_info(container.as_fd())
-        .map_err(|e| format!("--vfio {bdf}: VFIO_IOMMU_GET_INFO: {e}"))?;
+    let (container, info) = contain(file.as_fd()).map_err(|(step, e)| match step {
+        ContainStep::Open => format!("--vfio {bdf}: /dev/vfio/vfio has no type1 v2 IOMMU ({e})"),
+        step => format!("--vfio {bdf}: {}: {e}", step.ioctl()),
+    })?;
     tracing::info!(
         bdf,
         group = n,
@@ -294,14 +290,112 @@ fn open_group(sysfs: &Path, bdf: &str, n: u32) -> Result<Group, String> {
         dma_avail = ?info.dma_avail,
         "IOMMU group in a type1 v2 container"
     );
-    Ok(Group {
-        number: n,
-        _file: file,
-        container: Arc::new(KernelContainer::new(container)),
-        geometry: Geometry::from_info(&info),
-        attached: Default::default(),
-        owner: Default::default(),
-    })
+    Ok(Group::new(n, file, container, &info))
+}
+
+/// The step of [`contain`] that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ContainStep {
+    Open,
+    SetContainer,
+    SetIommu,
+    GetInfo,
+}
+
+impl ContainStep {
+    fn ioctl(self) -> &'static str {
+        match self {
+            Self::Open => "open(/dev/vfio/vfio)",
+            Self::SetContainer => "VFIO_GROUP_SET_CONTAINER",
+            Self::SetIommu => "VFIO_SET_IOMMU(type1 v2)",
+            Self::GetInfo => "VFIO_IOMMU_GET_INFO",
+        }
+    }
+}
+
+/// Puts `group` in a new kernel container set to type1 v2; the container and its info. On
+/// failure the group is left out of any container.
+fn contain(group: BorrowedFd<'_>) -> Result<(OwnedFd, sys::Type1Info), (ContainStep, Errno)> {
+    let container = sys::open_container().map_err(|e| (ContainStep::Open, e))?;
+    sys::group_set_container(group, container.as_fd())
+        .map_err(|e| (ContainStep::SetContainer, e))?;
+    let ready = sys::set_type1v2(container.as_fd())
+        .map_err(|e| (ContainStep::SetIommu, e))
+        .and_then(|()| {
+            sys::container_info(container.as_fd()).map_err(|e| (ContainStep::GetInfo, e))
+        });
+    match ready {
+        Ok(info) => Ok((container, info)),
+        Err(e) => {
+            let _ = sys::group_unset_container(group);
+            Err(e)
+        }
+    }
+}
+
+impl Group {
+    fn new(number: u32, file: OwnedFd, container: OwnedFd, info: &sys::Type1Info) -> Self {
+        Group {
+            number,
+            _file: file,
+            container: Arc::new(KernelContainer::new(container)),
+            geometry: Geometry::from_info(info),
+            attached: Default::default(),
+            owner: Default::default(),
+        }
+    }
+
+    /// A group file a program opened itself (the legacy container path under `uiommufd
+    /// launch`), put in a container of the daemon's: the kernel's errno when it refuses (EINVAL
+    /// when the group is already in a container, EPERM when it is not viable, ...).
+    pub fn adopt(file: OwnedFd) -> Result<Group, Errno> {
+        let number = group_number(file.as_fd())?;
+        let (container, info) = contain(file.as_fd()).map_err(|(step, e)| {
+            tracing::debug!(group = number, step = step.ioctl(), %e, "cannot take a program's group");
+            e
+        })?;
+        tracing::info!(
+            group = number,
+            pgsizes = format_args!("{:#x}", info.pgsizes),
+            ranges = ?info.ranges,
+            "a program's IOMMU group in a type1 v2 container"
+        );
+        Ok(Group::new(number, file, container, &info))
+    }
+
+    /// Takes the group out of its container (VFIO_GROUP_UNSET_CONTAINER): EBUSY while a device
+    /// fd of it is open. The kernel then drops the container's IOMMU and every mapping in it.
+    pub fn unset_container(&self) -> Result<(), Errno> {
+        sys::group_unset_container(group_fd(self))
+    }
+
+    /// The group file, to compare with a program's.
+    pub fn file(&self) -> BorrowedFd<'_> {
+        group_fd(self)
+    }
+}
+
+/// The number of the VFIO group `file` is open on (a character device of the kernel's `vfio`
+/// class, whose device name is the group number); EBADF for any other file. Asked of the device
+/// number, not the path: a program in a chroot opened it under another name.
+pub fn group_number(file: BorrowedFd<'_>) -> Result<u32, Errno> {
+    let st = nix::sys::stat::fstat(file)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR {
+        return Err(Errno::EBADF);
+    }
+    let (major, minor) = (libc::major(st.st_rdev), libc::minor(st.st_rdev));
+    let class_dev =
+        std::fs::read_link(format!("/sys/dev/char/{major}:{minor}")).map_err(|_| Errno::EBADF)?;
+    group_of_class_device(&class_dev).ok_or(Errno::EBADF)
+}
+
+/// `.../vfio/<n>` → n (a `noiommu-<n>` group, or any other class, is not one of ours).
+fn group_of_class_device(path: &Path) -> Option<u32> {
+    let class = path.parent()?.file_name()?;
+    if class != "vfio" {
+        return None;
+    }
+    path.file_name()?.to_str()?.parse().ok()
 }
 
 /// IOMMU_GET_HW_INFO's answer for a device: the data type, its bytes and the capabilities.
@@ -346,6 +440,20 @@ mod tests {
         ] {
             assert!(parse_bdf(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn group_numbers_come_from_the_vfio_class() {
+        let g = |p: &str| group_of_class_device(Path::new(p));
+        assert_eq!(g("../../devices/virtual/vfio/12"), Some(12));
+        assert_eq!(g("../../devices/virtual/vfio/noiommu-3"), None);
+        assert_eq!(g("../../devices/virtual/misc/vfio"), None);
+        assert_eq!(g("../../devices/virtual/mem/null"), None);
+        // Not a character device of that class at all.
+        let null = std::fs::File::open("/dev/null").unwrap();
+        assert_eq!(group_number(null.as_fd()), Err(Errno::EBADF));
+        let dir = std::fs::File::open("/").unwrap();
+        assert_eq!(group_number(dir.as_fd()), Err(Errno::EBADF));
     }
 
     #[test]

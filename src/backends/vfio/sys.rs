@@ -110,6 +110,12 @@ pub fn group_set_container(group: BorrowedFd<'_>, container: BorrowedFd<'_>) -> 
     Ok(())
 }
 
+/// VFIO_GROUP_UNSET_CONTAINER: EBUSY while a device fd of the group is open.
+pub fn group_unset_container(group: BorrowedFd<'_>) -> Result<(), Errno> {
+    ioctl_int(group, VFIO_GROUP_UNSET_CONTAINER, 0)?;
+    Ok(())
+}
+
 /// VFIO_SET_IOMMU(VFIO_TYPE1v2_IOMMU), once a group is in the container.
 pub fn set_type1v2(container: BorrowedFd<'_>) -> Result<(), Errno> {
     ioctl_int(
