@@ -202,6 +202,30 @@ if mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose host
     -accel tcg,tb-size=32 -M q35 -m 64M -nodefaults -display none \
     -object memory-backend-memfd,id=m0,size=64M,share=on -machine memory-backend=m0,aux-ram-share=on \
     -device vfio-pci,host=0000:00:06.0,bus=pcie.0,addr=05.0
+  # Without the launcher: QEMU uses the daemon's device node itself (regions by pread/pwrite
+  # through FUSE, no mmap; TCG only, KVM refuses a file that is not the kernel's).
+  client nested-qemu --label node --via-node --socket /host/tmp/qtest-node.sock --daemon-pid \$DPID --timeout 150 \
+    --fd 3=/dev/iommu --fd 4=/run/uiommufd/vfio/devices/0000:00:04.0 \
+    --expect-fd /run/uiommufd/vfio/devices/0000:00:04.0 -- \
+    chroot /host $NESTED_QEMU -S -qtest unix:/tmp/qtest-node.sock -qtest-log /dev/null \
+    -accel tcg,tb-size=32 -M q35 -m 64M -nodefaults -display none \
+    -object memory-backend-memfd,id=m0,size=64M,share=on -machine memory-backend=m0,aux-ram-share=on \
+    -object iommufd,id=i0,fd=3 -device vfio-pci,fd=4,iommufd=i0,bus=pcie.0,addr=05.0
+  # A QEMU without shared RAM: it stops with the private-memory refusal as its error, the daemon's
+  # log names the fix, and the device is free for the next user (the bench below binds it).
+  timeout -s KILL 120 /bin/uiommufd launch -- chroot /host $NESTED_QEMU -S -accel tcg,tb-size=32 \
+    -M q35 -m 64M -nodefaults -display none \
+    -object iommufd,id=i0,fd=3 -device vfio-pci,fd=4,iommufd=i0,bus=pcie.0,addr=05.0 \
+    3<>/dev/iommu 4<>/run/uiommufd/vfio/devices/0000:00:04.0 >/tmp/private-qemu.log 2>&1
+  rc=\$?
+  sed 's/^/PRIVATE-QEMU: /' /tmp/private-qemu.log
+  if [ \$rc -ne 0 ] && [ \$rc -ne 137 ] && grep -q "Operation not supported" /tmp/private-qemu.log; then
+    check private-ram-qemu-error ok
+  else
+    check private-ram-qemu-error fail "QEMU exit \$rc without the refusal"
+  fi
+  if grep -q "private memory cannot reach a real device" /tmp/daemon.log; then check private-ram-daemon-hint ok
+  else check private-ram-daemon-hint fail "no hint in the daemon's log"; fi
   umount /host/tmp /host/sys /host/proc /host/dev 2>/dev/null
   umount /host || say "umount /host failed"
 else

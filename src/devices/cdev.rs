@@ -77,6 +77,7 @@ impl CdevBinding {
             return Err(Errno::EINVAL);
         }
         if self.binding.lock().unwrap().is_some() {
+            tracing::debug!(device = self.name, "bind: already bound");
             return Err(Errno::EINVAL);
         }
         // Resolve with no lock held: the query is an ioctl to ourselves, and the fd may well be a
@@ -84,9 +85,12 @@ impl CdevBinding {
         let iommufd = mem.get_fd(bind.iommufd)?;
         let ctx = self.resolver.resolve(iommufd.as_fd());
         crate::dispatch::daemon::context_query::close_dup(iommufd);
-        let ctx = ctx?;
+        let ctx = ctx.inspect_err(|e| {
+            tracing::debug!(device = self.name, %e, "bind: the iommufd names no context of ours")
+        })?;
         let mut slot = self.binding.lock().unwrap();
         if slot.is_some() {
+            tracing::debug!(device = self.name, "bind: bound meanwhile");
             return Err(Errno::EINVAL);
         }
         let (dev_id, device) = Device::bind(&ctx, backend(&ctx)?)?;
