@@ -500,7 +500,7 @@ fn fd_taking_calls_naming_other_node_files() {
 }
 
 fn main() {
-    if !users::require(
+    if !support::require(
         "root, to create test users and drop to them",
         users::can_switch_users(),
     ) {
