@@ -124,15 +124,18 @@ impl DaemonProcess {
         serde_json::from_str(&text).expect("status is JSON")
     }
 
-    /// Waits until the status reports `objects` objects and no pinned pages.
+    /// Waits until the status reports no contexts, objects or pinned pages; returns it (or the
+    /// last one read after 10 s, for the caller's assertion to show).
     pub fn wait_idle(&self) -> serde_json::Value {
+        self.wait_status(|s| s["objects"] == 0 && s["pinned_pages"] == 0 && s["contexts"] == 0)
+    }
+
+    /// Waits until `done` holds for the status; returns it (or the last one read after 10 s).
+    pub fn wait_status(&self, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let s = self.status();
-            if s["objects"] == 0 && s["pinned_pages"] == 0 && s["contexts"] == 0 {
-                return s;
-            }
-            if Instant::now() > deadline {
+            if done(&s) || Instant::now() > deadline {
                 return s;
             }
             std::thread::sleep(Duration::from_millis(20));
