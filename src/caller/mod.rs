@@ -11,6 +11,8 @@
 //! is held). Memory reached *after* the request (an area's pages) goes through a
 //! [`ProcessHandle`] bound during the request, never through a pid number (see [`identity`]).
 
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod identity;
 mod process;
 pub mod shared;

@@ -192,35 +192,14 @@ pub trait ViommuDriver: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::OwnedFd;
-
-    /// Caller memory of `len` bytes at address 0x1000.
-    struct Buf(Vec<u8>);
-
-    impl CallerMemory for Buf {
-        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-            let at = addr.checked_sub(0x1000).ok_or(Errno::EFAULT)? as usize;
-            let src = self.0.get(at..at + buf.len()).ok_or(Errno::EFAULT)?;
-            buf.copy_from_slice(src);
-            Ok(())
-        }
-        fn write(&self, _addr: u64, _buf: &[u8]) -> Result<(), Errno> {
-            Err(Errno::EFAULT)
-        }
-        fn pid(&self) -> i32 {
-            0
-        }
-        fn get_fd(&self, _fd: i32) -> Result<OwnedFd, Errno> {
-            Err(Errno::EBADF)
-        }
-    }
+    use crate::caller::fake::FakeMemory;
 
     #[test]
     fn user_data_reads_like_iommu_copy_struct() {
         let mut b = vec![0u8; 32];
         b[..8].copy_from_slice(&0x1122_3344_5566_7788u64.to_ne_bytes());
         b[12] = 1;
-        let m = Buf(b);
+        let m = FakeMemory::with_bytes(0x1000, &b);
         let d = |len| UserData::new(&m, 7, 0x1000, len);
         assert_eq!(d(8).read::<u64>(4), Ok(0x1122_3344_5566_7788));
         assert_eq!(d(4).read::<u64>(4), Ok(0x5566_7788));
@@ -238,7 +217,7 @@ mod tests {
         let mut b = vec![0u8; 32];
         b[8] = 5;
         b[14] = 1;
-        let m = Buf(b);
+        let m = FakeMemory::with_bytes(0x1000, &b);
         let a = UserArray::new(&m, 1, 0x1000, 8, 4);
         assert_eq!(a.entry::<u32>(2, 4), Err(Errno::EINVAL));
         assert_eq!(a.entry::<u64>(1, 4), Ok(5 | 1 << 48));
