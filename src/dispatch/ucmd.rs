@@ -1,7 +1,7 @@
 //! One ioctl call in flight: the caller's struct copied in under the extensible-struct rule, and
 //! the copy back of what the caller's `size` covers.
 
-use crate::caller::CallerMemory;
+use crate::caller::{copy_struct_from_caller, CallerMemory};
 use crate::objects::Context;
 use nix::errno::Errno;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -28,13 +28,8 @@ impl<'a> Ucmd<'a> {
         user_size: u32,
         kernel_size: usize,
     ) -> Result<Self, Errno> {
-        let user = user_size as usize;
         let mut buf = vec![0u8; kernel_size];
-        let n = user.min(kernel_size);
-        mem.read(arg, &mut buf[..n])?;
-        if user > kernel_size {
-            check_zeroed(mem, arg + kernel_size as u64, (user - kernel_size) as u64)?;
-        }
+        copy_struct_from_caller(mem, arg, user_size as usize, &mut buf)?;
         Ok(Self {
             ctx,
             mem,
@@ -58,9 +53,6 @@ impl<'a> Ucmd<'a> {
         self.mem.write(self.arg, &bytes[..n])
     }
 }
-
-/// Checks that `len` bytes of caller memory at `addr` are all zero (E2BIG otherwise).
-pub use crate::objects::driver::check_zeroed;
 
 #[cfg(test)]
 mod tests {

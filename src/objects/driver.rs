@@ -14,21 +14,6 @@ use std::collections::BTreeMap;
 use std::mem::size_of;
 use zerocopy::{FromBytes, IntoBytes};
 
-/// Checks that `len` bytes of caller memory at `addr` are all zero (E2BIG otherwise).
-pub fn check_zeroed(mem: &dyn CallerMemory, addr: u64, len: u64) -> Result<(), Errno> {
-    let mut chunk = vec![0u8; len.min(4096) as usize];
-    let mut done = 0u64;
-    while done < len {
-        let n = (len - done).min(chunk.len() as u64) as usize;
-        mem.read(addr + done, &mut chunk[..n])?;
-        if chunk[..n].iter().any(|&b| b != 0) {
-            return Err(Errno::E2BIG);
-        }
-        done += n as u64;
-    }
-    Ok(())
-}
-
 /// Reads `len` bytes at `addr` into a zeroed `T` the way copy_struct_from_user does: shorter is
 /// zero-extended, bytes beyond `T` must be zero (E2BIG).
 fn read_zero_tail<T: FromBytes + IntoBytes>(
@@ -37,15 +22,7 @@ fn read_zero_tail<T: FromBytes + IntoBytes>(
     len: usize,
 ) -> Result<T, Errno> {
     let mut v = T::new_zeroed();
-    let n = len.min(size_of::<T>());
-    mem.read(addr, &mut v.as_mut_bytes()[..n])?;
-    if len > size_of::<T>() {
-        check_zeroed(
-            mem,
-            addr + size_of::<T>() as u64,
-            (len - size_of::<T>()) as u64,
-        )?;
-    }
+    crate::caller::copy_struct_from_caller(mem, addr, len, v.as_mut_bytes())?;
     Ok(v)
 }
 
