@@ -353,8 +353,9 @@ fn close_in_any_order_and_rebind_elsewhere() {
     attach(&dev, ioas).expect("ATTACH");
     ioas_map_at(&iommu, ioas, buf.addr(), 4 * 4096, IOVA, true).unwrap();
     drop(iommu);
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let st = d.status();
+    // The daemon has the release of the iommufd (FUSE sends it after close returns); the context
+    // stays for the device.
+    let st = d.wait_status(|st| st["context_detail"][0]["file_open"] == false);
     assert_eq!(st["contexts"], 1, "{st}");
     wr32(&dev, CONFIG + 0x04, 0x5);
     assert_eq!(copy(&dev, IOVA, IOVA + 0x1000, 16), STATUS_DONE);
@@ -378,9 +379,10 @@ fn close_in_any_order_and_rebind_elsewhere() {
     assert_eq!(copy(&dev, IOVA, IOVA + 0x2000, 16), STATUS_DONE);
     assert_eq!(&buf.bytes()[0x2000..0x2010], b"hello, dmacopy!!");
     drop(dev);
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let st = d.status();
+    // The device's release unbinds it: its object and the automatic HWPT go, the IOAS stays.
+    let st = d.wait_status(|st| st["objects"] == 1);
     assert_eq!(st["objects"], 1, "only the IOAS is left: {st}");
+    assert_eq!(st["context_detail"][0]["file_open"], true, "{st}");
     drop(iommu);
     let st = d.wait_idle();
     assert_eq!(

@@ -266,31 +266,14 @@ fn client() {
 /// The test user's (uid, gid), created if missing. None (test skipped) without root, except under
 /// CI where a missing prerequisite fails.
 fn test_user() -> Option<(u32, u32)> {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(!ci, "needs root under CI");
-        eprintln!("skipped: needs root");
+    if !support::require(
+        "root, to create the test user",
+        support::users::can_switch_users(),
+    ) {
         return None;
     }
-    let lookup = || nix::unistd::User::from_name(USER).ok().flatten();
-    if lookup().is_none() {
-        let st = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                USER,
-            ])
-            .status();
-        assert!(
-            st.as_ref().is_ok_and(|s| s.success()) || lookup().is_some(),
-            "useradd {USER}: {st:?}"
-        );
-    }
-    let u = lookup().expect("test user");
-    Some((u.uid.as_raw(), u.gid.as_raw()))
+    let u = support::users::test_user(USER).unwrap_or_else(|| panic!("test user {USER}"));
+    Some((u.uid, u.gid))
 }
 
 struct Client {

@@ -44,8 +44,8 @@ const SCRIBBLE: u8 = 0xee;
 /// setpriv); under `CI=true` a missing prerequisite fails instead of skipping.
 fn prerequisites() -> bool {
     let setpriv = Command::new("setpriv").arg("--version").output().is_ok();
-    support::users::require("root", support::users::can_switch_users())
-        && support::users::require("setpriv", setpriv)
+    support::require("root", support::users::can_switch_users())
+        && support::require("setpriv", setpriv)
 }
 
 /// (uid, gid) of test user `name`, created if missing.

@@ -327,11 +327,9 @@ fn sigkilled_client_leaves_nothing_behind() {
 
 /// Run only as the child of `sigkilled_client_leaves_nothing_behind`.
 #[test]
-#[ignore]
+#[ignore = "a client role: run by sigkilled_client_leaves_nothing_behind"]
 fn client_role_hold_objects() {
-    let Ok(node) = std::env::var("UIOMMUFD_NODE") else {
-        return;
-    };
+    let node = std::env::var("UIOMMUFD_NODE").expect("runs only as the child of its test");
     let f = support::open_node(std::path::Path::new(&node));
     let a = ioas_alloc(&f);
     let _b = ioas_alloc(&f);

@@ -1,11 +1,16 @@
 //! `uiommufd launch`: real processes under the seccomp supervisor.
 //!
-//! The probes re-execute this test binary under the launcher (`probe` below, selected with
-//! UIOMMUFD_LAUNCH_PROBE) so the intercepted ioctls come from a known program. Each probe exits
-//! with the errno its ioctl got (0 on success, PROBE_BAD when something else went wrong).
+//! The probes re-execute this test binary under the launcher (`probe` below, an ignored test run
+//! by name with UIOMMUFD_LAUNCH_PROBE set) so the intercepted ioctls come from a known program.
+//! Each probe exits with the errno its ioctl got (0 on success, PROBE_BAD when something else went
+//! wrong).
+
+mod support;
 
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 use uiommufd_uapi::selftest::{
     iommu_test_cmd, iommu_test_cmd_create_access, IOMMU_TEST_CMD, IOMMU_TEST_OP_ADD_RESERVED,
     IOMMU_TEST_OP_CREATE_ACCESS,
@@ -13,6 +18,14 @@ use uiommufd_uapi::selftest::{
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 const PROBE_ENV: &str = "UIOMMUFD_LAUNCH_PROBE";
+/// The test binary's arguments that run `probe` alone.
+const PROBE_ARGS: [&str; 5] = [
+    "probe",
+    "--exact",
+    "--ignored",
+    "--nocapture",
+    "--test-threads=1",
+];
 const PROBE_BAD: i32 = 99;
 const SENTINEL: u32 = 0xfeed_f00d;
 
@@ -58,12 +71,41 @@ fn sigterm_to_the_launcher_reaches_the_command() {
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
-    // Give the launcher time to block its signals and spawn sleep.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The launcher blocks the signals it forwards before it spawns the command: once its child
+    // runs `sleep`, a SIGTERM to the launcher is forwarded, never lost.
+    wait_for_child_running(child.id(), "sleep");
     // SAFETY: kill() on our own child's pid has no memory-safety impact.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let st = child.wait().unwrap();
     assert_eq!(st.code(), Some(128 + libc::SIGTERM));
+}
+
+/// Waits until process `parent` has a child that runs `program` (spawned and exec'd).
+fn wait_for_child_running(parent: u32, program: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !has_child_running(parent, program) {
+        assert!(
+            Instant::now() < deadline,
+            "process {parent} never ran {program}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether some process whose parent is `parent` has the command name `program`.
+fn has_child_running(parent: u32, program: &str) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split at the last ')'.
+        let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            return false;
+        };
+        let ppid = stat[close + 1..].split_whitespace().nth(1);
+        &stat[open + 1..close] == program && ppid == Some(parent.to_string().as_str())
+    })
 }
 
 /// Runs this test binary's `probe` under the launcher; returns (exit code, launcher's stderr).
@@ -72,7 +114,7 @@ fn run_probe(scenario: &str) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_uiommufd"))
         .arg("launch")
         .arg(&exe)
-        .args(["--exact", "probe", "--nocapture", "--test-threads=1"])
+        .args(PROBE_ARGS)
         .env(PROBE_ENV, scenario)
         .env("RUST_LOG", "uiommufd::launch=debug")
         .env("NO_COLOR", "1")
@@ -262,11 +304,11 @@ fn scenario(name: &str) -> i32 {
     }
 }
 
+/// Run only by [`run_probe`] (and the unprivileged test), never as a test of its own.
 #[test]
+#[ignore = "a probe role: run by the launcher tests with UIOMMUFD_LAUNCH_PROBE set"]
 fn probe() {
-    let Ok(name) = std::env::var(PROBE_ENV) else {
-        return;
-    };
+    let name = std::env::var(PROBE_ENV).expect("probe runs only under the launcher tests");
     std::process::exit(scenario(&name));
 }
 
@@ -274,32 +316,45 @@ fn probe() {
 fn unprivileged_launcher_still_works() {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    if !root || Command::new("setpriv").arg("--version").output().is_err() {
-        eprintln!("skipped: needs root and setpriv to drop to an unprivileged user");
+    if !support::require("root, to drop to an unprivileged user", root) {
         return;
     }
-    let exe = std::env::current_exe().unwrap();
+    let Some(setpriv) = support::require_program("setpriv", "util-linux") else {
+        return;
+    };
+    // Copies of the launcher and of this binary where the unprivileged user may run them, wherever
+    // the build directory is (a checkout under /root is closed to other users).
+    let dir = support::TempDir::new("launch-nobody");
+    let launcher = world_executable_copy(Path::new(env!("CARGO_BIN_EXE_uiommufd")), &dir.0);
+    let exe = world_executable_copy(&std::env::current_exe().unwrap(), &dir.0);
     for (scenario, want) in [("other_op", libc::ENOTTY), ("create_access", libc::ENOTTY)] {
-        let out = Command::new("setpriv")
+        let out = Command::new(&setpriv)
             .args([
                 "--reuid=65534",
                 "--regid=65534",
                 "--clear-groups",
                 "--inh-caps=-all",
             ])
-            .arg(env!("CARGO_BIN_EXE_uiommufd"))
+            .arg(&launcher)
             .arg("launch")
             .arg(&exe)
-            .args(["--exact", "probe", "--test-threads=1"])
+            .args(PROBE_ARGS)
             .env(PROBE_ENV, scenario)
             .env("RUST_LOG", "warn")
             .output()
             .unwrap();
         let log = String::from_utf8_lossy(&out.stderr);
-        if out.status.code() == Some(126) {
-            eprintln!("skipped: the unprivileged user cannot execute the test binary: {log}");
-            return;
-        }
         assert_eq!(out.status.code(), Some(want), "{scenario}: {log}");
     }
+}
+
+/// A copy of `exe` in `dir` (a directory of the temporary directory), both open to every user.
+fn world_executable_copy(exe: &Path, dir: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let open = || std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(dir, open()).unwrap();
+    let copy = dir.join(exe.file_name().unwrap());
+    std::fs::copy(exe, &copy).unwrap();
+    std::fs::set_permissions(&copy, open()).unwrap();
+    copy
 }

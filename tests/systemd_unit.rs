@@ -2,6 +2,8 @@
 //! the properties the daemon depends on (readiness by sd_notify, no mount namespace that would
 //! hide the FUSE mount from clients, the device nodes it opens allowed).
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -80,17 +82,10 @@ fn unit_keeps_what_the_daemon_needs() {
 
 #[test]
 fn systemd_analyze_verifies_the_unit() {
-    let analyze = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("systemd-analyze"))
-            .find(|c| c.is_file())
-    });
-    let Some(analyze) = analyze else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "systemd-analyze missing on CI (scripts/ci-install.sh installs the systemd package)"
-        );
-        eprintln!("SKIP: no systemd-analyze here (apt-get install systemd)");
+    let Some(analyze) = support::require_program(
+        "systemd-analyze",
+        "scripts/ci-install.sh installs the systemd package",
+    ) else {
         return;
     };
     // The unit as shipped, except that ExecStart names the binary built here: verify checks that

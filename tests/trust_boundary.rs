@@ -245,11 +245,8 @@ fn a_stalled_client_stalls_nobody_else() {
     assert_eq!(r, Some(0));
     assert!(t.elapsed() < Duration::from_secs(10));
     // Its release went through too: only the stalled client's context is left.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.status()["contexts"] != 1 {
-        assert!(Instant::now() < deadline, "status {}", d.status());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let s = d.wait_status(|s| s["contexts"] == 1);
+    assert_eq!(s["contexts"], 1, "{s}");
     let t = Instant::now();
     d.stop();
     assert!(
@@ -500,7 +497,7 @@ fn fd_taking_calls_naming_other_node_files() {
 }
 
 fn main() {
-    if !users::require(
+    if !support::require(
         "root, to create test users and drop to them",
         users::can_switch_users(),
     ) {

@@ -224,16 +224,7 @@ pub fn read_ext_struct(
     if argsz < minsz {
         return Err(Errno::EINVAL);
     }
-    let n = argsz.min(out.len());
-    mem.read(arg, &mut out[..n])?;
-    if argsz > out.len() {
-        crate::dispatch::ucmd::check_zeroed(
-            mem,
-            arg + out.len() as u64,
-            (argsz - out.len()) as u64,
-        )?;
-    }
-    Ok(())
+    crate::caller::copy_struct_from_caller(mem, arg, argsz, out)
 }
 
 /// Reads the first `minsz` bytes of an argsz struct (the fields vfio-pci reads); EINVAL when its

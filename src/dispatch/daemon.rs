@@ -182,9 +182,19 @@ impl Drop for ContextHold {
 
 /// A context as the daemon finds it: alive while anything holds it (its file, holds, in-process
 /// users of [`Daemon::new_context`]); its lifetime only when it was opened through a file.
+#[derive(Clone)]
 pub(super) struct Registered {
     pub(super) ctx: Weak<Context>,
     life: Weak<Lifetime>,
+}
+
+impl Registered {
+    /// Whether the context's own file is still open; None for a context opened without a file.
+    pub(super) fn file_open(&self) -> Option<bool> {
+        let life = self.life.upgrade()?;
+        let st = life.state.lock().unwrap_or_else(|p| p.into_inner());
+        Some(st.0)
+    }
 }
 
 /// State shared by every open file.

@@ -6,36 +6,44 @@ use crate::objects::Context;
 use std::sync::Arc;
 
 impl Daemon {
-    /// A human- and machine-readable snapshot: contexts (owner, objects per type), pinned pages
-    /// (in all, and charged to each owning user in user accounting mode), the daemon's mappings
-    /// of clients' memory, devices. The FUSE `status` file and the control socket
-    /// (`uiommufd status`) serve it.
+    /// A human- and machine-readable snapshot: contexts (owner, objects per type, whether the
+    /// context's file is still open), pinned pages (in all, and charged to each owning user in
+    /// user accounting mode), the daemon's mappings of clients' memory, devices. The FUSE `status`
+    /// file and the control socket (`uiommufd status`) serve it.
     pub fn status_json(&self) -> String {
-        let mut contexts: Vec<Arc<Context>> = self
+        // Copied out first: a context's file state has its own lock, not taken under this one.
+        let registered: Vec<_> = self
             .contexts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter_map(|r| r.ctx.upgrade())
+            .cloned()
             .collect();
-        contexts.sort_by_key(|c| c.id);
-        let objects: usize = contexts.iter().map(|c| c.num_objects()).sum();
+        // Each live context, with whether its file is still open (a bound device or an object
+        // fd keeps a context alive after its file is closed).
+        let mut contexts: Vec<(Arc<Context>, Option<bool>)> = registered
+            .iter()
+            .filter_map(|r| Some((r.ctx.upgrade()?, r.file_open())))
+            .collect();
+        contexts.sort_by_key(|(c, _)| c.id);
+        let objects: usize = contexts.iter().map(|(c, _)| c.num_objects()).sum();
         let detail: Vec<serde_json::Value> = contexts
             .iter()
-            .map(|c| {
+            .map(|(c, file_open)| {
                 let (pid, command) = c.opener().unzip();
                 serde_json::json!({
                     "id": c.id,
                     "uid": c.owner_uid(),
                     "pid": pid,
                     "command": command,
+                    "file_open": file_open,
                     "objects": c.object_counts(),
                     "ioas": ioas_status(c),
                 })
             })
             .collect();
         let uids: std::collections::BTreeSet<u32> =
-            contexts.iter().filter_map(|c| c.owner_uid()).collect();
+            contexts.iter().filter_map(|(c, _)| c.owner_uid()).collect();
         let per_user: serde_json::Map<String, serde_json::Value> = uids
             .into_iter()
             .map(|u| (u.to_string(), accounting::charged_to_user(u).into()))

@@ -203,3 +203,218 @@ pub fn execute(
             .map_err(|e| (Some(op.name), e)),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::caller::fake::FakeMemory;
+    use uiommufd_uapi::vfio::VFIO_GET_API_VERSION;
+
+    const ARG: u64 = 0x20_0000;
+
+    /// (command, struct size, minimum size) of Linux 7.2's table (drivers/iommu/iommufd/main.c):
+    /// the minimum is the end of the `_last` field its IOCTL_OP names, the numbers as a C compiler
+    /// lays the uAPI structs out.
+    const KERNEL: [(u32, usize, usize); 22] = [
+        (IOMMU_DESTROY, 8, 8),
+        (IOMMU_FAULT_QUEUE_ALLOC, 16, 16),
+        (IOMMU_GET_HW_INFO, 40, 32),
+        (IOMMU_HW_QUEUE_ALLOC, 40, 40),
+        (IOMMU_HWPT_ALLOC, 48, 24),
+        (IOMMU_HWPT_GET_DIRTY_BITMAP, 48, 48),
+        (IOMMU_HWPT_INVALIDATE, 32, 32),
+        (IOMMU_HWPT_SET_DIRTY_TRACKING, 16, 16),
+        (IOMMU_IOAS_ALLOC, 12, 12),
+        (IOMMU_IOAS_ALLOW_IOVAS, 24, 24),
+        (IOMMU_IOAS_CHANGE_PROCESS, 8, 8),
+        (IOMMU_IOAS_COPY, 40, 40),
+        (IOMMU_IOAS_IOVA_RANGES, 32, 32),
+        (IOMMU_IOAS_MAP, 40, 40),
+        (IOMMU_IOAS_MAP_FILE, 40, 40),
+        (IOMMU_IOAS_UNMAP, 24, 24),
+        (IOMMU_OPTION, 24, 24),
+        (IOMMU_VDEVICE_ALLOC, 24, 24),
+        (IOMMU_VEVENTQ_ALLOC, 32, 28),
+        (IOMMU_VFIO_IOAS, 12, 12),
+        (IOMMU_VIOMMU_ALLOC, 40, 24),
+        (IOMMU_TEST_CMD, 72, 68),
+    ];
+
+    /// A handler that checks what reaches it: the whole known struct, zero past the caller's size.
+    fn reached(u: &Ucmd) -> Result<(), Errno> {
+        let user = (u.user_size as usize).min(u.buf.len());
+        assert!(u.buf[user..].iter().all(|&b| b == 0), "zero-extended");
+        Ok(())
+    }
+
+    /// Every extension handler is [`reached`], the selftest command included.
+    fn probe_extensions() -> Extensions {
+        Extensions {
+            get_hw_info: reached,
+            hwpt_alloc: reached,
+            hwpt_set_dirty_tracking: reached,
+            hwpt_get_dirty_bitmap: reached,
+            hwpt_invalidate: reached,
+            ioas_change_process: reached,
+            viommu_alloc: reached,
+            vdevice_alloc: reached,
+            hw_queue_alloc: reached,
+            test_cmd: Some(reached),
+        }
+    }
+
+    fn ops(table: &[Option<Op>]) -> impl Iterator<Item = &Op> {
+        table.iter().flatten()
+    }
+
+    /// `execute` of `cmd` on a struct whose size word says `user_size`, followed by `rest`; the
+    /// caller's memory ends there.
+    fn run(table: &[Option<Op>], cmd: u32, user_size: u32, rest: &[u8]) -> Option<Outcome> {
+        let mem = FakeMemory::with_bytes(ARG, &[&user_size.to_ne_bytes()[..], rest].concat());
+        execute(table, &Context::new(), &mem, cmd, ARG)
+    }
+
+    #[test]
+    fn sizes_are_the_kernels() {
+        let table = build(&probe_extensions());
+        let ours: Vec<(u32, usize, usize)> = ops(&table)
+            .map(|op| (op.cmd, op.size, op.min_size))
+            .collect();
+        let mut kernel = KERNEL.to_vec();
+        kernel.sort_by_key(|&(cmd, ..)| cmd & 0xff);
+        assert_eq!(ours, kernel);
+        for op in ops(&table) {
+            assert!(op.name.starts_with("IOMMU_"), "{}", op.name);
+        }
+    }
+
+    #[test]
+    fn below_the_minimum_is_einval_before_anything_past_the_size_word_is_read() {
+        let table = build(&probe_extensions());
+        for op in ops(&table) {
+            let min = op.min_size as u32;
+            for short in [0, 4, min - 1] {
+                let got = run(&table, op.cmd, short, &[]);
+                assert!(
+                    matches!(got, Some(Err((Some(n), Errno::EINVAL))) if n == op.name),
+                    "{} size {short}",
+                    op.name
+                );
+            }
+            // At the minimum the struct is read: past the size word the caller's memory ends.
+            let got = run(&table, op.cmd, min, &[]);
+            assert!(
+                matches!(got, Some(Err((Some(_), Errno::EFAULT)))),
+                "{} size {min}",
+                op.name
+            );
+        }
+    }
+
+    #[test]
+    fn every_size_from_the_minimum_up_reaches_the_handler_zero_extended() {
+        let ext = probe_extensions();
+        let table = build(&ext);
+        let probed = [
+            IOMMU_GET_HW_INFO,
+            IOMMU_HWPT_ALLOC,
+            IOMMU_VIOMMU_ALLOC,
+            IOMMU_TEST_CMD,
+        ];
+        for op in ops(&table).filter(|op| probed.contains(&op.cmd)) {
+            // Non-zero bytes after the size word: the handler must see zeros past the caller's size.
+            let bytes: Vec<u8> = vec![0xa5; op.size + 8];
+            for size in [op.min_size, op.size - 1, op.size] {
+                let got = run(&table, op.cmd, size as u32, &bytes[4..size]);
+                assert!(
+                    matches!(got, Some(Ok(n)) if n == op.name),
+                    "{} size {size}",
+                    op.name
+                );
+            }
+            // Longer: the bytes past the known struct must be zero.
+            let mut long = bytes[4..op.size].to_vec();
+            long.extend([0; 8]);
+            let got = run(&table, op.cmd, op.size as u32 + 8, &long);
+            assert!(matches!(got, Some(Ok(_))), "{} zero tail", op.name);
+            *long.last_mut().unwrap() = 1;
+            let got = run(&table, op.cmd, op.size as u32 + 8, &long);
+            assert!(
+                matches!(got, Some(Err((Some(_), Errno::E2BIG)))),
+                "{} non-zero tail",
+                op.name
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_numbers_are_enotty_once_the_size_word_is_read() {
+        let table = build(&probe_extensions());
+        // A hole between the last command and IOMMU_TEST_CMD; IOMMU_DESTROY's number with other
+        // direction bits.
+        let hole = uiommufd_uapi::iommufd::io(IOMMUFD_TYPE, IOMMUFD_CMD_BASE + 0x1f);
+        let other_dir = IOMMU_DESTROY | 3 << 30;
+        for cmd in [hole, other_dir] {
+            // The size does not matter, not even a size below every minimum.
+            for size in [0, 8, 4096] {
+                let got = run(&table, cmd, size, &[0; 8]);
+                assert!(matches!(got, Some(Err((None, Errno::ENOTTY)))), "{cmd:#x}");
+            }
+            // The size word is read first, as the kernel's get_user.
+            let mem = FakeMemory::new(ARG, 2);
+            let got = execute(&table, &Context::new(), &mem, cmd, ARG);
+            assert!(matches!(got, Some(Err((None, Errno::EFAULT)))), "{cmd:#x}");
+        }
+    }
+
+    #[test]
+    fn numbers_outside_the_table_go_to_vfio_unread() {
+        // Without the selftest the table ends at the last iommufd command: the selftest's number
+        // is past it, as on a production kernel, where VFIO's handler answers it.
+        let table = build(&Extensions::default());
+        let nothing = FakeMemory::new(ARG, 0);
+        for cmd in [VFIO_GET_API_VERSION, IOMMU_TEST_CMD] {
+            assert!(
+                execute(&table, &Context::new(), &nothing, cmd, ARG).is_none(),
+                "{cmd:#x}"
+            );
+        }
+        assert!(ops(&table).all(|op| op.cmd != IOMMU_TEST_CMD));
+    }
+
+    #[test]
+    fn a_command_runs_under_the_rule_end_to_end() {
+        let table = build(&Extensions::default());
+        let ctx = Context::new();
+        let alloc = |mem: &FakeMemory| execute(&table, &ctx, mem, IOMMU_IOAS_ALLOC, ARG);
+        let size = size_of::<iommu_ioas_alloc>();
+        let id_at = ARG + offset_of!(iommu_ioas_alloc, out_ioas_id) as u64;
+        // A newer caller's longer struct with a zero tail: served, the tail left alone.
+        let mem = FakeMemory::new(ARG, size + 8);
+        mem.set(ARG, &(size as u32 + 8).to_ne_bytes());
+        assert!(matches!(alloc(&mem), Some(Ok("IOMMU_IOAS_ALLOC"))));
+        let id = u32::from_ne_bytes(mem.get(id_at, 4).try_into().unwrap());
+        assert_ne!(id, 0);
+        assert_eq!(mem.writes(), [(ARG, size)]);
+        assert_eq!(ctx.num_objects(), 1);
+        // A non-zero tail: refused before the handler, nothing made or written.
+        let mem = FakeMemory::new(ARG, size + 8);
+        mem.set(ARG, &(size as u32 + 8).to_ne_bytes());
+        mem.set(ARG + size as u64 + 7, &[1]);
+        assert!(matches!(
+            alloc(&mem),
+            Some(Err((Some("IOMMU_IOAS_ALLOC"), Errno::E2BIG)))
+        ));
+        assert!(mem.writes().is_empty());
+        assert_eq!(ctx.num_objects(), 1);
+        // IOMMU_DESTROY of it at exactly its minimum size.
+        let mem = FakeMemory::new(ARG, 8);
+        mem.set(ARG, &8u32.to_ne_bytes());
+        mem.set(ARG + 4, &id.to_ne_bytes());
+        assert!(matches!(
+            execute(&table, &ctx, &mem, IOMMU_DESTROY, ARG),
+            Some(Ok("IOMMU_DESTROY"))
+        ));
+        assert_eq!(ctx.num_objects(), 0);
+    }
+}

@@ -1,7 +1,7 @@
 //! One ioctl call in flight: the caller's struct copied in under the extensible-struct rule, and
 //! the copy back of what the caller's `size` covers.
 
-use crate::caller::CallerMemory;
+use crate::caller::{copy_struct_from_caller, CallerMemory};
 use crate::objects::Context;
 use nix::errno::Errno;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -28,13 +28,8 @@ impl<'a> Ucmd<'a> {
         user_size: u32,
         kernel_size: usize,
     ) -> Result<Self, Errno> {
-        let user = user_size as usize;
         let mut buf = vec![0u8; kernel_size];
-        let n = user.min(kernel_size);
-        mem.read(arg, &mut buf[..n])?;
-        if user > kernel_size {
-            check_zeroed(mem, arg + kernel_size as u64, (user - kernel_size) as u64)?;
-        }
+        copy_struct_from_caller(mem, arg, user_size as usize, &mut buf)?;
         Ok(Self {
             ctx,
             mem,
@@ -59,5 +54,118 @@ impl<'a> Ucmd<'a> {
     }
 }
 
-/// Checks that `len` bytes of caller memory at `addr` are all zero (E2BIG otherwise).
-pub use crate::objects::driver::check_zeroed;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::caller::fake::FakeMemory;
+
+    const ARG: u64 = 0x10_0000;
+    /// The size of the struct as this daemon knows it.
+    const KNOWN: usize = 16;
+
+    /// `len` non-zero bytes (1, 2, 3, …).
+    fn pattern(len: usize) -> Vec<u8> {
+        (1..=len).map(|i| i as u8).collect()
+    }
+
+    fn copy_in(mem: &FakeMemory, user_size: usize) -> Result<Vec<u8>, Errno> {
+        let ctx = Context::new();
+        Ucmd::copy_in(&ctx, mem, ARG, user_size as u32, KNOWN).map(|u| u.buf)
+    }
+
+    #[test]
+    fn a_shorter_struct_is_zero_extended_and_nothing_past_it_is_read() {
+        // Only the caller's 8 bytes exist: a read past them would fault.
+        let mem = FakeMemory::with_bytes(ARG, &pattern(8));
+        assert_eq!(copy_in(&mem, 8), Ok([pattern(8), vec![0; 8]].concat()));
+        assert_eq!(copy_in(&mem, 0), Ok(vec![0; KNOWN]));
+    }
+
+    #[test]
+    fn the_known_size_is_copied_whole() {
+        let mem = FakeMemory::with_bytes(ARG, &pattern(KNOWN));
+        assert_eq!(copy_in(&mem, KNOWN), Ok(pattern(KNOWN)));
+    }
+
+    #[test]
+    fn a_longer_struct_with_a_zero_tail_is_accepted() {
+        // A tail longer than the 4 KiB the check reads at a time.
+        let tail = 5000;
+        let mem = FakeMemory::new(ARG, KNOWN + tail);
+        mem.set(ARG, &pattern(KNOWN));
+        assert_eq!(copy_in(&mem, KNOWN + tail), Ok(pattern(KNOWN)));
+    }
+
+    #[test]
+    fn a_non_zero_byte_anywhere_in_the_tail_is_e2big() {
+        let tail = 5000;
+        for at in [0, 1, 4095, 4096, tail - 1] {
+            let mem = FakeMemory::new(ARG, KNOWN + tail);
+            mem.set(ARG, &pattern(KNOWN));
+            mem.set(ARG + (KNOWN + at) as u64, &[0x80]);
+            assert_eq!(copy_in(&mem, KNOWN + tail), Err(Errno::E2BIG), "byte {at}");
+        }
+    }
+
+    #[test]
+    fn unreadable_memory_is_efault() {
+        // The struct itself.
+        let mem = FakeMemory::with_bytes(ARG, &pattern(KNOWN)).with_hole(ARG + 8..ARG + 9);
+        assert_eq!(copy_in(&mem, KNOWN), Err(Errno::EFAULT));
+        assert_eq!(copy_in(&mem, 8), Ok([pattern(8), vec![0; 8]].concat()));
+        // A zero tail that runs past the caller's memory.
+        let mem = FakeMemory::new(ARG, KNOWN + 8);
+        assert_eq!(copy_in(&mem, KNOWN + 8), Ok(vec![0; KNOWN]));
+        assert_eq!(copy_in(&mem, KNOWN + 9), Err(Errno::EFAULT));
+    }
+
+    /// A command as [`Ucmd::copy_in`] leaves it, for `respond`.
+    fn ucmd<'a>(ctx: &'a Context, mem: &'a FakeMemory, user_size: u32) -> Ucmd<'a> {
+        Ucmd {
+            ctx,
+            mem,
+            arg: ARG,
+            user_size,
+            buf: vec![0; KNOWN],
+        }
+    }
+
+    #[test]
+    fn respond_writes_back_only_what_the_callers_size_covers() {
+        let ctx = Context::new();
+        let answer = [0x11u8; KNOWN];
+        for (user_size, written) in [(8, 8), (KNOWN, KNOWN), (KNOWN + 8, KNOWN), (0, 0)] {
+            let mem = FakeMemory::with_bytes(ARG, &[0xee; 32]);
+            ucmd(&ctx, &mem, user_size as u32).respond(&answer).unwrap();
+            let after = mem.get(ARG, 32);
+            assert_eq!(after[..written], answer[..written], "size {user_size}");
+            assert!(
+                after[written..].iter().all(|&b| b == 0xee),
+                "size {user_size}: the caller's bytes past its struct are untouched"
+            );
+        }
+    }
+
+    #[test]
+    fn respond_to_unwritable_memory_is_efault() {
+        let ctx = Context::new();
+        let mem = FakeMemory::new(ARG, KNOWN).with_hole(ARG + 12..ARG + 13);
+        let u = ucmd(&ctx, &mem, KNOWN as u32);
+        assert_eq!(u.respond(&[1u8; KNOWN]), Err(Errno::EFAULT));
+        // A caller whose size stops before the fault gets its answer.
+        let u = ucmd(&ctx, &mem, 12);
+        assert_eq!(u.respond(&[1u8; KNOWN]), Ok(()));
+        assert_eq!(mem.writes(), [(ARG, 12)]);
+    }
+
+    #[test]
+    fn cmd_reads_the_zero_extended_struct() {
+        let mem = FakeMemory::with_bytes(ARG, &pattern(4));
+        let ctx = Context::new();
+        let u = Ucmd::copy_in(&ctx, &mem, ARG, 4, KNOWN).unwrap();
+        assert_eq!(
+            u.cmd::<[u32; 4]>(),
+            [u32::from_ne_bytes([1, 2, 3, 4]), 0, 0, 0]
+        );
+    }
+}

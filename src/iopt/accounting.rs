@@ -228,9 +228,20 @@ mod tests {
 
     #[test]
     fn unaccounted_is_free() {
+        // More pages than the rest of this process ever pins, so that concurrent tests' charges
+        // cannot make up or hide the difference.
+        const HUGE: u64 = 1 << 40;
         let acct = Account::unaccounted();
-        acct.charge(1 << 40).unwrap();
-        acct.uncharge(1 << 40);
+        assert_eq!(acct.mode, AccountMode::None);
+        // No limit applies (a charged account with no owner would have a limit of 0).
+        acct.charge(HUGE).unwrap();
+        // Counted among the daemon's pins, charged to nobody's ledger.
+        assert!(pinned_total() >= HUGE);
+        assert!(charged_to_user(acct.uid) < HUGE);
+        assert!(charged_to_process(acct.key()) < HUGE);
+        assert!(charged_to_processes() < HUGE);
+        acct.uncharge(HUGE);
+        assert!(pinned_total() < HUGE);
     }
 
     #[test]

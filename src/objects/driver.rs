@@ -14,21 +14,6 @@ use std::collections::BTreeMap;
 use std::mem::size_of;
 use zerocopy::{FromBytes, IntoBytes};
 
-/// Checks that `len` bytes of caller memory at `addr` are all zero (E2BIG otherwise).
-pub fn check_zeroed(mem: &dyn CallerMemory, addr: u64, len: u64) -> Result<(), Errno> {
-    let mut chunk = vec![0u8; len.min(4096) as usize];
-    let mut done = 0u64;
-    while done < len {
-        let n = (len - done).min(chunk.len() as u64) as usize;
-        mem.read(addr + done, &mut chunk[..n])?;
-        if chunk[..n].iter().any(|&b| b != 0) {
-            return Err(Errno::E2BIG);
-        }
-        done += n as u64;
-    }
-    Ok(())
-}
-
 /// Reads `len` bytes at `addr` into a zeroed `T` the way copy_struct_from_user does: shorter is
 /// zero-extended, bytes beyond `T` must be zero (E2BIG).
 fn read_zero_tail<T: FromBytes + IntoBytes>(
@@ -37,15 +22,7 @@ fn read_zero_tail<T: FromBytes + IntoBytes>(
     len: usize,
 ) -> Result<T, Errno> {
     let mut v = T::new_zeroed();
-    let n = len.min(size_of::<T>());
-    mem.read(addr, &mut v.as_mut_bytes()[..n])?;
-    if len > size_of::<T>() {
-        check_zeroed(
-            mem,
-            addr + size_of::<T>() as u64,
-            (len - size_of::<T>()) as u64,
-        )?;
-    }
+    crate::caller::copy_struct_from_caller(mem, addr, len, v.as_mut_bytes())?;
     Ok(v)
 }
 
@@ -192,35 +169,14 @@ pub trait ViommuDriver: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::OwnedFd;
-
-    /// Caller memory of `len` bytes at address 0x1000.
-    struct Buf(Vec<u8>);
-
-    impl CallerMemory for Buf {
-        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-            let at = addr.checked_sub(0x1000).ok_or(Errno::EFAULT)? as usize;
-            let src = self.0.get(at..at + buf.len()).ok_or(Errno::EFAULT)?;
-            buf.copy_from_slice(src);
-            Ok(())
-        }
-        fn write(&self, _addr: u64, _buf: &[u8]) -> Result<(), Errno> {
-            Err(Errno::EFAULT)
-        }
-        fn pid(&self) -> i32 {
-            0
-        }
-        fn get_fd(&self, _fd: i32) -> Result<OwnedFd, Errno> {
-            Err(Errno::EBADF)
-        }
-    }
+    use crate::caller::fake::FakeMemory;
 
     #[test]
     fn user_data_reads_like_iommu_copy_struct() {
         let mut b = vec![0u8; 32];
         b[..8].copy_from_slice(&0x1122_3344_5566_7788u64.to_ne_bytes());
         b[12] = 1;
-        let m = Buf(b);
+        let m = FakeMemory::with_bytes(0x1000, &b);
         let d = |len| UserData::new(&m, 7, 0x1000, len);
         assert_eq!(d(8).read::<u64>(4), Ok(0x1122_3344_5566_7788));
         assert_eq!(d(4).read::<u64>(4), Ok(0x5566_7788));
@@ -238,7 +194,7 @@ mod tests {
         let mut b = vec![0u8; 32];
         b[8] = 5;
         b[14] = 1;
-        let m = Buf(b);
+        let m = FakeMemory::with_bytes(0x1000, &b);
         let a = UserArray::new(&m, 1, 0x1000, 8, 4);
         assert_eq!(a.entry::<u32>(2, 4), Err(Errno::EINVAL));
         assert_eq!(a.entry::<u64>(1, 4), Ok(5 | 1 << 48));

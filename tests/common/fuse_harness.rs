@@ -200,10 +200,17 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Re-runs this test binary as a child in `role`, with the mount point in the environment.
+/// Re-runs this test binary as a child in `role`, with the mount point in the environment:
+/// `entry` names the ignored test that dispatches on the role.
 pub fn spawn_role(entry: &str, role: &str, mount: &Path, arg: &str, stdout: Stdio) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args([entry, "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            entry,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ROLE_ENV, role)
         .env(MNT_ENV, mount)
         .env(ARG_ENV, arg)

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,6 +12,36 @@ use std::time::{Duration, Instant};
 
 pub mod runner;
 pub mod users;
+
+/// A missing prerequisite (root, a tool): a failure under `CI=true`, where everything the tests
+/// need is installed, and a visible skip elsewhere. Returns whether the caller should go on.
+pub fn require(what: &str, ok: bool) -> bool {
+    if ok {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("prerequisite missing under CI=true: {what}");
+    }
+    // Straight to stderr: libtest captures eprintln! of a passing test, and a skip must show.
+    let _ = writeln!(std::io::stderr(), "SKIPPED (not in CI): {what}");
+    false
+}
+
+/// The program `name` from a directory of `PATH`; None (skip the test) when it is missing, which
+/// fails under `CI=true` ([`require`]). `install` says where it comes from.
+pub fn require_program(name: &str, install: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    let present = found.is_some();
+    if require(&format!("{name} in PATH ({install})"), present) {
+        found
+    } else {
+        None
+    }
+}
 
 pub struct DaemonProcess {
     pub child: Child,
@@ -93,15 +124,18 @@ impl DaemonProcess {
         serde_json::from_str(&text).expect("status is JSON")
     }
 
-    /// Waits until the status reports `objects` objects and no pinned pages.
+    /// Waits until the status reports no contexts, objects or pinned pages; returns it (or the
+    /// last one read after 10 s, for the caller's assertion to show).
     pub fn wait_idle(&self) -> serde_json::Value {
+        self.wait_status(|s| s["objects"] == 0 && s["pinned_pages"] == 0 && s["contexts"] == 0)
+    }
+
+    /// Waits until `done` holds for the status; returns it (or the last one read after 10 s).
+    pub fn wait_status(&self, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let s = self.status();
-            if s["objects"] == 0 && s["pinned_pages"] == 0 && s["contexts"] == 0 {
-                return s;
-            }
-            if Instant::now() > deadline {
+            if done(&s) || Instant::now() > deadline {
                 return s;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -2,7 +2,7 @@
 //!
 //! The daemon is root and its nodes face every local user, so trust-boundary tests act as plain
 //! users. The users are created on first use (`useradd --system`); without root or useradd the
-//! tests cannot run, which fails the run under `CI=true` and skips elsewhere.
+//! tests cannot run, which fails the run under `CI=true` and skips elsewhere ([`super::require`]).
 
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ pub fn can_switch_users() -> bool {
 }
 
 /// The test user `name`, created if missing. None when that is impossible (not root, no useradd);
-/// callers decide whether that fails the run ([`require`]).
+/// callers decide whether that fails the run ([`super::require`]).
 pub fn test_user(name: &str) -> Option<TestUser> {
     if let Some(u) = lookup(name) {
         return Some(u);
@@ -55,19 +55,6 @@ pub fn test_user(name: &str) -> Option<TestUser> {
         return None;
     }
     lookup(name)
-}
-
-/// A missing prerequisite: a failure under `CI=true`, a visible skip elsewhere. Returns whether
-/// the caller should go on.
-pub fn require(what: &str, ok: bool) -> bool {
-    if ok {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("prerequisite missing under CI=true: {what}");
-    }
-    eprintln!("SKIPPED (not in CI): {what}");
-    false
 }
 
 /// Runs `f` in a forked child as `user` (no supplementary groups, no capabilities) and returns
