@@ -7,8 +7,7 @@ mod support;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::process::Command;
-use support::{ioas_alloc, ioas_map_fixed, ioctl, open_node, test_cmd, DaemonProcess};
+use support::{ioas_alloc, ioas_map_fixed, ioctl, launch_role, open_node, test_cmd, DaemonProcess};
 use uiommufd_uapi::iommufd::*;
 use uiommufd_uapi::selftest::*;
 
@@ -151,20 +150,7 @@ fn probe() {
 fn fd_returning_ops_through_the_launcher() {
     let d = DaemonProcess::start(&[]);
     let node = d.node("iommu");
-    let out = Command::new(env!("CARGO_BIN_EXE_uiommufd"))
-        .arg("launch")
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "probe",
-            "--exact",
-            "--ignored",
-            "--test-threads=1",
-            "--nocapture",
-        ])
-        .env(PROBE_ENV, &node)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = launch_role(&[], "probe", &[(PROBE_ENV, node.as_os_str())]);
     assert_eq!(
         out.status.code(),
         Some(0),

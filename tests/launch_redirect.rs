@@ -13,8 +13,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::linux::fs::MetadataExt;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
-use std::process::Command;
-use support::{ioctl_raw, DaemonProcess};
+use support::{ioctl_raw, launch_role, DaemonProcess};
 use uiommufd_uapi::vfio::*;
 
 const ROLE_ENV: &str = "UIOMMUFD_REDIRECT_ROLE_MOUNT_DEV";
@@ -95,23 +94,12 @@ fn role_program() {
 fn opens_of_the_vfio_container_get_the_compat_node() {
     let d = DaemonProcess::start_plain(&[]);
     let dev = std::fs::metadata(d.node("vfio/vfio")).unwrap().st_dev();
-    let out = Command::new(env!("CARGO_BIN_EXE_uiommufd"))
-        .arg("launch")
-        .arg("--mount")
-        .arg(&d.mount)
-        .arg("--")
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "role_program",
-            "--test-threads=1",
-            "--nocapture",
-        ])
-        .env(ROLE_ENV, dev.to_string())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let dev = dev.to_string();
+    let out = launch_role(
+        &["--mount".as_ref(), d.mount.as_os_str()],
+        "role_program",
+        &[(ROLE_ENV, dev.as_ref())],
+    );
     assert_eq!(
         out.status.code(),
         Some(0),

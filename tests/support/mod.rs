@@ -197,6 +197,32 @@ fn wait_for_node(node: &Path, timeout: Duration) {
     }
 }
 
+/// Runs this test binary's ignored role test `role` under `uiommufd launch LAUNCH_ARGS --` with
+/// the variables `env` (and RUST_LOG=warn); its output.
+pub fn launch_role(
+    launch_args: &[&std::ffi::OsStr],
+    role: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uiommufd"));
+    cmd.arg("launch")
+        .args(launch_args)
+        .arg("--")
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            role,
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run uiommufd launch")
+}
+
 pub fn open_node(path: &Path) -> File {
     OpenOptions::new()
         .read(true)
