@@ -28,7 +28,15 @@ pub struct CdevBinding {
     name: String,
     resolver: Arc<dyn ContextResolver>,
     binding: Mutex<Option<Binding>>,
+    /// Signalled when a binding ends.
+    unbound: std::sync::Condvar,
 }
+
+/// How long a BIND waits for another file's binding to end before it is EINVAL. A FUSE file's
+/// release reaches the daemon after the closing process has moved on (the kernel's own close of
+/// a VFIO device file returns only once the device is free), so a program that closes a device
+/// and opens it again at once, or is restarted, would otherwise race its own previous release.
+const REBIND_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl CdevBinding {
     pub fn new(name: &str, resolver: Arc<dyn ContextResolver>) -> Self {
@@ -36,6 +44,7 @@ impl CdevBinding {
             name: name.to_string(),
             resolver,
             binding: Mutex::new(None),
+            unbound: std::sync::Condvar::new(),
         }
     }
 
@@ -76,9 +85,17 @@ impl CdevBinding {
         if bind.flags & VFIO_DEVICE_BIND_FLAG_TOKEN != 0 {
             return Err(Errno::EINVAL);
         }
-        if self.binding.lock().unwrap().is_some() {
-            tracing::debug!(device = self.name, "bind: already bound");
-            return Err(Errno::EINVAL);
+        {
+            let slot = self.binding.lock().unwrap();
+            let elsewhere = |s: &mut Option<Binding>| s.as_ref().is_some_and(|b| b.file != file);
+            let (slot, _) = self
+                .unbound
+                .wait_timeout_while(slot, REBIND_WAIT, elsewhere)
+                .unwrap();
+            if slot.is_some() {
+                tracing::debug!(device = self.name, "bind: already bound");
+                return Err(Errno::EINVAL);
+            }
         }
         // Resolve with no lock held: the query is an ioctl to ourselves, and the fd may well be a
         // file of this very device.
@@ -144,6 +161,7 @@ impl CdevBinding {
         let Binding { ctx, device, .. } = b;
         drop(device);
         drop(slot);
+        self.unbound.notify_all();
         // Last: the context may go with the binding's hold.
         drop(ctx);
     }
