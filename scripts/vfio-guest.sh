@@ -226,6 +226,10 @@ if mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose host
   fi
   if grep -q "private memory cannot reach a real device" /tmp/daemon.log; then check private-ram-daemon-hint ok
   else check private-ram-daemon-hint fail "no hint in the daemon's log"; fi
+  # Every QEMU gone: the daemon holds no context and no object for them any more.
+  idle() { /bin/uiommufd status --json 2>/dev/null | tr -d ' ' | grep -Eq '"contexts":0[,}]'; }
+  if wait_for 10 idle; then check qemus-left-nothing ok
+  else check qemus-left-nothing fail "status: \$(/bin/uiommufd status --json 2>&1 | head -c 600)"; fi
   umount /host/tmp /host/sys /host/proc /host/dev 2>/dev/null
   umount /host || say "umount /host failed"
 else
