@@ -86,8 +86,9 @@ check() {
 client() {
   sub=\$1
   say "client \$sub start at \$(up) s"
-  # native runs under the launcher, which hands it the kernel's device fd.
-  launch=; [ "\$sub" = native ] && launch="/bin/uiommufd launch --"
+  # native and legacy run under the launcher (the kernel's device fd; the compat node for
+  # /dev/vfio/vfio and the group joined by the daemon).
+  case \$sub in native|legacy) launch="/bin/uiommufd launch --" ;; *) launch= ;; esac
   timeout -s KILL $CLIENT_TIMEOUT \$launch /bin/vfio_dma "\$@" >/tmp/\$sub.log 2>&1
   rc=\$?
   sed "s/^/CLIENT: [\$sub] /" /tmp/\$sub.log
@@ -173,6 +174,7 @@ client dma-tests
 dmar_check dmar-fault /tmp/dma-tests.log
 client kill-test
 client native
+client legacy /dev/vfio/\$G --bdf 0000:00:06.0 --compat /run/uiommufd/vfio/vfio
 
 # Unmodified QEMU: the host's own binary (its root mounted read-only over 9p at /host, run in a
 # chroot of it) under the launcher, 04.0 passed through uiommufd (fds 3 and 4 opened by the

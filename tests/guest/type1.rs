@@ -45,6 +45,22 @@ impl Container {
         Ok(Self { container, group })
     }
 
+    /// The container file (to inspect what it is).
+    pub fn file(&self) -> &File {
+        &self.container
+    }
+
+    /// VFIO_GROUP_UNSET_CONTAINER.
+    pub fn unset(&self) -> Result<i32, nix::errno::Errno> {
+        ioctl_int(&self.group, VFIO_GROUP_UNSET_CONTAINER, 0)
+    }
+
+    /// VFIO_GROUP_SET_CONTAINER again (after [`Self::unset`]).
+    pub fn set(&self) -> Result<(), nix::errno::Errno> {
+        let mut fd: i32 = self.container.as_raw_fd();
+        ioctl_ptr(&self.group, VFIO_GROUP_SET_CONTAINER, &mut fd).map(drop)
+    }
+
     /// VFIO_GROUP_GET_DEVICE_FD for the device named `bdf` (e.g. 0000:00:06.0).
     pub fn device(&self, bdf: &str) -> Res<File> {
         let name = CString::new(bdf).map_err(|e| e.to_string())?;

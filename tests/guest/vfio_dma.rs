@@ -15,6 +15,10 @@
 //! - `nested-qemu --socket PATH --daemon-pid PID -- CMD...`: unmodified QEMU (CMD) with the edu
 //!   passed through uiommufd, driven over qtest: DMA into the nested QEMU's RAM (`nested.rs`).
 //! - `bench`: IOAS_MAP + IOAS_UNMAP timings through uiommufd (`BENCH uiommufd ...` lines).
+//! - `legacy /dev/vfio/N --bdf B --compat PATH` (under `uiommufd launch`): the baseline's type1
+//!   flow, with /dev/vfio/vfio answered by the daemon's compat node PATH and the group joined
+//!   to it by the daemon: DMA, UNSET_CONTAINER busy while the device is open, then unset and
+//!   set again (`legacy.rs`).
 //!
 //! Built as a dev-only example: `cargo build --release --example vfio_dma`.
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -25,6 +29,7 @@ mod edu;
 mod ioas;
 mod iommufd;
 mod irq;
+mod legacy;
 mod lifetime;
 mod native;
 mod nested;
@@ -53,6 +58,8 @@ const BENCH_SIZES: [usize; 2] = [64 * MIB, 256 * MIB];
 #[derive(Parser)]
 #[command(about = "edu DMA through uiommufd (run inside scripts/vfio-guest.sh)")]
 enum Cmd {
+    /// Under the launcher: the legacy type1 flow against the daemon's compat node.
+    Legacy(legacy::LegacyArgs),
     /// The client's own VFIO type1v2 container: one DMA, then MAP/UNMAP timings.
     BaselineBench {
         /// The group file, /dev/vfio/N.
@@ -125,6 +132,10 @@ fn main() -> ExitCode {
         Cmd::Hold(n) => {
             lifetime::hold(&mut r, n);
             "hold"
+        }
+        Cmd::Legacy(a) => {
+            legacy::legacy(&mut r, a);
+            "legacy"
         }
         Cmd::Native(n) => {
             native::native(&mut r, n);
