@@ -222,7 +222,8 @@ fn fixed_buffer_holds(byte: u8) -> bool {
     let len = (BUF_PAGES * PAGE) as usize;
     // SAFETY: the fixed buffer is mapped by this process; read volatile-ly because the daemon
     // could have written it from outside.
-    (0..len).all(|i| unsafe { std::ptr::read_volatile((FIXED as *const u8).add(i)) } == byte)
+    (0..len)
+        .all(|i| unsafe { std::ptr::read_volatile((FIXED as *const u8).wrapping_add(i)) } == byte)
 }
 
 /// A second open of the node bound as a selftest access on `ioas` (what `uiommufd launch` does).
@@ -406,11 +407,9 @@ fn child_maps_fixed(fd: i32, mut map: iommu_ioas_map, mut map2: iommu_ioas_map) 
     if try_fixed_buffer(MINE).is_none() {
         return 2;
     }
-    // SAFETY: each ioctl reads and writes its struct only.
-    unsafe {
-        if libc::ioctl(fd, IOMMU_IOAS_MAP as libc::c_ulong, &mut map) != 0
-            || libc::ioctl(fd, IOMMU_IOAS_MAP as libc::c_ulong, &mut map2) != 0
-        {
+    for m in [&mut map, &mut map2] {
+        // SAFETY: the ioctl reads and writes this struct only.
+        if unsafe { libc::ioctl(fd, IOMMU_IOAS_MAP as libc::c_ulong, m as *mut _) } != 0 {
             return 3;
         }
     }
@@ -454,8 +453,7 @@ fn reuse_holder(mnt: &Path) {
 /// Another user's (or a setuid program's) process with a secret at the mapper's address.
 fn victim() {
     let _buf = fixed_buffer(SECRET);
-    // SAFETY: getpid/geteuid have no preconditions.
-    let (pid, euid) = unsafe { (libc::getpid(), libc::geteuid()) };
+    let (pid, euid) = (std::process::id(), nix::unistd::geteuid().as_raw());
     say(&format!("victim-ready {pid} {euid}"));
     let _ = read_stdin_line();
     say(&format!(
@@ -513,16 +511,17 @@ fn exec_holder(mnt: &Path, exe: &str) {
     assert!(pid >= 0, "fork");
     if pid == 0 {
         let rc = child_maps_fixed(fd, map, map2);
-        // SAFETY: leaving the child on failure; else fd shuffling and exec with pointers to the
-        // strings prepared before the fork.
-        unsafe {
-            if rc != 0 {
-                libc::_exit(rc);
-            }
-            libc::dup2(fds[0], 0);
-            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            libc::_exit(4);
+        if rc != 0 {
+            // SAFETY: leaves the child at once.
+            unsafe { libc::_exit(rc) };
         }
+        // SAFETY: dup2 on two fd numbers of this child.
+        unsafe { libc::dup2(fds[0], 0) };
+        // SAFETY: exec with pointers to NUL-terminated strings and NULL-ended arrays prepared
+        // before the fork, alive until exec.
+        unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        // SAFETY: leaves the child when exec failed.
+        unsafe { libc::_exit(4) };
     }
     // SAFETY: the read end belongs to the child now.
     unsafe { libc::close(fds[0]) };

@@ -190,37 +190,39 @@ fn a_stalled_client_stalls_nobody_else() {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            // SAFETY: raw syscalls on fresh objects of this child; results are checked.
-            let code = unsafe {
-                let uffd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) as i32;
-                let mut api = [UFFD_API, 0, 0];
-                let page = libc::mmap(
+            // SAFETY: userfaultfd(2) takes flags only.
+            let uffd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) } as i32;
+            let mut api = [UFFD_API, 0, 0];
+            // SAFETY: a fresh anonymous mapping; nothing else refers to it.
+            let page = unsafe {
+                libc::mmap(
                     std::ptr::null_mut(),
                     4096,
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                     -1,
                     0,
-                );
-                let mut reg = [page as u64, 4096, UFFDIO_REGISTER_MODE_MISSING, 0];
-                if uffd < 0
-                    || libc::ioctl(uffd, UFFDIO_API, api.as_mut_ptr()) != 0
-                    || page == libc::MAP_FAILED
-                    || libc::ioctl(uffd, UFFDIO_REGISTER, reg.as_mut_ptr()) != 0
-                {
-                    libc::_exit(3);
-                }
-                let f = open_node(&p);
-                libc::write(ready_w.as_raw_fd(), b"r".as_ptr().cast(), 1);
-                // The daemon reads the size word from the unserved page: this never returns
-                // while the daemon lives.
-                let rc = libc::ioctl(f.as_raw_fd(), IOMMU_IOAS_ALLOC as libc::c_ulong, page);
-                if rc < 0 {
-                    0
-                } else {
-                    4
-                }
+                )
             };
+            let mut reg = [page as u64, 4096, UFFDIO_REGISTER_MODE_MISSING, 0];
+            // SAFETY: UFFDIO_API and UFFDIO_REGISTER read and write the live local arrays only.
+            let api_ok =
+                uffd >= 0 && unsafe { libc::ioctl(uffd, UFFDIO_API, api.as_mut_ptr()) } == 0;
+            // SAFETY: as above.
+            let reg_ok = api_ok
+                && page != libc::MAP_FAILED
+                && unsafe { libc::ioctl(uffd, UFFDIO_REGISTER, reg.as_mut_ptr()) } == 0;
+            if !reg_ok {
+                // SAFETY: leaves the child at once.
+                unsafe { libc::_exit(3) };
+            }
+            let f = open_node(&p);
+            let _ = nix::unistd::write(&ready_w, b"r");
+            // The daemon reads the size word from the unserved page: this never returns while
+            // the daemon lives.
+            // SAFETY: the argument points at the registered page; only the daemon reads it.
+            let rc = unsafe { libc::ioctl(f.as_raw_fd(), IOMMU_IOAS_ALLOC as libc::c_ulong, page) };
+            let code = if rc < 0 { 0 } else { 4 };
             // SAFETY: ends the child.
             unsafe { libc::_exit(code) };
         }

@@ -342,7 +342,7 @@ mod tests {
         let p = unsafe { mmap(None, len, rw(), MapFlags::MAP_SHARED, &fd, 0).unwrap() };
         let va = p.as_ptr() as u64;
         // SAFETY: the mapping is LEN bytes long and nothing else uses it.
-        unsafe { p.as_ptr().cast::<u8>().add(4096).write(0x5a) };
+        unsafe { p.as_ptr().cast::<u8>().wrapping_add(4096).write(0x5a) };
         let r = shared_ranges(&h, va + 4096, va + 2 * 4096, true).unwrap();
         assert_eq!(r.len(), 1);
         let (range, _hold) = &r[0];

@@ -162,12 +162,18 @@ mod tests {
         };
         assert_ne!(p, libc::MAP_FAILED);
         // SAFETY: the second page of the mapping just made.
-        let rc = unsafe { libc::munmap(p.cast::<u8>().add(4096).cast(), 4096) };
+        let rc = unsafe { libc::munmap(p.cast::<u8>().wrapping_add(4096).cast(), 4096) };
         assert_eq!(rc, 0);
         let path = b"/dev/iommu\0";
         let at = 4096 - path.len();
         // SAFETY: `at + path.len()` is exactly the end of the first page, still mapped.
-        unsafe { std::ptr::copy_nonoverlapping(path.as_ptr(), p.cast::<u8>().add(at), path.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                path.as_ptr(),
+                p.cast::<u8>().wrapping_add(at),
+                path.len(),
+            )
+        };
         let mem = ProcessMemory::new(std::process::id() as i32).unwrap();
         let got = read_path(&mem, p as u64 + at as u64).unwrap();
         assert_eq!(got, path);

@@ -249,19 +249,19 @@ fn spawn(cmd: &[String], files: &[(i32, OwnedFd)]) -> Res<Child> {
     let map: Vec<(i32, i32)> = files.iter().map(|(n, f)| (f.as_raw_fd(), *n)).collect();
     let mut c = Command::new(&cmd[0]);
     c.args(&cmd[1..]);
+    let place_fds = move || {
+        for &(from, to) in &map {
+            // SAFETY: dup2 on two fd numbers; no memory is passed.
+            if unsafe { libc::dup2(from, to) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
     // SAFETY: the closure runs in the forked child before exec and calls only dup2, which is
     // async-signal-safe; it allocates nothing. The sources sit at 100 and above (no target is
     // a source), and dup2 clears close-on-exec on the copy.
-    unsafe {
-        c.pre_exec(move || {
-            for &(from, to) in &map {
-                if libc::dup2(from, to) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+    unsafe { c.pre_exec(place_fds) };
     c.spawn().map_err(|e| format!("spawn {}: {e}", cmd[0]))
 }
 

@@ -123,7 +123,7 @@ impl Buffer {
     pub fn fill(&self, off: usize, n: usize, byte: u8) {
         assert!(off + n <= self.len, "fill out of bounds");
         // SAFETY: in bounds of the live mapping (checked above).
-        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().cast::<u8>().add(off), byte, n) };
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().cast::<u8>().wrapping_add(off), byte, n) };
     }
 
     /// Writes `data` at `off`.
@@ -134,7 +134,7 @@ impl Buffer {
         unsafe {
             std::ptr::copy_nonoverlapping(
                 data.as_ptr(),
-                self.ptr.as_ptr().cast::<u8>().add(off),
+                self.ptr.as_ptr().cast::<u8>().wrapping_add(off),
                 data.len(),
             )
         };
@@ -146,7 +146,7 @@ impl Buffer {
         let base = self.ptr.as_ptr().cast::<u8>();
         // SAFETY: every index is in bounds of the live mapping (checked above).
         (off..off + n)
-            .map(|i| unsafe { std::ptr::read_volatile(base.add(i)) })
+            .map(|i| unsafe { std::ptr::read_volatile(base.wrapping_add(i)) })
             .collect()
     }
 }

@@ -310,20 +310,12 @@ fn private_memory(r: &mut Report, n: &Nodes) {
 fn memlock_limit(r: &mut Report, n: &Nodes) {
     const LIMIT: u64 = 8 * MIB as u64;
     let child = || -> Res<()> {
-        let lim = libc::rlimit {
-            rlim_cur: LIMIT,
-            rlim_max: LIMIT,
-        };
-        // SAFETY: plain syscalls on this (single-threaded, forked) process's own credentials.
-        unsafe {
-            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) != 0
-                || libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(65534) != 0
-                || libc::setuid(65534) != 0
-            {
-                return Err(format!("dropping privileges: {}", Errno::last()));
-            }
-        }
+        use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK, LIMIT, LIMIT)
+            .and_then(|()| setgroups(&[]))
+            .and_then(|()| setgid(Gid::from_raw(65534)))
+            .and_then(|()| setuid(Uid::from_raw(65534)))
+            .map_err(|e| format!("dropping privileges: {e}"))?;
         let fd = Iommufd::open(&n.iommu)?;
         let ioas = fd.ioas_alloc()?;
         let b = Bound::open(&n.dev, &fd, None)?;

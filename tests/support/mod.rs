@@ -366,14 +366,16 @@ impl AnonPages {
         // SAFETY: the mapping is live and `len` bytes long; the daemon writes it from another
         // process, so read volatile-ly through a fresh copy.
         (0..self.len)
-            .map(|i| unsafe { std::ptr::read_volatile(self.ptr.add(i)) })
+            .map(|i| unsafe { std::ptr::read_volatile(self.ptr.wrapping_add(i)) })
             .collect()
     }
 
     pub fn fill(&self, off: usize, data: &[u8]) {
         assert!(off + data.len() <= self.len);
         // SAFETY: in bounds of the live mapping (checked above).
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), data.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.wrapping_add(off), data.len())
+        };
     }
 }
 

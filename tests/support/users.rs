@@ -103,11 +103,10 @@ pub fn wait_child(pid: i32, deadline: Instant) -> Option<i32> {
             });
         }
         if Instant::now() >= deadline {
-            // SAFETY: kills and reaps our own child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
+            // SAFETY: kills our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // SAFETY: reaps it; `status` is a live local.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
             return None;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -120,12 +119,9 @@ pub fn drop_to_user(u: &TestUser) {
 }
 
 fn drop_to(u: &TestUser) {
-    // SAFETY: plain credential syscalls in a single-threaded child; each result is checked.
-    unsafe {
-        assert_eq!(libc::setgroups(0, std::ptr::null()), 0, "setgroups");
-        assert_eq!(libc::setgid(u.gid), 0, "setgid");
-        assert_eq!(libc::setuid(u.uid), 0, "setuid");
-    }
+    nix::unistd::setgroups(&[]).expect("setgroups");
+    nix::unistd::setgid(nix::unistd::Gid::from_raw(u.gid)).expect("setgid");
+    nix::unistd::setuid(nix::unistd::Uid::from_raw(u.uid)).expect("setuid");
 }
 
 /// errno of opening `path` read-write (0 when it opens).
