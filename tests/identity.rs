@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{ioas_alloc, ioas_map_fixed, ioctl, open_node, test_cmd, DaemonProcess, TempDir};
-use uiommufd_uapi::handles::*;
+use uiommufd::dispatch::private_abi::*;
 use uiommufd_uapi::iommufd::*;
 use uiommufd_uapi::selftest::*;
 

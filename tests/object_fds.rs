@@ -9,7 +9,7 @@ use support::access_rw;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use support::{ioas_alloc, ioas_map_fixed, ioctl, ioctl_raw, test_cmd, AnonPages, DaemonProcess};
-use uiommufd_uapi::handles::*;
+use uiommufd::dispatch::private_abi::*;
 use uiommufd_uapi::iommufd::*;
 use uiommufd_uapi::selftest::*;
 

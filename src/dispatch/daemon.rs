@@ -441,7 +441,7 @@ impl OpenFile for IommuFile {
         if cmd == context_query::IOCTL {
             return context_query::answer(self.ctx.id, arg, mem);
         }
-        if cmd == uiommufd_uapi::handles::UIOMMUFD_ZERO_READ {
+        if cmd == crate::dispatch::private_abi::UIOMMUFD_ZERO_READ {
             // An iommufd itself takes no reads at all.
             let errno = self
                 .handle
@@ -453,7 +453,7 @@ impl OpenFile for IommuFile {
             // The kernel's object fds take no ioctls.
             return Err(Errno::ENOTTY);
         }
-        if cmd == uiommufd_uapi::handles::UIOMMUFD_HANDLE_BIND {
+        if cmd == crate::dispatch::private_abi::UIOMMUFD_HANDLE_BIND {
             return self.bind(arg, mem);
         }
         self.daemon.ioctl(&self.ctx, cmd, arg, mem)

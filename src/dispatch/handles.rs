@@ -1,5 +1,5 @@
 //! Open files of our node that stand for an object instead of a context: the fds that
-//! fd-returning operations hand out (see `uiommufd_uapi::handles` for the protocol).
+//! fd-returning operations hand out (see `crate::dispatch::private_abi` for the protocol).
 //!
 //! A fresh open of `/dev/iommu` becomes a handle through the private `UIOMMUFD_HANDLE_BIND`. The
 //! handle keeps a [`ContextHold`] on the context it was created in, so that the context outlives
@@ -12,6 +12,7 @@ use super::daemon::{ContextHold, Daemon};
 use super::selftest::access::TestAccess;
 use super::selftest::dmabuf::TestDmabuf;
 use crate::caller::{read_struct, write_struct, CallerMemory};
+use crate::dispatch::private_abi::*;
 use crate::objects::fault::FaultQueue;
 use crate::objects::veventq::VeventQueue;
 use crate::objects::{Context, Object};
@@ -19,7 +20,6 @@ use nix::errno::Errno;
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, OnceLock};
-use uiommufd_uapi::handles::*;
 
 /// What a handle's fd stands for.
 #[derive(Clone)]

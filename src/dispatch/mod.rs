@@ -11,6 +11,7 @@ pub mod handles;
 mod harness;
 pub mod hwpt_cmds;
 pub mod ioas_cmds;
+pub mod private_abi;
 pub mod selftest;
 pub mod service;
 mod status;

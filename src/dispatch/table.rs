@@ -11,11 +11,11 @@ use super::ucmd::Ucmd;
 use crate::caller::CallerMemory;
 use crate::objects::Context;
 use nix::errno::Errno;
-use std::mem::{offset_of, size_of};
 use uiommufd_uapi::iommufd::*;
-use uiommufd_uapi::selftest::{iommu_test_cmd, IOMMU_TEST_CMD};
+use uiommufd_uapi::selftest::IOMMU_TEST_CMD;
 
-/// One iommufd command.
+/// One iommufd command: its descriptor in the uAPI's one table
+/// ([`uiommufd_uapi::table`]: number, name, struct size, minimum size, fields) and its handler.
 pub struct Op {
     pub cmd: u32,
     pub name: &'static str,
@@ -26,16 +26,17 @@ pub struct Op {
     pub run: fn(&Ucmd) -> Result<(), Errno>,
 }
 
-macro_rules! op {
-    ($cmd:ident, $ty:ty, $last:ident : $lty:ty, $run:expr) => {
-        Op {
-            cmd: $cmd,
-            name: stringify!($cmd),
-            size: size_of::<$ty>(),
-            min_size: offset_of!($ty, $last) + size_of::<$lty>(),
-            run: $run,
-        }
-    };
+/// The handler `run` for `cmd`, with what the uAPI table says of `cmd`.
+fn op(cmd: u32, run: Handler) -> Op {
+    let d = uiommufd_uapi::table::by_cmd(cmd)
+        .unwrap_or_else(|| panic!("ioctl {cmd:#x} missing from the uAPI table"));
+    Op {
+        cmd,
+        name: d.name,
+        size: d.size,
+        min_size: d.min_size,
+        run,
+    }
 }
 
 /// Handler for commands that are in the table but have no meaning without the features that
@@ -102,32 +103,31 @@ impl Default for Extensions {
 /// Builds the table, indexed by `nr - IOMMUFD_CMD_BASE`.
 pub fn build(ext: &Extensions) -> Vec<Option<Op>> {
     let ops = vec![
-        op!(IOMMU_DESTROY, iommu_destroy, id: u32, ioas::destroy),
-        op!(IOMMU_FAULT_QUEUE_ALLOC, iommu_fault_alloc, out_fault_fd: u32, not_supported),
-        op!(IOMMU_GET_HW_INFO, iommu_hw_info, reserved: [u8; 3], ext.get_hw_info),
-        op!(IOMMU_HW_QUEUE_ALLOC, iommu_hw_queue_alloc, length: u64, ext.hw_queue_alloc),
-        op!(IOMMU_HWPT_ALLOC, iommu_hwpt_alloc, reserved: u32, ext.hwpt_alloc),
-        op!(IOMMU_HWPT_GET_DIRTY_BITMAP, iommu_hwpt_get_dirty_bitmap, data: u64, ext.hwpt_get_dirty_bitmap),
-        op!(IOMMU_HWPT_INVALIDATE, iommu_hwpt_invalidate, reserved: u32, ext.hwpt_invalidate),
-        op!(IOMMU_HWPT_SET_DIRTY_TRACKING, iommu_hwpt_set_dirty_tracking, reserved: u32, ext.hwpt_set_dirty_tracking),
-        op!(IOMMU_IOAS_ALLOC, iommu_ioas_alloc, out_ioas_id: u32, ioas::ioas_alloc),
-        op!(IOMMU_IOAS_ALLOW_IOVAS, iommu_ioas_allow_iovas, allowed_iovas: u64, ioas::ioas_allow_iovas),
-        op!(IOMMU_IOAS_CHANGE_PROCESS, iommu_ioas_change_process, reserved: u32, ext.ioas_change_process),
-        op!(IOMMU_IOAS_COPY, iommu_ioas_copy, src_iova: u64, ioas::ioas_copy),
-        op!(IOMMU_IOAS_IOVA_RANGES, iommu_ioas_iova_ranges, out_iova_alignment: u64, ioas::ioas_iova_ranges),
-        op!(IOMMU_IOAS_MAP, iommu_ioas_map, iova: u64, ioas::ioas_map),
-        op!(IOMMU_IOAS_MAP_FILE, iommu_ioas_map_file, iova: u64, ioas::ioas_map_file),
-        op!(IOMMU_IOAS_UNMAP, iommu_ioas_unmap, length: u64, ioas::ioas_unmap),
-        op!(IOMMU_OPTION, iommu_option, val64: u64, ioas::option),
-        op!(IOMMU_VDEVICE_ALLOC, iommu_vdevice_alloc, virt_id: u64, ext.vdevice_alloc),
-        op!(IOMMU_VEVENTQ_ALLOC, iommu_veventq_alloc, out_veventq_fd: u32, veventq_alloc_without_fd),
-        op!(IOMMU_VFIO_IOAS, iommu_vfio_ioas, reserved: u16, ioas::vfio_ioas),
-        op!(IOMMU_VIOMMU_ALLOC, iommu_viommu_alloc, out_viommu_id: u32, ext.viommu_alloc),
+        op(IOMMU_DESTROY, ioas::destroy),
+        op(IOMMU_FAULT_QUEUE_ALLOC, not_supported),
+        op(IOMMU_GET_HW_INFO, ext.get_hw_info),
+        op(IOMMU_HW_QUEUE_ALLOC, ext.hw_queue_alloc),
+        op(IOMMU_HWPT_ALLOC, ext.hwpt_alloc),
+        op(IOMMU_HWPT_GET_DIRTY_BITMAP, ext.hwpt_get_dirty_bitmap),
+        op(IOMMU_HWPT_INVALIDATE, ext.hwpt_invalidate),
+        op(IOMMU_HWPT_SET_DIRTY_TRACKING, ext.hwpt_set_dirty_tracking),
+        op(IOMMU_IOAS_ALLOC, ioas::ioas_alloc),
+        op(IOMMU_IOAS_ALLOW_IOVAS, ioas::ioas_allow_iovas),
+        op(IOMMU_IOAS_CHANGE_PROCESS, ext.ioas_change_process),
+        op(IOMMU_IOAS_COPY, ioas::ioas_copy),
+        op(IOMMU_IOAS_IOVA_RANGES, ioas::ioas_iova_ranges),
+        op(IOMMU_IOAS_MAP, ioas::ioas_map),
+        op(IOMMU_IOAS_MAP_FILE, ioas::ioas_map_file),
+        op(IOMMU_IOAS_UNMAP, ioas::ioas_unmap),
+        op(IOMMU_OPTION, ioas::option),
+        op(IOMMU_VDEVICE_ALLOC, ext.vdevice_alloc),
+        op(IOMMU_VEVENTQ_ALLOC, veventq_alloc_without_fd),
+        op(IOMMU_VFIO_IOAS, ioas::vfio_ioas),
+        op(IOMMU_VIOMMU_ALLOC, ext.viommu_alloc),
     ];
-    let ops = ops.into_iter().chain(
-        ext.test_cmd
-            .map(|run| op!(IOMMU_TEST_CMD, iommu_test_cmd, last: u32, run)),
-    );
+    let ops = ops
+        .into_iter()
+        .chain(ext.test_cmd.map(|run| op(IOMMU_TEST_CMD, run)));
     let mut table: Vec<Option<Op>> = Vec::new();
     for op in ops {
         let index = ((op.cmd & 0xff) - IOMMUFD_CMD_BASE) as usize;
@@ -208,6 +208,7 @@ pub fn execute(
 mod tests {
     use super::*;
     use crate::caller::fake::FakeMemory;
+    use std::mem::offset_of;
     use uiommufd_uapi::vfio::VFIO_GET_API_VERSION;
 
     const ARG: u64 = 0x20_0000;

@@ -5,7 +5,7 @@
 //! everything it forks) under a seccomp user-notify filter that routes those ioctls (see
 //! [`supervisor::HANDLERS`]) to a supervisor thread here. For IOMMU_TEST_OP_CREATE_ACCESS the
 //! supervisor opens the caller's node afresh, asks the daemon to bind a new access to that open file
-//! ([`uiommufd_uapi::handles`]), installs the file in the caller with SECCOMP_IOCTL_NOTIF_ADDFD and
+//! ([`crate::dispatch::private_abi`]), installs the file in the caller with SECCOMP_IOCTL_NOTIF_ADDFD and
 //! writes its number into the caller's argument. A real device node's bind is taken over too
 //! ([`device`]): the program gets the kernel's device fd. Every other ioctl, and every one the supervisor
 //! cannot handle, runs unchanged (SECCOMP_USER_NOTIF_FLAG_CONTINUE).

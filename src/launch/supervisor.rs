@@ -6,13 +6,13 @@
 
 use super::seccomp::{notif_addfd, notif_id_valid, notif_recv, notif_send};
 use crate::caller::{CallerMemory, ProcessMemory};
-use nix::errno::Errno;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
-use uiommufd_uapi::handles::{
+use crate::dispatch::private_abi::{
     uiommufd_handle_bind, UIOMMUFD_HANDLE_BIND, UIOMMUFD_HANDLE_FAULT_QUEUE,
     UIOMMUFD_HANDLE_TEST_ACCESS, UIOMMUFD_HANDLE_TEST_DMABUF, UIOMMUFD_HANDLE_VEVENTQ,
 };
+use nix::errno::Errno;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use uiommufd_uapi::iommufd::{
     iommu_fault_alloc, iommu_veventq_alloc, IOMMU_FAULT_QUEUE_ALLOC, IOMMU_VEVENTQ_ALLOC,
 };

@@ -4,9 +4,9 @@
 //! the daemon (UIOMMUFD_ZERO_READ) and gives that answer; every other zero-length read continues.
 
 use super::supervisor::{open_pidfd, Notification, Reply};
+use crate::dispatch::private_abi::{uiommufd_zero_read, UIOMMUFD_ZERO_READ};
 use nix::errno::Errno;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use uiommufd_uapi::handles::{uiommufd_zero_read, UIOMMUFD_ZERO_READ};
 
 /// A file the private query may be sent to: a regular file of a FUSE mount or a character device
 /// (CUSE); anything else never gets an ioctl from us.

@@ -214,18 +214,20 @@ impl Runner<'_> {
             _ if io.arg.is_some() => return Ok(None),
             d => d,
         };
+        // "raw" bytes go out exactly as written (their size word included); otherwise the struct
+        // is the uAPI's, sized to what is sent.
         let mut bytes = io.raw.clone().unwrap_or_default();
         let fields: &[Field] = def.map_or(&[], |d| &d.fields);
-        if let Some(d) = def {
-            if bytes.len() < d.size {
-                bytes.resize(d.size, 0);
-            }
-        } else if io.raw.is_none() {
-            return Err("an unknown ioctl needs \"raw\" bytes or an \"arg\"".into());
+        match (def, &io.raw) {
+            (_, Some(_)) => {}
+            (Some(d), None) => bytes.resize(d.size, 0),
+            (None, None) => return Err("an unknown ioctl needs \"raw\" bytes or an \"arg\"".into()),
         }
         let total = bytes.len() + io.trailing.len();
-        if let Some(size) = fields.iter().find(|f| f.role == Role::Size) {
-            put(&mut bytes, size, total as u64)?;
+        if io.raw.is_none() {
+            if let Some(size) = fields.iter().find(|f| f.role == Role::Size) {
+                put(&mut bytes, size, total as u64)?;
+            }
         }
         let scratch = self.clients[cname].scratch;
         let mut array_at = scratch + SCRATCH / 2;

@@ -1,161 +1,16 @@
-//! What the script language knows about each ioctl: its number, how its argument is passed, the
-//! uAPI struct's fields (offset, width, role) and the symbolic constants and errno names.
-//!
-//! Offsets and sizes come from the uAPI crate's structs (`offset_of!`), so the table cannot drift
-//! from the layout the daemon decodes.
+//! What the script language knows about each ioctl — the uAPI crate's descriptor table
+//! ([`uiommufd_uapi::table`], the same one the daemon dispatches by) — and its symbolic constants
+//! and errno names.
 
 use nix::errno::Errno;
-use std::mem::{offset_of, size_of};
+use std::mem::size_of;
 use uiommufd_uapi::iommufd::*;
 use uiommufd_uapi::vfio::*;
 
-/// How a field is treated by the encoder and the recorder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// The struct's leading `size` / `argsz` word.
-    Size,
-    /// A plain integer.
-    Int,
-    /// An object ID the caller supplies.
-    Id,
-    /// An object ID the daemon returns.
-    OutId,
-    /// An IOVA (input, or output when the call allocates it).
-    Iova,
-    /// A pointer to caller memory, `len` naming the field that holds its length.
-    Ptr { len: &'static str },
-    /// A pointer to an array of `iommu_iova_range`, `count` naming the field with the element count;
-    /// `input` when the daemon reads it, otherwise the daemon fills it.
-    Ranges { count: &'static str, input: bool },
-    /// A file descriptor in the caller's table.
-    Fd,
-}
-
-/// One field of an ioctl struct.
-#[derive(Debug, Clone, Copy)]
-pub struct Field {
-    pub name: &'static str,
-    pub off: usize,
-    pub width: usize,
-    pub role: Role,
-}
-
-/// How an ioctl's argument is passed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ArgKind {
-    /// A pointer to a struct that starts with its size.
-    Struct,
-    /// The argument is an integer (VFIO_CHECK_EXTENSION, VFIO_SET_IOMMU) or unused.
-    Value,
-}
-
-/// One ioctl the script language can build.
-#[derive(Debug)]
-pub struct IoctlDef {
-    pub name: &'static str,
-    pub cmd: u32,
-    pub kind: ArgKind,
-    /// Size of the struct (0 for [`ArgKind::Value`]).
-    pub size: usize,
-    pub fields: Vec<Field>,
-}
-
-impl IoctlDef {
-    pub fn field(&self, name: &str) -> Option<&Field> {
-        self.fields.iter().find(|f| f.name == name)
-    }
-}
-
-fn width<T, F>(_: fn(&T) -> &F) -> usize {
-    size_of::<F>()
-}
-
-macro_rules! fields {
-    ($ty:ty; $($name:ident : $role:expr),* $(,)?) => {
-        vec![$(Field {
-            name: stringify!($name),
-            off: offset_of!($ty, $name),
-            width: width(|s: &$ty| &s.$name),
-            role: $role,
-        }),*]
-    };
-}
-
-macro_rules! def {
-    ($cmd:ident, $ty:ty; $($name:ident : $role:expr),* $(,)?) => {
-        IoctlDef {
-            name: stringify!($cmd),
-            cmd: $cmd,
-            kind: ArgKind::Struct,
-            size: size_of::<$ty>(),
-            fields: fields!($ty; $($name: $role),*),
-        }
-    };
-}
-
-use Role::*;
-
-/// Every ioctl the script language knows, by kernel name.
-pub fn ioctls() -> &'static [IoctlDef] {
-    static TABLE: std::sync::OnceLock<Vec<IoctlDef>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(build)
-}
-
-fn build() -> Vec<IoctlDef> {
-    let ranges_in = Ranges {
-        count: "num_iovas",
-        input: true,
-    };
-    let ranges_out = Ranges {
-        count: "num_iovas",
-        input: false,
-    };
-    let value = |name, cmd| IoctlDef {
-        name,
-        cmd,
-        kind: ArgKind::Value,
-        size: 0,
-        fields: Vec::new(),
-    };
-    vec![
-        def!(IOMMU_DESTROY, iommu_destroy; size: Size, id: Id),
-        def!(IOMMU_IOAS_ALLOC, iommu_ioas_alloc; size: Size, flags: Int, out_ioas_id: OutId),
-        def!(IOMMU_IOAS_ALLOW_IOVAS, iommu_ioas_allow_iovas;
-            size: Size, ioas_id: Id, num_iovas: Int, reserved: Int, allowed_iovas: ranges_in),
-        def!(IOMMU_IOAS_COPY, iommu_ioas_copy;
-            size: Size, flags: Int, dst_ioas_id: Id, src_ioas_id: Id, length: Int,
-            dst_iova: Iova, src_iova: Iova),
-        def!(IOMMU_IOAS_IOVA_RANGES, iommu_ioas_iova_ranges;
-            size: Size, ioas_id: Id, num_iovas: Int, reserved: Int, allowed_iovas: ranges_out,
-            out_iova_alignment: Int),
-        def!(IOMMU_IOAS_MAP, iommu_ioas_map;
-            size: Size, flags: Int, ioas_id: Id, reserved: Int, user_va: Ptr { len: "length" },
-            length: Int, iova: Iova),
-        def!(IOMMU_IOAS_MAP_FILE, iommu_ioas_map_file;
-            size: Size, flags: Int, ioas_id: Id, fd: Fd, start: Int, length: Int, iova: Iova),
-        def!(IOMMU_IOAS_UNMAP, iommu_ioas_unmap; size: Size, ioas_id: Id, iova: Iova, length: Int),
-        def!(IOMMU_OPTION, iommu_option;
-            size: Size, option_id: Int, op: Int, reserved: Int, object_id: Id, val64: Int),
-        def!(IOMMU_VFIO_IOAS, iommu_vfio_ioas; size: Size, ioas_id: Id, op: Int, reserved: Int),
-        value("VFIO_GET_API_VERSION", VFIO_GET_API_VERSION),
-        value("VFIO_CHECK_EXTENSION", VFIO_CHECK_EXTENSION),
-        value("VFIO_SET_IOMMU", VFIO_SET_IOMMU),
-        def!(VFIO_IOMMU_GET_INFO, vfio_iommu_type1_info;
-            argsz: Size, flags: Int, iova_pgsizes: Int, cap_offset: Int, pad: Int),
-        def!(VFIO_IOMMU_MAP_DMA, vfio_iommu_type1_dma_map;
-            argsz: Size, flags: Int, vaddr: Ptr { len: "size" }, iova: Iova, size: Int),
-        def!(VFIO_IOMMU_UNMAP_DMA, vfio_iommu_type1_dma_unmap;
-            argsz: Size, flags: Int, iova: Iova, size: Int),
-    ]
-}
-
-pub fn by_name(name: &str) -> Option<&'static IoctlDef> {
-    ioctls().iter().find(|d| d.name == name)
-}
-
-pub fn by_cmd(cmd: u32) -> Option<&'static IoctlDef> {
-    ioctls().iter().find(|d| d.cmd == cmd)
-}
+// The ioctls themselves (number, struct, fields and their roles) are the uAPI's one table.
+pub use uiommufd_uapi::table::{
+    by_cmd, by_name, ioctls, ArgKind, Field, IoctlDesc as IoctlDef, Role,
+};
 
 /// Symbolic constants usable in expressions.
 pub const CONSTANTS: &[(&str, u64)] = &[
@@ -228,23 +83,6 @@ pub const RANGE_SIZE: usize = size_of::<iommu_iova_range>();
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn table_is_consistent() {
-        for d in ioctls() {
-            if d.kind == ArgKind::Struct {
-                assert_eq!(d.fields[0].role, Role::Size, "{}", d.name);
-                assert_eq!(d.fields[0].off, 0);
-                for f in &d.fields {
-                    assert!(f.off + f.width <= d.size, "{}.{}", d.name, f.name);
-                    if let Role::Ptr { len } | Role::Ranges { count: len, .. } = f.role {
-                        assert!(d.field(len).is_some(), "{}.{}", d.name, len);
-                    }
-                }
-            }
-        }
-        assert_eq!(by_name("IOMMU_IOAS_MAP").unwrap().size, 40);
-    }
 
     #[test]
     fn errno_names_round_trip() {

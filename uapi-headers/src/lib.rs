@@ -9,9 +9,9 @@
 //! headers.
 #![allow(non_camel_case_types)]
 
-pub mod handles;
 pub mod iommufd;
 pub mod selftest;
+pub mod table;
 pub mod vfio;
 
 pub use iommufd::io;

@@ -435,16 +435,3 @@ fn union_accessors() {
     assert_eq!(dev.devid, 9);
     assert_eq!(dev.group_id(), 9);
 }
-
-#[test]
-fn private_handle_bind_abi() {
-    use uiommufd_uapi::handles::*;
-    assert_eq!(std::mem::size_of::<uiommufd_handle_bind>(), 36);
-    assert_eq!(
-        std::mem::offset_of!(uiommufd_handle_bind, out_object_id),
-        28
-    );
-    assert_eq!(UIOMMUFD_HANDLE_BIND, 0x3bfe);
-    assert_eq!(std::mem::size_of::<uiommufd_zero_read>(), 8);
-    assert_eq!(UIOMMUFD_ZERO_READ, 0x3bfd);
-}

@@ -2,7 +2,7 @@
 //!
 //! In the kernel an access is handed to userspace as a new fd and every later op names it by that
 //! fd number. Here the fd is an open file of our own node, bound to the access with the private
-//! `UIOMMUFD_HANDLE_BIND` (see `uiommufd_uapi::handles` and `uiommufd launch`). The ops find the
+//! `UIOMMUFD_HANDLE_BIND` (see `crate::dispatch::private_abi` and `uiommufd launch`). The ops find the
 //! access again the way the kernel does: fetch the caller's fd (pidfd_getfd) and ask the file
 //! which handle it is. Anything else is EBADFD, the kernel's answer for an fd that is not an
 //! access.

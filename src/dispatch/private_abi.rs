@@ -1,4 +1,5 @@
-//! uiommufd's private ABI for fd-returning operations (not a kernel header).
+//! uiommufd's private ABI between `uiommufd launch` and the daemon for fd-returning operations
+//! (not a kernel header, so not in the uAPI crate).
 //!
 //! Some iommufd operations return a new file descriptor (IOMMU_TEST_OP_CREATE_ACCESS, and in the
 //! kernel IOMMU_FAULT_QUEUE_ALLOC and IOMMU_VEVENTQ_ALLOC). A FUSE or CUSE server cannot install an
@@ -18,7 +19,7 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// `_IO(';', 0xfe)`: past every iommufd and VFIO number. Only uiommufd nodes answer it.
-pub const UIOMMUFD_HANDLE_BIND: u32 = crate::io(b';', 0xfe);
+pub const UIOMMUFD_HANDLE_BIND: u32 = uiommufd_uapi::io(b';', 0xfe);
 
 /// The handle is the fd of an IOMMU_TEST_OP_CREATE_ACCESS access: `arg0` = IOAS id, `arg1` =
 /// the op's `flags` (MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES).
@@ -60,7 +61,7 @@ pub const UIOMMUFD_HANDLE_VEVENTQ: u32 = 4;
 /// FUSE and CUSE answer a zero-length read themselves (0) without asking the server, where the
 /// kernel's iommufd files answer EINVAL (no read at all, or a queue that wants a whole record);
 /// `uiommufd launch` asks with this and answers the read for the daemon.
-pub const UIOMMUFD_ZERO_READ: u32 = crate::io(b';', 0xfd);
+pub const UIOMMUFD_ZERO_READ: u32 = uiommufd_uapi::io(b';', 0xfd);
 
 /// Argument of [`UIOMMUFD_ZERO_READ`].
 #[repr(C)]
@@ -72,4 +73,21 @@ pub struct uiommufd_zero_read {
     pub size: u32,
     /// Out: 0 (the read returns 0) or the errno it fails with.
     pub out_errno: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_fixed() {
+        assert_eq!(std::mem::size_of::<uiommufd_handle_bind>(), 36);
+        assert_eq!(
+            std::mem::offset_of!(uiommufd_handle_bind, out_object_id),
+            28
+        );
+        assert_eq!(UIOMMUFD_HANDLE_BIND, 0x3bfe);
+        assert_eq!(std::mem::size_of::<uiommufd_zero_read>(), 8);
+        assert_eq!(UIOMMUFD_ZERO_READ, 0x3bfd);
+    }
 }
