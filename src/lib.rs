@@ -17,4 +17,5 @@ pub mod objects;
 pub mod ops;
 pub mod ratelimit;
 pub mod replay;
+pub mod service;
 pub mod transport;

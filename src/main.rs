@@ -172,7 +172,7 @@ fn serve(args: ServeArgs) -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
-    let daemon = match uiommufd::devices::daemon_with_devices(ext, &devices, hosts) {
+    let daemon = match uiommufd::dispatch::with_devices::daemon_with_devices(ext, &devices, hosts) {
         Ok((d, parts)) => {
             // Programs under `uiommufd launch` get the kernel device fds of real devices, and
             // their own VFIO groups join their compat IOAS.

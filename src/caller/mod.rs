@@ -11,6 +11,7 @@
 //! is held). Memory reached *after* the request (an area's pages) goes through a
 //! [`ProcessHandle`] bound during the request, never through a pid number (see [`identity`]).
 
+pub mod context_query;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod identity;

@@ -7,9 +7,9 @@
 //! closed. The caller's iommufd fd is fetched only to find the context and closed right away: a
 //! file of the daemon's own node held by the daemon would make its death wait on itself.
 
-use super::dmacopy::ContextResolver;
+use super::context::ContextHold;
+use super::context::ContextResolver;
 use crate::caller::CallerMemory;
-use crate::dispatch::daemon::ContextHold;
 use crate::objects::{Context, Device, DeviceBackend};
 use nix::errno::Errno;
 use std::os::fd::AsFd;
@@ -101,7 +101,7 @@ impl CdevBinding {
         // file of this very device.
         let iommufd = mem.get_fd(bind.iommufd)?;
         let ctx = self.resolver.resolve(iommufd.as_fd());
-        crate::dispatch::daemon::context_query::close_dup(iommufd);
+        crate::caller::context_query::close_dup(iommufd);
         let ctx = ctx.inspect_err(|e| {
             tracing::debug!(device = self.name, %e, "bind: the iommufd names no context of ours")
         })?;
@@ -181,7 +181,7 @@ impl CdevBinding {
         match cmd {
             VFIO_DEVICE_BIND_IOMMUFD => return bind().map(Some),
             // A device file is never an iommufd (answered without taking any lock).
-            crate::dispatch::daemon::context_query::IOCTL => return Err(Errno::ENOTTY),
+            crate::caller::context_query::IOCTL => return Err(Errno::ENOTTY),
             _ => {}
         }
         self.bound(file)?;

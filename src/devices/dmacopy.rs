@@ -12,26 +12,20 @@
 
 use super::cdev::CdevBinding;
 use super::config::{Config, BAR0_SIZE, CONFIG_SIZE};
+pub use super::context::{ContextHold, ContextResolver};
 use super::domain::{SoftDomain, SOFT_APERTURE, SOFT_PGSIZE_BITMAP};
 use super::irq::{self, Irqs};
 use super::regs::{Dma, Regs, REGS_SIZE};
 use crate::backends::Domain;
 use crate::caller::CallerMemory;
-use crate::dispatch::daemon::ContextHold;
-use crate::dispatch::OpenFile;
 use crate::objects::{Access, AccessOps, Context, Device, DeviceBackend, Ioas, Object};
+use crate::service::OpenFile;
 use nix::errno::Errno;
-use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use uiommufd_uapi::iommufd::{IOMMU_HWPT_ALLOC_NEST_PARENT, IOMMU_HWPT_ALLOC_PASID};
 use uiommufd_uapi::vfio::*;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
-
-/// Finds the iommufd context a caller's fd (already duplicated into the daemon) belongs to.
-pub trait ContextResolver: Send + Sync {
-    fn resolve(&self, file: BorrowedFd<'_>) -> Result<ContextHold, Errno>;
-}
 
 /// Region offsets in the device file, as vfio-pci: the index in bits 40 and up.
 pub const REGION_SHIFT: u32 = 40;

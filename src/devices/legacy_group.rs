@@ -20,7 +20,7 @@
 //! those two events, so a program closing its group file without UNSET_CONTAINER leaves the group
 //! in use until it closes the container too.
 
-use super::dmacopy::ContextResolver;
+use super::context::ContextResolver;
 use crate::backends::vfio::host::{group_number, Group};
 use crate::backends::vfio::sys::Container;
 use crate::backends::vfio::VfioDomain;

@@ -13,15 +13,15 @@
 //! mappings go: bus mastering off, interrupts torn down, and a reset where the device has one.
 
 use super::cdev::{read_min, CdevBinding};
-use super::dmacopy::ContextResolver;
+use super::context::ContextResolver;
 use crate::backends::vfio::host::{hw_info, HostDevice};
 use crate::backends::vfio::sys::{self, Container};
 use crate::backends::vfio::VfioDomain;
 use crate::backends::Domain;
+use crate::caller::context_query::ClientDup;
 use crate::caller::CallerMemory;
-use crate::dispatch::daemon::context_query::ClientDup;
-use crate::dispatch::OpenFile;
 use crate::objects::{Context, Device, DeviceBackend};
+use crate::service::OpenFile;
 use nix::errno::Errno;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};

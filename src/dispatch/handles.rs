@@ -86,7 +86,7 @@ pub fn release_may_free(ctx_id: u64, id: u32) -> bool {
 
 /// What `file` (a duplicate of some caller's fd) is a handle of; None for any other file.
 pub fn object_of_file(file: std::os::fd::BorrowedFd<'_>) -> Option<HandleObject> {
-    let id = super::daemon::context_query::ask(file).ok()?;
+    let id = crate::caller::context_query::ask(file).ok()?;
     registry()
         .lock()
         .unwrap()
@@ -98,7 +98,7 @@ pub fn object_of_file(file: std::os::fd::BorrowedFd<'_>) -> Option<HandleObject>
 pub fn object_of_fd(mem: &dyn CallerMemory, fd: i32) -> Result<Option<HandleObject>, Errno> {
     let file = mem.get_fd(fd).map_err(|_| Errno::EBADF)?;
     let object = object_of_file(file.as_fd());
-    super::daemon::context_query::close_dup(file);
+    crate::caller::context_query::close_dup(file);
     Ok(object)
 }
 
@@ -141,7 +141,7 @@ pub fn bind(
     }
     let iommufd = mem.get_fd(req.iommufd).map_err(|_| Errno::EBADF)?;
     let hold = daemon.context_of_file(iommufd.as_fd());
-    super::daemon::context_query::close_dup(iommufd);
+    crate::caller::context_query::close_dup(iommufd);
     let hold = hold?;
     let ctx = hold.context().clone();
     let (object_id, object) = match req.kind {

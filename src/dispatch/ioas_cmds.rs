@@ -239,7 +239,7 @@ pub fn ioas_map_file(u: &Ucmd) -> Result<(), Errno> {
         .checked_add(cmd.length - 1)
         .ok_or(Errno::EOVERFLOW)?;
     // Closed through close_dup whatever happens: the fd may be a file of our own CUSE node.
-    let file = super::daemon::context_query::ClientDup::new(
+    let file = crate::caller::context_query::ClientDup::new(
         u.mem.get_fd(cmd.fd).map_err(|_| Errno::EBADF)?,
     );
     if let Some(HandleObject::Dmabuf(buf)) =

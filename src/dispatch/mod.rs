@@ -13,13 +13,13 @@ pub mod hwpt_cmds;
 pub mod ioas_cmds;
 pub mod private_abi;
 pub mod selftest;
-pub mod service;
 mod status;
 pub mod table;
 pub mod ucmd;
 pub mod viommu_cmds;
+pub mod with_devices;
 
+pub use crate::service::{NodeKind, OpenFile, Service};
 pub use daemon::{Daemon, DaemonService, DeviceOpener};
-pub use service::{NodeKind, OpenFile, Service};
 pub use table::Extensions;
 pub use ucmd::Ucmd;

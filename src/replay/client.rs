@@ -7,7 +7,7 @@
 
 use super::script::{BufProt, BufferSpec, Fill, Node};
 use crate::caller::{CallerMemory, ProcessMemory};
-use crate::dispatch::{NodeKind, OpenFile, Service};
+use crate::service::{NodeKind, OpenFile, Service};
 use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

@@ -8,7 +8,7 @@
 use super::tree::{self, Node, Tree};
 use super::wire::{self, opcode, Request, WireError};
 use crate::caller::{CallerMemory, ProcessMemory};
-use crate::dispatch::{NodeKind, OpenFile, Service};
+use crate::service::{NodeKind, OpenFile, Service};
 use nix::errno::Errno;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

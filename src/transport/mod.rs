@@ -44,7 +44,7 @@ pub mod session;
 pub mod tree;
 pub mod wire;
 
-use crate::dispatch::daemon::context_query::{self, OwnNode};
+use crate::caller::context_query::{self, OwnNode};
 use crate::dispatch::{NodeKind, Service};
 use handler::{CallerResolver, Handler, ProcessCallers, Role};
 use session::{Channel, Pools, SessionEnd};
@@ -59,7 +59,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 #[cfg(doc)]
-use crate::dispatch::OpenFile;
+use crate::service::OpenFile;
 
 /// Which kernel interface serves the nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
