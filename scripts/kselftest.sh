@@ -49,32 +49,18 @@ while [ $# -gt 0 ]; do
 done
 
 die() { echo "kselftest: $*" >&2; exit 2; }
+# shellcheck source=scripts/lib-kselftest.sh
+. "$root/scripts/lib-kselftest.sh"
 
 # --- summary and comparison -------------------------------------------------------------------
 
 # summarise TAP OUTDIR: prints the counts, writes OUTDIR/{passed,ran}.txt.
 summarise() {
   local tap=$1 out=$2
-  awk -v passed="$out/passed.txt.tmp" -v ran="$out/ran.txt.tmp" '
-    /^1\.\.[0-9]+/ { plan = substr($1, 4) + 0 }
-    /^(not )?ok [0-9]+ / {
-      if ($1 == "ok") { name = $3; ok = 1 } else { name = $4; ok = 0 }
-      if (name == "" || name == "#") next
-      print name > ran
-      if ($0 ~ / # SKIP/) skip++
-      else if (ok) { pass++; print name > passed }
-      else fail++
-    }
-    END {
-      printf "%d passed, %d failed, %d skipped", pass, fail, skip
-      if (plan && pass + fail + skip != plan) printf " (only %d of the %d planned tests reported)", pass + fail + skip, plan
-      printf "\n"
-      close(passed); close(ran)
-    }' "$tap"
-  touch "$out/passed.txt.tmp" "$out/ran.txt.tmp"
-  sort -u "$out/passed.txt.tmp" > "$out/passed.txt"
-  sort -u "$out/ran.txt.tmp" > "$out/ran.txt"
-  rm -f "$out/passed.txt.tmp" "$out/ran.txt.tmp"
+  tap_results "$tap" > "$out/results.txt"
+  tap_counts "$out/results.txt" "$(tap_plan "$tap")"
+  awk '$2 == "pass" { print $1 }' "$out/results.txt" | sort -u > "$out/passed.txt"
+  awk '{ print $1 }' "$out/results.txt" | sort -u > "$out/ran.txt"
 }
 
 expected_header() {
@@ -92,13 +78,6 @@ expected_header() {
 # `uiommufd launch`; still out of reach: mmap of the iommufd, VmPin, CAP_SYS_RESOURCE on this
 # machine, and fork_gone (pins outliving a dead process). docs/kselftest.md lists each one.
 EOF
-}
-
-# Whether this (root) process has CAP_SYS_RESOURCE (bit 24 of CapEff).
-has_cap_sys_resource() {
-  local eff
-  eff=$(awk '/^CapEff:/ {print $2}' /proc/self/status)
-  [ -n "$eff" ] && (( (16#$eff >> 24) & 1 ))
 }
 
 # compare OUTDIR: compares OUTDIR/passed.txt with the expected file; returns 1 on any difference.

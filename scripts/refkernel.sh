@@ -4,12 +4,17 @@
 # small config scripts/refkernel.config, boot it under QEMU/TCG with a busybox initramfs, and run the
 # replay corpus (tests/replay/*.jsonl) in that guest twice: against the kernel's own /dev/iommu and
 # /dev/vfio/vfio, then against uiommufd serving the same corpus over FUSE (/run/u/iommu) in the same
-# guest. uiommufd is only the replay client in the first run.
+# guest. uiommufd is only the replay client in the first run. In the test variant the same guest
+# then runs the kernel's own iommufd selftest (the binary scripts/kselftest.sh built) against the
+# kernel's /dev/iommu, and its result is compared instance by instance with uiommufd's result from
+# scripts/kselftest.sh's run (its output.tap).
 #
 # Every step that fails on the real kernel is a divergence between the corpus (our expectations)
 # and the kernel. The gate, per variant: the FAIL lines ("file:line: step N: IOCTL: expected X, got
 # Y") of both runs, prefixed "kernel: " and "uiommufd: ", must be exactly the lines of the variant's
-# expected list; new failures and ones that went away both fail.
+# expected list; new failures and ones that went away both fail. The selftest's gate: the instances
+# whose result (pass/fail/skip) differs between the kernel and uiommufd, as lines "INSTANCE
+# kernel=X uiommufd=Y", must be exactly those of tests/refkernel-kselftest-expected.txt.
 #
 #   scripts/refkernel.sh                    build (or take from the cache), boot, replay, compare
 #   scripts/refkernel.sh --build-only       stop after the kernel images are in the cache
@@ -22,6 +27,7 @@
 #                                           argument shapes), run on both sides; each probe whose
 #                                           outcome differs between the kernel and uiommufd is
 #                                           printed and gated against tests/refkernel-probe-expected.txt
+#   scripts/refkernel.sh --no-kselftest     leave the kernel's selftest out of the test variant
 #   scripts/refkernel.sh --self-test        check the judging on built-in sample logs (no QEMU)
 #   --variant test|prod|both                which kernel(s) (default both): "test" has
 #                                           CONFIG_IOMMUFD_TEST (uiommufd runs with --selftest),
@@ -41,7 +47,11 @@
 # Env: LINUX_SRC (an unpacked tree; default: scripts/fetch-linux-source.sh into target/linux-src),
 # LINUX_SOURCE_VERSION (Debian version to fetch), UIOMMUFD (binary; default cargo build --release),
 # GUEST_PKG_DIR (busybox-static, via scripts/lib-guest.sh), QEMU, BOOT_TIMEOUT (default 600 s),
-# REPLAY (scripts or dirs, default tests/replay).
+# REPLAY (scripts or dirs, default tests/replay), KSELFTEST_BIN (the selftest binary, default
+# $CARGO_TARGET_DIR/kselftest/iommufd, built by scripts/kselftest.sh --build-only when missing),
+# KSELFTEST_TAP (uiommufd's result, default $CARGO_TARGET_DIR/kselftest/output.tap: run
+# scripts/kselftest.sh first). Under CI=true a missing selftest binary or TAP fails; elsewhere a
+# missing TAP only skips the comparison.
 # Exit: 0 every variant's failures match its list; 1 a difference or a guest that did not finish;
 # 2 could not run.
 set -euo pipefail
@@ -49,16 +59,22 @@ export LC_ALL=C
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT0=${CARGO_TARGET_DIR:-$ROOT/target}/refkernel
+KSELFTEST_BIN=${KSELFTEST_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/kselftest/iommufd}
+KSELFTEST_TAP=${KSELFTEST_TAP:-${CARGO_TARGET_DIR:-$ROOT/target}/kselftest/output.tap}
+KSELFTEST_EXPECTED=$ROOT/tests/refkernel-kselftest-expected.txt
 QEMU=${QEMU:-qemu-system-x86_64}
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-600}
 FRAGMENT=$ROOT/scripts/refkernel.config
 default_version=7.2.12-1~bpo13+1
 die() { echo "refkernel: $*" >&2; exit 2; }
+# shellcheck source=scripts/lib-kselftest.sh
+. "$ROOT/scripts/lib-kselftest.sh"
 
 mode=run
 update=0
 log_in=""
 variants="test prod"
+kselftest=1
 while [ $# -gt 0 ]; do
   case $1 in
     --build-only) mode=build ;;
@@ -66,6 +82,7 @@ while [ $# -gt 0 ]; do
     --log) log_in=$2; mode=log; shift ;;
     --self-test) mode=selftest ;;
     --probe) mode=probe ;;
+    --no-kselftest) kselftest=0 ;;
     --variant)
       case ${2:-} in test|prod) variants=$2 ;; both) variants="test prod" ;; *) die "--variant test|prod|both" ;; esac
       shift ;;
@@ -104,6 +121,29 @@ expected_header() {
 EOF
 }
 
+# read_expected FILE OUT: FILE's lines without comments, blank lines and trailing blanks, sorted, into
+# OUT (empty when FILE is missing).
+read_expected() {
+  if [ -f "$1" ]; then
+    { grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$1" || true; } | sed 's/[[:space:]]*$//' | sort -u > "$2"
+  else
+    : > "$2"
+  fi
+}
+
+# report_changes WHAT FILE NEW GONE: prints the new lines and the listed ones that went away (both
+# newline-separated, possibly empty); returns 1 when there is either.
+report_changes() {
+  local what=$1 file=${2#"$ROOT"/} new=$3 gone=$4 rc=0
+  if [ -n "$new" ]; then
+    echo "[$VARIANT] NEW $what, not in $file:"; sed 's/^/  /' <<<"$new"; rc=1
+  fi
+  if [ -n "$gone" ]; then
+    echo "[$VARIANT] GONE: listed $what that no longer occur (delete them from $file):"; sed 's/^/  /' <<<"$gone"; rc=1
+  fi
+  return $rc
+}
+
 # judge LOG: the FAIL lines of both runs (prefixed "kernel: " / "uiommufd: ") against the expected list.
 judge() {
   local log=$1 rc=0 got exp ksum usum
@@ -116,11 +156,7 @@ judge() {
   { sed -n 's/^KREPLAY: FAIL \(.*\)$/kernel: \1/p; s/^UREPLAY: FAIL \(.*\)$/uiommufd: \1/p' "$log" || true; } \
     | sed 's|^\([a-z]*: \)[^:]*/|\1|' | sort -u > "$got"
   exp=$OUT/expected.txt
-  if [ -f "$EXPECTED" ]; then
-    { grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$EXPECTED" || true; } | sed 's/[[:space:]]*$//' | sort -u > "$exp"
-  else
-    : > "$exp"
-  fi
+  read_expected "$EXPECTED" "$exp"
   echo "[$VARIANT] failing steps (kernel: the real kernel vs the corpus; uiommufd: the daemon in the same guest):"
   if [ -s "$got" ]; then sed 's/^/  /' "$got"; else echo "  none"; fi
   if [ "$update" = 1 ]; then
@@ -128,16 +164,86 @@ judge() {
     echo "rewrote ${EXPECTED#"$ROOT"/}: $(wc -l < "$got") line(s)"
     cp "$got" "$exp"
   fi
-  local new gone
-  new=$(comm -13 "$exp" "$got"); gone=$(comm -23 "$exp" "$got")
-  if [ -n "$new" ]; then
-    echo "[$VARIANT] NEW failure(s), not in ${EXPECTED#"$ROOT"/}:"; sed 's/^/  /' <<<"$new"; rc=1
-  fi
-  if [ -n "$gone" ]; then
-    echo "[$VARIANT] GONE: listed failure(s) that no longer occur (delete them from ${EXPECTED#"$ROOT"/}):"
-    sed 's/^/  /' <<<"$gone"; rc=1
-  fi
+  report_changes "failure(s)" "$EXPECTED" "$(comm -13 "$exp" "$got")" "$(comm -23 "$exp" "$got")" || rc=1
   [ $rc = 0 ] && echo "[$VARIANT] PASS: the $(wc -l < "$exp") listed failure(s), no others"
+  return $rc
+}
+
+# ---- the kernel's own selftest: the kernel vs uiommufd, instance by instance ----
+
+ks_expected_header() {
+  cat <<'EOF'
+# Instances of the kernel's iommufd selftest (tools/testing/selftests/iommu/iommufd, linux-source-7.2)
+# whose result differs between the real Linux 7.2 (IOMMUFD_TEST, in scripts/refkernel.sh's test
+# guest) and uiommufd (scripts/kselftest.sh's run, its output.tap): "INSTANCE kernel=X uiommufd=Y",
+# X and Y one of pass, fail, skip (absent: not reported). scripts/refkernel.sh fails when the set
+# differs: a new difference, or one that went away (an improvement: delete its line, or run
+# scripts/refkernel.sh --variant test --update-expected). docs/kselftest.md says why each differs.
+EOF
+}
+
+# ks_results TAP OUT: "name status" per instance, sorted, into OUT; fails unless TAP has a plan, as
+# many results, and no name twice (a crash or a filtered run cannot be compared).
+ks_results() {
+  local tap=$1 out=$2 plan n dups
+  tap_results "$tap" | sort > "$out"
+  plan=$(tap_plan "$tap"); n=$(wc -l < "$out")
+  if [ -z "$plan" ] || [ "$n" != "$plan" ]; then
+    echo "[$VARIANT] FAIL: $tap: $n results for a plan of ${plan:-none} (crashed, cut short or filtered)"
+    return 1
+  fi
+  dups=$(cut -d' ' -f1 "$out" | uniq -d)
+  [ -z "$dups" ] || { echo "[$VARIANT] FAIL: $tap reports an instance twice: $dups"; return 1; }
+}
+
+# ks_judge LOG: the kernel's TAP (KSELFTEST: lines of LOG) against uiommufd's ($KSELFTEST_TAP); the
+# instances whose results differ must be the lines of $KSELFTEST_EXPECTED.
+ks_judge() {
+  local log=$1 ktap=$OUT/kselftest-kernel.tap k=$OUT/kselftest-kernel.txt u=$OUT/kselftest-uiommufd.txt
+  local got=$OUT/kselftest-differences.txt exp=$OUT/kselftest-expected.txt rc=0 new gone ran
+  # "exit N, S s": the binary's status and its time in the guest (from its uptime stamps).
+  ran=$(sed -n 's/^REFKERNEL: kselftest exit \([0-9]*\) (uptime \([0-9.]*\) -> \([0-9.]*\))$/\1 \2 \3/p' "$log" \
+    | tail -n1 | awk '{ printf "exit %d, %.1f s", $1, $3 - $2 }')
+  [ -n "$ran" ] || { echo "[$VARIANT] FAIL: no kernel selftest run in $log"; return 1; }
+  sed -n 's/^KSELFTEST: //p' "$log" > "$ktap"
+  tap_results "$ktap" > "$k"
+  echo "[$VARIANT] kselftest on the kernel  : $(tap_counts "$k" "$(tap_plan "$ktap")") ($ran)"
+  ks_results "$ktap" "$k" || return 1
+  if [ ! -f "$KSELFTEST_TAP" ]; then
+    if [ "${CI:-}" = true ]; then
+      echo "[$VARIANT] FAIL: no uiommufd selftest result at $KSELFTEST_TAP (scripts/kselftest.sh runs first)"
+      return 1
+    fi
+    echo "[$VARIANT] kselftest: no uiommufd result at $KSELFTEST_TAP; comparison skipped (run scripts/kselftest.sh first)"
+    return 0
+  fi
+  tap_results "$KSELFTEST_TAP" > "$u"
+  echo "[$VARIANT] kselftest on uiommufd    : $(tap_counts "$u" "$(tap_plan "$KSELFTEST_TAP")") ($KSELFTEST_TAP, $(date -r "$KSELFTEST_TAP" '+%F %T'))"
+  ks_results "$KSELFTEST_TAP" "$u" || return 1
+  join -a1 -a2 -e absent -o 0,1.2,2.2 "$k" "$u" > "$OUT/kselftest-both.txt"
+  awk '$2 != $3 { print $1 " kernel=" $2 " uiommufd=" $3 }' "$OUT/kselftest-both.txt" > "$got"
+  awk -v v="$VARIANT" '
+    { kp = $2 == "pass"; up = $3 == "pass"; K += kp; U += up; B += kp && up; OK += kp && !up; OU += up && !kp }
+    END { printf "[%s] kselftest passes: kernel %d, uiommufd %d, both %d, only the kernel %d, only uiommufd %d\n", v, K, U, B, OK, OU }' \
+    "$OUT/kselftest-both.txt"
+  echo "[$VARIANT] kselftest instances whose results differ: $(wc -l < "$got")"
+  sed 's/^/  /' "$got"
+  read_expected "$KSELFTEST_EXPECTED" "$exp"
+  if [ "$update" = 1 ]; then
+    { ks_expected_header; echo; cat "$got"; } > "$KSELFTEST_EXPECTED"
+    echo "rewrote ${KSELFTEST_EXPECTED#"$ROOT"/}: $(wc -l < "$got") line(s)"
+    cp "$got" "$exp"
+  fi
+  new=$(comm -13 "$exp" "$got"); gone=$(comm -23 "$exp" "$got")
+  # The list is made where root lacks CAP_SYS_RESOURCE (uiommufd then fails global_options, as the
+  # kernel would there); where root has it, that difference may go away.
+  local cap_line="iommufd.global_options kernel=pass uiommufd=fail"
+  if grep -qx "$cap_line" <<<"$gone" && has_cap_sys_resource; then
+    echo "[$VARIANT] note: iommufd.global_options passed on uiommufd (this root has CAP_SYS_RESOURCE)"
+    gone=$(grep -vx "$cap_line" <<<"$gone" || true)
+  fi
+  report_changes "kselftest difference(s)" "$KSELFTEST_EXPECTED" "$new" "$gone" || rc=1
+  [ $rc = 0 ] && echo "[$VARIANT] PASS: kselftest: the $(wc -l < "$exp") listed difference(s) between the kernel and uiommufd, no others"
   return $rc
 }
 
@@ -173,7 +279,73 @@ EOF
   update=1; judge "$d/u.log" > /dev/null || die "self-test: --update-expected did not pass"; update=0
   judge "$d/u.log" > /dev/null || die "self-test: the updated list does not match"
   grep -q '^# Replay steps' "$EXPECTED" || die "self-test: header missing"
+  ks_self_test "$d"
   echo "self-test ok"
+}
+
+# ks_self_test DIR: the selftest comparison on sample TAP streams (called by self_test; OUT=DIR).
+ks_self_test() {
+  local d=$1 cap=iommufd.global_options
+  KSELFTEST_EXPECTED=$d/ks-expected; KSELFTEST_TAP=$d/u.tap
+  # The kernel's run as the guest prints it, with a diagnostic that looks like a result.
+  cat > "$d/ks.log" <<EOF
+REFKERNEL: kselftest exit 0 (uptime 2.50 -> 13.00)
+KSELFTEST: TAP version 13
+KSELFTEST: 1..3
+KSELFTEST: ok 1 $cap
+KSELFTEST: # ok 9 not.a.result
+KSELFTEST: ok 2 iommufd_ioas.mock_domain.fork_gone
+KSELFTEST: ok 3 iommufd_viommu.no_viommu.hw_queue # SKIP no vIOMMU
+REFKERNEL: done
+EOF
+  printf 'TAP version 13\n1..3\nnot ok 1 %s\nnot ok 2 iommufd_ioas.mock_domain.fork_gone\nok 3 iommufd_viommu.no_viommu.hw_queue # SKIP x\n' \
+    "$cap" > "$KSELFTEST_TAP"
+  local both="$cap kernel=pass uiommufd=fail
+iommufd_ioas.mock_domain.fork_gone kernel=pass uiommufd=fail"
+  printf '# c\n\n%s\n' "$both" > "$KSELFTEST_EXPECTED"
+  ks_judge "$d/ks.log" > "$d/out" || die "self-test: kselftest: matching results judged a failure: $(cat "$d/out")"
+  grep -q 'kernel 2, uiommufd 0, both 0, only the kernel 2, only uiommufd 0$' "$d/out" \
+    || die "self-test: kselftest totals: $(cat "$d/out")"
+  grep -q '(exit 0, 10.5 s)$' "$d/out" || die "self-test: kselftest run time: $(cat "$d/out")"
+  : > "$KSELFTEST_EXPECTED"
+  if ks_judge "$d/ks.log" > "$d/out"; then die "self-test: kselftest: unlisted differences passed"; fi
+  grep -q "^  iommufd_ioas.mock_domain.fork_gone kernel=pass uiommufd=fail$" "$d/out" \
+    || die "self-test: kselftest NEW not shown: $(cat "$d/out")"
+  printf '%s\niommufd.simple_close kernel=pass uiommufd=fail\n' "$both" > "$KSELFTEST_EXPECTED"
+  if ks_judge "$d/ks.log" > "$d/out"; then die "self-test: kselftest: a difference that went away passed"; fi
+  grep -q '^  iommufd.simple_close kernel=pass uiommufd=fail$' "$d/out" || die "self-test: kselftest GONE: $(cat "$d/out")"
+  # Where root has CAP_SYS_RESOURCE, uiommufd passing global_options is no news; elsewhere it is.
+  printf '%s\n' "$both" > "$KSELFTEST_EXPECTED"
+  sed "s/^not ok 1 $cap/ok 1 $cap/" "$d/u.tap" > "$d/u-cap.tap"
+  (KSELFTEST_TAP=$d/u-cap.tap; has_cap_sys_resource() { true; }; ks_judge "$d/ks.log") > "$d/out" \
+    || die "self-test: kselftest: global_options with CAP_SYS_RESOURCE: $(cat "$d/out")"
+  if (KSELFTEST_TAP=$d/u-cap.tap; has_cap_sys_resource() { false; }; ks_judge "$d/ks.log") > "$d/out"; then
+    die "self-test: kselftest: global_options passing without CAP_SYS_RESOURCE was not flagged"
+  fi
+  # Runs that cannot be compared: cut short, not run, an instance missing on one side.
+  # Both cut short the same way (a crash at the same test): only the plan shows it.
+  grep -v 'fork_gone' "$d/ks.log" > "$d/cut.log"; grep -v 'fork_gone' "$d/u.tap" > "$d/u-cut.tap"
+  printf '%s kernel=pass uiommufd=fail\n' "$cap" > "$d/ks-expected-cut"
+  if (KSELFTEST_TAP=$d/u-cut.tap; KSELFTEST_EXPECTED=$d/ks-expected-cut; ks_judge "$d/cut.log") > "$d/out"; then
+    die "self-test: kselftest: TAP streams short of their plan passed"
+  fi
+  if (KSELFTEST_EXPECTED=$d/ks-expected-cut; ks_judge "$d/cut.log") > "$d/out"; then
+    die "self-test: kselftest: a kernel TAP short of its plan passed"
+  fi
+  grep -v '^REFKERNEL: kselftest exit' "$d/ks.log" > "$d/norun.log"
+  if ks_judge "$d/norun.log" > "$d/out"; then die "self-test: kselftest: a log without the run passed"; fi
+  printf '1..3\nnot ok 1 %s\nnot ok 2 iommufd_ioas.other.fork_gone\nok 3 iommufd_viommu.no_viommu.hw_queue\n' "$cap" > "$d/u-other.tap"
+  if (KSELFTEST_TAP=$d/u-other.tap; ks_judge "$d/ks.log") > "$d/out"; then die "self-test: kselftest: differing instance sets passed"; fi
+  grep -q '^  iommufd_ioas.other.fork_gone kernel=absent uiommufd=fail$' "$d/out" || die "self-test: kselftest absent: $(cat "$d/out")"
+  # uiommufd's result missing: only a note outside CI, a failure under CI=true.
+  (KSELFTEST_TAP=$d/none.tap; CI=; ks_judge "$d/ks.log") > "$d/out" || die "self-test: kselftest: no TAP outside CI failed"
+  grep -q 'comparison skipped' "$d/out" || die "self-test: kselftest: no note: $(cat "$d/out")"
+  if (KSELFTEST_TAP=$d/none.tap; CI=true; ks_judge "$d/ks.log") > "$d/out"; then die "self-test: kselftest: no TAP under CI=true passed"; fi
+  # --update-expected writes the header and the differences; the result judges clean.
+  : > "$KSELFTEST_EXPECTED"
+  update=1; ks_judge "$d/ks.log" > /dev/null || die "self-test: kselftest --update-expected did not pass"; update=0
+  ks_judge "$d/ks.log" > /dev/null || die "self-test: kselftest: the updated list does not match"
+  grep -q '^# Instances of the kernel' "$KSELFTEST_EXPECTED" || die "self-test: kselftest header missing"
 }
 
 # ---- differential probe ----
@@ -268,10 +440,7 @@ probe_judge() {
     { sed -n '/^#/p' "$file.new"; grep -v '^#' "$file.new" | grep -v '^$' | sort; } > "$file"; rm -f "$file.new"
     echo "rewrote tests/refkernel-probe-expected.txt ($VARIANT)"; cp "$got" "$exp"
   fi
-  local new gone
-  new=$(comm -13 "$exp" "$got"); gone=$(comm -23 "$exp" "$got")
-  [ -z "$new" ] || { echo "[$VARIANT] NEW differences:"; sed 's/^/  /' <<<"$new"; rc=1; }
-  [ -z "$gone" ] || { echo "[$VARIANT] GONE (delete from tests/refkernel-probe-expected.txt):"; sed 's/^/  /' <<<"$gone"; rc=1; }
+  report_changes "probe difference(s)" "$file" "$(comm -13 "$exp" "$got")" "$(comm -23 "$exp" "$got")" || rc=1
   [ $rc = 0 ] && echo "[$VARIANT] PASS: the differences are the listed ones"
   return $rc
 }
@@ -281,7 +450,10 @@ if [ $mode = log ]; then
   [ -f "$log_in" ] || die "no such log: $log_in"
   [ "$variants" != "test prod" ] || die "--log needs --variant test|prod"
   set_variant "$variants"
-  judge "$log_in"; exit $?
+  rc=0
+  judge "$log_in" || rc=1
+  if grep -q '^REFKERNEL: kselftest exit' "$log_in"; then ks_judge "$log_in" || rc=1; fi
+  exit $rc
 fi
 
 # ---- 1. the kernel image (cached) ----
@@ -344,7 +516,13 @@ kernel_image() {
   echo "[$VARIANT] built $IMG in $((SECONDS - t0)) s" >&2
 }
 
-# run_guest: the initramfs (busybox, uiommufd, the corpus), the boot, the log in $OUT/console.log.
+# run_kselftest: 1 when this run puts the kernel's selftest in the current variant's guest.
+run_kselftest() {
+  if [ $mode = run ] && [ $kselftest = 1 ] && [ "$VARIANT" = test ]; then echo 1; else echo 0; fi
+}
+
+# run_guest: the initramfs (busybox, uiommufd, the corpus, the selftest in the test variant), the
+# boot, the log in $OUT/console.log.
 run_guest() {
   local R=$OUT/root s
   guest_root "$R" replay run/u
@@ -352,6 +530,21 @@ run_guest() {
   for s in ${REPLAY:-tests/replay}; do
     if [ -d "$s" ]; then cp "$s"/*.jsonl "$R/replay/"; else cp "$s" "$R/replay/"; fi
   done
+  local selftest=""
+  if [ "$(run_kselftest)" = 1 ]; then
+    guest_add_bin "$R" "$KSELFTEST_BIN" iommufd-selftest
+    # After the daemon is gone: the kernel's selftest on the kernel's /dev/iommu, with the huge
+    # pages scripts/kselftest.sh gives uiommufd's run.
+    selftest=$(cat <<'EOS'
+echo 128 > /proc/sys/vm/nr_hugepages
+t0=$(cut -d' ' -f1 /proc/uptime)
+echo "REFKERNEL: kselftest: vm.nr_hugepages $(cat /proc/sys/vm/nr_hugepages)"
+/bin/iommufd-selftest >/tmp/ks.tap 2>&1
+echo "REFKERNEL: kselftest exit $? (uptime $t0 -> $(cut -d' ' -f1 /proc/uptime))"
+sed 's/^/KSELFTEST: /' /tmp/ks.tap
+EOS
+)
+  fi
   { guest_init_head REFKERNEL; cat <<EOF; } > "$R/init"
 echo "REFKERNEL: nodes: \$(ls -l /dev/iommu /dev/vfio/vfio 2>&1 | tr '\n' ' ')"
 t0=\$(cut -d' ' -f1 /proc/uptime)
@@ -377,6 +570,7 @@ kill -TERM \$DPID 2>/dev/null
 wait \$DPID
 echo "REFKERNEL: daemon exit \$?"
 sed 's/^/DAEMON: /' /tmp/daemon.log
+$selftest
 echo "REFKERNEL: done"
 poweroff -f
 EOF
@@ -408,6 +602,16 @@ if [ $mode = probe ]; then
   gen_probes "$OUT0/probe-scripts"
   REPLAY=$OUT0/probe-scripts
 fi
+if [ $mode = run ] && [ $kselftest = 1 ] && [[ " $variants " == *" test "* ]]; then
+  if [ ! -x "$KSELFTEST_BIN" ]; then
+    # CI builds it in scripts/kselftest.sh, before this script: missing there means a broken job.
+    [ "${CI:-}" = true ] && die "no selftest binary at $KSELFTEST_BIN (scripts/kselftest.sh builds it)"
+    LINUX_SRC=$src "$ROOT/scripts/kselftest.sh" --build-only >&2 || die "building the selftest failed"
+    [ -x "$KSELFTEST_BIN" ] || die "scripts/kselftest.sh built no $KSELFTEST_BIN"
+  fi
+  [ -f "$KSELFTEST_TAP" ] || [ "${CI:-}" != true ] \
+    || die "no uiommufd selftest result at $KSELFTEST_TAP (scripts/kselftest.sh runs first)"
+fi
 status=0
 for v in $variants; do
   set_variant "$v"
@@ -417,5 +621,6 @@ for v in $variants; do
     echo "[$v] FAIL: the guest did not finish (see $LOG)"; tail -n 40 "$LOG"; status=1; continue
   fi
   if [ $mode = probe ]; then probe_judge "$LOG" || status=1; else judge "$LOG" || status=1; fi
+  if [ "$(run_kselftest)" = 1 ]; then ks_judge "$LOG" || status=1; fi
 done
 exit $status
