@@ -19,7 +19,7 @@ mod process;
 pub mod shared;
 
 pub use identity::{Credentials, ProcessHandle, ProcessHandles};
-pub use process::ProcessMemory;
+pub use process::{vm_read, vm_write, ProcessMemory};
 
 use nix::errno::Errno;
 use std::os::fd::OwnedFd;

@@ -70,45 +70,51 @@ fn thread_group_of(status: &str) -> Result<i32, Errno> {
 /// Largest piece handed to one process_vm call; the kernel caps iovec lengths at MAX_RW_COUNT anyway.
 const MAX_CHUNK: usize = 1 << 30;
 
+/// Runs `op` over `len` bytes at remote `addr` in pieces of at most [`MAX_CHUNK`]: `op` gets the
+/// remote address and the range of the local buffer, and returns the bytes it moved. A piece
+/// that moves nothing, or fails, is EFAULT (ESRCH when the process is gone).
+fn in_chunks(
+    addr: u64,
+    len: usize,
+    mut op: impl FnMut(usize, std::ops::Range<usize>) -> nix::Result<usize>,
+) -> Result<(), Errno> {
+    let mut done = 0usize;
+    while done < len {
+        let n = (len - done).min(MAX_CHUNK);
+        let base = addr.checked_add(done as u64).ok_or(Errno::EFAULT)?;
+        match op(base as usize, done..done + n) {
+            Ok(0) => return Err(Errno::EFAULT),
+            Ok(moved) => done += moved,
+            Err(Errno::ESRCH) => return Err(Errno::ESRCH),
+            Err(_) => return Err(Errno::EFAULT),
+        }
+    }
+    Ok(())
+}
+
+/// process_vm_readv of `buf.len()` bytes at `addr` in process (or thread) `pid`.
+pub fn vm_read(pid: Pid, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+    in_chunks(addr, buf.len(), |base, r| {
+        let remote = [RemoteIoVec { base, len: r.len() }];
+        process_vm_readv(pid, &mut [IoSliceMut::new(&mut buf[r])], &remote)
+    })
+}
+
+/// process_vm_writev of `buf` to `addr` in process (or thread) `pid`.
+pub fn vm_write(pid: Pid, addr: u64, buf: &[u8]) -> Result<(), Errno> {
+    in_chunks(addr, buf.len(), |base, r| {
+        let remote = [RemoteIoVec { base, len: r.len() }];
+        process_vm_writev(pid, &[IoSlice::new(&buf[r])], &remote)
+    })
+}
+
 impl CallerMemory for ProcessMemory {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let len = (buf.len() - done).min(MAX_CHUNK);
-            let base = addr.checked_add(done as u64).ok_or(Errno::EFAULT)?;
-            let remote = [RemoteIoVec {
-                base: base as usize,
-                len,
-            }];
-            let mut local = [IoSliceMut::new(&mut buf[done..done + len])];
-            match process_vm_readv(Pid::from_raw(self.tid), &mut local, &remote) {
-                Ok(0) => return Err(Errno::EFAULT),
-                Ok(n) => done += n,
-                Err(Errno::ESRCH) => return Err(Errno::ESRCH),
-                Err(_) => return Err(Errno::EFAULT),
-            }
-        }
-        Ok(())
+        vm_read(Pid::from_raw(self.tid), addr, buf)
     }
 
     fn write(&self, addr: u64, buf: &[u8]) -> Result<(), Errno> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let len = (buf.len() - done).min(MAX_CHUNK);
-            let base = addr.checked_add(done as u64).ok_or(Errno::EFAULT)?;
-            let remote = [RemoteIoVec {
-                base: base as usize,
-                len,
-            }];
-            let local = [IoSlice::new(&buf[done..done + len])];
-            match process_vm_writev(Pid::from_raw(self.tid), &local, &remote) {
-                Ok(0) => return Err(Errno::EFAULT),
-                Ok(n) => done += n,
-                Err(Errno::ESRCH) => return Err(Errno::ESRCH),
-                Err(_) => return Err(Errno::EFAULT),
-            }
-        }
-        Ok(())
+        vm_write(Pid::from_raw(self.tid), addr, buf)
     }
 
     fn pid(&self) -> i32 {

@@ -6,8 +6,7 @@ use crate::backends::VaRun;
 use crate::caller::identity::{check_vmas, Vma};
 use crate::caller::ProcessHandle;
 use nix::errno::Errno;
-use nix::sys::uio::{process_vm_writev, RemoteIoVec};
-use std::io::{IoSlice, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
@@ -507,17 +506,8 @@ impl SharedFile {
         self.check_inside(off, data.len() as u64)?;
         // Not pwrite: a write past a concurrent truncation would grow the client's file again.
         let (map, delta) = self.map(off, data.len() as u64, true)?;
-        let remote = [RemoteIoVec {
-            base: map.addr() + delta,
-            len: data.len(),
-        }];
-        let n = process_vm_writev(nix::unistd::getpid(), &[IoSlice::new(data)], &remote)
-            .map_err(|_| Errno::EFAULT)?;
-        if n == data.len() {
-            Ok(())
-        } else {
-            Err(Errno::EFAULT)
-        }
+        let at = (map.addr() + delta) as u64;
+        crate::caller::vm_write(nix::unistd::getpid(), at, data).map_err(|_| Errno::EFAULT)
     }
 }
 
