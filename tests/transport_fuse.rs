@@ -235,11 +235,11 @@ fn stale_mount_of_killed_server_is_cleaned() {
     assert!(line.contains("READY"), "child server did not start");
     kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
     child.wait().unwrap();
+    // ECONNABORTED: over io_uring, a first request can still wait on the dead server's queue.
     let e = std::fs::metadata(&dir).unwrap_err();
-    assert_eq!(
-        e.raw_os_error(),
-        Some(libc::ENOTCONN),
-        "a dead mount is left behind"
+    assert!(
+        matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)),
+        "a dead mount is left behind: {e}"
     );
     let st = Arc::new(State::default());
     let server = Server::start_with(&dir, st.clone());
