@@ -21,6 +21,13 @@
 //! start) and a read-only `status` file ([`Service::status`], read at each open). All files are opened
 //! with `FOPEN_DIRECT_IO`, so reads and writes reach the service at their real offsets.
 //!
+//! FUSE requests travel over /dev/fuse (read on tokio, `session`) or, with [`UringMode`] `auto`
+//! when INIT offers it or `on`, over io_uring ([`uring`]): one ring and one thread per possible
+//! CPU, pinned there, so a caller is answered on its own CPU without waking another (the
+//! cross-CPU wake-up dominates the /dev/fuse round trip). INIT, FORGET, INTERRUPT and
+//! notifications stay on /dev/fuse either way. CUSE stays on /dev/cuse: the kernel turns io_uring
+//! on only while processing a FUSE INIT reply (CUSE_INIT has no such flag).
+//!
 //! In CUSE mode ([`TransportKind::Cuse`], or `Auto` when /dev/cuse opens), `/dev/iommu` and
 //! `/dev/vfio/vfio` are additionally real character devices with unrestricted ioctls; the FUSE mount
 //! still exists for the device files and `status`. `--bind-dev` (FUSE mode only) bind-mounts
@@ -30,9 +37,10 @@
 //!
 //! [`Transport::start`] detaches stale mounts of ours (or dead FUSE mounts) at the mount point (and at
 //! the /dev targets with `--bind-dev`), starts the readers, mounts, and returns once INIT (and each
-//! CUSE_INIT) was answered. Shutdown undoes the bind mounts and lazily unmounts first (while requests
+//! CUSE_INIT) was answered and, over io_uring, every queue is set up. Shutdown undoes the bind mounts and lazily unmounts first (while requests
 //! are still served, so no path walk can wait on us), waits up to [`SHUTDOWN_GRACE`] for requests
-//! in flight (the readers still answer the daemon's own queries meanwhile), stops reading, and —
+//! in flight (the readers still answer the daemon's own queries meanwhile), stops reading and the
+//! io_uring queues, and —
 //! only if everything finished — calls [`OpenFile::release`] on every file still open; the device
 //! fds close with the process.
 
