@@ -67,14 +67,19 @@ fn client(spec: &str) {
         let r = unsafe { libc::ioctl(f.as_raw_fd(), NOP as libc::c_ulong, 0) };
         assert_eq!(r, 0, "ioctl: {}", Errno::last());
     };
-    for _ in 0..1000 {
+    print_ns_per_call(1000, ITERS, call);
+}
+
+/// Warms up with `warm` calls, times `iters` more and prints ns per call (the clients' output).
+fn print_ns_per_call(warm: u32, iters: u32, mut call: impl FnMut()) {
+    for _ in 0..warm {
         call();
     }
     let t = Instant::now();
-    for _ in 0..ITERS {
+    for _ in 0..iters {
         call();
     }
-    println!("{}", t.elapsed().as_nanos() / ITERS as u128);
+    println!("{}", t.elapsed().as_nanos() / iters as u128);
 }
 
 /// Child role: pin, open an iommufd node, time OPTION_ITERS IOMMU_OPTION (RLIMIT_MODE, GET), print
@@ -96,7 +101,7 @@ fn option_client(spec: &str) {
         op: IOMMU_OPTION_OP_GET,
         ..Default::default()
     };
-    let mut call = || {
+    let call = || {
         // SAFETY: IOMMU_OPTION reads and writes exactly `opt`, which lives across the call.
         let r = unsafe {
             libc::ioctl(
@@ -107,14 +112,7 @@ fn option_client(spec: &str) {
         };
         assert_eq!(r, 0, "IOMMU_OPTION: {}", Errno::last());
     };
-    for _ in 0..500 {
-        call();
-    }
-    let t = Instant::now();
-    for _ in 0..OPTION_ITERS {
-        call();
-    }
-    println!("{}", t.elapsed().as_nanos() / OPTION_ITERS as u128);
+    print_ns_per_call(500, OPTION_ITERS, call);
 }
 
 fn measure(node: &Path, cpu: usize) -> u64 {
