@@ -1,8 +1,12 @@
 //! Round trip of a cheap ioctl through a FUSE node: our tokio transport vs a minimal single-threaded
-//! blocking loop over /dev/fuse (the same message handler, no runtime, no thread hand-off).
+//! blocking loop over /dev/fuse (the same message handler, no runtime, no thread hand-off); then,
+//! in one interleaved run, a real IOMMU_OPTION through the uiommufd daemon served over /dev/fuse
+//! (`--io-uring off`) and over io_uring (`--io-uring on`, the fuse module's enable_uring set for
+//! its start and put back).
 //!
-//! `cargo bench --bench fuse_rtt` (root only). The server runs pinned to CPU 0; the client is a child
-//! process pinned to CPU 0 (same CPU) or CPU 1 (different CPUs). Prints ns per ioctl and the ratio.
+//! `cargo bench --bench fuse_rtt` (root only). The servers run pinned to CPU 0 (the io_uring
+//! daemon's queue threads pin themselves, one per CPU); the client is a child process pinned to
+//! CPU 0 (same CPU) or CPU 1 (different CPUs). Prints ns per ioctl, medians and ratios.
 
 use nix::errno::Errno;
 use nix::sched::{sched_setaffinity, CpuSet};
@@ -19,7 +23,13 @@ use uiommufd::transport::{mounts, tree, wire, Transport, TransportOptions};
 
 const NOP: u32 = (b';' as u32) << 8 | 0x85;
 const CLIENT_ENV: &str = "UIOMMUFD_BENCH_CLIENT";
+/// The IOMMU_OPTION client role (`cpu:path`).
+const OPTION_CLIENT_ENV: &str = "UIOMMUFD_BENCH_OPTION_CLIENT";
 const ITERS: u32 = 20_000;
+/// IOMMU_OPTION calls per sample, and interleaved rounds of samples.
+const OPTION_ITERS: u32 = 5_000;
+const OPTION_ROUNDS: usize = 5;
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
 
 struct Trivial;
 struct TrivialFile;
@@ -57,19 +67,61 @@ fn client(spec: &str) {
         let r = unsafe { libc::ioctl(f.as_raw_fd(), NOP as libc::c_ulong, 0) };
         assert_eq!(r, 0, "ioctl: {}", Errno::last());
     };
-    for _ in 0..1000 {
+    print_ns_per_call(1000, ITERS, call);
+}
+
+/// Warms up with `warm` calls, times `iters` more and prints ns per call (the clients' output).
+fn print_ns_per_call(warm: u32, iters: u32, mut call: impl FnMut()) {
+    for _ in 0..warm {
         call();
     }
     let t = Instant::now();
-    for _ in 0..ITERS {
+    for _ in 0..iters {
         call();
     }
-    println!("{}", t.elapsed().as_nanos() / ITERS as u128);
+    println!("{}", t.elapsed().as_nanos() / iters as u128);
+}
+
+/// Child role: pin, open an iommufd node, time OPTION_ITERS IOMMU_OPTION (RLIMIT_MODE, GET), print
+/// ns/op.
+fn option_client(spec: &str) {
+    use uiommufd_uapi::iommufd::{
+        iommu_option, IOMMU_OPTION, IOMMU_OPTION_OP_GET, IOMMU_OPTION_RLIMIT_MODE,
+    };
+    let (cpu, path) = spec.split_once(':').expect("cpu:path");
+    pin(cpu.parse().unwrap());
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut opt = iommu_option {
+        size: std::mem::size_of::<iommu_option>() as u32,
+        option_id: IOMMU_OPTION_RLIMIT_MODE,
+        op: IOMMU_OPTION_OP_GET,
+        ..Default::default()
+    };
+    let call = || {
+        // SAFETY: IOMMU_OPTION reads and writes exactly `opt`, which lives across the call.
+        let r = unsafe {
+            libc::ioctl(
+                f.as_raw_fd(),
+                libc::c_ulong::from(IOMMU_OPTION),
+                &mut opt as *mut iommu_option,
+            )
+        };
+        assert_eq!(r, 0, "IOMMU_OPTION: {}", Errno::last());
+    };
+    print_ns_per_call(500, OPTION_ITERS, call);
 }
 
 fn measure(node: &Path, cpu: usize) -> u64 {
+    run_client(CLIENT_ENV, node, cpu)
+}
+
+fn run_client(role: &str, node: &Path, cpu: usize) -> u64 {
     let out = Command::new(std::env::current_exe().unwrap())
-        .env(CLIENT_ENV, format!("{cpu}:{}", node.display()))
+        .env(role, format!("{cpu}:{}", node.display()))
         .stderr(Stdio::inherit())
         .output()
         .unwrap();
@@ -112,9 +164,157 @@ fn temp_mount(tag: &str) -> PathBuf {
     p
 }
 
+/// Puts the fuse module's enable_uring back as it was on drop.
+struct EnableUring(String);
+
+impl EnableUring {
+    fn set_on() -> Option<Self> {
+        let old = std::fs::read_to_string(ENABLE_URING).ok()?;
+        std::fs::write(ENABLE_URING, "Y").ok()?;
+        Some(Self(old.trim().to_string()))
+    }
+}
+
+impl Drop for EnableUring {
+    fn drop(&mut self) {
+        let _ = std::fs::write(ENABLE_URING, &self.0);
+    }
+}
+
+/// Lets a child run on every CPU again (the bench pinned itself, and so its children, to CPU 0).
+fn unpin_all() -> std::io::Result<()> {
+    let mut set = CpuSet::new();
+    for cpu in 0..CpuSet::count() {
+        let _ = set.set(cpu);
+    }
+    sched_setaffinity(Pid::from_raw(0), &set).map_err(std::io::Error::from)
+}
+
+/// A `uiommufd serve` child on its own mount, stopped on drop: in CPU 0's affinity (inherited),
+/// or on every CPU with `unpinned`.
+struct Daemon {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(tag: &str, io_uring: &str, unpinned: bool) -> Self {
+        use std::os::unix::process::CommandExt;
+        let dir = temp_mount(tag);
+        let mount = dir.join("m");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_uiommufd"));
+        if unpinned {
+            // SAFETY: the closure runs between fork and exec and makes one syscall
+            // (sched_setaffinity), which is async-signal-safe; it allocates nothing.
+            unsafe { cmd.pre_exec(unpin_all) };
+        }
+        let child = cmd
+            .args([
+                "serve",
+                "--transport",
+                "fuse",
+                "--io-uring",
+                io_uring,
+                "--mount",
+            ])
+            .arg(&mount)
+            .arg("--control")
+            .arg(dir.join("control.sock"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn uiommufd");
+        let node = mount.join("iommu");
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        while std::fs::metadata(&node).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "uiommufd --io-uring {io_uring} did not come up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self { child, dir }
+    }
+
+    fn node(&self) -> PathBuf {
+        self.dir.join("m/iommu")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// IOMMU_OPTION through the daemon over /dev/fuse and over io_uring, samples interleaved.
+fn daemon_modes(client_cpus: &[usize]) {
+    let dev = Daemon::start("dev-fuse", "off", false);
+    let dev_free = Daemon::start("dev-fuse-free", "off", true);
+    let (ring, ring_free) = {
+        let Some(_on) = EnableUring::set_on() else {
+            eprintln!("fuse_rtt: no {ENABLE_URING} (CONFIG_FUSE_IO_URING); io_uring mode skipped");
+            return;
+        };
+        // enable_uring is read when the connection is made: put back once the daemons are up.
+        (
+            Daemon::start("io-uring", "on", false),
+            Daemon::start("io-uring-free", "on", true),
+        )
+    };
+    // "pinned": the whole daemon on CPU 0 but for the ring threads, which pin themselves;
+    // "free": no affinity (how it runs as a service), so the pool workers run anywhere.
+    let daemons = [
+        ("/dev/fuse pinned", &dev),
+        ("io_uring pinned", &ring),
+        ("/dev/fuse free", &dev_free),
+        ("io_uring free", &ring_free),
+    ];
+    let mut samples = vec![vec![Vec::new(); client_cpus.len()]; daemons.len()];
+    for _ in 0..OPTION_ROUNDS {
+        for (c, &cpu) in client_cpus.iter().enumerate() {
+            for (d, (_, daemon)) in daemons.iter().enumerate() {
+                samples[d][c].push(run_client(OPTION_CLIENT_ENV, &daemon.node(), cpu));
+            }
+        }
+    }
+    println!(
+        "uiommufd IOMMU_OPTION round trip, median of {OPTION_ROUNDS} interleaved samples of \
+         {OPTION_ITERS} calls, daemon on CPU 0:"
+    );
+    for (c, &cpu) in client_cpus.iter().enumerate() {
+        let placement = if cpu == 0 { "same CPU" } else { "other CPU" };
+        let m: Vec<u64> = samples.iter_mut().map(|s| median(&mut s[c])).collect();
+        for pair in [0, 2] {
+            println!(
+                "  client {placement:9}: {:16} {:>7} ns/op, {:16} {:>7} ns/op, ratio {:.2}",
+                daemons[pair].0,
+                m[pair],
+                daemons[pair + 1].0,
+                m[pair + 1],
+                m[pair + 1] as f64 / m[pair].max(1) as f64
+            );
+        }
+    }
+}
+
 fn main() {
     if let Ok(spec) = std::env::var(CLIENT_ENV) {
         client(&spec);
+        return;
+    }
+    if let Ok(spec) = std::env::var(OPTION_CLIENT_ENV) {
+        option_client(&spec);
         return;
     }
     if std::env::args().any(|a| a == "--list" || a == "--test") {
@@ -170,4 +370,5 @@ fn main() {
             ours_ns[i] as f64 / base_ns[i].max(1) as f64
         );
     }
+    daemon_modes(&client_cpus);
 }

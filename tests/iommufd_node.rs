@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{ioas_alloc, ioctl, ioctl_raw, DaemonProcess};
+use support::{ioas_alloc, ioas_unmap, ioctl, ioctl_raw, DaemonProcess};
 use uiommufd_uapi::iommufd::*;
 
 const EINVAL: i32 = libc::EINVAL;
@@ -26,16 +26,6 @@ fn map(f: &std::fs::File, ioas: u32, buf: u64, len: u64, iova: Option<u64>) -> R
         ..Default::default()
     };
     ioctl(f, IOMMU_IOAS_MAP, &mut cmd).map(|_| cmd.iova)
-}
-
-fn unmap(f: &std::fs::File, ioas: u32, iova: u64, len: u64) -> Result<u64, i32> {
-    let mut cmd = iommu_ioas_unmap {
-        size: std::mem::size_of::<iommu_ioas_unmap>() as u32,
-        ioas_id: ioas,
-        iova,
-        length: len,
-    };
-    ioctl(f, IOMMU_IOAS_UNMAP, &mut cmd).map(|_| cmd.length)
 }
 
 fn buffer(len: usize) -> Vec<u8> {
@@ -64,10 +54,10 @@ fn ioas_lifecycle_through_the_node() {
         Err(libc::EEXIST)
     );
     // Unmapping part of an area is refused; a superset unmaps and reports the bytes.
-    assert_eq!(unmap(&f, ioas, 1 << 30, 4096), Err(ENOENT));
-    assert_eq!(unmap(&f, ioas, (1 << 30) - 4096, 4 * 4096), Ok(8192));
+    assert_eq!(ioas_unmap(&f, ioas, 1 << 30, 4096), Err(ENOENT));
+    assert_eq!(ioas_unmap(&f, ioas, (1 << 30) - 4096, 4 * 4096), Ok(8192));
     assert_eq!(
-        unmap(&f, ioas, 1 << 30, 8192),
+        ioas_unmap(&f, ioas, 1 << 30, 8192),
         Err(ENOENT),
         "nothing left there"
     );
@@ -88,10 +78,10 @@ fn ioas_lifecycle_through_the_node() {
     assert_eq!(ioctl(&f, IOMMU_IOAS_COPY, &mut copy), Err(ENOENT));
 
     // Unmap all: iova 0, length U64_MAX.
-    assert_eq!(unmap(&f, ioas, 0, u64::MAX), Ok(16384));
-    assert_eq!(unmap(&f, ioas2, 0, u64::MAX), Ok(16384));
+    assert_eq!(ioas_unmap(&f, ioas, 0, u64::MAX), Ok(16384));
+    assert_eq!(ioas_unmap(&f, ioas2, 0, u64::MAX), Ok(16384));
     assert_eq!(
-        unmap(&f, ioas2, 0, u64::MAX),
+        ioas_unmap(&f, ioas2, 0, u64::MAX),
         Ok(0),
         "unmap all of nothing succeeds"
     );
@@ -357,8 +347,8 @@ fn concurrent_ioctls_on_one_context() {
                     let iova = (1 << 32) + (t << 28) + i * 0x10000;
                     assert_eq!(map(&f, ioas, base, 8192, Some(iova)), Ok(iova));
                     let auto = map(&f, ioas, base, 4096, None).unwrap();
-                    assert_eq!(unmap(&f, ioas, iova, 8192), Ok(8192));
-                    assert_eq!(unmap(&f, ioas, auto, 4096), Ok(4096));
+                    assert_eq!(ioas_unmap(&f, ioas, iova, 8192), Ok(8192));
+                    assert_eq!(ioas_unmap(&f, ioas, auto, 4096), Ok(4096));
                 }
             })
         })
@@ -367,7 +357,7 @@ fn concurrent_ioctls_on_one_context() {
         t.join().unwrap();
     }
     assert_eq!(
-        unmap(&f, ioas, 0, u64::MAX),
+        ioas_unmap(&f, ioas, 0, u64::MAX),
         Ok(0),
         "every mapping was undone"
     );
@@ -412,7 +402,7 @@ fn wrong_type_users_and_pins_with_a_domain() {
     let iova = map(&f, ioas, base, 8192, Some(1 << 24)).unwrap();
     let s = d.status();
     assert_eq!(s["pinned_pages"], 2, "{s}");
-    assert_eq!(unmap(&f, ioas, iova, 8192), Ok(8192));
+    assert_eq!(ioas_unmap(&f, ioas, iova, 8192), Ok(8192));
     let s = d.status();
     assert_eq!(s["pinned_pages"], 0, "{s}");
     drop(f);

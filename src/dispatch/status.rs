@@ -54,6 +54,8 @@ impl Daemon {
             "pinned_pages": accounting::pinned_total(),
             "memlock_pages_per_user": per_user,
             "live_mappings": crate::caller::shared::live_mappings(),
+            "fuse_channel": crate::transport::fuse_channel(),
+            "io_uring_requests": crate::transport::uring::ring_requests(),
             "devices": self.devices,
             "device_detail": self.device_bindings.get().map_or_else(Vec::new, |f| {
                 f().into_iter()

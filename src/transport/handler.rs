@@ -11,7 +11,7 @@ use crate::caller::{CallerMemory, ProcessMemory};
 use crate::service::{NodeKind, OpenFile, Service};
 use nix::errno::Errno;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use zerocopy::IntoBytes;
@@ -76,6 +76,12 @@ pub struct Handler {
     openers: Mutex<HashMap<u64, u32>>,
     next_fh: AtomicU64,
     ready: watch::Sender<bool>,
+    /// Whether INIT may accept FUSE over io_uring (set before the session starts).
+    uring_wanted: AtomicBool,
+    /// INIT offered FUSE_OVER_IO_URING.
+    uring_offered: AtomicBool,
+    /// Our INIT reply accepted it: requests move to the rings once every queue is registered.
+    uring_negotiated: AtomicBool,
 }
 
 impl Handler {
@@ -88,7 +94,23 @@ impl Handler {
             openers: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             ready: watch::channel(false).0,
+            uring_wanted: AtomicBool::new(false),
+            uring_offered: AtomicBool::new(false),
+            uring_negotiated: AtomicBool::new(false),
         }
+    }
+
+    /// Lets INIT accept FUSE over io_uring when the kernel offers it (FUSE sessions only).
+    pub fn want_uring(&self, want: bool) {
+        self.uring_wanted.store(want, Ordering::SeqCst);
+    }
+
+    /// Whether INIT offered FUSE over io_uring, and whether our reply took it (valid once ready).
+    pub fn uring(&self) -> (bool, bool) {
+        (
+            self.uring_offered.load(Ordering::SeqCst),
+            self.uring_negotiated.load(Ordering::SeqCst),
+        )
     }
 
     /// True once INIT (or CUSE_INIT) was answered.
@@ -395,9 +417,20 @@ impl Handler {
         out.max_write = wire::MAX_WRITE;
         out.time_gran = 1;
         out.max_pages = (wire::MAX_WRITE / 4096) as u16;
+        let offered = i.flags & wire::FUSE_INIT_EXT != 0
+            && wire::init_flags2(req.body) & wire::FUSE_OVER_IO_URING_FLAGS2 != 0;
+        let take = offered && self.uring_wanted.load(Ordering::SeqCst);
+        if take {
+            out.flags |= wire::FUSE_INIT_EXT;
+            out.flags2 = wire::FUSE_OVER_IO_URING_FLAGS2;
+        }
+        self.uring_offered.store(offered, Ordering::SeqCst);
+        self.uring_negotiated.store(take, Ordering::SeqCst);
         tracing::info!(
             kernel_minor = i.minor,
             flags = format_args!("{:#x}", out.flags),
+            io_uring_offered = offered,
+            io_uring = take,
             "FUSE INIT"
         );
         self.ready.send_replace(true);

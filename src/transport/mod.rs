@@ -21,6 +21,13 @@
 //! start) and a read-only `status` file ([`Service::status`], read at each open). All files are opened
 //! with `FOPEN_DIRECT_IO`, so reads and writes reach the service at their real offsets.
 //!
+//! FUSE requests travel over /dev/fuse (read on tokio, `session`) or, with [`UringMode`] `auto`
+//! when INIT offers it or `on`, over io_uring ([`uring`]): one ring and one thread per possible
+//! CPU, pinned there, so a caller is answered on its own CPU without waking another (the
+//! cross-CPU wake-up dominates the /dev/fuse round trip). INIT, FORGET, INTERRUPT and
+//! notifications stay on /dev/fuse either way. CUSE stays on /dev/cuse: the kernel turns io_uring
+//! on only while processing a FUSE INIT reply (CUSE_INIT has no such flag).
+//!
 //! In CUSE mode ([`TransportKind::Cuse`], or `Auto` when /dev/cuse opens), `/dev/iommu` and
 //! `/dev/vfio/vfio` are additionally real character devices with unrestricted ioctls; the FUSE mount
 //! still exists for the device files and `status`. `--bind-dev` (FUSE mode only) bind-mounts
@@ -30,9 +37,10 @@
 //!
 //! [`Transport::start`] detaches stale mounts of ours (or dead FUSE mounts) at the mount point (and at
 //! the /dev targets with `--bind-dev`), starts the readers, mounts, and returns once INIT (and each
-//! CUSE_INIT) was answered. Shutdown undoes the bind mounts and lazily unmounts first (while requests
+//! CUSE_INIT) was answered and, over io_uring, every queue is set up. Shutdown undoes the bind mounts and lazily unmounts first (while requests
 //! are still served, so no path walk can wait on us), waits up to [`SHUTDOWN_GRACE`] for requests
-//! in flight (the readers still answer the daemon's own queries meanwhile), stops reading, and —
+//! in flight (the readers still answer the daemon's own queries meanwhile), stops reading and the
+//! io_uring queues, and —
 //! only if everything finished — calls [`OpenFile::release`] on every file still open; the device
 //! fds close with the process.
 
@@ -42,6 +50,7 @@ pub mod perms;
 pub mod pool;
 pub mod session;
 pub mod tree;
+pub mod uring;
 pub mod wire;
 
 use crate::caller::context_query::{self, OwnNode};
@@ -70,6 +79,30 @@ pub enum TransportKind {
     Fuse,
 }
 
+/// Whether FUSE requests travel over io_uring (see [`uring`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UringMode {
+    /// io_uring when the kernel offers it in INIT, else /dev/fuse.
+    Auto,
+    /// io_uring or fail to start.
+    On,
+    /// /dev/fuse only; INIT never accepts io_uring.
+    Off,
+}
+
+/// Which channel carries this process's FUSE requests (for the status): 0 none yet, 1 /dev/fuse,
+/// 2 io_uring.
+static FUSE_CHANNEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The FUSE request channel in use, for the status: "io_uring", "/dev/fuse" or "none".
+pub fn fuse_channel() -> &'static str {
+    match FUSE_CHANNEL.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => DEV_FUSE,
+        2 => "io_uring",
+        _ => "none",
+    }
+}
+
 /// Options of `uiommufd serve` that concern the transport.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TransportOptions {
@@ -81,6 +114,12 @@ pub struct TransportOptions {
     /// In FUSE mode, also bind-mount the node files over /dev/iommu and /dev/vfio/vfio.
     #[arg(long)]
     pub bind_dev: bool,
+    /// FUSE requests over io_uring, one queue pinned per CPU so a caller is answered on its own
+    /// CPU (Linux ≥ 6.14 with CONFIG_FUSE_IO_URING and the fuse module's enable_uring=Y): `auto`
+    /// uses it when the kernel offers it, `on` fails to start when it does not. CUSE devices
+    /// always use /dev/cuse.
+    #[arg(long = "io-uring", value_enum, default_value_t = UringMode::Auto)]
+    pub io_uring: UringMode,
     #[command(flatten)]
     pub perms: perms::NodePerms,
 }
@@ -92,6 +131,7 @@ impl TransportOptions {
             transport: TransportKind::Fuse,
             mount: mount.to_path_buf(),
             bind_dev: false,
+            io_uring: UringMode::Auto,
             perms: perms::NodePerms::default(),
         }
     }
@@ -137,6 +177,8 @@ pub struct Transport {
     mounted: bool,
     binds: Vec<mounts::BindMount>,
     sessions: Vec<Session>,
+    /// The io_uring queues of the FUSE connection, when it uses them.
+    rings: Option<uring::Queues>,
     pools: Arc<Pools>,
     stop: watch::Sender<bool>,
     ended: Arc<Notify>,
@@ -185,11 +227,15 @@ impl Transport {
             mounted: false,
             binds: Vec::new(),
             sessions: Vec::new(),
+            rings: None,
             pools: Arc::new(Pools::new()?),
             stop: watch::channel(false).0,
             ended: Arc::new(Notify::new()),
         };
-        match t.bring_up(service, callers, bind_dev, opts.perms).await {
+        match t
+            .bring_up(service, callers, bind_dev, opts.perms, opts.io_uring)
+            .await
+        {
             Ok(()) => {
                 tracing::info!(kind = ?t.kind, mount = %t.mount.display(), "transport ready");
                 Ok(t)
@@ -209,6 +255,7 @@ impl Transport {
         callers: Arc<dyn CallerResolver>,
         bind_dev: bool,
         perms: perms::NodePerms,
+        io_uring: UringMode,
     ) -> io::Result<()> {
         if self.kind == TransportKind::Cuse {
             for (node, devname) in CUSE_DEVICES {
@@ -244,7 +291,14 @@ impl Transport {
                     node,
                     devname: devname.to_string(),
                 };
-                let h = self.spawn(format!("cuse:{devname}"), chan, role, &service, &callers);
+                // CUSE cannot use io_uring: the kernel enables it only from a FUSE INIT reply.
+                let h = self.spawn(
+                    format!("cuse:{devname}"),
+                    chan,
+                    role,
+                    (&service, &callers),
+                    false,
+                );
                 wait_ready(&h).await?;
                 let path = Path::new("/dev").join(devname);
                 blocking(move || {
@@ -259,11 +313,18 @@ impl Transport {
         let fd = Channel::open_device(Path::new(DEV_FUSE))?;
         mounts::mount_fuse(fd.as_raw_fd(), &self.mount)?;
         self.mounted = true;
+        // The rings get their own descriptor of the same open file.
+        let ring_fd = match io_uring {
+            UringMode::Off => None,
+            _ => Some(fd.try_clone()?),
+        };
         // INIT is queued by now; it waits for the reader started here.
         let chan = Channel::new(fd)?;
         let role = Role::Fuse(tree::Tree::with_perms(service.device_names(), perms));
-        let h = self.spawn("fuse".into(), chan, role, &service, &callers);
+        let want = ring_fd.is_some();
+        let h = self.spawn("fuse".into(), chan, role, (&service, &callers), want);
         wait_ready(&h).await?;
+        self.start_rings(&h, ring_fd, io_uring).await?;
         let m = self.mount.clone();
         let dev = blocking(move || Ok(std::fs::metadata(m)?.dev())).await?;
         for ino in [tree::IOMMU, tree::VFIO_CONTAINER] {
@@ -282,15 +343,69 @@ impl Transport {
         Ok(())
     }
 
+    /// Starts the io_uring queues when INIT took io_uring; logs which channel serves requests.
+    async fn start_rings(
+        &mut self,
+        h: &Arc<Handler>,
+        ring_fd: Option<std::os::fd::OwnedFd>,
+        mode: UringMode,
+    ) -> io::Result<()> {
+        let (offered, negotiated) = h.uring();
+        let set_channel = |c| FUSE_CHANNEL.store(c, std::sync::atomic::Ordering::Relaxed);
+        let ring_fd = match ring_fd {
+            Some(fd) if negotiated => fd,
+            _ => {
+                if mode == UringMode::On {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "--io-uring on: the kernel did not offer FUSE over io_uring in INIT \
+                         (needs Linux >= 6.14 with CONFIG_FUSE_IO_URING and \
+                         /sys/module/fuse/parameters/enable_uring = Y)",
+                    ));
+                }
+                set_channel(1);
+                tracing::info!(
+                    io_uring_offered = offered,
+                    "FUSE requests served through /dev/fuse"
+                );
+                return Ok(());
+            }
+        };
+        let (handler, pools) = (h.clone(), self.pools.clone());
+        match blocking(move || uring::Queues::start(ring_fd, handler, pools)).await {
+            Ok(q) => {
+                set_channel(2);
+                tracing::info!(
+                    queues = q.len(),
+                    depth = uring::QUEUE_DEPTH,
+                    "FUSE requests served through io_uring (one queue pinned per CPU)"
+                );
+                self.rings = Some(q);
+                Ok(())
+            }
+            // Requests keep coming through /dev/fuse until every queue is registered.
+            Err(e) if mode == UringMode::Auto => {
+                set_channel(1);
+                tracing::warn!(error = %e, "io_uring queues failed to start; FUSE requests served through /dev/fuse");
+                Ok(())
+            }
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("--io-uring on: starting the io_uring queues: {e}"),
+            )),
+        }
+    }
+
     fn spawn(
         &mut self,
         name: String,
         chan: Channel,
         role: Role,
-        service: &Arc<dyn Service>,
-        callers: &Arc<dyn CallerResolver>,
+        (service, callers): (&Arc<dyn Service>, &Arc<dyn CallerResolver>),
+        want_uring: bool,
     ) -> Arc<Handler> {
         let handler = Arc::new(Handler::new(role, service.clone(), callers.clone()));
+        handler.want_uring(want_uring);
         let (h, pools, stop, ended, n) = (
             handler.clone(),
             self.pools.clone(),
@@ -366,6 +481,14 @@ impl Transport {
             .await
             .unwrap_or(false);
         self.stop.send_replace(true);
+        // After the drain: pooled requests commit their replies through their queue's thread.
+        if let Some(mut rings) = self.rings.take() {
+            let _ = blocking(move || {
+                rings.stop();
+                Ok(())
+            })
+            .await;
+        }
         let sessions = std::mem::take(&mut self.sessions);
         let mut handlers = Vec::new();
         for s in sessions {

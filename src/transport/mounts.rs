@@ -76,8 +76,9 @@ fn is_ours(e: &MountEntry) -> bool {
 /// Detaches whatever of ours (or whatever dead FUSE mount) sits at `target`, stacked ones included.
 pub fn cleanup_stale(target: &Path) -> io::Result<()> {
     for _ in 0..16 {
-        let dead =
-            matches!(std::fs::metadata(target), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+        // ECONNABORTED: a request that was waiting on the dead server's io_uring queue.
+        let dead = matches!(std::fs::metadata(target),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)));
         let ours = mounts()
             .iter()
             .any(|e| e.mount_point == target && is_ours(e));

@@ -203,34 +203,42 @@ pub async fn serve(
             },
         };
         let msg = &buf[..n];
-        let lane = handler.lane(msg);
-        let job = |msg: Vec<u8>| -> Job {
-            let (c, h) = (chan.clone(), handler.clone());
-            Box::new(move || send(&c, h.handle_guarded(&msg)))
-        };
-        match lane {
+        match handler.lane(msg) {
             Lane::Inline => send(&chan, handler.handle_guarded(msg)),
             Lane::User(uid) => {
-                let key = pools.owners.owner_of(uid);
-                // A RELEASE is never refused (its file's context would leak): it weighs nothing
-                // against the byte cap, and releases are bounded by the files open anyway.
-                let release =
-                    wire::peek_header(msg).is_some_and(|h| h.opcode == wire::opcode::RELEASE);
-                let weight = if release { 0 } else { n };
-                if pools
-                    .requests
-                    .submit(key, weight, job(msg.to_vec()))
-                    .is_err()
-                {
-                    crate::warn_limited!(
-                        uid,
-                        "a user's queued requests exceed their share; answered ENOMEM"
-                    );
+                let c = chan.clone();
+                if !submit_user(&pools, &handler, uid, msg, move |reply| send(&c, reply)) {
                     send(&chan, Handler::refuse(msg, Errno::ENOMEM));
                 }
             }
         }
     }
+}
+
+/// Queues a [`Lane::User`] message on the request pool; `answer` gets its reply on the worker.
+/// False when the user's share of the queue is full: the caller answers ENOMEM at once.
+pub fn submit_user(
+    pools: &Pools,
+    handler: &Arc<Handler>,
+    uid: u32,
+    msg: &[u8],
+    answer: impl FnOnce(Option<Vec<u8>>) + Send + 'static,
+) -> bool {
+    let key = pools.owners.owner_of(uid);
+    // A RELEASE is never refused (its file's context would leak): it weighs nothing against the
+    // byte cap, and releases are bounded by the files open anyway.
+    let release = wire::peek_header(msg).is_some_and(|h| h.opcode == wire::opcode::RELEASE);
+    let weight = if release { 0 } else { msg.len() };
+    let (h, owned) = (handler.clone(), msg.to_vec());
+    let job: Job = Box::new(move || answer(h.handle_guarded(&owned)));
+    if pools.requests.submit(key, weight, job).is_err() {
+        crate::warn_limited!(
+            uid,
+            "a user's queued requests exceed their share; answered ENOMEM"
+        );
+        return false;
+    }
+    true
 }
 
 #[cfg(test)]

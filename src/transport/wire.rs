@@ -73,6 +73,11 @@ pub const FUSE_ASYNC_READ: u32 = 1 << 0;
 pub const FUSE_BIG_WRITES: u32 = 1 << 5;
 pub const FUSE_PARALLEL_DIROPS: u32 = 1 << 18;
 pub const FUSE_MAX_PAGES: u32 = 1 << 22;
+/// INIT flag: the reply's `flags2` holds the upper 32 flag bits.
+pub const FUSE_INIT_EXT: u32 = 1 << 30;
+/// `flags2` bit (flag 41): requests may travel over io_uring (the kernel offers it only while the
+/// fuse module's `enable_uring` is set).
+pub const FUSE_OVER_IO_URING_FLAGS2: u32 = 1 << 9;
 /// CUSE_INIT flag: ioctls reach the server with the raw argument, unrestricted.
 pub const CUSE_UNRESTRICTED_IOCTL: u32 = 1 << 0;
 /// fuse_open_out.open_flags: bypass the page cache.
@@ -124,6 +129,16 @@ wire_struct!(InitOut {
     request_timeout: u16,
     unused: [u16; 11],
 });
+/// Where `flags2` sits in INIT's argument (after major, minor, max_readahead, flags).
+const INIT_IN_FLAGS2_OFFSET: usize = 16;
+
+/// The `flags2` of an INIT argument (0 from a kernel that sends the short form).
+pub fn init_flags2(body: &[u8]) -> u32 {
+    body.get(INIT_IN_FLAGS2_OFFSET..)
+        .and_then(|b| u32::read_from_prefix(b).ok())
+        .map_or(0, |(v, _)| v)
+}
+
 wire_struct!(CuseInitIn {
     major: u32,
     minor: u32,
@@ -266,6 +281,34 @@ wire_struct!(Dirent {
     typ: u32
 });
 
+/// FUSE over io_uring: each ring entry has a header buffer of this layout (`fuse_uring_req_header`)
+/// and a payload buffer. A request's `fuse_in_header` sits in `in_out`, the opcode's first
+/// argument in `op_in`, the rest in the payload; a reply's `fuse_out_header` goes in `in_out`, its
+/// arguments in the payload.
+pub mod ring {
+    /// Size of the `in_out` area (a fuse_in_header or fuse_out_header at its start).
+    pub const IN_OUT: usize = 128;
+    /// Size of the `op_in` area (the opcode's first argument).
+    pub const OP_IN: usize = 128;
+    /// Offset of [`super::RingEntInOut`] in the header buffer.
+    pub const ENT_IN_OUT: usize = IN_OUT + OP_IN;
+    /// The whole header buffer.
+    pub const HEADER_SIZE: usize = ENT_IN_OUT + std::mem::size_of::<super::RingEntInOut>();
+    /// `cmd_op` of IORING_OP_URING_CMD: hand an entry (with its buffers) to the kernel.
+    pub const CMD_REGISTER: u32 = 1;
+    /// `cmd_op`: commit the reply held by an entry and hand the entry back for the next request.
+    pub const CMD_COMMIT_AND_FETCH: u32 = 2;
+}
+
+wire_struct!(
+    /// `fuse_uring_ent_in_out`: the payload's size both ways and the id a commit names.
+    RingEntInOut { flags: u64, commit_id: u64, payload_sz: u32, padding: u32, reserved: u64 }
+);
+wire_struct!(
+    /// `fuse_uring_cmd_req`: the command area of a URING_CMD.
+    RingCmdReq { flags: u64, commit_id: u64, qid: u16, padding: [u8; 6] }
+);
+
 /// What is wrong with a message.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum WireError {
@@ -353,6 +396,41 @@ impl<'a> Request<'a> {
             .ok_or(WireError::BadName)?;
         Ok(&self.body[..end])
     }
+}
+
+/// Rebuilds the /dev/fuse form of a request (header, arguments, payload: what [`parse`] takes) from
+/// a ring entry's header buffer and the first `payload_sz` bytes of its payload buffer. The size
+/// of `op_in`'s argument follows from the header's total length.
+pub fn ring_request(header: &[u8], payload: &[u8]) -> Result<(Vec<u8>, RingEntInOut), WireError> {
+    let too_short = |need| WireError::ShortBody {
+        what: "ring header",
+        need,
+        actual: header.len(),
+    };
+    let (ent, _) = header
+        .get(ring::ENT_IN_OUT..)
+        .and_then(|b| RingEntInOut::read_from_prefix(b).ok())
+        .ok_or_else(|| too_short(ring::HEADER_SIZE))?;
+    let h = peek_header(header).ok_or_else(|| too_short(ring::HEADER_SIZE))?;
+    let hdr = std::mem::size_of::<InHeader>();
+    let payload_len = ent.payload_sz as usize;
+    let body = payload.get(..payload_len).ok_or(WireError::ShortBody {
+        what: "ring payload",
+        need: payload_len,
+        actual: payload.len(),
+    })?;
+    let op_in_len = (h.len as usize)
+        .checked_sub(hdr + payload_len)
+        .filter(|&n| n <= ring::OP_IN)
+        .ok_or(WireError::LengthMismatch {
+            header: h.len,
+            actual: hdr + payload_len,
+        })?;
+    let mut msg = Vec::with_capacity(h.len as usize);
+    msg.extend_from_slice(&header[..hdr]);
+    msg.extend_from_slice(&header[ring::IN_OUT..ring::IN_OUT + op_in_len]);
+    msg.extend_from_slice(body);
+    Ok((msg, ent))
 }
 
 /// A reply: the out header followed by `parts`, as one buffer for one write(2).
@@ -443,6 +521,9 @@ mod tests {
         assert_eq!(std::mem::size_of::<IoctlOut>(), 16);
         assert_eq!(std::mem::size_of::<Kstatfs>(), 80);
         assert_eq!(std::mem::size_of::<Dirent>(), 24);
+        assert_eq!(std::mem::size_of::<RingEntInOut>(), 32);
+        assert_eq!(std::mem::size_of::<RingCmdReq>(), 24);
+        assert_eq!(ring::HEADER_SIZE, 288);
     }
 
     #[test]
@@ -502,6 +583,42 @@ mod tests {
         assert_eq!(b.len(), 32);
         assert!(!push_dirent(&mut b, 40, 3, 2, 4, b"vfio"));
         assert_eq!(b.len(), 32);
+    }
+
+    #[test]
+    fn ring_requests_rebuild_the_device_form() {
+        let io = IoctlIn {
+            fh: 3,
+            cmd: 0x3b80,
+            ..Default::default()
+        };
+        let mut m = msg(opcode::IOCTL, io.as_bytes());
+        m.extend_from_slice(b"tail");
+        m[0] = m.len() as u8;
+        let mut header = vec![0u8; ring::HEADER_SIZE];
+        header[..40].copy_from_slice(&m[..40]);
+        header[ring::IN_OUT..ring::IN_OUT + 32].copy_from_slice(io.as_bytes());
+        let ent = RingEntInOut {
+            commit_id: 7,
+            payload_sz: 4,
+            ..Default::default()
+        };
+        header[ring::ENT_IN_OUT..].copy_from_slice(ent.as_bytes());
+        let mut payload = b"tail".to_vec();
+        payload.resize(4096, 0xee);
+        let (rebuilt, got) = ring_request(&header, &payload).unwrap();
+        assert_eq!(rebuilt, m);
+        assert_eq!(got.commit_id, 7);
+        // A payload size the header's length cannot hold, or a payload beyond the buffer.
+        header[0] = 40;
+        assert!(matches!(
+            ring_request(&header, &payload),
+            Err(WireError::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            ring_request(&header, &payload[..2]),
+            Err(WireError::ShortBody { .. })
+        ));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uiommufd::caller::{read_struct, write_struct, CallerMemory};
 use uiommufd::dispatch::{NodeKind, OpenFile, Service};
-use uiommufd::transport::{Transport, TransportKind, TransportOptions};
+use uiommufd::transport::{Transport, TransportKind, TransportOptions, UringMode};
 
 pub const ROLE_ENV: &str = "UIOMMUFD_TEST_ROLE";
 pub const MNT_ENV: &str = "UIOMMUFD_TEST_MNT";
@@ -139,8 +139,19 @@ pub struct Server {
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
+/// The io_uring mode of the test servers (`on`, `auto`; anything else `off`): an environment
+/// variable, so that child servers inherit it. `transport_uring` sets it; `transport_fuse` leaves
+/// it unset and so tests /dev/fuse whatever the fuse module's `enable_uring` says.
+pub const URING_ENV: &str = "UIOMMUFD_TEST_IO_URING";
+
 pub fn fuse_options(mount: &Path) -> TransportOptions {
-    TransportOptions::fuse(mount)
+    let mut opts = TransportOptions::fuse(mount);
+    opts.io_uring = match std::env::var(URING_ENV).as_deref() {
+        Ok("on") => UringMode::On,
+        Ok("auto") => UringMode::Auto,
+        _ => UringMode::Off,
+    };
+    opts
 }
 
 impl Server {
@@ -156,10 +167,16 @@ impl Server {
             .build()
             .unwrap();
         let svc = Arc::new(TestService(st.clone()));
+        let opts = fuse_options(mount);
         let t = rt
-            .block_on(Transport::start(&fuse_options(mount), svc))
+            .block_on(Transport::start(&opts, svc))
             .expect("transport start");
         assert_eq!(t.kind(), TransportKind::Fuse);
+        let channel = match opts.io_uring {
+            UringMode::On => "io_uring",
+            _ => "/dev/fuse",
+        };
+        assert_eq!(uiommufd::transport::fuse_channel(), channel);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = rt.spawn(t.serve_until(async move {
             let _ = rx.await;

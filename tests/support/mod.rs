@@ -289,6 +289,18 @@ pub fn ioas_map_at(
     ioctl(f, IOMMU_IOAS_MAP, &mut cmd).map(|_| ())
 }
 
+/// IOMMU_IOAS_UNMAP of `[iova, iova + len)`; returns the length unmapped.
+pub fn ioas_unmap(f: &File, ioas: u32, iova: u64, len: u64) -> Result<u64, i32> {
+    use uiommufd_uapi::iommufd::{iommu_ioas_unmap, IOMMU_IOAS_UNMAP};
+    let mut cmd = iommu_ioas_unmap {
+        size: std::mem::size_of::<iommu_ioas_unmap>() as u32,
+        ioas_id: ioas,
+        iova,
+        length: len,
+    };
+    ioctl(f, IOMMU_IOAS_UNMAP, &mut cmd).map(|_| cmd.length)
+}
+
 /// IOMMU_TEST_CMD `op` on object `id` with union member `payload`; returns the command as the
 /// daemon wrote it back.
 pub fn test_cmd<T>(
