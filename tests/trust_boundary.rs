@@ -237,15 +237,14 @@ fn a_stalled_client_stalls_nobody_else() {
     );
     // The stalled request is in the daemon (the client is blocked in it); others are served.
     // Another user (its own lane of the pool) is served meanwhile.
+    // run_as gives up (None) if the user is not served within its deadline.
     let u1 = user("uiommufd-t1");
-    let t = Instant::now();
     let r = run_as(&u1, Duration::from_secs(20), || {
         let f = open_node(&d.node("iommu"));
         ioas_alloc(&f);
         0
     });
     assert_eq!(r, Some(0));
-    assert!(t.elapsed() < Duration::from_secs(10));
     // Its release went through too: only the stalled client's context is left.
     let s = d.wait_status(|s| s["contexts"] == 1);
     assert_eq!(s["contexts"], 1, "{s}");
