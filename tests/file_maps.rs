@@ -480,9 +480,6 @@ fn main() {
             "a_user_cannot_make_the_daemon_hold_more_fds_than_its_cap",
             a_user_cannot_make_the_daemon_hold_more_fds_than_its_cap,
         ),
-        (
-            "allow_iovas_400k_ranges",
-            allow_iovas_400k_ranges,
-        ),
+        ("allow_iovas_400k_ranges", allow_iovas_400k_ranges),
     ]);
 }

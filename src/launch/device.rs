@@ -13,7 +13,7 @@
 //! Whatever goes wrong after the bind leaves the program with the node file (pread/pwrite of
 //! regions, no mmap): a working device, only slower.
 
-use super::supervisor::{open_pidfd, Notification, Reply};
+use super::notification::{target_fd, Notification, Reply};
 use crate::caller::{CallerMemory, ProcessMemory};
 use nix::errno::Errno;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
@@ -45,13 +45,6 @@ fn node_ioctl(fd: i32, cmd: u32, mut buf: Vec<u8>) -> Result<(i32, Vec<u8>), Err
 
 /// FUSE's file system magic.
 pub(super) const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-
-/// The target's fd `fd`, duplicated into the supervisor.
-pub(super) fn target_fd(n: &Notification<'_>, fd: i32) -> Result<OwnedFd, Errno> {
-    let pidfd = open_pidfd(n.tid)?;
-    rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
-        .map_err(|e| Errno::from_raw(e.raw_os_error()))
-}
 
 /// The mount of a uiommufd device node file: `<mount>/vfio/devices/<name>` on FUSE.
 fn node_mount(file: BorrowedFd<'_>) -> Option<PathBuf> {

@@ -9,8 +9,9 @@
 //! call (GET_STATUS, GET_DEVICE_FD) and every group the daemon did not take runs in the kernel
 //! unchanged.
 
-use super::device::{ask_daemon, target_fd, FUSE_SUPER_MAGIC};
-use super::supervisor::{Notification, Reply};
+use super::device::{ask_daemon, FUSE_SUPER_MAGIC};
+use super::notification::target_fd;
+use super::notification::{Notification, Reply};
 use crate::backends::vfio::host::group_number;
 use crate::caller::{CallerMemory, ProcessMemory};
 use crate::devices::handout::{REQUEST_SET_CONTAINER, REQUEST_UNSET_CONTAINER};

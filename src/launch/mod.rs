@@ -29,6 +29,7 @@
 
 mod device;
 mod group;
+mod notification;
 mod open;
 pub mod seccomp;
 pub mod supervisor;

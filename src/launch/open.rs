@@ -10,8 +10,8 @@
 //! are matched; every other open continues untouched. The launcher runs as the program's user, so
 //! nothing is opened that the program could not open itself.
 
+use super::notification::{Notification, Reply};
 use super::seccomp::notif_addfd;
-use super::supervisor::{Notification, Reply};
 use crate::caller::{CallerMemory, ProcessMemory};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;

@@ -4,14 +4,15 @@
 //! runs for real, and the daemon or the kernel validates it as usual) when the supervisor cannot or
 //! need not take over, an errno when it took over and failed, or a value when it succeeded.
 
-use super::seccomp::{notif_addfd, notif_id_valid, notif_recv, notif_send};
+use super::notification::{open_pidfd, Notification, Reply};
+use super::seccomp::{notif_addfd, notif_recv, notif_send};
 use crate::caller::{CallerMemory, ProcessMemory};
 use crate::dispatch::private_abi::{
     uiommufd_handle_bind, UIOMMUFD_HANDLE_BIND, UIOMMUFD_HANDLE_FAULT_QUEUE,
     UIOMMUFD_HANDLE_TEST_ACCESS, UIOMMUFD_HANDLE_TEST_DMABUF, UIOMMUFD_HANDLE_VEVENTQ,
 };
 use nix::errno::Errno;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use uiommufd_uapi::iommufd::{
     iommu_fault_alloc, iommu_veventq_alloc, IOMMU_FAULT_QUEUE_ALLOC, IOMMU_VEVENTQ_ALLOC,
@@ -21,44 +22,6 @@ use uiommufd_uapi::selftest::{
     IOMMU_TEST_OP_CREATE_ACCESS, IOMMU_TEST_OP_DMABUF_GET,
 };
 use zerocopy::{FromBytes, IntoBytes};
-
-/// How to answer one notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reply {
-    /// Let the system call run as if there were no filter.
-    Continue,
-    /// Fail it with this errno.
-    Error(Errno),
-    /// Complete it with this return value.
-    Value(i64),
-    /// The target is gone: there is no one to answer.
-    Gone,
-    /// Already answered (ADDFD with SECCOMP_ADDFD_FLAG_SEND completed the call).
-    Answered,
-}
-
-/// One intercepted ioctl: who issued it and with which arguments.
-pub struct Notification<'a> {
-    pub listener: BorrowedFd<'a>,
-    pub id: u64,
-    /// A thread id (not necessarily a thread-group leader).
-    pub tid: i32,
-    pub args: [u64; 6],
-}
-
-impl Notification<'_> {
-    /// Still blocked waiting for us? After a true answer, what was read from its memory and any
-    /// pidfd opened on its tid are known to belong to this very thread.
-    pub(super) fn valid(&self) -> bool {
-        notif_id_valid(self.listener, self.id)
-    }
-    pub(super) fn fd(&self) -> i32 {
-        self.args[0] as u32 as i32
-    }
-    fn arg(&self) -> u64 {
-        self.args[2]
-    }
-}
 
 type Handler = fn(&Notification<'_>) -> Reply;
 
@@ -440,22 +403,4 @@ fn bind_new_handle(
     }
     tracing::debug!(tid = n.tid, object = bind.out_object_id, "handle bound");
     Ok((fresh, bind.out_object_id))
-}
-
-/// A pidfd for thread `tid` (PIDFD_THREAD, Linux 6.9+), else for its thread group.
-pub fn open_pidfd(tid: i32) -> Result<OwnedFd, Errno> {
-    use rustix::process::{pidfd_open, Pid, PidfdFlags};
-    let pid = Pid::from_raw(tid).ok_or(Errno::ESRCH)?;
-    // PIDFD_THREAD is O_EXCL.
-    let thread = PidfdFlags::from_bits_retain(libc::O_EXCL as u32);
-    match pidfd_open(pid, thread) {
-        Ok(fd) => return Ok(fd),
-        Err(e) if e.raw_os_error() != libc::EINVAL => {
-            return Err(Errno::from_raw(e.raw_os_error()))
-        }
-        Err(_) => {}
-    }
-    let tgid = ProcessMemory::new(tid).map(|m| m.pid()).unwrap_or(tid);
-    let pid = Pid::from_raw(tgid).ok_or(Errno::ESRCH)?;
-    pidfd_open(pid, PidfdFlags::empty()).map_err(|e| Errno::from_raw(e.raw_os_error()))
 }

@@ -3,7 +3,7 @@
 //! reads, a vEVENT queue wants at least a header). For an fd of a uiommufd node the supervisor asks
 //! the daemon (UIOMMUFD_ZERO_READ) and gives that answer; every other zero-length read continues.
 
-use super::supervisor::{open_pidfd, Notification, Reply};
+use super::notification::{open_pidfd, Notification, Reply};
 use crate::dispatch::private_abi::{uiommufd_zero_read, UIOMMUFD_ZERO_READ};
 use nix::errno::Errno;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
