@@ -195,7 +195,7 @@ impl Dma for AccessDma<'_> {
         let Some(last) = iova.checked_add(len - 1) else {
             return false;
         };
-        let iopt = ioas.iopt();
+        let iopt = ioas.iopt_read();
         iopt.contiguous_keys(iova, last).is_ok_and(|keys| {
             keys.iter().all(|&k| {
                 iopt.area(k).is_some_and(|a| {

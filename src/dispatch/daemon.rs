@@ -622,7 +622,7 @@ impl CompatHost for CompatBridge<'_> {
     fn domains_pgsize_bitmap(&self, ioas: u32) -> u64 {
         self.ioas(ioas)
             .map(|i| {
-                i.iopt()
+                i.iopt_read()
                     .domains()
                     .fold(u64::MAX, |acc, d| acc & d.pgsize_bitmap())
             })
@@ -635,7 +635,7 @@ impl CompatHost for CompatBridge<'_> {
 
     fn large_pages_disabled(&self, ioas: u32) -> bool {
         self.ioas(ioas)
-            .map(|i| i.iopt().large_pages_disabled())
+            .map(|i| i.iopt_read().large_pages_disabled())
             .unwrap_or(false)
     }
 
@@ -645,13 +645,13 @@ impl CompatHost for CompatBridge<'_> {
 
     fn iova_alignment(&self, ioas: u32) -> u64 {
         self.ioas(ioas)
-            .map(|i| i.iopt().iova_alignment())
+            .map(|i| i.iopt_read().iova_alignment())
             .unwrap_or(1)
     }
 
     fn usable_ranges(&self, ioas: u32) -> Vec<(u64, u64)> {
         self.ioas(ioas)
-            .map(|i| i.iopt().usable_ranges())
+            .map(|i| i.iopt_read().usable_ranges())
             .unwrap_or_default()
     }
 

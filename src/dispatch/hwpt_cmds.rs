@@ -155,7 +155,8 @@ pub fn hwpt_set_dirty_tracking(u: &Ucmd) -> Result<(), Errno> {
         return Err(Errno::EOPNOTSUPP);
     }
     let enable = cmd.flags & IOMMU_HWPT_DIRTY_TRACKING_ENABLE != 0;
-    let iopt = h.ioas.iopt();
+    // The domain keeps its dirty bits under its own lock; the table is only read.
+    let iopt = h.ioas.iopt_read();
     if enable {
         // A clean snapshot: drop dirty bits left from before.
         for area in iopt.areas() {
@@ -172,7 +173,7 @@ pub fn hwpt_get_dirty_bitmap(u: &Ucmd) -> Result<(), Errno> {
         return Err(Errno::EOPNOTSUPP);
     }
     let h = u.ctx.get_hwpt_paging(cmd.hwpt_id)?;
-    let iopt = h.ioas.iopt();
+    let iopt = h.ioas.iopt_read();
     let align = iopt.iova_alignment();
     let last = cmd
         .iova

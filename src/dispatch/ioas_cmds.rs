@@ -73,7 +73,7 @@ pub fn ioas_iova_ranges(u: &Ucmd) -> Result<(), Errno> {
     }
     let ioas = u.ctx.get_ioas(cmd.ioas_id)?;
     let (ranges, alignment) = {
-        let iopt = ioas.iopt();
+        let iopt = ioas.iopt_read();
         (iopt.usable_ranges(), iopt.iova_alignment())
     };
     let max = cmd.num_iovas as usize;
@@ -321,7 +321,7 @@ pub fn ioas_copy(u: &Ucmd) -> Result<(), Errno> {
         return Err(Errno::EINVAL);
     }
     let src = u.ctx.get_ioas(cmd.src_ioas_id)?;
-    let slices = src.iopt().get_pages(cmd.src_iova, cmd.length)?;
+    let slices = src.iopt_read().get_pages(cmd.src_iova, cmd.length)?;
     let dst = u.ctx.get_ioas(cmd.dst_ioas_id)?;
     u.ctx.check_mapping_room()?;
     let iova = dst.iopt().map_pages(
@@ -419,7 +419,9 @@ pub fn option(u: &Ucmd) -> Result<(), Errno> {
         IOMMU_OPTION_HUGE_PAGES => {
             let ioas = u.ctx.get_ioas(cmd.object_id)?;
             match cmd.op {
-                IOMMU_OPTION_OP_GET => cmd.val64 = (!ioas.iopt().large_pages_disabled()) as u64,
+                IOMMU_OPTION_OP_GET => {
+                    cmd.val64 = (!ioas.iopt_read().large_pages_disabled()) as u64
+                }
                 IOMMU_OPTION_OP_SET => match cmd.val64 {
                     0 => ioas.iopt().disable_large_pages()?,
                     1 => ioas.iopt().enable_large_pages(),

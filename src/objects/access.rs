@@ -112,7 +112,7 @@ impl Access {
 
     /// Copies between `buf` and the IOAS.
     pub fn rw(&self, iova: u64, buf: &mut [u8], write: bool) -> Result<(), Errno> {
-        self.attached()?.iopt().access_rw(iova, buf, write)
+        self.attached()?.iopt_read().access_rw(iova, buf, write)
     }
 
     pub(super) fn notify_unmap(&self, iova: u64, length: u64) {

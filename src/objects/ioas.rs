@@ -6,14 +6,20 @@ use crate::caller::{Credentials, ProcessHandle};
 use crate::iopt::accounting::{Account, AccountMode};
 use crate::iopt::{IoPagetable, PageSource, Pages, PagesSlice, UnmapProgress, PAGE_SIZE};
 use nix::errno::Errno;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 /// How many times an unmap asks the accesses to let go before giving up (EDEADLK).
 const MAX_UNMAP_TRIES: u32 = 100;
 
+/// Locks: `iopt` is a reader-writer lock, as the kernel's IOVA rwsem: changes of the table (map,
+/// unmap, domains, reserved and allowed ranges, access pins) take it for writing; lookups and
+/// copies through the table (an access's read/write of mapped memory, IOVA_RANGES, IOAS_COPY's
+/// source, status) take it for reading, so a copy that waits on a client's memory holds up only
+/// changes of this IOAS, never other readers. `accesses` is taken alone (never with `iopt`
+/// held) to call the accesses' unmap callbacks.
 #[derive(Default)]
 pub struct Ioas {
-    iopt: Mutex<IoPagetable>,
+    iopt: RwLock<IoPagetable>,
     accesses: Mutex<Vec<Weak<Access>>>,
 }
 
@@ -28,13 +34,20 @@ impl Ioas {
         Arc::new(Self::default())
     }
 
-    pub fn iopt(&self) -> MutexGuard<'_, IoPagetable> {
-        self.iopt.lock().unwrap()
+    /// The io_pagetable, to change it.
+    pub fn iopt(&self) -> RwLockWriteGuard<'_, IoPagetable> {
+        self.iopt.write().unwrap()
     }
 
-    /// The io_pagetable if no one holds it right now (status never waits on a client's work).
-    pub fn try_iopt(&self) -> Option<MutexGuard<'_, IoPagetable>> {
-        self.iopt.try_lock().ok()
+    /// The io_pagetable, to look things up or copy through it.
+    pub fn iopt_read(&self) -> RwLockReadGuard<'_, IoPagetable> {
+        self.iopt.read().unwrap()
+    }
+
+    /// The io_pagetable if no one is changing it right now (status never waits on a client's
+    /// work).
+    pub fn try_iopt(&self) -> Option<RwLockReadGuard<'_, IoPagetable>> {
+        self.iopt.try_read().ok()
     }
 
     /// Builds the Pages for `length` bytes of `source` starting `offset` bytes into it, charged

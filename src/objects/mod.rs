@@ -11,6 +11,24 @@
 //! Locking: the table lock is held only to find, insert or remove an entry; handlers work on the
 //! `Arc` they got, under the object's own lock. No lock is held across a caller-memory access that
 //! is not the object's own business.
+//!
+//! Lock order (a lock may be taken while holding the ones above it, never the other way):
+//! 1. `Device::switching` — one attach/replace/detach of a device at a time;
+//! 2. `Context::compat_lock` — creating the compat IOAS;
+//! 3. `Ioas::iopt` (read-write) — the IOVA table, its domains and reserved/allowed ranges: written
+//!    by map, unmap, attach/detach of a domain, access pins; read by an access's copies
+//!    (`Access::rw`, which reads and writes the mapped process's memory), IOAS_COPY's source,
+//!    IOVA_RANGES, dirty-bitmap reads and status (which only tries);
+//! 4. a domain's own lock (mock page table, VfioDomain's runs) and `Pages::pins`/`account` —
+//!    leaf locks, held for one operation;
+//! 5. `Context::table` — the ID table (then only `vfio_ioas`): nothing else is called while it is
+//!    held.
+//!
+//! `Ioas::accesses` is taken with nothing else held, to call accesses back before an unmap.
+//! What still runs under `iopt` written and can wait on a client: pinning a client's pages for a
+//! map or an attach (`/proc/<pid>/pagemap`, faulting pages in). The kernel pins outside its IOVA
+//! lock (reserve, pin, commit); here the wait holds up only that IOAS's own changes, whose owner
+//! is the client waiting.
 
 pub mod access;
 pub mod device;
@@ -215,7 +233,7 @@ impl Context {
             .objects_of_type("ioas")
             .into_iter()
             .map(|(_, o)| match o {
-                Object::Ioas(i) => i.iopt().num_areas(),
+                Object::Ioas(i) => i.iopt_read().num_areas(),
                 _ => 0,
             })
             .sum();
