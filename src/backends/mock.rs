@@ -16,7 +16,7 @@
 //! The page table is a sparse map from the leaf's IOVA to the leaf; leaves never overlap.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::errno::Errno;
 
@@ -277,6 +277,10 @@ impl MockDomain {
 }
 
 impl Domain for MockDomain {
+    fn as_any_arc(self: Arc<Self>) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        Some(self)
+    }
+
     fn pgsize_bitmap(&self) -> u64 {
         match self.kind {
             MockKind::Normal => MOCK_PGSIZE_BITMAP,

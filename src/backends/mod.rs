@@ -68,6 +68,12 @@ pub trait Domain: Send + Sync + std::fmt::Debug {
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         None
     }
+    /// The concrete domain as a shared handle, for drivers that keep their own type.
+    fn as_any_arc(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn std::any::Any + Send + Sync>> {
+        None
+    }
     /// How this domain consumes memory.
     fn backing(&self) -> Backing {
         Backing::Frames

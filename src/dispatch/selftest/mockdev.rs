@@ -12,42 +12,25 @@ use nix::errno::Errno;
 use std::collections::BTreeMap;
 use std::mem::size_of;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use uiommufd_uapi::iommufd::{
     IOMMU_HWPT_ALLOC_DIRTY_TRACKING, IOMMU_HWPT_ALLOC_NEST_PARENT, IOMMU_HWPT_ALLOC_PASID,
     IOMMU_HW_CAP_DIRTY_TRACKING, IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED,
 };
 use uiommufd_uapi::selftest::*;
 
-/// Every mock paging domain made here, so a HWPT's `Arc<dyn Domain>` can be recognised as one.
-static MOCKS: Mutex<Vec<Weak<MockDomain>>> = Mutex::new(Vec::new());
-
-fn register(d: &Arc<MockDomain>) {
-    let mut m = MOCKS.lock().unwrap_or_else(|e| e.into_inner());
-    m.retain(|w| w.strong_count() > 0);
-    m.push(Arc::downgrade(d));
-}
-
 /// The mock domain behind `domain`, if it is one.
 pub fn as_mock(domain: &Arc<dyn Domain>) -> Option<Arc<MockDomain>> {
-    let p = Arc::as_ptr(domain) as *const ();
-    MOCKS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .filter_map(Weak::upgrade)
-        .find(|m| Arc::as_ptr(m) as *const () == p)
+    domain.clone().as_any_arc()?.downcast::<MockDomain>().ok()
 }
 
 /// A fresh mock paging domain (IOMMU_HWPT_ALLOC flags already validated).
 pub fn new_mock_domain(kind: MockKind, flags: u32) -> Arc<MockDomain> {
-    let d = Arc::new(if flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING != 0 {
+    Arc::new(if flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING != 0 {
         MockDomain::with_dirty_ops(kind)
     } else {
         MockDomain::new(kind)
-    });
-    register(&d);
-    d
+    })
 }
 
 /// Flags a mock paging domain accepts.
@@ -373,11 +356,12 @@ mod tests {
     use zerocopy::FromBytes;
 
     #[test]
-    fn registry_finds_mock_domains_only() {
+    fn mock_domains_are_recognised_and_no_other() {
         let d = new_mock_domain(MockKind::Normal, 0);
         let dynd: Arc<dyn Domain> = d.clone();
-        assert!(as_mock(&dynd).is_some());
-        let other: Arc<dyn Domain> = Arc::new(MockDomain::new(MockKind::Normal));
+        assert!(as_mock(&dynd).is_some_and(|m| Arc::ptr_eq(&m, &d)));
+        let geometry = crate::backends::vfio::domain::Geometry::from_info(&Default::default());
+        let other: Arc<dyn Domain> = Arc::new(crate::backends::vfio::VfioDomain::new(geometry));
         assert!(as_mock(&other).is_none());
     }
 
