@@ -324,7 +324,7 @@ pub fn ioas_copy(u: &Ucmd) -> Result<(), Errno> {
     let slices = src.iopt_read().get_pages(cmd.src_iova, cmd.length)?;
     let dst = u.ctx.get_ioas(cmd.dst_ioas_id)?;
     u.ctx.check_mapping_room()?;
-    let iova = dst.iopt().map_pages(
+    let iova = dst.map_slices(
         &slices,
         cmd.length,
         fixed_iova(cmd.flags, cmd.dst_iova),

@@ -157,7 +157,7 @@ impl IoPagetable {
         let mut cur = iova;
         let mut done = 0usize;
         for area in self.area_range_from(iova) {
-            if area.iova > cur {
+            if area.iova > cur || area.pending {
                 break;
             }
             if area.prevent_access {

@@ -86,6 +86,9 @@ pub struct Area {
     /// Access pins that refuse to be released on unmap (a vIOMMU's hardware queue): IOAS_UNMAP of
     /// the area is EBUSY while any is held.
     pub num_locks: u32,
+    /// Its IOVA is taken but its pages are being pinned outside the table's lock
+    /// ([`IoPagetable::begin_map`]): a gap for lookups and copies, EBUSY for unmap and cut.
+    pub pending: bool,
 }
 
 impl Area {
@@ -117,6 +120,62 @@ pub struct PagesSlice {
     pub pages: Arc<Pages>,
     pub start_byte: u64,
     pub length: u64,
+}
+
+/// A map between [`IoPagetable::begin_map`] and [`IoPagetable::finish_map`]: its areas (pending in
+/// the table) and the domains to fill them into, for [`Self::fill`] to run with no lock held.
+pub struct PendingMap {
+    start: u64,
+    areas: Vec<Area>,
+    domains: Vec<Arc<dyn Domain>>,
+}
+
+impl PendingMap {
+    /// Pins the areas' pages and maps them into the domains; on failure nothing stays.
+    pub fn fill(&mut self) -> Result<(), Errno> {
+        for i in 0..self.areas.len() {
+            if let Err(e) = fill_area_in(&self.domains, &mut self.areas[i]) {
+                for done in &mut self.areas[..i] {
+                    unfill_area_in(&self.domains, done);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pins an area's pages and maps them into every one of `domains` (nothing when there are none).
+fn fill_area_in(domains: &[Arc<dyn Domain>], area: &mut Area) -> Result<(), Errno> {
+    if domains.is_empty() || area.filled || area.pages.source().revoked() {
+        return Ok(());
+    }
+    let frames = domains.iter().any(|d| d.backing() == Backing::Frames);
+    let paddrs = pin_area(area, frames)?;
+    for (i, domain) in domains.iter().enumerate() {
+        if let Err(e) = map_area(domain.as_ref(), area, paddrs.as_deref()) {
+            for undo in &domains[..i] {
+                undo.unmap(area.iova, area.length());
+            }
+            let (first, last) = area.pin_span();
+            area.pages.unpin(first, last);
+            return Err(e);
+        }
+    }
+    area.filled = true;
+    Ok(())
+}
+
+fn unfill_area_in(domains: &[Arc<dyn Domain>], area: &mut Area) {
+    if !area.filled {
+        return;
+    }
+    for domain in domains {
+        domain.unmap(area.iova, area.length());
+    }
+    let (first, last) = area.pin_span();
+    area.pages.unpin(first, last);
+    area.filled = false;
 }
 
 /// Result of one pass of [`IoPagetable::unmap_range`].
@@ -299,6 +358,7 @@ impl IoPagetable {
 
     /// Maps the concatenation of `slices` (total `length` bytes) at `iova`, or at an allocated
     /// IOVA when `iova` is `None`. Returns the IOVA. Pins and fills domains when there are any.
+    /// All under this one borrow; [`Self::begin_map`] does the pinning without it.
     pub fn map_pages(
         &mut self,
         slices: &[PagesSlice],
@@ -306,6 +366,21 @@ impl IoPagetable {
         iova: Option<u64>,
         prot: Prot,
     ) -> Result<u64, Errno> {
+        let mut pending = self.begin_map(slices, length, iova, prot)?;
+        let filled = pending.fill();
+        self.finish_map(pending, filled)
+    }
+
+    /// The first step of a map: checks, takes the IOVA (the areas go in as pending) and returns
+    /// what [`PendingMap::fill`] needs to pin and map the pages with no lock of the table held.
+    /// The domains must not change until [`Self::finish_map`] (the IOAS's domain gate).
+    pub fn begin_map(
+        &mut self,
+        slices: &[PagesSlice],
+        length: u64,
+        iova: Option<u64>,
+        prot: Prot,
+    ) -> Result<PendingMap, Errno> {
         if length & (self.iova_alignment - 1) != 0 || length == 0 || slices.is_empty() {
             return Err(Errno::EINVAL);
         }
@@ -346,57 +421,46 @@ impl IoPagetable {
                 num_accesses: 0,
                 prevent_access: false,
                 num_locks: 0,
+                pending: true,
             });
             cur = last.wrapping_add(1);
         }
-        for i in 0..new_areas.len() {
-            if let Err(e) = self.fill_area(&mut new_areas[i]) {
-                for done in &mut new_areas[..i] {
-                    self.unfill_area(done);
-                }
-                return Err(e);
-            }
+        for area in &new_areas {
+            self.areas.insert(area.iova, area.clone());
         }
-        for area in new_areas {
-            self.areas.insert(area.iova, area);
-        }
-        Ok(start)
+        Ok(PendingMap {
+            start,
+            areas: new_areas,
+            domains: self.domains.iter().map(|(_, d)| d.clone()).collect(),
+        })
     }
 
-    /// Pins an area's pages and maps them into every domain (nothing when there are no domains).
-    fn fill_area(&self, area: &mut Area) -> Result<(), Errno> {
-        if self.domains.is_empty() || area.filled || area.pages.source().revoked() {
-            return Ok(());
-        }
-        let frames = self
-            .domains
-            .iter()
-            .any(|(_, d)| d.backing() == Backing::Frames);
-        let paddrs = pin_area(area, frames)?;
-        for (i, (_, domain)) in self.domains.iter().enumerate() {
-            if let Err(e) = map_area(domain.as_ref(), area, paddrs.as_deref()) {
-                for (_, undo) in &self.domains[..i] {
-                    undo.unmap(area.iova, area.length());
-                }
-                let (first, last) = area.pin_span();
-                area.pages.unpin(first, last);
-                return Err(e);
+    /// The last step of a map: with `filled` Ok the pending areas become ordinary (filled when
+    /// there are domains) and the IOVA is returned; on error they go (their fill undid itself).
+    pub fn finish_map(
+        &mut self,
+        pending: PendingMap,
+        filled: Result<(), Errno>,
+    ) -> Result<u64, Errno> {
+        let ok = filled.is_ok();
+        for area in &pending.areas {
+            if ok {
+                let a = self.areas.get_mut(&area.iova).expect("pending area");
+                a.pending = false;
+                a.filled = area.filled;
+            } else {
+                self.areas.remove(&area.iova);
             }
         }
-        area.filled = true;
-        Ok(())
+        filled.map(|()| pending.start)
     }
 
     fn unfill_area(&self, area: &mut Area) {
-        if !area.filled {
-            return;
-        }
-        for (_, domain) in &self.domains {
-            domain.unmap(area.iova, area.length());
-        }
-        let (first, last) = area.pin_span();
-        area.pages.unpin(first, last);
-        area.filled = false;
+        unfill_area_in(&self.domain_list(), area)
+    }
+
+    fn domain_list(&self) -> Vec<Arc<dyn Domain>> {
+        self.domains.iter().map(|(_, d)| d.clone()).collect()
     }
 
     /// Takes every area whose backing was revoked out of the domains (and drops its pin); the
@@ -425,7 +489,7 @@ impl IoPagetable {
         let mut out = Vec::new();
         let mut cur = iova;
         for area in self.area_range_from(iova) {
-            if area.iova > cur {
+            if area.iova > cur || area.pending {
                 break;
             }
             let end = last.min(area.last);
@@ -449,7 +513,8 @@ impl IoPagetable {
         let mut cursor = start;
         while let Some(key) = self.first_area_key(cursor, last) {
             let area = self.areas.get_mut(&key).expect("area found by key");
-            if area.num_locks > 0 {
+            // A map still pinning its pages: the caller races its own map (as the kernel, EBUSY).
+            if area.num_locks > 0 || area.pending {
                 return Err((Errno::EBUSY, unmapped));
             }
             if area.iova < start || area.last > last {
@@ -701,7 +766,7 @@ impl IoPagetable {
         let mut keys = Vec::new();
         let mut cur = iova;
         for area in self.area_range_from(iova) {
-            if area.iova > cur {
+            if area.iova > cur || area.pending {
                 break;
             }
             keys.push(area.iova);
@@ -732,7 +797,7 @@ impl IoPagetable {
             if iova == area.iova || iova == area.last {
                 continue;
             }
-            if area.prevent_access {
+            if area.prevent_access || area.pending {
                 return Err(Errno::EBUSY);
             }
             let new_start = iova + 1;

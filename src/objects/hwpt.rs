@@ -36,7 +36,9 @@ impl HwptPaging {
     ) -> Result<(u32, Arc<HwptPaging>), Errno> {
         let ioas = ctx.get_ioas(ioas_id)?;
         let domain_key = NEXT_DOMAIN.fetch_add(1, Ordering::Relaxed);
-        ioas.iopt().add_domain(domain_key, domain.clone())?;
+        ioas.iopt_for_domains()
+            .1
+            .add_domain(domain_key, domain.clone())?;
         let hwpt = Arc::new(HwptPaging {
             ioas_id,
             ioas: ioas.clone(),
@@ -48,7 +50,7 @@ impl HwptPaging {
             fault: Default::default(),
         });
         if let Err(e) = ctx.add_user(ioas_id) {
-            ioas.iopt().remove_domain(domain_key);
+            ioas.iopt_for_domains().1.remove_domain(domain_key);
             return Err(e);
         }
         match ctx.insert(super::Object::Ext(hwpt.clone())) {
@@ -62,7 +64,10 @@ impl HwptPaging {
 
     fn release(&self, ctx: &Context) {
         self.fault.release(ctx);
-        self.ioas.iopt().remove_domain(self.domain_key);
+        self.ioas
+            .iopt_for_domains()
+            .1
+            .remove_domain(self.domain_key);
         ctx.remove_user(self.ioas_id);
     }
 }

@@ -19,6 +19,10 @@ const MAX_UNMAP_TRIES: u32 = 100;
 /// held) to call the accesses' unmap callbacks.
 #[derive(Default)]
 pub struct Ioas {
+    /// Held for reading by a map while it pins outside `iopt`, for writing while domains are
+    /// attached or detached: a map's pages go into exactly the domains it saw (the kernel's
+    /// domains rwsem).
+    domains_gate: RwLock<()>,
     iopt: RwLock<IoPagetable>,
     accesses: Mutex<Vec<Weak<Access>>>,
 }
@@ -106,7 +110,31 @@ impl Ioas {
             pages,
         };
         let length = slice.length;
-        self.iopt().map_pages(&[slice], length, iova, prot)
+        self.map_slices(&[slice], length, iova, prot)
+    }
+
+    /// Maps `slices` (total `length` bytes) at `iova` or an allocated IOVA: the IOVA is taken
+    /// under the table's lock, the pages are pinned and mapped into the domains with it released
+    /// (that can wait on the client's memory), and the result is committed under it again.
+    pub fn map_slices(
+        &self,
+        slices: &[PagesSlice],
+        length: u64,
+        iova: Option<u64>,
+        prot: Prot,
+    ) -> Result<u64, Errno> {
+        let _domains = self.domains_gate.read().unwrap();
+        let mut pending = self.iopt().begin_map(slices, length, iova, prot)?;
+        let filled = pending.fill();
+        self.iopt().finish_map(pending, filled)
+    }
+
+    /// The table, with the domains held still for an attach or a detach.
+    pub fn iopt_for_domains(
+        &self,
+    ) -> (RwLockWriteGuard<'_, ()>, RwLockWriteGuard<'_, IoPagetable>) {
+        let gate = self.domains_gate.write().unwrap();
+        (gate, self.iopt())
     }
 
     /// Unmaps `[start, last]`, asking attached accesses to release pins inside it first.

@@ -15,20 +15,23 @@
 //! Lock order (a lock may be taken while holding the ones above it, never the other way):
 //! 1. `Device::switching` — one attach/replace/detach of a device at a time;
 //! 2. `Context::compat_lock` — creating the compat IOAS;
-//! 3. `Ioas::iopt` (read-write) — the IOVA table, its domains and reserved/allowed ranges: written
-//!    by map, unmap, attach/detach of a domain, access pins; read by an access's copies
-//!    (`Access::rw`, which reads and writes the mapped process's memory), IOAS_COPY's source,
-//!    IOVA_RANGES, dirty-bitmap reads and status (which only tries);
-//! 4. a domain's own lock (mock page table, VfioDomain's runs) and `Pages::pins`/`account` —
+//! 3. `Ioas::domains_gate` (read-write) — read by a map for as long as it pins and fills, written
+//!    while a domain is attached or detached, so a map's pages go into exactly the domains it
+//!    saw (the kernel's domains rwsem);
+//! 4. `Ioas::iopt` (read-write) — the IOVA table, its domains and reserved/allowed ranges: written
+//!    to change it (a map takes its IOVA and later commits under it, but pins the client's pages
+//!    with it released: reserve, pin, commit, as the kernel's io_pagetable), read by an access's
+//!    copies (`Access::rw`, which reads and writes the mapped process's memory), IOAS_COPY's
+//!    source, IOVA_RANGES, dirty-bitmap reads and status (which only tries);
+//! 5. a domain's own lock (mock page table, VfioDomain's runs) and `Pages::pins`/`account` —
 //!    leaf locks, held for one operation;
-//! 5. `Context::table` — the ID table (then only `vfio_ioas`): nothing else is called while it is
+//! 6. `Context::table` — the ID table (then only `vfio_ioas`): nothing else is called while it is
 //!    held.
 //!
 //! `Ioas::accesses` is taken with nothing else held, to call accesses back before an unmap.
-//! What still runs under `iopt` written and can wait on a client: pinning a client's pages for a
-//! map or an attach (`/proc/<pid>/pagemap`, faulting pages in). The kernel pins outside its IOVA
-//! lock (reserve, pin, commit); here the wait holds up only that IOAS's own changes, whose owner
-//! is the client waiting.
+//! What still runs under `iopt` written and can wait on a client: an attach filling a new domain
+//! with every area (pins), and an access pinning a range. Either holds up only that IOAS's own
+//! changes, whose owner is the client waiting.
 
 pub mod access;
 pub mod device;

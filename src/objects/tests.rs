@@ -169,3 +169,84 @@ fn object_cap_is_enomem_and_freed_on_destroy() {
     ctx.destroy_all();
     assert_eq!(ctx.used(Resource::Objects), 0);
 }
+
+/// A backing whose pins wait until the test lets them go (a client's memory that is slow to
+/// fault in), telling the test when a pin has started.
+#[derive(Debug)]
+struct SlowPins {
+    inner: MemorySource,
+    started: std::sync::mpsc::SyncSender<()>,
+    go: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl crate::iopt::PageSource for SlowPins {
+    fn pin(&self, first: u64, count: u64, write: bool) -> Result<Vec<u64>, Errno> {
+        let _ = self.started.send(());
+        let _ = self.go.lock().unwrap().recv();
+        self.inner.pin(first, count, write)
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.inner.read(offset, buf)
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        self.inner.write(offset, data)
+    }
+    fn address_hint(&self) -> u64 {
+        self.inner.address_hint()
+    }
+}
+
+#[test]
+fn a_map_pins_without_holding_the_table() {
+    use crate::backends::mock::{MockDomain, MockKind, MOCK_APERTURE_START};
+    const BASE: u64 = MOCK_APERTURE_START;
+    let ctx = Context::new();
+    let id = ioas(&ctx);
+    let io = ctx.get_ioas(id).unwrap();
+    let domain: Arc<dyn crate::backends::Domain> = Arc::new(MockDomain::new(MockKind::Normal));
+    let (_hwpt_id, _hwpt) = hwpt::HwptPaging::alloc(&ctx, id, domain.clone(), 0, false).unwrap();
+    let (started_tx, started) = std::sync::mpsc::sync_channel(1);
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let slow = Arc::new(SlowPins {
+        inner: MemorySource::new(0x4000, 0x10_0000),
+        started: started_tx,
+        go: Mutex::new(go_rx),
+    });
+    let pages = Pages::new(slow, 0, 0x4000, true, Account::unaccounted()).unwrap();
+    let mapper = {
+        let io = io.clone();
+        std::thread::spawn(move || io.map_pages(pages, Some(BASE), Prot::READ_WRITE))
+    };
+    if started.recv().is_err() {
+        panic!(
+            "the map ended without pinning: {:?}",
+            mapper.join().unwrap()
+        );
+    }
+    // The pin is waiting. The table is free: lookups, another map, even an unmap elsewhere.
+    assert!(
+        io.try_iopt().is_some(),
+        "the table is held while the pages are pinned"
+    );
+    map_mem(&io, BASE + 0x40000, 0x2000);
+    assert_eq!(io.unmap(BASE + 0x40000, BASE + 0x41fff), Ok(0x2000));
+    // The pending range is taken (EEXIST for a fixed map over it) and busy for an unmap.
+    let other = Pages::new(
+        Arc::new(MemorySource::new(0x1000, 0x20_0000)),
+        0,
+        0x1000,
+        true,
+        Account::unaccounted(),
+    )
+    .unwrap();
+    assert_eq!(
+        io.map_pages(other, Some(BASE), Prot::READ_WRITE),
+        Err(Errno::EEXIST)
+    );
+    assert_eq!(io.unmap(BASE, BASE + 0x3fff), Err((Errno::EBUSY, 0)));
+    go.send(()).unwrap();
+    assert_eq!(mapper.join().unwrap(), Ok(BASE));
+    // Committed: mapped into the domain and an ordinary area.
+    assert!(domain.translate(BASE).is_some());
+    assert_eq!(io.unmap(BASE, BASE + 0x3fff), Ok(0x4000));
+}
