@@ -12,7 +12,7 @@ use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -79,8 +79,7 @@ struct Local {
 impl Drop for Local {
     fn drop(&mut self) {
         for &(addr, len) in &self.maps {
-            // SAFETY: these mappings were created by `map_buffer` and nothing else refers to them.
-            unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) };
+            super::sys::unmap(addr, len);
         }
     }
 }
@@ -220,8 +219,7 @@ impl Client {
             Proc::Local(l) => {
                 if let Some(i) = l.maps.iter().position(|&(a, _)| a == buf.addr) {
                     let (addr, len) = l.maps.swap_remove(i);
-                    // SAFETY: a mapping this client created; its name is gone from the script.
-                    unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) };
+                    super::sys::unmap(addr, len);
                 }
                 Ok(())
             }
@@ -293,9 +291,7 @@ impl Client {
         let (up_r, up_w) = nix::unistd::pipe().map_err(|e| e.to_string())?;
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
-        // SAFETY: the replay process is single-threaded when it forks (the runner starts no
-        // threads); the child only runs `child_loop` and leaves through _exit.
-        match unsafe { nix::unistd::fork() }.map_err(|e| e.to_string())? {
+        match super::sys::fork().map_err(|e| e.to_string())? {
             nix::unistd::ForkResult::Child => {
                 drop(down_w);
                 drop(up_r);
@@ -349,16 +345,7 @@ fn open_path(path: &std::path::Path) -> Result<OwnedFd, Errno> {
         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
-fn raw_ioctl(fd: i32, cmd: u32, arg: u64) -> Result<i64, Errno> {
-    // SAFETY: iommufd and VFIO container ioctls touch memory only through `arg`, and only in the
-    // daemon, which reads and writes it with process_vm_*: a bad pointer is EFAULT, never UB here.
-    let rc = unsafe { libc::ioctl(fd, cmd as libc::c_ulong, arg) };
-    if rc < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(i64::from(rc))
-    }
-}
+use super::sys::raw_ioctl;
 
 /// The length of a buffer's mapping with its guard page.
 fn mapped_len(size: u64) -> u64 {
@@ -376,45 +363,8 @@ fn map_buffer(spec: &BufferSpec) -> Result<(u64, Option<OwnedFd>), String> {
     } else {
         None
     };
-    // A PROT_NONE guard page follows every buffer, so that "the end of a buffer" is a fault.
-    let rounded = len.next_multiple_of(4096);
-    // SAFETY: a new reservation at an address the kernel picks; nothing aliases it.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            rounded + 4096,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(format!("mmap of {len} bytes: {}", Errno::last()));
-    }
-    let rw = libc::PROT_READ | libc::PROT_WRITE;
-    let ok = match &memfd {
-        // SAFETY: replaces the front of the reservation made above with the memfd's pages.
-        Some(f) => unsafe {
-            libc::mmap(
-                p,
-                len,
-                rw,
-                libc::MAP_SHARED | libc::MAP_FIXED,
-                f.as_raw_fd(),
-                0,
-            ) == p
-        },
-        // SAFETY: opens up the front of the reservation made above.
-        None => unsafe { libc::mprotect(p, rounded, rw) == 0 },
-    };
-    if !ok {
-        let e = Errno::last();
-        // SAFETY: undoes the reservation made above.
-        unsafe { libc::munmap(p, rounded + 4096) };
-        return Err(format!("mapping {len} bytes: {e}"));
-    }
-    let addr = p as u64;
+    let addr = super::sys::map_guarded(len, memfd.as_ref().map(|f| f.as_fd()))
+        .map_err(|e| format!("mapping {len} bytes: {e}"))?;
     let fill: Option<Vec<u8>> = match spec.fill {
         Fill::Zero => None,
         Fill::Byte(b) => Some(vec![b; len]),
@@ -431,10 +381,7 @@ fn map_buffer(spec: &BufferSpec) -> Result<(u64, Option<OwnedFd>), String> {
         BufProt::None => Some(libc::PROT_NONE),
     };
     if let Some(prot) = prot {
-        // SAFETY: changes the protection of the mapping made above only.
-        if unsafe { libc::mprotect(p, len, prot) } != 0 {
-            return Err(format!("mprotect: {}", Errno::last()));
-        }
+        super::sys::protect(addr, len, prot).map_err(|e| format!("mprotect: {e}"))?;
     }
     Ok((addr, memfd))
 }
@@ -479,8 +426,7 @@ fn child_loop(from: OwnedFd, to: OwnedFd) -> ! {
                 }
             }
             Ok(Req::Free { addr, len }) => {
-                // SAFETY: a mapping of this process the runner allocated and no longer names.
-                unsafe { libc::munmap(addr as *mut libc::c_void, mapped_len(len) as usize) };
+                super::sys::unmap(addr, mapped_len(len));
                 Resp::Done
             }
             Ok(Req::Open { path }) => match open_path(&path) {
@@ -496,8 +442,7 @@ fn child_loop(from: OwnedFd, to: OwnedFd) -> ! {
                     keep.swap_remove(i);
                 } else {
                     // An inherited descriptor: take ownership to close it.
-                    // SAFETY: `fd` is open in this process (inherited) and named by nothing else here.
-                    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                    drop(super::sys::adopt_inherited(fd));
                 }
                 Resp::Done
             }
@@ -512,6 +457,5 @@ fn child_loop(from: OwnedFd, to: OwnedFd) -> ! {
             break;
         }
     }
-    // SAFETY: leaves the forked child without running the parent's atexit handlers or destructors.
-    unsafe { libc::_exit(0) }
+    super::sys::exit_child()
 }

@@ -11,6 +11,7 @@ pub mod exec;
 pub mod layout;
 pub mod record;
 pub mod script;
+mod sys;
 
 pub use client::Mode;
 pub use exec::Failure;
