@@ -34,15 +34,6 @@ struct Installed {
 
 static INSTALLED: Mutex<Vec<Installed>> = Mutex::new(Vec::new());
 
-/// An ioctl on `fd` with `buf` as its argument (the supervisor carries no filter: it is not
-/// trapped); the return value or errno, and the buffer as the ioctl left it.
-fn node_ioctl(fd: i32, cmd: u32, mut buf: Vec<u8>) -> Result<(i32, Vec<u8>), Errno> {
-    // SAFETY: the argument is `buf`, owned here and as long as the struct the command reads and
-    // writes (the callers size it so); `fd` is kept open by the caller for the call.
-    let rc = unsafe { libc::ioctl(fd, libc::c_ulong::from(cmd), buf.as_mut_ptr()) };
-    Errno::result(rc).map(|rc| (rc, buf))
-}
-
 /// FUSE's file system magic.
 pub(super) const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
@@ -133,8 +124,8 @@ pub fn bind(n: &Notification<'_>) -> Reply {
     if let Some(f) = &iommufd {
         local.iommufd = f.as_raw_fd();
     }
-    let answer = node_ioctl(
-        node.as_raw_fd(),
+    let answer = super::seccomp::buf_ioctl(
+        node.as_fd(),
         VFIO_DEVICE_BIND_IOMMUFD,
         local.as_bytes()[..16].to_vec(),
     );
@@ -217,7 +208,7 @@ pub fn attach_detach(n: &Notification<'_>) -> Reply {
     }
     let argsz = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
     buf[..4].copy_from_slice(&argsz.min(len as u32).to_ne_bytes());
-    let rc = match node_ioctl(node.as_raw_fd(), cmd, buf[..len].to_vec()) {
+    let rc = match super::seccomp::buf_ioctl(node.as_fd(), cmd, buf[..len].to_vec()) {
         Ok((rc, out)) => {
             buf[..len].copy_from_slice(&out);
             rc

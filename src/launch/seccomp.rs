@@ -1,4 +1,5 @@
-//! The seccomp user-notify filter and thin wrappers around the listener's ioctls.
+//! The launcher's system calls: the seccomp user-notify filter, thin wrappers around the
+//! listener's ioctls, and the ioctls the supervisor issues on node files itself.
 //!
 //! The filter sends `ioctl(fd, N, arg)` to the listener when the low 32 bits of the request are one
 //! of the intercepted numbers (the kernel's `ioctl` takes an `unsigned int` request, so the upper
@@ -223,6 +224,27 @@ pub fn notif_addfd_at(
         )
     };
     Errno::result(rc)
+}
+
+/// An ioctl on `fd` whose argument is the plain-data struct `arg` (read and written in place):
+/// the return value or errno.
+pub fn struct_ioctl<T: zerocopy::IntoBytes + zerocopy::FromBytes>(
+    fd: BorrowedFd<'_>,
+    cmd: u32,
+    arg: &mut T,
+) -> Result<i32, Errno> {
+    // SAFETY: the argument is `arg`, a live exclusively borrowed struct for the whole call; the
+    // commands the supervisor issues read and write at most that struct (any bit pattern is a
+    // valid `T`), and a file that does not know `cmd` fails with ENOTTY.
+    Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::c_ulong::from(cmd), arg as *mut T) })
+}
+
+/// An ioctl on `fd` whose argument is `buf` (the struct's bytes, sized by the caller for `cmd`).
+pub fn buf_ioctl(fd: BorrowedFd<'_>, cmd: u32, mut buf: Vec<u8>) -> Result<(i32, Vec<u8>), Errno> {
+    // SAFETY: the argument is `buf`, owned here and as long as the struct the command reads and
+    // writes (the callers size it so); `fd` is open for the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::c_ulong::from(cmd), buf.as_mut_ptr()) };
+    Errno::result(rc).map(|rc| (rc, buf))
 }
 
 #[cfg(test)]

@@ -388,16 +388,7 @@ fn bind_new_handle(
         arg3,
         ..Default::default()
     };
-    // SAFETY: UIOMMUFD_HANDLE_BIND reads and writes one `uiommufd_handle_bind` through its
-    // argument, a live local; on a file that does not know the number, the ioctl fails (ENOTTY).
-    let rc = unsafe {
-        libc::ioctl(
-            fresh.as_raw_fd(),
-            UIOMMUFD_HANDLE_BIND as libc::Ioctl,
-            &mut bind as *mut uiommufd_handle_bind,
-        )
-    };
-    if let Err(e) = Errno::result(rc) {
+    if let Err(e) = super::seccomp::struct_ioctl(fresh.as_fd(), UIOMMUFD_HANDLE_BIND, &mut bind) {
         tracing::debug!(tid = n.tid, %e, "UIOMMUFD_HANDLE_BIND failed; errno relayed");
         return Err(Reply::Error(e));
     }

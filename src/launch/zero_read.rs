@@ -6,7 +6,7 @@
 use super::notification::{open_pidfd, Notification, Reply};
 use crate::dispatch::private_abi::{uiommufd_zero_read, UIOMMUFD_ZERO_READ};
 use nix::errno::Errno;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 
 /// A file the private query may be sent to: a regular file of a FUSE mount or a character device
 /// (CUSE); anything else never gets an ioctl from us.
@@ -41,16 +41,7 @@ pub fn answer(n: &Notification<'_>) -> Reply {
         size: std::mem::size_of::<uiommufd_zero_read>() as u32,
         out_errno: 0,
     };
-    // SAFETY: UIOMMUFD_ZERO_READ reads and writes one `uiommufd_zero_read` through its argument, a
-    // live local; a node that does not know the number fails the ioctl (ENOTTY) and writes nothing.
-    let rc = unsafe {
-        libc::ioctl(
-            file.as_raw_fd(),
-            UIOMMUFD_ZERO_READ as libc::Ioctl,
-            &mut q as *mut uiommufd_zero_read,
-        )
-    };
-    if rc != 0 {
+    if super::seccomp::struct_ioctl(file.as_fd(), UIOMMUFD_ZERO_READ, &mut q).is_err() {
         return Reply::Continue;
     }
     tracing::debug!(
