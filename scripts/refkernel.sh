@@ -169,6 +169,96 @@ judge() {
   return $rc
 }
 
+# ---- what each call left behind: the traces of both runs, step by step ----
+TRACE_EXPECTED=$ROOT/tests/refkernel-trace-expected.txt
+
+trace_expected_header() {
+  cat <<'EOF'
+# Differences between what the real Linux 7.2 and uiommufd left behind after the same ioctl step
+# (scripts/refkernel.sh; `uiommufd replay --trace`, format in src/replay/trace.rs): the result, each
+# field of the struct after the call, the bytes no field covers (@OFFSET) and the caller buffers
+# the struct points to (*FIELD). One line per differing item:
+#   VARIANT MODE SCRIPT STEP IOCTL ITEM kernel=X uiommufd=Y  # why
+# MODE is corpus (tests/replay) or probe (--probe); "absent": the step or item is only in one
+# trace. scripts/refkernel.sh fails when the set differs (new ones, or listed ones that went away);
+# --update-expected rewrites the lines of the variant and mode it ran, keeping the reasons.
+EOF
+}
+
+# trace_lines PREFIX LOG: the TRACE lines of one run, "SCRIPT STEP IOCTL TOKEN..." (script without
+# its directory).
+trace_lines() {
+  { sed -n "s/^$1: TRACE //p" "$2" || true; } | sed 's|^[^ ]*/||'
+}
+
+# trace_diff KERNEL UIOMMUFD: one line per differing item, "SCRIPT STEP IOCTL ITEM kernel=X
+# uiommufd=Y"; on stderr the number of steps traced on both sides.
+trace_diff() {
+  awk '
+    FNR == 1 { side++ }
+    {
+      key = $1 " " $2; label[key] = $3
+      if (!(key in seen)) { seen[key] = 1; order[++n] = key }
+      has[side, key] = 1
+      for (i = 4; i <= NF; i++) {
+        eq = index($i, "="); item = substr($i, 1, eq - 1)
+        val[side, key, item] = substr($i, eq + 1)
+        if (!((key, item) in iseen)) { iseen[key, item] = 1; items[key] = items[key] " " item }
+      }
+    }
+    END {
+      both = 0
+      for (j = 1; j <= n; j++) {
+        key = order[j]
+        if (!has[1, key] || !has[2, key]) {
+          printf "%s %s step kernel=%s uiommufd=%s\n", key, label[key], has[1, key] ? "ran" : "absent", has[2, key] ? "ran" : "absent"
+          continue
+        }
+        both++
+        m = split(substr(items[key], 2), it, " ")
+        for (i = 1; i <= m; i++) {
+          k = ((1, key, it[i]) in val) ? val[1, key, it[i]] : "absent"
+          u = ((2, key, it[i]) in val) ? val[2, key, it[i]] : "absent"
+          if (k != u) printf "%s %s %s kernel=%s uiommufd=%s\n", key, label[key], it[i], k, u
+        }
+      }
+      print both > "/dev/stderr"
+    }' "$1" "$2"
+}
+
+# trace_judge LOG MODE: compares the kernel's and uiommufd's traces step by step; the differences,
+# as "VARIANT MODE ...", must be the lines of $TRACE_EXPECTED for this variant and mode.
+trace_judge() {
+  local log=$1 tmode=$2 k=$OUT/trace-kernel.txt u=$OUT/trace-uiommufd.txt got=$OUT/trace-differences.txt
+  local exp=$OUT/trace-expected.txt steps rc=0
+  trace_lines KREPLAY "$log" > "$k"; trace_lines UREPLAY "$log" > "$u"
+  if [ ! -s "$k" ] || [ ! -s "$u" ]; then
+    echo "[$VARIANT] FAIL: no TRACE lines from $([ -s "$k" ] && echo uiommufd || echo the kernel) in $log"
+    return 1
+  fi
+  steps=$(trace_diff "$k" "$u" 2>&1 >/dev/null)
+  trace_diff "$k" "$u" 2>/dev/null | sed "s/^/$VARIANT $tmode /" | sort > "$got"
+  echo "[$VARIANT] traces ($tmode): $steps ioctl steps on both sides ($(wc -l < "$k") kernel, $(wc -l < "$u") uiommufd); $(wc -l < "$got") item(s) differ:"
+  sed 's/^/  /' "$got" | cut -c1-400
+  { grep -h "^$VARIANT $tmode " "$TRACE_EXPECTED" 2>/dev/null || true; } \
+    | sed -E 's/[[:space:]]+#[[:space:]].*$//; s/[[:space:]]*$//' | sort -u > "$exp"
+  if [ "$update" = 1 ]; then
+    # Keep the other variants' and modes' lines, and the reason of every line that stays.
+    {
+      trace_expected_header; echo
+      { { grep -v -e '^#' -e '^$' "$TRACE_EXPECTED" 2>/dev/null || true; } | { grep -v "^$VARIANT $tmode " || true; }
+        awk 'FILENAME == ARGV[1] { l = $0; sub(/[[:space:]]+#[[:space:]].*$/, "", l); if (l != $0) why[l] = substr($0, length(l) + 1); next }
+             { print $0 (($0 in why) ? why[$0] : "  # TODO: why") }' <(grep -v '^#' "$TRACE_EXPECTED" 2>/dev/null || true) "$got"
+      } | sort
+    } > "$TRACE_EXPECTED.new"
+    mv "$TRACE_EXPECTED.new" "$TRACE_EXPECTED"
+    echo "rewrote ${TRACE_EXPECTED#"$ROOT"/} ($VARIANT $tmode)"; cp "$got" "$exp"
+  fi
+  report_changes "trace difference(s)" "$TRACE_EXPECTED" "$(comm -13 "$exp" "$got")" "$(comm -23 "$exp" "$got")" || rc=1
+  [ $rc = 0 ] && echo "[$VARIANT] PASS: traces ($tmode): the $(wc -l < "$exp") listed difference(s), no others"
+  return $rc
+}
+
 # ---- the kernel's own selftest: the kernel vs uiommufd, instance by instance ----
 
 ks_expected_header() {
@@ -452,6 +542,7 @@ if [ $mode = log ]; then
   set_variant "$variants"
   rc=0
   judge "$log_in" || rc=1
+  trace_judge "$log_in" corpus || rc=1
   if grep -q '^REFKERNEL: kselftest exit' "$log_in"; then ks_judge "$log_in" || rc=1; fi
   exit $rc
 fi
@@ -548,7 +639,7 @@ EOS
   { guest_init_head REFKERNEL; cat <<EOF; } > "$R/init"
 echo "REFKERNEL: nodes: \$(ls -l /dev/iommu /dev/vfio/vfio 2>&1 | tr '\n' ' ')"
 t0=\$(cut -d' ' -f1 /proc/uptime)
-/bin/uiommufd replay --node /dev/iommu --vfio-node /dev/vfio/vfio /replay >/tmp/k.log 2>&1
+/bin/uiommufd replay --trace --node /dev/iommu --vfio-node /dev/vfio/vfio /replay >/tmp/k.log 2>&1
 echo "REFKERNEL: kernel replay exit \$? (uptime \$t0 -> \$(cut -d' ' -f1 /proc/uptime))"
 sed 's/^/KREPLAY: /' /tmp/k.log
 NO_COLOR=1 RUST_LOG=warn /bin/uiommufd serve $SERVE_FLAGS --transport fuse --mount /run/u >/tmp/daemon.log 2>&1 &
@@ -560,7 +651,7 @@ while [ \$i -lt 600 ] && ! [ -e /run/u/iommu ]; do
 done
 t0=\$(cut -d' ' -f1 /proc/uptime)
 if [ -e /run/u/iommu ]; then
-  /bin/uiommufd replay --node /run/u/iommu --vfio-node /run/u/vfio/vfio /replay >/tmp/u.log 2>&1
+  /bin/uiommufd replay --trace --node /run/u/iommu --vfio-node /run/u/vfio/vfio /replay >/tmp/u.log 2>&1
   echo "REFKERNEL: uiommufd replay exit \$? (uptime \$t0 -> \$(cut -d' ' -f1 /proc/uptime))"
   sed 's/^/UREPLAY: /' /tmp/u.log
 else
@@ -581,7 +672,7 @@ EOF
   echo "[$VARIANT] booting $kver under TCG (log: $LOG)" >&2
   local t0=$SECONDS
   guest_boot "$LOG" "$BOOT_TIMEOUT" "$OUT/initrd.cpio.gz" "" -M q35 -cpu max -m 1G
-  grep -E '^(REFKERNEL|KREPLAY|UREPLAY|DAEMON):' "$LOG" >&2 || true
+  grep -E '^(REFKERNEL|KREPLAY|UREPLAY|DAEMON):' "$LOG" | grep -v '^[KU]REPLAY: TRACE ' >&2 || true
   echo "[$VARIANT] qemu exit $GUEST_QEMU_RC after $((SECONDS - t0)) s" >&2
 }
 
@@ -620,7 +711,13 @@ for v in $variants; do
   if ! grep -qx 'REFKERNEL: done' "$LOG"; then
     echo "[$v] FAIL: the guest did not finish (see $LOG)"; tail -n 40 "$LOG"; status=1; continue
   fi
-  if [ $mode = probe ]; then probe_judge "$LOG" || status=1; else judge "$LOG" || status=1; fi
+  if [ $mode = probe ]; then
+    probe_judge "$LOG" || status=1
+    trace_judge "$LOG" probe || status=1
+  else
+    judge "$LOG" || status=1
+    trace_judge "$LOG" corpus || status=1
+  fi
   if [ "$(run_kselftest)" = 1 ]; then ks_judge "$LOG" || status=1; fi
 done
 exit $status

@@ -185,6 +185,25 @@ impl Client {
         Ok(buf)
     }
 
+    /// As much of `len` bytes at `addr` as can be read: the whole, or up to the first page that
+    /// cannot be (unmapped or PROT_NONE).
+    pub fn read_prefix(&self, addr: u64, len: usize) -> Vec<u8> {
+        if let Ok(all) = self.read(addr, len) {
+            return all;
+        }
+        let mut out = Vec::new();
+        let mut at = addr;
+        while out.len() < len {
+            let chunk = ((4096 - at % 4096) as usize).min(len - out.len());
+            match self.read(at, chunk) {
+                Ok(b) => out.extend_from_slice(&b),
+                Err(_) => break,
+            }
+            at = at.wrapping_add(chunk as u64);
+        }
+        out
+    }
+
     pub fn alloc(&mut self, spec: &BufferSpec) -> Result<Buf, String> {
         match &mut self.proc_ {
             Proc::Local(l) => {
@@ -361,6 +380,42 @@ fn raw_ioctl(fd: i32, cmd: u32, arg: u64) -> Result<i64, Errno> {
 }
 
 /// The length of a buffer's mapping with its guard page.
+/// Where buffers start: an odd multiple of this (its lowest set bit, exactly). The IOVA an
+/// IOMMU_IOAS_MAP without FIXED_IOVA gets is aligned like its user address (the kernel's rule, and
+/// ours), so with ASLR's placement two runs of one script would get different IOVAs.
+pub const BUFFER_PLACEMENT: u64 = 1 << 20;
+
+/// Reserves `len` bytes (PROT_NONE) at an odd multiple of [`BUFFER_PLACEMENT`].
+fn reserve_placed(len: usize) -> Result<*mut libc::c_void, Errno> {
+    let slack = 3 * BUFFER_PLACEMENT as usize;
+    // SAFETY: a new reservation at an address the kernel picks; nothing aliases it.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len + slack,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    let base = p as u64;
+    let step = 2 * BUFFER_PLACEMENT;
+    let start = (base + BUFFER_PLACEMENT).next_multiple_of(step) - BUFFER_PLACEMENT;
+    let head = (start - base) as usize;
+    let tail = slack - head;
+    if head > 0 {
+        // SAFETY: the part of the reservation above that lies before the placed buffer.
+        unsafe { libc::munmap(p, head) };
+    }
+    // SAFETY: the part of the reservation above that lies after the placed buffer.
+    unsafe { libc::munmap((start as usize + len) as *mut libc::c_void, tail) };
+    Ok(start as *mut libc::c_void)
+}
+
 fn mapped_len(size: u64) -> u64 {
     size.next_multiple_of(4096) + 4096
 }
@@ -378,20 +433,7 @@ fn map_buffer(spec: &BufferSpec) -> Result<(u64, Option<OwnedFd>), String> {
     };
     // A PROT_NONE guard page follows every buffer, so that "the end of a buffer" is a fault.
     let rounded = len.next_multiple_of(4096);
-    // SAFETY: a new reservation at an address the kernel picks; nothing aliases it.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            rounded + 4096,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(format!("mmap of {len} bytes: {}", Errno::last()));
-    }
+    let p = reserve_placed(rounded + 4096).map_err(|e| format!("mmap of {len} bytes: {e}"))?;
     let rw = libc::PROT_READ | libc::PROT_WRITE;
     let ok = match &memfd {
         // SAFETY: replaces the front of the reservation made above with the memfd's pages.
@@ -514,4 +556,31 @@ fn child_loop(from: OwnedFd, to: OwnedFd) -> ! {
     }
     // SAFETY: leaves the forked child without running the parent's atexit handlers or destructors.
     unsafe { libc::_exit(0) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_start_at_an_odd_multiple_of_the_placement() {
+        let mut c = Client::local().unwrap();
+        for (i, size) in [1u64, 4096, 65536, 3 << 20].into_iter().enumerate() {
+            let spec = BufferSpec {
+                name: format!("b{i}"),
+                size,
+                memfd: i % 2 == 1,
+                fill: Fill::Seq,
+                prot: BufProt::ReadWrite,
+            };
+            let b = c.alloc(&spec).unwrap();
+            assert_eq!(b.addr % (2 * BUFFER_PLACEMENT), BUFFER_PLACEMENT, "{size}");
+            let n = size.min(300) as usize;
+            let got = c.read(b.addr, n).unwrap();
+            assert!(got.iter().enumerate().all(|(i, &x)| x == i as u8), "{size}");
+            // The guard page right after the buffer is still there.
+            assert!(c.read(b.addr + size.next_multiple_of(4096), 1).is_err());
+        }
+        assert_eq!(c.scratch % (2 * BUFFER_PLACEMENT), BUFFER_PLACEMENT);
+    }
 }
