@@ -15,6 +15,10 @@
 # expected list; new failures and ones that went away both fail. The selftest's gate: the instances
 # whose result (pass/fail/skip) differs between the kernel and uiommufd, as lines "INSTANCE
 # kernel=X uiommufd=Y", must be exactly those of tests/refkernel-kselftest-expected.txt.
+# Both replays run with --trace (src/replay/trace.rs: per ioctl step the result, the struct after
+# the call and the caller buffers it points to); the traces are compared kernel vs uiommufd step by
+# step, for the corpus and the probe, and the differing items ("VARIANT MODE SCRIPT STEP IOCTL ITEM
+# kernel=X uiommufd=Y") must be exactly those of tests/refkernel-trace-expected.txt.
 #
 #   scripts/refkernel.sh                    build (or take from the cache), boot, replay, compare
 #   scripts/refkernel.sh --build-only       stop after the kernel images are in the cache
@@ -370,7 +374,49 @@ EOF
   judge "$d/u.log" > /dev/null || die "self-test: the updated list does not match"
   grep -q '^# Replay steps' "$EXPECTED" || die "self-test: header missing"
   ks_self_test "$d"
+  trace_self_test "$d"
   echo "self-test ok"
+}
+
+# trace_self_test DIR: the trace comparison on sample logs (called by self_test; OUT=DIR).
+trace_self_test() {
+  local d=$1
+  TRACE_EXPECTED=$d/trace-expected
+  cat > "$d/tr.log" <<'EOF'
+KREPLAY: TRACE /replay/a.jsonl 2 IOMMU_IOAS_ALLOC result=0 size=0xc flags=0x0 out_ioas_id=0x1
+KREPLAY: TRACE /replay/a.jsonl 4 IOMMU_IOAS_IOVA_RANGES result=0 size=0x20 ioas_id=0x1 num_iovas=0x1 allowed_iovas=&r+0x0 *allowed_iovas=16:(00*8)(ff*8)
+KREPLAY: TRACE /replay/a.jsonl 5 IOMMU_DESTROY result=0 size=0x8 id=0x1
+KREPLAY: PASS /replay/a.jsonl
+UREPLAY: TRACE /replay/a.jsonl 2 IOMMU_IOAS_ALLOC result=0 size=0xc flags=0x0 out_ioas_id=0x1
+UREPLAY: TRACE /replay/a.jsonl 4 IOMMU_IOAS_IOVA_RANGES result=0 size=0x20 ioas_id=0x1 num_iovas=0x2 allowed_iovas=&r+0x0 *allowed_iovas=16:(00*8)(fe*8)
+UREPLAY: FAIL /replay/a.jsonl:9: step 4: IOMMU_IOAS_IOVA_RANGES: out.num_iovas expected 0x1, got 0x2
+EOF
+  local want="test corpus a.jsonl 4 IOMMU_IOAS_IOVA_RANGES *allowed_iovas kernel=16:(00*8)(ff*8) uiommufd=16:(00*8)(fe*8)
+test corpus a.jsonl 4 IOMMU_IOAS_IOVA_RANGES num_iovas kernel=0x1 uiommufd=0x2
+test corpus a.jsonl 5 IOMMU_DESTROY step kernel=ran uiommufd=absent"
+  { echo "# c"; sed 's/$/  # why/' <<<"$want"; echo "prod corpus b.jsonl 1 X result kernel=0 uiommufd=EINVAL  # other variant"; } > "$TRACE_EXPECTED"
+  trace_judge "$d/tr.log" corpus > "$d/out" || die "self-test: trace: listed differences judged a failure: $(cat "$d/out")"
+  grep -q '2 ioctl steps on both sides' "$d/out" || die "self-test: trace: step count: $(cat "$d/out")"
+  [ "$(cat "$OUT/trace-differences.txt")" = "$want" ] || die "self-test: trace differences: $(cat "$OUT/trace-differences.txt")"
+  grep -v 'num_iovas' "$TRACE_EXPECTED" > "$d/te" && mv "$d/te" "$TRACE_EXPECTED"
+  if trace_judge "$d/tr.log" corpus > "$d/out"; then die "self-test: trace: an unlisted difference passed"; fi
+  grep -q '^  test corpus a.jsonl 4 IOMMU_IOAS_IOVA_RANGES num_iovas kernel=0x1 uiommufd=0x2$' "$d/out" \
+    || die "self-test: trace: NEW not shown: $(cat "$d/out")"
+  if trace_judge "$d/tr.log" probe > "$d/out"; then die "self-test: trace: another mode's list was used"; fi
+  { grep -v num_iovas <<<"$want" | sed 's/$/  # why/'; echo "test corpus a.jsonl 2 IOMMU_IOAS_ALLOC out_ioas_id kernel=0x1 uiommufd=0x2"; } > "$TRACE_EXPECTED"
+  if trace_judge "$d/tr.log" corpus > "$d/out"; then die "self-test: trace: a listed difference that went away passed"; fi
+  grep -q 'GONE' "$d/out" || die "self-test: trace: GONE not shown: $(cat "$d/out")"
+  # --update-expected keeps the reasons and the other variants' lines.
+  echo "prod corpus b.jsonl 1 X result kernel=0 uiommufd=EINVAL  # other variant" >> "$TRACE_EXPECTED"
+  update=1; trace_judge "$d/tr.log" corpus > /dev/null || die "self-test: trace --update-expected did not pass"; update=0
+  trace_judge "$d/tr.log" corpus > /dev/null || die "self-test: trace: the updated list does not match"
+  grep -q 'num_iovas kernel=0x1 uiommufd=0x2  # TODO: why$' "$TRACE_EXPECTED" || die "self-test: trace update: $(cat "$TRACE_EXPECTED")"
+  grep -q 'step kernel=ran uiommufd=absent  # why$' "$TRACE_EXPECTED" || die "self-test: trace update lost a reason"
+  grep -q '^prod corpus b.jsonl 1 X result kernel=0 uiommufd=EINVAL  # other variant$' "$TRACE_EXPECTED" \
+    || die "self-test: trace update lost another variant's line"
+  ! grep -q 'out_ioas_id' "$TRACE_EXPECTED" || die "self-test: trace update kept a gone line"
+  grep -v 'UREPLAY: TRACE' "$d/tr.log" > "$d/notrace.log"
+  if trace_judge "$d/notrace.log" corpus > "$d/out"; then die "self-test: trace: a log without uiommufd's trace passed"; fi
 }
 
 # ks_self_test DIR: the selftest comparison on sample TAP streams (called by self_test; OUT=DIR).

@@ -97,9 +97,7 @@ pub fn struct_tokens(
     let mut sorted: Vec<&Field> = fields.iter().collect();
     sorted.sort_by_key(|f| f.off);
     for f in sorted {
-        if f.off >= bytes.len() {
-            break;
-        }
+        // A field the bytes do not hold whole ends the fields; the rest prints as bytes.
         if f.off + f.width > bytes.len() {
             break;
         }
