@@ -15,6 +15,10 @@
 # expected list; new failures and ones that went away both fail. The selftest's gate: the instances
 # whose result (pass/fail/skip) differs between the kernel and uiommufd, as lines "INSTANCE
 # kernel=X uiommufd=Y", must be exactly those of tests/refkernel-kselftest-expected.txt.
+# Both replays run with --trace (src/replay/trace.rs: per ioctl step the result, the struct after
+# the call and the caller buffers it points to); the traces are compared kernel vs uiommufd step by
+# step, for the corpus and the probe, and the differing items ("VARIANT MODE SCRIPT STEP IOCTL ITEM
+# kernel=X uiommufd=Y") must be exactly those of tests/refkernel-trace-expected.txt.
 #
 #   scripts/refkernel.sh                    build (or take from the cache), boot, replay, compare
 #   scripts/refkernel.sh --build-only       stop after the kernel images are in the cache
@@ -169,6 +173,96 @@ judge() {
   return $rc
 }
 
+# ---- what each call left behind: the traces of both runs, step by step ----
+TRACE_EXPECTED=$ROOT/tests/refkernel-trace-expected.txt
+
+trace_expected_header() {
+  cat <<'EOF'
+# Differences between what the real Linux 7.2 and uiommufd left behind after the same ioctl step
+# (scripts/refkernel.sh; `uiommufd replay --trace`, format in src/replay/trace.rs): the result, each
+# field of the struct after the call, the bytes no field covers (@OFFSET) and the caller buffers
+# the struct points to (*FIELD). One line per differing item:
+#   VARIANT MODE SCRIPT STEP IOCTL ITEM kernel=X uiommufd=Y  # why
+# MODE is corpus (tests/replay) or probe (--probe); "absent": the step or item is only in one
+# trace. scripts/refkernel.sh fails when the set differs (new ones, or listed ones that went away);
+# --update-expected rewrites the lines of the variant and mode it ran, keeping the reasons.
+EOF
+}
+
+# trace_lines PREFIX LOG: the TRACE lines of one run, "SCRIPT STEP IOCTL TOKEN..." (script without
+# its directory).
+trace_lines() {
+  { sed -n "s/^$1: TRACE //p" "$2" || true; } | sed 's|^[^ ]*/||'
+}
+
+# trace_diff KERNEL UIOMMUFD: one line per differing item, "SCRIPT STEP IOCTL ITEM kernel=X
+# uiommufd=Y"; on stderr the number of steps traced on both sides.
+trace_diff() {
+  awk '
+    FNR == 1 { side++ }
+    {
+      key = $1 " " $2; label[key] = $3
+      if (!(key in seen)) { seen[key] = 1; order[++n] = key }
+      has[side, key] = 1
+      for (i = 4; i <= NF; i++) {
+        eq = index($i, "="); item = substr($i, 1, eq - 1)
+        val[side, key, item] = substr($i, eq + 1)
+        if (!((key, item) in iseen)) { iseen[key, item] = 1; items[key] = items[key] " " item }
+      }
+    }
+    END {
+      both = 0
+      for (j = 1; j <= n; j++) {
+        key = order[j]
+        if (!has[1, key] || !has[2, key]) {
+          printf "%s %s step kernel=%s uiommufd=%s\n", key, label[key], has[1, key] ? "ran" : "absent", has[2, key] ? "ran" : "absent"
+          continue
+        }
+        both++
+        m = split(substr(items[key], 2), it, " ")
+        for (i = 1; i <= m; i++) {
+          k = ((1, key, it[i]) in val) ? val[1, key, it[i]] : "absent"
+          u = ((2, key, it[i]) in val) ? val[2, key, it[i]] : "absent"
+          if (k != u) printf "%s %s %s kernel=%s uiommufd=%s\n", key, label[key], it[i], k, u
+        }
+      }
+      print both > "/dev/stderr"
+    }' "$1" "$2"
+}
+
+# trace_judge LOG MODE: compares the kernel's and uiommufd's traces step by step; the differences,
+# as "VARIANT MODE ...", must be the lines of $TRACE_EXPECTED for this variant and mode.
+trace_judge() {
+  local log=$1 tmode=$2 k=$OUT/trace-kernel.txt u=$OUT/trace-uiommufd.txt got=$OUT/trace-differences.txt
+  local exp=$OUT/trace-expected.txt steps rc=0
+  trace_lines KREPLAY "$log" > "$k"; trace_lines UREPLAY "$log" > "$u"
+  if [ ! -s "$k" ] || [ ! -s "$u" ]; then
+    echo "[$VARIANT] FAIL: no TRACE lines from $([ -s "$k" ] && echo uiommufd || echo the kernel) in $log"
+    return 1
+  fi
+  steps=$(trace_diff "$k" "$u" 2>&1 >/dev/null)
+  trace_diff "$k" "$u" 2>/dev/null | sed "s/^/$VARIANT $tmode /" | sort > "$got"
+  echo "[$VARIANT] traces ($tmode): $steps ioctl steps on both sides ($(wc -l < "$k") kernel, $(wc -l < "$u") uiommufd); $(wc -l < "$got") item(s) differ:"
+  sed 's/^/  /' "$got" | cut -c1-400
+  { grep -h "^$VARIANT $tmode " "$TRACE_EXPECTED" 2>/dev/null || true; } \
+    | sed -E 's/[[:space:]]+#[[:space:]].*$//; s/[[:space:]]*$//' | sort -u > "$exp"
+  if [ "$update" = 1 ]; then
+    # Keep the other variants' and modes' lines, and the reason of every line that stays.
+    {
+      trace_expected_header; echo
+      { { grep -v -e '^#' -e '^$' "$TRACE_EXPECTED" 2>/dev/null || true; } | { grep -v "^$VARIANT $tmode " || true; }
+        awk 'FILENAME == ARGV[1] { l = $0; sub(/[[:space:]]+#[[:space:]].*$/, "", l); if (l != $0) why[l] = substr($0, length(l) + 1); next }
+             { print $0 (($0 in why) ? why[$0] : "  # TODO: why") }' <(grep -v '^#' "$TRACE_EXPECTED" 2>/dev/null || true) "$got"
+      } | sort
+    } > "$TRACE_EXPECTED.new"
+    mv "$TRACE_EXPECTED.new" "$TRACE_EXPECTED"
+    echo "rewrote ${TRACE_EXPECTED#"$ROOT"/} ($VARIANT $tmode)"; cp "$got" "$exp"
+  fi
+  report_changes "trace difference(s)" "$TRACE_EXPECTED" "$(comm -13 "$exp" "$got")" "$(comm -23 "$exp" "$got")" || rc=1
+  [ $rc = 0 ] && echo "[$VARIANT] PASS: traces ($tmode): the $(wc -l < "$exp") listed difference(s), no others"
+  return $rc
+}
+
 # ---- the kernel's own selftest: the kernel vs uiommufd, instance by instance ----
 
 ks_expected_header() {
@@ -280,7 +374,49 @@ EOF
   judge "$d/u.log" > /dev/null || die "self-test: the updated list does not match"
   grep -q '^# Replay steps' "$EXPECTED" || die "self-test: header missing"
   ks_self_test "$d"
+  trace_self_test "$d"
   echo "self-test ok"
+}
+
+# trace_self_test DIR: the trace comparison on sample logs (called by self_test; OUT=DIR).
+trace_self_test() {
+  local d=$1
+  TRACE_EXPECTED=$d/trace-expected
+  cat > "$d/tr.log" <<'EOF'
+KREPLAY: TRACE /replay/a.jsonl 2 IOMMU_IOAS_ALLOC result=0 size=0xc flags=0x0 out_ioas_id=0x1
+KREPLAY: TRACE /replay/a.jsonl 4 IOMMU_IOAS_IOVA_RANGES result=0 size=0x20 ioas_id=0x1 num_iovas=0x1 allowed_iovas=&r+0x0 *allowed_iovas=16:(00*8)(ff*8)
+KREPLAY: TRACE /replay/a.jsonl 5 IOMMU_DESTROY result=0 size=0x8 id=0x1
+KREPLAY: PASS /replay/a.jsonl
+UREPLAY: TRACE /replay/a.jsonl 2 IOMMU_IOAS_ALLOC result=0 size=0xc flags=0x0 out_ioas_id=0x1
+UREPLAY: TRACE /replay/a.jsonl 4 IOMMU_IOAS_IOVA_RANGES result=0 size=0x20 ioas_id=0x1 num_iovas=0x2 allowed_iovas=&r+0x0 *allowed_iovas=16:(00*8)(fe*8)
+UREPLAY: FAIL /replay/a.jsonl:9: step 4: IOMMU_IOAS_IOVA_RANGES: out.num_iovas expected 0x1, got 0x2
+EOF
+  local want="test corpus a.jsonl 4 IOMMU_IOAS_IOVA_RANGES *allowed_iovas kernel=16:(00*8)(ff*8) uiommufd=16:(00*8)(fe*8)
+test corpus a.jsonl 4 IOMMU_IOAS_IOVA_RANGES num_iovas kernel=0x1 uiommufd=0x2
+test corpus a.jsonl 5 IOMMU_DESTROY step kernel=ran uiommufd=absent"
+  { echo "# c"; sed 's/$/  # why/' <<<"$want"; echo "prod corpus b.jsonl 1 X result kernel=0 uiommufd=EINVAL  # other variant"; } > "$TRACE_EXPECTED"
+  trace_judge "$d/tr.log" corpus > "$d/out" || die "self-test: trace: listed differences judged a failure: $(cat "$d/out")"
+  grep -q '2 ioctl steps on both sides' "$d/out" || die "self-test: trace: step count: $(cat "$d/out")"
+  [ "$(cat "$OUT/trace-differences.txt")" = "$want" ] || die "self-test: trace differences: $(cat "$OUT/trace-differences.txt")"
+  grep -v 'num_iovas' "$TRACE_EXPECTED" > "$d/te" && mv "$d/te" "$TRACE_EXPECTED"
+  if trace_judge "$d/tr.log" corpus > "$d/out"; then die "self-test: trace: an unlisted difference passed"; fi
+  grep -q '^  test corpus a.jsonl 4 IOMMU_IOAS_IOVA_RANGES num_iovas kernel=0x1 uiommufd=0x2$' "$d/out" \
+    || die "self-test: trace: NEW not shown: $(cat "$d/out")"
+  if trace_judge "$d/tr.log" probe > "$d/out"; then die "self-test: trace: another mode's list was used"; fi
+  { grep -v num_iovas <<<"$want" | sed 's/$/  # why/'; echo "test corpus a.jsonl 2 IOMMU_IOAS_ALLOC out_ioas_id kernel=0x1 uiommufd=0x2"; } > "$TRACE_EXPECTED"
+  if trace_judge "$d/tr.log" corpus > "$d/out"; then die "self-test: trace: a listed difference that went away passed"; fi
+  grep -q 'GONE' "$d/out" || die "self-test: trace: GONE not shown: $(cat "$d/out")"
+  # --update-expected keeps the reasons and the other variants' lines.
+  echo "prod corpus b.jsonl 1 X result kernel=0 uiommufd=EINVAL  # other variant" >> "$TRACE_EXPECTED"
+  update=1; trace_judge "$d/tr.log" corpus > /dev/null || die "self-test: trace --update-expected did not pass"; update=0
+  trace_judge "$d/tr.log" corpus > /dev/null || die "self-test: trace: the updated list does not match"
+  grep -q 'num_iovas kernel=0x1 uiommufd=0x2  # TODO: why$' "$TRACE_EXPECTED" || die "self-test: trace update: $(cat "$TRACE_EXPECTED")"
+  grep -q 'step kernel=ran uiommufd=absent  # why$' "$TRACE_EXPECTED" || die "self-test: trace update lost a reason"
+  grep -q '^prod corpus b.jsonl 1 X result kernel=0 uiommufd=EINVAL  # other variant$' "$TRACE_EXPECTED" \
+    || die "self-test: trace update lost another variant's line"
+  ! grep -q 'out_ioas_id' "$TRACE_EXPECTED" || die "self-test: trace update kept a gone line"
+  grep -v 'UREPLAY: TRACE' "$d/tr.log" > "$d/notrace.log"
+  if trace_judge "$d/notrace.log" corpus > "$d/out"; then die "self-test: trace: a log without uiommufd's trace passed"; fi
 }
 
 # ks_self_test DIR: the selftest comparison on sample TAP streams (called by self_test; OUT=DIR).
@@ -452,6 +588,7 @@ if [ $mode = log ]; then
   set_variant "$variants"
   rc=0
   judge "$log_in" || rc=1
+  trace_judge "$log_in" corpus || rc=1
   if grep -q '^REFKERNEL: kselftest exit' "$log_in"; then ks_judge "$log_in" || rc=1; fi
   exit $rc
 fi
@@ -548,7 +685,7 @@ EOS
   { guest_init_head REFKERNEL; cat <<EOF; } > "$R/init"
 echo "REFKERNEL: nodes: \$(ls -l /dev/iommu /dev/vfio/vfio 2>&1 | tr '\n' ' ')"
 t0=\$(cut -d' ' -f1 /proc/uptime)
-/bin/uiommufd replay --node /dev/iommu --vfio-node /dev/vfio/vfio /replay >/tmp/k.log 2>&1
+/bin/uiommufd replay --trace --node /dev/iommu --vfio-node /dev/vfio/vfio /replay >/tmp/k.log 2>&1
 echo "REFKERNEL: kernel replay exit \$? (uptime \$t0 -> \$(cut -d' ' -f1 /proc/uptime))"
 sed 's/^/KREPLAY: /' /tmp/k.log
 NO_COLOR=1 RUST_LOG=warn /bin/uiommufd serve $SERVE_FLAGS --transport fuse --mount /run/u >/tmp/daemon.log 2>&1 &
@@ -560,7 +697,7 @@ while [ \$i -lt 600 ] && ! [ -e /run/u/iommu ]; do
 done
 t0=\$(cut -d' ' -f1 /proc/uptime)
 if [ -e /run/u/iommu ]; then
-  /bin/uiommufd replay --node /run/u/iommu --vfio-node /run/u/vfio/vfio /replay >/tmp/u.log 2>&1
+  /bin/uiommufd replay --trace --node /run/u/iommu --vfio-node /run/u/vfio/vfio /replay >/tmp/u.log 2>&1
   echo "REFKERNEL: uiommufd replay exit \$? (uptime \$t0 -> \$(cut -d' ' -f1 /proc/uptime))"
   sed 's/^/UREPLAY: /' /tmp/u.log
 else
@@ -581,7 +718,7 @@ EOF
   echo "[$VARIANT] booting $kver under TCG (log: $LOG)" >&2
   local t0=$SECONDS
   guest_boot "$LOG" "$BOOT_TIMEOUT" "$OUT/initrd.cpio.gz" "" -M q35 -cpu max -m 1G
-  grep -E '^(REFKERNEL|KREPLAY|UREPLAY|DAEMON):' "$LOG" >&2 || true
+  grep -E '^(REFKERNEL|KREPLAY|UREPLAY|DAEMON):' "$LOG" | grep -v '^[KU]REPLAY: TRACE ' >&2 || true
   echo "[$VARIANT] qemu exit $GUEST_QEMU_RC after $((SECONDS - t0)) s" >&2
 }
 
@@ -620,7 +757,13 @@ for v in $variants; do
   if ! grep -qx 'REFKERNEL: done' "$LOG"; then
     echo "[$v] FAIL: the guest did not finish (see $LOG)"; tail -n 40 "$LOG"; status=1; continue
   fi
-  if [ $mode = probe ]; then probe_judge "$LOG" || status=1; else judge "$LOG" || status=1; fi
+  if [ $mode = probe ]; then
+    probe_judge "$LOG" || status=1
+    trace_judge "$LOG" probe || status=1
+  else
+    judge "$LOG" || status=1
+    trace_judge "$LOG" corpus || status=1
+  fi
   if [ "$(run_kselftest)" = 1 ]; then ks_judge "$LOG" || status=1; fi
 done
 exit $status

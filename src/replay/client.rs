@@ -184,6 +184,25 @@ impl Client {
         Ok(buf)
     }
 
+    /// As much of `len` bytes at `addr` as can be read: the whole, or up to the first page that
+    /// cannot be (unmapped or PROT_NONE).
+    pub fn read_prefix(&self, addr: u64, len: usize) -> Vec<u8> {
+        if let Ok(all) = self.read(addr, len) {
+            return all;
+        }
+        let mut out = Vec::new();
+        let mut at = addr;
+        while out.len() < len {
+            let chunk = ((4096 - at % 4096) as usize).min(len - out.len());
+            match self.read(at, chunk) {
+                Ok(b) => out.extend_from_slice(&b),
+                Err(_) => break,
+            }
+            at = at.wrapping_add(chunk as u64);
+        }
+        out
+    }
+
     pub fn alloc(&mut self, spec: &BufferSpec) -> Result<Buf, String> {
         match &mut self.proc_ {
             Proc::Local(l) => {
@@ -347,6 +366,8 @@ fn open_path(path: &std::path::Path) -> Result<OwnedFd, Errno> {
 
 use super::sys::raw_ioctl;
 
+pub use super::sys::BUFFER_PLACEMENT;
+
 /// The length of a buffer's mapping with its guard page.
 fn mapped_len(size: u64) -> u64 {
     size.next_multiple_of(4096) + 4096
@@ -458,4 +479,31 @@ fn child_loop(from: OwnedFd, to: OwnedFd) -> ! {
         }
     }
     super::sys::exit_child()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_start_at_an_odd_multiple_of_the_placement() {
+        let mut c = Client::local().unwrap();
+        for (i, size) in [1u64, 4096, 65536, 3 << 20].into_iter().enumerate() {
+            let spec = BufferSpec {
+                name: format!("b{i}"),
+                size,
+                memfd: i % 2 == 1,
+                fill: Fill::Seq,
+                prot: BufProt::ReadWrite,
+            };
+            let b = c.alloc(&spec).unwrap();
+            assert_eq!(b.addr % (2 * BUFFER_PLACEMENT), BUFFER_PLACEMENT, "{size}");
+            let n = size.min(300) as usize;
+            let got = c.read(b.addr, n).unwrap();
+            assert!(got.iter().enumerate().all(|(i, &x)| x == i as u8), "{size}");
+            // The guard page right after the buffer is still there.
+            assert!(c.read(b.addr + size.next_multiple_of(4096), 1).is_err());
+        }
+        assert_eq!(c.scratch % (2 * BUFFER_PLACEMENT), BUFFER_PLACEMENT);
+    }
 }

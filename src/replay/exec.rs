@@ -4,7 +4,9 @@
 use super::client::{Client, Handle, Mode, SCRATCH};
 use super::layout::{self, ArgKind, Field, Role, RANGE_SIZE};
 use super::script::{self, Action, Expect, Expr, IoctlStep, Step, Term, Value2};
+use super::trace::{self, Normalizer, Region};
 use std::collections::HashMap;
+use std::io::Write;
 
 /// Why a script failed: the line of the step and what went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,14 +19,32 @@ const MAIN: &str = "main";
 
 /// Runs every step in order; stops at the first mismatch.
 pub fn run(mode: &Mode, steps: &[Step]) -> Result<(), Failure> {
+    run_traced(mode, steps, None)
+}
+
+/// Where `--trace` lines go: the script's name as printed, and the sink.
+pub struct TraceSink<'t> {
+    pub script: String,
+    pub out: &'t mut dyn Write,
+}
+
+/// [`run`], printing a [`trace`] line for every ioctl step that ran (the failing one included).
+pub fn run_traced(
+    mode: &Mode,
+    steps: &[Step],
+    trace: Option<TraceSink<'_>>,
+) -> Result<(), Failure> {
     let mut r = Runner {
         mode,
         clients: HashMap::new(),
         vars: HashMap::new(),
+        trace,
+        step_no: 0,
     };
     let main = Client::local().map_err(|msg| Failure { line: 0, msg })?;
     r.clients.insert(MAIN.to_string(), main);
     let result = steps.iter().enumerate().try_for_each(|(i, s)| {
+        r.step_no = i + 1;
         r.step(s).map_err(|msg| Failure {
             line: s.line,
             msg: format!("step {}: {msg}", i + 1),
@@ -38,15 +58,18 @@ pub fn run(mode: &Mode, steps: &[Step]) -> Result<(), Failure> {
     result
 }
 
-struct Runner<'m> {
+struct Runner<'m, 't> {
     mode: &'m Mode,
     clients: HashMap<String, Client>,
     vars: HashMap<String, u64>,
+    trace: Option<TraceSink<'t>>,
+    /// 1-based number of the step running (as in failure messages).
+    step_no: usize,
 }
 
 type R<T> = Result<T, String>;
 
-impl Runner<'_> {
+impl Runner<'_, '_> {
     fn step(&mut self, s: &Step) -> R<()> {
         let cname = s.client.as_deref().unwrap_or(MAIN).to_string();
         if !self.clients.contains_key(&cname) {
@@ -163,7 +186,25 @@ impl Runner<'_> {
             (None, Some(b)) => b.addr,
             (None, None) => 0,
         };
+        // With an "arg" pointing at a struct, the trace shows that struct: as long as its size
+        // word says (what the callee may write back), read before the call.
+        let arg_struct = match (&self.trace, &io.arg, io.def) {
+            (Some(_), Some(_), Some(d)) if d.kind == ArgKind::Value => None,
+            (Some(_), Some(_), _) if self.region_of(cname, arg) => {
+                let c = &self.clients[cname];
+                let size = c.read_prefix(arg, 4);
+                let sent = match <[u8; 4]>::try_from(size.as_slice()) {
+                    Ok(w) => (u32::from_ne_bytes(w) as usize).clamp(4, (SCRATCH / 2) as usize),
+                    Err(_) => 4,
+                };
+                Some((c.read_prefix(arg, sent), sent))
+            }
+            _ => None,
+        };
         let result = self.client(cname).ioctl(&h, io.cmd, arg)?;
+        if self.trace.is_some() {
+            self.trace_line(cname, io, arg, &built, arg_struct, result);
+        }
         let got = match result {
             Ok(r) => format!("ok (returned {r})"),
             Err(e) => layout::errno_name(e),
@@ -205,6 +246,90 @@ impl Runner<'_> {
             self.vars.insert(var.clone(), v);
         }
         Ok(())
+    }
+
+    /// The client's buffers and scratch area, for printing addresses symbolically.
+    fn regions(&self, cname: &str) -> Vec<Region> {
+        let c = &self.clients[cname];
+        let mut r: Vec<Region> = c
+            .buffers
+            .iter()
+            .map(|(name, b)| Region {
+                name: name.clone(),
+                addr: b.addr,
+                // The guard page after each buffer: "&b+size" must print the same in both runs.
+                len: b.len.next_multiple_of(4096) + 4096,
+                fd: b.fd,
+            })
+            .collect();
+        r.push(Region {
+            name: "scratch".into(),
+            addr: c.scratch,
+            len: SCRATCH,
+            fd: None,
+        });
+        r.sort_by_key(|r| r.addr);
+        r
+    }
+
+    fn region_of(&self, cname: &str, addr: u64) -> bool {
+        self.regions(cname)
+            .iter()
+            .any(|r| addr >= r.addr && addr - r.addr < r.len)
+    }
+
+    /// Prints the step's trace line (see [`trace`]); `arg_struct` is the struct an "arg" pointed
+    /// at (bytes read before the call, length sent).
+    fn trace_line(
+        &mut self,
+        cname: &str,
+        io: &IoctlStep,
+        arg: u64,
+        built: &Option<Built>,
+        arg_struct: Option<(Vec<u8>, usize)>,
+        result: Result<i64, nix::errno::Errno>,
+    ) {
+        let regions = self.regions(cname);
+        let norm = Normalizer { regions: &regions };
+        let c = &self.clients[cname];
+        let script = self.trace.as_ref().map_or("", |t| t.script.as_str());
+        let mut line = format!("TRACE {script} {} {}", self.step_no, io.label);
+        match result {
+            Ok(r) => line.push_str(&format!(" result={r}")),
+            Err(e) => line.push_str(&format!(" result={}", layout::errno_name(e))),
+        }
+        if io.arg.is_some() {
+            line.push_str(&format!(" arg={}", norm.addr(arg)));
+        }
+        let fields: &[Field] = io.def.map_or(&[], |d| &d.fields);
+        let (addr, sent) = match (built, &arg_struct) {
+            (Some(b), _) => (b.addr, Some((b.before.clone(), b.bytes.len()))),
+            (None, Some((before, len))) => (arg, Some((before.clone(), *len))),
+            _ => (0, None),
+        };
+        if let Some((before, sent_len)) = sent {
+            let after = c.read_prefix(addr, sent_len);
+            let tokens = trace::struct_tokens(&after, sent_len, fields, &norm, result.is_ok());
+            for t in tokens {
+                line.push(' ');
+                line.push_str(&t);
+            }
+            for (name, ptr, len) in trace::pointees(&before, fields) {
+                let want = len.min(trace::READ_CAP as u64) as usize;
+                let got = c.read_prefix(ptr, want);
+                if got.len() < want && got.is_empty() {
+                    line.push_str(&format!(" *{name}=unmapped"));
+                } else {
+                    line.push_str(&format!(" *{name}={}", trace::show_bytes(&got)));
+                    if got.len() < want {
+                        line.push_str("+unmapped");
+                    }
+                }
+            }
+        }
+        if let Some(t) = &mut self.trace {
+            let _ = writeln!(t.out, "{line}");
+        }
     }
 
     /// Builds the struct (and its arrays) in the client's memory.

@@ -12,6 +12,7 @@ pub mod layout;
 pub mod record;
 pub mod script;
 mod sys;
+pub mod trace;
 
 pub use client::Mode;
 pub use exec::Failure;
@@ -28,6 +29,15 @@ pub struct Summary {
 
 /// Parses and runs one script file.
 pub fn run_file(path: &Path, mode: &Mode) -> Result<(), Failure> {
+    run_file_traced(path, mode, None)
+}
+
+/// [`run_file`], printing the [`trace`] lines of its ioctl steps to `trace`.
+pub fn run_file_traced(
+    path: &Path,
+    mode: &Mode,
+    trace: Option<&mut dyn Write>,
+) -> Result<(), Failure> {
     let text = std::fs::read_to_string(path).map_err(|e| Failure {
         line: 0,
         msg: format!("cannot read: {e}"),
@@ -36,19 +46,29 @@ pub fn run_file(path: &Path, mode: &Mode) -> Result<(), Failure> {
         line: e.line,
         msg: format!("malformed script: {}", e.msg),
     })?;
-    exec::run(mode, &steps)
+    let sink = trace.map(|out| exec::TraceSink {
+        script: path.display().to_string(),
+        out,
+    });
+    exec::run_traced(mode, &steps, sink)
 }
 
 /// Runs each script with a fresh mode from `mode` (a fresh daemon for in-process runs), printing
-/// `PASS path` or `FAIL path:line: problem` per script and then the line `N passed, M failed`.
+/// `PASS path` or `FAIL path:line: problem` per script and then the line `N passed, M failed`;
+/// with `trace`, each script's [`trace`] lines come before its PASS/FAIL line.
 pub fn run_files(
     paths: &[std::path::PathBuf],
     mode: &dyn Fn() -> Mode,
     out: &mut dyn Write,
+    trace: bool,
 ) -> Summary {
     let mut s = Summary::default();
     for p in paths {
-        match run_file(p, &mode()) {
+        let mut lines = Vec::new();
+        let sink: Option<&mut dyn Write> = if trace { Some(&mut lines) } else { None };
+        let result = run_file_traced(p, &mode(), sink);
+        let _ = out.write_all(&lines);
+        match result {
             Ok(()) => {
                 s.passed += 1;
                 let _ = writeln!(out, "PASS {}", p.display());
@@ -97,6 +117,10 @@ pub struct ReplayArgs {
     /// Record the in-process daemon's sessions into this directory (with --in-process).
     #[arg(long, requires = "in_process")]
     pub record: Option<std::path::PathBuf>,
+    /// Print, per ioctl step, what the call left behind: its result, the struct after the call and
+    /// the caller buffers it points to (format in `replay::trace`), before each PASS/FAIL line.
+    #[arg(long)]
+    pub trace: bool,
     /// Script files, or directories of *.jsonl scripts.
     #[arg(required = true)]
     pub scripts: Vec<std::path::PathBuf>,
@@ -142,7 +166,7 @@ pub fn main(args: ReplayArgs) -> std::process::ExitCode {
             }
         }
     };
-    let summary = run_files(&files, &mode, &mut std::io::stdout());
+    let summary = run_files(&files, &mode, &mut std::io::stdout(), args.trace);
     if summary.failed == 0 && summary.passed > 0 {
         std::process::ExitCode::SUCCESS
     } else {

@@ -5,15 +5,19 @@
 use nix::errno::Errno;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-/// Maps `len` bytes (a fresh private anonymous mapping, or `memfd`'s pages shared) followed by a
-/// PROT_NONE guard page, so that "the end of a buffer" is a fault. Returns the address.
-pub fn map_guarded(len: usize, memfd: Option<BorrowedFd<'_>>) -> Result<u64, Errno> {
-    let rounded = len.next_multiple_of(4096);
+/// Where buffers start: an odd multiple of this (its lowest set bit, exactly). The IOVA an
+/// IOMMU_IOAS_MAP without FIXED_IOVA gets is aligned like its user address (the kernel's rule, and
+/// ours), so with ASLR's placement two runs of one script would get different IOVAs.
+pub const BUFFER_PLACEMENT: u64 = 1 << 20;
+
+/// Reserves `len` bytes (PROT_NONE) at an odd multiple of [`BUFFER_PLACEMENT`].
+pub fn reserve_placed(len: usize) -> Result<*mut libc::c_void, Errno> {
+    let slack = 3 * BUFFER_PLACEMENT as usize;
     // SAFETY: a new reservation at an address the kernel picks; nothing aliases it.
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            rounded + 4096,
+            len + slack,
             libc::PROT_NONE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
@@ -23,6 +27,26 @@ pub fn map_guarded(len: usize, memfd: Option<BorrowedFd<'_>>) -> Result<u64, Err
     if p == libc::MAP_FAILED {
         return Err(Errno::last());
     }
+    let base = p as u64;
+    let step = 2 * BUFFER_PLACEMENT;
+    let start = (base + BUFFER_PLACEMENT).next_multiple_of(step) - BUFFER_PLACEMENT;
+    let head = (start - base) as usize;
+    let tail = slack - head;
+    if head > 0 {
+        // SAFETY: the part of the reservation above that lies before the placed buffer.
+        unsafe { libc::munmap(p, head) };
+    }
+    // SAFETY: the part of the reservation above that lies after the placed buffer.
+    unsafe { libc::munmap((start as usize + len) as *mut libc::c_void, tail) };
+    Ok(start as *mut libc::c_void)
+}
+
+/// Maps `len` bytes (a fresh private anonymous mapping, or `memfd`'s pages shared) followed by a
+/// PROT_NONE guard page, so that "the end of a buffer" is a fault, at an odd multiple of
+/// [`BUFFER_PLACEMENT`]. Returns the address.
+pub fn map_guarded(len: usize, memfd: Option<BorrowedFd<'_>>) -> Result<u64, Errno> {
+    let rounded = len.next_multiple_of(4096);
+    let p = reserve_placed(rounded + 4096)?;
     let rw = libc::PROT_READ | libc::PROT_WRITE;
     let ok = match memfd {
         // SAFETY: replaces the front of the reservation made above with the memfd's pages.
