@@ -39,6 +39,24 @@ impl<'a> Ucmd<'a> {
         })
     }
 
+    /// A command whose struct (`buf`, zero-extended to the known size) was already read and
+    /// checked.
+    pub fn with_bytes(
+        ctx: &'a Context,
+        mem: &'a dyn CallerMemory,
+        arg: u64,
+        user_size: u32,
+        buf: Vec<u8>,
+    ) -> Self {
+        Self {
+            ctx,
+            mem,
+            arg,
+            user_size,
+            buf,
+        }
+    }
+
     /// The command struct.
     pub fn cmd<T: FromBytes>(&self) -> T {
         T::read_from_prefix(&self.buf)
