@@ -139,6 +139,46 @@ pub(super) fn check_transport(
     false
 }
 
+/// FUSE over io_uring (`serve --io-uring`): whether the kernel offers it and the fuse module lets
+/// it. A note, not a failure, unless `--io-uring on` asks for it.
+pub(super) fn check_io_uring(
+    host: &Host,
+    args: &DoctorArgs,
+    config: Option<&KernelConfig>,
+    out: &mut Vec<Finding>,
+) {
+    use crate::transport::UringMode;
+    let mode = args.serve.io_uring;
+    if mode == UringMode::Off {
+        return;
+    }
+    let param = host
+        .read("/sys/module/fuse/parameters/enable_uring")
+        .map(|s| s.trim().to_string());
+    let (ok, text) = match param.as_deref() {
+        Some("Y") => (true, "FUSE over io_uring is enabled: serve answers each caller on its CPU's queue".to_string()),
+        Some(_) => (
+            false,
+            "the kernel has FUSE over io_uring but it is off: echo Y > \
+             /sys/module/fuse/parameters/enable_uring (before serve starts) to use it"
+                .to_string(),
+        ),
+        None => (
+            false,
+            match config.map(|c| c.get("CONFIG_FUSE_IO_URING")) {
+                Some(Tristate::No) => "the kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING unset, Linux >= 6.14 needed): serve uses /dev/fuse".to_string(),
+                _ => "no /sys/module/fuse/parameters/enable_uring: FUSE over io_uring needs Linux >= 6.14 with CONFIG_FUSE_IO_URING; serve uses /dev/fuse".to_string(),
+            },
+        ),
+    };
+    let level = match (ok, mode) {
+        (true, _) => Level::Ok,
+        (false, UringMode::On) => Level::Fail,
+        (false, _) => Level::Note,
+    };
+    out.push(finding(level, "io_uring", text));
+}
+
 /// What /dev/iommu is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IommuNode {

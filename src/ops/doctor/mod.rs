@@ -177,6 +177,7 @@ pub fn check(host: &Host, args: &DoctorArgs) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut transport = Vec::new();
     let cuse = check_transport(host, args, config.as_ref(), &mut transport);
+    kernel::check_io_uring(host, args, config.as_ref(), &mut transport);
     check_kernel_iommufd(
         host,
         args,

@@ -58,8 +58,9 @@ impl Tree {
         t
     }
 
+    /// `rel` inside the tree (a leading `/` too: a test must never write to the real system).
     fn path(&self, rel: &str) -> PathBuf {
-        self.root.join(rel)
+        self.root.join(rel.trim_start_matches('/'))
     }
 
     fn dir(&self, rel: &str) {
@@ -780,4 +781,26 @@ fn qemu_versions_and_the_iommufd_backend() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(q.level, Level::Warn, "{q}");
     assert!(q.text.contains("no answer within 0.3 s"), "{q}");
+}
+
+#[test]
+fn io_uring_is_reported_by_the_fuse_module_parameter() {
+    let t = Tree::new();
+    let found = t.check(&args(&[]));
+    one(&found, "io_uring", Level::Note, &["Linux >= 6.14"]);
+    t.file("/sys/module/fuse/parameters/enable_uring", "N\n");
+    let found = t.check(&args(&[]));
+    one(&found, "io_uring", Level::Note, &["echo Y >"]);
+    let mut on = args(&[]);
+    on.serve.io_uring = crate::transport::UringMode::On;
+    one(&t.check(&on), "io_uring", Level::Fail, &["echo Y >"]);
+    t.file("/sys/module/fuse/parameters/enable_uring", "Y\n");
+    one(&t.check(&on), "io_uring", Level::Ok, &["enabled"]);
+    let mut off = args(&[]);
+    off.serve.io_uring = crate::transport::UringMode::Off;
+    assert!(on_topic_is_empty(&t.check(&off)));
+}
+
+fn on_topic_is_empty(found: &[Finding]) -> bool {
+    on(found, "io_uring").is_empty()
 }
