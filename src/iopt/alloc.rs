@@ -1,12 +1,27 @@
 //! Automatic IOVA allocation: first fit, in ascending address order, over the allowed ranges minus
 //! reserved ranges and existing areas, keeping the alignment the user address already has.
+//!
+//! Inside each allowed span the allocator first walks the table's holes in order, as the kernel
+//! does, but only the first [`WALK_FIRST`] of them: in a table that is not fragmented the answer
+//! is there, and the hole index is not even looked at. Past them it searches the hole index
+//! ([`super::holes`]), which visits, in ascending order, only the holes at least `length` bytes
+//! long (a necessary condition of a fit) and takes the first one that fits once aligned: the
+//! same IOVA the walk over every hole finds. Cost: O(log n) to the first fitting hole, plus one
+//! step for each hole before it that is long enough but does not fit once aligned (worst case:
+//! every hole is such a one, as slow as the walk; with page-aligned areas and a page alignment
+//! there are none). The walk over every hole, [`IoPagetable::alloc_iova_first_fit`], stays as
+//! the reference the tests compare with.
 
 use super::pages::PAGE_SIZE;
 use super::IoPagetable;
 use nix::errno::Errno;
+use std::ops::ControlFlow;
 
 /// Largest alignment the allocator asks for (a transparent huge page).
 const MAX_ALIGNMENT: u64 = 2 << 20;
+
+/// Holes of a span walked in the table before the hole index is searched.
+const WALK_FIRST: usize = 4;
 
 /// Rounds `start` up to `align` (a power of two), then adds `page_offset`; true if `[start, start +
 /// length)` then still fits before `last` (inclusive).
@@ -21,7 +36,59 @@ fn fit(start: u64, last: u64, length: u64, align: u64, page_offset: u64) -> Opti
 
 impl IoPagetable {
     /// Picks an IOVA for `length` bytes whose backing starts at user address `addr`.
-    pub(super) fn alloc_iova(&self, addr: u64, length: u64) -> Result<u64, Errno> {
+    pub(super) fn alloc_iova(&mut self, addr: u64, length: u64) -> Result<u64, Errno> {
+        self.alloc_iova_walking(addr, length, WALK_FIRST)
+    }
+
+    /// [`Self::alloc_iova`], walking the first `walk_first` holes of each span in the table.
+    pub(super) fn alloc_iova_walking(
+        &mut self,
+        addr: u64,
+        length: u64,
+        walk_first: usize,
+    ) -> Result<u64, Errno> {
+        let (align, page_offset) = self.alloc_alignment(addr, length)?;
+        let mut index = std::mem::take(&mut self.hole_index);
+        let mut found = None;
+        'spans: for (span_start, span_last) in self.alloc_spans() {
+            if fit(span_start, span_last, length, align, page_offset).is_none() {
+                continue;
+            }
+            let mut walk = self.holes(span_start, span_last);
+            let mut rest = span_start;
+            for _ in 0..walk_first {
+                let Some((start, last)) = walk.next() else {
+                    continue 'spans;
+                };
+                if let Some(iova) = fit(start, last, length, align, page_offset) {
+                    found = Some(iova);
+                    break 'spans;
+                }
+                // Holes are maximal: `last + 1` is used, and no hole reaches back over it.
+                rest = last + 1;
+            }
+            if index.fresh().is_none() {
+                index.refresh(|s, l| self.holes(s, l));
+            }
+            let holes = index.fresh().expect("refreshed");
+            let search = holes.scan(rest, span_last, length - 1, &mut |start, last| {
+                let (start, last) = (start.max(span_start), last.min(span_last));
+                match fit(start, last, length, align, page_offset) {
+                    Some(iova) => ControlFlow::Break(iova),
+                    None => ControlFlow::Continue(()),
+                }
+            });
+            if let ControlFlow::Break(iova) = search {
+                found = Some(iova);
+                break;
+            }
+        }
+        self.hole_index = index;
+        found.ok_or(Errno::ENOSPC)
+    }
+
+    /// The alignment and sub-page offset an IOVA for `[addr, addr + length)` must keep.
+    fn alloc_alignment(&self, addr: u64, length: u64) -> Result<(u64, u64), Errno> {
         if length == 0 || length >= u64::MAX / 2 {
             return Err(Errno::EOVERFLOW);
         }
@@ -38,25 +105,40 @@ impl IoPagetable {
         if align < self.iova_alignment {
             return Err(Errno::EINVAL);
         }
+        Ok((align, page_offset))
+    }
+
+    /// Where automatic IOVAs may go, in ascending order: the allowed ranges (or everything),
+    /// inside the window that leaves out the first and the last page.
+    fn alloc_spans(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         let window = (PAGE_SIZE, u64::MAX - PAGE_SIZE);
-        let allowed: Vec<(u64, u64)> = if self.allowed.is_empty() {
-            vec![window]
-        } else {
-            // Adjacent allowed ranges form one span, as the kernel's span iterator joins them.
-            let mut spans: Vec<(u64, u64)> = Vec::with_capacity(self.allowed.len());
-            for (&s, &l) in &self.allowed {
-                match spans.last_mut() {
-                    Some(prev) if prev.1.checked_add(1) == Some(s) => prev.1 = l,
-                    _ => spans.push((s, l)),
+        let everything = self.allowed.is_empty().then_some(window);
+        // Adjacent allowed ranges form one span, as the kernel's span iterator joins them.
+        let mut allowed = self.allowed.iter().map(|(&s, &l)| (s, l)).peekable();
+        let joined = std::iter::from_fn(move || {
+            let (start, mut last) = allowed.next()?;
+            while let Some(&(next, next_last)) = allowed.peek() {
+                if last.checked_add(1) != Some(next) {
+                    break;
                 }
+                last = next_last;
+                allowed.next();
             }
-            spans
-                .into_iter()
-                .filter(|&(s, l)| l >= window.0 && s <= window.1)
-                .map(|(s, l)| (s.max(window.0), l.min(window.1)))
-                .collect()
-        };
-        for (span_start, span_last) in allowed {
+            Some((start, last))
+        });
+        everything.into_iter().chain(
+            joined
+                .filter(move |&(s, l)| l >= window.0 && s <= window.1)
+                .map(move |(s, l)| (s.max(window.0), l.min(window.1))),
+        )
+    }
+
+    /// The first-fit walk over every hole, as the allocator was before the hole index (and as
+    /// the kernel's is): the reference [`Self::alloc_iova`] must agree with.
+    #[cfg(test)]
+    pub(super) fn alloc_iova_first_fit(&self, addr: u64, length: u64) -> Result<u64, Errno> {
+        let (align, page_offset) = self.alloc_alignment(addr, length)?;
+        for (span_start, span_last) in self.alloc_spans() {
             if fit(span_start, span_last, length, align, page_offset).is_none() {
                 continue;
             }
@@ -70,7 +152,7 @@ impl IoPagetable {
     }
 
     /// The gaps inside `[start, last]` between reserved ranges and areas, in ascending order.
-    fn holes(&self, start: u64, last: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+    pub(super) fn holes(&self, start: u64, last: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
         let mut reserved = self.reserved_spans(start, last).peekable();
         let mut areas = self
             .area_range_from(start)
@@ -106,5 +188,15 @@ impl IoPagetable {
                 }
             }
         })
+    }
+
+    /// The hole index, refreshed (tests: compare it with [`Self::holes`]).
+    #[cfg(test)]
+    pub(super) fn indexed_holes(&mut self) -> Vec<(u64, u64)> {
+        let mut index = std::mem::take(&mut self.hole_index);
+        index.refresh(|start, last| self.holes(start, last));
+        let all = index.fresh().expect("refreshed").collect(0, u64::MAX);
+        self.hole_index = index;
+        all
     }
 }
