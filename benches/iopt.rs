@@ -3,7 +3,9 @@
 //! 1. MAP + UNMAP of one 4 KiB area at a fixed IOVA in an IOAS already holding 1, 1k, 100k and
 //!    1M areas (bare, and with a no-op 4 KiB domain so the pin path runs too);
 //! 2. automatic IOVA allocation (MAP without FIXED_IOVA + UNMAP) in a fragmented space of 100k
-//!    areas with holes of mixed size, against an empty table;
+//!    areas with holes of mixed size, against an empty table: requests that fit early or far up,
+//!    allocations kept (so that the hole index changes each time), and the worst case (every
+//!    hole long enough but misaligned);
 //! 3. memory per area: RSS before and after building 1M areas;
 //! 4. IOAS_ALLOW_IOVAS validation + install of 4k (baseline), 40k and 400k disjoint ranges given in
 //!    descending order: cost per range and its ratio to the 4k baseline (1.0 is linear; pairwise
@@ -163,6 +165,30 @@ fn bench_fixed(iopt: &mut IoPagetable, n: u64, probe: &Arc<Pages>, random: bool)
     })
 }
 
+/// MAP without a fixed IOVA of `len` bytes, keeping the last `keep` mappings (each MAP past them
+/// UNMAPs the oldest): every operation changes the holes. Returns ns per MAP (+ UNMAP) and the
+/// highest IOVA kept at the end.
+fn bench_auto_kept(
+    iopt: &mut IoPagetable,
+    probe: &Arc<Pages>,
+    len: u64,
+    keep: usize,
+) -> (f64, u64) {
+    let s = slice(probe, len);
+    let mut kept = std::collections::VecDeque::with_capacity(keep + 1);
+    let ns = time_ns(5, 20_000, |_| {
+        kept.push_back(iopt.map_pages(&s, len, None, RW).unwrap());
+        if kept.len() > keep {
+            unmap(iopt, kept.pop_front().unwrap(), len);
+        }
+    });
+    let highest = kept.iter().copied().max().unwrap_or(0);
+    for iova in kept {
+        unmap(iopt, iova, len);
+    }
+    (ns, highest)
+}
+
 /// MAP without a fixed IOVA + UNMAP of `len` bytes; returns (ns/op, IOVA it lands at).
 fn bench_auto(iopt: &mut IoPagetable, probe: &Arc<Pages>, len: u64, iters: u64) -> (f64, u64) {
     let s = slice(probe, len);
@@ -177,10 +203,16 @@ fn bench_auto(iopt: &mut IoPagetable, probe: &Arc<Pages>, len: u64, iters: u64) 
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing to parse. IOPT_BENCH=allow_iovas runs only section 4.
-    if std::env::var("IOPT_BENCH").is_ok_and(|v| v == "allow_iovas") {
-        bench_allow_iovas();
-        return;
+    // `cargo bench` passes `--bench`; nothing to parse. IOPT_BENCH=alloc runs only section 2,
+    // IOPT_BENCH=allow_iovas only section 4.
+    match std::env::var("IOPT_BENCH").as_deref() {
+        Ok("alloc") => {
+            let shared = pages(PAGE_SIZE, 0x7f00_0000_0000);
+            let probe = pages(64 * 1024, 0x7f00_1000_1000);
+            return bench_alloc(&shared, &probe);
+        }
+        Ok("allow_iovas") => return bench_allow_iovas(),
+        _ => {}
     }
     let t0 = Instant::now();
     let shared = pages(PAGE_SIZE, 0x7f00_0000_0000);
@@ -241,17 +273,28 @@ fn main() {
         unmap_all(&mut iopt, n);
     }
 
-    // -- 2. automatic IOVA allocation in a fragmented space ---------------------------------------
+    bench_alloc(&shared, &probe);
+
+    bench_allow_iovas();
+
+    println!(
+        "\ntotal benchmark time: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+/// Section 2: automatic IOVA allocation in a fragmented space, against an empty table.
+fn bench_alloc(shared: &Arc<Pages>, probe: &Arc<Pages>) {
     println!("\n### Automatic IOVA allocation (MAP without FIXED_IOVA + UNMAP), first fit\n");
-    let (empty_ns, empty_iova) = {
-        let mut iopt = IoPagetable::new();
-        bench_auto(&mut iopt, &probe, PAGE_SIZE, 200_000)
-    };
+    let mut empty = IoPagetable::new();
+    let (empty_ns, empty_iova) = bench_auto(&mut empty, probe, PAGE_SIZE, 200_000);
+    let (empty_kept_ns, _) = bench_auto_kept(&mut empty, probe, PAGE_SIZE, 64);
+    drop(empty);
     // 100k areas of 4 KiB starting at PAGE_SIZE; the hole after area i is 4, 8, 12 or 16 KiB
     // (cycling), except after areas 50 000 and 99 999 where it is 64 KiB.
     let n = 100_000u64;
     let mut iopt = IoPagetable::new();
-    let s = slice(&shared, PAGE_SIZE);
+    let s = slice(shared, PAGE_SIZE);
     let mut iova = PAGE_SIZE;
     for i in 0..n {
         iopt.map_pages(&s, PAGE_SIZE, Some(iova), RW).unwrap();
@@ -262,15 +305,26 @@ fn main() {
         };
         iova += PAGE_SIZE + hole;
     }
+    // The first allocation that needs the hole index builds it: one walk over the whole table.
+    let t = Instant::now();
+    let first = iopt
+        .map_pages(&slice(probe, 32 * 1024), 32 * 1024, None, RW)
+        .unwrap();
+    let build_ms = t.elapsed().as_secs_f64() * 1e3;
+    unmap(&mut iopt, first, 32 * 1024);
     println!("| table | request | lands after area # | ns/op | ratio to empty table |");
     println!("|---|---|---|---|---|");
     println!("| empty | 4 KiB | - (IOVA {empty_iova:#x}) | {empty_ns:.0} | 1.00 |");
+    println!(
+        "| empty, last 64 kept | 4 KiB | - | {empty_kept_ns:.0} | {:.2} |",
+        empty_kept_ns / empty_ns
+    );
     for (len, what, iters) in [
         (PAGE_SIZE, "4 KiB", 200_000),
         (3 * PAGE_SIZE, "12 KiB", 200_000),
-        (32 * 1024, "32 KiB", 400),
+        (32 * 1024, "32 KiB", 200_000),
     ] {
-        let (ns, at) = bench_auto(&mut iopt, &probe, len, iters);
+        let (ns, at) = bench_auto(&mut iopt, probe, len, iters);
         let after = iopt.areas().take_while(|a| a.iova < at).count();
         println!(
             "| 100k areas, mixed holes | {what} | {after} | {ns:.0} | {:.2} |",
@@ -280,24 +334,49 @@ fn main() {
     // The same request when the only fitting hole is after the last area.
     let mid = iopt.areas().nth(n as usize / 2 + 1).unwrap().iova;
     iopt.map_pages(
-        &slice(&probe, 64 * 1024),
+        &slice(probe, 64 * 1024),
         64 * 1024,
         Some(mid - 64 * 1024),
         RW,
     )
     .unwrap();
-    let (ns, at) = bench_auto(&mut iopt, &probe, 32 * 1024, 200);
+    let (ns, at) = bench_auto(&mut iopt, probe, 32 * 1024, 200_000);
     let after = iopt.areas().take_while(|a| a.iova < at).count();
     println!(
         "| 100k areas, mixed holes, middle hole filled | 32 KiB | {after} | {ns:.0} | {:.2} |",
         ns / empty_ns
     );
-
-    bench_allow_iovas();
-
+    // Allocations that stay: each MAP uses up part of a hole and each UNMAP gives one back, so
+    // the hole index is rewritten around both every time.
+    for (len, what, keep) in [(PAGE_SIZE, "4 KiB", 64), (32 * 1024, "32 KiB", 4)] {
+        let (ns, highest) = bench_auto_kept(&mut iopt, probe, len, keep);
+        let below = iopt.areas().take_while(|a| a.iova < highest).count();
+        println!(
+            "| 100k areas, mixed holes, last {keep} kept | {what} | up to {below} | {ns:.0} | {:.2} |",
+            ns / empty_ns
+        );
+    }
+    drop(iopt);
+    // The worst case: 100k holes of 8 KiB, each starting on an odd page, before the space after
+    // the last area; an 8 KiB request from an 8 KiB-aligned address needs 8 KiB alignment, so
+    // each hole is long enough but does not fit once aligned, and each must be looked at.
+    let mut iopt = IoPagetable::new();
+    for i in 0..n {
+        let at = (1 + 4 * i) * PAGE_SIZE;
+        iopt.map_pages(&s, PAGE_SIZE, Some(at), RW).unwrap();
+        iopt.map_pages(&s, PAGE_SIZE, Some(at + PAGE_SIZE), RW)
+            .unwrap();
+    }
+    let aligned = pages(2 * PAGE_SIZE, 0x7f00_2000_0000);
+    let (ns, at) = bench_auto(&mut iopt, &aligned, 2 * PAGE_SIZE, 200);
+    let after = iopt.areas().take_while(|a| a.iova < at).count();
     println!(
-        "\ntotal benchmark time: {:.1} s",
-        t0.elapsed().as_secs_f64()
+        "| worst case: 200k areas, 100k misaligned 8 KiB holes | 8 KiB | {after} | {ns:.0} | {:.2} |",
+        ns / empty_ns
+    );
+    println!(
+        "\nThe first 32 KiB allocation in the 100k-area table (it builds the hole index): \
+         {build_ms:.2} ms"
     );
 }
 
