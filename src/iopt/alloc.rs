@@ -3,7 +3,8 @@
 //!
 //! Inside each allowed span the allocator first walks the table's holes in order, as the kernel
 //! does, but only the first [`WALK_FIRST`] of them: in a table that is not fragmented the answer
-//! is there, and the hole index is not even looked at. Past them it searches the hole index
+//! is there (a few steps, cheaper than a descent of the index), and the hole index need not be
+//! brought up to date, nor built. Past them it searches the hole index
 //! ([`super::holes`]), which visits, in ascending order, only the holes at least `length` bytes
 //! long (a necessary condition of a fit) and takes the first one that fits once aligned: the
 //! same IOVA the walk over every hole finds. Cost: O(log n) to the first fitting hole, plus one
@@ -21,7 +22,7 @@ use std::ops::ControlFlow;
 const MAX_ALIGNMENT: u64 = 2 << 20;
 
 /// Holes of a span walked in the table before the hole index is searched.
-const WALK_FIRST: usize = 4;
+pub(super) const WALK_FIRST: usize = 4;
 
 /// Rounds `start` up to `align` (a power of two), then adds `page_offset`; true if `[start, start +
 /// length)` then still fits before `last` (inclusive).

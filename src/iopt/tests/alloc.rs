@@ -10,9 +10,12 @@ const UNIT: u64 = 0x800;
 /// Allocates through both allocators and checks they agree, and that the index is exact.
 fn alloc_both(iopt: &mut IoPagetable, addr: u64, len: u64) -> Result<u64, Errno> {
     let want = iopt.alloc_iova_first_fit(addr, len);
-    // The index alone, and after a walk of the first holes.
+    // After a walk of the first holes (the index, if it is searched, stale until then), then the
+    // index alone, then as map_pages asks.
+    let walked = iopt.alloc_iova_walking(addr, len, crate::iopt::alloc::WALK_FIRST);
+    assert_eq!(walked, want, "walk, then index: ({addr:#x}, {len:#x})");
     let indexed = iopt.alloc_iova_walking(addr, len, 0);
-    assert_eq!(indexed, want, "indexed alloc_iova({addr:#x}, {len:#x})");
+    assert_eq!(indexed, want, "index alone: ({addr:#x}, {len:#x})");
     let got = iopt.alloc_iova(addr, len);
     assert_eq!(got, want, "alloc_iova({addr:#x}, {len:#x})");
     let truth: Vec<(u64, u64)> = iopt.holes(0, u64::MAX).collect();
