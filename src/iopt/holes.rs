@@ -115,6 +115,12 @@ impl HoleTree {
         n
     }
 
+    fn free_node(&mut self, n: u32) {
+        self.node_mut(n).left = self.free;
+        self.free = n;
+        self.len -= 1;
+    }
+
     fn free_subtree(&mut self, n: u32) {
         let mut stack = vec![n];
         while let Some(n) = stack.pop() {
@@ -124,9 +130,7 @@ impl HoleTree {
             let Node { left, right, .. } = *self.node(n);
             stack.push(left);
             stack.push(right);
-            self.node_mut(n).left = self.free;
-            self.free = n;
-            self.len -= 1;
+            self.free_node(n);
         }
     }
 
@@ -304,9 +308,7 @@ impl HoleTree {
         } = *self.node(n);
         if key == start {
             let joined = self.merge(left, right);
-            self.node_mut(n).right = NIL;
-            self.node_mut(n).left = NIL;
-            self.free_subtree(n);
+            self.free_node(n);
             return joined;
         }
         if key < start {
