@@ -37,20 +37,20 @@ fn fit(start: u64, last: u64, length: u64, align: u64, page_offset: u64) -> Opti
 
 impl IoPagetable {
     /// Picks an IOVA for `length` bytes whose backing starts at user address `addr`.
-    pub(super) fn alloc_iova(&mut self, addr: u64, length: u64) -> Result<u64, Errno> {
+    pub(super) fn alloc_iova(&self, addr: u64, length: u64) -> Result<u64, Errno> {
         self.alloc_iova_walking(addr, length, WALK_FIRST)
     }
 
     /// [`Self::alloc_iova`], walking the first `walk_first` holes of each span in the table.
     pub(super) fn alloc_iova_walking(
-        &mut self,
+        &self,
         addr: u64,
         length: u64,
         walk_first: usize,
     ) -> Result<u64, Errno> {
         let (align, page_offset) = self.alloc_alignment(addr, length)?;
-        let mut index = std::mem::take(&mut self.hole_index);
-        let mut found = None;
+        // Borrowed only if a walk does not find the IOVA.
+        let mut index = None;
         'spans: for (span_start, span_last) in self.alloc_spans() {
             if fit(span_start, span_last, length, align, page_offset).is_none() {
                 continue;
@@ -62,15 +62,16 @@ impl IoPagetable {
                     continue 'spans;
                 };
                 if let Some(iova) = fit(start, last, length, align, page_offset) {
-                    found = Some(iova);
-                    break 'spans;
+                    return Ok(iova);
                 }
                 // Holes are maximal: `last + 1` is used, and no hole reaches back over it.
                 rest = last + 1;
             }
-            if index.fresh().is_none() {
+            let index = index.get_or_insert_with(|| {
+                let mut index = self.hole_index.borrow_mut();
                 index.refresh(|s, l| self.holes(s, l));
-            }
+                index
+            });
             let holes = index.fresh().expect("refreshed");
             let search = holes.scan(rest, span_last, length - 1, &mut |start, last| {
                 let (start, last) = (start.max(span_start), last.min(span_last));
@@ -80,12 +81,10 @@ impl IoPagetable {
                 }
             });
             if let ControlFlow::Break(iova) = search {
-                found = Some(iova);
-                break;
+                return Ok(iova);
             }
         }
-        self.hole_index = index;
-        found.ok_or(Errno::ENOSPC)
+        Err(Errno::ENOSPC)
     }
 
     /// The alignment and sub-page offset an IOVA for `[addr, addr + length)` must keep.
@@ -193,11 +192,9 @@ impl IoPagetable {
 
     /// The hole index, refreshed (tests: compare it with [`Self::holes`]).
     #[cfg(test)]
-    pub(super) fn indexed_holes(&mut self) -> Vec<(u64, u64)> {
-        let mut index = std::mem::take(&mut self.hole_index);
+    pub(super) fn indexed_holes(&self) -> Vec<(u64, u64)> {
+        let mut index = self.hole_index.borrow_mut();
         index.refresh(|start, last| self.holes(start, last));
-        let all = index.fresh().expect("refreshed").collect(0, u64::MAX);
-        self.hole_index = index;
-        all
+        index.fresh().expect("refreshed").collect(0, u64::MAX)
     }
 }

@@ -52,6 +52,7 @@ use fill::{map_area, pin_area};
 use holes::HoleIndex;
 use nix::errno::Errno;
 pub use pages::{PageSource, Pages, PAGE_SIZE};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -154,8 +155,9 @@ pub struct IoPagetable {
     iova_alignment: u64,
     disable_large_pages: bool,
     /// The free runs between areas and reserved ranges, for automatic allocation. Every change
-    /// to `areas` or `reserved_union` that can free or use an IOVA notes its range here.
-    hole_index: HoleIndex,
+    /// to `areas` or `reserved_union` that can free or use an IOVA notes its range here. A
+    /// cache the allocation (`&self`) brings up to date, hence the cell.
+    hole_index: RefCell<HoleIndex>,
 }
 
 impl Default for IoPagetable {
@@ -181,7 +183,7 @@ impl IoPagetable {
             // A table without domains is a software table: any alignment goes.
             iova_alignment: 1,
             disable_large_pages: false,
-            hole_index: HoleIndex::default(),
+            hole_index: RefCell::default(),
         }
     }
 
@@ -367,8 +369,8 @@ impl IoPagetable {
             }
         }
         match &new_areas[..] {
-            [area] => self.hole_index.mapped(area.iova, area.last),
-            [first, .., last] => self.hole_index.touch(first.iova, last.last),
+            [area] => self.hole_index.get_mut().mapped(area.iova, area.last),
+            [first, .., last] => self.hole_index.get_mut().touch(first.iova, last.last),
             [] => {}
         }
         for area in new_areas {
@@ -478,7 +480,7 @@ impl IoPagetable {
                 });
             }
             let mut area = self.areas.remove(&key).expect("area present");
-            self.hole_index.unmapped(area.iova, area.last);
+            self.hole_index.get_mut().unmapped(area.iova, area.last);
             self.unfill_area(&mut area);
             unmapped += area.length();
             if area.last >= last {
@@ -517,13 +519,13 @@ impl IoPagetable {
         }
         self.reserved.push(Reserved { start, last, owner });
         self.union_add(start, last);
-        self.hole_index.touch(start, last);
+        self.hole_index.get_mut().touch(start, last);
         Ok(())
     }
 
     pub fn remove_reserved(&mut self, owner: ReservedOwner) {
         let before = self.reserved.len();
-        let index = &mut self.hole_index;
+        let index = self.hole_index.get_mut();
         self.reserved.retain(|r| {
             let keep = r.owner != owner;
             if !keep {

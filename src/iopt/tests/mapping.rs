@@ -214,7 +214,7 @@ fn auto_alignment_comes_from_the_user_address() {
 
 #[test]
 fn auto_alignment_below_iova_alignment_is_einval() {
-    let (mut iopt, _d) = iopt_2k();
+    let (iopt, _d) = iopt_2k();
     assert_eq!(iopt.alloc_iova(0x7f00_0000_0400, 0x800), Err(Errno::EINVAL));
     // A tiny length also makes the alignment tiny.
     assert_eq!(iopt.alloc_iova(0, 0x400), Err(Errno::EINVAL));
