@@ -2,9 +2,9 @@
 //! reserved ranges and existing areas, keeping the alignment the user address already has.
 //!
 //! Inside each allowed span the allocator first walks the table's holes in order, as the kernel
-//! does, but only the first [`WALK_FIRST`] of them: in a table that is not fragmented the answer
-//! is there (a few steps, cheaper than a descent of the index), and the hole index need not be
-//! brought up to date, nor built. Past them it searches the hole index
+//! does, but only over the first [`WALK_STEPS`] areas or reserved ranges: when the answer is
+//! there (a few steps, cheaper than a descent of the index) the hole index need not be brought
+//! up to date, nor built. Past them it searches the hole index
 //! ([`super::holes`]), which visits, in ascending order, only the holes at least `length` bytes
 //! long (a necessary condition of a fit) and takes the first one that fits once aligned: the
 //! same IOVA the walk over every hole finds. Cost: O(log n) to the first fitting hole, plus one
@@ -21,8 +21,9 @@ use std::ops::ControlFlow;
 /// Largest alignment the allocator asks for (a transparent huge page).
 const MAX_ALIGNMENT: u64 = 2 << 20;
 
-/// Holes of a span walked in the table before the hole index is searched.
-pub(super) const WALK_FIRST: usize = 4;
+/// Used ranges (areas, reserved ranges) of a span the walk steps over before the hole index is
+/// searched.
+pub(super) const WALK_STEPS: usize = 4;
 
 /// Rounds `start` up to `align` (a power of two), then adds `page_offset`; true if `[start, start +
 /// length)` then still fits before `last` (inclusive).
@@ -38,15 +39,16 @@ fn fit(start: u64, last: u64, length: u64, align: u64, page_offset: u64) -> Opti
 impl IoPagetable {
     /// Picks an IOVA for `length` bytes whose backing starts at user address `addr`.
     pub(super) fn alloc_iova(&self, addr: u64, length: u64) -> Result<u64, Errno> {
-        self.alloc_iova_walking(addr, length, WALK_FIRST)
+        self.alloc_iova_walking(addr, length, WALK_STEPS)
     }
 
-    /// [`Self::alloc_iova`], walking the first `walk_first` holes of each span in the table.
+    /// [`Self::alloc_iova`], walking over the first `walk_steps` used ranges of each span in the
+    /// table before searching the index.
     pub(super) fn alloc_iova_walking(
         &self,
         addr: u64,
         length: u64,
-        walk_first: usize,
+        walk_steps: usize,
     ) -> Result<u64, Errno> {
         let (align, page_offset) = self.alloc_alignment(addr, length)?;
         // Borrowed only if a walk does not find the IOVA.
@@ -56,17 +58,18 @@ impl IoPagetable {
                 continue;
             }
             let mut walk = self.holes(span_start, span_last);
-            let mut rest = span_start;
-            for _ in 0..walk_first {
-                let Some((start, last)) = walk.next() else {
-                    continue 'spans;
-                };
-                if let Some(iova) = fit(start, last, length, align, page_offset) {
-                    return Ok(iova);
+            let mut steps = walk_steps;
+            let rest = loop {
+                match walk.next_within(&mut steps) {
+                    Ok(Some((start, last))) => {
+                        if let Some(iova) = fit(start, last, length, align, page_offset) {
+                            return Ok(iova);
+                        }
+                    }
+                    Ok(None) => continue 'spans,
+                    Err(rest) => break rest,
                 }
-                // Holes are maximal: `last + 1` is used, and no hole reaches back over it.
-                rest = last + 1;
-            }
+            };
             let index = index.get_or_insert_with(|| {
                 let mut index = self.hole_index.borrow_mut();
                 index.refresh(|s, l| self.holes(s, l));
@@ -152,42 +155,30 @@ impl IoPagetable {
     }
 
     /// The gaps inside `[start, last]` between reserved ranges and areas, in ascending order.
-    pub(super) fn holes(&self, start: u64, last: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+    pub(super) fn holes(
+        &self,
+        start: u64,
+        last: u64,
+    ) -> HoleWalk<impl Iterator<Item = (u64, u64)> + '_> {
         let mut reserved = self.reserved_spans(start, last).peekable();
         let mut areas = self
             .area_range_from(start)
             .take_while(move |a| a.iova <= last)
             .map(|a| (a.iova, a.last))
             .peekable();
-        let mut cursor = Some(start);
-        std::iter::from_fn(move || loop {
-            let cur = cursor?;
-            // The next used range, whichever of the two sorted streams comes first.
-            let next = match (reserved.peek(), areas.peek()) {
-                (Some(r), Some(a)) if r.0 <= a.0 => reserved.next(),
-                (Some(_), Some(_)) => areas.next(),
-                (Some(_), None) => reserved.next(),
-                (None, Some(_)) => areas.next(),
-                (None, None) => None,
-            };
-            match next {
-                None => {
-                    cursor = None;
-                    return (cur <= last).then_some((cur, last));
-                }
-                Some((ustart, ulast)) => {
-                    let hole = (ustart > cur).then(|| (cur, ustart - 1));
-                    cursor = if ulast >= last {
-                        None
-                    } else {
-                        Some(cur.max(ulast + 1))
-                    };
-                    if let Some(h) = hole {
-                        return Some(h);
-                    }
-                }
-            }
-        })
+        // The used ranges, whichever of the two sorted streams comes first.
+        let used = std::iter::from_fn(move || match (reserved.peek(), areas.peek()) {
+            (Some(r), Some(a)) if r.0 <= a.0 => reserved.next(),
+            (Some(_), Some(_)) => areas.next(),
+            (Some(_), None) => reserved.next(),
+            (None, Some(_)) => areas.next(),
+            (None, None) => None,
+        });
+        HoleWalk {
+            used,
+            cursor: Some(start),
+            last,
+        }
     }
 
     /// The hole index, refreshed (tests: compare it with [`Self::holes`]).
@@ -196,5 +187,56 @@ impl IoPagetable {
         let mut index = self.hole_index.borrow_mut();
         index.refresh(|start, last| self.holes(start, last));
         index.fresh().expect("refreshed").collect(0, u64::MAX)
+    }
+}
+
+/// The holes of a range, from the used ranges (areas, reserved ranges) in it: an iterator, or a
+/// walk that stops after a number of used ranges.
+pub(super) struct HoleWalk<U> {
+    used: U,
+    /// Where the next hole may start; `None` once the range is done.
+    cursor: Option<u64>,
+    last: u64,
+}
+
+impl<U: Iterator<Item = (u64, u64)>> HoleWalk<U> {
+    /// The next hole, stepping over at most `*steps` used ranges (counted down): `Err(cursor)`
+    /// when they run out first (every hole before `cursor` was given), `Ok(None)` at the end.
+    pub(super) fn next_within(&mut self, steps: &mut usize) -> Result<Option<(u64, u64)>, u64> {
+        loop {
+            let Some(cur) = self.cursor else {
+                return Ok(None);
+            };
+            let Some(left) = steps.checked_sub(1) else {
+                return Err(cur);
+            };
+            *steps = left;
+            match self.used.next() {
+                None => {
+                    self.cursor = None;
+                    return Ok((cur <= self.last).then_some((cur, self.last)));
+                }
+                Some((ustart, ulast)) => {
+                    let hole = (ustart > cur).then(|| (cur, ustart - 1));
+                    self.cursor = if ulast >= self.last {
+                        None
+                    } else {
+                        Some(cur.max(ulast + 1))
+                    };
+                    if hole.is_some() {
+                        return Ok(hole);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<U: Iterator<Item = (u64, u64)>> Iterator for HoleWalk<U> {
+    type Item = (u64, u64);
+
+    fn next(&mut self) -> Option<(u64, u64)> {
+        let mut unbounded = usize::MAX;
+        self.next_within(&mut unbounded).unwrap_or(None)
     }
 }

@@ -12,7 +12,7 @@ fn alloc_both(iopt: &IoPagetable, addr: u64, len: u64) -> Result<u64, Errno> {
     let want = iopt.alloc_iova_first_fit(addr, len);
     // After a walk of the first holes (the index, if it is searched, stale until then), then the
     // index alone, then as map_pages asks.
-    let walked = iopt.alloc_iova_walking(addr, len, crate::iopt::alloc::WALK_FIRST);
+    let walked = iopt.alloc_iova_walking(addr, len, crate::iopt::alloc::WALK_STEPS);
     assert_eq!(walked, want, "walk, then index: ({addr:#x}, {len:#x})");
     let indexed = iopt.alloc_iova_walking(addr, len, 0);
     assert_eq!(indexed, want, "index alone: ({addr:#x}, {len:#x})");
@@ -234,4 +234,18 @@ fn an_allowed_span_that_does_not_fit_as_a_whole_is_skipped() {
     iopt.set_allowed(&[(0x1400, 0x1bff), (0x4000, 0x4fff)])
         .unwrap();
     assert_eq!(alloc_both(&iopt, 0x7f00_0000_0800, 0x400), Ok(0x4800));
+}
+
+#[test]
+fn a_dense_table_is_not_walked_area_by_area() {
+    // 300 adjacent areas, then the space: the walk stops after a few of them and the index,
+    // built then, answers; the same again once the index is up to date.
+    let mut iopt = IoPagetable::new();
+    for i in 0..300u64 {
+        map_at(&mut iopt, (1 + i) * PG, PG).unwrap();
+    }
+    assert!(!iopt.hole_index.borrow().is_built());
+    assert_eq!(iopt.alloc_iova(0x7f00_0000_0000, PG), Ok(301 * PG));
+    assert!(iopt.hole_index.borrow().is_built());
+    assert_eq!(alloc_both(&iopt, 0x7f00_0000_0000, PG), Ok(301 * PG));
 }
