@@ -419,6 +419,23 @@ fn bench_alloc(shared: &Arc<Pages>, probe: &Arc<Pages>) {
         }
     }
     drop(iopt);
+    // A dense table: 100k adjacent areas (as automatic allocation leaves them), then the space.
+    let mut iopt = IoPagetable::new();
+    for i in 0..n {
+        iopt.map_pages(&s, PAGE_SIZE, Some((1 + i) * PAGE_SIZE), RW)
+            .unwrap();
+    }
+    let at = auto_map_unmap(&mut iopt, &s, PAGE_SIZE);
+    let t = time_vs_empty(&mut base, 100_000, || {
+        auto_map_unmap(&mut iopt, &s, PAGE_SIZE);
+    });
+    row(
+        "100k adjacent areas",
+        "4 KiB",
+        landing(&iopt, at).to_string(),
+        t,
+    );
+    drop(iopt);
     // The worst case: 100k holes of 8 KiB, each starting on an odd page, before the space after
     // the last area; an 8 KiB request from an 8 KiB-aligned address needs 8 KiB alignment, so
     // each hole is long enough but does not fit once aligned, and each must be looked at.
