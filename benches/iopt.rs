@@ -3,7 +3,9 @@
 //! 1. MAP + UNMAP of one 4 KiB area at a fixed IOVA in an IOAS already holding 1, 1k, 100k and
 //!    1M areas (bare, and with a no-op 4 KiB domain so the pin path runs too);
 //! 2. automatic IOVA allocation (MAP without FIXED_IOVA + UNMAP) in a fragmented space of 100k
-//!    areas with holes of mixed size, against an empty table;
+//!    areas with holes of mixed size, against an empty table: requests that fit early or far up,
+//!    allocations kept (so that the hole index changes each time), and the worst case (every
+//!    hole long enough but misaligned);
 //! 3. memory per area: RSS before and after building 1M areas;
 //! 4. IOAS_ALLOW_IOVAS validation + install of 4k (baseline), 40k and 400k disjoint ranges given in
 //!    descending order: cost per range and its ratio to the 4k baseline (1.0 is linear; pairwise
@@ -163,24 +165,86 @@ fn bench_fixed(iopt: &mut IoPagetable, n: u64, probe: &Arc<Pages>, random: bool)
     })
 }
 
-/// MAP without a fixed IOVA + UNMAP of `len` bytes; returns (ns/op, IOVA it lands at).
-fn bench_auto(iopt: &mut IoPagetable, probe: &Arc<Pages>, len: u64, iters: u64) -> (f64, u64) {
-    let s = slice(probe, len);
-    let iova = iopt.map_pages(&s, len, None, RW).unwrap();
-    unmap(iopt, iova, len);
-    let ns = time_ns(5, iters, |_| {
-        let got = iopt.map_pages(&s, len, None, RW).unwrap();
-        debug_assert_eq!(got, iova);
-        unmap(iopt, black_box(got), len);
-    });
-    (ns, iova)
+/// Rounds of section 2; each times the empty-table baseline, then the case.
+const ALLOC_ROUNDS: usize = 7;
+/// Calls of the baseline in a round (~12 ms).
+const BASE_ITERS: u64 = 100_000;
+
+/// Section 2's baseline: MAP without FIXED_IOVA + UNMAP of 4 KiB in an empty table.
+struct Baseline {
+    iopt: IoPagetable,
+    s: [PagesSlice; 1],
+}
+
+impl Baseline {
+    fn op(&mut self) {
+        auto_map_unmap(&mut self.iopt, &self.s, PAGE_SIZE);
+    }
+}
+
+/// MAP without FIXED_IOVA + UNMAP; returns the IOVA.
+fn auto_map_unmap(iopt: &mut IoPagetable, s: &[PagesSlice], len: u64) -> u64 {
+    let got = iopt.map_pages(s, len, None, RW).unwrap();
+    unmap(iopt, black_box(got), len);
+    got
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Medians over rounds of ns per call of `op` (`iters` a round) and of the baseline timed just
+/// before it in the same round, and the median of their per-round ratio: a change in the
+/// machine's load during the run hits both sides of each ratio alike.
+fn time_vs_empty(base: &mut Baseline, iters: u64, mut op: impl FnMut()) -> (f64, f64, f64) {
+    fn round(iters: u64, mut f: impl FnMut()) -> f64 {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        t.elapsed().as_nanos() as f64 / iters as f64
+    }
+    for _ in 0..iters.div_ceil(10) {
+        op();
+    }
+    let (mut ns, mut base_ns, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ALLOC_ROUNDS {
+        let b = round(BASE_ITERS, || base.op());
+        let o = round(iters, &mut op);
+        ns.push(o);
+        base_ns.push(b);
+        ratio.push(o / b);
+    }
+    (median(ns), median(base_ns), median(ratio))
+}
+
+/// One MAP without FIXED_IOVA of `len` bytes keeping the last `keep` mappings in `kept` (past
+/// them the oldest is UNMAPped): every call changes the holes.
+fn auto_map_keep(
+    iopt: &mut IoPagetable,
+    s: &[PagesSlice],
+    len: u64,
+    kept: &mut std::collections::VecDeque<u64>,
+    keep: usize,
+) {
+    kept.push_back(iopt.map_pages(s, len, None, RW).unwrap());
+    if kept.len() > keep {
+        unmap(iopt, kept.pop_front().unwrap(), len);
+    }
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing to parse. IOPT_BENCH=allow_iovas runs only section 4.
-    if std::env::var("IOPT_BENCH").is_ok_and(|v| v == "allow_iovas") {
-        bench_allow_iovas();
-        return;
+    // `cargo bench` passes `--bench`; nothing to parse. IOPT_BENCH=alloc runs only section 2,
+    // IOPT_BENCH=allow_iovas only section 4.
+    match std::env::var("IOPT_BENCH").as_deref() {
+        Ok("alloc") => {
+            let shared = pages(PAGE_SIZE, 0x7f00_0000_0000);
+            let probe = pages(64 * 1024, 0x7f00_1000_1000);
+            return bench_alloc(&shared, &probe);
+        }
+        Ok("allow_iovas") => return bench_allow_iovas(),
+        _ => {}
     }
     let t0 = Instant::now();
     let shared = pages(PAGE_SIZE, 0x7f00_0000_0000);
@@ -241,17 +305,30 @@ fn main() {
         unmap_all(&mut iopt, n);
     }
 
-    // -- 2. automatic IOVA allocation in a fragmented space ---------------------------------------
+    bench_alloc(&shared, &probe);
+
+    bench_allow_iovas();
+
+    println!(
+        "\ntotal benchmark time: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+/// Section 2: automatic IOVA allocation in a fragmented space, against an empty table.
+fn bench_alloc(shared: &Arc<Pages>, probe: &Arc<Pages>) {
+    use std::collections::VecDeque;
     println!("\n### Automatic IOVA allocation (MAP without FIXED_IOVA + UNMAP), first fit\n");
-    let (empty_ns, empty_iova) = {
-        let mut iopt = IoPagetable::new();
-        bench_auto(&mut iopt, &probe, PAGE_SIZE, 200_000)
+    let mut base = Baseline {
+        iopt: IoPagetable::new(),
+        s: slice(probe, PAGE_SIZE),
     };
+    let base_iova = auto_map_unmap(&mut base.iopt, &base.s, PAGE_SIZE);
     // 100k areas of 4 KiB starting at PAGE_SIZE; the hole after area i is 4, 8, 12 or 16 KiB
     // (cycling), except after areas 50 000 and 99 999 where it is 64 KiB.
     let n = 100_000u64;
     let mut iopt = IoPagetable::new();
-    let s = slice(&shared, PAGE_SIZE);
+    let s = slice(shared, PAGE_SIZE);
     let mut iova = PAGE_SIZE;
     for i in 0..n {
         iopt.map_pages(&s, PAGE_SIZE, Some(iova), RW).unwrap();
@@ -262,42 +339,132 @@ fn main() {
         };
         iova += PAGE_SIZE + hole;
     }
-    println!("| table | request | lands after area # | ns/op | ratio to empty table |");
-    println!("|---|---|---|---|---|");
-    println!("| empty | 4 KiB | - (IOVA {empty_iova:#x}) | {empty_ns:.0} | 1.00 |");
-    for (len, what, iters) in [
-        (PAGE_SIZE, "4 KiB", 200_000),
-        (3 * PAGE_SIZE, "12 KiB", 200_000),
-        (32 * 1024, "32 KiB", 400),
+    // The first allocation that needs the hole index builds it: one walk over the whole table.
+    let s32 = slice(probe, 32 * 1024);
+    let t = Instant::now();
+    auto_map_unmap(&mut iopt, &s32, 32 * 1024);
+    let build_ms = t.elapsed().as_secs_f64() * 1e3;
+    println!(
+        "Baseline: MAP+UNMAP of 4 KiB in an empty table (IOVA {base_iova:#x}), timed in each \
+         round just before the case.\n"
+    );
+    println!("| table | request | lands after area # | ns/op | baseline ns/op | ratio |");
+    println!("|---|---|---|---|---|---|");
+    let row = |table: &str, what: &str, after: String, (ns, base_ns, ratio): (f64, f64, f64)| {
+        println!("| {table} | {what} | {after} | {ns:.0} | {base_ns:.0} | {ratio:.2} |");
+    };
+    let landing = |iopt: &IoPagetable, at: u64| iopt.areas().take_while(|a| a.iova < at).count();
+    let mut empty = IoPagetable::new();
+    let mut kept = VecDeque::new();
+    let t = time_vs_empty(&mut base, 20_000, || {
+        auto_map_keep(&mut empty, &s, PAGE_SIZE, &mut kept, 64)
+    });
+    row("empty, last 64 kept", "4 KiB", "-".into(), t);
+    drop(empty);
+    for (len, what) in [
+        (PAGE_SIZE, "4 KiB"),
+        (3 * PAGE_SIZE, "12 KiB"),
+        (32 * 1024, "32 KiB"),
     ] {
-        let (ns, at) = bench_auto(&mut iopt, &probe, len, iters);
-        let after = iopt.areas().take_while(|a| a.iova < at).count();
-        println!(
-            "| 100k areas, mixed holes | {what} | {after} | {ns:.0} | {:.2} |",
-            ns / empty_ns
+        let sl = slice(probe, len);
+        let at = auto_map_unmap(&mut iopt, &sl, len);
+        let t = time_vs_empty(&mut base, 100_000, || {
+            auto_map_unmap(&mut iopt, &sl, len);
+        });
+        row(
+            "100k areas, mixed holes",
+            what,
+            landing(&iopt, at).to_string(),
+            t,
         );
     }
     // The same request when the only fitting hole is after the last area.
     let mid = iopt.areas().nth(n as usize / 2 + 1).unwrap().iova;
     iopt.map_pages(
-        &slice(&probe, 64 * 1024),
+        &slice(probe, 64 * 1024),
         64 * 1024,
         Some(mid - 64 * 1024),
         RW,
     )
     .unwrap();
-    let (ns, at) = bench_auto(&mut iopt, &probe, 32 * 1024, 200);
-    let after = iopt.areas().take_while(|a| a.iova < at).count();
-    println!(
-        "| 100k areas, mixed holes, middle hole filled | 32 KiB | {after} | {ns:.0} | {:.2} |",
-        ns / empty_ns
+    let at = auto_map_unmap(&mut iopt, &s32, 32 * 1024);
+    let t = time_vs_empty(&mut base, 100_000, || {
+        auto_map_unmap(&mut iopt, &s32, 32 * 1024);
+    });
+    let after = landing(&iopt, at).to_string();
+    row(
+        "100k areas, mixed holes, middle hole filled",
+        "32 KiB",
+        after,
+        t,
     );
-
-    bench_allow_iovas();
-
+    // Allocations that stay: each MAP uses up part of a hole and each UNMAP gives one back, so
+    // the hole index is rewritten around both every time.
+    for (len, what, keep) in [(PAGE_SIZE, "4 KiB", 64), (32 * 1024, "32 KiB", 4)] {
+        let sl = slice(probe, len);
+        let mut kept = VecDeque::new();
+        let t = time_vs_empty(&mut base, 20_000, || {
+            auto_map_keep(&mut iopt, &sl, len, &mut kept, keep)
+        });
+        let highest = kept.iter().copied().max().unwrap_or(0);
+        let table = format!("100k areas, mixed holes, last {keep} kept");
+        row(
+            &table,
+            what,
+            format!("up to {}", landing(&iopt, highest)),
+            t,
+        );
+        for iova in kept {
+            unmap(&mut iopt, iova, len);
+        }
+    }
+    drop(iopt);
+    // A dense table: 100k adjacent areas (as automatic allocation leaves them), then the space.
+    let mut iopt = IoPagetable::new();
+    for i in 0..n {
+        iopt.map_pages(&s, PAGE_SIZE, Some((1 + i) * PAGE_SIZE), RW)
+            .unwrap();
+    }
+    let at = auto_map_unmap(&mut iopt, &s, PAGE_SIZE);
+    let t = time_vs_empty(&mut base, 100_000, || {
+        auto_map_unmap(&mut iopt, &s, PAGE_SIZE);
+    });
+    row(
+        "100k adjacent areas",
+        "4 KiB",
+        landing(&iopt, at).to_string(),
+        t,
+    );
+    drop(iopt);
+    // The worst case: 100k holes of 8 KiB, each starting on an odd page, before the space after
+    // the last area; an 8 KiB request from an 8 KiB-aligned address needs 8 KiB alignment, so
+    // each hole is long enough but does not fit once aligned, and each must be looked at.
+    let mut iopt = IoPagetable::new();
+    for i in 0..n {
+        let at = (1 + 4 * i) * PAGE_SIZE;
+        iopt.map_pages(&s, PAGE_SIZE, Some(at), RW).unwrap();
+        iopt.map_pages(&s, PAGE_SIZE, Some(at + PAGE_SIZE), RW)
+            .unwrap();
+    }
+    let aligned = [PagesSlice {
+        pages: pages(2 * PAGE_SIZE, 0x7f00_2000_0000),
+        start_byte: 0,
+        length: 2 * PAGE_SIZE,
+    }];
+    let at = auto_map_unmap(&mut iopt, &aligned, 2 * PAGE_SIZE);
+    let t = time_vs_empty(&mut base, 20, || {
+        auto_map_unmap(&mut iopt, &aligned, 2 * PAGE_SIZE);
+    });
+    let after = landing(&iopt, at).to_string();
+    row(
+        "worst case: 200k areas, 100k misaligned 8 KiB holes",
+        "8 KiB",
+        after,
+        t,
+    );
     println!(
-        "\ntotal benchmark time: {:.1} s",
-        t0.elapsed().as_secs_f64()
+        "\nThe first 32 KiB allocation in the 100k-area table (it builds the hole index): \
+         {build_ms:.2} ms"
     );
 }
 

@@ -6,6 +6,9 @@
 //! byte window of a [`Pages`] (a caller's anonymous memory or a file the daemon mapped). Areas sit in
 //! a `BTreeMap` keyed by their first IOVA, so "the area containing X" and "areas intersecting
 //! [A, B]" are one ordered-map lookup each, and map/unmap cost O(log n) in the number of areas.
+//! Automatic IOVA allocation searches an index of the holes between areas and reserved ranges
+//! (`holes.rs`), so it stays O(log n) however fragmented the space is; that index is brought up
+//! to date lazily, by the next allocation, so fixed-IOVA map/unmap do not pay for it.
 //!
 //! Three kinds of ranges constrain where areas may go:
 //! * *reserved* ranges (outside a domain's aperture, device reserved regions, test reservations)
@@ -35,6 +38,7 @@ mod alloc;
 #[cfg(test)]
 pub(crate) mod failpoint;
 mod fill;
+mod holes;
 pub mod limits;
 pub mod pages;
 mod pin_runs;
@@ -45,6 +49,7 @@ mod tests;
 
 use crate::backends::{Backing, Domain, Prot};
 use fill::{map_area, pin_area};
+use holes::HoleIndex;
 use nix::errno::Errno;
 pub use pages::{PageSource, Pages, PAGE_SIZE};
 use std::collections::BTreeMap;
@@ -207,6 +212,10 @@ pub struct IoPagetable {
     accesses: BTreeMap<u32, u64>,
     iova_alignment: u64,
     disable_large_pages: bool,
+    /// The free runs between areas and reserved ranges, for automatic allocation. Every change
+    /// to `areas` or `reserved_union` that can free or use an IOVA notes its range here. A
+    /// cache the allocation (`&self`) brings up to date, hence the cell.
+    hole_index: std::sync::Mutex<HoleIndex>,
 }
 
 impl Default for IoPagetable {
@@ -232,6 +241,7 @@ impl IoPagetable {
             // A table without domains is a software table: any alignment goes.
             iova_alignment: 1,
             disable_large_pages: false,
+            hole_index: std::sync::Mutex::default(),
         }
     }
 
@@ -428,6 +438,19 @@ impl IoPagetable {
         for area in &new_areas {
             self.areas.insert(area.iova, area.clone());
         }
+        match &new_areas[..] {
+            [area] => self
+                .hole_index
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .mapped(area.iova, area.last),
+            [first, .., last] => self
+                .hole_index
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .touch(first.iova, last.last),
+            [] => {}
+        }
         Ok(PendingMap {
             start,
             areas: new_areas,
@@ -450,6 +473,10 @@ impl IoPagetable {
                 a.filled = area.filled;
             } else {
                 self.areas.remove(&area.iova);
+                self.hole_index
+                    .get_mut()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .unmapped(area.iova, area.last);
             }
         }
         filled.map(|()| pending.start)
@@ -529,6 +556,10 @@ impl IoPagetable {
                 });
             }
             let mut area = self.areas.remove(&key).expect("area present");
+            self.hole_index
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .unmapped(area.iova, area.last);
             self.unfill_area(&mut area);
             unmapped += area.length();
             if area.last >= last {
@@ -567,12 +598,23 @@ impl IoPagetable {
         }
         self.reserved.push(Reserved { start, last, owner });
         self.union_add(start, last);
+        self.hole_index
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .touch(start, last);
         Ok(())
     }
 
     pub fn remove_reserved(&mut self, owner: ReservedOwner) {
         let before = self.reserved.len();
-        self.reserved.retain(|r| r.owner != owner);
+        let index = self.hole_index.get_mut().unwrap_or_else(|p| p.into_inner());
+        self.reserved.retain(|r| {
+            let keep = r.owner != owner;
+            if !keep {
+                index.touch(r.start, r.last);
+            }
+            keep
+        });
         if self.reserved.len() != before {
             self.rebuild_union();
         }

@@ -3,6 +3,7 @@
 //! fixtures; the tests are grouped by topic in the submodules.
 
 mod access;
+mod alloc;
 mod domains;
 mod files;
 mod mapping;
@@ -15,6 +16,17 @@ use super::*;
 use std::sync::Mutex;
 
 const PG: u64 = PAGE_SIZE;
+
+/// A property test's configuration: `cases` cases unless PROPTEST_CASES says otherwise.
+fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cases),
+        ..Default::default()
+    }
+}
 const RW: Prot = Prot::READ_WRITE;
 const RO: Prot = Prot::READ_ONLY;
 

@@ -560,11 +560,7 @@ mod properties {
     }
 
     proptest! {
-        // 384 cases unless PROPTEST_CASES says otherwise.
-        #![proptest_config(ProptestConfig {
-            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(384),
-            ..ProptestConfig::default()
-        })]
+        #![proptest_config(proptest_config(384))]
 
         #[test]
         fn iopt_matches_model(
