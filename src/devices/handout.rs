@@ -41,6 +41,8 @@ pub const REQUEST_DEVICE_FD: u8 = b'D';
 pub const REQUEST_SET_CONTAINER: u8 = b'G';
 /// "Take this group out of its container" (one fd: the group file).
 pub const REQUEST_UNSET_CONTAINER: u8 = b'U';
+/// Most fds one SCM_RIGHTS message carries (the kernel's SCM_MAX_FD).
+const SCM_MAX_FD: usize = 253;
 /// How long one client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -70,19 +72,82 @@ pub fn serve(h: HandOut) {
             return;
         }
     };
+    let h = Arc::new(h);
+    let in_flight = Arc::new(InFlight::default());
     let spawned = std::thread::Builder::new()
         .name("uiommufd-handout".into())
         .spawn(move || {
-            let h = h;
             for conn in listener.incoming() {
                 match conn {
-                    Ok(c) => answer(c, &h),
+                    Ok(c) => dispatch(c, &h, &in_flight),
                     Err(e) => crate::warn_limited!(%e, "device hand-out accept failed"),
                 }
             }
         });
     if let Err(e) = spawned {
         tracing::error!(%e, "cannot start the device hand-out thread");
+    }
+}
+
+/// Requests being answered, in all and per user: each runs on a thread of its own, since one can
+/// wait on files the client sent (a stat or close of a file of the client's own FUSE mount waits
+/// for that server) or do long work (a legacy group's container filled with a whole IOAS).
+#[derive(Default)]
+struct InFlight(std::sync::Mutex<HashMap<u32, usize>>);
+
+/// Most requests answered at once, and per user.
+const MAX_IN_FLIGHT: usize = 64;
+const MAX_IN_FLIGHT_PER_USER: usize = 4;
+
+impl InFlight {
+    fn enter(&self, uid: u32) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = m.values().sum();
+        let mine = m.entry(uid).or_insert(0);
+        if total >= MAX_IN_FLIGHT || *mine >= MAX_IN_FLIGHT_PER_USER {
+            return false;
+        }
+        *mine += 1;
+        true
+    }
+
+    fn leave(&self, uid: u32) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&uid);
+            }
+        }
+    }
+}
+
+/// Starts answering one connection on a thread of its own, unless its user (or everyone) has too
+/// many requests in flight: then the connection is closed unanswered (the launcher falls back to
+/// the node file, or the join fails with EPROTO).
+fn dispatch(conn: UnixStream, h: &Arc<HandOut>, in_flight: &Arc<InFlight>) {
+    let Ok(uid) = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials)
+        .map(|c| c.uid())
+    else {
+        return;
+    };
+    if !in_flight.enter(uid) {
+        crate::warn_limited!(
+            uid,
+            "too many hand-out requests in flight; connection closed"
+        );
+        return;
+    }
+    let (h, flight) = (h.clone(), in_flight.clone());
+    let spawned = std::thread::Builder::new()
+        .name("uiommufd-handout-req".into())
+        .spawn(move || {
+            answer(conn, &h);
+            flight.leave(uid);
+        });
+    if spawned.is_err() {
+        in_flight.leave(uid);
+        crate::warn_limited!(uid, "cannot start a hand-out request thread");
     }
 }
 
@@ -124,11 +189,12 @@ fn answer(conn: UnixStream, h: &HandOut) {
     }
 }
 
-/// One message on `conn` into `buf`: the bytes read and the fds that came with it (at most two
-/// are accepted; more are closed by the kernel as truncated).
+/// One message on `conn` into `buf`: the bytes read and the fds that came with it. The control
+/// buffer has room for as many fds as one message can carry (SCM_MAX_FD), so none is installed
+/// without being owned (and closed) here.
 pub fn recv_with_fds(conn: &UnixStream, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), Errno> {
     let mut iov = [IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; SCM_MAX_FD]);
     let msg = recvmsg::<()>(
         conn.as_raw_fd(),
         &mut iov,
@@ -178,4 +244,63 @@ fn device_fd(
     let device = devices.get(name).ok_or(Errno::ENODEV)?;
     let file = super::vfio_pci::query_file_id(node)?;
     device.hand_out(file, uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Open fds of this process whose link names `name` (a memfd's name is unique to the test).
+    fn fds_named(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains(name))
+            })
+            .count()
+    }
+
+    /// A client sending more fds than a request uses (up to what one message carries) leaves
+    /// none of them open in the daemon (found by review: with room for two, the kernel installed
+    /// two of three and nix refused to hand them out, so they were never closed).
+    #[test]
+    fn extra_fds_are_closed() {
+        const NAME: &str = "uiommufd-test-handout-extra-fds";
+        for count in [3usize, 16, SCM_MAX_FD] {
+            let probe = nix::sys::memfd::memfd_create(NAME, nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+                .unwrap();
+            let (client, daemon) = UnixStream::pair().unwrap();
+            let fds = vec![probe.as_raw_fd(); count];
+            sendmsg::<()>(
+                client.as_raw_fd(),
+                &[IoSlice::new(&[REQUEST_DEVICE_FD])],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+            drop(probe);
+            let got = receive(&daemon).unwrap();
+            assert_eq!(got.1.len(), count);
+            drop(got);
+            assert_eq!(fds_named(NAME), 0, "{count} fds sent: some stayed open");
+        }
+    }
+
+    #[test]
+    fn requests_in_flight_are_capped_per_user_and_in_all() {
+        let f = InFlight::default();
+        for _ in 0..MAX_IN_FLIGHT_PER_USER {
+            assert!(f.enter(1000));
+        }
+        assert!(!f.enter(1000), "a user's cap");
+        assert!(f.enter(1001), "another user still gets in");
+        f.leave(1000);
+        assert!(f.enter(1000));
+        for uid in 2000..2000 + MAX_IN_FLIGHT as u32 {
+            let _ = f.enter(uid);
+        }
+        assert!(!f.enter(3000), "the total cap");
+    }
 }

@@ -42,6 +42,9 @@ struct Joined {
 pub struct LegacyGroups {
     resolver: Arc<dyn ContextResolver>,
     joined: Mutex<HashMap<u32, Joined>>,
+    /// (context, group) pairs with a teardown hook already in place: one each, however often the
+    /// group joins and leaves.
+    hooked: Mutex<std::collections::HashSet<(u64, u32)>>,
 }
 
 impl LegacyGroups {
@@ -49,6 +52,7 @@ impl LegacyGroups {
         Arc::new(Self {
             resolver,
             joined: Mutex::new(HashMap::new()),
+            hooked: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -61,8 +65,8 @@ impl LegacyGroups {
     ) -> Result<(), Errno> {
         let number = group_number(group.as_fd())?;
         // A file of another mount or not ours at all: what the kernel says of a container fd
-        // that is no container.
-        let hold = self.resolver.resolve(node).map_err(|_| Errno::EINVAL)?;
+        // that is neither a container nor an iommufd.
+        let hold = self.resolver.resolve(node).map_err(|_| Errno::EBADFD)?;
         let ctx = hold.context().clone();
         if self.joined.lock().unwrap().contains_key(&number) {
             return Err(Errno::EINVAL);
@@ -85,12 +89,15 @@ impl LegacyGroups {
             let _ = ctx.destroy(dev_id);
             return Err(e);
         }
-        let me = Arc::downgrade(self);
-        ctx.on_teardown(Box::new(move |ctx: &Context| {
-            if let Some(me) = me.upgrade() {
-                me.leave(number, ctx.id);
-            }
-        }));
+        if self.hooked.lock().unwrap().insert((ctx.id, number)) {
+            let me = Arc::downgrade(self);
+            ctx.on_teardown(Box::new(move |ctx: &Context| {
+                if let Some(me) = me.upgrade() {
+                    me.hooked.lock().unwrap().remove(&(ctx.id, number));
+                    me.leave(number, ctx.id);
+                }
+            }));
+        }
         self.joined.lock().unwrap().insert(
             number,
             Joined {
@@ -116,11 +123,12 @@ impl LegacyGroups {
             let joined = self.joined.lock().unwrap();
             let j = joined.get(&number).ok_or(Errno::ENOENT)?;
             let port = j.port.upgrade().ok_or(Errno::ENOENT)?;
-            if !crate::caller::same_open_file(port.group.file(), group) {
-                return Err(Errno::ENOENT);
-            }
             (j.ctx.upgrade(), port)
         };
+        // Compared (and `port` possibly dropped) with `joined` unlocked: its drop takes it.
+        if !crate::caller::same_open_file(port.group.file(), group) {
+            return Err(Errno::ENOENT);
+        }
         // The kernel decides first (EBUSY while the program has a device of the group open);
         // only then does the group leave the page table, whose mappings the kernel just dropped.
         port.group.unset_container()?;

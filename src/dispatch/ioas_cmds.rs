@@ -490,6 +490,10 @@ pub fn ioas_change_process(u: &Ucmd) -> Result<(), Errno> {
     let mut all_pages: Vec<Arc<crate::iopt::Pages>> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for area in iopts.iter().flat_map(|iopt| iopt.areas()) {
+        // A map still pinning (the kernel's area without pages yet): EBUSY.
+        if area.pending {
+            return Err(Errno::EBUSY);
+        }
         if !area.pages.source().is_file() {
             return Err(Errno::EINVAL);
         }
