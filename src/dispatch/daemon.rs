@@ -23,14 +23,15 @@ pub trait IoctlObserver: Send + Sync {
     /// A context was created for an open of `node`.
     fn open(&self, ctx: &Context, node: &NodeKind);
     /// Wraps one ioctl: must run `call` once and return its result; may look at caller memory
-    /// before and after.
+    /// before and after. `call` runs the ioctl on the memory it is given: `mem` itself, or a view
+    /// of it that watches what the ioctl reads and writes.
     fn ioctl(
         &self,
         ctx: &Context,
         cmd: u32,
         arg: u64,
         mem: &dyn CallerMemory,
-        call: &mut dyn FnMut() -> Result<i64, Errno>,
+        call: &mut dyn FnMut(&dyn CallerMemory) -> Result<i64, Errno>,
     ) -> Result<i64, Errno>;
     /// The context's file was released (before its objects are destroyed).
     fn release(&self, ctx: &Context);
@@ -361,7 +362,7 @@ impl Daemon {
         mem: &dyn CallerMemory,
     ) -> Result<i64, Errno> {
         match self.observer.get() {
-            Some(o) => o.ioctl(ctx, cmd, arg, mem, &mut || self.execute(ctx, cmd, arg, mem)),
+            Some(o) => o.ioctl(ctx, cmd, arg, mem, &mut |m| self.execute(ctx, cmd, arg, m)),
             None => self.execute(ctx, cmd, arg, mem),
         }
     }
