@@ -467,3 +467,38 @@ fn recorded_faults_replay_as_faults() {
     }
     replay_recordings(&rec.0, 1);
 }
+
+#[test]
+fn object_fds_are_marked_not_dropped() {
+    use std::os::fd::AsRawFd;
+    use uiommufd::dispatch::private_abi::*;
+    let rec = TempDir::new("rec");
+    let d = DaemonProcess::start(&["--record", rec.0.to_str().unwrap()]);
+    {
+        let f = d.open_iommu();
+        let ioas = support::ioas_alloc(&f);
+        // What `uiommufd launch` does for IOMMU_FAULT_QUEUE_ALLOC: bind a fresh open file.
+        let handle = support::open_node(&d.node("iommu"));
+        let mut bind = uiommufd_handle_bind {
+            size: std::mem::size_of::<uiommufd_handle_bind>() as u32,
+            kind: UIOMMUFD_HANDLE_FAULT_QUEUE,
+            iommufd: f.as_raw_fd(),
+            ..Default::default()
+        };
+        ioctl(&handle, UIOMMUFD_HANDLE_BIND, &mut bind).unwrap();
+        let mut destroy = iommu_destroy { size: 8, id: ioas };
+        ioctl(&f, IOMMU_DESTROY, &mut destroy).unwrap();
+    }
+    d.wait_idle();
+    // The handle's own open is no session; the iommufd's says where the object fd was made.
+    let files = recordings(&rec.0);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("# INCOMPLETE: 1 object fd(s)"), "{text}");
+    assert!(
+        text.contains("# NOT RECORDED: object 2, a fault queue (IOMMU_FAULT_QUEUE_ALLOC)"),
+        "{text}"
+    );
+    assert!(text.contains("\"ioctl\": \"IOMMU_DESTROY\""), "{text}");
+    replay_recordings(&rec.0, 1);
+}

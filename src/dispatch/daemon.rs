@@ -35,6 +35,10 @@ pub trait IoctlObserver: Send + Sync {
     ) -> Result<i64, Errno>;
     /// The context's file was released (before its objects are destroyed).
     fn release(&self, ctx: &Context);
+    /// The open file of context `file_ctx` became the fd of object `object_id` (`what`) of
+    /// context `origin` (UIOMMUFD_HANDLE_BIND, from `uiommufd launch`): the fd-returning ioctl the
+    /// program issued never reached the daemon as such.
+    fn handle_bound(&self, _file_ctx: u64, _origin: u64, _object_id: u32, _what: &str) {}
 }
 
 /// When a context goes: once its file is released *and* nothing holds it any more.
@@ -428,6 +432,10 @@ impl IommuFile {
         }
         // No longer a context: VFIO_DEVICE_BIND_IOMMUFD and friends must not find it.
         self.daemon.contexts.lock().unwrap().remove(&self.ctx.id);
+        if let (Some(o), Some(h)) = (self.daemon.observer.get(), self.handle.get()) {
+            let (origin, object_id) = h.origin();
+            o.handle_bound(self.ctx.id, origin, object_id, h.kind_name());
+        }
         Ok(0)
     }
 }

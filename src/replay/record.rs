@@ -42,6 +42,8 @@ pub struct Recorder {
 struct Session {
     node: NodeKind,
     calls: Vec<Call>,
+    /// Set when this open became an object's fd (`uiommufd launch`): nothing to replay.
+    object_fd: bool,
 }
 
 /// One pointer use: where, and how many bytes from there were readable (0: none).
@@ -68,6 +70,8 @@ struct Call {
     /// The first page of each caller access that failed, with its protection then: the replay
     /// protects it the same way for this call, so the call fails the same way.
     faults: Vec<(u64, PageProt)>,
+    /// Not an ioctl: the object (ID, kind) an fd-returning ioctl made through `uiommufd launch`.
+    object_fd: Option<(u32, String)>,
 }
 
 /// What a faulting page allowed.
@@ -201,6 +205,7 @@ impl IoctlObserver for Recorder {
                 Session {
                     node: node.clone(),
                     calls: Vec::new(),
+                    object_fd: false,
                 },
             );
         }
@@ -227,6 +232,7 @@ impl IoctlObserver for Recorder {
             file_size: None,
             data: Vec::new(),
             faults: Vec::new(),
+            object_fd: None,
         };
         let is_struct = def.is_none_or(|d| d.kind == ArgKind::Struct);
         if is_struct {
@@ -278,13 +284,45 @@ impl IoctlObserver for Recorder {
             .lock()
             .ok()
             .and_then(|mut s| s.remove(&ctx.id));
-        if let Some(s) = session {
+        if let Some(s) = session.filter(|s| !s.object_fd) {
             let path = self.path_for(ctx.id);
             if let Err(e) = std::fs::write(&path, render(ctx.id, &s)) {
                 tracing::warn!(path = %path.display(), %e, "cannot write the recorded session");
             } else {
                 tracing::info!(path = %path.display(), calls = s.calls.len(), "session recorded");
             }
+        }
+    }
+    fn handle_bound(&self, file_ctx: u64, origin: u64, object_id: u32, what: &str) {
+        let Ok(mut sessions) = self.sessions.lock() else {
+            return;
+        };
+        if let Some(s) = sessions.get_mut(&file_ctx) {
+            s.object_fd = true;
+        }
+        if let Some(s) = sessions.get_mut(&origin) {
+            s.calls.push(Call::object_fd(object_id, what));
+        }
+    }
+}
+
+impl Call {
+    /// A marker for an object made with an fd through `uiommufd launch`: the program's ioctl went
+    /// to the launcher, which had the daemon bind the object to a fresh open file.
+    fn object_fd(object_id: u32, what: &str) -> Self {
+        Call {
+            cmd: 0,
+            arg: 0,
+            before: None,
+            after: None,
+            result: Ok(0),
+            ptrs: Vec::new(),
+            ranges_in: None,
+            ranges_out: None,
+            file_size: None,
+            data: Vec::new(),
+            faults: Vec::new(),
+            object_fd: Some((object_id, what.to_string())),
         }
     }
 }
@@ -482,10 +520,17 @@ fn render(ctx: u64, s: &Session) -> String {
         NodeKind::VfioContainer => "vfio",
         _ => "iommu",
     };
+    let fds = s.calls.iter().filter(|c| c.object_fd.is_some()).count();
     let mut out = format!(
         "# Recorded by `uiommufd serve --record`: context {ctx} ({} ioctls).\n",
-        s.calls.len()
+        s.calls.len() - fds
     );
+    if fds > 0 {
+        let _ = writeln!(
+            out,
+            "# INCOMPLETE: {fds} object fd(s) from `uiommufd launch` (lines NOT RECORDED below)."
+        );
+    }
     let _ = writeln!(out, "{{\"open\": \"{node}\"}}");
     let buffers = infer_buffers(s);
     for b in &buffers {
@@ -653,6 +698,16 @@ impl Renderer {
     }
 
     fn call(&mut self, c: &Call) {
+        if let Some((id, what)) = &c.object_fd {
+            // A comment, so the script still runs: the step cannot be replayed by a script (the
+            // fd came from the launcher), and later steps naming the object may replay otherwise.
+            let _ = writeln!(
+                self.out,
+                "# NOT RECORDED: object {id}, a {what} with an fd made through `uiommufd launch`; \
+                 the fd's own steps (read, write, close) are not recorded either"
+            );
+            return;
+        }
         // Memory is written before any page is protected.
         for (addr, bytes) in &c.data {
             let at = self.ptr(
