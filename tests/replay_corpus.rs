@@ -326,3 +326,179 @@ fn malformed_scripts_are_reported_by_line_without_panicking() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("cannot read"));
 }
+
+/// Pages of the test process whose protection a session changes (unmapped on drop).
+struct Pages {
+    addr: u64,
+    len: usize,
+}
+
+impl Pages {
+    fn new(pages: usize) -> Self {
+        let len = pages * 4096;
+        // SAFETY: a fresh private anonymous mapping; only this struct names it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        Pages {
+            addr: p as u64,
+            len,
+        }
+    }
+
+    fn at(&self, off: usize) -> u64 {
+        assert!(off <= self.len);
+        self.addr + off as u64
+    }
+
+    fn write(&self, off: usize, bytes: &[u8]) {
+        assert!(off + bytes.len() <= self.len);
+        let dst = (self.addr as usize + off) as *mut u8;
+        // SAFETY: `dst..dst + len` lies inside the mapping made in new() (checked above), which no
+        // Rust reference aliases.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
+    }
+
+    fn protect(&self, page: usize, prot: libc::c_int) {
+        assert!((page + 1) * 4096 <= self.len);
+        // SAFETY: whole pages of the mapping made in new(); nothing reads them from Rust while
+        // they are protected (only the daemon, through the kernel).
+        let rc = unsafe {
+            libc::mprotect(
+                (self.addr + page as u64 * 4096) as *mut libc::c_void,
+                4096,
+                prot,
+            )
+        };
+        assert_eq!(rc, 0);
+    }
+}
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in new(), no longer used.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// A client whose calls fail on memory: structs and arrays in read-only pages, an array running
+/// into a page that is PROT_NONE only for that call, unknown ioctls with more than a size word.
+fn faulting_session(f: &std::fs::File) {
+    const RO: libc::c_int = libc::PROT_READ;
+    const RW: libc::c_int = libc::PROT_READ | libc::PROT_WRITE;
+    let ioas = support::ioas_alloc(f);
+    let p = Pages::new(4);
+    // IOAS_ALLOC's struct in a read-only page: the ID cannot be written back.
+    p.write(0, &12u32.to_ne_bytes());
+    p.protect(0, RO);
+    assert_eq!(ioctl_raw(f, IOMMU_IOAS_ALLOC, p.at(0)), Err(libc::EFAULT));
+    p.protect(0, RW);
+    // IOVA_RANGES writing into a read-only array.
+    p.protect(1, RO);
+    let mut r = iommu_ioas_iova_ranges {
+        size: 32,
+        ioas_id: ioas,
+        num_iovas: 1,
+        allowed_iovas: p.at(4096),
+        ..Default::default()
+    };
+    assert_eq!(ioctl(f, IOMMU_IOAS_IOVA_RANGES, &mut r), Err(libc::EFAULT));
+    p.protect(1, RW);
+    // ALLOW_IOVAS reading an array that runs into page 3 while it is PROT_NONE; the same pages
+    // are fine a moment later.
+    let range = |start: u64, last: u64| [start.to_ne_bytes(), last.to_ne_bytes()].concat();
+    p.write(3 * 4096 - 16, &range(0x1000_0000, 0x1fff_ffff));
+    p.write(3 * 4096, &range(0x4000_0000, 0x4fff_ffff));
+    p.protect(3, libc::PROT_NONE);
+    let mut allow = iommu_ioas_allow_iovas {
+        size: 24,
+        ioas_id: ioas,
+        num_iovas: 2,
+        reserved: 0,
+        allowed_iovas: p.at(3 * 4096 - 16),
+    };
+    assert_eq!(
+        ioctl(f, IOMMU_IOAS_ALLOW_IOVAS, &mut allow),
+        Err(libc::EFAULT)
+    );
+    p.protect(3, RW);
+    ioctl(f, IOMMU_IOAS_ALLOW_IOVAS, &mut allow).unwrap();
+    r.num_iovas = 2;
+    r.allowed_iovas = p.at(3 * 4096);
+    ioctl(f, IOMMU_IOAS_IOVA_RANGES, &mut r).unwrap();
+    // Unknown ioctls: a 16-byte struct, and one whose size word runs it into a PROT_NONE page.
+    let mut raw = [0u8; 16];
+    raw[..4].copy_from_slice(&16u32.to_ne_bytes());
+    raw[8..].copy_from_slice(&0x1122_3344_5566_7788u64.to_ne_bytes());
+    p.write(4096, &raw);
+    assert_eq!(ioctl_raw(f, 0x3b9f, p.at(4096)), Err(libc::ENOTTY));
+    p.write(3 * 4096 - 8, &64u32.to_ne_bytes());
+    p.protect(3, libc::PROT_NONE);
+    assert_eq!(ioctl_raw(f, 0x3b9f, p.at(3 * 4096 - 8)), Err(libc::ENOTTY));
+    p.protect(3, RW);
+}
+
+#[test]
+fn recorded_faults_replay_as_faults() {
+    let rec = TempDir::new("rec");
+    let d = DaemonProcess::start(&["--record", rec.0.to_str().unwrap()]);
+    {
+        let f = d.open_iommu();
+        faulting_session(&f);
+    }
+    d.wait_idle();
+    let files = recordings(&rec.0);
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    for want in [
+        "\"prot\": \"r\"}",
+        "\"prot\": \"none\"}",
+        "\"raw\": \"10000000000000008877665544332211\"",
+        "\"at\": \"&b1+0x2ff8\", \"raw\": \"4000000000000000\"",
+    ] {
+        assert!(text.contains(want), "no {want} in\n{text}");
+    }
+    replay_recordings(&rec.0, 1);
+}
+
+#[test]
+fn object_fds_are_marked_not_dropped() {
+    use std::os::fd::AsRawFd;
+    use uiommufd::dispatch::private_abi::*;
+    let rec = TempDir::new("rec");
+    let d = DaemonProcess::start(&["--record", rec.0.to_str().unwrap()]);
+    {
+        let f = d.open_iommu();
+        let ioas = support::ioas_alloc(&f);
+        // What `uiommufd launch` does for IOMMU_FAULT_QUEUE_ALLOC: bind a fresh open file.
+        let handle = support::open_node(&d.node("iommu"));
+        let mut bind = uiommufd_handle_bind {
+            size: std::mem::size_of::<uiommufd_handle_bind>() as u32,
+            kind: UIOMMUFD_HANDLE_FAULT_QUEUE,
+            iommufd: f.as_raw_fd(),
+            ..Default::default()
+        };
+        ioctl(&handle, UIOMMUFD_HANDLE_BIND, &mut bind).unwrap();
+        let mut destroy = iommu_destroy { size: 8, id: ioas };
+        ioctl(&f, IOMMU_DESTROY, &mut destroy).unwrap();
+    }
+    d.wait_idle();
+    // The handle's own open is no session; the iommufd's says where the object fd was made.
+    let files = recordings(&rec.0);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("# INCOMPLETE: 1 object fd(s)"), "{text}");
+    assert!(
+        text.contains("# NOT RECORDED: object 2, a fault queue (IOMMU_FAULT_QUEUE_ALLOC)"),
+        "{text}"
+    );
+    assert!(text.contains("\"ioctl\": \"IOMMU_DESTROY\""), "{text}");
+    replay_recordings(&rec.0, 1);
+}

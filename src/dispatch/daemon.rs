@@ -23,17 +23,22 @@ pub trait IoctlObserver: Send + Sync {
     /// A context was created for an open of `node`.
     fn open(&self, ctx: &Context, node: &NodeKind);
     /// Wraps one ioctl: must run `call` once and return its result; may look at caller memory
-    /// before and after.
+    /// before and after. `call` runs the ioctl on the memory it is given: `mem` itself, or a view
+    /// of it that watches what the ioctl reads and writes.
     fn ioctl(
         &self,
         ctx: &Context,
         cmd: u32,
         arg: u64,
         mem: &dyn CallerMemory,
-        call: &mut dyn FnMut() -> Result<i64, Errno>,
+        call: &mut dyn FnMut(&dyn CallerMemory) -> Result<i64, Errno>,
     ) -> Result<i64, Errno>;
     /// The context's file was released (before its objects are destroyed).
     fn release(&self, ctx: &Context);
+    /// The open file of context `file_ctx` became the fd of object `object_id` (`what`) of
+    /// context `origin` (UIOMMUFD_HANDLE_BIND, from `uiommufd launch`): the fd-returning ioctl the
+    /// program issued never reached the daemon as such.
+    fn handle_bound(&self, _file_ctx: u64, _origin: u64, _object_id: u32, _what: &str) {}
 }
 
 /// When a context goes: once its file is released *and* nothing holds it any more.
@@ -361,7 +366,7 @@ impl Daemon {
         mem: &dyn CallerMemory,
     ) -> Result<i64, Errno> {
         match self.observer.get() {
-            Some(o) => o.ioctl(ctx, cmd, arg, mem, &mut || self.execute(ctx, cmd, arg, mem)),
+            Some(o) => o.ioctl(ctx, cmd, arg, mem, &mut |m| self.execute(ctx, cmd, arg, m)),
             None => self.execute(ctx, cmd, arg, mem),
         }
     }
@@ -427,6 +432,10 @@ impl IommuFile {
         }
         // No longer a context: VFIO_DEVICE_BIND_IOMMUFD and friends must not find it.
         self.daemon.contexts.lock().unwrap().remove(&self.ctx.id);
+        if let (Some(o), Some(h)) = (self.daemon.observer.get(), self.handle.get()) {
+            let (origin, object_id) = h.origin();
+            o.handle_bound(self.ctx.id, origin, object_id, h.kind_name());
+        }
         Ok(0)
     }
 }

@@ -215,6 +215,21 @@ impl Handle {
     }
 
     /// The handle's last fd was closed.
+    /// The context the object lives in, and its ID there (0 for a dma-buf).
+    pub fn origin(&self) -> (u64, u32) {
+        (self.ctx.id, self.object_id)
+    }
+
+    /// What the fd stands for, in words.
+    pub fn kind_name(&self) -> &'static str {
+        match self.object {
+            HandleObject::Access(_) => "selftest access (IOMMU_TEST_OP_CREATE_ACCESS)",
+            HandleObject::Fault(_) => "fault queue (IOMMU_FAULT_QUEUE_ALLOC)",
+            HandleObject::Dmabuf(_) => "dma-buf (IOMMU_TEST_OP_DMABUF_GET)",
+            HandleObject::Veventq(_) => "vEVENT queue (IOMMU_VEVENTQ_ALLOC)",
+        }
+    }
+
     pub fn release(&self, file_id: u64) {
         // Out of the registry only once the object let go, so IOMMU_DESTROY keeps waiting till then.
         self.drop_object();

@@ -113,6 +113,11 @@ enum Req {
         cmd: u32,
         arg: u64,
     },
+    Protect {
+        addr: u64,
+        len: u64,
+        prot: BufProt,
+    },
     Exit,
 }
 
@@ -227,6 +232,29 @@ impl Client {
                     len: spec.size,
                     fd,
                 }),
+                Resp::Error(e) => Err(e),
+                _ => Err("unexpected answer from a client process".into()),
+            },
+        }
+    }
+
+    /// Sets the protection of `len` bytes at `addr`: whole pages inside one of the buffers.
+    pub fn protect(&mut self, addr: u64, len: u64, prot: BufProt) -> Result<(), String> {
+        let inside = self.buffers.values().any(|b| {
+            addr >= b.addr
+                && addr
+                    .checked_add(len)
+                    .is_some_and(|end| end <= b.addr + b.len.next_multiple_of(4096))
+        });
+        if !inside || !addr.is_multiple_of(4096) || len == 0 || !len.is_multiple_of(4096) {
+            return Err(format!(
+                "protect {addr:#x}+{len:#x}: not whole pages of one buffer"
+            ));
+        }
+        match &mut self.proc_ {
+            Proc::Local(_) => protect_pages(addr, len, prot),
+            Proc::Child(c) => match c.call(&Req::Protect { addr, len, prot })? {
+                Resp::Done => Ok(()),
                 Resp::Error(e) => Err(e),
                 _ => Err("unexpected answer from a client process".into()),
             },
@@ -373,6 +401,20 @@ fn mapped_len(size: u64) -> u64 {
     size.next_multiple_of(4096) + 4096
 }
 
+/// The mprotect flags of a buffer protection.
+fn prot_flags(prot: BufProt) -> libc::c_int {
+    match prot {
+        BufProt::ReadWrite => libc::PROT_READ | libc::PROT_WRITE,
+        BufProt::ReadOnly => libc::PROT_READ,
+        BufProt::None => libc::PROT_NONE,
+    }
+}
+
+/// Sets the protection of pages of a buffer of this process (checked by the caller).
+fn protect_pages(addr: u64, len: u64, prot: BufProt) -> Result<(), String> {
+    super::sys::protect(addr, len as usize, prot_flags(prot)).map_err(|e| format!("mprotect: {e}"))
+}
+
 /// Maps a buffer of this process, fills it and sets its protection.
 fn map_buffer(spec: &BufferSpec) -> Result<(u64, Option<OwnedFd>), String> {
     let len = spec.size as usize;
@@ -396,13 +438,9 @@ fn map_buffer(spec: &BufferSpec) -> Result<(u64, Option<OwnedFd>), String> {
             .write(addr, &bytes)
             .map_err(|e| format!("filling the buffer: {e}"))?;
     }
-    let prot = match spec.prot {
-        BufProt::ReadWrite => None,
-        BufProt::ReadOnly => Some(libc::PROT_READ),
-        BufProt::None => Some(libc::PROT_NONE),
-    };
-    if let Some(prot) = prot {
-        super::sys::protect(addr, len, prot).map_err(|e| format!("mprotect: {e}"))?;
+    if spec.prot != BufProt::ReadWrite {
+        super::sys::protect(addr, len, prot_flags(spec.prot))
+            .map_err(|e| format!("mprotect: {e}"))?;
     }
     Ok((addr, memfd))
 }
@@ -467,6 +505,10 @@ fn child_loop(from: OwnedFd, to: OwnedFd) -> ! {
                 }
                 Resp::Done
             }
+            Ok(Req::Protect { addr, len, prot }) => match protect_pages(addr, len, prot) {
+                Ok(()) => Resp::Done,
+                Err(e) => Resp::Error(e),
+            },
             Ok(Req::Ioctl { fd, cmd, arg }) => match raw_ioctl(fd, cmd, arg) {
                 Ok(r) => Resp::Ret(r),
                 Err(e) => Resp::Errno(e as i32),

@@ -141,6 +141,10 @@ impl Runner<'_, '_> {
                 let addr = self.eval(&cname, at)?;
                 self.clients[&cname].write(addr, bytes)
             }
+            Action::Protect { at, size, prot } => {
+                let addr = self.eval(&cname, at)?;
+                self.client(&cname).protect(addr, *size, *prot)
+            }
             Action::Ioctl(io) => self.ioctl(&cname, io),
         }
     }

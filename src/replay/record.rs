@@ -27,6 +27,8 @@ const PAGE: u64 = 4096;
 /// Largest struct (with trailing bytes) and pointer extent the recorder copies or follows.
 const MAX_STRUCT: usize = 64 * 1024;
 const MAX_EXTENT: u64 = 1 << 30;
+/// Most bytes kept of an unknown ioctl's argument (what a replay step can build).
+const MAX_UNKNOWN: usize = 32 * 1024;
 const MAX_RANGES: u64 = 4096;
 /// Pointers below this are never mappable (mmap_min_addr): recorded literally.
 const LOW: u64 = 0x10000;
@@ -40,6 +42,8 @@ pub struct Recorder {
 struct Session {
     node: NodeKind,
     calls: Vec<Call>,
+    /// Set when this open became an object's fd (`uiommufd launch`): nothing to replay.
+    object_fd: bool,
 }
 
 /// One pointer use: where, and how many bytes from there were readable (0: none).
@@ -63,6 +67,118 @@ struct Call {
     file_size: Option<u64>,
     /// Caller memory the daemon reads that the script must write first (partly readable arrays).
     data: Vec<(u64, Vec<u8>)>,
+    /// The first page of each caller access that failed, with its protection then: the replay
+    /// protects it the same way for this call, so the call fails the same way.
+    faults: Vec<(u64, PageProt)>,
+    /// Not an ioctl: the object (ID, kind) an fd-returning ioctl made through `uiommufd launch`.
+    object_fd: Option<(u32, String)>,
+}
+
+/// What a faulting page allowed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum PageProt {
+    /// Unmapped or PROT_NONE.
+    None,
+    ReadOnly,
+}
+
+/// Most failed accesses kept per call (an ioctl stops at its first fault; a few suffice).
+const MAX_FAULTS: usize = 8;
+
+/// Caller memory as the ioctl sees it, noting what it reads from its argument onwards and every
+/// access that failed.
+struct Watched<'m> {
+    mem: &'m dyn CallerMemory,
+    arg: u64,
+    /// End of the farthest read that started inside `[arg, arg + MAX_STRUCT)`.
+    arg_read_end: std::sync::atomic::AtomicU64,
+    failed: Mutex<Vec<(u64, u64, bool)>>,
+}
+
+impl Watched<'_> {
+    fn note(&self, addr: u64, len: usize, write: bool, ok: bool) {
+        if !write && addr.wrapping_sub(self.arg) < MAX_STRUCT as u64 {
+            let end = addr.saturating_add(len as u64);
+            self.arg_read_end
+                .fetch_max(end, std::sync::atomic::Ordering::Relaxed);
+        }
+        if !ok {
+            if let Ok(mut f) = self.failed.lock() {
+                if f.len() < MAX_FAULTS {
+                    f.push((addr, len as u64, write));
+                }
+            }
+        }
+    }
+}
+
+impl CallerMemory for Watched<'_> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let r = self.mem.read(addr, buf);
+        self.note(addr, buf.len(), false, r.is_ok());
+        r
+    }
+    fn write(&self, addr: u64, buf: &[u8]) -> Result<(), Errno> {
+        let r = self.mem.write(addr, buf);
+        self.note(addr, buf.len(), true, r.is_ok());
+        r
+    }
+    fn pid(&self) -> i32 {
+        self.mem.pid()
+    }
+    fn get_fd(&self, fd: i32) -> Result<std::os::fd::OwnedFd, Errno> {
+        self.mem.get_fd(fd)
+    }
+    fn tid(&self) -> i32 {
+        self.mem.tid()
+    }
+    fn credentials(&self) -> Result<crate::caller::Credentials, Errno> {
+        self.mem.credentials()
+    }
+    fn capable(&self, cap: u32) -> bool {
+        self.mem.capable(cap)
+    }
+}
+
+/// The protection of each mapping of process `pid`: (start, end, readable, writable).
+fn mappings(pid: i32) -> Vec<(u64, u64, bool, bool)> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let (range, rest) = l.split_once(' ')?;
+            let (a, b) = range.split_once('-')?;
+            let perms = rest.as_bytes();
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+                perms.first() == Some(&b'r'),
+                perms.get(1) == Some(&b'w'),
+            ))
+        })
+        .collect()
+}
+
+/// The first page of `[addr, addr + len)` that does not allow the access, and what it allows.
+fn faulting_page(
+    maps: &[(u64, u64, bool, bool)],
+    addr: u64,
+    len: u64,
+    write: bool,
+) -> Option<(u64, PageProt)> {
+    let last = addr.saturating_add(len.max(1) - 1) / PAGE;
+    (addr / PAGE..=last)
+        .take(MAX_STRUCT / PAGE as usize + 2)
+        .find_map(|pg| {
+            let at = pg * PAGE;
+            let m = maps.iter().find(|m| at >= m.0 && at < m.1);
+            match m {
+                None | Some((_, _, false, _)) => Some((at, PageProt::None)),
+                Some((_, _, true, false)) if write => Some((at, PageProt::ReadOnly)),
+                _ => None,
+            }
+        })
 }
 
 impl Recorder {
@@ -89,6 +205,7 @@ impl IoctlObserver for Recorder {
                 Session {
                     node: node.clone(),
                     calls: Vec::new(),
+                    object_fd: false,
                 },
             );
         }
@@ -100,7 +217,7 @@ impl IoctlObserver for Recorder {
         cmd: u32,
         arg: u64,
         mem: &dyn CallerMemory,
-        call: &mut dyn FnMut() -> Result<i64, Errno>,
+        call: &mut dyn FnMut(&dyn CallerMemory) -> Result<i64, Errno>,
     ) -> Result<i64, Errno> {
         let def = layout::by_cmd(cmd);
         let mut c = Call {
@@ -114,12 +231,35 @@ impl IoctlObserver for Recorder {
             ranges_out: None,
             file_size: None,
             data: Vec::new(),
+            faults: Vec::new(),
+            object_fd: None,
         };
         let is_struct = def.is_none_or(|d| d.kind == ArgKind::Struct);
         if is_struct {
             capture_before(&mut c, def, mem);
         }
-        c.result = call();
+        let watched = Watched {
+            mem,
+            arg,
+            arg_read_end: std::sync::atomic::AtomicU64::new(arg),
+            failed: Mutex::new(Vec::new()),
+        };
+        c.result = call(&watched);
+        let failed = watched.failed.into_inner().unwrap_or_default();
+        if !failed.is_empty() {
+            let maps = mappings(mem.pid());
+            for (addr, len, write) in failed {
+                if let Some(f) = faulting_page(&maps, addr, len, write) {
+                    if !c.faults.contains(&f) {
+                        c.faults.push(f);
+                    }
+                }
+            }
+        }
+        if def.is_none() {
+            let read = watched.arg_read_end.into_inner() - arg;
+            trim_unknown(&mut c, read);
+        }
         if let Some(b) = &c.before {
             let mut after = vec![0u8; b.len()];
             if mem.read(arg, &mut after).is_ok() {
@@ -144,13 +284,45 @@ impl IoctlObserver for Recorder {
             .lock()
             .ok()
             .and_then(|mut s| s.remove(&ctx.id));
-        if let Some(s) = session {
+        if let Some(s) = session.filter(|s| !s.object_fd) {
             let path = self.path_for(ctx.id);
             if let Err(e) = std::fs::write(&path, render(ctx.id, &s)) {
                 tracing::warn!(path = %path.display(), %e, "cannot write the recorded session");
             } else {
                 tracing::info!(path = %path.display(), calls = s.calls.len(), "session recorded");
             }
+        }
+    }
+    fn handle_bound(&self, file_ctx: u64, origin: u64, object_id: u32, what: &str) {
+        let Ok(mut sessions) = self.sessions.lock() else {
+            return;
+        };
+        if let Some(s) = sessions.get_mut(&file_ctx) {
+            s.object_fd = true;
+        }
+        if let Some(s) = sessions.get_mut(&origin) {
+            s.calls.push(Call::object_fd(object_id, what));
+        }
+    }
+}
+
+impl Call {
+    /// A marker for an object made with an fd through `uiommufd launch`: the program's ioctl went
+    /// to the launcher, which had the daemon bind the object to a fresh open file.
+    fn object_fd(object_id: u32, what: &str) -> Self {
+        Call {
+            cmd: 0,
+            arg: 0,
+            before: None,
+            after: None,
+            result: Ok(0),
+            ptrs: Vec::new(),
+            ranges_in: None,
+            ranges_out: None,
+            file_size: None,
+            data: Vec::new(),
+            faults: Vec::new(),
+            object_fd: Some((object_id, what.to_string())),
         }
     }
 }
@@ -188,6 +360,20 @@ fn probe(mem: &dyn CallerMemory, addr: u64, len: u64) -> PtrUse {
     }
 }
 
+/// How many bytes from `addr` (up to `len`, a few pages) are readable, page by page: unlike
+/// [`probe`], right even when readable memory follows the first hole.
+fn readable_prefix(mem: &dyn CallerMemory, addr: u64, len: u64) -> PtrUse {
+    let end = addr.saturating_add(len);
+    let mut at = addr;
+    while at < end && readable(mem, at) {
+        at = (at / PAGE + 1) * PAGE;
+    }
+    PtrUse {
+        addr,
+        readable: at.min(end) - addr,
+    }
+}
+
 fn read_ranges(mem: &dyn CallerMemory, ptr: u64, n: u64) -> Option<Vec<(u64, u64)>> {
     let mut raw = vec![0u8; (n.min(MAX_RANGES) as usize) * RANGE_SIZE];
     mem.read(ptr, &mut raw).ok()?;
@@ -217,7 +403,15 @@ fn capture_before(c: &mut Call, def: Option<&IoctlDef>, mem: &dyn CallerMemory) 
         return;
     }
     let Some(d) = def else {
-        c.before = Some(size.to_vec());
+        // Unknown to the table: keep what the daemon may read (trimmed after the call).
+        let p = readable_prefix(mem, c.arg, MAX_UNKNOWN as u64);
+        let mut b = vec![0u8; p.readable as usize];
+        if mem.read(c.arg, &mut b).is_ok() {
+            if p.readable < MAX_UNKNOWN as u64 {
+                c.ptrs.push(("@", p));
+            }
+            c.before = Some(b);
+        }
         return;
     };
     let user = u32::from_ne_bytes(size) as usize;
@@ -227,6 +421,7 @@ fn capture_before(c: &mut Call, def: Option<&IoctlDef>, mem: &dyn CallerMemory) 
         // The struct runs into unmapped memory: keep what is readable and where it sits.
         let p = probe(mem, c.arg, want as u64);
         c.ptrs.push(("@", p));
+        note_struct_end(c, p.readable);
         b = vec![0u8; p.readable as usize];
         if mem.read(c.arg, &mut b).is_err() {
             return;
@@ -266,6 +461,33 @@ fn capture_before(c: &mut Call, def: Option<&IoctlDef>, mem: &dyn CallerMemory) 
     c.before = Some(b);
 }
 
+/// Cuts an unknown ioctl's bytes to what its call may read: what the daemon read, or what the
+/// size word says (a kernel that knows the number reads that much), at least the size word. A
+/// struct that runs into unreadable memory keeps its place there ("at"), so it faults the same.
+fn trim_unknown(c: &mut Call, daemon_read: u64) {
+    let Some(b) = &mut c.before else { return };
+    let size_word = b
+        .get(..4)
+        .map_or(0, |w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]) as u64);
+    let want = daemon_read.max(size_word.min(MAX_UNKNOWN as u64)).max(4) as usize;
+    if want <= b.len() {
+        b.truncate(want);
+        c.ptrs.retain(|(n, _)| *n != "@");
+    } else {
+        let readable = b.len() as u64;
+        note_struct_end(c, readable);
+    }
+}
+
+/// The struct at the call's argument is readable for `readable` bytes only: the page after them
+/// must be unreadable in the replay too (a guard page, or a hole in a buffer used elsewhere).
+fn note_struct_end(c: &mut Call, readable: u64) {
+    let page = c.arg.saturating_add(readable).next_multiple_of(PAGE);
+    if !c.faults.contains(&(page, PageProt::None)) {
+        c.faults.push((page, PageProt::None));
+    }
+}
+
 fn ranges_out(
     d: &IoctlDef,
     before: &[u8],
@@ -298,10 +520,17 @@ fn render(ctx: u64, s: &Session) -> String {
         NodeKind::VfioContainer => "vfio",
         _ => "iommu",
     };
+    let fds = s.calls.iter().filter(|c| c.object_fd.is_some()).count();
     let mut out = format!(
         "# Recorded by `uiommufd serve --record`: context {ctx} ({} ioctls).\n",
-        s.calls.len()
+        s.calls.len() - fds
     );
+    if fds > 0 {
+        let _ = writeln!(
+            out,
+            "# INCOMPLETE: {fds} object fd(s) from `uiommufd launch` (lines NOT RECORDED below)."
+        );
+    }
     let _ = writeln!(out, "{{\"open\": \"{node}\"}}");
     let buffers = infer_buffers(s);
     for b in &buffers {
@@ -336,6 +565,17 @@ fn infer_buffers(s: &Session) -> Vec<Buffer> {
     let mut good: Vec<(u64, u64)> = Vec::new();
     let mut bad: Vec<u64> = Vec::new();
     for c in &s.calls {
+        for &(page, prot) in &c.faults {
+            if prot == PageProt::ReadOnly {
+                good.push((page, page + PAGE));
+            }
+        }
+        if let Some(len) = struct_write_faulted(c) {
+            good.push((
+                c.arg / PAGE * PAGE,
+                c.arg.saturating_add(len).next_multiple_of(PAGE),
+            ));
+        }
         for (_, p) in &c.ptrs {
             if p.readable > 0 {
                 let start = p.addr / PAGE * PAGE;
@@ -373,6 +613,17 @@ fn infer_buffers(s: &Session) -> Vec<Buffer> {
         prot_none: true,
     }));
     out
+}
+
+/// The length of the call's struct when the call failed writing into it (the struct sits in
+/// read-only memory): the replay must put it there too.
+fn struct_write_faulted(c: &Call) -> Option<u64> {
+    let len = c.before.as_ref()?.len() as u64;
+    let (start, end) = (c.arg / PAGE * PAGE, c.arg.saturating_add(len));
+    c.faults
+        .iter()
+        .any(|&(page, prot)| prot == PageProt::ReadOnly && page >= start && page < end)
+        .then_some(len)
 }
 
 struct Renderer {
@@ -431,31 +682,105 @@ impl Renderer {
         }
     }
 
+    /// The pages of `c`'s faults that lie inside a mapped buffer: the replay protects them for
+    /// the call (a fault outside the buffers lands in a guard page or a `prot: none` buffer).
+    fn holes(&self, c: &Call) -> Vec<(String, PageProt)> {
+        c.faults
+            .iter()
+            .filter_map(|&(page, prot)| {
+                let b = self
+                    .buffers
+                    .iter()
+                    .find(|b| !b.prot_none && (b.start..b.end).contains(&page))?;
+                Some((json(&format!("&{}+{:#x}", b.name, page - b.start)), prot))
+            })
+            .collect()
+    }
+
     fn call(&mut self, c: &Call) {
+        if let Some((id, what)) = &c.object_fd {
+            // A comment, so the script still runs: the step cannot be replayed by a script (the
+            // fd came from the launcher), and later steps naming the object may replay otherwise.
+            let _ = writeln!(
+                self.out,
+                "# NOT RECORDED: object {id}, a {what} with an fd made through `uiommufd launch`; \
+                 the fd's own steps (read, write, close) are not recorded either"
+            );
+            return;
+        }
+        // Memory is written before any page is protected.
+        for (addr, bytes) in &c.data {
+            let at = self.ptr(
+                *addr,
+                Some(&PtrUse {
+                    addr: *addr,
+                    readable: 1,
+                }),
+            );
+            let _ = writeln!(
+                self.out,
+                "{{\"write\": {at}, \"hex\": {}}}",
+                json(&to_hex(bytes))
+            );
+        }
+        if let (Some(here), Some(b)) = (self.struct_home(c), &c.before) {
+            let _ = writeln!(
+                self.out,
+                "{{\"write\": {here}, \"hex\": {}}}",
+                json(&to_hex(b))
+            );
+        }
+        let holes = self.holes(c);
+        for (at, prot) in &holes {
+            let prot = match prot {
+                PageProt::None => "none",
+                PageProt::ReadOnly => "r",
+            };
+            let _ = writeln!(
+                self.out,
+                "{{\"protect\": {at}, \"size\": {PAGE}, \"prot\": \"{prot}\"}}"
+            );
+        }
+        self.call_step(c);
+        for (at, _) in &holes {
+            let _ = writeln!(
+                self.out,
+                "{{\"protect\": {at}, \"size\": {PAGE}, \"prot\": \"rw\"}}"
+            );
+        }
+    }
+
+    /// Where a call whose struct sits in read-only memory has it (see [`struct_write_faulted`]).
+    fn struct_home(&self, c: &Call) -> Option<String> {
+        struct_write_faulted(c)?;
+        Some(self.ptr(
+            c.arg,
+            Some(&PtrUse {
+                addr: c.arg,
+                readable: 1,
+            }),
+        ))
+    }
+
+    fn call_step(&mut self, c: &Call) {
         let def = layout::by_cmd(c.cmd);
         let label = match def {
             Some(d) => json(d.name),
             None => json(&format!("{:#x}", c.cmd)),
         };
-        for (addr, bytes) in &c.data {
-            let _ = writeln!(
-                self.out,
-                "{{\"write\": {}, \"hex\": {}}}",
-                self.ptr(
-                    *addr,
-                    Some(&PtrUse {
-                        addr: *addr,
-                        readable: 1
-                    })
-                ),
-                json(&to_hex(bytes))
-            );
-        }
         let mut line = format!("{{\"ioctl\": {label}");
         let expect = match c.result {
             Ok(_) => "ok".to_string(),
             Err(e) => layout::errno_name(e),
         };
+        if let Some(here) = self.struct_home(c) {
+            let _ = writeln!(
+                self.out,
+                "{{\"ioctl\": {label}, \"arg\": {here}, \"expect\": {}}}",
+                json(&expect)
+            );
+            return;
+        }
         match (def, &c.before) {
             (Some(d), _) if d.kind == ArgKind::Value => {
                 let _ = write!(line, ", \"arg\": {}", num(c.arg));
@@ -465,6 +790,9 @@ impl Renderer {
                 let _ = write!(line, ", \"arg\": {}", self.ptr(c.arg, p));
             }
             (None, Some(b)) => {
+                if let Some((_, p)) = c.ptrs.iter().find(|(n, _)| *n == "@") {
+                    let _ = write!(line, ", \"at\": {}", self.ptr(c.arg, Some(p)));
+                }
                 let _ = write!(line, ", \"raw\": {}", json(&to_hex(b)));
             }
             (Some(d), Some(b)) => {

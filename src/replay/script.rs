@@ -135,6 +135,12 @@ pub enum Action {
         at: Expr,
         bytes: Vec<u8>,
     },
+    /// Changes the protection of whole pages of one buffer.
+    Protect {
+        at: Expr,
+        size: u64,
+        prot: BufProt,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -175,7 +181,7 @@ type R<T> = Result<T, String>;
 
 fn parse_step(obj: &Map<String, Value>) -> R<Step> {
     let kinds = [
-        "open", "close", "buffer", "free", "ioctl", "fork", "exit", "set", "write",
+        "open", "close", "buffer", "free", "ioctl", "fork", "exit", "set", "write", "protect",
     ];
     let present: Vec<&str> = kinds
         .iter()
@@ -200,6 +206,7 @@ fn parse_step(obj: &Map<String, Value>) -> R<Step> {
         "buffer" => &["buffer", "size", "memfd", "fill", "prot"],
         "set" => &["set"],
         "write" => &["write", "hex"],
+        "protect" => &["protect", "size", "prot"],
         _ => &[
             "ioctl", "fd", "args", "trailing", "raw", "arg", "at", "expect", "ret", "out", "save",
         ],
@@ -234,6 +241,17 @@ fn parse_step(obj: &Map<String, Value>) -> R<Step> {
         "write" => Action::Write {
             at: expr_of(&obj["write"]).map_err(|e| format!("write: {e}"))?,
             bytes: from_hex(&req_str(obj, "hex")?).map_err(|e| format!("hex: {e}"))?,
+        },
+        "protect" => Action::Protect {
+            at: expr_of(&obj["protect"]).map_err(|e| format!("protect: {e}"))?,
+            size: match obj.get("size") {
+                Some(v) => const_of(v).map_err(|e| format!("protect size: {e}"))?,
+                None => return Err("protect: missing \"size\"".into()),
+            },
+            prot: match obj.get("prot") {
+                Some(v) => prot_of(v)?,
+                None => return Err("protect: missing \"prot\"".into()),
+            },
         },
         "set" => {
             let Some(Value::Object(m)) = obj.get("set") else {
@@ -289,11 +307,9 @@ fn parse_buffer(obj: &Map<String, Value>) -> R<BufferSpec> {
             _ => return Err("\"fill\" must be a byte value, \"seq\" or \"zero\"".into()),
         },
     };
-    let prot = match obj.get("prot").map(|v| v.as_str()) {
-        None | Some(Some("rw")) => BufProt::ReadWrite,
-        Some(Some("r")) => BufProt::ReadOnly,
-        Some(Some("none")) => BufProt::None,
-        _ => return Err("\"prot\" must be \"rw\", \"r\" or \"none\"".into()),
+    let prot = match obj.get("prot") {
+        None => BufProt::ReadWrite,
+        Some(v) => prot_of(v)?,
     };
     Ok(BufferSpec {
         name,
@@ -302,6 +318,15 @@ fn parse_buffer(obj: &Map<String, Value>) -> R<BufferSpec> {
         fill,
         prot,
     })
+}
+
+fn prot_of(v: &Value) -> R<BufProt> {
+    match v.as_str() {
+        Some("rw") => Ok(BufProt::ReadWrite),
+        Some("r") => Ok(BufProt::ReadOnly),
+        Some("none") => Ok(BufProt::None),
+        _ => Err("\"prot\" must be \"rw\", \"r\" or \"none\"".into()),
+    }
 }
 
 fn parse_ioctl(obj: &Map<String, Value>) -> R<IoctlStep> {

@@ -78,7 +78,7 @@ pub fn unmap(addr: u64, len: u64) {
     unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) };
 }
 
-/// Sets the protection of the first `len` bytes of a mapping made by [`map_guarded`].
+/// Sets the protection of `len` bytes (whole pages) inside a mapping made by [`map_guarded`].
 pub fn protect(addr: u64, len: usize, prot: libc::c_int) -> Result<(), Errno> {
     // SAFETY: changes the protection of a mapping of this process that nothing in Rust
     // references (the replay client reaches it only through system calls).
