@@ -67,7 +67,11 @@ impl FakeMemory {
     }
 
     /// Where `[addr, addr + len)` lies in the bytes, or EFAULT if any of it is outside or in a hole.
+    /// Nothing at all is reachable anywhere, as with process_vm and copy_to_user.
     fn reachable(&self, addr: u64, len: usize) -> Result<usize, Errno> {
+        if len == 0 {
+            return Ok(0);
+        }
         let at = self.offset(addr, len).ok_or(Errno::EFAULT)?;
         let end = addr + len as u64;
         if self.holes.iter().any(|h| h.start < end && addr < h.end) {
@@ -85,6 +89,9 @@ impl CallerMemory for FakeMemory {
     }
 
     fn write(&self, addr: u64, buf: &[u8]) -> Result<(), Errno> {
+        if buf.is_empty() {
+            return Ok(());
+        }
         let at = self.reachable(addr, buf.len())?;
         self.bytes.lock().unwrap()[at..at + buf.len()].copy_from_slice(buf);
         self.writes.lock().unwrap().push((addr, buf.len()));
@@ -131,5 +138,8 @@ mod tests {
         assert_eq!(m.write(0x1006, &[9, 9]), Ok(()));
         assert_eq!(m.get(0x1006, 2), [9, 9]);
         assert_eq!(m.writes(), [(0x1006, 2)]);
+        assert_eq!(m.read(0x9000, &mut []), Ok(()), "an empty read anywhere");
+        assert_eq!(m.write(0x9000, &[]), Ok(()), "an empty write anywhere");
+        assert_eq!(m.writes(), [(0x1006, 2)], "empty writes write nothing");
     }
 }

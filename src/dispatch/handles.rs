@@ -127,6 +127,25 @@ pub fn bind(
     arg: u64,
     mem: &dyn CallerMemory,
 ) -> Result<Handle, Errno> {
+    let context_of_fd = |fd: i32| {
+        let iommufd = mem.get_fd(fd).map_err(|_| Errno::EBADF)?;
+        let hold = daemon.context_of_file(iommufd.as_fd());
+        crate::caller::context_query::close_dup(iommufd);
+        hold
+    };
+    bind_with(daemon, file_id, arg, mem, &context_of_fd)
+}
+
+/// [`bind`] with the caller's iommufd fd resolved to a context by `context_of_fd` (EBADF for an
+/// fd that is not open, EBADFD for a file that is no context of this daemon): the seam unit
+/// tests use, since only a served node answers the real query.
+pub(crate) fn bind_with(
+    daemon: &Daemon,
+    file_id: u64,
+    arg: u64,
+    mem: &dyn CallerMemory,
+    context_of_fd: &dyn Fn(i32) -> Result<ContextHold, Errno>,
+) -> Result<Handle, Errno> {
     let mut req: uiommufd_handle_bind = read_struct(mem, arg)?;
     if req.size as usize != std::mem::size_of::<uiommufd_handle_bind>() {
         return Err(Errno::EINVAL);
@@ -139,10 +158,7 @@ pub fn bind(
         // As IOMMU_TEST_CMD itself on a production kernel.
         return Err(Errno::ENOTTY);
     }
-    let iommufd = mem.get_fd(req.iommufd).map_err(|_| Errno::EBADF)?;
-    let hold = daemon.context_of_file(iommufd.as_fd());
-    crate::caller::context_query::close_dup(iommufd);
-    let hold = hold?;
+    let hold = context_of_fd(req.iommufd)?;
     let ctx = hold.context().clone();
     let (object_id, object) = match req.kind {
         UIOMMUFD_HANDLE_TEST_ACCESS => {

@@ -15,6 +15,8 @@ pub mod private_abi;
 pub mod selftest;
 mod status;
 pub mod table;
+#[cfg(test)]
+mod tests;
 pub mod ucmd;
 pub mod viommu_cmds;
 pub mod with_devices;
