@@ -7,7 +7,11 @@
 # guest. uiommufd is only the replay client in the first run. In the test variant the same guest
 # then runs the kernel's own iommufd selftest (the binary scripts/kselftest.sh built) against the
 # kernel's /dev/iommu, and its result is compared instance by instance with uiommufd's result from
-# scripts/kselftest.sh's run (its output.tap).
+# scripts/kselftest.sh's run (its output.tap). Also in the test variant, the daemon of the uiommufd
+# run records its sessions (serve --record), and the recordings are replayed on the kernel's nodes
+# and on a fresh daemon: their failures and the original scripts' kernel traces against the
+# recordings' (ioctl by ioctl) must be the lines of tests/refkernel-recorded-expected.txt, their
+# kernel-vs-uiommufd traces those of tests/refkernel-trace-expected.txt (mode recorded).
 #
 # Every step that fails on the real kernel is a divergence between the corpus (our expectations)
 # and the kernel. The gate, per variant: the FAIL lines ("file:line: step N: IOCTL: expected X, got
