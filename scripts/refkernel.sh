@@ -522,6 +522,7 @@ EOF
   grep -q '^# Replay steps' "$EXPECTED" || die "self-test: header missing"
   ks_self_test "$d"
   trace_self_test "$d"
+  recorded_self_test "$d"
   echo "self-test ok"
 }
 
@@ -564,6 +565,45 @@ test corpus a.jsonl 5 IOMMU_DESTROY step kernel=ran uiommufd=absent"
   ! grep -q 'out_ioas_id' "$TRACE_EXPECTED" || die "self-test: trace update kept a gone line"
   grep -v 'UREPLAY: TRACE' "$d/tr.log" > "$d/notrace.log"
   if trace_judge "$d/notrace.log" corpus > "$d/out"; then die "self-test: trace: a log without uiommufd's trace passed"; fi
+}
+
+# recorded_self_test DIR: the recorded-session comparison on a sample log (called by self_test).
+recorded_self_test() {
+  local d=$1 s=$1/rs
+  RECORDED_EXPECTED=$d/rec-expected; TRACE_EXPECTED=$d/rec-trace-expected
+  mkdir -p "$s"
+  printf '{"open": "iommu"}\n{"buffer": "b", "size": 4096}\n{"ioctl": "IOMMU_IOAS_ALLOC"}\n' > "$s/a.jsonl"
+  printf '# c\n{"open": "iommu"}\n{"open": "iommu", "as": "two"}\n{"ioctl": "IOMMU_IOAS_ALLOC", "fd": "two"}\n{"ioctl": "IOMMU_DESTROY", "args": {"id": 1}}\n' > "$s/b.jsonl"
+  cat > "$d/rec.log" <<'EOS'
+KREPLAY: TRACE /replay/a.jsonl 3 IOMMU_IOAS_ALLOC result=0 arg=&b+0x0 out_ioas_id=0x1
+KREPLAY: TRACE /replay/b.jsonl 3 IOMMU_IOAS_ALLOC result=0 out_ioas_id=0x1
+KREPLAY: TRACE /replay/b.jsonl 4 IOMMU_DESTROY result=ENOENT id=0x1
+RECORDING: uiommufd-9-ctx10.jsonl: {"open": "iommu"}
+RECORDING: uiommufd-9-ctx2.jsonl: {"open": "iommu"}
+RECORDING: uiommufd-9-ctx3.jsonl: {"open": "iommu"}
+RKREPLAY: TRACE /rec/uiommufd-9-ctx2.jsonl 2 IOMMU_IOAS_ALLOC result=0 out_ioas_id=0x1
+RKREPLAY: TRACE /rec/uiommufd-9-ctx3.jsonl 2 IOMMU_DESTROY result=ENOENT id=0x1
+RKREPLAY: TRACE /rec/uiommufd-9-ctx10.jsonl 2 IOMMU_IOAS_ALLOC result=0 out_ioas_id=0x1
+RKREPLAY: 3 passed, 0 failed
+RUREPLAY: TRACE /rec/uiommufd-9-ctx2.jsonl 2 IOMMU_IOAS_ALLOC result=0 out_ioas_id=0x1
+RUREPLAY: TRACE /rec/uiommufd-9-ctx3.jsonl 2 IOMMU_DESTROY result=ENOENT id=0x1
+RUREPLAY: TRACE /rec/uiommufd-9-ctx10.jsonl 2 IOMMU_IOAS_ALLOC result=0 out_ioas_id=0x1
+RUREPLAY: 3 passed, 0 failed
+EOS
+  : > "$RECORDED_EXPECTED"; : > "$TRACE_EXPECTED"
+  recorded_judge "$d/rec.log" "$s" > "$d/out" || die "self-test: recorded: a faithful recording failed: $(cat "$d/out")"
+  grep -q '^uiommufd-9-ctx10.jsonl b.jsonl#two$' "$OUT/recording-names.txt" || die "self-test: recorded names: $(cat "$OUT/recording-names.txt")"
+  grep -q '3 ioctl steps compared; 0 item' "$d/out" || die "self-test: recorded: $(cat "$d/out")"
+  sed 's/^\(RKREPLAY: TRACE .*ctx10.jsonl 2 IOMMU_IOAS_ALLOC result=\)0 out_ioas_id=0x1/\1EINVAL out_ioas_id=0x0/; s/^RKREPLAY: 3 passed, 0 failed/RKREPLAY: FAIL \/rec\/uiommufd-9-ctx10.jsonl:2: step 2: x\nRKREPLAY: 2 passed, 1 failed/' "$d/rec.log" > "$d/rec-bad.log"
+  if recorded_judge "$d/rec-bad.log" "$s" > "$d/out"; then die "self-test: recorded: an unfaithful recording passed"; fi
+  grep -q '^  test fail kernel: b.jsonl#two:2: step 2: x$' "$d/out" || die "self-test: recorded fail line: $(cat "$d/out")"
+  grep -q '^  test original b.jsonl#two 1 IOMMU_IOAS_ALLOC result original=0 recorded=EINVAL$' "$d/out" || die "self-test: recorded original: $(cat "$d/out")"
+  grep -q '^  test recorded b.jsonl#two 2 IOMMU_IOAS_ALLOC result kernel=EINVAL uiommufd=0$' "$d/out" || die "self-test: recorded trace: $(cat "$d/out")"
+  grep -v 'ctx3' "$d/rec.log" > "$d/rec-short.log"
+  if recorded_judge "$d/rec-short.log" "$s" > "$d/out"; then die "self-test: recorded: a missing recording passed"; fi
+  printf 'test original a.jsonl 1 IOMMU_IOAS_ALLOC result original=0 recorded=EBUSY  # why\n' > "$RECORDED_EXPECTED"
+  if recorded_judge "$d/rec.log" "$s" > "$d/out"; then die "self-test: recorded: a listed difference that went away passed"; fi
+  grep -q GONE "$d/out" || die "self-test: recorded GONE: $(cat "$d/out")"
 }
 
 # ks_self_test DIR: the selftest comparison on sample TAP streams (called by self_test; OUT=DIR).
