@@ -7,7 +7,11 @@
 # guest. uiommufd is only the replay client in the first run. In the test variant the same guest
 # then runs the kernel's own iommufd selftest (the binary scripts/kselftest.sh built) against the
 # kernel's /dev/iommu, and its result is compared instance by instance with uiommufd's result from
-# scripts/kselftest.sh's run (its output.tap).
+# scripts/kselftest.sh's run (its output.tap). Also in the test variant, the daemon of the uiommufd
+# run records its sessions (serve --record), and the recordings are replayed on the kernel's nodes
+# and on a fresh daemon: their failures and the original scripts' kernel traces against the
+# recordings' (ioctl by ioctl) must be the lines of tests/refkernel-recorded-expected.txt, their
+# kernel-vs-uiommufd traces those of tests/refkernel-trace-expected.txt (mode recorded).
 #
 # Every step that fails on the real kernel is a divergence between the corpus (our expectations)
 # and the kernel. The gate, per variant: the FAIL lines ("file:line: step N: IOCTL: expected X, got
@@ -190,9 +194,17 @@ EOF
 }
 
 # trace_lines PREFIX LOG: the TRACE lines of one run, "SCRIPT STEP IOCTL TOKEN..." (script without
-# its directory).
+# its directory; a recording under the name of what it recorded, from $OUT/recording-names.txt).
 trace_lines() {
-  { sed -n "s/^$1: TRACE //p" "$2" || true; } | sed 's|^[^ ]*/||'
+  { sed -n "s/^$1: TRACE //p" "$2" || true; } | sed 's|^[^ ]*/||' | rename_recordings
+}
+
+# rename_recordings: "uiommufd-PID-ctxN.jsonl" at the start of each line becomes the label of what it
+# recorded (recorded_names); other lines pass unchanged.
+rename_recordings() {
+  awk -v map="$OUT/recording-names.txt" '
+    BEGIN { while ((getline l < map) > 0) { split(l, f, " "); name[f[1]] = f[2] } }
+    { n = $1; sub(/:.*$/, "", n); if (n in name) $0 = name[n] substr($0, length(n) + 1); print }'
 }
 
 # trace_diff KERNEL UIOMMUFD: one line per differing item, "SCRIPT STEP IOCTL ITEM kernel=X
@@ -230,12 +242,14 @@ trace_diff() {
     }' "$1" "$2"
 }
 
-# trace_judge LOG MODE: compares the kernel's and uiommufd's traces step by step; the differences,
-# as "VARIANT MODE ...", must be the lines of $TRACE_EXPECTED for this variant and mode.
+# trace_judge LOG MODE [KPREFIX UPREFIX]: compares the kernel's and uiommufd's traces (log lines
+# KPREFIX/UPREFIX, default KREPLAY/UREPLAY) step by step; the differences, as "VARIANT MODE ...",
+# must be the lines of $TRACE_EXPECTED for this variant and mode.
 trace_judge() {
-  local log=$1 tmode=$2 k=$OUT/trace-kernel.txt u=$OUT/trace-uiommufd.txt got=$OUT/trace-differences.txt
-  local exp=$OUT/trace-expected.txt steps rc=0
-  trace_lines KREPLAY "$log" > "$k"; trace_lines UREPLAY "$log" > "$u"
+  local log=$1 tmode=$2 kp=${3:-KREPLAY} up=${4:-UREPLAY}
+  local k=$OUT/trace-$tmode-kernel.txt u=$OUT/trace-$tmode-uiommufd.txt got=$OUT/trace-$tmode-differences.txt
+  local exp=$OUT/trace-$tmode-expected.txt steps rc=0
+  trace_lines "$kp" "$log" > "$k"; trace_lines "$up" "$log" > "$u"
   if [ ! -s "$k" ] || [ ! -s "$u" ]; then
     echo "[$VARIANT] FAIL: no TRACE lines from $([ -s "$k" ] && echo uiommufd || echo the kernel) in $log"
     return 1
@@ -261,6 +275,139 @@ trace_judge() {
   report_changes "trace difference(s)" "$TRACE_EXPECTED" "$(comm -13 "$exp" "$got")" "$(comm -23 "$exp" "$got")" || rc=1
   [ $rc = 0 ] && echo "[$VARIANT] PASS: traces ($tmode): the $(wc -l < "$exp") listed difference(s), no others"
   return $rc
+}
+
+# ---- recorded sessions: the uiommufd run recorded (serve --record), replayed on the kernel ----
+RECORDED_EXPECTED=$ROOT/tests/refkernel-recorded-expected.txt
+
+recorded_expected_header() {
+  cat <<'EOS'
+# Recorded sessions in scripts/refkernel.sh (docs/refkernel.md, "Recorded sessions"): the corpus run
+# against uiommufd in the guest is recorded (`serve --record`), and each recording is replayed on the
+# kernel's /dev/iommu and on a fresh daemon. A recording is named after what it recorded: SCRIPT, or
+# SCRIPT#FD for a script's other opens. Lines, per variant:
+#   VARIANT fail kernel|uiommufd: RECORDING:LINE: step N: ...   a recording's step that failed
+#   VARIANT original RECORDING K IOCTL ITEM original=X recorded=Y
+#       the K-th ioctl of that open differs between the original script and its recording, both on
+#       the kernel (addresses and memfds compared as "&ptr" / "#fd": buffers differ by name)
+# The recordings' own kernel-vs-uiommufd traces are gated in tests/refkernel-trace-expected.txt
+# (mode "recorded"). Each line ends with its reason after "  # ". The script fails when the set
+# differs: new lines, or listed ones that went away (--update-expected rewrites the variant's lines).
+EOS
+}
+
+# recorded_names: which recording holds which open. The daemon numbers contexts in the order they
+# open and the replay client runs the scripts one after the other in sorted order, so the N-th
+# recording (by context number) is the N-th open of the corpus. Writes $OUT/recording-names.txt
+# ("uiommufd-PID-ctxN.jsonl LABEL") and $OUT/original-steps.txt ("SCRIPT STEP LABEL" per ioctl
+# step); fails when the counts differ (a script stopped before one of its opens).
+recorded_names() {
+  local log=$1 scripts=$2 recs
+  awk '
+    FNR == 1 { script = FILENAME; sub(/.*\//, "", script); n = 0; delete cur }
+    { t = $0; sub(/^[ \t]+/, "", t); sub(/[ \t]+$/, "", t)
+      if (t == "" || t ~ /^#/ || t ~ /^\/\//) next
+      n++
+      if (t ~ /"open"[ \t]*:/) {
+        fd = "fd"
+        if (match(t, /"as"[ \t]*:[ \t]*"[^"]*"/)) { fd = substr(t, RSTART, RLENGTH); sub(/^"as"[ \t]*:[ \t]*"/, "", fd); sub(/"$/, "", fd) }
+        cur[fd] = (fd == "fd") ? script : script "#" fd
+        print "OPEN " cur[fd]
+      } else if (t ~ /"ioctl"[ \t]*:/) {
+        fd = "fd"
+        if (match(t, /"fd"[ \t]*:[ \t]*"[^"]*"/)) { fd = substr(t, RSTART, RLENGTH); sub(/^"fd"[ \t]*:[ \t]*"/, "", fd); sub(/"$/, "", fd) }
+        # An "fd" naming no open is an argument (a memfd, "#buffer"): the step uses the default fd.
+        if (!(fd in cur)) fd = "fd"
+        print "STEP " script " " n " " cur[fd]
+      }
+    }' "$scripts"/*.jsonl > "$OUT/original-opens.txt"
+  sed -n 's/^STEP //p' "$OUT/original-opens.txt" > "$OUT/original-steps.txt"
+  recs=$({ sed -n 's/^RECORDING: \(uiommufd-[0-9]*-ctx[0-9]*\.jsonl\): .*$/\1/p' "$log" || true; } | uniq \
+    | sed 's/^\(.*ctx\)\([0-9]*\)\(\.jsonl\)$/\2 \1\2\3/' | sort -n | cut -d' ' -f2)
+  paste -d' ' <(printf '%s\n' "$recs") <(sed -n 's/^OPEN //p' "$OUT/original-opens.txt") > "$OUT/recording-names.txt"
+  local nr no
+  nr=$(grep -c . <<<"$recs" || true); no=$(grep -c '^OPEN ' "$OUT/original-opens.txt" || true)
+  echo "[$VARIANT] recordings: $nr, opens in the corpus: $no"
+  if [ "$nr" != "$no" ]; then
+    echo "[$VARIANT] FAIL: $nr recordings for $no opens (a session went unrecorded, or a script stopped early)"
+    return 1
+  fi
+  # Kept for inspection under the names of what they recorded.
+  rm -rf "$OUT/recorded"; mkdir -p "$OUT/recorded"
+  { sed -n 's/^RECORDING: //p' "$log" || true; } | rename_recordings \
+    | awk -v d="$OUT/recorded" '{ i = index($0, ": "); f = substr($0, 1, i - 1); print substr($0, i + 2) > (d "/" f) }'
+}
+
+# ptr_normalized: each trace line keyed "LABEL K IOCTL" by its ioctl's index within the open, with
+# what legitimately differs between a script and its recording reduced or left out:
+# * addresses ("&buffer+0x…": the buffers have other names and offsets) and memfds ("#buffer")
+#   become "&ptr" and "#fd"; so does a literal user address (0x7f…: a pointer the call never
+#   dereferenced is recorded as its value, outside any buffer);
+# * "arg" when it is a pointer or 0 (a struct the script passes by "&buffer" is recorded as raw
+#   bytes; an integer op the script gives no arg is recorded with "arg": 0);
+# * "*user_va" and "*vaddr", the contents of memory being mapped: the recorder keeps what the call
+#   reads of the caller's memory, which for a map is the range, not the bytes in it.
+ptr_normalized() {
+  awk '{ c[$1]++; $2 = c[$1]; line = $1 " " $2 " " $3
+    for (i = 4; i <= NF; i++) {
+      if ($i ~ /^arg=(&|0x0$)/ || $i ~ /^\*(user_va|vaddr)=/) continue
+      t = $i; sub(/=&[^ ]*/, "=\\&ptr", t); sub(/=#[^ ]*/, "=#fd", t); sub(/=0x7f[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]$/, "=\\&ptr", t)
+      line = line " " t
+    }
+    print line }'
+}
+
+# recorded_judge LOG: the recordings replayed on the kernel and on a fresh daemon (failures, and the
+# original scripts' kernel traces against the recordings' kernel traces, ioctl by ioctl) against
+# $RECORDED_EXPECTED; the recordings' kernel-vs-uiommufd traces through trace_judge (mode recorded).
+recorded_judge() {
+  local log=$1 scripts=${2:-$OUT/root/replay} rc=0 ksum usum got=$OUT/recorded-differences.txt
+  local exp=$OUT/recorded-expected.txt orig=$OUT/recorded-original.txt rec=$OUT/recorded-recording.txt steps
+  recorded_names "$log" "$scripts" || return 1
+  ksum=$(sed -n 's/^RKREPLAY: \([0-9]* passed, [0-9]* failed\)$/\1/p' "$log" | tail -n1)
+  usum=$(sed -n 's/^RUREPLAY: \([0-9]* passed, [0-9]* failed\)$/\1/p' "$log" | tail -n1)
+  echo "[$VARIANT] recordings on the kernel /dev/iommu : ${ksum:-no summary}"
+  echo "[$VARIANT] recordings on a fresh uiommufd     : ${usum:-no summary}"
+  [ -n "$ksum" ] && [ -n "$usum" ] || { echo "[$VARIANT] FAIL: a recorded replay's summary is missing from $log"; return 1; }
+  # The original's kernel trace, each ioctl step under the open it used, against the recording's.
+  trace_lines KREPLAY "$log" | awk -v steps="$OUT/original-steps.txt" '
+    BEGIN { while ((getline l < steps) > 0) { split(l, f, " "); open_of[f[1] " " f[2]] = f[3] } }
+    { k = $1 " " $2; if (k in open_of) $1 = open_of[k]; print }' | ptr_normalized > "$orig"
+  trace_lines RKREPLAY "$log" | ptr_normalized > "$rec"
+  {
+    { sed -n 's/^RKREPLAY: FAIL \(.*\)$/kernel: \1/p; s/^RUREPLAY: FAIL \(.*\)$/uiommufd: \1/p' "$log" || true; } \
+      | sed 's|^\([a-z]*: \)[^:]*/|\1|' | rename_recordings_after_side | sed "s/^/$VARIANT fail /"
+    trace_diff "$orig" "$rec" 2>"$OUT/recorded-steps.txt" \
+      | sed -E "s/^/$VARIANT original /; s/ kernel=([^ ]*) uiommufd=/ original=\\1 recorded=/"
+  } | sort -u > "$got"
+  steps=$(cat "$OUT/recorded-steps.txt")
+  echo "[$VARIANT] original vs recorded, both on the kernel: $steps ioctl steps compared; $(grep -c ' original ' "$got" || true) item(s) differ"
+  echo "[$VARIANT] recorded differences: $(wc -l < "$got")"
+  sed 's/^/  /' "$got" | cut -c1-400
+  { grep -h "^$VARIANT " "$RECORDED_EXPECTED" 2>/dev/null || true; } \
+    | sed -E 's/[[:space:]]+#[[:space:]].*$//; s/[[:space:]]*$//' | sort -u > "$exp"
+  if [ "$update" = 1 ]; then
+    # Keep the other variants' lines, and the reason of every line that stays.
+    { recorded_expected_header; echo
+      { { grep -v -e '^#' -e '^$' "$RECORDED_EXPECTED" 2>/dev/null || true; } | { grep -v "^$VARIANT " || true; }
+        awk 'FILENAME == ARGV[1] { l = $0; sub(/[[:space:]]+#[[:space:]].*$/, "", l); if (l != $0) why[l] = substr($0, length(l) + 1); next }
+             { print $0 (($0 in why) ? why[$0] : "  # TODO: why") }' <(grep -v '^#' "$RECORDED_EXPECTED" 2>/dev/null || true) "$got"
+      } | sort; } > "$RECORDED_EXPECTED.new"
+    mv "$RECORDED_EXPECTED.new" "$RECORDED_EXPECTED"
+    echo "rewrote ${RECORDED_EXPECTED#"$ROOT"/} ($VARIANT)"; cp "$got" "$exp"
+  fi
+  report_changes "recorded difference(s)" "$RECORDED_EXPECTED" "$(comm -13 "$exp" "$got")" "$(comm -23 "$exp" "$got")" || rc=1
+  [ $rc = 0 ] && echo "[$VARIANT] PASS: recorded sessions: the $(wc -l < "$exp") listed difference(s), no others"
+  trace_judge "$log" recorded RKREPLAY RUREPLAY || rc=1
+  return $rc
+}
+
+# rename_recordings_after_side: rename_recordings for "SIDE: NAME:LINE: ..." lines.
+rename_recordings_after_side() {
+  awk -v map="$OUT/recording-names.txt" '
+    BEGIN { while ((getline l < map) > 0) { split(l, f, " "); name[f[1]] = f[2] } }
+    { i = index($0, ": "); side = substr($0, 1, i + 1); rest = substr($0, i + 2)
+      n = rest; sub(/:.*$/, "", n); if (n in name) rest = name[n] substr(rest, length(n) + 1); print side rest }'
 }
 
 # ---- the kernel's own selftest: the kernel vs uiommufd, instance by instance ----
@@ -375,6 +522,7 @@ EOF
   grep -q '^# Replay steps' "$EXPECTED" || die "self-test: header missing"
   ks_self_test "$d"
   trace_self_test "$d"
+  recorded_self_test "$d"
   echo "self-test ok"
 }
 
@@ -397,7 +545,7 @@ test corpus a.jsonl 5 IOMMU_DESTROY step kernel=ran uiommufd=absent"
   { echo "# c"; sed 's/$/  # why/' <<<"$want"; echo "prod corpus b.jsonl 1 X result kernel=0 uiommufd=EINVAL  # other variant"; } > "$TRACE_EXPECTED"
   trace_judge "$d/tr.log" corpus > "$d/out" || die "self-test: trace: listed differences judged a failure: $(cat "$d/out")"
   grep -q '2 ioctl steps on both sides' "$d/out" || die "self-test: trace: step count: $(cat "$d/out")"
-  [ "$(cat "$OUT/trace-differences.txt")" = "$want" ] || die "self-test: trace differences: $(cat "$OUT/trace-differences.txt")"
+  [ "$(cat "$OUT/trace-corpus-differences.txt")" = "$want" ] || die "self-test: trace differences: $(cat "$OUT/trace-corpus-differences.txt")"
   grep -v 'num_iovas' "$TRACE_EXPECTED" > "$d/te" && mv "$d/te" "$TRACE_EXPECTED"
   if trace_judge "$d/tr.log" corpus > "$d/out"; then die "self-test: trace: an unlisted difference passed"; fi
   grep -q '^  test corpus a.jsonl 4 IOMMU_IOAS_IOVA_RANGES num_iovas kernel=0x1 uiommufd=0x2$' "$d/out" \
@@ -417,6 +565,45 @@ test corpus a.jsonl 5 IOMMU_DESTROY step kernel=ran uiommufd=absent"
   ! grep -q 'out_ioas_id' "$TRACE_EXPECTED" || die "self-test: trace update kept a gone line"
   grep -v 'UREPLAY: TRACE' "$d/tr.log" > "$d/notrace.log"
   if trace_judge "$d/notrace.log" corpus > "$d/out"; then die "self-test: trace: a log without uiommufd's trace passed"; fi
+}
+
+# recorded_self_test DIR: the recorded-session comparison on a sample log (called by self_test).
+recorded_self_test() {
+  local d=$1 s=$1/rs
+  RECORDED_EXPECTED=$d/rec-expected; TRACE_EXPECTED=$d/rec-trace-expected
+  mkdir -p "$s"
+  printf '{"open": "iommu"}\n{"buffer": "b", "size": 4096}\n{"ioctl": "IOMMU_IOAS_ALLOC"}\n' > "$s/a.jsonl"
+  printf '# c\n{"open": "iommu"}\n{"open": "iommu", "as": "two"}\n{"ioctl": "IOMMU_IOAS_ALLOC", "fd": "two"}\n{"ioctl": "IOMMU_DESTROY", "args": {"id": 1}}\n' > "$s/b.jsonl"
+  cat > "$d/rec.log" <<'EOS'
+KREPLAY: TRACE /replay/a.jsonl 3 IOMMU_IOAS_ALLOC result=0 arg=&b+0x0 out_ioas_id=0x1
+KREPLAY: TRACE /replay/b.jsonl 3 IOMMU_IOAS_ALLOC result=0 out_ioas_id=0x1
+KREPLAY: TRACE /replay/b.jsonl 4 IOMMU_DESTROY result=ENOENT id=0x1
+RECORDING: uiommufd-9-ctx10.jsonl: {"open": "iommu"}
+RECORDING: uiommufd-9-ctx2.jsonl: {"open": "iommu"}
+RECORDING: uiommufd-9-ctx3.jsonl: {"open": "iommu"}
+RKREPLAY: TRACE /rec/uiommufd-9-ctx2.jsonl 2 IOMMU_IOAS_ALLOC result=0 out_ioas_id=0x1
+RKREPLAY: TRACE /rec/uiommufd-9-ctx3.jsonl 2 IOMMU_DESTROY result=ENOENT id=0x1
+RKREPLAY: TRACE /rec/uiommufd-9-ctx10.jsonl 2 IOMMU_IOAS_ALLOC result=0 out_ioas_id=0x1
+RKREPLAY: 3 passed, 0 failed
+RUREPLAY: TRACE /rec/uiommufd-9-ctx2.jsonl 2 IOMMU_IOAS_ALLOC result=0 out_ioas_id=0x1
+RUREPLAY: TRACE /rec/uiommufd-9-ctx3.jsonl 2 IOMMU_DESTROY result=ENOENT id=0x1
+RUREPLAY: TRACE /rec/uiommufd-9-ctx10.jsonl 2 IOMMU_IOAS_ALLOC result=0 out_ioas_id=0x1
+RUREPLAY: 3 passed, 0 failed
+EOS
+  : > "$RECORDED_EXPECTED"; : > "$TRACE_EXPECTED"
+  recorded_judge "$d/rec.log" "$s" > "$d/out" || die "self-test: recorded: a faithful recording failed: $(cat "$d/out")"
+  grep -q '^uiommufd-9-ctx10.jsonl b.jsonl#two$' "$OUT/recording-names.txt" || die "self-test: recorded names: $(cat "$OUT/recording-names.txt")"
+  grep -q '3 ioctl steps compared; 0 item' "$d/out" || die "self-test: recorded: $(cat "$d/out")"
+  sed 's/^\(RKREPLAY: TRACE .*ctx10.jsonl 2 IOMMU_IOAS_ALLOC result=\)0 out_ioas_id=0x1/\1EINVAL out_ioas_id=0x0/; s/^RKREPLAY: 3 passed, 0 failed/RKREPLAY: FAIL \/rec\/uiommufd-9-ctx10.jsonl:2: step 2: x\nRKREPLAY: 2 passed, 1 failed/' "$d/rec.log" > "$d/rec-bad.log"
+  if recorded_judge "$d/rec-bad.log" "$s" > "$d/out"; then die "self-test: recorded: an unfaithful recording passed"; fi
+  grep -q '^  test fail kernel: b.jsonl#two:2: step 2: x$' "$d/out" || die "self-test: recorded fail line: $(cat "$d/out")"
+  grep -q '^  test original b.jsonl#two 1 IOMMU_IOAS_ALLOC result original=0 recorded=EINVAL$' "$d/out" || die "self-test: recorded original: $(cat "$d/out")"
+  grep -q '^  test recorded b.jsonl#two 2 IOMMU_IOAS_ALLOC result kernel=EINVAL uiommufd=0$' "$d/out" || die "self-test: recorded trace: $(cat "$d/out")"
+  grep -v 'ctx3' "$d/rec.log" > "$d/rec-short.log"
+  if recorded_judge "$d/rec-short.log" "$s" > "$d/out"; then die "self-test: recorded: a missing recording passed"; fi
+  printf 'test original a.jsonl 1 IOMMU_IOAS_ALLOC result original=0 recorded=EBUSY  # why\n' > "$RECORDED_EXPECTED"
+  if recorded_judge "$d/rec.log" "$s" > "$d/out"; then die "self-test: recorded: a listed difference that went away passed"; fi
+  grep -q GONE "$d/out" || die "self-test: recorded GONE: $(cat "$d/out")"
 }
 
 # ks_self_test DIR: the selftest comparison on sample TAP streams (called by self_test; OUT=DIR).
@@ -589,6 +776,7 @@ if [ $mode = log ]; then
   rc=0
   judge "$log_in" || rc=1
   trace_judge "$log_in" corpus || rc=1
+  if grep -q '^RKREPLAY: ' "$log_in"; then recorded_judge "$log_in" "${REPLAY:-$ROOT/tests/replay}" || rc=1; fi
   if grep -q '^REFKERNEL: kselftest exit' "$log_in"; then ks_judge "$log_in" || rc=1; fi
   exit $rc
 fi
@@ -658,11 +846,17 @@ run_kselftest() {
   if [ $mode = run ] && [ $kselftest = 1 ] && [ "$VARIANT" = test ]; then echo 1; else echo 0; fi
 }
 
+# run_recorded: 1 when this run records the uiommufd run in the current variant's guest and replays
+# the recordings on the kernel and on a fresh daemon.
+run_recorded() {
+  if [ $mode = run ] && [ "$VARIANT" = test ]; then echo 1; else echo 0; fi
+}
+
 # run_guest: the initramfs (busybox, uiommufd, the corpus, the selftest in the test variant), the
 # boot, the log in $OUT/console.log.
 run_guest() {
   local R=$OUT/root s
-  guest_root "$R" replay run/u
+  guest_root "$R" replay run/u run/r rec
   guest_add_bin "$R" "$UIOMMUFD" uiommufd
   for s in ${REPLAY:-tests/replay}; do
     if [ -d "$s" ]; then cp "$s"/*.jsonl "$R/replay/"; else cp "$s" "$R/replay/"; fi
@@ -682,13 +876,47 @@ sed 's/^/KSELFTEST: /' /tmp/ks.tap
 EOS
 )
   fi
+  local record_flags="" recorded=""
+  if [ "$(run_recorded)" = 1 ]; then
+    # The uiommufd run records its sessions; once that daemon is gone (every session written),
+    # the recordings replay on the kernel's nodes, then on a fresh daemon.
+    record_flags="--record /rec"
+    recorded=$(cat <<EOS
+echo "REFKERNEL: recordings: \$(ls /rec | wc -l)"
+for f in /rec/*.jsonl; do sed "s|^|RECORDING: \${f##*/}: |" "\$f"; done
+t0=\$(cut -d' ' -f1 /proc/uptime)
+/bin/uiommufd replay --trace --node /dev/iommu --vfio-node /dev/vfio/vfio /rec >/tmp/rk.log 2>&1
+echo "REFKERNEL: recorded kernel replay exit \$? (uptime \$t0 -> \$(cut -d' ' -f1 /proc/uptime))"
+sed 's/^/RKREPLAY: /' /tmp/rk.log
+NO_COLOR=1 RUST_LOG=warn /bin/uiommufd serve $SERVE_FLAGS --transport fuse --mount /run/r >/tmp/daemon-r.log 2>&1 &
+DPID=\$!
+i=0
+while [ \$i -lt 600 ] && ! [ -e /run/r/iommu ]; do
+  kill -0 \$DPID 2>/dev/null || break
+  sleep 0.1; i=\$((i+1))
+done
+t0=\$(cut -d' ' -f1 /proc/uptime)
+if [ -e /run/r/iommu ]; then
+  /bin/uiommufd replay --trace --node /run/r/iommu --vfio-node /run/r/vfio/vfio /rec >/tmp/ru.log 2>&1
+  echo "REFKERNEL: recorded uiommufd replay exit \$? (uptime \$t0 -> \$(cut -d' ' -f1 /proc/uptime))"
+  sed 's/^/RUREPLAY: /' /tmp/ru.log
+else
+  echo "REFKERNEL: /run/r/iommu did not appear"
+fi
+kill -TERM \$DPID 2>/dev/null
+wait \$DPID
+echo "REFKERNEL: fresh daemon exit \$?"
+sed 's/^/DAEMON2: /' /tmp/daemon-r.log
+EOS
+)
+  fi
   { guest_init_head REFKERNEL; cat <<EOF; } > "$R/init"
 echo "REFKERNEL: nodes: \$(ls -l /dev/iommu /dev/vfio/vfio 2>&1 | tr '\n' ' ')"
 t0=\$(cut -d' ' -f1 /proc/uptime)
 /bin/uiommufd replay --trace --node /dev/iommu --vfio-node /dev/vfio/vfio /replay >/tmp/k.log 2>&1
 echo "REFKERNEL: kernel replay exit \$? (uptime \$t0 -> \$(cut -d' ' -f1 /proc/uptime))"
 sed 's/^/KREPLAY: /' /tmp/k.log
-NO_COLOR=1 RUST_LOG=warn /bin/uiommufd serve $SERVE_FLAGS --transport fuse --mount /run/u >/tmp/daemon.log 2>&1 &
+NO_COLOR=1 RUST_LOG=warn /bin/uiommufd serve $SERVE_FLAGS $record_flags --transport fuse --mount /run/u >/tmp/daemon.log 2>&1 &
 DPID=\$!
 i=0
 while [ \$i -lt 600 ] && ! [ -e /run/u/iommu ]; do
@@ -707,6 +935,7 @@ kill -TERM \$DPID 2>/dev/null
 wait \$DPID
 echo "REFKERNEL: daemon exit \$?"
 sed 's/^/DAEMON: /' /tmp/daemon.log
+$recorded
 $selftest
 echo "REFKERNEL: done"
 poweroff -f
@@ -718,7 +947,7 @@ EOF
   echo "[$VARIANT] booting $kver under TCG (log: $LOG)" >&2
   local t0=$SECONDS
   guest_boot "$LOG" "$BOOT_TIMEOUT" "$OUT/initrd.cpio.gz" "" -M q35 -cpu max -m 1G
-  grep -E '^(REFKERNEL|KREPLAY|UREPLAY|DAEMON):' "$LOG" | grep -v '^[KU]REPLAY: TRACE ' >&2 || true
+  grep -E '^(REFKERNEL|KREPLAY|UREPLAY|RKREPLAY|RUREPLAY|DAEMON|DAEMON2):' "$LOG" | grep -v '^R\{0,1\}[KU]REPLAY: TRACE ' >&2 || true
   echo "[$VARIANT] qemu exit $GUEST_QEMU_RC after $((SECONDS - t0)) s" >&2
 }
 
@@ -763,6 +992,7 @@ for v in $variants; do
   else
     judge "$LOG" || status=1
     trace_judge "$LOG" corpus || status=1
+    if [ "$(run_recorded)" = 1 ]; then recorded_judge "$LOG" || status=1; fi
   fi
   if [ "$(run_kselftest)" = 1 ]; then ks_judge "$LOG" || status=1; fi
 done
