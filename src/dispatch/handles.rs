@@ -116,7 +116,7 @@ fn fault_queue_alloc(ctx: &Context, flags: u32) -> Result<(u32, Arc<FaultQueue>)
         return Err(Errno::EOPNOTSUPP);
     }
     let q = Arc::new(FaultQueue::default());
-    let id = ctx.insert_held(Object::Ext(q.clone()))?;
+    let id = ctx.insert_held(Object::from(q.clone()))?;
     Ok((id, q))
 }
 

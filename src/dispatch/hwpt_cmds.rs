@@ -21,7 +21,7 @@ fn link_fault(ctx: &crate::objects::Context, hwpt_id: u32, fault_id: u32) -> Res
     if let Ok(h) = ctx.get_hwpt_nested(hwpt_id) {
         return h.fault.set(ctx, fault_id);
     }
-    if let Ok(h) = ctx.get_ext_as::<crate::objects::viommu::ViommuNested>(hwpt_id) {
+    if let Ok(h) = ctx.get_as::<crate::objects::viommu::ViommuNested>(hwpt_id) {
         return h.fault.set(ctx, fault_id);
     }
     crate::warn_limited!(
@@ -64,15 +64,11 @@ pub fn hwpt_alloc(u: &Ucmd) -> Result<(), Errno> {
             let domain = driver.alloc_paging(cmd.flags & !IOMMU_HWPT_FAULT_ID_VALID, &data)?;
             HwptPaging::alloc(ctx, cmd.pt_id, domain, cmd.flags, false)?.0
         }
-        Object::Ext(ref e)
-            if e.as_any()
-                .downcast_ref::<crate::objects::viommu::Viommu>()
-                .is_some() =>
-        {
-            let viommu = ctx.get_ext_as::<crate::objects::viommu::Viommu>(cmd.pt_id)?;
+        Object::Viommu(viommu) => {
             super::viommu_cmds::alloc_nested_on_viommu(u, &cmd, &device, &data, viommu)?
         }
-        Object::Ext(_) => {
+        Object::Access(_) => return Err(Errno::EINVAL),
+        _ => {
             let parent = ctx.get_hwpt_paging(cmd.pt_id).map_err(|_| Errno::EINVAL)?;
             if cmd.flags & !(IOMMU_HWPT_FAULT_ID_VALID | IOMMU_HWPT_ALLOC_PASID) != 0
                 || cmd.data_len == 0
@@ -90,7 +86,6 @@ pub fn hwpt_alloc(u: &Ucmd) -> Result<(), Errno> {
             let nested = driver.alloc_nested(&parent.domain, flags, &data)?;
             HwptNested::alloc(ctx, cmd.pt_id, nested, cmd.flags)?.0
         }
-        _ => return Err(Errno::EINVAL),
     };
     if cmd.flags & IOMMU_HWPT_FAULT_ID_VALID != 0 {
         if let Err(e) = link_fault(ctx, id, cmd.fault_id) {
@@ -253,9 +248,6 @@ pub fn hwpt_invalidate(u: &Ucmd) -> Result<(), Errno> {
             return Err(Errno::EINVAL);
         }
         let obj = u.ctx.get(cmd.hwpt_id)?;
-        let Object::Ext(ext) = obj else {
-            return Err(Errno::EINVAL);
-        };
         let array = UserArray::new(
             u.mem,
             cmd.data_type,
@@ -263,23 +255,12 @@ pub fn hwpt_invalidate(u: &Ucmd) -> Result<(), Errno> {
             cmd.entry_len,
             cmd.entry_num,
         );
-        if let Some(v) = ext
-            .as_any()
-            .downcast_ref::<crate::objects::viommu::Viommu>()
-        {
-            return v.driver.cache_invalidate(u.ctx, v, &array, &mut done);
+        match obj {
+            Object::Viommu(v) => v.driver.cache_invalidate(u.ctx, &v, &array, &mut done),
+            Object::ViommuNested(n) => n.domain.cache_invalidate_user(&array, &mut done),
+            Object::HwptNested(n) => n.domain.cache_invalidate_user(&array, &mut done),
+            _ => Err(Errno::EINVAL),
         }
-        if let Some(n) = ext
-            .as_any()
-            .downcast_ref::<crate::objects::viommu::ViommuNested>()
-        {
-            return n.domain.cache_invalidate_user(&array, &mut done);
-        }
-        let n = u
-            .ctx
-            .get_hwpt_nested(cmd.hwpt_id)
-            .map_err(|_| Errno::EINVAL)?;
-        n.domain.cache_invalidate_user(&array, &mut done)
     })();
     cmd.entry_num = done;
     if u.respond(&cmd).is_err() {

@@ -44,7 +44,7 @@ pub fn viommu_alloc(u: &Ucmd) -> Result<(), Errno> {
 pub fn vdevice_alloc(u: &Ucmd) -> Result<(), Errno> {
     let mut cmd: iommu_vdevice_alloc = u.cmd();
     let ctx = u.ctx;
-    let viommu = ctx.get_ext_as::<Viommu>(cmd.viommu_id)?;
+    let viommu = ctx.get_as::<Viommu>(cmd.viommu_id)?;
     let device = ctx.get_device(cmd.dev_id)?;
     // The device must sit behind the vIOMMU's IOMMU instance.
     if !viommu.serves(&device) {
@@ -77,7 +77,7 @@ pub fn hw_queue_alloc(u: &Ucmd) -> Result<(), Errno> {
     {
         return Err(Errno::EOVERFLOW);
     }
-    let viommu = ctx.get_ext_as::<Viommu>(cmd.viommu_id)?;
+    let viommu = ctx.get_as::<Viommu>(cmd.viommu_id)?;
     if !viommu.driver.hw_queue_type(cmd.r#type) {
         return Err(Errno::EOPNOTSUPP);
     }

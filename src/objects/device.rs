@@ -178,7 +178,7 @@ impl Device {
             attachment: Mutex::new(None),
             pasids: Mutex::new(BTreeMap::new()),
         });
-        let id = ctx.insert(Object::Ext(dev.clone()))?;
+        let id = ctx.insert(Object::from(dev.clone()))?;
         Ok((id, dev))
     }
 
@@ -199,7 +199,8 @@ impl Device {
         let mut viommu_nested = None;
         let (hwpt_id, hwpt) = match ctx.get(pt_id).map_err(|_| Errno::ENOENT)? {
             Object::Ioas(_) => self.auto_hwpt(ctx, pt_id)?,
-            Object::Ext(_) => {
+            Object::Access(_) => return Err(Errno::EINVAL),
+            _ => {
                 let h = if let Ok(h) = ctx.get_hwpt_paging(pt_id) {
                     h
                 } else if let Ok(n) = ctx.get_hwpt_nested(pt_id) {
@@ -208,7 +209,7 @@ impl Device {
                     parent
                 } else {
                     let v = ctx
-                        .get_ext_as::<super::viommu::ViommuNested>(pt_id)
+                        .get_as::<super::viommu::ViommuNested>(pt_id)
                         .map_err(|_| Errno::EINVAL)?;
                     // The vIOMMU must know the device (a vDEVICE) before it can translate for it.
                     if !super::viommu::has_vdevice(ctx, &v.viommu, self) {
@@ -231,7 +232,6 @@ impl Device {
                 ctx.add_user(pt_id)?;
                 (pt_id, h)
             }
-            _ => return Err(Errno::EINVAL),
         };
         if let Err(e) = self.backend.set_domain(Some(&hwpt.domain)) {
             ctx.remove_user(hwpt_id);
@@ -261,19 +261,14 @@ impl Device {
             // Automatic HWPTs are not PASID-compatible.
             return Err(Errno::EINVAL);
         }
-        for (id, obj) in ctx.objects_of_type("hwpt_paging") {
-            if let Object::Ext(e) = obj {
-                let any = super::hwpt::ext_as_any_arc(e);
-                if let Ok(h) = any.downcast::<HwptPaging>() {
-                    if h.auto_domain
-                        && h.ioas_id == ioas_id
-                        && self.backend.domain_compatible(&h.domain)
-                        && self.backend.check_attach(&h).is_ok()
-                    {
-                        ctx.add_user(id)?;
-                        return Ok((id, h));
-                    }
-                }
+        for (id, h) in ctx.objects_of::<HwptPaging>() {
+            if h.auto_domain
+                && h.ioas_id == ioas_id
+                && self.backend.domain_compatible(&h.domain)
+                && self.backend.check_attach(&h).is_ok()
+            {
+                ctx.add_user(id)?;
+                return Ok((id, h));
             }
         }
         let domain = self.backend.alloc_domain(0)?;
@@ -318,7 +313,8 @@ impl Device {
     fn pasid_target(ctx: &Context, pt_id: u32) -> Result<Option<Attachment>, Errno> {
         match ctx.get(pt_id)? {
             Object::Ioas(_) => Ok(None),
-            Object::Ext(_) => {
+            Object::Access(_) => Err(Errno::EINVAL),
+            _ => {
                 if let Ok(h) = ctx.get_hwpt_paging(pt_id) {
                     return Ok(Some(Attachment {
                         hwpt_id: pt_id,
@@ -335,7 +331,6 @@ impl Device {
                     viommu_nested: None,
                 }))
             }
-            _ => Err(Errno::EINVAL),
         }
     }
 
@@ -467,12 +462,7 @@ impl Extension for Device {
 impl Context {
     /// The device under `id` (ENOENT for any other type).
     pub fn get_device(&self, id: u32) -> Result<Arc<Device>, Errno> {
-        match self.get(id)? {
-            Object::Ext(e) => super::hwpt::ext_as_any_arc(e)
-                .downcast::<Device>()
-                .map_err(|_| Errno::ENOENT),
-            _ => Err(Errno::ENOENT),
-        }
+        self.get_as::<Device>(id)
     }
 }
 

@@ -213,7 +213,7 @@ pub struct FaultLink(std::sync::OnceLock<(u32, std::sync::Arc<FaultQueue>)>);
 impl FaultLink {
     /// Links to fault queue `fault_id` of `ctx` (ENOENT when it is no fault queue).
     pub fn set(&self, ctx: &Context, fault_id: u32) -> Result<(), Errno> {
-        let q = ctx.get_ext_as::<FaultQueue>(fault_id)?;
+        let q = ctx.get_as::<FaultQueue>(fault_id)?;
         ctx.add_user(fault_id)?;
         if self.0.set((fault_id, q)).is_err() {
             ctx.remove_user(fault_id);

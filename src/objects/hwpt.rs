@@ -53,7 +53,7 @@ impl HwptPaging {
             ioas.iopt_for_domains().1.remove_domain(domain_key);
             return Err(e);
         }
-        match ctx.insert(super::Object::Ext(hwpt.clone())) {
+        match ctx.insert(super::Object::from(hwpt.clone())) {
             Ok(id) => Ok((id, hwpt)),
             Err(e) => {
                 hwpt.release(ctx);
@@ -115,7 +115,7 @@ impl HwptNested {
             flags,
             fault: Default::default(),
         });
-        let id = ctx.insert_child(parent_id, super::Object::Ext(h.clone()))?;
+        let id = ctx.insert_child(parent_id, super::Object::from(h.clone()))?;
         Ok((id, h))
     }
 }
@@ -138,16 +138,11 @@ impl Extension for HwptNested {
 impl Context {
     /// The nested HWPT under `id` (ENOENT for any other type).
     pub fn get_hwpt_nested(&self, id: u32) -> Result<Arc<HwptNested>, Errno> {
-        self.get_ext_as::<HwptNested>(id)
+        self.get_as::<HwptNested>(id)
     }
 
     /// The paging HWPT under `id` (ENOENT for any other type).
     pub fn get_hwpt_paging(&self, id: u32) -> Result<Arc<HwptPaging>, Errno> {
-        self.get_ext_as::<HwptPaging>(id)
+        self.get_as::<HwptPaging>(id)
     }
-}
-
-/// Upcasts an extension object to `Any` for downcasting to its concrete type.
-pub fn ext_as_any_arc(e: Arc<dyn Extension>) -> Arc<dyn std::any::Any + Send + Sync> {
-    e
 }

@@ -55,23 +55,88 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// An entry of the ID table.
+/// An entry of the ID table: the closed set of object kinds, as the kernel's object types.
 #[derive(Clone)]
 pub enum Object {
     Ioas(Arc<Ioas>),
     Access(Arc<Access>),
-    /// Objects defined by other layers (devices, HWPTs, …), destroyed through [`Extension`].
-    Ext(Arc<dyn Extension>),
+    Device(Arc<Device>),
+    HwptPaging(Arc<HwptPaging>),
+    HwptNested(Arc<hwpt::HwptNested>),
+    /// A nested HWPT whose stage 1 is a vIOMMU's.
+    ViommuNested(Arc<viommu::ViommuNested>),
+    Fault(Arc<fault::FaultQueue>),
+    Veventq(Arc<veventq::VeventQueue>),
+    Viommu(Arc<viommu::Viommu>),
+    Vdevice(Arc<viommu::Vdevice>),
+    HwQueue(Arc<viommu::HwQueue>),
+    /// The selftest driver's own objects (the kernel's IOMMUFD_OBJ_SELFTEST): their kind is
+    /// the driver's business.
+    Selftest(Arc<dyn Extension>),
 }
 
-/// An object type defined outside this module (mock domains, devices, page tables).
-pub trait Extension: Send + Sync + std::any::Any {
+/// What every kind of object does when it goes (and its name in logs and status).
+pub trait Extension: Send + Sync {
     /// The type name used in logs and in status output.
     fn type_name(&self) -> &'static str;
     /// Releases what the object holds (references on other objects, domains). Runs once, outside
     /// the table lock.
     fn destroy(&self, ctx: &Context);
+    /// The concrete object, for the driver that made it (only selftest objects need it).
     fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// A kind of object in [`Object`]: how to put one in and get one back out, typed.
+pub trait ObjectKind: Sized {
+    fn into_object(this: Arc<Self>) -> Object;
+    fn from_object(o: &Object) -> Option<Arc<Self>>;
+}
+
+macro_rules! object_kinds {
+    ($($variant:ident => $ty:ty),* $(,)?) => {
+        $(
+            impl ObjectKind for $ty {
+                fn into_object(this: Arc<Self>) -> Object {
+                    Object::$variant(this)
+                }
+                fn from_object(o: &Object) -> Option<Arc<Self>> {
+                    match o {
+                        Object::$variant(x) => Some(x.clone()),
+                        _ => None,
+                    }
+                }
+            }
+            impl From<Arc<$ty>> for Object {
+                fn from(x: Arc<$ty>) -> Self {
+                    Object::$variant(x)
+                }
+            }
+        )*
+
+        impl Object {
+            /// The object's behaviour when it goes (every kind but the IOAS and access, which
+            /// the table destroys itself).
+            fn kind(&self) -> Option<&dyn Extension> {
+                match self {
+                    Object::Ioas(_) | Object::Access(_) => None,
+                    $(Object::$variant(x) => Some(x.as_ref()),)*
+                    Object::Selftest(x) => Some(x.as_ref()),
+                }
+            }
+        }
+    };
+}
+
+object_kinds! {
+    Device => Device,
+    HwptPaging => HwptPaging,
+    HwptNested => hwpt::HwptNested,
+    ViommuNested => viommu::ViommuNested,
+    Fault => fault::FaultQueue,
+    Veventq => veventq::VeventQueue,
+    Viommu => viommu::Viommu,
+    Vdevice => viommu::Vdevice,
+    HwQueue => viommu::HwQueue,
 }
 
 impl Object {
@@ -79,7 +144,7 @@ impl Object {
         match self {
             Object::Ioas(_) => "ioas",
             Object::Access(_) => "access",
-            Object::Ext(e) => e.type_name(),
+            other => other.kind().map_or("?", |k| k.type_name()),
         }
     }
 }
@@ -349,14 +414,6 @@ impl Context {
         }
     }
 
-    /// An extension object of concrete type `T`.
-    pub fn get_ext<T: Extension>(&self, id: u32) -> Result<Arc<dyn Extension>, Errno> {
-        match self.get(id)? {
-            Object::Ext(e) if e.as_any().is::<T>() => Ok(e),
-            _ => Err(Errno::ENOENT),
-        }
-    }
-
     /// Records that something depends on object `id` (it can no longer be destroyed).
     pub fn add_user(&self, id: u32) -> Result<(), Errno> {
         let mut table = self.table.lock().unwrap();
@@ -424,7 +481,11 @@ impl Context {
         match object {
             Object::Ioas(ioas) => ioas.destroy(),
             Object::Access(access) => access.destroy(self),
-            Object::Ext(ext) => ext.destroy(self),
+            other => {
+                if let Some(k) = other.kind() {
+                    k.destroy(self);
+                }
+            }
         }
     }
 
@@ -528,14 +589,20 @@ impl Context {
         Ok(id)
     }
 
-    /// The extension object of concrete type `T` under `id` (ENOENT for any other type).
-    pub fn get_ext_as<T: Extension>(&self, id: u32) -> Result<Arc<T>, Errno> {
-        match self.get(id)? {
-            Object::Ext(e) => hwpt::ext_as_any_arc(e)
-                .downcast::<T>()
-                .map_err(|_| Errno::ENOENT),
-            _ => Err(Errno::ENOENT),
-        }
+    /// The object of kind `T` under `id` (ENOENT for any other kind).
+    pub fn get_as<T: ObjectKind>(&self, id: u32) -> Result<Arc<T>, Errno> {
+        T::from_object(&self.get(id)?).ok_or(Errno::ENOENT)
+    }
+
+    /// Every object of kind `T`, with its id.
+    pub fn objects_of<T: ObjectKind>(&self) -> Vec<(u32, Arc<T>)> {
+        self.table
+            .lock()
+            .unwrap()
+            .entries
+            .iter()
+            .filter_map(|(&id, e)| e.object.as_ref().and_then(T::from_object).map(|o| (id, o)))
+            .collect()
     }
 }
 

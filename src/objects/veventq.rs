@@ -62,7 +62,7 @@ impl VeventQueue {
             depth,
             queue: Mutex::new(Queue::default()),
         });
-        let id = ctx.insert_child(viommu_id, super::Object::Ext(q.clone()))?;
+        let id = ctx.insert_child(viommu_id, super::Object::from(q.clone()))?;
         queues.insert(veventq_type, Arc::downgrade(&q));
         Ok((id, q))
     }
@@ -82,7 +82,7 @@ impl VeventQueue {
         if depth == 0 || depth > VEVENTQ_MAX_DEPTH {
             return Err(Errno::EINVAL);
         }
-        let viommu = ctx.get_ext_as::<Viommu>(viommu_id)?;
+        let viommu = ctx.get_as::<Viommu>(viommu_id)?;
         if viommu.veventqs.lock().unwrap().contains_key(&veventq_type) {
             return Err(Errno::EEXIST);
         }

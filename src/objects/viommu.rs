@@ -55,7 +55,7 @@ impl Viommu {
             driver,
             veventqs: Mutex::new(BTreeMap::new()),
         });
-        let id = ctx.insert_child(hwpt_id, super::Object::Ext(v.clone()))?;
+        let id = ctx.insert_child(hwpt_id, super::Object::from(v.clone()))?;
         Ok((id, v))
     }
 
@@ -98,10 +98,10 @@ impl Vdevice {
         dev_id: u32,
         virt_id: u64,
     ) -> Result<(u32, Arc<Vdevice>), Errno> {
-        let taken = ctx.objects_of_type("vdevice").into_iter().any(|(_, o)| {
-            matches!(o, super::Object::Ext(e)
-                if e.as_any().downcast_ref::<Vdevice>().is_some_and(|v| v.dev_id == dev_id))
-        });
+        let taken = ctx
+            .objects_of::<Vdevice>()
+            .into_iter()
+            .any(|(_, v)| v.dev_id == dev_id);
         if taken {
             return Err(Errno::EEXIST);
         }
@@ -118,7 +118,7 @@ impl Vdevice {
             device,
             virt_id,
         });
-        match ctx.insert(super::Object::Ext(v.clone())) {
+        match ctx.insert(super::Object::from(v.clone())) {
             Ok(id) => {
                 vdevs.insert(virt_id, id);
                 Ok((id, v))
@@ -151,30 +151,21 @@ impl Extension for Vdevice {
 pub fn has_vdevice(ctx: &Context, viommu: &Viommu, device: &Device) -> bool {
     let ids: Vec<u32> = viommu.vdevs.lock().unwrap().values().copied().collect();
     ids.into_iter().any(|id| {
-        ctx.get_ext_as::<Vdevice>(id)
+        ctx.get_as::<Vdevice>(id)
             .is_ok_and(|v| std::ptr::eq(Arc::as_ptr(&v.device), device))
     })
 }
 
 /// The vDEVICE `device` has on any vIOMMU.
 pub fn vdevice_of(ctx: &Context, device: &Device) -> Option<Arc<Vdevice>> {
-    ctx.objects_of_type("vdevice")
+    ctx.objects_of::<Vdevice>()
         .into_iter()
-        .find_map(|(_, o)| match o {
-            super::Object::Ext(e) => super::hwpt::ext_as_any_arc(e)
-                .downcast::<Vdevice>()
-                .ok()
-                .filter(|v| std::ptr::eq(Arc::as_ptr(&v.device), device)),
-            _ => None,
-        })
+        .map(|(_, v)| v)
+        .find(|v| std::ptr::eq(Arc::as_ptr(&v.device), device))
 }
 
 pub fn destroy_vdevices_of(ctx: &Context, device: &Device) {
-    for (id, o) in ctx.objects_of_type("vdevice") {
-        let super::Object::Ext(e) = o else { continue };
-        let Some(v) = e.as_any().downcast_ref::<Vdevice>() else {
-            continue;
-        };
+    for (id, v) in ctx.objects_of::<Vdevice>() {
         if std::ptr::eq(Arc::as_ptr(&v.device), device) {
             if let Err(err) = ctx.destroy_tombstone(id) {
                 crate::warn_limited!(ctx = ctx.id, id, %err, "vDEVICE of a destroyed device kept");
@@ -274,7 +265,7 @@ impl HwQueue {
             access: access.clone(),
             pin,
         });
-        match ctx.insert(super::Object::Ext(q.clone())) {
+        match ctx.insert(super::Object::from(q.clone())) {
             Ok(id) => {
                 queues.insert(index, id);
                 Ok((id, q))
@@ -340,7 +331,7 @@ impl ViommuNested {
             flags,
             fault: Default::default(),
         });
-        let id = ctx.insert_child(viommu_id, super::Object::Ext(h.clone()))?;
+        let id = ctx.insert_child(viommu_id, super::Object::from(h.clone()))?;
         Ok((id, h))
     }
 }

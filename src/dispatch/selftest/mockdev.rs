@@ -302,9 +302,7 @@ impl ViommuDriver for MockViommu {
                 .get(&(r.vdev_id as u64))
                 .copied()
                 .ok_or(Errno::EINVAL)?;
-            let vdev = ctx
-                .get_ext_as::<Vdevice>(vdev_obj)
-                .map_err(|_| Errno::EINVAL)?;
+            let vdev = ctx.get_as::<Vdevice>(vdev_obj).map_err(|_| Errno::EINVAL)?;
             let mock = vdev
                 .device
                 .backend

@@ -15,7 +15,6 @@ mod pasid;
 
 use super::ucmd::Ucmd;
 use crate::iopt::ReservedOwner;
-use crate::objects::hwpt::ext_as_any_arc;
 use crate::objects::{Context, Device, Extension, Object};
 use mockdev::MockDev;
 use nix::errno::Errno;
@@ -64,8 +63,17 @@ impl Extension for SelftestDev {
     }
 }
 
+/// The selftest device of a selftest object.
+fn as_stdev(o: &Object) -> Option<&SelftestDev> {
+    match o {
+        Object::Selftest(x) => x.as_any().downcast_ref::<SelftestDev>(),
+        _ => None,
+    }
+}
+
 fn get_stdev(ctx: &Context, id: u32) -> Result<Bound, Errno> {
-    ctx.get_ext_as::<SelftestDev>(id)?
+    as_stdev(&ctx.get(id)?)
+        .ok_or(Errno::ENOENT)?
         .bound()
         .ok_or(Errno::ENOENT)
 }
@@ -75,13 +83,9 @@ fn get_stdev(ctx: &Context, id: u32) -> Result<Bound, Errno> {
 pub fn mock_of_device(ctx: &Context, dev_id: u32) -> Result<(Arc<Device>, Arc<MockDev>), Errno> {
     let device = ctx.get_device(dev_id)?;
     for (_, obj) in ctx.objects_of_type("selftest") {
-        if let Object::Ext(e) = obj {
-            if let Ok(s) = ext_as_any_arc(e).downcast::<SelftestDev>() {
-                if let Some(b) = s.bound() {
-                    if b.dev_id == dev_id {
-                        return Ok((device, b.mock));
-                    }
-                }
+        if let Some(b) = as_stdev(&obj).and_then(SelftestDev::bound) {
+            if b.dev_id == dev_id {
+                return Ok((device, b.mock));
             }
         }
     }
@@ -278,7 +282,7 @@ fn mock_domain(u: &Ucmd, cmd: &mut iommu_test_cmd) -> Result<(), Errno> {
     let sobj = Arc::new(SelftestDev {
         inner: Mutex::new(None),
     });
-    let stdev_id = ctx.insert(Object::Ext(sobj.clone()))?;
+    let stdev_id = ctx.insert(Object::Selftest(sobj.clone()))?;
     let abort = |e: Errno| {
         let _ = ctx.destroy(stdev_id);
         e

@@ -201,7 +201,7 @@ impl Bench {
     /// A fault queue object, as IOMMU_FAULT_QUEUE_ALLOC makes it (held by its fd).
     pub(super) fn fault_queue(&self) -> u32 {
         self.ctx
-            .insert_held(Object::Ext(Arc::new(FaultQueue::default())))
+            .insert_held(Object::from(Arc::new(FaultQueue::default())))
             .unwrap()
     }
 
