@@ -13,12 +13,19 @@ mod scenarios;
 mod support;
 
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{ioas_alloc, ioas_map_fixed, ioas_unmap, ioctl, AnonPages, DaemonProcess, TempDir};
+use support::users::{self, run_as, wait_child};
+use support::{
+    ioas_alloc, ioas_map_fixed, ioas_unmap, ioctl, open_node, AnonPages, DaemonProcess,
+    StalledPage, TempDir,
+};
+use uiommufd::transport::uring::{FREE_ENTRIES, QUEUE_DEPTH};
 use uiommufd_uapi::iommufd::{
-    iommu_option, IOMMU_OPTION, IOMMU_OPTION_HUGE_PAGES, IOMMU_OPTION_OP_GET,
+    iommu_ioas_map_file, iommu_option, IOMMU_IOAS_ALLOC, IOMMU_IOAS_MAP_FILE,
+    IOMMU_IOAS_MAP_READABLE, IOMMU_OPTION, IOMMU_OPTION_HUGE_PAGES, IOMMU_OPTION_OP_GET,
 };
 
 const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
@@ -169,6 +176,8 @@ fn io_uring_transport_and_fallback() {
     assert!(served >= (4 * cpus * 5 * 32) as u64, "{s}");
     assert!(d.stop().success(), "the daemon's shutdown failed");
 
+    more_stalled_requests_than_entries_on_one_cpu();
+
     // Not offered: auto serves through /dev/fuse, on refuses to start with a clear error.
     param.set(false);
     let d = DaemonProcess::start(&["--io-uring", "auto"]);
@@ -187,4 +196,102 @@ fn io_uring_transport_and_fallback() {
         1,
         "one error line: {err}"
     );
+}
+
+/// IOAS_MAP_FILE of a page of `f` itself: the daemon asks its own node which context the file is
+/// (an inline request its worker waits for). Whatever the answer, it returns.
+fn map_file_of_itself(f: &std::fs::File, ioas: u32) -> i32 {
+    let mut m = iommu_ioas_map_file {
+        size: std::mem::size_of::<iommu_ioas_map_file>() as u32,
+        flags: IOMMU_IOAS_MAP_READABLE,
+        ioas_id: ioas,
+        fd: f.as_raw_fd(),
+        start: 0,
+        length: 4096,
+        ..Default::default()
+    };
+    // SAFETY: `m` is a live struct; `f` is open for the call.
+    unsafe { libc::ioctl(f.as_raw_fd(), IOMMU_IOAS_MAP_FILE as libc::c_ulong, &mut m) }
+}
+
+/// Three times a queue's first entries in requests that wait on a userfaultfd, all from one CPU:
+/// the queue registers more entries instead of letting them hold every one, so another user on
+/// that CPU still opens, allocates and maps its own file (whose context query is answered inline),
+/// and once the stall ends every stalled request is answered.
+fn more_stalled_requests_than_entries_on_one_cpu() {
+    const STALLED: usize = 3 * QUEUE_DEPTH;
+    let (staller, prober) = (
+        users::test_user("uiommufd-t2").expect("test user uiommufd-t2"),
+        users::test_user("uiommufd-t1").expect("test user uiommufd-t1"),
+    );
+    let d = DaemonProcess::start(&["--io-uring", "on", "--iommu-perm", "0666"]);
+    let extra_before = d.status()["io_uring_extra_entries"].as_u64().unwrap();
+    let node = d.node("iommu");
+    let (ready_r, ready_w) = nix::unistd::pipe().unwrap();
+    let (go_r, go_w) = nix::unistd::pipe().unwrap();
+    // SAFETY: fork; the child sets up its stall, drops to the test user and exits through _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // Root makes the userfaultfd (unprivileged ones may not catch the daemon's reads).
+            let Some(stall) = StalledPage::new() else {
+                return 3;
+            };
+            pin_to(0);
+            users::drop_to_user(&staller);
+            let f = std::sync::Arc::new(open_node(&node));
+            let (tx, rx) = std::sync::mpsc::channel();
+            for _ in 0..STALLED {
+                let (f, tx, addr) = (f.clone(), tx.clone(), stall.addr);
+                std::thread::spawn(move || {
+                    // SAFETY: the argument is the stalled page, which only the daemon reads.
+                    let rc = unsafe {
+                        libc::ioctl(f.as_raw_fd(), IOMMU_IOAS_ALLOC as libc::c_ulong, addr)
+                    };
+                    let _ = tx.send(rc);
+                });
+            }
+            let _ = nix::unistd::write(&ready_w, b"r");
+            let mut b = [0u8; 1];
+            let _ = nix::unistd::read(&go_r, &mut b);
+            drop(stall);
+            let answered = (0..STALLED)
+                .filter(|_| rx.recv_timeout(Duration::from_secs(20)).is_ok())
+                .count();
+            i32::from(answered != STALLED) * 4
+        }))
+        .unwrap_or(101);
+        // SAFETY: ends the forked child.
+        unsafe { libc::_exit(code) };
+    }
+    drop((ready_w, go_r));
+    let mut b = [0u8; 1];
+    assert_eq!(nix::unistd::read(&ready_r, &mut b), Ok(1), "staller set up");
+    // Every stalled request holds an entry of queue 0 once it arrived: the queue grew by the
+    // number held beyond its first entries less the ones kept free.
+    let grown = (STALLED - (QUEUE_DEPTH - FREE_ENTRIES)) as u64;
+    let s =
+        d.wait_status(|s| s["io_uring_extra_entries"].as_u64().unwrap() >= extra_before + grown);
+    assert!(
+        s["io_uring_extra_entries"].as_u64().unwrap() >= extra_before + grown,
+        "the stalled requests did not all arrive, or queue 0 did not grow: {s}"
+    );
+    let r = run_as(&prober, Duration::from_secs(20), || {
+        pin_to(0);
+        let f = open_node(&node);
+        let ioas = ioas_alloc(&f);
+        map_file_of_itself(&f, ioas);
+        0
+    });
+    assert_eq!(r, Some(0), "another user on the stalled CPU was not served");
+    let _ = nix::unistd::write(&go_w, b"g");
+    assert_eq!(
+        wait_child(pid, Instant::now() + Duration::from_secs(30)),
+        Some(0),
+        "the stalled requests were not all answered once the stall ended"
+    );
+    let s = d.wait_idle();
+    assert_eq!(s["contexts"], 0, "{s}");
+    assert!(d.stop().success(), "the daemon's shutdown failed");
 }

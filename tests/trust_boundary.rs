@@ -10,7 +10,7 @@ mod support;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 use support::users::{self, open_errno, run_as, run_forked, TestUser};
-use support::{ioas_alloc, ioctl, open_node, DaemonProcess};
+use support::{ioas_alloc, ioctl, open_node, DaemonProcess, StalledPage};
 use uiommufd_uapi::iommufd::*;
 use uiommufd_uapi::vfio::*;
 
@@ -173,11 +173,6 @@ fn a_thousand_concurrent_fd_taking_calls() {
     );
 }
 
-const UFFD_API: u64 = 0xaa;
-const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
-const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
-const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
-
 /// A client whose argument lives in memory that never arrives (a userfaultfd nobody serves):
 /// its request waits on it forever. Other users are served meanwhile, and SIGTERM still stops
 /// the daemon within its grace period; the stuck client then gets an error, not a hang.
@@ -190,32 +185,11 @@ fn a_stalled_client_stalls_nobody_else() {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            // SAFETY: userfaultfd(2) takes flags only.
-            let uffd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) } as i32;
-            let mut api = [UFFD_API, 0, 0];
-            // SAFETY: a fresh anonymous mapping; nothing else refers to it.
-            let page = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    4096,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            let mut reg = [page as u64, 4096, UFFDIO_REGISTER_MODE_MISSING, 0];
-            // SAFETY: UFFDIO_API and UFFDIO_REGISTER read and write the live local arrays only.
-            let api_ok =
-                uffd >= 0 && unsafe { libc::ioctl(uffd, UFFDIO_API, api.as_mut_ptr()) } == 0;
-            // SAFETY: as above.
-            let reg_ok = api_ok
-                && page != libc::MAP_FAILED
-                && unsafe { libc::ioctl(uffd, UFFDIO_REGISTER, reg.as_mut_ptr()) } == 0;
-            if !reg_ok {
+            let Some(stall) = StalledPage::new() else {
                 // SAFETY: leaves the child at once.
                 unsafe { libc::_exit(3) };
-            }
+            };
+            let page = stall.addr;
             let f = open_node(&p);
             let _ = nix::unistd::write(&ready_w, b"r");
             // The daemon reads the size word from the unserved page: this never returns while

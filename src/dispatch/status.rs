@@ -56,6 +56,7 @@ impl Daemon {
             "live_mappings": crate::caller::shared::live_mappings(),
             "fuse_channel": crate::transport::fuse_channel(),
             "io_uring_requests": crate::transport::uring::ring_requests(),
+            "io_uring_extra_entries": crate::transport::uring::extra_entries(),
             "devices": self.devices,
             "device_detail": self.device_bindings.get().map_or_else(Vec::new, |f| {
                 f().into_iter()

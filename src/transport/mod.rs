@@ -117,10 +117,8 @@ pub struct TransportOptions {
     /// FUSE requests over io_uring, one queue pinned per CPU so a caller is answered on its own
     /// CPU (Linux ≥ 6.14 with CONFIG_FUSE_IO_URING and the fuse module's enable_uring=Y): `auto`
     /// uses it when the kernel offers it, `on` fails to start when it does not. CUSE devices
-    /// always use /dev/cuse. Off by default: requests handed to the worker pool keep their ring
-    /// entry until answered, so clients that stall their requests (userfaultfd) can hold every
-    /// entry of a CPU's queue and freeze the daemon (docs/security.md, known problem).
-    #[arg(long = "io-uring", value_enum, default_value_t = UringMode::Off)]
+    /// always use /dev/cuse.
+    #[arg(long = "io-uring", value_enum, default_value_t = UringMode::Auto)]
     pub io_uring: UringMode,
     #[command(flatten)]
     pub perms: perms::NodePerms,
@@ -133,7 +131,7 @@ impl TransportOptions {
             transport: TransportKind::Fuse,
             mount: mount.to_path_buf(),
             bind_dev: false,
-            io_uring: UringMode::Off,
+            io_uring: UringMode::Auto,
             perms: perms::NodePerms::default(),
         }
     }

@@ -164,6 +164,11 @@ impl Pools {
         })
     }
 
+    /// Whose share of the pool a request from `uid` uses.
+    pub fn owner_of(&self, uid: u32) -> u32 {
+        self.owners.owner_of(uid)
+    }
+
     /// Waits for the pool to go idle, at most `timeout`. True if it did.
     pub fn drain(&self, timeout: std::time::Duration) -> bool {
         self.requests.drain(timeout)
@@ -224,7 +229,7 @@ pub fn submit_user(
     msg: &[u8],
     answer: impl FnOnce(Option<Vec<u8>>) + Send + 'static,
 ) -> bool {
-    let key = pools.owners.owner_of(uid);
+    let key = pools.owner_of(uid);
     // A RELEASE is never refused (its file's context would leak): it weighs nothing against the
     // byte cap, and releases are bounded by the files open anyway.
     let release = wire::peek_header(msg).is_some_and(|h| h.opcode == wire::opcode::RELEASE);

@@ -10,6 +10,18 @@
 //! buffer (`wire::ring`) and a payload buffer, handed to the kernel with URING_CMD REGISTER and
 //! re-armed with COMMIT_AND_FETCH, which also carries the previous request's reply.
 //!
+//! Entries held by the pool: a request handed to the pool keeps its entry until the worker's
+//! reply is committed, and a worker may itself wait for an inline answer on the same queue (the
+//! daemon's own context query, `caller::context_query`, goes to the queue of the CPU the worker
+//! runs on). So a queue never lets pooled requests hold all but [`FREE_ENTRIES`] of its entries:
+//! when they would, it registers another entry (REGISTER works at any time after INIT), up to
+//! [`MAX_ENTRIES`]. At that cap, and when one owner (a uid with its subordinate ids) already holds
+//! [`OWNER_ENTRIES`] of the queue, a new pooled request is answered ENOMEM at once, as when the
+//! pool's byte cap refuses it, except RELEASE, which is answered at once and torn down on the pool
+//! afterwards (the kernel waits for nothing in its answer, and refusing it would leak a context).
+//! Inline requests always find an entry: no number of stalled or slow pooled requests can wedge a
+//! queue. Entries cannot be unregistered; a queue keeps the ones it grew until the connection ends.
+//!
 //! Requests of the inline lane are answered on the queue thread. Requests that may block
 //! ([`Lane::User`]) go to the transport's worker pool, exactly as from /dev/fuse; the worker posts
 //! the reply to the queue's mailbox (a list under a mutex plus an eventfd the ring reads), and the
@@ -27,6 +39,7 @@ use super::session::{submit_user, Pools};
 use super::wire::{self, ring, RingCmdReq, RingEntInOut};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use nix::errno::Errno;
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
@@ -35,10 +48,17 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use zerocopy::IntoBytes;
 
-/// Entries per queue: a request handed to the pool holds its entry until answered, so a few slow
-/// requests from one CPU must leave entries for the rest. Payload buffers are allocated zeroed and
-/// so stay unbacked until a large message uses them.
+/// Entries a queue starts with. Payload buffers are allocated zeroed and so stay unbacked until a
+/// message uses them (most touch one page).
 pub const QUEUE_DEPTH: usize = 8;
+/// Entries of every queue that pooled requests never hold: inline requests always find one.
+pub const FREE_ENTRIES: usize = 2;
+/// Most entries one queue registers. Each payload buffer is `PAYLOAD_SIZE` of address space (the
+/// kernel refuses smaller ones), backed only as far as messages used it.
+pub const MAX_ENTRIES: usize = 512;
+/// Most entries of one queue that one owner's pooled requests hold: a user stalling its own
+/// requests on one CPU leaves the rest of the cap to the others.
+pub const OWNER_ENTRIES: usize = MAX_ENTRIES / 4;
 /// The payload buffer: the kernel wants at least max(8 KiB, max_write, max_pages pages).
 const PAYLOAD_SIZE: usize = wire::MAX_WRITE as usize;
 /// user_data of the mailbox's eventfd read (entries use their index).
@@ -51,10 +71,62 @@ const SQE_LEN_OFFSET: usize = 24;
 
 /// Requests answered through the rings since start (for the status).
 static RING_REQUESTS: AtomicU64 = AtomicU64::new(0);
+/// Entries registered beyond [`QUEUE_DEPTH`], all queues together (for the status).
+static EXTRA_ENTRIES: AtomicU64 = AtomicU64::new(0);
 
 /// How many requests travelled over io_uring in this process.
 pub fn ring_requests() -> u64 {
     RING_REQUESTS.load(Ordering::Relaxed)
+}
+
+/// How many entries the queues registered beyond their first [`QUEUE_DEPTH`] each.
+pub fn extra_entries() -> u64 {
+    EXTRA_ENTRIES.load(Ordering::Relaxed)
+}
+
+/// Which entries of one queue pooled requests hold, and how many entries it should have.
+#[derive(Debug, Default)]
+struct EntryBudget {
+    /// Entries made (registered or registering), ended ones included.
+    made: usize,
+    ended: usize,
+    /// Entries whose request is on the pool.
+    held: usize,
+    held_by_owner: HashMap<u32, usize>,
+}
+
+impl EntryBudget {
+    fn free(&self) -> usize {
+        self.made - self.ended - self.held
+    }
+
+    /// Whether `owner` may hold one more entry with a pooled request.
+    fn may_hold(&self, owner: u32) -> bool {
+        let owners = self.held_by_owner.get(&owner).copied().unwrap_or(0);
+        owners < OWNER_ENTRIES && (self.free() > FREE_ENTRIES || self.made < MAX_ENTRIES)
+    }
+
+    fn hold(&mut self, owner: u32) {
+        self.held += 1;
+        *self.held_by_owner.entry(owner).or_default() += 1;
+    }
+
+    fn unhold(&mut self, owner: u32) {
+        self.held -= 1;
+        if let Some(n) = self.held_by_owner.get_mut(&owner) {
+            *n -= 1;
+            if *n == 0 {
+                self.held_by_owner.remove(&owner);
+            }
+        }
+    }
+
+    /// Entries to register so that [`FREE_ENTRIES`] stay free, within the cap.
+    fn missing(&self) -> usize {
+        FREE_ENTRIES
+            .saturating_sub(self.free())
+            .min(MAX_ENTRIES.saturating_sub(self.made))
+    }
 }
 
 type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
@@ -279,6 +351,25 @@ struct Entry {
     commit_id: u64,
     state: EntryState,
     register_attempts: u32,
+    /// The owner whose pooled request holds the entry.
+    held_by: Option<u32>,
+}
+
+impl Entry {
+    fn new() -> Self {
+        let header = KernelBuffer::new(ring::HEADER_SIZE);
+        let payload = KernelBuffer::new(PAYLOAD_SIZE);
+        let iov = Box::new([header.iovec(), payload.iovec()]);
+        Self {
+            header,
+            payload,
+            iov,
+            commit_id: 0,
+            state: EntryState::Registering,
+            register_attempts: 0,
+            held_by: None,
+        }
+    }
 }
 
 struct Queue {
@@ -286,32 +377,27 @@ struct Queue {
     ring: Ring,
     ctx: QueueContext,
     entries: Vec<Entry>,
+    budget: EntryBudget,
     /// The 8 bytes the mailbox's eventfd read lands in.
     wake_buf: KernelBuffer,
 }
 
 impl Queue {
     fn new(ctx: QueueContext) -> io::Result<Self> {
-        let ring = Ring::builder().build((QUEUE_DEPTH as u32 + 1).next_power_of_two())?;
-        let entries = (0..QUEUE_DEPTH)
-            .map(|_| {
-                let header = KernelBuffer::new(ring::HEADER_SIZE);
-                let payload = KernelBuffer::new(PAYLOAD_SIZE);
-                let iov = Box::new([header.iovec(), payload.iovec()]);
-                Entry {
-                    header,
-                    payload,
-                    iov,
-                    commit_id: 0,
-                    state: EntryState::Registering,
-                    register_attempts: 0,
-                }
-            })
-            .collect();
+        // Room for a completion of every entry a queue may grow and of the mailbox.
+        let ring = Ring::builder()
+            .setup_cqsize((MAX_ENTRIES as u32 + 1).next_power_of_two())
+            .build((QUEUE_DEPTH as u32 + 1).next_power_of_two())?;
+        let entries: Vec<Entry> = (0..QUEUE_DEPTH).map(|_| Entry::new()).collect();
+        let budget = EntryBudget {
+            made: entries.len(),
+            ..Default::default()
+        };
         Ok(Self {
             ring,
             ctx,
             entries,
+            budget,
             wake_buf: KernelBuffer::new(8),
         })
     }
@@ -441,11 +527,11 @@ impl Queue {
                 return self.register(i);
             }
             r if -r == libc::ENOTCONN => {
-                e.state = EntryState::Ended;
+                self.end(i);
                 return Ok(());
             }
             r => {
-                e.state = EntryState::Ended;
+                self.end(i);
                 crate::warn_limited!(
                     qid = self.ctx.qid,
                     entry = i,
@@ -475,18 +561,69 @@ impl Queue {
                 let reply = self.ctx.handler.handle_guarded(&msg);
                 self.commit(i, reply)
             }
-            Lane::User(uid) => {
-                let mailbox = self.ctx.mailbox.clone();
-                let posted = submit_user(&self.ctx.pools, &self.ctx.handler, uid, &msg, {
-                    move |reply| mailbox.post(i, reply)
-                });
-                if posted {
-                    Ok(())
-                } else {
-                    self.commit(i, Handler::refuse(&msg, Errno::ENOMEM))
-                }
-            }
+            Lane::User(uid) => self.hand_to_pool(i, uid, &msg),
         }
+    }
+
+    /// Hands entry `i`'s request to the pool, keeping [`FREE_ENTRIES`] of the queue free.
+    fn hand_to_pool(&mut self, i: usize, uid: u32, msg: &[u8]) -> io::Result<()> {
+        let owner = self.ctx.pools.owner_of(uid);
+        if !self.budget.may_hold(owner) {
+            let release = wire::peek_header(msg).is_some_and(|h| h.opcode == wire::opcode::RELEASE);
+            crate::warn_limited!(
+                qid = self.ctx.qid,
+                uid,
+                entries = self.budget.made,
+                held_by_owner = ?self.budget.held_by_owner.get(&owner),
+                "io_uring queue: pooled requests hold their share of its entries; answered at once"
+            );
+            if release {
+                // Its answer carries nothing: answer now, tear down on the pool.
+                let unique = self.entries[i].commit_id;
+                submit_user(&self.ctx.pools, &self.ctx.handler, uid, msg, |_| ());
+                return self.commit(i, Some(wire::reply(unique, 0, &[])));
+            }
+            return self.commit(i, Handler::refuse(msg, Errno::ENOMEM));
+        }
+        let mailbox = self.ctx.mailbox.clone();
+        let posted = submit_user(&self.ctx.pools, &self.ctx.handler, uid, msg, {
+            move |reply| mailbox.post(i, reply)
+        });
+        if !posted {
+            return self.commit(i, Handler::refuse(msg, Errno::ENOMEM));
+        }
+        self.budget.hold(owner);
+        self.entries[i].held_by = Some(owner);
+        self.keep_entries_free()
+    }
+
+    /// Registers new entries while fewer than [`FREE_ENTRIES`] are free (up to the cap).
+    fn keep_entries_free(&mut self) -> io::Result<()> {
+        for _ in 0..self.budget.missing() {
+            self.entries.push(Entry::new());
+            self.budget.made += 1;
+            EXTRA_ENTRIES.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                qid = self.ctx.qid,
+                entries = self.entries.len(),
+                "io_uring queue: one more entry (pooled requests hold the others)"
+            );
+            self.register(self.entries.len() - 1)?;
+        }
+        Ok(())
+    }
+
+    /// Entry `i` will carry no more requests.
+    fn end(&mut self, i: usize) {
+        let e = &mut self.entries[i];
+        if e.state == EntryState::Ended {
+            return;
+        }
+        e.state = EntryState::Ended;
+        if let Some(owner) = e.held_by.take() {
+            self.budget.unhold(owner);
+        }
+        self.budget.ended += 1;
     }
 
     /// Puts `reply` in entry `i` and re-arms it with COMMIT_AND_FETCH.
@@ -496,6 +633,9 @@ impl Queue {
         };
         if e.state != EntryState::Busy {
             return Ok(());
+        }
+        if let Some(owner) = e.held_by.take() {
+            self.budget.unhold(owner);
         }
         let out_len = std::mem::size_of::<wire::OutHeader>();
         // A request on the ring always owes a reply (FORGET and INTERRUPT stay on /dev/fuse).
@@ -568,6 +708,54 @@ mod tests {
         assert_eq!(parse_cpu_list("0,2-5"), Some(6));
         assert_eq!(parse_cpu_list("x"), None);
         assert!(possible_cpus().unwrap() >= 1);
+    }
+
+    /// What a queue does with its budget: hold, then register what is missing.
+    fn hold(b: &mut EntryBudget, owner: u32) -> bool {
+        if !b.may_hold(owner) {
+            return false;
+        }
+        b.hold(owner);
+        b.made += b.missing();
+        true
+    }
+
+    #[test]
+    fn pooled_requests_always_leave_free_entries() {
+        let mut b = EntryBudget {
+            made: QUEUE_DEPTH,
+            ..Default::default()
+        };
+        for n in 1..=QUEUE_DEPTH - FREE_ENTRIES {
+            assert!(hold(&mut b, n as u32));
+            assert_eq!(b.made, QUEUE_DEPTH, "no new entry while enough are free");
+        }
+        // From here each held entry brings a new one, per owner up to its share.
+        let owners = (MAX_ENTRIES - FREE_ENTRIES) / OWNER_ENTRIES + 1;
+        for owner in 100..100 + owners as u32 {
+            while hold(&mut b, owner) {
+                assert_eq!(b.free(), FREE_ENTRIES);
+            }
+            let share = b.held_by_owner[&owner];
+            assert!(share == OWNER_ENTRIES || b.made == MAX_ENTRIES, "{b:?}");
+        }
+        // At the cap: nobody holds more, the free entries stay free.
+        assert_eq!(b.made, MAX_ENTRIES);
+        assert_eq!(b.free(), FREE_ENTRIES);
+        assert!(!b.may_hold(7));
+        // An answer frees an entry for the next pooled request, without a new one.
+        b.unhold(100);
+        assert!(hold(&mut b, 7));
+        assert_eq!((b.made, b.free()), (MAX_ENTRIES, FREE_ENTRIES));
+        // Ended entries are not free: the queue replaces them within the cap.
+        let mut b = EntryBudget {
+            made: QUEUE_DEPTH,
+            ended: QUEUE_DEPTH - 1,
+            ..Default::default()
+        };
+        assert_eq!(b.missing(), 1);
+        assert!(hold(&mut b, 1));
+        assert_eq!(b.free(), FREE_ENTRIES);
     }
 
     #[test]
