@@ -55,10 +55,44 @@ fn assert_all_pass(o: &Output, n: usize) {
     );
 }
 
+/// The scripts that need the selftest surface (mock devices through IOMMU_TEST_CMD ops): run here
+/// and, with `REPLAY`, in scripts/refkernel.sh's test variant; not recorded yet (the recorder keeps
+/// pointers in `Int` fields and driver data as literals and zeros).
+fn selftest_corpus() -> PathBuf {
+    corpus().join("selftest")
+}
+
+fn selftest_corpus_len() -> usize {
+    std::fs::read_dir(selftest_corpus())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "jsonl")
+        })
+        .count()
+}
+
 #[test]
 fn corpus_in_process() {
     let o = replay(&["--in-process"], &[&corpus()]);
     assert_all_pass(&o, corpus_len());
+}
+
+#[test]
+fn selftest_corpus_in_process_and_against_a_fuse_daemon() {
+    assert!(selftest_corpus_len() >= 7);
+    let o = replay(&["--in-process"], &[&selftest_corpus()]);
+    assert_all_pass(&o, selftest_corpus_len());
+    let d = DaemonProcess::start(&[]);
+    let node = d.node("iommu");
+    let o = replay(&["--node", node.to_str().unwrap()], &[&selftest_corpus()]);
+    assert_all_pass(&o, selftest_corpus_len());
+    let s = d.wait_idle();
+    assert_eq!(s["contexts"], 0, "{s}");
+    assert_eq!(s["objects"], 0, "{s}");
 }
 
 #[test]

@@ -8,9 +8,162 @@ use uiommufd_uapi::iommufd::*;
 use uiommufd_uapi::vfio::*;
 
 // The ioctls themselves (number, struct, fields and their roles) are the uAPI's one table.
-pub use uiommufd_uapi::table::{
-    by_cmd, by_name, ioctls, ArgKind, Field, IoctlDesc as IoctlDef, Role,
-};
+use uiommufd_uapi::selftest::*;
+pub use uiommufd_uapi::table::{by_cmd, ioctls, ArgKind, Field, IoctlDesc as IoctlDef, Role};
+
+/// An ioctl by kernel name, or an `IOMMU_TEST_CMD` op by its op name ([`test_ops`]).
+pub fn by_name(name: &str) -> Option<&'static IoctlDef> {
+    uiommufd_uapi::table::by_name(name).or_else(|| test_ops().iter().find(|d| d.name == name))
+}
+
+/// The descriptor a call's bytes are best described by: the `IOMMU_TEST_CMD` op alias for its
+/// `op` word when there is one, otherwise the table's.
+pub fn refine(def: &'static IoctlDef, bytes: &[u8]) -> &'static IoctlDef {
+    if def.cmd != IOMMU_TEST_CMD {
+        return def;
+    }
+    let op = def.field("op").map(|f| crate::replay::exec::get(bytes, *f));
+    test_ops()
+        .iter()
+        .find(|d| Some(test_op_of(d)) == op)
+        .unwrap_or(def)
+}
+
+/// The op an alias presets.
+pub fn test_op_of(d: &IoctlDef) -> u64 {
+    TEST_OPS
+        .iter()
+        .find(|(name, ..)| *name == d.name)
+        .map_or(0, |(_, op, _)| u64::from(*op))
+}
+
+/// Payload fields of an op: name, offset in the union, width, role.
+type PayloadFields = &'static [(&'static str, usize, usize, Role)];
+
+/// The `IOMMU_TEST_CMD` ops a script can name, with the union member's fields (the kernel's
+/// member names; a member field that would clash with the header's `id` is named after its
+/// member, `iotlb_id` / `cache_id`). Ops that return or need an object fd (accesses, dma-bufs,
+/// fault and vEVENT triggers) are left out: a script cannot hold such an fd.
+const TEST_OPS: &[(&str, u32, PayloadFields)] = &[
+    (
+        "IOMMU_TEST_OP_ADD_RESERVED",
+        IOMMU_TEST_OP_ADD_RESERVED,
+        &[("start", 0, 8, Role::Iova), ("length", 8, 8, Role::Int)],
+    ),
+    (
+        "IOMMU_TEST_OP_MOCK_DOMAIN",
+        IOMMU_TEST_OP_MOCK_DOMAIN,
+        &[
+            ("out_stdev_id", 0, 4, Role::OutId),
+            ("out_hwpt_id", 4, 4, Role::OutId),
+            ("out_idev_id", 8, 4, Role::OutId),
+        ],
+    ),
+    (
+        "IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS",
+        IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS,
+        &[
+            ("out_stdev_id", 0, 4, Role::OutId),
+            ("out_hwpt_id", 4, 4, Role::OutId),
+            ("out_idev_id", 8, 4, Role::OutId),
+            ("dev_flags", 12, 4, Role::Int),
+        ],
+    ),
+    (
+        "IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE",
+        IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE,
+        &[("pt_id", 0, 4, Role::Id)],
+    ),
+    (
+        "IOMMU_TEST_OP_MD_CHECK_REFS",
+        IOMMU_TEST_OP_MD_CHECK_REFS,
+        &[
+            ("length", 0, 8, Role::Int),
+            ("uptr", 8, 8, Role::Ptr { len: "length" }),
+            ("refs", 16, 4, Role::Int),
+        ],
+    ),
+    (
+        "IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT",
+        IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT,
+        &[("limit", 0, 4, Role::Int)],
+    ),
+    (
+        "IOMMU_TEST_OP_DIRTY",
+        IOMMU_TEST_OP_DIRTY,
+        &[
+            ("flags", 0, 4, Role::Int),
+            ("iova", 8, 8, Role::Iova),
+            ("length", 16, 8, Role::Int),
+            ("page_size", 24, 8, Role::Int),
+            ("uptr", 32, 8, Role::Int),
+            ("out_nr_dirty", 40, 8, Role::Int),
+        ],
+    ),
+    (
+        "IOMMU_TEST_OP_MD_CHECK_IOTLB",
+        IOMMU_TEST_OP_MD_CHECK_IOTLB,
+        &[("iotlb_id", 0, 4, Role::Int), ("iotlb", 4, 4, Role::Int)],
+    ),
+    (
+        "IOMMU_TEST_OP_DEV_CHECK_CACHE",
+        IOMMU_TEST_OP_DEV_CHECK_CACHE,
+        &[("cache_id", 0, 4, Role::Int), ("cache", 4, 4, Role::Int)],
+    ),
+    (
+        "IOMMU_TEST_OP_PASID_ATTACH",
+        IOMMU_TEST_OP_PASID_ATTACH,
+        &[("pasid", 0, 4, Role::Int), ("pt_id", 4, 4, Role::Id)],
+    ),
+    (
+        "IOMMU_TEST_OP_PASID_REPLACE",
+        IOMMU_TEST_OP_PASID_REPLACE,
+        &[("pasid", 0, 4, Role::Int), ("pt_id", 4, 4, Role::Id)],
+    ),
+    (
+        "IOMMU_TEST_OP_PASID_DETACH",
+        IOMMU_TEST_OP_PASID_DETACH,
+        &[("pasid", 0, 4, Role::Int)],
+    ),
+    (
+        "IOMMU_TEST_OP_PASID_CHECK_HWPT",
+        IOMMU_TEST_OP_PASID_CHECK_HWPT,
+        &[("pasid", 0, 4, Role::Int), ("hwpt_id", 4, 4, Role::Id)],
+    ),
+];
+
+/// Offset of the payload union in `iommu_test_cmd`.
+const PAYLOAD_AT: usize = std::mem::offset_of!(iommu_test_cmd, payload);
+
+/// One descriptor per [`TEST_OPS`] entry: `IOMMU_TEST_CMD`'s number, size and header fields, then
+/// the op's payload fields at their offsets. Script-level names only: the uAPI table (which the
+/// daemon dispatches by) keeps one descriptor per number.
+pub fn test_ops() -> &'static [IoctlDef] {
+    static OPS: std::sync::OnceLock<Vec<IoctlDef>> = std::sync::OnceLock::new();
+    OPS.get_or_init(|| {
+        let base = uiommufd_uapi::table::by_name("IOMMU_TEST_CMD").expect("in the table");
+        TEST_OPS
+            .iter()
+            .map(|(name, _, payload)| {
+                let mut fields = base.fields.clone();
+                fields.extend(payload.iter().map(|&(name, off, width, role)| Field {
+                    name,
+                    off: PAYLOAD_AT + off,
+                    width,
+                    role,
+                }));
+                IoctlDef {
+                    name,
+                    cmd: base.cmd,
+                    kind: base.kind,
+                    size: base.size,
+                    min_size: base.min_size,
+                    fields,
+                }
+            })
+            .collect()
+    })
+}
 
 /// Symbolic constants usable in expressions.
 pub const CONSTANTS: &[(&str, u64)] = &[
@@ -56,6 +209,78 @@ pub const CONSTANTS: &[(&str, u64)] = &[
         "VFIO_DMA_UNMAP_FLAG_VADDR",
         VFIO_DMA_UNMAP_FLAG_VADDR as u64,
     ),
+    (
+        "IOMMU_HWPT_ALLOC_NEST_PARENT",
+        IOMMU_HWPT_ALLOC_NEST_PARENT as u64,
+    ),
+    (
+        "IOMMU_HWPT_ALLOC_DIRTY_TRACKING",
+        IOMMU_HWPT_ALLOC_DIRTY_TRACKING as u64,
+    ),
+    (
+        "IOMMU_HWPT_FAULT_ID_VALID",
+        IOMMU_HWPT_FAULT_ID_VALID as u64,
+    ),
+    ("IOMMU_HWPT_ALLOC_PASID", IOMMU_HWPT_ALLOC_PASID as u64),
+    ("IOMMU_HWPT_DATA_NONE", IOMMU_HWPT_DATA_NONE as u64),
+    ("IOMMU_HWPT_DATA_SELFTEST", IOMMU_HWPT_DATA_SELFTEST as u64),
+    (
+        "IOMMU_HW_INFO_TYPE_SELFTEST",
+        IOMMU_HW_INFO_TYPE_SELFTEST as u64,
+    ),
+    (
+        "IOMMU_HW_INFO_FLAG_INPUT_TYPE",
+        IOMMU_HW_INFO_FLAG_INPUT_TYPE as u64,
+    ),
+    (
+        "IOMMU_HWPT_DIRTY_TRACKING_ENABLE",
+        IOMMU_HWPT_DIRTY_TRACKING_ENABLE as u64,
+    ),
+    (
+        "IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR",
+        IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR as u64,
+    ),
+    (
+        "IOMMU_HWPT_INVALIDATE_DATA_SELFTEST",
+        IOMMU_HWPT_INVALIDATE_DATA_SELFTEST as u64,
+    ),
+    (
+        "IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID",
+        IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID as u64,
+    ),
+    (
+        "IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST",
+        IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST as u64,
+    ),
+    (
+        "IOMMU_TEST_INVALIDATE_FLAG_ALL",
+        IOMMU_TEST_INVALIDATE_FLAG_ALL as u64,
+    ),
+    ("IOMMU_TEST_IOTLB_DEFAULT", IOMMU_TEST_IOTLB_DEFAULT as u64),
+    (
+        "IOMMU_TEST_DEV_CACHE_DEFAULT",
+        IOMMU_TEST_DEV_CACHE_DEFAULT as u64,
+    ),
+    (
+        "IOMMU_VIOMMU_TYPE_SELFTEST",
+        IOMMU_VIOMMU_TYPE_SELFTEST as u64,
+    ),
+    (
+        "IOMMU_VIOMMU_TYPE_DEFAULT",
+        IOMMU_VIOMMU_TYPE_DEFAULT as u64,
+    ),
+    (
+        "IOMMU_HW_QUEUE_TYPE_SELFTEST",
+        IOMMU_HW_QUEUE_TYPE_SELFTEST as u64,
+    ),
+    (
+        "MOCK_FLAGS_DEVICE_NO_DIRTY",
+        MOCK_FLAGS_DEVICE_NO_DIRTY as u64,
+    ),
+    ("MOCK_FLAGS_DEVICE_PASID", MOCK_FLAGS_DEVICE_PASID as u64),
+    ("MOCK_APERTURE_START", MOCK_APERTURE_START),
+    ("MOCK_PAGE_SIZE", MOCK_PAGE_SIZE),
+    ("MOCK_IOMMUPT_HUGE", MOCK_IOMMUPT_HUGE as u64),
 ];
 
 pub fn constant(name: &str) -> Option<u64> {

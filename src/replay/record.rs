@@ -763,7 +763,9 @@ impl Renderer {
     }
 
     fn call_step(&mut self, c: &Call) {
-        let def = layout::by_cmd(c.cmd);
+        // IOMMU_TEST_CMD is written as its op's alias, so that the payload's fields replay.
+        let def =
+            layout::by_cmd(c.cmd).map(|d| layout::refine(d, c.before.as_deref().unwrap_or(&[])));
         let label = match def {
             Some(d) => json(d.name),
             None => json(&format!("{:#x}", c.cmd)),

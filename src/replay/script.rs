@@ -370,6 +370,13 @@ fn parse_ioctl(obj: &Map<String, Value>) -> R<IoctlStep> {
     if let Some(v) = obj.get("args") {
         step.args = fields_of(def, v, false).map_err(|e| ctx(format!("args.{e}")))?;
     }
+    if let Some(d) = def.filter(|d| layout::test_op_of(d) != 0) {
+        // An IOMMU_TEST_CMD op alias presets its op (a script may still override it).
+        if !step.args.iter().any(|(n, _)| n == "op") {
+            let op = Value2::Int(Expr::num(layout::test_op_of(d)));
+            step.args.insert(0, ("op".into(), op));
+        }
+    }
     if let Some(v) = obj.get("out") {
         step.out = fields_of(def, v, true).map_err(|e| ctx(format!("out.{e}")))?;
     }

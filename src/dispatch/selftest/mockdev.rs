@@ -171,7 +171,8 @@ impl DeviceBackend for MockDev {
             // The mock's driver data asks for an mmap of the iommufd file (a loopback page),
             // which this daemon cannot offer through FUSE; refuse rather than hand out a dead
             // offset.
-            let min = size_of::<u32>(); // up to `in_data`
+            // The kernel's mock copies up to `out_data` (Linux 7.2): shorter data is EINVAL.
+            let min = std::mem::offset_of!(iommu_viommu_selftest, out_data) + size_of::<u32>();
             let _: iommu_viommu_selftest = data.read(min)?;
             return Err(Errno::EOPNOTSUPP);
         }

@@ -65,6 +65,12 @@ fn viommu_alloc_order() {
         "data longer than the struct"
     );
     c.data_len = 4;
+    assert_eq!(
+        b.errno(cmd, &c),
+        Errno::EINVAL,
+        "data up to in_data only: the mock copies up to out_data"
+    );
+    c.data_len = 8;
     c.data_uptr = UNMAPPED;
     assert_eq!(b.errno(cmd, &c), Errno::EFAULT);
     c.data_uptr = DATA;
