@@ -17,6 +17,7 @@ pub(crate) mod fake;
 pub mod identity;
 mod process;
 pub mod shared;
+pub mod subids;
 
 pub use identity::{Credentials, ProcessHandle, ProcessHandles};
 pub use process::{vm_read, vm_write, ProcessMemory};

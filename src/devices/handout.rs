@@ -23,6 +23,7 @@
 
 use super::legacy_group::LegacyGroups;
 use super::vfio_pci::VfioPci;
+use crate::caller::subids::SubordinateIds;
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use std::collections::HashMap;
@@ -73,7 +74,7 @@ pub fn serve(h: HandOut) {
         }
     };
     let h = Arc::new(h);
-    let in_flight = Arc::new(InFlight::default());
+    let in_flight = Arc::new(InFlight::new(SubordinateIds::load()));
     let spawned = std::thread::Builder::new()
         .name("uiommufd-handout".into())
         .spawn(move || {
@@ -92,31 +93,64 @@ pub fn serve(h: HandOut) {
 /// Requests being answered, in all and per user: each runs on a thread of its own, since one can
 /// wait on files the client sent (a stat or close of a file of the client's own FUSE mount waits
 /// for that server) or do long work (a legacy group's container filled with a whole IOAS).
+/// Counted per owning user: a uid of someone's subordinate range (/etc/subuid) counts as that
+/// user's, or one user could take a share per uid it can run as.
 #[derive(Default)]
-struct InFlight(std::sync::Mutex<HashMap<u32, usize>>);
+struct InFlight {
+    per_owner: std::sync::Mutex<HashMap<u32, usize>>,
+    owners: SubordinateIds,
+}
 
 /// Most requests answered at once, and per user.
 const MAX_IN_FLIGHT: usize = 64;
 const MAX_IN_FLIGHT_PER_USER: usize = 4;
 
 impl InFlight {
-    fn enter(&self, uid: u32) -> bool {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let total: usize = m.values().sum();
-        let mine = m.entry(uid).or_insert(0);
-        if total >= MAX_IN_FLIGHT || *mine >= MAX_IN_FLIGHT_PER_USER {
-            return false;
+    fn new(owners: SubordinateIds) -> Self {
+        Self {
+            per_owner: Default::default(),
+            owners,
         }
-        *mine += 1;
-        true
     }
 
-    fn leave(&self, uid: u32) {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&uid) {
+    /// A slot for a request from `uid`, given back when the slot drops (also if the request's
+    /// thread unwinds); None over a cap.
+    fn enter(self: &Arc<Self>, uid: u32) -> Option<InFlightSlot> {
+        let owner = self.owners.owner_of(uid);
+        let mut m = self.per_owner.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = m.values().sum();
+        let mine = m.entry(owner).or_insert(0);
+        if total >= MAX_IN_FLIGHT || *mine >= MAX_IN_FLIGHT_PER_USER {
+            if *mine == 0 {
+                m.remove(&owner);
+            }
+            return None;
+        }
+        *mine += 1;
+        Some(InFlightSlot {
+            flight: self.clone(),
+            owner,
+        })
+    }
+}
+
+/// One request's share of [`InFlight`].
+struct InFlightSlot {
+    flight: Arc<InFlight>,
+    owner: u32,
+}
+
+impl Drop for InFlightSlot {
+    fn drop(&mut self) {
+        let mut m = self
+            .flight
+            .per_owner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.owner) {
             *n -= 1;
             if *n == 0 {
-                m.remove(&uid);
+                m.remove(&self.owner);
             }
         }
     }
@@ -131,22 +165,21 @@ fn dispatch(conn: UnixStream, h: &Arc<HandOut>, in_flight: &Arc<InFlight>) {
     else {
         return;
     };
-    if !in_flight.enter(uid) {
+    let Some(slot) = in_flight.enter(uid) else {
         crate::warn_limited!(
             uid,
             "too many hand-out requests in flight; connection closed"
         );
         return;
-    }
-    let (h, flight) = (h.clone(), in_flight.clone());
+    };
+    let h = h.clone();
     let spawned = std::thread::Builder::new()
         .name("uiommufd-handout-req".into())
         .spawn(move || {
+            let _slot = slot;
             answer(conn, &h);
-            flight.leave(uid);
         });
     if spawned.is_err() {
-        in_flight.leave(uid);
         crate::warn_limited!(uid, "cannot start a hand-out request thread");
     }
 }
@@ -289,18 +322,33 @@ mod tests {
     }
 
     #[test]
-    fn requests_in_flight_are_capped_per_user_and_in_all() {
-        let f = InFlight::default();
-        for _ in 0..MAX_IN_FLIGHT_PER_USER {
-            assert!(f.enter(1000));
+    fn requests_in_flight_are_capped_per_owner_and_in_all() {
+        // uids 100000..100065 belong to user 1000 (/etc/subuid).
+        let owners = SubordinateIds::parse("1000:100000:65536\n", |_| None);
+        let f = Arc::new(InFlight::new(owners));
+        let mut held = Vec::new();
+        for i in 0..MAX_IN_FLIGHT_PER_USER as u32 {
+            held.push(f.enter(1000 + (i % 2) * 99_000).expect("within the cap"));
         }
-        assert!(!f.enter(1000), "a user's cap");
-        assert!(f.enter(1001), "another user still gets in");
-        f.leave(1000);
-        assert!(f.enter(1000));
+        assert!(f.enter(1000).is_none(), "a user's cap");
+        assert!(
+            f.enter(100_007).is_none(),
+            "a subordinate uid counts as its owner"
+        );
+        let other = f.enter(1001).expect("another user still gets in");
+        held.pop();
+        held.push(f.enter(100_001).expect("a slot given back by drop"));
+        drop(other);
         for uid in 2000..2000 + MAX_IN_FLIGHT as u32 {
-            let _ = f.enter(uid);
+            if let Some(s) = f.enter(uid) {
+                held.push(s);
+            }
         }
-        assert!(!f.enter(3000), "the total cap");
+        assert!(f.enter(3000).is_none(), "the total cap");
+        drop(held);
+        assert!(
+            f.per_owner.lock().unwrap().is_empty(),
+            "every slot given back"
+        );
     }
 }

@@ -163,7 +163,8 @@ pub fn route(table: &[Option<Op>], cmd: u32) -> Route<'_> {
 /// when the struct this daemon knows lies on the size word's page (a page is readable as a
 /// whole, so nothing is read that the kernel's own two reads would not reach — no other page's
 /// fault can happen here). Then the same checks as the two-step path, in the kernel's order.
-/// None when it does not apply or the read fails (the two-step path then finds the exact errno).
+/// None when it does not apply (the two-step path runs); a failed read is answered as it is, as
+/// the kernel's first read of the same page would fail alike.
 fn copy_in_one_read<'a>(
     ctx: &'a Context,
     mem: &'a dyn CallerMemory,

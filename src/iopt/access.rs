@@ -99,7 +99,8 @@ impl IoPagetable {
     fn first_walk_error(&self, iova: u64, last: u64, write: bool) -> Result<(), Errno> {
         let mut cur = iova;
         for area in self.area_range_from(iova) {
-            if area.iova > cur {
+            // A pending area is a gap until its map commits.
+            if area.iova > cur || area.pending {
                 break;
             }
             // Every area before a gap must start and end on a page boundary of its backing.

@@ -136,6 +136,11 @@ pub struct PendingMap {
 }
 
 impl PendingMap {
+    /// The IOVA spans of its areas, for [`IoPagetable::drop_pending`] should the fill never return.
+    pub fn spans(&self) -> Vec<(u64, u64)> {
+        self.areas.iter().map(|a| (a.iova, a.last)).collect()
+    }
+
     /// Pins the areas' pages and maps them into the domains; on failure nothing stays.
     pub fn fill(&mut self) -> Result<(), Errno> {
         for i in 0..self.areas.len() {
@@ -480,6 +485,25 @@ impl IoPagetable {
             }
         }
         filled.map(|()| pending.start)
+    }
+
+    /// Takes the areas of a map whose fill unwound out of the table (those still pending), so
+    /// their IOVA does not stay busy. What the fill had mapped into domains before it unwound is
+    /// not known here and stays there.
+    pub fn drop_pending(&mut self, spans: &[(u64, u64)]) {
+        for &(iova, last) in spans {
+            if self
+                .areas
+                .get(&iova)
+                .is_some_and(|a| a.pending && a.last == last)
+            {
+                self.areas.remove(&iova);
+                self.hole_index
+                    .get_mut()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .unmapped(iova, last);
+            }
+        }
     }
 
     fn unfill_area(&self, area: &mut Area) {
@@ -853,20 +877,25 @@ impl IoPagetable {
             if area.filled && !self.disable_large_pages {
                 return Err(Errno::EINVAL);
             }
-            let mut lhs = self.areas.remove(&key).expect("area");
-            let mut rhs = lhs.clone();
+            let mut lhs = area.clone();
+            let mut rhs = area.clone();
             rhs.iova = new_start;
             rhs.start_byte = lhs.start_byte_of(new_start);
             lhs.last = iova;
-            // Each half needs its own pin on the pages it covers when filled.
+            // Each half needs its own pin on the pages it covers when filled: both are taken
+            // before the area is replaced, so a failed pin leaves it as it was.
             if lhs.filled {
                 let (rf, rl) = rhs.pin_span();
                 let (lf, ll) = lhs.pin_span();
-                // The original pin covered [lf, rl]; re-pin the halves, then drop the original.
                 lhs.pages.pin(lf, ll, false)?;
-                lhs.pages.pin(rf, rl, false)?;
+                if let Err(e) = lhs.pages.pin(rf, rl, false) {
+                    lhs.pages.unpin(lf, ll);
+                    return Err(e);
+                }
+                // The original pin covered [lf, rl].
                 lhs.pages.unpin(lf, rl);
             }
+            self.areas.remove(&key);
             self.areas.insert(lhs.iova, lhs);
             self.areas.insert(rhs.iova, rhs);
         }

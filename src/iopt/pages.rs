@@ -263,12 +263,20 @@ impl Pages {
 
 impl Drop for Pages {
     fn drop(&mut self) {
-        let n = self.pins.get_mut().unwrap().npinned();
+        // A pin that unwound poisons the locks; the counts in them are still what was pinned.
+        let n = self
+            .pins
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .npinned();
         if n != 0 {
             #[cfg(test)]
             DROPPED_WHILE_PINNED.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
             crate::warn_limited!(pages = n, "pages dropped while still pinned; uncharging");
-            self.account.get_mut().unwrap().uncharge(n);
+            self.account
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .uncharge(n);
         }
     }
 }

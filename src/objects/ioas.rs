@@ -125,7 +125,13 @@ impl Ioas {
     ) -> Result<u64, Errno> {
         let _domains = self.domains_gate.read().unwrap();
         let mut pending = self.iopt().begin_map(slices, length, iova, prot)?;
+        let mut unwinding = PendingGuard {
+            ioas: self,
+            spans: pending.spans(),
+        };
         let filled = pending.fill();
+        unwinding.spans.clear();
+        drop(unwinding);
         self.iopt().finish_map(pending, filled)
     }
 
@@ -201,5 +207,22 @@ impl Ioas {
         if let Err((e, _)) = self.unmap(0, u64::MAX) {
             crate::warn_limited!(?e, "IOAS destroyed with areas that could not be unmapped");
         }
+    }
+}
+
+/// Alive only while a map's fill runs with no lock held: if the fill unwinds, its pending areas
+/// leave the table on the way out, or their IOVA would stay busy (EEXIST/EBUSY) for good.
+struct PendingGuard<'a> {
+    ioas: &'a Ioas,
+    spans: Vec<(u64, u64)>,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if self.spans.is_empty() {
+            return;
+        }
+        let mut iopt = self.ioas.iopt.write().unwrap_or_else(|p| p.into_inner());
+        iopt.drop_pending(&self.spans);
     }
 }

@@ -196,15 +196,21 @@ impl crate::iopt::PageSource for SlowPins {
     }
 }
 
-#[test]
-fn a_map_pins_without_holding_the_table() {
-    use crate::backends::mock::{MockDomain, MockKind, MOCK_APERTURE_START};
-    const BASE: u64 = MOCK_APERTURE_START;
-    let ctx = Context::new();
-    let id = ioas(&ctx);
+/// An IOAS of `ctx` with a mock domain attached (through a paging HWPT the context keeps).
+fn ioas_with_a_mock_domain(ctx: &Context) -> (Arc<Ioas>, Arc<dyn crate::backends::Domain>) {
+    use crate::backends::mock::{MockDomain, MockKind};
+    let id = ioas(ctx);
     let io = ctx.get_ioas(id).unwrap();
     let domain: Arc<dyn crate::backends::Domain> = Arc::new(MockDomain::new(MockKind::Normal));
-    let (_hwpt_id, _hwpt) = hwpt::HwptPaging::alloc(&ctx, id, domain.clone(), 0, false).unwrap();
+    hwpt::HwptPaging::alloc(ctx, id, domain.clone(), 0, false).unwrap();
+    (io, domain)
+}
+
+#[test]
+fn a_map_pins_without_holding_the_table() {
+    const BASE: u64 = crate::backends::mock::MOCK_APERTURE_START;
+    let ctx = Context::new();
+    let (io, domain) = ioas_with_a_mock_domain(&ctx);
     let (started_tx, started) = std::sync::mpsc::sync_channel(1);
     let (go, go_rx) = std::sync::mpsc::channel();
     let slow = Arc::new(SlowPins {
@@ -248,5 +254,42 @@ fn a_map_pins_without_holding_the_table() {
     assert_eq!(mapper.join().unwrap(), Ok(BASE));
     // Committed: mapped into the domain and an ordinary area.
     assert!(domain.translate(BASE).is_some());
+    assert_eq!(io.unmap(BASE, BASE + 0x3fff), Ok(0x4000));
+}
+
+/// A page source whose pin panics, as a bug in a backend's pin path would.
+#[derive(Debug)]
+struct PanickingPins(MemorySource);
+
+impl crate::iopt::PageSource for PanickingPins {
+    fn pin(&self, _first: u64, _count: u64, _write: bool) -> Result<Vec<u64>, Errno> {
+        panic!("pin fails hard (test)");
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.0.read(offset, buf)
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        self.0.write(offset, data)
+    }
+    fn address_hint(&self) -> u64 {
+        self.0.address_hint()
+    }
+}
+
+#[test]
+fn a_map_whose_pin_unwinds_leaves_its_iova_free() {
+    const BASE: u64 = crate::backends::mock::MOCK_APERTURE_START;
+    let ctx = Context::new();
+    let (io, domain) = ioas_with_a_mock_domain(&ctx);
+    let source = Arc::new(PanickingPins(MemorySource::new(0x4000, 0x10_0000)));
+    let pages = Pages::new(source, 0, 0x4000, true, Account::unaccounted()).unwrap();
+    let unwound = {
+        let io = io.clone();
+        std::thread::spawn(move || io.map_pages(pages, Some(BASE), Prot::READ_WRITE)).join()
+    };
+    assert!(unwound.is_err(), "the pin was meant to panic");
+    // The range is neither pending nor mapped: a new map takes it, an unmap of it finds nothing.
+    assert_eq!(io.unmap(BASE, BASE + 0x3fff), Ok(0));
+    map_mem(&io, BASE, 0x4000);
     assert_eq!(io.unmap(BASE, BASE + 0x3fff), Ok(0x4000));
 }
