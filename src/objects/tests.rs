@@ -280,7 +280,7 @@ impl crate::iopt::PageSource for PanickingPins {
 fn a_map_whose_pin_unwinds_leaves_its_iova_free() {
     const BASE: u64 = crate::backends::mock::MOCK_APERTURE_START;
     let ctx = Context::new();
-    let (io, domain) = ioas_with_a_mock_domain(&ctx);
+    let (io, _domain) = ioas_with_a_mock_domain(&ctx);
     let source = Arc::new(PanickingPins(MemorySource::new(0x4000, 0x10_0000)));
     let pages = Pages::new(source, 0, 0x4000, true, Account::unaccounted()).unwrap();
     let unwound = {
