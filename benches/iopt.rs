@@ -20,7 +20,7 @@ use std::time::Instant;
 use uiommufd::backends::{Domain, Prot};
 use uiommufd::iopt::accounting::Account;
 use uiommufd::iopt::source::MemorySource;
-use uiommufd::iopt::{IoPagetable, Pages, PagesSlice, UnmapProgress, PAGE_SIZE};
+use uiommufd::iopt::{IoPagetable, Ledger, Pages, PagesSlice, UnmapProgress, PAGE_SIZE};
 
 const RW: Prot = Prot::READ_WRITE;
 /// Areas are 4 KiB with a 4 KiB hole after each, so neighbours never touch.
@@ -52,6 +52,7 @@ impl Domain for NullDomain {
 
 fn pages(len: u64, hint: u64) -> Arc<Pages> {
     Pages::new(
+        &Ledger::new(),
         Arc::new(MemorySource::new(len as usize, hint)),
         0,
         len,

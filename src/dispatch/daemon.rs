@@ -1,11 +1,12 @@
 //! The daemon's [`Service`]: one iommufd context per open of `/dev/iommu` or `/dev/vfio/vfio`.
 
-use super::handles::Handle;
+use super::handles::{Handle, HandleRegistry};
 use super::table::{self, Extensions, Op};
 use crate::backends::Prot;
 use crate::caller::context_query;
 use crate::caller::CallerMemory;
 use crate::iopt::accounting::AccountMode;
+use crate::iopt::Ledger;
 use crate::objects::Context;
 use crate::service::{NodeKind, OpenFile, Service};
 use nix::errno::Errno;
@@ -221,6 +222,10 @@ pub struct Daemon {
     device_opener: Option<DeviceOpener>,
     pub(super) device_bindings: OnceLock<DeviceBindings>,
     observer: OnceLock<Arc<dyn IoctlObserver>>,
+    /// This daemon's books (pins, per-user totals), shared by all its contexts.
+    ledger: Arc<Ledger>,
+    /// The open files of this daemon's node that became object fds.
+    handles: Arc<HandleRegistry>,
 }
 
 impl Daemon {
@@ -246,7 +251,19 @@ impl Daemon {
             device_opener: opener,
             device_bindings: OnceLock::new(),
             observer: OnceLock::new(),
+            ledger: Ledger::new(),
+            handles: Arc::default(),
         })
+    }
+
+    /// This daemon's books: what its contexts pinned and hold against the per-user caps.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// The object fds bound in this daemon.
+    pub fn handles(&self) -> &Arc<HandleRegistry> {
+        &self.handles
     }
 
     /// Most mappings a context may hold (0: no limit): past it IOAS_MAP, MAP_FILE, COPY and the
@@ -292,7 +309,7 @@ impl Daemon {
     }
 
     fn make_context(&self, node: &NodeKind) -> Arc<Context> {
-        let ctx = Arc::new(Context::new());
+        let ctx = Arc::new(Context::with_ledger(self.ledger.clone()));
         ctx.set_mapping_limit(
             self.mapping_limit
                 .load(std::sync::atomic::Ordering::Relaxed),
@@ -378,7 +395,7 @@ impl Daemon {
         arg: u64,
         mem: &dyn CallerMemory,
     ) -> Result<i64, Errno> {
-        match table::execute(&self.table, ctx, mem, cmd, arg) {
+        match table::execute(&self.table, ctx, &self.handles, mem, cmd, arg) {
             Some(Ok(name)) => {
                 tracing::debug!(ctx = ctx.id, ioctl = name, "ok");
                 Ok(0)
@@ -605,9 +622,9 @@ impl CompatHost for CompatBridge<'_> {
         self.ctx.check_mapping_room()?;
         let (owner, creds) = super::ioas_cmds::caller_process(self.ctx, self.mem)?;
         ioas.map_user(
+            self.ctx,
             owner,
             &creds,
-            self.ctx.account_mode(),
             user_va,
             length,
             Some(iova),

@@ -11,7 +11,7 @@
 //!
 //! After every op of every run the contexts must be consistent: every area of an IOAS with
 //! domains is filled and translated by each domain, none is without; the pins of all live pages
-//! add up exactly to `pinned_total()` and the per-user / per-process charges above their
+//! add up exactly to the daemon ledger's `pinned_total()` and the per-user / per-process charges above their
 //! baselines; the daemon's status agrees. The op that met the fault must fail with the injected
 //! errno and leave the state as it found it (IOAS_UNMAP-like ops and OPTION SET excepted, which
 //! the kernel also completes before the copy-out that can fail). After teardown every pin and
@@ -25,7 +25,6 @@ use super::extensions::daemon_extensions;
 use super::harness::{check_areas_and_pins, in_uncapped_child, prepare_child, Counters, PinList};
 use super::{Daemon, NodeKind};
 use crate::caller::{CallerMemory, ProcessMemory};
-use crate::iopt::accounting;
 use crate::iopt::{failpoint, Pages, PAGE_SIZE};
 use crate::objects::{Access, Context, Object};
 use nix::errno::Errno;
@@ -248,9 +247,13 @@ impl<'a> Session<'a> {
             objects: self.ctxs.iter().map(|c| c.object_counts()).collect(),
             ioas,
             vfio_ioas: self.ctxs.iter().map(|c| c.vfio_ioas()).collect(),
-            pinned: accounting::pinned_total(),
-            user: accounting::charged_to_user(nix::unistd::getuid().as_raw()),
-            process: accounting::charged_to_processes(),
+            pinned: self.daemon.ledger().pins.pinned_total(),
+            user: self
+                .daemon
+                .ledger()
+                .pins
+                .charged_to_user(nix::unistd::getuid().as_raw()),
+            process: self.daemon.ledger().pins.charged_to_processes(),
             access_pins: self
                 .access
                 .as_ref()
@@ -260,8 +263,8 @@ impl<'a> Session<'a> {
 
     /// The consistency every op must leave behind.
     fn check_consistent(&self) -> Result<(), String> {
-        check_areas_and_pins(&self.ctxs, &self.base)?;
-        let dropped = crate::iopt::pages::DROPPED_WHILE_PINNED.swap(0, Ordering::SeqCst);
+        check_areas_and_pins(self.daemon.ledger(), &self.ctxs, &self.base)?;
+        let dropped = self.daemon.ledger().live.take_dropped_while_pinned();
         if dropped != 0 {
             return Err(format!(
                 "{dropped} pages were dropped still pinned (a leaked pin)"
@@ -270,10 +273,12 @@ impl<'a> Session<'a> {
         let status: serde_json::Value =
             serde_json::from_str(&self.daemon.status_json()).map_err(|e| e.to_string())?;
         let objects: usize = self.ctxs.iter().map(|c| c.num_objects()).sum();
-        if status["objects"] != objects || status["pinned_pages"] != accounting::pinned_total() {
+        if status["objects"] != objects
+            || status["pinned_pages"] != self.daemon.ledger().pins.pinned_total()
+        {
             return Err(format!(
                 "status {status} disagrees: objects {objects}, pinned {}",
-                accounting::pinned_total()
+                self.daemon.ledger().pins.pinned_total()
             ));
         }
         Ok(())
@@ -789,8 +794,8 @@ impl<'a> Session<'a> {
         }
         let status: serde_json::Value =
             serde_json::from_str(&self.daemon.status_json()).map_err(|e| e.to_string())?;
-        let now = Counters::now();
-        let dropped = crate::iopt::pages::DROPPED_WHILE_PINNED.swap(0, Ordering::SeqCst);
+        let now = Counters::of(self.daemon.ledger());
+        let dropped = self.daemon.ledger().live.take_dropped_while_pinned();
         if now != self.base || status["contexts"] != 0 || status["objects"] != 0 || dropped != 0 {
             return Err(format!(
                 "{:?}: after teardown {now:?} (baseline {:?}), status {status}, {dropped} pages \
@@ -823,7 +828,7 @@ fn fail_nth_sweep() {
     let daemon = Daemon::new(daemon_extensions());
     let arena = Arena::new();
     let fd = memfd();
-    let base = Counters::now();
+    let base = Counters::of(daemon.ledger());
 
     // The reference run counts the steps of each class.
     let mut s = Session::new(&daemon, &arena, &fd, Fault::None, base);
@@ -916,9 +921,9 @@ fn access_replace_and_destroy_release_pins() {
         let i = ctx.get_ioas(id).unwrap();
         let (owner, creds) = crate::dispatch::ioas_cmds::caller_process(&ctx, &mem).unwrap();
         i.map_user(
+            &ctx,
             owner,
             &creds,
-            ctx.account_mode(),
             arena.at(DATA),
             4 * PAGE_SIZE,
             Some(1 << 24),
@@ -991,7 +996,15 @@ fn pin_of_a_huge_range_fails_at_its_first_batch() {
     }
     let source = Arc::new(Unmapped::default());
     // 64 GiB: 16 Mi pages.
-    let pages = Pages::new(source.clone(), 0, 1 << 36, false, Account::unaccounted()).unwrap();
+    let pages = Pages::new(
+        &crate::iopt::Ledger::new(),
+        source.clone(),
+        0,
+        1 << 36,
+        false,
+        Account::unaccounted(),
+    )
+    .unwrap();
     assert_eq!(pages.pin(0, pages.npages - 1, false), Err(Errno::EFAULT));
     assert_eq!(source.calls.load(Ordering::SeqCst), 1);
     assert!(source.largest.load(Ordering::SeqCst) <= PIN_BATCH);

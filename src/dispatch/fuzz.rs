@@ -11,7 +11,7 @@
 //!
 //! After every ioctl: no panic; the errno is one the kernel can give for that ioctl; every IOAS
 //! area is filled (and translated by every domain) exactly when its IOAS has domains; the pins
-//! of all live pages add up to `pinned_total()` and to the per-user / per-process charges
+//! of all live pages add up to the daemon ledger's `pinned_total()` and to the per-user / per-process charges
 //! above their baselines; the daemon's status agrees. After the contexts are closed, nothing is
 //! pinned or charged and no context or object is left.
 //!
@@ -25,7 +25,6 @@
 use crate::caller::{CallerMemory, ProcessMemory};
 use crate::dispatch::extensions::daemon_extensions;
 use crate::dispatch::{Daemon, NodeKind};
-use crate::iopt::accounting;
 use crate::iopt::PAGE_SIZE;
 use crate::objects::{Access, Context, Object};
 use nix::errno::Errno;
@@ -1065,18 +1064,18 @@ impl<'a> Case<'a> {
 
     /// The consistency every op must leave behind.
     fn check(&self) -> Result<(), String> {
-        check_areas_and_pins(&self.ctxs, &self.base)?;
+        check_areas_and_pins(self.daemon.ledger(), &self.ctxs, &self.base)?;
         let status: serde_json::Value =
             serde_json::from_str(&self.daemon.status_json()).map_err(|e| e.to_string())?;
         let objects: usize = self.ctxs.iter().map(|c| c.num_objects()).sum();
         if status["objects"] != objects
-            || status["pinned_pages"] != accounting::pinned_total()
+            || status["pinned_pages"] != self.daemon.ledger().pins.pinned_total()
             || status["contexts"] != self.ctxs.len()
         {
             return Err(format!(
                 "status {status} disagrees: {} contexts, {objects} objects, {} pinned",
                 self.ctxs.len(),
-                accounting::pinned_total()
+                self.daemon.ledger().pins.pinned_total()
             ));
         }
         Ok(())
@@ -1263,7 +1262,7 @@ impl<'a> Case<'a> {
         for ctx in self.ctxs.drain(..) {
             ctx.destroy_all();
         }
-        let now = Counters::now();
+        let now = Counters::of(self.daemon.ledger());
         let status: serde_json::Value =
             serde_json::from_str(&self.daemon.status_json()).map_err(|e| e.to_string())?;
         if now != self.base || status["contexts"] != 0 || status["objects"] != 0 {
@@ -1325,7 +1324,7 @@ fn fuzz_dispatch() {
     let memfd = rustix::fs::memfd_create("fuzz", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
     rustix::fs::ftruncate(&memfd, MEMFD_LEN).unwrap();
     let other: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
-    let base = Counters::now();
+    let base = Counters::of(daemon.ledger());
     let (mut done, mut ops, mut errnos) = (0u64, 0usize, BTreeSet::new());
     let mut stats = BTreeMap::new();
     let start = Instant::now();

@@ -19,7 +19,7 @@ use crate::objects::{Context, Object};
 use nix::errno::Errno;
 use std::collections::HashMap;
 use std::os::fd::AsFd;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// What a handle's fd stands for.
 #[derive(Clone)]
@@ -37,72 +37,85 @@ struct Entry {
     object: HandleObject,
 }
 
-/// Every bound handle by the id its open file answers to the daemon's private query.
-fn registry() -> &'static Mutex<HashMap<u64, Entry>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<u64, Entry>>> = OnceLock::new();
-    REGISTRY.get_or_init(Default::default)
+/// One daemon's bound handles, by the id each open file answers to the daemon's private query,
+/// and a count of their releases (IOMMU_DESTROY waits on it for an object fd's close).
+#[derive(Default)]
+pub struct HandleRegistry {
+    bound: Mutex<HashMap<u64, Entry>>,
+    released: (Mutex<u64>, Condvar),
 }
 
-/// Signalled whenever a handle is released: IOMMU_DESTROY waits on it for an object fd's close.
-fn released() -> &'static (Mutex<u64>, std::sync::Condvar) {
-    static RELEASED: OnceLock<(Mutex<u64>, std::sync::Condvar)> = OnceLock::new();
-    RELEASED.get_or_init(Default::default)
-}
+impl HandleRegistry {
+    fn bound(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
+        self.bound.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
-/// A count of releases so far, to wait from ([`wait_release_after`]).
-pub fn releases() -> u64 {
-    *released().0.lock().unwrap_or_else(|p| p.into_inner())
-}
+    /// A count of releases so far, to wait from ([`Self::wait_release_after`]).
+    pub fn releases(&self) -> u64 {
+        *self.released.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
-/// Waits until a handle release after `seen` (a value of [`releases`]) or `deadline`.
-pub fn wait_release_after(seen: u64, deadline: std::time::Instant) {
-    let (count, cv) = released();
-    let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
-    while *n == seen {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return;
+    /// Waits until a handle release after `seen` (a value of [`Self::releases`]) or `deadline`.
+    pub fn wait_release_after(&self, seen: u64, deadline: std::time::Instant) {
+        let (count, cv) = &self.released;
+        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        while *n == seen {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            n = cv
+                .wait_timeout(n, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
-        n = cv
-            .wait_timeout(n, left)
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
+    }
+
+    fn note_release(&self) {
+        let (count, cv) = &self.released;
+        *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        cv.notify_all();
+    }
+
+    /// Whether closing some open handle of context `ctx_id` would drop a user of object `id`:
+    /// the handle's own object (an access, a fault queue) or the IOAS an access is attached to.
+    pub fn release_may_free(&self, ctx_id: u64, id: u32) -> bool {
+        self.bound().values().any(|e| {
+            e.ctx_id == ctx_id
+                && match &e.object {
+                    // An access with no IOAS is being torn down: its old IOAS is about to lose it.
+                    HandleObject::Access(a) => {
+                        e.object_id == id || a.ioas_id().is_none_or(|i| i == id)
+                    }
+                    HandleObject::Fault(_) | HandleObject::Veventq(_) => e.object_id == id,
+                    HandleObject::Dmabuf(_) => false,
+                }
+        })
+    }
+
+    /// What `file` (a duplicate of some caller's fd) is a handle of; None for any other file
+    /// (a handle of another daemon included).
+    pub fn object_of_file(&self, file: std::os::fd::BorrowedFd<'_>) -> Option<HandleObject> {
+        let id = crate::caller::context_query::ask(file).ok()?;
+        self.bound().get(&id).map(|e| e.object.clone())
+    }
+
+    /// What the caller's `fd` is a handle of: EBADF when it is not open, None for any other file.
+    pub fn object_of_fd(
+        &self,
+        mem: &dyn CallerMemory,
+        fd: i32,
+    ) -> Result<Option<HandleObject>, Errno> {
+        let file = mem.get_fd(fd).map_err(|_| Errno::EBADF)?;
+        let object = self.object_of_file(file.as_fd());
+        crate::caller::context_query::close_dup(file);
+        Ok(object)
     }
 }
 
-/// Whether closing some open handle of context `ctx_id` would drop a user of object `id`: the
-/// handle's own object (an access, a fault queue) or the IOAS an access is attached to.
-pub fn release_may_free(ctx_id: u64, id: u32) -> bool {
-    registry().lock().unwrap().values().any(|e| {
-        e.ctx_id == ctx_id
-            && match &e.object {
-                // An access with no IOAS is being torn down: its old IOAS is about to lose it.
-                HandleObject::Access(a) => e.object_id == id || a.ioas_id().is_none_or(|i| i == id),
-                HandleObject::Fault(_) | HandleObject::Veventq(_) => e.object_id == id,
-                HandleObject::Dmabuf(_) => false,
-            }
-    })
-}
-
-/// What `file` (a duplicate of some caller's fd) is a handle of; None for any other file.
-pub fn object_of_file(file: std::os::fd::BorrowedFd<'_>) -> Option<HandleObject> {
-    let id = crate::caller::context_query::ask(file).ok()?;
-    registry()
-        .lock()
-        .unwrap()
-        .get(&id)
-        .map(|e| e.object.clone())
-}
-
-/// What the caller's `fd` is a handle of: EBADF when it is not open, None for any other file.
-pub fn object_of_fd(mem: &dyn CallerMemory, fd: i32) -> Result<Option<HandleObject>, Errno> {
-    let file = mem.get_fd(fd).map_err(|_| Errno::EBADF)?;
-    let object = object_of_file(file.as_fd());
-    crate::caller::context_query::close_dup(file);
-    Ok(object)
-}
-
 pub struct Handle {
+    /// The registry of the daemon the handle was bound in.
+    registry: Arc<HandleRegistry>,
     ctx: Arc<Context>,
     object_id: u32,
     object: HandleObject,
@@ -185,6 +198,7 @@ pub(crate) fn bind_with(
     };
     let holds_ctx = !matches!(object, HandleObject::Dmabuf(_));
     let handle = Handle {
+        registry: daemon.handles().clone(),
         ctx: ctx.clone(),
         object_id,
         object,
@@ -202,7 +216,7 @@ pub(crate) fn bind_with(
         }
         return Err(e);
     }
-    registry().lock().unwrap().insert(
+    handle.registry.bound().insert(
         file_id,
         Entry {
             ctx_id: ctx.id,
@@ -249,12 +263,8 @@ impl Handle {
     pub fn release(&self, file_id: u64) {
         // Out of the registry only once the object let go, so IOMMU_DESTROY keeps waiting till then.
         self.drop_object();
-        registry().lock().unwrap().remove(&file_id);
-        {
-            let (count, cv) = released();
-            *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-            cv.notify_all();
-        }
+        self.registry.bound().remove(&file_id);
+        self.registry.note_release();
         // Last: the context may go with this hold.
         drop(self.hold.lock().unwrap().take());
         tracing::debug!(handle = file_id, "handle released");

@@ -3,7 +3,8 @@
 //! agree, and running a test again in a child process that is charged like any user.
 
 use crate::caller::{CallerMemory, ProcessMemory};
-use crate::iopt::accounting::{self, AccountMode};
+use crate::iopt::accounting::AccountMode;
+use crate::iopt::Ledger;
 use crate::iopt::Pages;
 use crate::objects::{Access, AccessOps, Context, Object};
 use std::sync::{Arc, Mutex};
@@ -35,11 +36,12 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub(crate) fn now() -> Self {
+    /// The counters of `ledger` now.
+    pub(crate) fn of(ledger: &Ledger) -> Self {
         Self {
-            pinned: accounting::pinned_total(),
-            user: accounting::charged_to_user(nix::unistd::getuid().as_raw()),
-            process: accounting::charged_to_processes(),
+            pinned: ledger.pins.pinned_total(),
+            user: ledger.pins.charged_to_user(nix::unistd::getuid().as_raw()),
+            process: ledger.pins.charged_to_processes(),
         }
     }
 }
@@ -47,7 +49,11 @@ impl Counters {
 /// Every area of an IOAS of `ctxs` is filled (and translated at both ends by each domain)
 /// exactly when its IOAS has domains (a revoked dma-buf area excepted), and the pins of all live
 /// pages add up to the counters' growth over `base`, in total, per user and per process.
-pub(crate) fn check_areas_and_pins(ctxs: &[Arc<Context>], base: &Counters) -> Result<(), String> {
+pub(crate) fn check_areas_and_pins(
+    ledger: &Ledger,
+    ctxs: &[Arc<Context>],
+    base: &Counters,
+) -> Result<(), String> {
     let mut pages: Vec<Arc<Pages>> = Vec::new();
     for ctx in ctxs {
         for (id, o) in ctx.objects_of_type("ioas") {
@@ -88,7 +94,7 @@ pub(crate) fn check_areas_and_pins(ctxs: &[Arc<Context>], base: &Counters) -> Re
             .map(|p| p.npinned())
             .sum()
     };
-    let now = Counters::now();
+    let now = Counters::of(ledger);
     let got = (
         now.pinned.wrapping_sub(base.pinned),
         now.user.wrapping_sub(base.user),

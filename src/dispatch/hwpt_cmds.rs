@@ -309,7 +309,8 @@ mod tests {
         let mem = ProcessMemory::current();
         let arg = buf.as_mut_ptr() as u64;
         let size = size_of::<T>();
-        let u = Ucmd::copy_in(ctx, &mem, arg, size as u32, size)?;
+        let handles = crate::dispatch::handles::HandleRegistry::default();
+        let u = Ucmd::copy_in(ctx, &handles, &mem, arg, size as u32, size)?;
         handler(&u)?;
         Ok(T::read_from_bytes(&buf).unwrap())
     }

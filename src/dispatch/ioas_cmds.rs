@@ -41,14 +41,14 @@ pub fn destroy(u: &Ucmd) -> Result<(), Errno> {
     loop {
         // Asked before the attempt: a handle leaves the registry only after its object let go, so
         // when none is left here, an EBUSY below is not waiting for any close.
-        let seen = super::handles::releases();
-        let held_by_handle = super::handles::release_may_free(u.ctx.id, cmd.id);
+        let seen = u.handles.releases();
+        let held_by_handle = u.handles.release_may_free(u.ctx.id, cmd.id);
         let r = u.ctx.destroy(cmd.id);
         if r != Err(Errno::EBUSY) || !held_by_handle || std::time::Instant::now() >= deadline {
             return r;
         }
         // Woken by the next release of any handle (then tried again), not by a timer.
-        super::handles::wait_release_after(seen, deadline);
+        u.handles.wait_release_after(seen, deadline);
     }
 }
 
@@ -196,9 +196,9 @@ pub fn ioas_map(u: &Ucmd) -> Result<(), Errno> {
     u.ctx.check_mapping_room()?;
     let (owner, creds) = caller_process(u.ctx, u.mem)?;
     let iova = ioas.map_user(
+        u.ctx,
         owner,
         &creds,
-        u.ctx.account_mode(),
         cmd.user_va,
         cmd.length,
         fixed_iova(cmd.flags, cmd.iova),
@@ -243,7 +243,7 @@ pub fn ioas_map_file(u: &Ucmd) -> Result<(), Errno> {
         u.mem.get_fd(cmd.fd).map_err(|_| Errno::EBADF)?,
     );
     if let Some(HandleObject::Dmabuf(buf)) =
-        super::handles::object_of_file(std::os::fd::AsFd::as_fd(&file))
+        u.handles.object_of_file(std::os::fd::AsFd::as_fd(&file))
     {
         return map_dmabuf(u, cmd, &ioas, &buf);
     }
@@ -273,12 +273,12 @@ pub fn ioas_map_file(u: &Ucmd) -> Result<(), Errno> {
     ));
     let (owner, creds) = caller_process(u.ctx, u.mem)?;
     let pages = Ioas::make_pages(
+        u.ctx,
         source,
         start_byte,
         cmd.length,
         prot.write,
         Account::for_process(owner, &creds, AccountMode::User),
-        u.ctx.account_mode(),
     )?;
     let iova = ioas.map_pages(pages, fixed_iova(cmd.flags, cmd.iova), prot)?;
     cmd.iova = iova;
@@ -296,12 +296,12 @@ fn map_dmabuf(
     let prot = prot_of(cmd.flags);
     let import = buf.import(cmd.start, cmd.length)?;
     let pages = Ioas::make_pages(
+        u.ctx,
         import.clone(),
         cmd.start % PAGE_SIZE,
         cmd.length,
         prot.write,
         Account::unaccounted(),
-        u.ctx.account_mode(),
     )?;
     let iova = ioas.map_pages(pages, fixed_iova(cmd.flags, cmd.iova), prot)?;
     buf.track(&import, ioas);

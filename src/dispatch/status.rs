@@ -1,7 +1,6 @@
 //! The daemon's status: what `uiommufd status` and the FUSE `status` file show.
 
 use super::daemon::Daemon;
-use crate::iopt::accounting;
 use crate::objects::Context;
 use std::sync::Arc;
 
@@ -46,12 +45,12 @@ impl Daemon {
             contexts.iter().filter_map(|(c, _)| c.owner_uid()).collect();
         let per_user: serde_json::Map<String, serde_json::Value> = uids
             .into_iter()
-            .map(|u| (u.to_string(), accounting::charged_to_user(u).into()))
+            .map(|u| (u.to_string(), self.ledger().pins.charged_to_user(u).into()))
             .collect();
         serde_json::json!({
             "contexts": contexts.len(),
             "objects": objects,
-            "pinned_pages": accounting::pinned_total(),
+            "pinned_pages": self.ledger().pins.pinned_total(),
             "memlock_pages_per_user": per_user,
             "live_mappings": crate::caller::shared::live_mappings(),
             "fuse_channel": crate::transport::fuse_channel(),

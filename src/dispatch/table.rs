@@ -6,6 +6,7 @@
 //! size covers. Unknown numbers in the iommufd range are ENOTTY; numbers below it are the VFIO
 //! container ioctls.
 
+use super::handles::HandleRegistry;
 use super::ioas_cmds as ioas;
 use super::ucmd::Ucmd;
 use crate::caller::CallerMemory;
@@ -167,6 +168,7 @@ pub fn route(table: &[Option<Op>], cmd: u32) -> Route<'_> {
 /// the kernel's first read of the same page would fail alike.
 fn copy_in_one_read<'a>(
     ctx: &'a Context,
+    handles: &'a HandleRegistry,
     mem: &'a dyn CallerMemory,
     arg: u64,
     op: &Op,
@@ -196,7 +198,7 @@ fn copy_in_one_read<'a>(
         // What the caller did not claim is not its struct.
         buf[user_size as usize..].fill(0);
     }
-    Some(Ok(Ucmd::with_bytes(ctx, mem, arg, user_size, buf)))
+    Some(Ok(Ucmd::with_bytes(ctx, handles, mem, arg, user_size, buf)))
 }
 
 /// Result of an iommufd command: the command's name (when known) and its errno on failure.
@@ -206,6 +208,7 @@ pub type Outcome = Result<&'static str, (Option<&'static str>, Errno)>;
 pub fn execute(
     table: &[Option<Op>],
     ctx: &Context,
+    handles: &HandleRegistry,
     mem: &dyn CallerMemory,
     cmd: u32,
     arg: u64,
@@ -222,7 +225,7 @@ pub fn execute(
         return None;
     }
     if let Route::Iommufd(op) = route {
-        if let Some(ucmd) = copy_in_one_read(ctx, mem, arg, op) {
+        if let Some(ucmd) = copy_in_one_read(ctx, handles, mem, arg, op) {
             return Some(match ucmd {
                 Ok(ucmd) => (op.run)(&ucmd)
                     .map(|()| op.name)
@@ -243,7 +246,7 @@ pub fn execute(
     if (user_size as usize) < op.min_size {
         return Some(Err((Some(op.name), Errno::EINVAL)));
     }
-    let ucmd = match Ucmd::copy_in(ctx, mem, arg, user_size, op.size) {
+    let ucmd = match Ucmd::copy_in(ctx, handles, mem, arg, user_size, op.size) {
         Ok(u) => u,
         Err(e) => return Some(Err((Some(op.name), e))),
     };
@@ -324,7 +327,14 @@ mod tests {
     fn run(table: &[Option<Op>], cmd: u32, user_size: u32, rest: &[u8]) -> Option<Outcome> {
         let at = ARG + 4096 - 4;
         let mem = FakeMemory::with_bytes(at, &[&user_size.to_ne_bytes()[..], rest].concat());
-        execute(table, &Context::new(), &mem, cmd, at)
+        execute(
+            table,
+            &Context::new(),
+            &HandleRegistry::default(),
+            &mem,
+            cmd,
+            at,
+        )
     }
 
     #[test]
@@ -397,7 +407,14 @@ mod tests {
                 mem.set(ARG, &size.to_ne_bytes());
                 mem.set(ARG + op.size as u64, &[0; 8]);
                 mem.set(ARG + op.size as u64 + 7, &[tail]);
-                let got = execute(&table, &Context::new(), &mem, op.cmd, ARG);
+                let got = execute(
+                    &table,
+                    &Context::new(),
+                    &HandleRegistry::default(),
+                    &mem,
+                    op.cmd,
+                    ARG,
+                );
                 let got = got.map(|o| o.map(drop).map_err(|(_, e)| e));
                 assert_eq!(got, Some(want), "{} size {size} tail {tail}", op.name);
             }
@@ -455,7 +472,14 @@ mod tests {
             }
             // The size word is read first, as the kernel's get_user.
             let mem = FakeMemory::new(ARG, 2);
-            let got = execute(&table, &Context::new(), &mem, cmd, ARG);
+            let got = execute(
+                &table,
+                &Context::new(),
+                &HandleRegistry::default(),
+                &mem,
+                cmd,
+                ARG,
+            );
             assert!(matches!(got, Some(Err((None, Errno::EFAULT)))), "{cmd:#x}");
         }
     }
@@ -468,7 +492,15 @@ mod tests {
         let nothing = FakeMemory::new(ARG, 0);
         for cmd in [VFIO_GET_API_VERSION, IOMMU_TEST_CMD] {
             assert!(
-                execute(&table, &Context::new(), &nothing, cmd, ARG).is_none(),
+                execute(
+                    &table,
+                    &Context::new(),
+                    &HandleRegistry::default(),
+                    &nothing,
+                    cmd,
+                    ARG
+                )
+                .is_none(),
                 "{cmd:#x}"
             );
         }
@@ -479,7 +511,16 @@ mod tests {
     fn a_command_runs_under_the_rule_end_to_end() {
         let table = build(&Extensions::default());
         let ctx = Context::new();
-        let alloc = |mem: &FakeMemory| execute(&table, &ctx, mem, IOMMU_IOAS_ALLOC, ARG);
+        let alloc = |mem: &FakeMemory| {
+            execute(
+                &table,
+                &ctx,
+                &HandleRegistry::default(),
+                mem,
+                IOMMU_IOAS_ALLOC,
+                ARG,
+            )
+        };
         let size = size_of::<iommu_ioas_alloc>();
         let id_at = ARG + offset_of!(iommu_ioas_alloc, out_ioas_id) as u64;
         // A newer caller's longer struct with a zero tail: served, the tail left alone.
@@ -505,7 +546,14 @@ mod tests {
         mem.set(ARG, &8u32.to_ne_bytes());
         mem.set(ARG + 4, &id.to_ne_bytes());
         assert!(matches!(
-            execute(&table, &ctx, &mem, IOMMU_DESTROY, ARG),
+            execute(
+                &table,
+                &ctx,
+                &HandleRegistry::default(),
+                &mem,
+                IOMMU_DESTROY,
+                ARG
+            ),
             Some(Ok("IOMMU_DESTROY"))
         ));
         assert_eq!(ctx.num_objects(), 0);

@@ -1,6 +1,7 @@
 //! One ioctl call in flight: the caller's struct copied in under the extensible-struct rule, and
 //! the copy back of what the caller's `size` covers.
 
+use super::handles::HandleRegistry;
 use crate::caller::{copy_struct_from_caller, CallerMemory};
 use crate::objects::Context;
 use nix::errno::Errno;
@@ -9,6 +10,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 /// An iommufd command being executed.
 pub struct Ucmd<'a> {
     pub ctx: &'a Context,
+    /// The object fds of the daemon serving the call (fds the command names may be its handles).
+    pub handles: &'a HandleRegistry,
     pub mem: &'a dyn CallerMemory,
     /// The caller's pointer to its struct.
     pub arg: u64,
@@ -23,6 +26,7 @@ impl<'a> Ucmd<'a> {
     /// bytes beyond `kernel_size` must be zero (E2BIG). EFAULT on unreadable memory.
     pub fn copy_in(
         ctx: &'a Context,
+        handles: &'a HandleRegistry,
         mem: &'a dyn CallerMemory,
         arg: u64,
         user_size: u32,
@@ -32,6 +36,7 @@ impl<'a> Ucmd<'a> {
         copy_struct_from_caller(mem, arg, user_size as usize, &mut buf)?;
         Ok(Self {
             ctx,
+            handles,
             mem,
             arg,
             user_size,
@@ -43,6 +48,7 @@ impl<'a> Ucmd<'a> {
     /// checked.
     pub fn with_bytes(
         ctx: &'a Context,
+        handles: &'a HandleRegistry,
         mem: &'a dyn CallerMemory,
         arg: u64,
         user_size: u32,
@@ -50,6 +56,7 @@ impl<'a> Ucmd<'a> {
     ) -> Self {
         Self {
             ctx,
+            handles,
             mem,
             arg,
             user_size,
@@ -88,7 +95,8 @@ mod tests {
 
     fn copy_in(mem: &FakeMemory, user_size: usize) -> Result<Vec<u8>, Errno> {
         let ctx = Context::new();
-        Ucmd::copy_in(&ctx, mem, ARG, user_size as u32, KNOWN).map(|u| u.buf)
+        let handles = HandleRegistry::default();
+        Ucmd::copy_in(&ctx, &handles, mem, ARG, user_size as u32, KNOWN).map(|u| u.buf)
     }
 
     #[test]
@@ -138,9 +146,15 @@ mod tests {
     }
 
     /// A command as [`Ucmd::copy_in`] leaves it, for `respond`.
-    fn ucmd<'a>(ctx: &'a Context, mem: &'a FakeMemory, user_size: u32) -> Ucmd<'a> {
+    fn ucmd<'a>(
+        ctx: &'a Context,
+        handles: &'a HandleRegistry,
+        mem: &'a FakeMemory,
+        user_size: u32,
+    ) -> Ucmd<'a> {
         Ucmd {
             ctx,
+            handles,
             mem,
             arg: ARG,
             user_size,
@@ -151,10 +165,13 @@ mod tests {
     #[test]
     fn respond_writes_back_only_what_the_callers_size_covers() {
         let ctx = Context::new();
+        let handles = HandleRegistry::default();
         let answer = [0x11u8; KNOWN];
         for (user_size, written) in [(8, 8), (KNOWN, KNOWN), (KNOWN + 8, KNOWN), (0, 0)] {
             let mem = FakeMemory::with_bytes(ARG, &[0xee; 32]);
-            ucmd(&ctx, &mem, user_size as u32).respond(&answer).unwrap();
+            ucmd(&ctx, &handles, &mem, user_size as u32)
+                .respond(&answer)
+                .unwrap();
             let after = mem.get(ARG, 32);
             assert_eq!(after[..written], answer[..written], "size {user_size}");
             assert!(
@@ -167,11 +184,12 @@ mod tests {
     #[test]
     fn respond_to_unwritable_memory_is_efault() {
         let ctx = Context::new();
+        let handles = HandleRegistry::default();
         let mem = FakeMemory::new(ARG, KNOWN).with_hole(ARG + 12..ARG + 13);
-        let u = ucmd(&ctx, &mem, KNOWN as u32);
+        let u = ucmd(&ctx, &handles, &mem, KNOWN as u32);
         assert_eq!(u.respond(&[1u8; KNOWN]), Err(Errno::EFAULT));
         // A caller whose size stops before the fault gets its answer.
-        let u = ucmd(&ctx, &mem, 12);
+        let u = ucmd(&ctx, &handles, &mem, 12);
         assert_eq!(u.respond(&[1u8; KNOWN]), Ok(()));
         assert_eq!(mem.writes(), [(ARG, 12)]);
     }
@@ -180,7 +198,8 @@ mod tests {
     fn cmd_reads_the_zero_extended_struct() {
         let mem = FakeMemory::with_bytes(ARG, &pattern(4));
         let ctx = Context::new();
-        let u = Ucmd::copy_in(&ctx, &mem, ARG, 4, KNOWN).unwrap();
+        let handles = HandleRegistry::default();
+        let u = Ucmd::copy_in(&ctx, &handles, &mem, ARG, 4, KNOWN).unwrap();
         assert_eq!(
             u.cmd::<[u32; 4]>(),
             [u32::from_ne_bytes([1, 2, 3, 4]), 0, 0, 0]

@@ -1,6 +1,6 @@
 //! Pin accounting against the owner's RLIMIT_MEMLOCK, in the two modes of IOMMU_OPTION_RLIMIT_MODE.
 //!
-//! The daemon keeps its own ledgers: pages pinned per user id (user mode, the default) and per
+//! Each daemon keeps its own books ([`PinBook`], in its [`super::Ledger`]): pages pinned per user id (user mode, the default) and per
 //! process identity (process mode, VFIO's behaviour): the key is the owner's bound
 //! [`ProcessHandle`] (one per process and program), never a pid number that another process may
 //! inherit. Callers holding CAP_IPC_LOCK in the daemon's own user namespace are not charged, as
@@ -27,42 +27,68 @@ pub enum AccountMode {
     Process,
 }
 
-static PER_USER: Mutex<Option<HashMap<u32, u64>>> = Mutex::new(None);
-static PER_PROCESS: Mutex<Option<HashMap<u64, u64>>> = Mutex::new(None);
-static PINNED_TOTAL: AtomicU64 = AtomicU64::new(0);
-
-/// Pages pinned across the whole daemon (inspection and leak tests).
-pub fn pinned_total() -> u64 {
-    PINNED_TOTAL.load(Ordering::Relaxed)
+/// The pin charges of one daemon: pages pinned per user id (user mode), per process identity
+/// (process mode), and in all. Part of the daemon's [`super::ledger::Ledger`], so that two daemons
+/// in one process (tests) keep separate books.
+#[derive(Debug, Default)]
+pub struct PinBook {
+    per_user: Mutex<HashMap<u32, u64>>,
+    per_process: Mutex<HashMap<u64, u64>>,
+    total: AtomicU64,
 }
 
-/// Pages charged in process mode to the process identity `key` ([`Account::key`]).
-pub fn charged_to_process(key: u64) -> u64 {
-    PER_PROCESS
-        .lock()
-        .unwrap()
-        .as_ref()
-        .and_then(|m| m.get(&key).copied())
-        .unwrap_or(0)
+impl PinBook {
+    /// Pages pinned across the whole daemon (status, leak tests).
+    pub fn pinned_total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Pages charged in process mode to the process identity `key` ([`Account::key`]).
+    pub fn charged_to_process(&self, key: u64) -> u64 {
+        lock(&self.per_process).get(&key).copied().unwrap_or(0)
+    }
+
+    /// Pages charged in process mode over all process identities (leak checks).
+    pub fn charged_to_processes(&self) -> u64 {
+        lock(&self.per_process).values().sum()
+    }
+
+    /// Pages charged to user `uid` in user mode.
+    pub fn charged_to_user(&self, uid: u32) -> u64 {
+        lock(&self.per_user).get(&uid).copied().unwrap_or(0)
+    }
 }
 
-/// Pages charged in process mode over all process identities (leak checks).
-pub fn charged_to_processes() -> u64 {
-    PER_PROCESS
-        .lock()
-        .unwrap()
-        .as_ref()
-        .map_or(0, |m| m.values().sum())
+/// A ledger's map, even if a charge unwound while holding it (the counts are still whole).
+fn lock<K, V>(m: &Mutex<HashMap<K, V>>) -> std::sync::MutexGuard<'_, HashMap<K, V>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Pages charged to user `uid` in user mode.
-pub fn charged_to_user(uid: u32) -> u64 {
-    PER_USER
-        .lock()
-        .unwrap()
-        .as_ref()
-        .and_then(|m| m.get(&uid).copied())
-        .unwrap_or(0)
+/// Adds `n` to `key`'s entry unless that passes `limit`; false (and nothing changed) if it would.
+fn add_within<K: std::hash::Hash + Eq>(
+    map: &Mutex<HashMap<K, u64>>,
+    key: K,
+    n: u64,
+    limit: u64,
+) -> bool {
+    let mut map = lock(map);
+    let cur = map.entry(key).or_insert(0);
+    if cur.saturating_add(n) > limit {
+        return false;
+    }
+    *cur += n;
+    true
+}
+
+/// Takes `n` off `key`'s entry, dropping the entry at 0.
+fn take_off<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, u64>>, key: K, n: u64) {
+    let mut map = lock(map);
+    if let Some(cur) = map.get_mut(&key) {
+        *cur = cur.saturating_sub(n);
+        if *cur == 0 {
+            map.remove(&key);
+        }
+    }
 }
 
 /// Where the limit of an account comes from.
@@ -141,73 +167,38 @@ impl Account {
         bytes / PAGE_SIZE
     }
 
-    /// Charges `npages`; ENOMEM past the limit, leaving the ledger unchanged.
-    pub fn charge(&self, npages: u64) -> Result<(), Errno> {
+    /// Charges `npages` in `book`; ENOMEM past the limit, leaving the book unchanged.
+    pub fn charge(&self, book: &PinBook, npages: u64) -> Result<(), Errno> {
         if npages == 0 {
             return Ok(());
         }
         #[cfg(test)]
         super::failpoint::check(Errno::ENOMEM)?;
-        match self.mode {
-            AccountMode::None => {}
-            AccountMode::User => {
-                let limit = self.limit_pages();
-                let mut guard = PER_USER.lock().unwrap();
-                let cur = guard
-                    .get_or_insert_with(HashMap::new)
-                    .entry(self.uid)
-                    .or_insert(0);
-                if cur.saturating_add(npages) > limit {
-                    return Err(Errno::ENOMEM);
-                }
-                *cur += npages;
-            }
+        let within = match self.mode {
+            AccountMode::None => true,
+            AccountMode::User => add_within(&book.per_user, self.uid, npages, self.limit_pages()),
             AccountMode::Process => {
-                let limit = self.limit_pages();
-                let mut guard = PER_PROCESS.lock().unwrap();
-                let cur = guard
-                    .get_or_insert_with(HashMap::new)
-                    .entry(self.key())
-                    .or_insert(0);
-                if cur.saturating_add(npages) > limit {
-                    return Err(Errno::ENOMEM);
-                }
-                *cur += npages;
+                add_within(&book.per_process, self.key(), npages, self.limit_pages())
             }
+        };
+        if !within {
+            return Err(Errno::ENOMEM);
         }
-        PINNED_TOTAL.fetch_add(npages, Ordering::Relaxed);
+        book.total.fetch_add(npages, Ordering::Relaxed);
         Ok(())
     }
 
-    pub fn uncharge(&self, npages: u64) {
+    /// Gives back `npages` charged in `book` by [`Self::charge`].
+    pub fn uncharge(&self, book: &PinBook, npages: u64) {
         if npages == 0 {
             return;
         }
         match self.mode {
             AccountMode::None => {}
-            AccountMode::User => {
-                if let Some(map) = PER_USER.lock().unwrap().as_mut() {
-                    if let Some(cur) = map.get_mut(&self.uid) {
-                        *cur = cur.saturating_sub(npages);
-                        if *cur == 0 {
-                            map.remove(&self.uid);
-                        }
-                    }
-                }
-            }
-            AccountMode::Process => {
-                let key = self.key();
-                if let Some(map) = PER_PROCESS.lock().unwrap().as_mut() {
-                    if let Some(cur) = map.get_mut(&key) {
-                        *cur = cur.saturating_sub(npages);
-                        if *cur == 0 {
-                            map.remove(&key);
-                        }
-                    }
-                }
-            }
+            AccountMode::User => take_off(&book.per_user, self.uid, npages),
+            AccountMode::Process => take_off(&book.per_process, self.key(), npages),
         }
-        PINNED_TOTAL.fetch_sub(npages, Ordering::Relaxed);
+        book.total.fetch_sub(npages, Ordering::Relaxed);
     }
 }
 
@@ -217,31 +208,31 @@ mod tests {
 
     #[test]
     fn charge_respects_limit_and_uncharges() {
-        let acct = Account::fixed(AccountMode::Process, u64::MAX - 7, 0, 4 * PAGE_SIZE);
-        acct.charge(3).unwrap();
-        assert_eq!(acct.charge(2), Err(Errno::ENOMEM));
-        assert_eq!(charged_to_process(u64::MAX - 7), 3);
-        acct.charge(1).unwrap();
-        acct.uncharge(4);
-        assert_eq!(charged_to_process(u64::MAX - 7), 0);
+        let book = PinBook::default();
+        let acct = Account::fixed(AccountMode::Process, 7, 0, 4 * PAGE_SIZE);
+        acct.charge(&book, 3).unwrap();
+        assert_eq!(acct.charge(&book, 2), Err(Errno::ENOMEM));
+        assert_eq!(book.charged_to_process(7), 3);
+        acct.charge(&book, 1).unwrap();
+        acct.uncharge(&book, 4);
+        assert_eq!(book.charged_to_process(7), 0);
+        assert_eq!(book.pinned_total(), 0);
     }
 
     #[test]
     fn unaccounted_is_free() {
-        // More pages than the rest of this process ever pins, so that concurrent tests' charges
-        // cannot make up or hide the difference.
         const HUGE: u64 = 1 << 40;
+        let book = PinBook::default();
         let acct = Account::unaccounted();
         assert_eq!(acct.mode, AccountMode::None);
         // No limit applies (a charged account with no owner would have a limit of 0).
-        acct.charge(HUGE).unwrap();
+        acct.charge(&book, HUGE).unwrap();
         // Counted among the daemon's pins, charged to nobody's ledger.
-        assert!(pinned_total() >= HUGE);
-        assert!(charged_to_user(acct.uid) < HUGE);
-        assert!(charged_to_process(acct.key()) < HUGE);
-        assert!(charged_to_processes() < HUGE);
-        acct.uncharge(HUGE);
-        assert!(pinned_total() < HUGE);
+        assert_eq!(book.pinned_total(), HUGE);
+        assert_eq!(book.charged_to_user(acct.uid), 0);
+        assert_eq!(book.charged_to_processes(), 0);
+        acct.uncharge(&book, HUGE);
+        assert_eq!(book.pinned_total(), 0);
     }
 
     #[test]
@@ -291,19 +282,20 @@ mod tests {
             cap_eff: 0,
             initial_userns: true,
         };
+        let book = PinBook::default();
         let acct = Account::for_process(owner.clone(), &creds, AccountMode::Process);
         assert_eq!(acct.key(), owner.id());
-        acct.charge(2).unwrap();
-        assert_eq!(acct.charge(1), Err(Errno::ENOMEM));
+        acct.charge(&book, 2).unwrap();
+        assert_eq!(acct.charge(&book, 1), Err(Errno::ENOMEM));
         drop(child.stdin.take());
         child.wait().unwrap();
         // Gone: the last limit it had still applies (not "unlimited").
         assert!(!owner.alive());
         assert_eq!(owner.memlock_limit(), 8192);
-        assert_eq!(acct.charge(1), Err(Errno::ENOMEM));
-        acct.uncharge(2);
-        assert_eq!(charged_to_process(owner.id()), 0);
+        assert_eq!(acct.charge(&book, 1), Err(Errno::ENOMEM));
+        acct.uncharge(&book, 2);
+        assert_eq!(book.charged_to_process(owner.id()), 0);
         let zero = Account::fixed(AccountMode::User, 1, 4_000_000_003, 0);
-        assert_eq!(zero.charge(1), Err(Errno::ENOMEM));
+        assert_eq!(zero.charge(&book, 1), Err(Errno::ENOMEM));
     }
 }

@@ -12,6 +12,7 @@
 //! ([`super::source::SharedFile`]), and the number of files held across the whole daemon stays
 //! below half of its fd limit, so that the transport always has fds left.
 
+use super::ledger::Ledger;
 use nix::errno::Errno;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,28 +68,59 @@ pub const ALLOWED_RANGES_PER_USER: u64 = 2 << 20;
 /// Files (daemon fds) held for all clients together may use at most 1/this of RLIMIT_NOFILE.
 pub const HELD_FILES_FD_SHARE: u64 = 2;
 
-/// Per-user totals, by (uid, resource).
-static PER_USER: Mutex<Option<HashMap<(u32, usize), u64>>> = Mutex::new(None);
-
-/// Current per-user total of `res` (tests, status).
-pub fn user_total(uid: u32, res: Resource) -> u64 {
-    PER_USER
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .and_then(|m| m.get(&(uid, res.index())).copied())
-        .unwrap_or(0)
+/// One daemon's per-user totals, by (uid, resource): part of its [`super::ledger::Ledger`].
+#[derive(Debug, Default)]
+pub struct UserQuotas {
+    totals: Mutex<HashMap<(u32, Resource), u64>>,
 }
 
-/// The counters of one context.
-#[derive(Debug, Default)]
+impl UserQuotas {
+    fn totals(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, Resource), u64>> {
+        self.totals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Current total of `res` over the contexts of user `uid` (tests, status).
+    pub fn user_total(&self, uid: u32, res: Resource) -> u64 {
+        self.totals().get(&(uid, res)).copied().unwrap_or(0)
+    }
+
+    /// Adds `n` to `uid`'s total of `res`; false (and nothing taken) past the per-user cap.
+    fn take(&self, uid: u32, res: Resource, n: u64) -> bool {
+        let mut totals = self.totals();
+        let cur = totals.entry((uid, res)).or_insert(0);
+        match cur.checked_add(n).filter(|&v| v <= res.caps().1) {
+            Some(v) => {
+                *cur = v;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn give_back(&self, uid: u32, res: Resource, n: u64) {
+        let mut totals = self.totals();
+        if let Some(cur) = totals.get_mut(&(uid, res)) {
+            *cur = cur.saturating_sub(n);
+            if *cur == 0 {
+                totals.remove(&(uid, res));
+            }
+        }
+    }
+}
+
+/// The counters of one context; its user's totals are kept in the daemon's `ledger`.
+#[derive(Debug)]
 pub struct Quota {
     counts: [AtomicU64; RESOURCES],
+    ledger: Arc<Ledger>,
 }
 
 impl Quota {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+    pub fn new(ledger: Arc<Ledger>) -> Arc<Self> {
+        Arc::new(Self {
+            counts: Default::default(),
+            ledger,
+        })
     }
 
     pub fn used(&self, res: Resource) -> u64 {
@@ -103,7 +135,7 @@ impl Quota {
         res: Resource,
         n: u64,
     ) -> Result<Charge, Errno> {
-        let (ctx_cap, user_cap) = res.caps();
+        let ctx_cap = res.caps().0;
         let counter = &self.counts[res.index()];
         counter
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
@@ -111,18 +143,9 @@ impl Quota {
             })
             .map_err(|_| Errno::ENOMEM)?;
         if let Some(uid) = uid {
-            let mut guard = PER_USER.lock().unwrap_or_else(|e| e.into_inner());
-            let cur = guard
-                .get_or_insert_with(HashMap::new)
-                .entry((uid, res.index()))
-                .or_insert(0);
-            match cur.checked_add(n).filter(|&v| v <= user_cap) {
-                Some(v) => *cur = v,
-                None => {
-                    drop(guard);
-                    counter.fetch_sub(n, Ordering::AcqRel);
-                    return Err(Errno::ENOMEM);
-                }
+            if !self.ledger.quotas.take(uid, res, n) {
+                counter.fetch_sub(n, Ordering::AcqRel);
+                return Err(Errno::ENOMEM);
             }
         }
         Ok(Charge {
@@ -153,16 +176,7 @@ impl Drop for Charge {
     fn drop(&mut self) {
         self.quota.counts[self.res.index()].fetch_sub(self.n, Ordering::AcqRel);
         if let Some(uid) = self.uid {
-            let mut guard = PER_USER.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(map) = guard.as_mut() {
-                let key = (uid, self.res.index());
-                if let Some(cur) = map.get_mut(&key) {
-                    *cur = cur.saturating_sub(self.n);
-                    if *cur == 0 {
-                        map.remove(&key);
-                    }
-                }
-            }
+            self.quota.ledger.quotas.give_back(uid, self.res, self.n);
         }
     }
 }
@@ -208,7 +222,8 @@ mod tests {
 
     #[test]
     fn context_cap_is_enforced_and_released() {
-        let q = Quota::new();
+        let ledger = Ledger::new();
+        let q = Quota::new(ledger.clone());
         let (cap, _) = Resource::FileMaps.caps();
         let big = q.charge(None, Resource::FileMaps, cap - 1).unwrap();
         let one = q.charge(None, Resource::FileMaps, 1).unwrap();
@@ -225,18 +240,18 @@ mod tests {
 
     #[test]
     fn user_cap_spans_contexts_and_failure_takes_nothing() {
-        // A uid no other test uses.
-        let uid = 0xfff0_0001;
+        let ledger = Ledger::new();
+        let uid = 1000;
         let (ctx_cap, user_cap) = Resource::Objects.caps();
         let mut held = Vec::new();
         let mut total = 0;
         while total < user_cap {
-            let q = Quota::new();
+            let q = Quota::new(ledger.clone());
             let n = ctx_cap.min(user_cap - total);
             held.push(q.charge(Some(uid), Resource::Objects, n).unwrap());
             total += n;
         }
-        let q = Quota::new();
+        let q = Quota::new(ledger.clone());
         assert_eq!(
             q.charge(Some(uid), Resource::Objects, 1).unwrap_err(),
             Errno::ENOMEM
@@ -246,13 +261,13 @@ mod tests {
             0,
             "a refused charge takes nothing"
         );
-        assert_eq!(user_total(uid, Resource::Objects), user_cap);
+        assert_eq!(ledger.quotas.user_total(uid, Resource::Objects), user_cap);
         // Another user is not affected.
         let other = q.charge(Some(uid + 1), Resource::Objects, 1).unwrap();
         drop(other);
         held.pop();
         q.charge(Some(uid), Resource::Objects, 1).unwrap();
         drop(held);
-        assert_eq!(user_total(uid, Resource::Objects), 0);
+        assert_eq!(ledger.quotas.user_total(uid, Resource::Objects), 0);
     }
 }

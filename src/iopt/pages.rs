@@ -9,6 +9,7 @@
 //! budget ([`super::accounting`]) for as long as it stays pinned.
 
 use super::accounting::{Account, AccountMode};
+use super::ledger::Ledger;
 use super::pin_runs::PinRuns;
 use crate::backends::VaRun;
 use nix::errno::Errno;
@@ -16,43 +17,55 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 
-/// Every live [`Pages`], so that a physical page's pins can be counted across all contexts (the
-/// selftest's IOMMU_TEST_OP_MD_CHECK_REFS compares them with the kernel's pin count).
-static LIVE: Mutex<Vec<Weak<Pages>>> = Mutex::new(Vec::new());
-
-fn register(pages: &Arc<Pages>) {
-    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    if live.len() >= 64 && live.len().is_power_of_two() {
-        live.retain(|w| w.strong_count() > 0);
-    }
-    live.push(Arc::downgrade(pages));
+/// Every live [`Pages`] of one daemon (part of its [`Ledger`]), so that a physical page's pins
+/// can be counted across all its contexts (the selftest's IOMMU_TEST_OP_MD_CHECK_REFS compares
+/// them with the kernel's pin count).
+#[derive(Debug, Default)]
+pub struct LivePages {
+    live: Mutex<Vec<Weak<Pages>>>,
+    /// Pages whose last pin was released by [`Pages`]' drop instead of an unpin: a leaked pin
+    /// that the drop covered up (the fault-injection tests require it to stay 0).
+    #[cfg(test)]
+    dropped_while_pinned: std::sync::atomic::AtomicU64,
 }
 
-/// Pins per physical page address (page aligned) over every live [`Pages`]: each `Pages` that has
-/// the page pinned counts once, whatever the number of its users, like one long-term GUP pin.
-pub fn pins_by_paddr() -> std::collections::HashMap<u64, u32> {
-    let live: Vec<Arc<Pages>> = {
-        let mut l = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-        l.retain(|w| w.strong_count() > 0);
-        l.iter().filter_map(Weak::upgrade).collect()
-    };
-    let mut out = std::collections::HashMap::new();
-    for p in live {
-        for paddr in p.pins.lock().unwrap().frames().filter(|&p| p != 0) {
-            *out.entry(paddr & !(PAGE_SIZE - 1)).or_insert(0) += 1;
-        }
+impl LivePages {
+    /// Pages dropped while still pinned since the last call (a leaked pin the drop covered up).
+    #[cfg(test)]
+    pub(crate) fn take_dropped_while_pinned(&self) -> u64 {
+        self.dropped_while_pinned
+            .swap(0, std::sync::atomic::Ordering::SeqCst)
     }
-    out
+
+    fn register(&self, pages: &Arc<Pages>) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if live.len() >= 64 && live.len().is_power_of_two() {
+            live.retain(|w| w.strong_count() > 0);
+        }
+        live.push(Arc::downgrade(pages));
+    }
+
+    /// Pins per physical page address (page aligned) over every live [`Pages`]: each `Pages`
+    /// that has the page pinned counts once, whatever the number of its users, like one
+    /// long-term GUP pin.
+    pub fn pins_by_paddr(&self) -> std::collections::HashMap<u64, u32> {
+        let live: Vec<Arc<Pages>> = {
+            let mut l = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            l.retain(|w| w.strong_count() > 0);
+            l.iter().filter_map(Weak::upgrade).collect()
+        };
+        let mut out = std::collections::HashMap::new();
+        for p in live {
+            for paddr in p.pins.lock().unwrap().frames().filter(|&p| p != 0) {
+                *out.entry(paddr & !(PAGE_SIZE - 1)).or_insert(0) += 1;
+            }
+        }
+        out
+    }
 }
 
 /// The CPU page size all page bookkeeping is done in.
 pub const PAGE_SIZE: u64 = 4096;
-
-/// Pages whose last pin was released by [`Pages`]' drop instead of an unpin: a leaked pin that
-/// the drop covered up (the fault-injection tests require it to stay 0).
-#[cfg(test)]
-pub(crate) static DROPPED_WHILE_PINNED: std::sync::atomic::AtomicU64 =
-    std::sync::atomic::AtomicU64::new(0);
 
 /// Most pages [`Pages::pin`] asks its source for (and charges) at a time.
 pub const PIN_BATCH: u64 = 4096;
@@ -98,6 +111,8 @@ pub struct Pages {
     pub length: u64,
     pub npages: u64,
     pub writable: bool,
+    /// The daemon's books: where the pins are charged and this `Pages` is listed.
+    ledger: Arc<Ledger>,
     account: Mutex<Account>,
     pins: Mutex<PinRuns>,
 }
@@ -114,9 +129,11 @@ impl fmt::Debug for Pages {
 }
 
 impl Pages {
-    /// `start_byte` is the offset of the mapping inside the first page, `length` its size in bytes.
-    /// EINVAL for a zero or absurd length, like the kernel.
+    /// `start_byte` is the offset of the mapping inside the first page, `length` its size in bytes;
+    /// pins are charged to `account` in `ledger`. EINVAL for a zero or absurd length, like the
+    /// kernel.
     pub fn new(
+        ledger: &Arc<Ledger>,
         source: Arc<dyn PageSource>,
         start_byte: u64,
         length: u64,
@@ -133,10 +150,11 @@ impl Pages {
             length,
             npages,
             writable,
+            ledger: ledger.clone(),
             account: Mutex::new(account),
             pins: Mutex::new(PinRuns::default()),
         });
-        register(&pages);
+        ledger.live.register(&pages);
         Ok(pages)
     }
 
@@ -168,8 +186,8 @@ impl Pages {
         let pins = self.pins.lock().unwrap();
         let n = pins.npinned();
         let mut account = self.account.lock().unwrap();
-        new_owner.charge(n)?;
-        account.uncharge(n);
+        new_owner.charge(&self.ledger.pins, n)?;
+        account.uncharge(&self.ledger.pins, n);
         *account = new_owner;
         Ok(())
     }
@@ -204,7 +222,10 @@ impl Pages {
         // while frames are wanted (looked up only).
         let needs = pins.needs(first, last, frames);
         let undo = |charged: u64, e: Errno| {
-            self.account.lock().unwrap().uncharge(charged);
+            self.account
+                .lock()
+                .unwrap()
+                .uncharge(&self.ledger.pins, charged);
             e
         };
         // Populating a file's holes allocates pages charged to the daemon, not to the client:
@@ -216,7 +237,10 @@ impl Pages {
         let mut charged = 0u64;
         if charge_first {
             let fresh: u64 = needs.iter().filter(|n| n.fresh).map(|n| n.count).sum();
-            self.account.lock().unwrap().charge(fresh)?;
+            self.account
+                .lock()
+                .unwrap()
+                .charge(&self.ledger.pins, fresh)?;
             charged = fresh;
         }
         let mut fetched = BTreeMap::new();
@@ -233,7 +257,7 @@ impl Pages {
                     .map_err(|e| undo(charged, e))?;
                 if !charge_first && need.fresh {
                     // The ledger's guard must be gone before `undo` takes it again.
-                    let charge = self.account.lock().unwrap().charge(n);
+                    let charge = self.account.lock().unwrap().charge(&self.ledger.pins, n);
                     charge.map_err(|e| undo(charged, e))?;
                     charged += n;
                 }
@@ -248,7 +272,10 @@ impl Pages {
     /// Drops one pin user from pages `[first, last]`; pages left without users are uncharged.
     pub fn unpin(&self, first: u64, last: u64) {
         let released = self.pins.lock().unwrap().remove(first, last);
-        self.account.lock().unwrap().uncharge(released);
+        self.account
+            .lock()
+            .unwrap()
+            .uncharge(&self.ledger.pins, released);
     }
 
     /// Reads bytes at `offset` (relative to the page-aligned start of the backing).
@@ -271,12 +298,15 @@ impl Drop for Pages {
             .npinned();
         if n != 0 {
             #[cfg(test)]
-            DROPPED_WHILE_PINNED.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+            self.ledger
+                .live
+                .dropped_while_pinned
+                .fetch_add(n, std::sync::atomic::Ordering::SeqCst);
             crate::warn_limited!(pages = n, "pages dropped while still pinned; uncharging");
             self.account
                 .get_mut()
                 .unwrap_or_else(|p| p.into_inner())
-                .uncharge(n);
+                .uncharge(&self.ledger.pins, n);
         }
     }
 }

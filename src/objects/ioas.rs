@@ -1,6 +1,7 @@
 //! The IOAS object: an io_pagetable plus the accesses attached to it.
 
 use super::access::Access;
+use super::Context;
 use crate::backends::Prot;
 use crate::caller::{Credentials, ProcessHandle};
 use crate::iopt::accounting::{Account, AccountMode};
@@ -55,29 +56,36 @@ impl Ioas {
     }
 
     /// Builds the Pages for `length` bytes of `source` starting `offset` bytes into it, charged
-    /// to `account` (`mode` upgraded to per-process when the context asks for it).
+    /// to `account` in the books of `ctx` (`mode` upgraded to per-process when `ctx` asks for it).
     pub fn make_pages(
+        ctx: &Context,
         source: Arc<dyn PageSource>,
         offset_in_page: u64,
         length: u64,
         writable: bool,
         mut account: Account,
-        ctx_mode: AccountMode,
     ) -> Result<Arc<Pages>, Errno> {
-        if ctx_mode == AccountMode::Process && account.mode == AccountMode::User {
+        if ctx.account_mode() == AccountMode::Process && account.mode == AccountMode::User {
             account.mode = AccountMode::Process;
         }
-        Pages::new(source, offset_in_page, length, writable, account)
+        Pages::new(
+            ctx.ledger(),
+            source,
+            offset_in_page,
+            length,
+            writable,
+            account,
+        )
     }
 
-    /// IOAS_MAP of caller memory: `user_va` in the process bound as `owner`, charged as the
-    /// calling thread with `creds` would be.
+    /// IOAS_MAP of caller memory: `user_va` in the process bound as `owner`, charged in the books
+    /// of `ctx` (this IOAS's context) as the calling thread with `creds` would be.
     #[allow(clippy::too_many_arguments)]
     pub fn map_user(
         &self,
+        ctx: &Context,
         owner: Arc<ProcessHandle>,
         creds: &Credentials,
-        ctx_mode: AccountMode,
         user_va: u64,
         length: u64,
         iova: Option<u64>,
@@ -87,12 +95,12 @@ impl Ioas {
         let base = user_va & !(PAGE_SIZE - 1);
         let source = Arc::new(crate::iopt::source::ProcessSource::new(owner.clone(), base));
         let pages = Self::make_pages(
+            ctx,
             source,
             user_va - base,
             length,
             prot.write,
             Account::for_process(owner, creds, AccountMode::User),
-            ctx_mode,
         )?;
         self.map_pages(pages, iova, prot)
     }

@@ -50,6 +50,7 @@ pub use ioas::Ioas;
 
 use crate::iopt::accounting::AccountMode;
 use crate::iopt::limits::{Charge, Quota, Resource};
+use crate::iopt::Ledger;
 use nix::errno::Errno;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -207,6 +208,8 @@ static NEXT_CONTEXT: AtomicU64 = AtomicU64::new(1);
 pub struct Context {
     pub id: u64,
     table: Mutex<Table>,
+    /// The books of the daemon that made this context (pins and per-user totals).
+    ledger: Arc<Ledger>,
     /// What this context holds against the caps of [`crate::iopt::limits`].
     quota: Arc<Quota>,
     /// The user charged for this context's resources across contexts (see [`Self::set_owner_uid`]).
@@ -237,11 +240,18 @@ impl Default for Context {
 }
 
 impl Context {
+    /// A context with books of its own (standalone contexts: unit tests, tools).
     pub fn new() -> Self {
+        Self::with_ledger(Ledger::new())
+    }
+
+    /// A context of the daemon whose books are `ledger`.
+    pub fn with_ledger(ledger: Arc<Ledger>) -> Self {
         Self {
             id: NEXT_CONTEXT.fetch_add(1, Ordering::Relaxed),
             table: Mutex::new(Table::default()),
-            quota: Quota::new(),
+            quota: Quota::new(ledger.clone()),
+            ledger,
             owner_uid: std::sync::OnceLock::new(),
             opener: std::sync::OnceLock::new(),
             mapping_limit: std::sync::atomic::AtomicU64::new(0),
@@ -251,6 +261,11 @@ impl Context {
             processes: crate::caller::ProcessHandles::new(),
             teardown_hooks: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The books this context's pins and per-user totals are kept in.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
     }
 
     /// Runs `hook` when the context is torn down, before its objects are destroyed: an object

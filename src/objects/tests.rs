@@ -4,7 +4,7 @@ use super::*;
 use crate::backends::Prot;
 use crate::iopt::accounting::Account;
 use crate::iopt::source::MemorySource;
-use crate::iopt::Pages;
+use crate::iopt::{Ledger, Pages};
 use std::sync::atomic::AtomicU32;
 
 fn ioas(ctx: &Context) -> u32 {
@@ -13,7 +13,7 @@ fn ioas(ctx: &Context) -> u32 {
 
 fn map_mem(ioas: &Ioas, iova: u64, len: u64) {
     let src = Arc::new(MemorySource::new(len as usize, 0x10_0000));
-    let pages = Pages::new(src, 0, len, true, Account::unaccounted()).unwrap();
+    let pages = Pages::new(&Ledger::new(), src, 0, len, true, Account::unaccounted()).unwrap();
     ioas.map_pages(pages, Some(iova), Prot::READ_WRITE).unwrap();
 }
 
@@ -218,7 +218,15 @@ fn a_map_pins_without_holding_the_table() {
         started: started_tx,
         go: Mutex::new(go_rx),
     });
-    let pages = Pages::new(slow, 0, 0x4000, true, Account::unaccounted()).unwrap();
+    let pages = Pages::new(
+        &Ledger::new(),
+        slow,
+        0,
+        0x4000,
+        true,
+        Account::unaccounted(),
+    )
+    .unwrap();
     let mapper = {
         let io = io.clone();
         std::thread::spawn(move || io.map_pages(pages, Some(BASE), Prot::READ_WRITE))
@@ -238,6 +246,7 @@ fn a_map_pins_without_holding_the_table() {
     assert_eq!(io.unmap(BASE + 0x40000, BASE + 0x41fff), Ok(0x2000));
     // The pending range is taken (EEXIST for a fixed map over it) and busy for an unmap.
     let other = Pages::new(
+        &Ledger::new(),
         Arc::new(MemorySource::new(0x1000, 0x20_0000)),
         0,
         0x1000,
@@ -282,7 +291,15 @@ fn a_map_whose_pin_unwinds_leaves_its_iova_free() {
     let ctx = Context::new();
     let (io, _domain) = ioas_with_a_mock_domain(&ctx);
     let source = Arc::new(PanickingPins(MemorySource::new(0x4000, 0x10_0000)));
-    let pages = Pages::new(source, 0, 0x4000, true, Account::unaccounted()).unwrap();
+    let pages = Pages::new(
+        &Ledger::new(),
+        source,
+        0,
+        0x4000,
+        true,
+        Account::unaccounted(),
+    )
+    .unwrap();
     let unwound = {
         let io = io.clone();
         std::thread::spawn(move || io.map_pages(pages, Some(BASE), Prot::READ_WRITE)).join()

@@ -10,7 +10,6 @@
 //! An access keeps a list of the ranges it pinned (ACCESS_PAGES items). When the IOAS unmaps a
 //! range, the access's unmap callback drops every item overlapping it, as the kernel's mock does.
 
-use crate::caller::CallerMemory;
 use crate::dispatch::handles::HandleObject;
 use crate::dispatch::ucmd::Ucmd;
 use crate::iopt::PAGE_SIZE;
@@ -107,8 +106,8 @@ impl TestAccess {
 
 /// The access whose fd is `fd` in the caller's table: EBADFD when the fd is closed or is anything
 /// else, as the kernel's lookup answers.
-fn access_of_fd(mem: &dyn CallerMemory, fd: u32) -> Result<Arc<TestAccess>, Errno> {
-    match crate::dispatch::handles::object_of_fd(mem, fd as i32) {
+fn access_of_fd(u: &Ucmd, fd: u32) -> Result<Arc<TestAccess>, Errno> {
+    match u.handles.object_of_fd(u.mem, fd as i32) {
         Ok(Some(HandleObject::Access(a))) => Ok(a),
         _ => Err(Errno::EBADFD),
     }
@@ -124,7 +123,7 @@ pub fn access_pages(u: &Ucmd, cmd: &mut iommu_test_cmd) -> Result<(), Errno> {
     if p.flags & !(MOCK_FLAGS_ACCESS_WRITE | MOCK_FLAGS_ACCESS_SYZ) != 0 {
         return Err(Errno::EOPNOTSUPP);
     }
-    let sa = access_of_fd(u.mem, cmd.id)?;
+    let sa = access_of_fd(u, cmd.id)?;
     if !sa.needs_pin {
         return Err(Errno::EOPNOTSUPP);
     }
@@ -176,7 +175,7 @@ pub fn access_rw(u: &Ucmd, cmd: &iommu_test_cmd) -> Result<(), Errno> {
     if p.flags & !(MOCK_ACCESS_RW_WRITE | MOCK_ACCESS_RW_SLOW_PATH | MOCK_FLAGS_ACCESS_SYZ) != 0 {
         return Err(Errno::EOPNOTSUPP);
     }
-    let sa = access_of_fd(u.mem, cmd.id)?;
+    let sa = access_of_fd(u, cmd.id)?;
     let write = p.flags & MOCK_ACCESS_RW_WRITE != 0;
     let mut buf = vec![0u8; p.length as usize];
     if write {
@@ -196,7 +195,7 @@ pub fn access_rw(u: &Ucmd, cmd: &iommu_test_cmd) -> Result<(), Errno> {
 /// DESTROY_ACCESS_PAGES: unpin one item; ENOENT when the access has no such item.
 pub fn destroy_access_pages(u: &Ucmd, cmd: &iommu_test_cmd) -> Result<(), Errno> {
     let p: iommu_test_cmd_destroy_access_pages = super::payload(cmd);
-    let sa = access_of_fd(u.mem, cmd.id)?;
+    let sa = access_of_fd(u, cmd.id)?;
     let mut items = sa.items.lock().unwrap();
     let pos = items
         .list
@@ -211,7 +210,7 @@ pub fn destroy_access_pages(u: &Ucmd, cmd: &iommu_test_cmd) -> Result<(), Errno>
 /// ACCESS_REPLACE_IOAS: move the access to another IOAS of its own context.
 pub fn replace_ioas(u: &Ucmd, cmd: &iommu_test_cmd) -> Result<(), Errno> {
     let p: iommu_test_cmd_access_replace_ioas = super::payload(cmd);
-    let sa = access_of_fd(u.mem, cmd.id)?;
+    let sa = access_of_fd(u, cmd.id)?;
     if sa.access.ioas_id().is_none() {
         return Err(Errno::ENOENT);
     }

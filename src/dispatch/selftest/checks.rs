@@ -92,7 +92,7 @@ pub fn check_refs(u: &Ucmd, uptr: u64, length: u64, refs: u32) -> Result<(), Err
         .collect();
     let deadline = Instant::now() + REFS_SETTLE;
     loop {
-        let pins = crate::iopt::pages::pins_by_paddr();
+        let pins = u.ctx.ledger().live.pins_by_paddr();
         let ok = checked
             .iter()
             .all(|p| pins.get(p).copied().unwrap_or(0) == refs);

@@ -174,9 +174,9 @@ pub fn test_cmd(u: &Ucmd) -> Result<(), Errno> {
             Err(Errno::EOPNOTSUPP)
         }
         IOMMU_TEST_OP_DMABUF_REVOKE => {
-            use crate::dispatch::handles::{object_of_fd, HandleObject};
+            use crate::dispatch::handles::HandleObject;
             let p: iommu_test_cmd_dmabuf_revoke = payload(&cmd);
-            match object_of_fd(u.mem, p.dmabuf_fd)? {
+            match u.handles.object_of_fd(u.mem, p.dmabuf_fd)? {
                 Some(HandleObject::Dmabuf(buf)) => {
                     buf.set_revoked(p.revoked != 0);
                     Ok(())

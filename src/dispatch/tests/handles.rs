@@ -6,7 +6,7 @@
 use super::*;
 use crate::dispatch::daemon::ContextHold;
 use crate::dispatch::extensions::production_extensions;
-use crate::dispatch::handles::{bind_with, release_may_free, Handle};
+use crate::dispatch::handles::{bind_with, Handle};
 use crate::dispatch::private_abi::*;
 
 /// The fd number the tests' resolver knows as the bench's context.
@@ -14,7 +14,7 @@ const OWN_FD: i32 = 5;
 /// An fd number of a file that is open but no context of this daemon.
 const OTHER_FILE_FD: i32 = 6;
 
-fn req(kind: u32, arg0: u32, arg1: u32) -> uiommufd_handle_bind {
+pub(super) fn req(kind: u32, arg0: u32, arg1: u32) -> uiommufd_handle_bind {
     uiommufd_handle_bind {
         size: sz::<uiommufd_handle_bind>(),
         kind,
@@ -26,7 +26,12 @@ fn req(kind: u32, arg0: u32, arg1: u32) -> uiommufd_handle_bind {
 }
 
 /// Binds with `r` at [`ARG`] as file `file_id`; the fd [`OWN_FD`] names `ctx_id`.
-fn bind(b: &Bench, file_id: u64, r: &uiommufd_handle_bind, ctx_id: u64) -> Result<Handle, Errno> {
+pub(super) fn bind(
+    b: &Bench,
+    file_id: u64,
+    r: &uiommufd_handle_bind,
+    ctx_id: u64,
+) -> Result<Handle, Errno> {
     b.mem.set(ARG, r.as_bytes());
     let resolve = |fd: i32| -> Result<ContextHold, Errno> {
         match fd {
@@ -38,8 +43,8 @@ fn bind(b: &Bench, file_id: u64, r: &uiommufd_handle_bind, ctx_id: u64) -> Resul
     bind_with(&b.daemon, file_id, ARG, &b.mem, &resolve)
 }
 
-/// File ids for the handle registry (which is process-wide): unique per test.
-fn file_id(n: u64) -> u64 {
+/// File ids for a daemon's handle registry (ids as a served node's files would have).
+pub(super) fn file_id(n: u64) -> u64 {
     0x7e57_0000_0000 + n
 }
 
@@ -122,10 +127,10 @@ fn fault_queue_handles() {
     let h = bind(&b, file_id(10), &r, ctx).unwrap();
     let id = b.at::<uiommufd_handle_bind>(ARG).out_object_id;
     assert_eq!(b.ctx.get(id).unwrap().type_name(), "fault");
-    assert!(release_may_free(ctx, id));
+    assert!(b.daemon.handles().release_may_free(ctx, id));
     assert_eq!(b.ctx.destroy(id), Err(Errno::EBUSY), "the fd holds it");
     h.release(file_id(10));
-    assert!(!release_may_free(ctx, id));
+    assert!(!b.daemon.handles().release_may_free(ctx, id));
     assert_eq!(b.ctx.destroy(id), Ok(()));
 }
 
@@ -154,7 +159,10 @@ fn a_failed_copy_out_leaves_no_object() {
     assert_eq!(got.err(), Some(Errno::EFAULT));
     assert_eq!(std::hint::black_box(buf).out_object_id, 0);
     assert_eq!(b.ctx.num_objects(), before, "the access went again");
-    assert!(!release_may_free(ctx, ioas), "and left no handle behind");
+    assert!(
+        !b.daemon.handles().release_may_free(ctx, ioas),
+        "and left no handle behind"
+    );
 }
 
 #[test]
@@ -186,7 +194,10 @@ fn objects_are_looked_up_in_the_context_the_fd_names() {
         other.ctx.get_access(id).is_err(),
         "made where the fd points, not elsewhere"
     );
-    assert!(release_may_free(ctx, ioas), "the access holds the IOAS");
+    assert!(
+        b.daemon.handles().release_may_free(ctx, ioas),
+        "the access holds the IOAS"
+    );
     h.release(file_id(30));
     assert!(
         b.ctx.get_access(id).is_err(),

@@ -12,6 +12,7 @@ mod handles;
 mod hw_info;
 mod hwpt_alloc;
 mod invalidate;
+mod isolation;
 mod viommu;
 
 use super::extensions::daemon_extensions;

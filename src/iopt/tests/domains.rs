@@ -13,6 +13,7 @@ fn add_domain_fills_existing_areas() {
     map_mem(&mut iopt, Some(0x20800), 0x50_0000, 0x800, 0x1800).unwrap();
     map_mem(&mut iopt, Some(0x30000), 0x60_0000, 0x800, 0x800).unwrap();
     let scatter = Pages::new(
+        &Ledger::new(),
         Arc::new(ScatterSource {
             npages: 5,
             base: 0x9000_0000,
@@ -197,10 +198,12 @@ fn shared_pages_count_once_per_pin_user() {
 
 #[test]
 fn pins_are_charged_once_per_page() {
-    use super::accounting::{charged_to_process, AccountMode};
-    let pid = u64::MAX - 4242; // a process key no handle has
+    use super::accounting::AccountMode;
+    let ledger = Ledger::new();
+    let pid = 4242;
     let account = Account::fixed(AccountMode::Process, pid, 0, 6 * PG);
     let pages = Pages::new(
+        &ledger,
         Arc::new(MemorySource::new(0x4000, 0x1000)),
         0,
         0x4000,
@@ -213,9 +216,10 @@ fn pins_are_charged_once_per_page() {
         .unwrap();
     let s = iopt.get_pages(0x10000, 0x4000).unwrap();
     iopt.map_pages(&s, 0x4000, Some(0x20000), RW).unwrap();
-    assert_eq!(charged_to_process(pid), 4);
+    assert_eq!(ledger.pins.charged_to_process(pid), 4);
     // Beyond the limit: ENOMEM and nothing changes.
     let more = Pages::new(
+        &ledger,
         Arc::new(MemorySource::new(0x3000, 0x1000)),
         0,
         0x3000,
@@ -228,9 +232,9 @@ fn pins_are_charged_once_per_page() {
         Err(Errno::ENOMEM)
     );
     assert_eq!(iopt.num_areas(), 2);
-    assert_eq!(charged_to_process(pid), 4);
+    assert_eq!(ledger.pins.charged_to_process(pid), 4);
     unmap(&mut iopt, 0, u64::MAX).unwrap();
-    assert_eq!(charged_to_process(pid), 0);
+    assert_eq!(ledger.pins.charged_to_process(pid), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -252,6 +256,7 @@ fn revoked_backing_leaves_the_domains_but_not_the_ioas() {
     let (mut iopt, d1) = iopt_2k();
     let import = dmabuf_import(2);
     let pages = Pages::new(
+        &Ledger::new(),
         import.clone(),
         0,
         2 * PAGE_SIZE,

@@ -191,7 +191,7 @@ fn a_pin_over_the_limit_allocates_nothing_in_the_file() {
     let fd = memfd(len);
     let account = Account::fixed(AccountMode::User, 0xfff0_0002, 0xfff0_0002, limit);
     let src = Arc::new(FileSource::new(Some(shared(&fd)), 0, len, None));
-    let pages = Pages::new(src, 0, len, true, account).unwrap();
+    let pages = Pages::new(&Ledger::new(), src, 0, len, true, account).unwrap();
     assert_eq!(pages.pin(0, len / PG - 1, true), Err(Errno::ENOMEM));
     let st = nix::sys::stat::fstat(&fd).unwrap();
     assert_eq!(st.st_blocks, 0, "no page of the file was populated");

@@ -135,6 +135,7 @@ fn zero_length_is_einval() {
     // Pages of zero bytes cannot exist either.
     assert_eq!(
         Pages::new(
+            &Ledger::new(),
             Arc::new(MemorySource::new(0, 0)),
             0,
             0,

@@ -197,6 +197,7 @@ fn mem_pages(hint: u64, start_byte: u64, len: u64, writable: bool) -> Arc<Pages>
     assert_eq!(hint % PG, 0);
     let src = MemorySource::new((start_byte + len) as usize, hint);
     Pages::new(
+        &Ledger::new(),
         Arc::new(src),
         start_byte,
         len,

@@ -19,11 +19,11 @@ fn vfio_domain() -> (Arc<VfioDomain>, Arc<FakeContainer>) {
     (d, c)
 }
 
-/// Pages charged to a fixed account with a limit of `limit_pages`.
-fn charged_pages(len: u64, limit_pages: u64, key: u64) -> Arc<Pages> {
+/// Pages charged in `ledger` to a fixed account with a limit of `limit_pages`.
+fn charged_pages(ledger: &Arc<Ledger>, len: u64, limit_pages: u64, key: u64) -> Arc<Pages> {
     let src = MemorySource::new(len as usize, 0x7f00_0000_0000);
     let account = Account::fixed(AccountMode::Process, key, 4242, limit_pages * PG);
-    Pages::new(Arc::new(src), 0, len, true, account).unwrap()
+    Pages::new(ledger, Arc::new(src), 0, len, true, account).unwrap()
 }
 
 #[test]
@@ -54,37 +54,38 @@ fn areas_reach_the_container_as_daemon_addresses() {
 #[test]
 fn the_owner_is_charged_once_and_frames_come_only_when_needed() {
     const KEY: u64 = 0x5e1f_0001;
+    let ledger = Ledger::new();
     let mut iopt = IoPagetable::new();
     let (d, c) = vfio_domain();
     iopt.add_domain(1, d).unwrap();
-    let pages = charged_pages(0x8000, 8, KEY);
+    let pages = charged_pages(&ledger, 0x8000, 8, KEY);
     iopt.map_pages(&whole(&pages), 0x8000, Some(0x10_0000), RW)
         .unwrap();
     assert_eq!(pages.npinned(), 8);
-    assert_eq!(accounting::charged_to_process(KEY), 8);
+    assert_eq!(ledger.pins.charged_to_process(KEY), 8);
     assert_eq!(c.mappings().len(), 1);
     // A second, frame-consuming domain looks the frames up without charging again.
     let t = TestDomain::new(4096);
     iopt.add_domain(2, t.clone()).unwrap();
-    assert_eq!(accounting::charged_to_process(KEY), 8);
+    assert_eq!(ledger.pins.charged_to_process(KEY), 8);
     assert_eq!(t.mapped_bytes(), 0x8000);
     assert_domain_mirrors(&iopt, &t);
     iopt.remove_domain(2);
     iopt.remove_domain(1);
     assert_eq!(pages.npinned(), 0);
-    assert_eq!(accounting::charged_to_process(KEY), 0);
+    assert_eq!(ledger.pins.charged_to_process(KEY), 0);
     // Over the limit: nothing reaches the container and nothing more stays charged (the first
     // area went back into the new domain: its 8 pages are charged again).
     let (d, c) = vfio_domain();
     iopt.add_domain(3, d).unwrap();
-    assert_eq!(accounting::charged_to_process(KEY), 8);
-    let big = charged_pages(0x10000, 8, KEY);
+    assert_eq!(ledger.pins.charged_to_process(KEY), 8);
+    let big = charged_pages(&ledger, 0x10000, 8, KEY);
     assert_eq!(
         iopt.map_pages(&whole(&big), 0x10000, Some(0x40_0000), RW),
         Err(Errno::ENOMEM)
     );
     assert!(c.mappings().iter().all(|m| m.0 != 0x40_0000));
-    assert_eq!(accounting::charged_to_process(KEY), 8);
+    assert_eq!(ledger.pins.charged_to_process(KEY), 8);
     assert_eq!(big.npinned(), 0);
 }
 
