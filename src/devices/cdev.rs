@@ -10,7 +10,7 @@
 use super::context::ContextHold;
 use super::context::ContextResolver;
 use crate::caller::CallerMemory;
-use crate::objects::{Context, Device, DeviceBackend};
+use crate::objects::{Context, Device, DeviceBackend, ObjectUser};
 use nix::errno::Errno;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,8 @@ use uiommufd_uapi::vfio::*;
 struct Binding {
     file: u64,
     ctx: ContextHold,
-    dev_id: u32,
+    /// The binding's user of its device object.
+    user: ObjectUser,
     device: Arc<Device>,
 }
 
@@ -54,7 +55,7 @@ impl CdevBinding {
             .lock()
             .unwrap()
             .as_ref()
-            .map(|b| (b.ctx.id, b.dev_id))
+            .map(|b| (b.ctx.id, b.user.id()))
     }
 
     /// The context and device object bound through `file` (EINVAL for any other file).
@@ -113,20 +114,22 @@ impl CdevBinding {
         let (dev_id, device) = Device::bind(&ctx, backend(&ctx)?)?;
         // The device object goes with the binding only: IOMMU_DESTROY of its ID is EBUSY, as the
         // kernel's bound device holds a user of its own object.
-        if let Err(e) = ctx
-            .add_user(dev_id)
-            .and_then(|()| mem.write(arg + 12, &dev_id.to_ne_bytes()))
-        {
-            ctx.remove_user(dev_id);
-            let _ = ctx.destroy(dev_id);
-            return Err(e);
-        }
+        let bound = ctx
+            .take_user(dev_id)
+            .and_then(|user| mem.write(arg + 12, &dev_id.to_ne_bytes()).map(|()| user));
+        let user = match bound {
+            Ok(user) => user,
+            Err(e) => {
+                let _ = ctx.destroy(dev_id);
+                return Err(e);
+            }
+        };
         on_bound();
         tracing::debug!(device = self.name, ctx = ctx.id, dev_id, "bound");
         *slot = Some(Binding {
             file,
             ctx,
-            dev_id,
+            user,
             device,
         });
         Ok(0)
@@ -146,13 +149,13 @@ impl CdevBinding {
         before();
         b.device.detach(&b.ctx);
         // ENOENT when the context was already closed (shutdown): nothing left to destroy.
-        b.ctx.remove_user(b.dev_id);
-        let _ = b.ctx.destroy(b.dev_id);
+        b.user.release();
+        let _ = b.ctx.destroy(b.user.id());
         after();
         tracing::debug!(
             device = self.name,
             ctx = b.ctx.id,
-            dev_id = b.dev_id,
+            dev_id = b.user.id(),
             "unbound"
         );
         // The device object (and with it its driver's hold on the hardware) goes before the

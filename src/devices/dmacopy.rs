@@ -98,7 +98,7 @@ impl DmaCopy {
     fn set_ioas(&self, ctx: &Context, ioas: Option<Arc<Ioas>>) {
         let old = self.access.lock().unwrap().take();
         if let Some(old) = old {
-            old.detach(ctx);
+            old.detach();
         }
         let Some(ioas) = ioas else {
             return;

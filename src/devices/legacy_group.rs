@@ -25,7 +25,7 @@ use crate::backends::vfio::host::{group_number, Group};
 use crate::backends::vfio::sys::Container;
 use crate::backends::vfio::VfioDomain;
 use crate::backends::Domain;
-use crate::objects::{Context, Device, DeviceBackend};
+use crate::objects::{Context, Device, DeviceBackend, ObjectUser};
 use nix::errno::Errno;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -34,7 +34,8 @@ use std::sync::{Arc, Mutex, Weak};
 /// A group joined to a context through the legacy path.
 struct Joined {
     ctx: Weak<Context>,
-    dev_id: u32,
+    /// The daemon's user of the group's device object.
+    user: ObjectUser,
     port: Weak<GroupPort>,
 }
 
@@ -82,13 +83,15 @@ impl LegacyGroups {
         let (dev_id, device) = Device::bind(&ctx, port.clone())?;
         // The daemon's user keeps the object from IOMMU_DESTROY (EBUSY) until the group leaves.
         let attached = ctx
-            .add_user(dev_id)
-            .and_then(|()| device.attach(&ctx, ioas_id).map(|_| ()));
-        if let Err(e) = attached {
-            ctx.remove_user(dev_id);
-            let _ = ctx.destroy(dev_id);
-            return Err(e);
-        }
+            .take_user(dev_id)
+            .and_then(|user| device.attach(&ctx, ioas_id).map(|_| user));
+        let user = match attached {
+            Ok(user) => user,
+            Err(e) => {
+                let _ = ctx.destroy(dev_id);
+                return Err(e);
+            }
+        };
         if self.hooked.lock().unwrap().insert((ctx.id, number)) {
             let me = Arc::downgrade(self);
             ctx.on_teardown(Box::new(move |ctx: &Context| {
@@ -102,7 +105,7 @@ impl LegacyGroups {
             number,
             Joined {
                 ctx: Arc::downgrade(&ctx),
-                dev_id,
+                user,
                 port: Arc::downgrade(&port),
             },
         );
@@ -155,8 +158,8 @@ impl LegacyGroups {
             return;
         };
         if let Some(ctx) = j.ctx.upgrade() {
-            ctx.remove_user(j.dev_id);
-            let _ = ctx.destroy(j.dev_id);
+            j.user.release();
+            let _ = ctx.destroy(j.user.id());
         }
         tracing::info!(group = number, ctx = ctx_id, "group left the compat IOAS");
     }

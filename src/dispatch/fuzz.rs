@@ -26,7 +26,7 @@ use crate::caller::{CallerMemory, ProcessMemory};
 use crate::dispatch::extensions::daemon_extensions;
 use crate::dispatch::{Daemon, NodeKind};
 use crate::iopt::PAGE_SIZE;
-use crate::objects::{Access, Context, Object};
+use crate::objects::{Access, Context, Object, ObjectUser};
 use nix::errno::Errno;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -199,6 +199,9 @@ fn allowed(cmd: u32) -> &'static [Errno] {
 
 // ---------------------------------------------------------------------------------------------
 
+/// An access of context `.0` with its owner's user of the access object (as its fd holds).
+type OwnedAccess = (usize, Arc<ObjectUser>, Arc<Access>, Arc<PinList>);
+
 /// The ioctl about to be issued, for the failure report.
 #[derive(Debug, Clone)]
 struct Call {
@@ -219,7 +222,7 @@ struct Case<'a> {
     base: Counters,
     ctxs: Vec<Arc<Context>>,
     /// Accesses made by `access_op`: (context, object id, access, its pins).
-    accesses: Vec<(usize, u32, Arc<Access>, Arc<PinList>)>,
+    accesses: Vec<OwnedAccess>,
     log: Vec<String>,
     /// This call's fields are all valid-looking (no random or edge values, no damage).
     strict: bool,
@@ -978,23 +981,24 @@ impl<'a> Case<'a> {
             let a = Access::new(pins.clone(), self.rng.pct(70));
             let ioas = self.id(ci, "ioas");
             // Held by its owner as the selftest's access fd holds it: IOMMU_DESTROY is EBUSY.
-            if let Ok(id) = ctx.insert_held(Object::Access(a.clone())) {
+            if let Ok((id, user)) = ctx.insert_held(Object::Access(a.clone())) {
                 let r = a.attach(&ctx, ioas);
                 self.log
                     .push(format!("ctx{ci} access {id} attach to {ioas} -> {r:?}"));
                 if r.is_err() {
-                    ctx.remove_user(id);
+                    drop(user);
                     ctx.destroy(id)
                         .map_err(|e| format!("destroying a fresh access: {e}"))?;
                 } else {
-                    self.accesses.push((ci, id, a, pins));
+                    self.accesses.push((ci, Arc::new(user), a, pins));
                 }
             }
             return Ok(());
         }
         // An access acts in its own context.
-        let (ci, id, a, pins) =
+        let (ci, user, a, pins) =
             self.accesses[self.rng.below(self.accesses.len() as u64) as usize].clone();
+        let id = user.id();
         match self.rng.below(4) {
             0 | 1 => {
                 let (iova, len) = (self.iova(ci) & !0xfff, self.length().min(64 * PAGE_SIZE));
@@ -1229,8 +1233,9 @@ impl<'a> Case<'a> {
         // Let every access and hardware queue go first: then no area may still count access
         // pins (a pin an owner could not release would otherwise only show as an unmap that
         // never finishes, covered up when the pages are dropped).
-        for (ci, id, _, _) in std::mem::take(&mut self.accesses) {
-            self.ctxs[ci].remove_user(id);
+        for (ci, user, _, _) in std::mem::take(&mut self.accesses) {
+            let id = user.id();
+            user.release();
             self.ctxs[ci]
                 .destroy(id)
                 .map_err(|e| format!("destroying access {id}: {e}"))?;

@@ -15,7 +15,7 @@ use crate::caller::{read_struct, write_struct, CallerMemory};
 use crate::dispatch::private_abi::*;
 use crate::objects::fault::FaultQueue;
 use crate::objects::veventq::VeventQueue;
-use crate::objects::{Context, Object};
+use crate::objects::{Context, Object, ObjectUser};
 use nix::errno::Errno;
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -119,18 +119,23 @@ pub struct Handle {
     ctx: Arc<Context>,
     object_id: u32,
     object: HandleObject,
+    /// The fd's user of a fault or vEVENT queue (IOMMU_DESTROY of it is EBUSY until the close).
+    user: Option<ObjectUser>,
     /// Keeps the creating context alive while the object lives in it; a dma-buf does not.
     hold: Mutex<Option<ContextHold>>,
 }
 
 /// IOMMU_FAULT_QUEUE_ALLOC's object: a fault queue the fd holds as a user.
-fn fault_queue_alloc(ctx: &Context, flags: u32) -> Result<(u32, Arc<FaultQueue>), Errno> {
+fn fault_queue_alloc(
+    ctx: &Context,
+    flags: u32,
+) -> Result<(u32, Arc<FaultQueue>, ObjectUser), Errno> {
     if flags != 0 {
         return Err(Errno::EOPNOTSUPP);
     }
     let q = Arc::new(FaultQueue::default());
-    let id = ctx.insert_held(Object::from(q.clone()))?;
-    Ok((id, q))
+    let (id, user) = ctx.insert_held(Object::from(q.clone()))?;
+    Ok((id, q, user))
 }
 
 /// UIOMMUFD_HANDLE_BIND on the open file known to the daemon as `file_id`.
@@ -173,23 +178,24 @@ pub(crate) fn bind_with(
     }
     let hold = context_of_fd(req.iommufd)?;
     let ctx = hold.context().clone();
-    let (object_id, object) = match req.kind {
+    let (object_id, object, user) = match req.kind {
         UIOMMUFD_HANDLE_TEST_ACCESS => {
             let a = TestAccess::create(&ctx, req.arg0, req.arg1)?;
-            (a.object_id(), HandleObject::Access(a))
+            (a.object_id(), HandleObject::Access(a), None)
         }
         UIOMMUFD_HANDLE_FAULT_QUEUE => {
-            let (id, q) = fault_queue_alloc(&ctx, req.arg0)?;
-            (id, HandleObject::Fault(q))
+            let (id, q, user) = fault_queue_alloc(&ctx, req.arg0)?;
+            (id, HandleObject::Fault(q), Some(user))
         }
         UIOMMUFD_HANDLE_VEVENTQ => {
             let (id, q) = VeventQueue::alloc(&ctx, req.arg0, req.arg1, req.arg2, req.arg3)?;
-            ctx.hold_new(id)?;
-            (id, HandleObject::Veventq(q))
+            let user = ctx.hold_new(id)?;
+            (id, HandleObject::Veventq(q), Some(user))
         }
         UIOMMUFD_HANDLE_TEST_DMABUF => (
             0,
             HandleObject::Dmabuf(TestDmabuf::create(req.arg0.into())?),
+            None,
         ),
         other => {
             crate::warn_limited!(kind = other, "UIOMMUFD_HANDLE_BIND of an unknown kind");
@@ -202,6 +208,7 @@ pub(crate) fn bind_with(
         ctx: ctx.clone(),
         object_id,
         object,
+        user,
         hold: Mutex::new(holds_ctx.then_some(hold)),
     };
     req.out_object_id = object_id;
@@ -237,10 +244,11 @@ impl Handle {
     fn drop_object(&self) {
         match &self.object {
             HandleObject::Access(a) => a.release(),
-            HandleObject::Fault(_) | HandleObject::Veventq(_) => {
-                self.ctx.remove_user(self.object_id)
+            HandleObject::Fault(_) | HandleObject::Veventq(_) | HandleObject::Dmabuf(_) => {
+                if let Some(user) = &self.user {
+                    user.release();
+                }
             }
-            HandleObject::Dmabuf(_) => {}
         }
     }
 

@@ -4,7 +4,7 @@
 //! has pinned, its [`AccessOps::unmap`] callback runs (with no IOAS lock held) and must unpin.
 
 use super::ioas::Ioas;
-use super::Context;
+use super::{Context, ObjectUser};
 use crate::iopt::PAGE_SIZE;
 use nix::errno::Errno;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,7 +21,8 @@ static NEXT_ACCESS: AtomicU32 = AtomicU32::new(1);
 pub struct Access {
     /// Key of this access in the IOAS's alignment list.
     key: u32,
-    ioas: Mutex<Option<(u32, Arc<Ioas>)>>,
+    /// The IOAS attached to, with the access's user of it.
+    ioas: Mutex<Option<(ObjectUser, Arc<Ioas>)>>,
     ops: Arc<dyn AccessOps>,
     /// Accesses that pin need page-aligned IOVAs; rw-only ones accept any.
     needs_pin: bool,
@@ -52,10 +53,10 @@ impl Access {
         if cur.is_some() {
             return Err(Errno::EINVAL);
         }
+        let user = ctx.take_user(ioas_id)?;
         ioas.iopt().add_access(self.key, self.alignment())?;
-        ctx.add_user(ioas_id)?;
         ioas.attach_access(self);
-        *cur = Some((ioas_id, ioas));
+        *cur = Some((user, ioas));
         Ok(())
     }
 
@@ -63,13 +64,13 @@ impl Access {
     pub fn replace(self: &Arc<Self>, ctx: &Context, ioas_id: u32) -> Result<(), Errno> {
         let new = ctx.get_ioas(ioas_id)?;
         let mut cur = self.ioas.lock().unwrap();
-        if let Some((old_id, _)) = cur.as_ref() {
-            if *old_id == ioas_id {
+        if let Some((old_user, _)) = cur.as_ref() {
+            if old_user.id() == ioas_id {
                 return Ok(());
             }
         }
+        let user = ctx.take_user(ioas_id)?;
         new.iopt().add_access(self.key, self.alignment())?;
-        ctx.add_user(ioas_id)?;
         new.attach_access(self);
         if cur.is_some() {
             // Let the owner drop its pins on the old IOAS first, while this access is still
@@ -77,13 +78,13 @@ impl Access {
             drop(cur);
             self.ops.unmap(self, 0, u64::MAX);
             cur = self.ioas.lock().unwrap();
-            if let Some((old_id, old)) = cur.take() {
+            if let Some((old_user, old)) = cur.take() {
                 old.detach_access(self);
                 old.iopt().remove_access(self.key);
-                ctx.remove_user(old_id);
+                old_user.release();
             }
         }
-        *cur = Some((ioas_id, new));
+        *cur = Some((user, new));
         Ok(())
     }
 
@@ -92,7 +93,11 @@ impl Access {
     }
 
     pub fn ioas_id(&self) -> Option<u32> {
-        self.ioas.lock().unwrap().as_ref().map(|(id, _)| *id)
+        self.ioas
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|(user, _)| user.id())
     }
 
     fn attached(&self) -> Result<Arc<Ioas>, Errno> {
@@ -121,20 +126,20 @@ impl Access {
 
     /// Detaches from its IOAS (releasing pins through the owner first, while still attached:
     /// the owner unpins through `unpin_pages`, which needs the IOAS).
-    pub fn detach(&self, ctx: &Context) {
+    pub fn detach(&self) {
         if self.ioas.lock().unwrap().is_none() {
             return;
         }
         self.ops.unmap(self, 0, u64::MAX);
         let taken = self.ioas.lock().unwrap().take();
-        if let Some((id, ioas)) = taken {
+        if let Some((user, ioas)) = taken {
             ioas.detach_access(self);
             ioas.iopt().remove_access(self.key);
-            ctx.remove_user(id);
+            user.release();
         }
     }
 
-    pub(super) fn destroy(&self, ctx: &Context) {
-        self.detach(ctx);
+    pub(super) fn destroy(&self) {
+        self.detach();
     }
 }

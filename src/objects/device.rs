@@ -12,7 +12,7 @@
 
 use super::driver::{NestedDomain, UserData, ViommuDriver};
 use super::hwpt::{HwptNested, HwptPaging};
-use super::{Context, Extension, Ioas, Object};
+use super::{Context, Extension, Ioas, Object, ObjectUser};
 use crate::backends::Domain;
 use nix::errno::Errno;
 use std::collections::BTreeMap;
@@ -161,9 +161,15 @@ pub struct Device {
     /// Serialises attach/replace/detach, so that the driver's domain and the attachment move
     /// together.
     switching: Mutex<()>,
-    attachment: Mutex<Option<Attachment>>,
+    attachment: Mutex<Option<Held>>,
     /// Attachments by PASID (never [`NO_PASID`]).
-    pasids: Mutex<BTreeMap<u32, Attachment>>,
+    pasids: Mutex<BTreeMap<u32, Held>>,
+}
+
+/// An attachment in effect, with the device's user of its HWPT.
+struct Held {
+    att: Attachment,
+    user: ObjectUser,
 }
 
 impl Device {
@@ -183,7 +189,11 @@ impl Device {
     }
 
     pub fn attachment(&self) -> Option<Attachment> {
-        self.attachment.lock().unwrap().clone()
+        self.attachment
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|h| h.att.clone())
     }
 
     /// The IOAS behind the current attachment.
@@ -197,7 +207,7 @@ impl Device {
         let _switching = self.switching.lock().unwrap();
         let mut nested = None;
         let mut viommu_nested = None;
-        let (hwpt_id, hwpt) = match ctx.get(pt_id).map_err(|_| Errno::ENOENT)? {
+        let (hwpt_id, hwpt, user) = match ctx.get(pt_id).map_err(|_| Errno::ENOENT)? {
             Object::Ioas(_) => self.auto_hwpt(ctx, pt_id)?,
             Object::Access(_) => return Err(Errno::EINVAL),
             _ => {
@@ -229,34 +239,37 @@ impl Device {
                     return Err(Errno::EINVAL);
                 }
                 self.backend.check_attach(&h)?;
-                ctx.add_user(pt_id)?;
-                (pt_id, h)
+                (pt_id, h, ctx.take_user(pt_id)?)
             }
         };
         if let Err(e) = self.backend.set_domain(Some(&hwpt.domain)) {
-            ctx.remove_user(hwpt_id);
+            user.release();
             if hwpt.auto_domain {
                 // An automatic HWPT made for this attach goes again (EBUSY while others use it).
                 let _ = ctx.destroy(hwpt_id);
             }
             return Err(e);
         }
-        let old = self.attachment.lock().unwrap().replace(Attachment {
+        let att = Attachment {
             hwpt_id,
             hwpt: hwpt.clone(),
             nested,
             viommu_nested,
-        });
+        };
+        let old = self.attachment.lock().unwrap().replace(Held { att, user });
         if let Some(old) = old {
-            self.drop_hwpt(ctx, &old);
+            self.drop_hwpt(ctx, old);
         }
         self.backend.attached(Some(hwpt.ioas.clone()));
         Ok(hwpt_id)
     }
 
-    /// Finds a compatible automatic HWPT on the IOAS or makes one; the result carries a user for
-    /// this device.
-    fn auto_hwpt(&self, ctx: &Context, ioas_id: u32) -> Result<(u32, Arc<HwptPaging>), Errno> {
+    /// Finds a compatible automatic HWPT on the IOAS or makes one, with a user for this device.
+    fn auto_hwpt(
+        &self,
+        ctx: &Context,
+        ioas_id: u32,
+    ) -> Result<(u32, Arc<HwptPaging>, ObjectUser), Errno> {
         if self.has_pasids() {
             // Automatic HWPTs are not PASID-compatible.
             return Err(Errno::EINVAL);
@@ -267,21 +280,19 @@ impl Device {
                 && self.backend.domain_compatible(&h.domain)
                 && self.backend.check_attach(&h).is_ok()
             {
-                ctx.add_user(id)?;
-                return Ok((id, h));
+                return Ok((id, h, ctx.take_user(id)?));
             }
         }
         let domain = self.backend.alloc_domain(0)?;
         let (id, h) = HwptPaging::alloc(ctx, ioas_id, domain, 0, true)?;
-        ctx.add_user(id)?;
-        Ok((id, h))
+        Ok((id, h, ctx.take_user(id)?))
     }
 
-    fn drop_hwpt(&self, ctx: &Context, att: &Attachment) {
-        ctx.remove_user(att.hwpt_id);
-        if att.hwpt.auto_domain {
+    fn drop_hwpt(&self, ctx: &Context, old: Held) {
+        old.user.release();
+        if old.att.hwpt.auto_domain {
             // The automatic HWPT goes with its last device.
-            let _ = ctx.destroy(att.hwpt_id);
+            let _ = ctx.destroy(old.att.hwpt_id);
         }
     }
 
@@ -292,7 +303,7 @@ impl Device {
         if let Some(old) = old {
             let _ = self.backend.set_domain(None);
             self.backend.attached(None);
-            self.drop_hwpt(ctx, &old);
+            self.drop_hwpt(ctx, old);
         }
     }
 
@@ -305,7 +316,11 @@ impl Device {
         if pasid == NO_PASID {
             return self.attachment();
         }
-        self.pasids.lock().unwrap().get(&pasid).cloned()
+        self.pasids
+            .lock()
+            .unwrap()
+            .get(&pasid)
+            .map(|h| h.att.clone())
     }
 
     /// Resolves `pt_id` for a PASID: a HWPT (paging or nested) as an attachment, without a user.
@@ -371,13 +386,16 @@ impl Device {
             }
             self.backend.set_dev_pasid(pasid, Some(&att))?;
         }
-        if let Err(e) = ctx.add_user(pt_id) {
-            if max > 0 {
-                let _ = self.backend.set_dev_pasid(pasid, None);
+        let user = match ctx.take_user(pt_id) {
+            Ok(user) => user,
+            Err(e) => {
+                if max > 0 {
+                    let _ = self.backend.set_dev_pasid(pasid, None);
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-        pasids.insert(pasid, att);
+        };
+        pasids.insert(pasid, Held { att, user });
         Ok(pt_id)
     }
 
@@ -393,7 +411,10 @@ impl Device {
         }
         let target = Self::pasid_target(ctx, pt_id)?;
         let mut pasids = self.pasids.lock().unwrap();
-        let old = pasids.get(&pasid).cloned().ok_or(Errno::EINVAL)?;
+        let old = pasids
+            .get(&pasid)
+            .map(|h| h.att.clone())
+            .ok_or(Errno::EINVAL)?;
         let att = target.ok_or(Errno::EINVAL)?;
         if att.hwpt_id == old.hwpt_id {
             return Ok(pt_id);
@@ -402,15 +423,19 @@ impl Device {
         if self.backend.max_pasids() > 0 {
             self.backend.set_dev_pasid(pasid, Some(&att))?;
         }
-        if let Err(e) = ctx.add_user(pt_id) {
-            if self.backend.max_pasids() > 0 {
-                let _ = self.backend.set_dev_pasid(pasid, Some(&old));
+        let user = match ctx.take_user(pt_id) {
+            Ok(user) => user,
+            Err(e) => {
+                if self.backend.max_pasids() > 0 {
+                    let _ = self.backend.set_dev_pasid(pasid, Some(&old));
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-        pasids.insert(pasid, att);
+        };
+        let replaced = pasids.insert(pasid, Held { att, user });
         drop(pasids);
-        ctx.remove_user(old.hwpt_id);
+        // Gives the old HWPT's user back.
+        drop(replaced);
         Ok(pt_id)
     }
 
@@ -422,23 +447,23 @@ impl Device {
         }
         let old = self.pasids.lock().unwrap().remove(&pasid);
         if let Some(old) = old {
-            self.drop_pasid(ctx, pasid, &old);
+            self.drop_pasid(pasid, old);
         }
     }
 
-    fn drop_pasid(&self, ctx: &Context, pasid: u32, old: &Attachment) {
+    fn drop_pasid(&self, pasid: u32, old: Held) {
         if self.backend.max_pasids() > 0 {
             // Blocking cannot fail.
             let _ = self.backend.set_dev_pasid(pasid, None);
         }
-        ctx.remove_user(old.hwpt_id);
+        old.user.release();
     }
 
     /// Detaches every PASID.
-    pub fn detach_pasids(&self, ctx: &Context) {
+    pub fn detach_pasids(&self) {
         let all = std::mem::take(&mut *self.pasids.lock().unwrap());
         for (pasid, old) in all {
-            self.drop_pasid(ctx, pasid, &old);
+            self.drop_pasid(pasid, old);
         }
     }
 }
@@ -450,7 +475,7 @@ impl Extension for Device {
 
     fn destroy(&self, ctx: &Context) {
         super::viommu::destroy_vdevices_of(ctx, self);
-        self.detach_pasids(ctx);
+        self.detach_pasids();
         self.detach(ctx);
     }
 

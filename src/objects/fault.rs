@@ -5,7 +5,7 @@
 //! smallest free one, from 1) and moves it to `awaiting`; a written response with that cookie
 //! retires it.
 
-use super::{Context, Extension};
+use super::{Context, Extension, ObjectUser};
 use nix::errno::Errno;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
@@ -208,18 +208,15 @@ mod tests {
 
 /// The fault queue a HWPT reports to (IOMMU_HWPT_FAULT_ID_VALID); the queue has the HWPT as a user.
 #[derive(Default)]
-pub struct FaultLink(std::sync::OnceLock<(u32, std::sync::Arc<FaultQueue>)>);
+pub struct FaultLink(std::sync::OnceLock<(ObjectUser, std::sync::Arc<FaultQueue>)>);
 
 impl FaultLink {
     /// Links to fault queue `fault_id` of `ctx` (ENOENT when it is no fault queue).
     pub fn set(&self, ctx: &Context, fault_id: u32) -> Result<(), Errno> {
         let q = ctx.get_as::<FaultQueue>(fault_id)?;
-        ctx.add_user(fault_id)?;
-        if self.0.set((fault_id, q)).is_err() {
-            ctx.remove_user(fault_id);
-            return Err(Errno::EBUSY);
-        }
-        Ok(())
+        let user = ctx.take_user(fault_id)?;
+        // A second link gives its user back as it is dropped here.
+        self.0.set((user, q)).map_err(|_| Errno::EBUSY)
     }
 
     pub fn queue(&self) -> Option<std::sync::Arc<FaultQueue>> {
@@ -227,9 +224,9 @@ impl FaultLink {
     }
 
     /// The HWPT goes away: the queue loses it as a user.
-    pub fn release(&self, ctx: &Context) {
-        if let Some((id, _)) = self.0.get() {
-            ctx.remove_user(*id);
+    pub fn release(&self) {
+        if let Some((user, _)) = self.0.get() {
+            user.release();
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Hardware page tables: a paging HWPT is an IOMMU domain kept in sync with one IOAS.
 
-use super::{Context, Extension, Ioas, NestedDomain};
+use super::{Context, Extension, Ioas, NestedDomain, ObjectUser};
 use crate::backends::Domain;
 use nix::errno::Errno;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +12,8 @@ static NEXT_DOMAIN: AtomicU64 = AtomicU64::new(1);
 pub struct HwptPaging {
     pub ioas_id: u32,
     pub ioas: Arc<Ioas>,
+    /// The HWPT is a user of its IOAS.
+    ioas_user: ObjectUser,
     pub domain: Arc<dyn Domain>,
     /// Key of the domain inside the IOAS's io_pagetable.
     pub domain_key: u64,
@@ -39,9 +41,17 @@ impl HwptPaging {
         ioas.iopt_for_domains()
             .1
             .add_domain(domain_key, domain.clone())?;
+        let ioas_user = match ctx.take_user(ioas_id) {
+            Ok(user) => user,
+            Err(e) => {
+                ioas.iopt_for_domains().1.remove_domain(domain_key);
+                return Err(e);
+            }
+        };
         let hwpt = Arc::new(HwptPaging {
             ioas_id,
             ioas: ioas.clone(),
+            ioas_user,
             domain,
             domain_key,
             auto_domain,
@@ -49,26 +59,22 @@ impl HwptPaging {
             extra: Mutex::new(None),
             fault: Default::default(),
         });
-        if let Err(e) = ctx.add_user(ioas_id) {
-            ioas.iopt_for_domains().1.remove_domain(domain_key);
-            return Err(e);
-        }
         match ctx.insert(super::Object::from(hwpt.clone())) {
             Ok(id) => Ok((id, hwpt)),
             Err(e) => {
-                hwpt.release(ctx);
+                hwpt.release();
                 Err(e)
             }
         }
     }
 
-    fn release(&self, ctx: &Context) {
-        self.fault.release(ctx);
+    fn release(&self) {
+        self.fault.release();
         self.ioas
             .iopt_for_domains()
             .1
             .remove_domain(self.domain_key);
-        ctx.remove_user(self.ioas_id);
+        self.ioas_user.release();
     }
 }
 
@@ -77,8 +83,8 @@ impl Extension for HwptPaging {
         "hwpt_paging"
     }
 
-    fn destroy(&self, ctx: &Context) {
-        self.release(ctx);
+    fn destroy(&self, _ctx: &Context) {
+        self.release();
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
@@ -92,6 +98,8 @@ impl Extension for HwptPaging {
 pub struct HwptNested {
     pub parent_id: u32,
     pub parent: Arc<HwptPaging>,
+    /// The nested HWPT is a user of its parent.
+    parent_user: ObjectUser,
     /// The driver's stage-1 domain.
     pub domain: Box<dyn NestedDomain>,
     pub flags: u32,
@@ -111,11 +119,12 @@ impl HwptNested {
         let h = Arc::new(HwptNested {
             parent_id,
             parent,
+            parent_user: ctx.take_user(parent_id)?,
             domain,
             flags,
             fault: Default::default(),
         });
-        let id = ctx.insert_child(parent_id, super::Object::from(h.clone()))?;
+        let id = ctx.insert(super::Object::from(h.clone()))?;
         Ok((id, h))
     }
 }
@@ -125,9 +134,9 @@ impl Extension for HwptNested {
         "hwpt_nested"
     }
 
-    fn destroy(&self, ctx: &Context) {
-        self.fault.release(ctx);
-        ctx.remove_user(self.parent_id);
+    fn destroy(&self, _ctx: &Context) {
+        self.fault.release();
+        self.parent_user.release();
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -2,9 +2,10 @@
 //!
 //! Every open of `/dev/iommu` is a [`Context`]. Objects (IOAS, access, and what later layers add)
 //! live in its table under IDs allocated like the kernel's: the smallest free ID ≥ 1. Lookups are
-//! typed (an ID of another type is ENOENT). An object that other objects depend on carries a
-//! `users` count above one and cannot be destroyed (EBUSY) until they let go; closing the context
-//! destroys everything, dependents first. An object the daemon destroys on its own behalf (a
+//! typed (an ID of another type is ENOENT). Whatever depends on an object (a child object, an
+//! attached device, an fd) holds an [`ObjectUser`] of it, which gives itself back when dropped;
+//! while one is held the object cannot be destroyed (EBUSY). Closing the context destroys
+//! everything, dependents first. An object the daemon destroys on its own behalf (a
 //! vDEVICE whose device is destroyed) can leave its ID as a tombstone, which answers ENOENT and is
 //! not handed out again until the context closes, as the kernel's does.
 //!
@@ -39,6 +40,7 @@ pub mod driver;
 pub mod fault;
 pub mod hwpt;
 pub mod ioas;
+mod user;
 pub mod veventq;
 pub mod viommu;
 
@@ -47,6 +49,7 @@ pub use device::{Device, DeviceBackend};
 pub use driver::{NestedDomain, UserArray, UserData, ViommuDriver};
 pub use hwpt::HwptPaging;
 pub use ioas::Ioas;
+pub use user::ObjectUser;
 
 use crate::iopt::accounting::AccountMode;
 use crate::iopt::limits::{Charge, Quota, Resource};
@@ -154,7 +157,7 @@ struct Entry {
     /// `None` for a tombstone: the ID of an object the kernel destroyed on its own (a vDEVICE
     /// whose device went away). It answers ENOENT and stays allocated until the context closes.
     object: Option<Object>,
-    /// 1 for the table itself, +1 for each object that depends on this one.
+    /// 1 for the table itself, +1 for each [`ObjectUser`] held.
     users: u32,
     /// The entry's share of the context's and its owner's object cap.
     _charge: Charge,
@@ -207,7 +210,8 @@ static NEXT_CONTEXT: AtomicU64 = AtomicU64::new(1);
 /// One open of `/dev/iommu` (or `/dev/vfio/vfio`).
 pub struct Context {
     pub id: u64,
-    table: Mutex<Table>,
+    /// Shared with the [`ObjectUser`]s of its objects, which give themselves back to it.
+    table: Arc<Mutex<Table>>,
     /// The books of the daemon that made this context (pins and per-user totals).
     ledger: Arc<Ledger>,
     /// What this context holds against the caps of [`crate::iopt::limits`].
@@ -249,7 +253,7 @@ impl Context {
     pub fn with_ledger(ledger: Arc<Ledger>) -> Self {
         Self {
             id: NEXT_CONTEXT.fetch_add(1, Ordering::Relaxed),
-            table: Mutex::new(Table::default()),
+            table: Arc::new(Mutex::new(Table::default())),
             quota: Quota::new(ledger.clone()),
             ledger,
             owner_uid: std::sync::OnceLock::new(),
@@ -381,26 +385,17 @@ impl Context {
         Ok(id)
     }
 
-    /// Inserts `object`, which depends on object `parent_id` (the parent gains a user for as long
-    /// as the child lives; the child's destroy must drop it). Nothing changes on failure.
-    pub fn insert_child(&self, parent_id: u32, object: Object) -> Result<u32, Errno> {
-        self.add_user(parent_id)?;
-        self.insert(object)
-            .inspect_err(|_| self.remove_user(parent_id))
-    }
-
-    /// Inserts `object` with one extra user for an outside holder (an fd), so that IOMMU_DESTROY
-    /// answers EBUSY until the holder lets go with [`Self::remove_user`].
-    pub fn insert_held(&self, object: Object) -> Result<u32, Errno> {
+    /// Inserts `object` with a user for an outside holder (an fd), so that IOMMU_DESTROY answers
+    /// EBUSY until the holder lets the returned user go.
+    pub fn insert_held(&self, object: Object) -> Result<(u32, ObjectUser), Errno> {
         let id = self.insert(object)?;
-        self.hold_new(id)?;
-        Ok(id)
+        Ok((id, self.hold_new(id)?))
     }
 
-    /// Gives the just-inserted object `id` the extra user of an outside holder (see
-    /// [`Self::insert_held`]); destroys it if that fails.
-    pub fn hold_new(&self, id: u32) -> Result<(), Errno> {
-        self.add_user(id).inspect_err(|_| {
+    /// A user of the just-inserted object `id` for an outside holder (see
+    /// [`Self::insert_held`]); destroys the object if that fails.
+    pub fn hold_new(&self, id: u32) -> Result<ObjectUser, Errno> {
+        self.take_user(id).inspect_err(|_| {
             let _ = self.destroy(id);
         })
     }
@@ -426,24 +421,6 @@ impl Context {
         match self.get(id)? {
             Object::Access(a) => Ok(a),
             _ => Err(Errno::ENOENT),
-        }
-    }
-
-    /// Records that something depends on object `id` (it can no longer be destroyed).
-    pub fn add_user(&self, id: u32) -> Result<(), Errno> {
-        let mut table = self.table.lock().unwrap();
-        let e = table
-            .entries
-            .get_mut(&id)
-            .filter(|e| e.object.is_some())
-            .ok_or(Errno::ENOENT)?;
-        e.users += 1;
-        Ok(())
-    }
-
-    pub fn remove_user(&self, id: u32) {
-        if let Some(e) = self.table.lock().unwrap().entries.get_mut(&id) {
-            e.users = e.users.saturating_sub(1).max(1);
         }
     }
 
@@ -495,7 +472,7 @@ impl Context {
     fn run_destroy(&self, object: Object) {
         match object {
             Object::Ioas(ioas) => ioas.destroy(),
-            Object::Access(access) => access.destroy(self),
+            Object::Access(access) => access.destroy(),
             other => {
                 if let Some(k) = other.kind() {
                     k.destroy(self);

@@ -33,9 +33,9 @@ fn typed_lookup_and_destroy_errors() {
     assert_eq!(ctx.get_access(id).err(), Some(Errno::ENOENT));
     assert_eq!(ctx.get_ioas(99).err(), Some(Errno::ENOENT));
     assert_eq!(ctx.destroy(99), Err(Errno::ENOENT));
-    ctx.add_user(id).unwrap();
+    let user = ctx.take_user(id).unwrap();
     assert_eq!(ctx.destroy(id), Err(Errno::EBUSY));
-    ctx.remove_user(id);
+    drop(user);
     ctx.destroy(id).unwrap();
     assert_eq!(ctx.num_objects(), 0);
 }
@@ -88,7 +88,7 @@ fn unmap_asks_the_access_to_let_go_first() {
     // rw through the access after the unmap: nothing mapped.
     let mut b = [0u8; 4];
     assert_eq!(access.rw(0x10000, &mut b, false), Err(Errno::ENOENT));
-    access.detach(&ctx);
+    access.detach();
     ctx.destroy(id).unwrap();
 }
 
@@ -168,6 +168,48 @@ fn object_cap_is_enomem_and_freed_on_destroy() {
     assert_eq!(ioas(&ctx), 7);
     ctx.destroy_all();
     assert_eq!(ctx.used(Resource::Objects), 0);
+}
+
+#[test]
+fn a_user_is_given_back_when_dropped_or_released_once() {
+    let ctx = Context::new();
+    let id = ioas(&ctx);
+    let first = ctx.take_user(id).unwrap();
+    let second = ctx.take_user(id).unwrap();
+    assert_eq!(ctx.destroy(id), Err(Errno::EBUSY));
+    first.release();
+    first.release();
+    assert_eq!(ctx.destroy(id), Err(Errno::EBUSY), "a release counts once");
+    drop(first);
+    assert_eq!(
+        ctx.destroy(id),
+        Err(Errno::EBUSY),
+        "and the drop after it not at all"
+    );
+    drop(second);
+    ctx.destroy(id).unwrap();
+    assert_eq!(ctx.take_user(id).err(), Some(Errno::ENOENT));
+    // A user that outlives its context has nothing to give back.
+    let id = ioas(&ctx);
+    let late = ctx.take_user(id).unwrap();
+    drop(ctx);
+    drop(late);
+}
+
+#[test]
+fn a_child_that_fails_to_insert_gives_its_parents_user_back() {
+    use crate::backends::mock::{MockDomain, MockKind};
+    use crate::iopt::limits::OBJECTS_PER_CONTEXT;
+    let ctx = Context::new();
+    let parent = ioas(&ctx);
+    while ctx.insert(Object::Ioas(Ioas::new())).is_ok() {}
+    assert_eq!(ctx.num_objects() as u64, OBJECTS_PER_CONTEXT);
+    let domain = Arc::new(MockDomain::new(MockKind::Normal));
+    assert_eq!(
+        hwpt::HwptPaging::alloc(&ctx, parent, domain, 0, false).err(),
+        Some(Errno::ENOMEM)
+    );
+    ctx.destroy(parent).unwrap();
 }
 
 /// A backing whose pins wait until the test lets them go (a client's memory that is slow to

@@ -6,7 +6,7 @@
 //! a new sequence number); every report takes the next sequence number, wrapping at 2^31.
 
 use super::viommu::Viommu;
-use super::{Context, Extension};
+use super::{Context, Extension, ObjectUser};
 use nix::errno::Errno;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -34,6 +34,8 @@ struct Queue {
 pub struct VeventQueue {
     pub viommu_id: u32,
     pub viommu: Arc<Viommu>,
+    /// The queue is a user of its vIOMMU.
+    viommu_user: ObjectUser,
     pub veventq_type: u32,
     depth: u32,
     queue: Mutex<Queue>,
@@ -58,11 +60,12 @@ impl VeventQueue {
         let q = Arc::new(VeventQueue {
             viommu_id,
             viommu: viommu.clone(),
+            viommu_user: ctx.take_user(viommu_id)?,
             veventq_type,
             depth,
             queue: Mutex::new(Queue::default()),
         });
-        let id = ctx.insert_child(viommu_id, super::Object::from(q.clone()))?;
+        let id = ctx.insert(super::Object::from(q.clone()))?;
         queues.insert(veventq_type, Arc::downgrade(&q));
         Ok((id, q))
     }
@@ -143,14 +146,14 @@ impl Extension for VeventQueue {
         "veventq"
     }
 
-    fn destroy(&self, ctx: &Context) {
+    fn destroy(&self, _ctx: &Context) {
         self.viommu
             .veventqs
             .lock()
             .unwrap()
             .remove(&self.veventq_type);
         self.queue.lock().unwrap().deliver.clear();
-        ctx.remove_user(self.viommu_id);
+        self.viommu_user.release();
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

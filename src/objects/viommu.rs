@@ -11,7 +11,8 @@
 //! lives.
 
 use super::{
-    Access, AccessOps, Context, Device, Extension, HwptPaging, NestedDomain, ViommuDriver,
+    Access, AccessOps, Context, Device, Extension, HwptPaging, NestedDomain, ObjectUser,
+    ViommuDriver,
 };
 use crate::iopt::PAGE_SIZE;
 use nix::errno::Errno;
@@ -25,6 +26,8 @@ pub struct Viommu {
     pub iommu: Option<u64>,
     pub hwpt_id: u32,
     pub hwpt: Arc<HwptPaging>,
+    /// The vIOMMU is a user of its nest parent.
+    hwpt_user: ObjectUser,
     /// virt_id → vDEVICE object id.
     pub vdevs: Mutex<BTreeMap<u64, u32>>,
     /// Hardware queue index → HW_QUEUE object id.
@@ -50,12 +53,13 @@ impl Viommu {
             iommu,
             hwpt_id,
             hwpt,
+            hwpt_user: ctx.take_user(hwpt_id)?,
             vdevs: Mutex::new(BTreeMap::new()),
             hw_queues: Mutex::new(BTreeMap::new()),
             driver,
             veventqs: Mutex::new(BTreeMap::new()),
         });
-        let id = ctx.insert_child(hwpt_id, super::Object::from(v.clone()))?;
+        let id = ctx.insert(super::Object::from(v.clone()))?;
         Ok((id, v))
     }
 
@@ -70,8 +74,8 @@ impl Extension for Viommu {
         "viommu"
     }
 
-    fn destroy(&self, ctx: &Context) {
-        ctx.remove_user(self.hwpt_id);
+    fn destroy(&self, _ctx: &Context) {
+        self.hwpt_user.release();
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
@@ -83,6 +87,8 @@ impl Extension for Viommu {
 pub struct Vdevice {
     pub viommu_id: u32,
     pub viommu: Arc<Viommu>,
+    /// The vDEVICE is a user of its vIOMMU.
+    viommu_user: ObjectUser,
     pub dev_id: u32,
     pub device: Arc<Device>,
     pub virt_id: u64,
@@ -110,24 +116,17 @@ impl Vdevice {
         if vdevs.contains_key(&virt_id) {
             return Err(Errno::EEXIST);
         }
-        ctx.add_user(viommu_id)?;
         let v = Arc::new(Vdevice {
             viommu_id,
             viommu: viommu.clone(),
+            viommu_user: ctx.take_user(viommu_id)?,
             dev_id,
             device,
             virt_id,
         });
-        match ctx.insert(super::Object::from(v.clone())) {
-            Ok(id) => {
-                vdevs.insert(virt_id, id);
-                Ok((id, v))
-            }
-            Err(e) => {
-                ctx.remove_user(viommu_id);
-                Err(e)
-            }
-        }
+        let id = ctx.insert(super::Object::from(v.clone()))?;
+        vdevs.insert(virt_id, id);
+        Ok((id, v))
     }
 }
 
@@ -136,9 +135,9 @@ impl Extension for Vdevice {
         "vdevice"
     }
 
-    fn destroy(&self, ctx: &Context) {
+    fn destroy(&self, _ctx: &Context) {
         self.viommu.vdevs.lock().unwrap().remove(&self.virt_id);
-        ctx.remove_user(self.viommu_id);
+        self.viommu_user.release();
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
@@ -186,12 +185,16 @@ impl AccessOps for QueueAccessOps {
 pub struct HwQueue {
     pub viommu_id: u32,
     pub viommu: Arc<Viommu>,
+    /// The queue is a user of its vIOMMU.
+    viommu_user: ObjectUser,
     pub queue_type: u32,
     pub index: u32,
     pub base_addr: u64,
     pub length: u64,
     /// The queue of the index below, which cannot be destroyed before this one.
     pub prev: Option<u32>,
+    /// The queue is a user of `prev`.
+    prev_user: Option<ObjectUser>,
     access: Arc<Access>,
     /// The page-aligned pinned range.
     pin: (u64, u64),
@@ -226,7 +229,7 @@ impl HwQueue {
         let access = Access::new(Arc::new(QueueAccessOps), true);
         access.attach(ctx, viommu.hwpt.ioas_id)?;
         let undo_attach = |e: Errno| {
-            access.detach(ctx);
+            access.detach();
             e
         };
         let ioas = access.ioas().ok_or(Errno::ENOENT).map_err(undo_attach)?;
@@ -235,7 +238,7 @@ impl HwQueue {
         let paddrs = pinned.map_err(undo_attach)?;
         let undo = |e: Errno| {
             ioas.iopt().access_unpin_locked(pin.0, pin.1, true);
-            access.detach(ctx);
+            access.detach();
             e
         };
         // The hardware reads the queue by physical address: its pages must be contiguous (where
@@ -247,16 +250,13 @@ impl HwQueue {
         let base_pa = paddrs.first().map_or(0, |p| p + (base_addr - pin.0));
         let mut queues = viommu.hw_queues.lock().unwrap();
         let prev = init(&queues, base_pa).map_err(undo)?;
-        ctx.add_user(viommu_id).map_err(undo)?;
-        if let Some(p) = prev {
-            if let Err(e) = ctx.add_user(p) {
-                ctx.remove_user(viommu_id);
-                return Err(undo(e));
-            }
-        }
+        let viommu_user = ctx.take_user(viommu_id).map_err(undo)?;
+        let prev_user = prev.map(|p| ctx.take_user(p)).transpose().map_err(undo)?;
         let q = Arc::new(HwQueue {
             viommu_id,
             viommu: viommu.clone(),
+            viommu_user,
+            prev_user,
             queue_type,
             index,
             base_addr,
@@ -265,19 +265,9 @@ impl HwQueue {
             access: access.clone(),
             pin,
         });
-        match ctx.insert(super::Object::from(q.clone())) {
-            Ok(id) => {
-                queues.insert(index, id);
-                Ok((id, q))
-            }
-            Err(e) => {
-                if let Some(p) = prev {
-                    ctx.remove_user(p);
-                }
-                ctx.remove_user(viommu_id);
-                Err(undo(e))
-            }
-        }
+        let id = ctx.insert(super::Object::from(q.clone())).map_err(undo)?;
+        queues.insert(index, id);
+        Ok((id, q))
     }
 }
 
@@ -286,17 +276,17 @@ impl Extension for HwQueue {
         "hw_queue"
     }
 
-    fn destroy(&self, ctx: &Context) {
+    fn destroy(&self, _ctx: &Context) {
         self.viommu.hw_queues.lock().unwrap().remove(&self.index);
-        if let Some(p) = self.prev {
-            ctx.remove_user(p);
+        if let Some(prev) = &self.prev_user {
+            prev.release();
         }
         if let Some(ioas) = self.access.ioas() {
             ioas.iopt()
                 .access_unpin_locked(self.pin.0, self.pin.1, true);
         }
-        self.access.detach(ctx);
-        ctx.remove_user(self.viommu_id);
+        self.access.detach();
+        self.viommu_user.release();
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
@@ -309,6 +299,8 @@ impl Extension for HwQueue {
 pub struct ViommuNested {
     pub viommu_id: u32,
     pub viommu: Arc<Viommu>,
+    /// The nested HWPT is a user of its vIOMMU.
+    viommu_user: ObjectUser,
     /// The driver's stage-1 domain.
     pub domain: Box<dyn NestedDomain>,
     pub flags: u32,
@@ -327,11 +319,12 @@ impl ViommuNested {
         let h = Arc::new(ViommuNested {
             viommu_id,
             viommu,
+            viommu_user: ctx.take_user(viommu_id)?,
             domain,
             flags,
             fault: Default::default(),
         });
-        let id = ctx.insert_child(viommu_id, super::Object::from(h.clone()))?;
+        let id = ctx.insert(super::Object::from(h.clone()))?;
         Ok((id, h))
     }
 }
@@ -341,9 +334,9 @@ impl Extension for ViommuNested {
         "hwpt_nested"
     }
 
-    fn destroy(&self, ctx: &Context) {
-        self.fault.release(ctx);
-        ctx.remove_user(self.viommu_id);
+    fn destroy(&self, _ctx: &Context) {
+        self.fault.release();
+        self.viommu_user.release();
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

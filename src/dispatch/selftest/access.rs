@@ -13,7 +13,7 @@
 use crate::dispatch::handles::HandleObject;
 use crate::dispatch::ucmd::Ucmd;
 use crate::iopt::PAGE_SIZE;
-use crate::objects::{Access, AccessOps, Context, Object};
+use crate::objects::{Access, AccessOps, Context, Object, ObjectUser};
 use nix::errno::Errno;
 use std::sync::{Arc, Mutex};
 use uiommufd_uapi::selftest::*;
@@ -55,7 +55,8 @@ impl AccessOps for ItemsOps {
 pub struct TestAccess {
     ctx: Arc<Context>,
     access: Arc<Access>,
-    object_id: u32,
+    /// The fd's user of the access object: IOMMU_DESTROY of it is EBUSY until the close.
+    user: ObjectUser,
     needs_pin: bool,
     items: Arc<Mutex<Items>>,
 }
@@ -70,23 +71,23 @@ impl TestAccess {
         let items = Arc::new(Mutex::new(Items::default()));
         let access = Access::new(Arc::new(ItemsOps(items.clone())), needs_pin);
         // The owner of the fd is a user until the fd closes: IOMMU_DESTROY of it is EBUSY.
-        let object_id = ctx.insert_held(Object::Access(access.clone()))?;
+        let (object_id, user) = ctx.insert_held(Object::Access(access.clone()))?;
         if let Err(e) = access.attach(ctx, ioas_id) {
-            ctx.remove_user(object_id);
+            drop(user);
             let _ = ctx.destroy(object_id);
             return Err(e);
         }
         Ok(Arc::new(Self {
             ctx: ctx.clone(),
             access,
-            object_id,
+            user,
             needs_pin,
             items,
         }))
     }
 
     pub fn object_id(&self) -> u32 {
-        self.object_id
+        self.user.id()
     }
 
     /// The IOAS the access is attached to.
@@ -97,9 +98,9 @@ impl TestAccess {
     /// The fd was closed: unpin every item, destroy the access object.
     pub fn release(&self) {
         ItemsOps(self.items.clone()).unmap(&self.access, 0, u64::MAX);
-        self.ctx.remove_user(self.object_id);
-        if let Err(e) = self.ctx.destroy(self.object_id) {
-            crate::warn_limited!(ctx = self.ctx.id, id = self.object_id, errno = %e, "access object already gone");
+        self.user.release();
+        if let Err(e) = self.ctx.destroy(self.user.id()) {
+            crate::warn_limited!(ctx = self.ctx.id, id = self.user.id(), errno = %e, "access object already gone");
         }
     }
 }

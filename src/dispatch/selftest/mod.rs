@@ -15,7 +15,7 @@ mod pasid;
 
 use super::ucmd::Ucmd;
 use crate::iopt::ReservedOwner;
-use crate::objects::{Context, Device, Extension, Object};
+use crate::objects::{Context, Device, Extension, Object, ObjectUser};
 use mockdev::MockDev;
 use nix::errno::Errno;
 use std::sync::{Arc, Mutex};
@@ -29,6 +29,8 @@ pub struct SelftestDev {
 #[derive(Clone)]
 struct Bound {
     dev_id: u32,
+    /// The selftest object's user of the device object (the device goes with it only).
+    user: Arc<ObjectUser>,
     device: Arc<Device>,
     mock: Arc<MockDev>,
 }
@@ -42,7 +44,7 @@ impl SelftestDev {
 /// Detaches and removes the device object (the device's bind user is dropped first).
 fn unbind(ctx: &Context, b: &Bound) {
     b.device.detach(ctx);
-    ctx.remove_user(b.dev_id);
+    b.user.release();
     let _ = ctx.destroy(b.dev_id);
 }
 
@@ -290,12 +292,16 @@ fn mock_domain(u: &Ucmd, cmd: &mut iommu_test_cmd) -> Result<(), Errno> {
     let mock = Arc::new(MockDev::new(dev_flags).map_err(abort)?);
     let (dev_id, device) = Device::bind(ctx, mock.clone()).map_err(abort)?;
     // The device goes with its selftest object only.
-    if let Err(e) = ctx.add_user(dev_id) {
-        let _ = ctx.destroy(dev_id);
-        return Err(abort(e));
-    }
+    let user = match ctx.take_user(dev_id) {
+        Ok(user) => user,
+        Err(e) => {
+            let _ = ctx.destroy(dev_id);
+            return Err(abort(e));
+        }
+    };
     let b = Bound {
         dev_id,
+        user: Arc::new(user),
         device: device.clone(),
         mock,
     };

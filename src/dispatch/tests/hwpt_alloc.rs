@@ -82,7 +82,7 @@ fn paging_flags_on_an_ioas() {
     let ioas = b.ioas();
     let m = b.mock(ioas, 0);
     let nodirty = b.mock(ioas, MOCK_FLAGS_DEVICE_NO_DIRTY);
-    let fault = b.fault_queue();
+    let (fault, _fault_fd) = b.fault_queue();
     let before = b.ctx.num_objects();
     let mut c = cmd(
         nodirty.dev,
@@ -169,7 +169,7 @@ fn fault_id_is_checked_last_and_a_failure_leaves_no_hwpt() {
     // Without the flag fault_id is not looked at.
     c.flags = 0;
     assert!(b.call(IOMMU_HWPT_ALLOC, &c).is_ok());
-    let fault = b.fault_queue();
+    let (fault, _fault_fd) = b.fault_queue();
     c.flags = IOMMU_HWPT_FAULT_ID_VALID;
     c.fault_id = fault;
     let id = b.call(IOMMU_HWPT_ALLOC, &c).unwrap().out_hwpt_id;
@@ -230,7 +230,7 @@ fn nested_on_a_paging_hwpt() {
     let nested = b.call(IOMMU_HWPT_ALLOC, &c).unwrap().out_hwpt_id;
     assert!(b.ctx.get_hwpt_nested(nested).is_ok());
     // Neither a nested HWPT nor any other object is a pt_id.
-    for pt in [nested, m.dev, m.stdev, b.fault_queue()] {
+    for pt in [nested, m.dev, m.stdev, b.fault_queue().0] {
         c.pt_id = pt;
         assert_eq!(b.errno(IOMMU_HWPT_ALLOC, &c), Errno::EINVAL, "pt_id {pt}");
     }
@@ -261,7 +261,8 @@ fn nested_on_a_viommu() {
     c.flags |= IOMMU_HWPT_FAULT_ID_VALID;
     c.fault_id = NO_ID;
     assert_eq!(b.errno(IOMMU_HWPT_ALLOC, &c), Errno::ENOENT);
-    c.fault_id = b.fault_queue();
+    let (fault, _fault_fd) = b.fault_queue();
+    c.fault_id = fault;
     let id = b.call(IOMMU_HWPT_ALLOC, &c).unwrap().out_hwpt_id;
     assert_eq!(b.ctx.get(id).unwrap().type_name(), "hwpt_nested");
 }

@@ -19,7 +19,7 @@ use super::extensions::daemon_extensions;
 use super::{Daemon, NodeKind};
 use crate::caller::fake::FakeMemory;
 use crate::objects::fault::FaultQueue;
-use crate::objects::{Context, Object};
+use crate::objects::{Context, Object, ObjectUser};
 use nix::errno::Errno;
 use std::sync::Arc;
 use uiommufd_uapi::iommufd::*;
@@ -199,8 +199,8 @@ impl Bench {
             .unwrap()
     }
 
-    /// A fault queue object, as IOMMU_FAULT_QUEUE_ALLOC makes it (held by its fd).
-    pub(super) fn fault_queue(&self) -> u32 {
+    /// A fault queue object, as IOMMU_FAULT_QUEUE_ALLOC makes it, and the user its fd holds.
+    pub(super) fn fault_queue(&self) -> (u32, ObjectUser) {
         self.ctx
             .insert_held(Object::from(Arc::new(FaultQueue::default())))
             .unwrap()
