@@ -55,7 +55,7 @@
 # Env: LINUX_SRC (an unpacked tree; default: scripts/fetch-linux-source.sh into target/linux-src),
 # LINUX_SOURCE_VERSION (Debian version to fetch), UIOMMUFD (binary; default cargo build --release),
 # GUEST_PKG_DIR (busybox-static, via scripts/lib-guest.sh), QEMU, BOOT_TIMEOUT (default 600 s),
-# REPLAY (scripts or dirs, default tests/replay), KSELFTEST_BIN (the selftest binary, default
+# REPLAY (scripts or dirs, default tests/replay, plus tests/replay/selftest in the test variant), KSELFTEST_BIN (the selftest binary, default
 # $CARGO_TARGET_DIR/kselftest/iommufd, built by scripts/kselftest.sh --build-only when missing),
 # KSELFTEST_TAP (uiommufd's result, default $CARGO_TARGET_DIR/kselftest/output.tap: run
 # scripts/kselftest.sh first). Under CI=true a missing selftest binary or TAP fails; elsewhere a
@@ -858,7 +858,10 @@ run_guest() {
   local R=$OUT/root s
   guest_root "$R" replay run/u run/r rec
   guest_add_bin "$R" "$UIOMMUFD" uiommufd
-  for s in ${REPLAY:-tests/replay}; do
+  # The selftest corpus needs IOMMU_TEST_CMD: the test variant's kernel and `serve --selftest`.
+  local sources=${REPLAY:-tests/replay}
+  if [ -z "${REPLAY:-}" ] && [ "$VARIANT" = test ]; then sources="$sources tests/replay/selftest"; fi
+  for s in $sources; do
     if [ -d "$s" ]; then cp "$s"/*.jsonl "$R/replay/"; else cp "$s" "$R/replay/"; fi
   done
   local selftest=""

@@ -56,8 +56,7 @@ fn assert_all_pass(o: &Output, n: usize) {
 }
 
 /// The scripts that need the selftest surface (mock devices through IOMMU_TEST_CMD ops): run here
-/// and, with `REPLAY`, in scripts/refkernel.sh's test variant; not recorded yet (the recorder keeps
-/// pointers in `Int` fields and driver data as literals and zeros).
+/// and in scripts/refkernel.sh's test variant (which records them too).
 fn selftest_corpus() -> PathBuf {
     corpus().join("selftest")
 }
@@ -141,6 +140,22 @@ fn recorded_corpus_replays_cleanly() {
     d.wait_idle();
     // One script per open: every corpus script opens once, fork.jsonl's child opens again.
     replay_recordings(&rec.0, corpus_len() + 1);
+}
+
+/// The selftest corpus passes data through pointers the table knows only as integers
+/// (HWPT_INVALIDATE's entries, dirty bitmaps) and driver data behind `data_uptr`: its recordings
+/// must carry those bytes and buffers to replay with the same results.
+#[test]
+fn recorded_selftest_corpus_replays_cleanly() {
+    let rec = TempDir::new("rec-selftest");
+    let d = DaemonProcess::start(&["--record", rec.0.to_str().unwrap()]);
+    let node = d.node("iommu");
+    assert_all_pass(
+        &replay(&["--node", node.to_str().unwrap()], &[&selftest_corpus()]),
+        selftest_corpus_len(),
+    );
+    d.wait_idle();
+    replay_recordings(&rec.0, selftest_corpus_len());
 }
 
 const RW: u32 = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE;

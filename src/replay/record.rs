@@ -59,14 +59,19 @@ struct Call {
     before: Option<Vec<u8>>,
     after: Option<Vec<u8>>,
     result: Result<i64, Errno>,
-    /// Pointer fields (by name) and the arg itself (under "").
+    /// Pointer fields (by name), the arg itself (under "@") and accesses outside the struct
+    /// (under "*").
     ptrs: Vec<(&'static str, PtrUse)>,
     ranges_in: Option<Vec<(u64, u64)>>,
     ranges_out: Option<Vec<(u64, u64)>>,
     /// Size of the file behind an IOAS_MAP_FILE fd.
     file_size: Option<u64>,
-    /// Caller memory the daemon reads that the script must write first (partly readable arrays).
+    /// Caller memory the daemon reads that the script must write first (partly readable arrays,
+    /// data behind pointers).
     data: Vec<(u64, Vec<u8>)>,
+    /// Ranges the call accessed outside its struct: an integer field pointing into one is a
+    /// pointer.
+    touched: Vec<(u64, u64)>,
     /// The first page of each caller access that failed, with its protection then: the replay
     /// protects it the same way for this call, so the call fails the same way.
     faults: Vec<(u64, PageProt)>,
@@ -93,7 +98,21 @@ struct Watched<'m> {
     /// End of the farthest read that started inside `[arg, arg + MAX_STRUCT)`.
     arg_read_end: std::sync::atomic::AtomicU64,
     failed: Mutex<Vec<(u64, u64, bool)>>,
+    /// Every successful access: where, how long, and for reads the bytes (while the call's
+    /// budget of [`MAX_CAPTURE`] lasts).
+    touched: Mutex<Touched>,
 }
+
+/// Caller memory one call accessed, for the buffers and the data a replay must set up.
+#[derive(Default)]
+struct Touched {
+    accesses: Vec<(u64, u64, Option<Vec<u8>>)>,
+    captured: usize,
+}
+
+/// Most bytes of reads kept per call (beyond, a read still shapes the buffers, without data).
+const MAX_CAPTURE: usize = 64 * 1024;
+const MAX_ACCESSES: usize = 256;
 
 impl Watched<'_> {
     fn note(&self, addr: u64, len: usize, write: bool, ok: bool) {
@@ -110,17 +129,35 @@ impl Watched<'_> {
             }
         }
     }
+
+    fn note_touched(&self, addr: u64, len: usize, read: Option<&[u8]>) {
+        let Ok(mut t) = self.touched.lock() else {
+            return;
+        };
+        if t.accesses.len() >= MAX_ACCESSES || len == 0 {
+            return;
+        }
+        let keep = read.filter(|b| t.captured + b.len() <= MAX_CAPTURE);
+        t.captured += keep.map_or(0, <[u8]>::len);
+        t.accesses.push((addr, len as u64, keep.map(<[u8]>::to_vec)));
+    }
 }
 
 impl CallerMemory for Watched<'_> {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
         let r = self.mem.read(addr, buf);
         self.note(addr, buf.len(), false, r.is_ok());
+        if r.is_ok() {
+            self.note_touched(addr, buf.len(), Some(buf));
+        }
         r
     }
     fn write(&self, addr: u64, buf: &[u8]) -> Result<(), Errno> {
         let r = self.mem.write(addr, buf);
         self.note(addr, buf.len(), true, r.is_ok());
+        if r.is_ok() {
+            self.note_touched(addr, buf.len(), None);
+        }
         r
     }
     fn pid(&self) -> i32 {
@@ -231,6 +268,7 @@ impl IoctlObserver for Recorder {
             ranges_out: None,
             file_size: None,
             data: Vec::new(),
+            touched: Vec::new(),
             faults: Vec::new(),
             object_fd: None,
         };
@@ -243,8 +281,11 @@ impl IoctlObserver for Recorder {
             arg,
             arg_read_end: std::sync::atomic::AtomicU64::new(arg),
             failed: Mutex::new(Vec::new()),
+            touched: Mutex::new(Touched::default()),
         };
         c.result = call(&watched);
+        let touched = watched.touched.into_inner().unwrap_or_default();
+        note_outside_struct(&mut c, touched);
         let failed = watched.failed.into_inner().unwrap_or_default();
         if !failed.is_empty() {
             let maps = mappings(mem.pid());
@@ -321,8 +362,37 @@ impl Call {
             ranges_out: None,
             file_size: None,
             data: Vec::new(),
+            touched: Vec::new(),
             faults: Vec::new(),
             object_fd: Some((object_id, what.to_string())),
+        }
+    }
+}
+
+/// Caller memory the call accessed outside its struct (through pointers, including ones the
+/// table knows only as integers: HWPT_INVALIDATE's `data_uptr`, GET_DIRTY_BITMAP's `data`, a test
+/// op's `uptr`): each range shapes a buffer, and what was read is written there before the replayed
+/// call (driver data, invalidation entries), so the replay reads the same bytes.
+fn note_outside_struct(c: &mut Call, touched: Touched) {
+    let struct_end = c
+        .arg
+        .saturating_add(c.before.as_ref().map_or(0, |b| b.len() as u64));
+    for (addr, len, bytes) in touched.accesses {
+        if addr >= c.arg && addr.saturating_add(len) <= struct_end {
+            continue;
+        }
+        c.touched.push((addr, len));
+        c.ptrs.push((
+            "*",
+            PtrUse {
+                addr,
+                readable: len,
+            },
+        ));
+        if let Some(b) = bytes {
+            if !c.data.iter().any(|(a, d)| *a == addr && *d == b) {
+                c.data.push((addr, b));
+            }
         }
     }
 }
@@ -394,7 +464,7 @@ fn capture_before(c: &mut Call, def: Option<&IoctlDef>, mem: &dyn CallerMemory) 
     let mut size = [0u8; 4];
     if mem.read(c.arg, &mut size).is_err() {
         c.ptrs.push((
-            "",
+            "*",
             PtrUse {
                 addr: c.arg,
                 readable: 0,
@@ -865,6 +935,9 @@ impl Renderer {
                     Some(json(&format!("#f{}", self.files)))
                 }
                 Role::Fd => Some((v as u32 as i32).to_string()),
+                Role::Int if v >= LOW && c.touched.iter().any(|&(a, l)| v >= a && v - a < l) => {
+                    Some(self.ptr(v, None))
+                }
                 _ if v == 0 => None,
                 Role::Id => Some(self.id(v)),
                 Role::Iova => Some(self.iova(ioas_of(d, f.name).map(get), v)),
