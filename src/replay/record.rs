@@ -139,7 +139,8 @@ impl Watched<'_> {
         }
         let keep = read.filter(|b| t.captured + b.len() <= MAX_CAPTURE);
         t.captured += keep.map_or(0, <[u8]>::len);
-        t.accesses.push((addr, len as u64, keep.map(<[u8]>::to_vec)));
+        t.accesses
+            .push((addr, len as u64, keep.map(<[u8]>::to_vec)));
     }
 }
 
