@@ -59,8 +59,8 @@ struct Call {
     before: Option<Vec<u8>>,
     after: Option<Vec<u8>>,
     result: Result<i64, Errno>,
-    /// Pointer fields (by name), the arg itself (under "@") and accesses outside the struct
-    /// (under "*").
+    /// Pointer fields (by name), the arg (under "" when unreadable, "@" when partly readable) and
+    /// accesses outside the struct (under "*").
     ptrs: Vec<(&'static str, PtrUse)>,
     ranges_in: Option<Vec<(u64, u64)>>,
     ranges_out: Option<Vec<(u64, u64)>>,
@@ -465,7 +465,7 @@ fn capture_before(c: &mut Call, def: Option<&IoctlDef>, mem: &dyn CallerMemory) 
     let mut size = [0u8; 4];
     if mem.read(c.arg, &mut size).is_err() {
         c.ptrs.push((
-            "*",
+            "",
             PtrUse {
                 addr: c.arg,
                 readable: 0,
