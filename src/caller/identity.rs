@@ -493,7 +493,7 @@ fn read_seq(f: &File) -> Result<Vec<u8>, Errno> {
 
 /// `struct procmap_query` of the PROCMAP_QUERY ioctl on a maps file (uapi linux/fs.h).
 #[repr(C)]
-#[derive(Default)]
+#[derive(Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 struct ProcmapQuery {
     size: u64,
     query_flags: u64,
@@ -513,7 +513,7 @@ struct ProcmapQuery {
 }
 
 /// `_IOWR('f', 17, struct procmap_query)`.
-const PROCMAP_QUERY: libc::c_ulong = 0xc068_6611;
+const PROCMAP_QUERY: u32 = 0xc068_6611;
 const PROCMAP_QUERY_VMA_READABLE: u64 = 0x01;
 const PROCMAP_QUERY_VMA_WRITABLE: u64 = 0x02;
 const PROCMAP_QUERY_VMA_SHARED: u64 = 0x08;
@@ -522,21 +522,19 @@ const PROCMAP_QUERY_COVERING_OR_NEXT_VMA: u64 = 0x10;
 /// The VMA covering `addr` or the next one above it; None past the last. ESRCH once the
 /// address space is gone, ENOTTY on kernels without the ioctl.
 fn procmap_query(maps: &File, addr: u64) -> Result<Option<Vma>, Errno> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     let mut q = ProcmapQuery {
         size: std::mem::size_of::<ProcmapQuery>() as u64,
         query_flags: PROCMAP_QUERY_COVERING_OR_NEXT_VMA,
         query_addr: addr,
         ..Default::default()
     };
-    // SAFETY: PROCMAP_QUERY reads and writes exactly the struct `q` (its `size` says how much);
-    // the name and build-id buffers are not asked for (sizes 0, addresses 0).
-    let rc = unsafe { libc::ioctl(maps.as_raw_fd(), PROCMAP_QUERY, &mut q) };
-    if rc < 0 {
-        return match Errno::last() {
-            Errno::ENOENT => Ok(None),
-            e => Err(e),
-        };
+    // The name and build-id buffers are not asked for (sizes 0, addresses 0): the kernel reads
+    // and writes `q` only.
+    match crate::sys::ioctl::ioctl_struct(maps.as_fd(), PROCMAP_QUERY, &mut q) {
+        Ok(_) => {}
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
     }
     Ok(Some(Vma {
         start: q.vma_start,

@@ -22,9 +22,11 @@
 //! goes with its context.
 
 use super::identity::{ProcessHandle, Vma};
+use crate::sys::mem::Mapping;
 use nix::errno::Errno;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 /// Mappings kept after their last user is gone, per process handle.
@@ -33,64 +35,63 @@ pub const IDLE_KEPT: usize = 4;
 /// One MAP_SHARED mapping made by the daemon; unmapped when dropped.
 #[derive(Debug)]
 pub struct DaemonMapping {
-    addr: usize,
-    len: usize,
+    // Dropped before the slot: the count goes down once the mapping is gone.
+    mapping: Mapping,
+    _slot: LiveSlot,
+}
+
+/// One of [`MAX_LIVE_MAPPINGS`], given back when dropped.
+#[derive(Debug)]
+struct LiveSlot;
+
+impl LiveSlot {
+    fn take() -> Result<Self, Errno> {
+        if LIVE_MAPPINGS.fetch_add(1, Ordering::Relaxed) >= MAX_LIVE_MAPPINGS {
+            LIVE_MAPPINGS.fetch_sub(1, Ordering::Relaxed);
+            return Err(Errno::ENOMEM);
+        }
+        Ok(Self)
+    }
+}
+
+impl Drop for LiveSlot {
+    fn drop(&mut self) {
+        LIVE_MAPPINGS.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl DaemonMapping {
     /// Maps `len` bytes of `fd` at `offset` shared, readable and (with `write`) writable.
     pub fn map_file(fd: impl AsFd, offset: u64, len: u64, write: bool) -> Result<Self, Errno> {
-        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        use nix::sys::mman::{MapFlags, ProtFlags};
         let len_nz = std::num::NonZeroUsize::new(len as usize).ok_or(Errno::EINVAL)?;
         let mut prot = ProtFlags::PROT_READ;
         if write {
             prot |= ProtFlags::PROT_WRITE;
         }
         let offset = libc::off_t::try_from(offset).map_err(|_| Errno::EINVAL)?;
-        use std::sync::atomic::Ordering;
-        if LIVE_MAPPINGS.fetch_add(1, Ordering::Relaxed) >= MAX_LIVE_MAPPINGS {
-            LIVE_MAPPINGS.fetch_sub(1, Ordering::Relaxed);
-            return Err(Errno::ENOMEM);
-        }
+        let slot = LiveSlot::take()?;
         // No reservation: hugetlb pages are reserved by whoever faults them (the client's own
         // mapping), not for the whole window here.
         let flags = MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE;
-        // SAFETY: a fresh mapping chosen by the kernel (no address hint); nothing in the daemon
-        // aliases it, and it is never dereferenced by the daemon (see the module documentation).
-        let p = match unsafe { mmap(None, len_nz, prot, flags, fd, offset) } {
-            Ok(p) => p,
-            Err(e) => {
-                LIVE_MAPPINGS.fetch_sub(1, Ordering::Relaxed);
-                return Err(e);
-            }
-        };
+        // Never dereferenced by the daemon (see the module documentation).
+        let mapping = Mapping::file(fd, offset, len_nz, prot, flags)?;
         Ok(Self {
-            addr: p.as_ptr() as usize,
-            len: len as usize,
+            mapping,
+            _slot: slot,
         })
     }
 
     pub fn addr(&self) -> u64 {
-        self.addr as u64
+        self.mapping.addr() as u64
     }
 
     pub fn len(&self) -> u64 {
-        self.len as u64
+        self.mapping.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl Drop for DaemonMapping {
-    fn drop(&mut self) {
-        if let Some(p) = std::ptr::NonNull::new(self.addr as *mut libc::c_void) {
-            // SAFETY: the mapping was made by `map_file` with this length and is owned by `self`
-            // alone; nothing refers to it once the last Arc is dropped.
-            let _ = unsafe { nix::sys::mman::munmap(p, self.len) };
-        }
-        LIVE_MAPPINGS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.mapping.is_empty()
     }
 }
 

@@ -11,8 +11,8 @@
 //! nothing is opened that the program could not open itself.
 
 use super::notification::{Notification, Reply};
-use super::seccomp::notif_addfd;
 use crate::caller::{CallerMemory, ProcessMemory};
+use crate::sys::seccomp::notif_addfd;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use std::os::fd::AsFd;
