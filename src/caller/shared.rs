@@ -323,7 +323,8 @@ fn vma_mapping(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::mman::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
+    use crate::sys::mem::Mapping;
+    use nix::sys::mman::{MapFlags, ProtFlags};
     use std::num::NonZeroUsize;
 
     const LEN: usize = 64 * 1024;
@@ -339,11 +340,9 @@ mod tests {
             nix::sys::memfd::memfd_create(c"view", nix::sys::memfd::MFdFlags::empty()).unwrap();
         nix::unistd::ftruncate(&fd, LEN as i64).unwrap();
         let len = NonZeroUsize::new(LEN).unwrap();
-        // SAFETY: a fresh shared mapping owned by this test, unmapped at its end.
-        let p = unsafe { mmap(None, len, rw(), MapFlags::MAP_SHARED, &fd, 0).unwrap() };
-        let va = p.as_ptr() as u64;
-        // SAFETY: the mapping is LEN bytes long and nothing else uses it.
-        unsafe { p.as_ptr().cast::<u8>().wrapping_add(4096).write(0x5a) };
+        let m = Mapping::file(&fd, 0, len, rw(), MapFlags::MAP_SHARED).unwrap();
+        let va = m.addr() as u64;
+        nix::sys::uio::pwrite(&fd, &[0x5a], 4096).unwrap();
         let r = shared_ranges(&h, va + 4096, va + 2 * 4096, true).unwrap();
         assert_eq!(r.len(), 1);
         let (range, _hold) = &r[0];
@@ -355,18 +354,15 @@ mod tests {
             va + 4096,
             "the daemon's own mapping, not the caller's"
         );
-        // SAFETY: the daemon mapping is live (held) and covers this byte of the memfd; the test
-        // owns the file, so it cannot shrink underneath.
-        let seen = unsafe { (range.addr() as *const u8).read() };
-        assert_eq!(seen, 0x5a);
+        let mut seen = [0u8];
+        h.read(range.addr(), &mut seen).unwrap();
+        assert_eq!(seen, [0x5a]);
         let first = range.mapping.addr();
         drop(r);
         // Released mappings stay idle and are found again.
         let again = shared_ranges(&h, va + 4096, va + 2 * 4096, true).unwrap();
         assert_eq!(again[0].0.mapping.addr(), first);
         drop(again);
-        // SAFETY: unmapping the test's own mapping.
-        unsafe { munmap(p, LEN).unwrap() };
     }
 
     #[test]
@@ -374,22 +370,13 @@ mod tests {
         let h = Arc::new(ProcessHandle::current().unwrap());
         const HUGE: usize = 1 << 40;
         let len = NonZeroUsize::new(HUGE).unwrap();
-        // SAFETY: a fresh shared anonymous mapping owned by this test, unmapped at its end.
-        let p = unsafe {
-            mmap_anonymous(
-                None,
-                len,
-                rw(),
-                MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE,
-            )
-            .unwrap()
-        };
-        let va = p.as_ptr() as u64;
+        let m =
+            Mapping::anonymous(len, rw(), MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE).unwrap();
+        let va = m.addr() as u64;
         let r = shared_ranges(&h, va + (1 << 30), va + (1 << 30) + 4096, true).unwrap();
         let daemon_len = r[0].0.mapping.len();
         drop(r);
-        // SAFETY: unmapping the test's own mapping.
-        unsafe { munmap(p, HUGE).unwrap() };
+        drop(m);
         assert_eq!(daemon_len, 4096);
     }
 
@@ -397,16 +384,14 @@ mod tests {
     fn private_memory_is_refused() {
         let h = Arc::new(ProcessHandle::current().unwrap());
         let len = NonZeroUsize::new(LEN).unwrap();
-        // SAFETY: a fresh private mapping owned by this test, unmapped at its end.
-        let p = unsafe { mmap_anonymous(None, len, rw(), MapFlags::MAP_PRIVATE).unwrap() };
-        let va = p.as_ptr() as u64;
+        let m = Mapping::anonymous(len, rw(), MapFlags::MAP_PRIVATE).unwrap();
+        let va = m.addr() as u64;
         match shared_ranges(&h, va, va + LEN as u64, true) {
             Err(Ok(Unshareable::Private { start, .. })) => assert_eq!(start, va),
             other => panic!("expected Private, got {:?}", other.map(|v| v.len())),
         }
         // A hole in the range is EFAULT.
-        // SAFETY: unmapping the test's own mapping.
-        unsafe { munmap(p, LEN).unwrap() };
+        drop(m);
         assert!(matches!(
             shared_ranges(&h, va, va + LEN as u64, true),
             Err(Err(Errno::EFAULT))

@@ -101,13 +101,15 @@ mod tests {
 
     /// A tiny interpreter of the four opcodes the program uses.
     fn run(prog: &[sock_filter], data: &libc::seccomp_data) -> u32 {
-        // SAFETY: seccomp_data is plain integers without padding; viewing it as bytes is sound.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                data as *const libc::seccomp_data as *const u8,
-                std::mem::size_of::<libc::seccomp_data>(),
-            )
-        };
+        // The struct's bytes, field by field (plain integers, no padding).
+        let mut bytes = Vec::with_capacity(std::mem::size_of::<libc::seccomp_data>());
+        bytes.extend_from_slice(&data.nr.to_ne_bytes());
+        bytes.extend_from_slice(&data.arch.to_ne_bytes());
+        bytes.extend_from_slice(&data.instruction_pointer.to_ne_bytes());
+        for a in data.args {
+            bytes.extend_from_slice(&a.to_ne_bytes());
+        }
+        assert_eq!(bytes.len(), std::mem::size_of::<libc::seccomp_data>());
         let (mut pc, mut acc) = (0usize, 0u32);
         loop {
             let i = prog[pc];

@@ -28,3 +28,24 @@ pub fn unblock_signals_in_child(command: &mut std::process::Command, signals: Si
         command.pre_exec(move || signals.thread_unblock().map_err(std::io::Error::from));
     }
 }
+
+/// Has `command`'s child drop capability `cap` from its bounding set (when it may: EPERM without
+/// CAP_SETPCAP means it had nothing to lose) and limit its address space to `address_space`
+/// bytes, between fork and exec (tests that must be charged as an uncapped caller).
+#[cfg(test)]
+pub fn uncap_and_limit_child(command: &mut std::process::Command, cap: u32, address_space: u64) {
+    let limit_child = move || {
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+        let limit = libc::rlimit {
+            rlim_cur: address_space,
+            rlim_max: address_space,
+        };
+        // SAFETY: setrlimit reads `limit`, a live local.
+        unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) };
+        Ok(())
+    };
+    // SAFETY: the closure runs between fork and exec and only makes prctl and setrlimit calls,
+    // which are async-signal-safe; it touches no memory of the parent.
+    unsafe { command.pre_exec(limit_child) };
+}
