@@ -64,7 +64,8 @@ impl DaemonMapping {
     /// Maps `len` bytes of `fd` at `offset` shared, readable and (with `write`) writable.
     pub fn map_file(fd: impl AsFd, offset: u64, len: u64, write: bool) -> Result<Self, Errno> {
         use nix::sys::mman::{MapFlags, ProtFlags};
-        let len_nz = std::num::NonZeroUsize::new(len as usize).ok_or(Errno::EINVAL)?;
+        let len = usize::try_from(len).map_err(|_| Errno::EINVAL)?;
+        let len_nz = std::num::NonZeroUsize::new(len).ok_or(Errno::EINVAL)?;
         let mut prot = ProtFlags::PROT_READ;
         if write {
             prot |= ProtFlags::PROT_WRITE;

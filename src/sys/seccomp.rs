@@ -25,7 +25,7 @@ pub fn install_filter(prog: &[sock_filter]) -> Result<OwnedFd, Errno> {
             &fprog as *const sock_fprog,
         )
     };
-    let fd = Errno::result(rc)? as RawFd;
+    let fd = RawFd::try_from(Errno::result(rc)?).map_err(|_| Errno::EOVERFLOW)?;
     // SAFETY: with NEW_LISTENER a successful seccomp() returns a new fd that nothing else owns.
     let listener = unsafe { OwnedFd::from_raw_fd(fd) };
     // The kernel already makes it O_CLOEXEC; say so explicitly, the target must never inherit it.
