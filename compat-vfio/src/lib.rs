@@ -13,6 +13,9 @@
 //! * `CHECK_EXTENSION(VFIO_DMA_CC_IOMMU)` without a compat IOAS fails with the errno of
 //!   [`CompatHost::compat_ioas`] (ENODEV), as the kernel does.
 
+// Operations on the host trait only: no system call, so no unsafe.
+#![forbid(unsafe_code)]
+
 use nix::errno::Errno;
 use uiommufd_uapi::vfio::{
     vfio_info_cap_header, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap,

@@ -10,7 +10,7 @@
 use super::{read_struct, write_struct, CallerMemory};
 use nix::errno::Errno;
 use std::hash::{BuildHasher, Hasher};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::OnceLock;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -156,11 +156,9 @@ pub fn ask(file: BorrowedFd<'_>) -> Result<u64, Errno> {
         key: key(),
         ctx_id: 0,
     };
-    // SAFETY: `file` is a valid open fd for the duration of the call, and the argument points
-    // to `q`, a live, writable, properly aligned struct that outlives the call. The ioctl
-    // number is private to this daemon; other drivers answer ENOTTY.
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), IOCTL as libc::Ioctl, &mut q as *mut Query) };
-    if r != 0 || q.ctx_id == 0 {
+    // The ioctl number is private to this daemon; other drivers answer ENOTTY.
+    let r = crate::sys::ioctl::ioctl_struct(file, IOCTL, &mut q);
+    if r != Ok(0) || q.ctx_id == 0 {
         return Err(Errno::EBADFD);
     }
     Ok(q.ctx_id)

@@ -493,7 +493,7 @@ fn read_seq(f: &File) -> Result<Vec<u8>, Errno> {
 
 /// `struct procmap_query` of the PROCMAP_QUERY ioctl on a maps file (uapi linux/fs.h).
 #[repr(C)]
-#[derive(Default)]
+#[derive(Default, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)]
 struct ProcmapQuery {
     size: u64,
     query_flags: u64,
@@ -513,7 +513,7 @@ struct ProcmapQuery {
 }
 
 /// `_IOWR('f', 17, struct procmap_query)`.
-const PROCMAP_QUERY: libc::c_ulong = 0xc068_6611;
+const PROCMAP_QUERY: u32 = 0xc068_6611;
 const PROCMAP_QUERY_VMA_READABLE: u64 = 0x01;
 const PROCMAP_QUERY_VMA_WRITABLE: u64 = 0x02;
 const PROCMAP_QUERY_VMA_SHARED: u64 = 0x08;
@@ -522,21 +522,19 @@ const PROCMAP_QUERY_COVERING_OR_NEXT_VMA: u64 = 0x10;
 /// The VMA covering `addr` or the next one above it; None past the last. ESRCH once the
 /// address space is gone, ENOTTY on kernels without the ioctl.
 fn procmap_query(maps: &File, addr: u64) -> Result<Option<Vma>, Errno> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     let mut q = ProcmapQuery {
         size: std::mem::size_of::<ProcmapQuery>() as u64,
         query_flags: PROCMAP_QUERY_COVERING_OR_NEXT_VMA,
         query_addr: addr,
         ..Default::default()
     };
-    // SAFETY: PROCMAP_QUERY reads and writes exactly the struct `q` (its `size` says how much);
-    // the name and build-id buffers are not asked for (sizes 0, addresses 0).
-    let rc = unsafe { libc::ioctl(maps.as_raw_fd(), PROCMAP_QUERY, &mut q) };
-    if rc < 0 {
-        return match Errno::last() {
-            Errno::ENOENT => Ok(None),
-            e => Err(e),
-        };
+    // The name and build-id buffers are not asked for (sizes 0, addresses 0): the kernel reads
+    // and writes `q` only.
+    match crate::sys::ioctl::ioctl_struct(maps.as_fd(), PROCMAP_QUERY, &mut q) {
+        Ok(_) => {}
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
     }
     Ok(Some(Vma {
         start: q.vma_start,
@@ -892,16 +890,12 @@ mod tests {
         h.write(target.as_mut_ptr() as u64, &[1, 2, 3]).unwrap();
         assert_eq!(std::hint::black_box(&target)[..], [1, 2, 3]);
         assert_eq!(h.read(8, &mut dst), Err(Errno::EFAULT));
-        let mut rl = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the valid rlimit struct.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) }, 0);
-        let want = if rl.rlim_cur == libc::RLIM_INFINITY {
+        let (cur, _) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK).unwrap();
+        let want = if cur == libc::RLIM_INFINITY {
             u64::MAX
         } else {
-            rl.rlim_cur
+            cur
         };
         assert_eq!(h.memlock_limit(), want);
     }
@@ -910,21 +904,20 @@ mod tests {
     fn vma_queries_agree_with_the_maps_text() {
         let h = ProcessHandle::current().unwrap();
         // A few private and shared, readable and writable mappings of our own.
+        use nix::sys::mman::{MapFlags, ProtFlags};
         let mk = |prot, flags| {
-            // SAFETY: fresh anonymous mappings, checked, unmapped below.
-            let p = unsafe { libc::mmap(std::ptr::null_mut(), 3 * 4096, prot, flags, -1, 0) };
-            assert_ne!(p, libc::MAP_FAILED);
-            p
+            let len = std::num::NonZeroUsize::new(3 * 4096).unwrap();
+            crate::sys::mem::Mapping::anonymous(len, prot, flags).unwrap()
         };
         let maps = [
-            mk(libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS),
+            mk(ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE),
             mk(
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
             ),
         ];
-        for &p in &maps {
-            let start = p as u64;
+        for m in &maps {
+            let start = m.addr() as u64;
             let got = h.vmas_in(start, start + 3 * 4096).unwrap();
             let text = std::fs::read_to_string("/proc/self/maps").unwrap();
             let want: Vec<Vma> = parse_maps(&text)
@@ -939,40 +932,30 @@ mod tests {
             assert_eq!(got.len(), 1);
             assert!(got[0].start <= start && got[0].end >= start + 3 * 4096);
         }
+        let shared = maps[1].addr() as u64;
         assert!(check_vmas(
-            &h.vmas_in(maps[1] as u64, maps[1] as u64 + 1).unwrap(),
-            maps[1] as u64,
-            maps[1] as u64 + 1,
+            &h.vmas_in(shared, shared + 1).unwrap(),
+            shared,
+            shared + 1,
             true
         )
         .is_ok());
-        for p in maps {
-            // SAFETY: unmapping the mappings made above.
-            unsafe { libc::munmap(p, 3 * 4096) };
-        }
     }
 
     #[test]
     fn writes_refuse_read_only_mappings() {
         let h = ProcessHandle::current().unwrap();
-        // SAFETY: a fresh private read-only anonymous mapping; checked and unmapped below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        assert_eq!(h.write(p as u64, &[1]), Err(Errno::EFAULT));
+        let m = crate::sys::mem::Mapping::anonymous(
+            std::num::NonZeroUsize::new(4096).unwrap(),
+            nix::sys::mman::ProtFlags::PROT_READ,
+            nix::sys::mman::MapFlags::MAP_PRIVATE,
+        )
+        .unwrap();
+        let p = m.addr() as u64;
+        assert_eq!(h.write(p, &[1]), Err(Errno::EFAULT));
         let mut b = [9u8; 1];
-        h.read(p as u64, &mut b).unwrap();
+        h.read(p, &mut b).unwrap();
         assert_eq!(b, [0]);
-        // SAFETY: unmapping the mapping made above.
-        unsafe { libc::munmap(p, 4096) };
     }
 
     /// A child that is stopped until we say so; its memory is read through a handle bound
@@ -1046,12 +1029,11 @@ mod tests {
         let tgid = std::process::id() as i32;
         let (tx, rx) = std::sync::mpsc::channel();
         let t = std::thread::spawn(move || {
-            // SAFETY: unshare(CLONE_FILES) only gives this thread a private copy of the table.
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_FILES) }, 0);
+            // Only this thread gets a private copy of the table.
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES).unwrap();
             let mut f = tempfile_in_thread();
             f.write_all(b"thread").unwrap();
-            // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::gettid() };
+            let tid = nix::unistd::gettid().as_raw();
             let fd = f.as_raw_fd();
             let got = get_thread_fd(tid, tgid, fd).unwrap();
             let mut buf = [0u8; 6];
@@ -1156,8 +1138,7 @@ mod tests {
         // A worker thread maps, then exits; its process lives on.
         let pid = std::process::id() as i32;
         let h = std::thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::gettid() };
+            let tid = nix::unistd::gettid().as_raw();
             ProcessHandle::open(tid, pid).unwrap()
         })
         .join()

@@ -113,25 +113,6 @@ pub const CAP_IPC_LOCK: u32 = 14;
 pub const CAP_SYS_RAWIO: u32 = 17;
 pub const CAP_SYS_RESOURCE: u32 = 24;
 
-/// Whether `a` and `b` are the same open file (kcmp KCMP_FILE on two fds of this process).
-pub fn same_open_file(a: std::os::fd::BorrowedFd<'_>, b: std::os::fd::BorrowedFd<'_>) -> bool {
-    use std::os::fd::AsRawFd;
-    let pid = std::process::id();
-    // SAFETY: kcmp compares two kernel file objects named by our own pid and fds; it reads and
-    // writes no memory of ours.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_kcmp,
-            pid,
-            pid,
-            0, // KCMP_FILE
-            a.as_raw_fd(),
-            b.as_raw_fd(),
-        )
-    };
-    rc == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::fake::FakeMemory;

@@ -22,9 +22,11 @@
 //! goes with its context.
 
 use super::identity::{ProcessHandle, Vma};
+use crate::sys::mem::Mapping;
 use nix::errno::Errno;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 /// Mappings kept after their last user is gone, per process handle.
@@ -33,64 +35,64 @@ pub const IDLE_KEPT: usize = 4;
 /// One MAP_SHARED mapping made by the daemon; unmapped when dropped.
 #[derive(Debug)]
 pub struct DaemonMapping {
-    addr: usize,
-    len: usize,
+    // Dropped before the slot: the count goes down once the mapping is gone.
+    mapping: Mapping,
+    _slot: LiveSlot,
+}
+
+/// One of [`MAX_LIVE_MAPPINGS`], given back when dropped.
+#[derive(Debug)]
+struct LiveSlot;
+
+impl LiveSlot {
+    fn take() -> Result<Self, Errno> {
+        if LIVE_MAPPINGS.fetch_add(1, Ordering::Relaxed) >= MAX_LIVE_MAPPINGS {
+            LIVE_MAPPINGS.fetch_sub(1, Ordering::Relaxed);
+            return Err(Errno::ENOMEM);
+        }
+        Ok(Self)
+    }
+}
+
+impl Drop for LiveSlot {
+    fn drop(&mut self) {
+        LIVE_MAPPINGS.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl DaemonMapping {
     /// Maps `len` bytes of `fd` at `offset` shared, readable and (with `write`) writable.
     pub fn map_file(fd: impl AsFd, offset: u64, len: u64, write: bool) -> Result<Self, Errno> {
-        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
-        let len_nz = std::num::NonZeroUsize::new(len as usize).ok_or(Errno::EINVAL)?;
+        use nix::sys::mman::{MapFlags, ProtFlags};
+        let len = usize::try_from(len).map_err(|_| Errno::EINVAL)?;
+        let len_nz = std::num::NonZeroUsize::new(len).ok_or(Errno::EINVAL)?;
         let mut prot = ProtFlags::PROT_READ;
         if write {
             prot |= ProtFlags::PROT_WRITE;
         }
         let offset = libc::off_t::try_from(offset).map_err(|_| Errno::EINVAL)?;
-        use std::sync::atomic::Ordering;
-        if LIVE_MAPPINGS.fetch_add(1, Ordering::Relaxed) >= MAX_LIVE_MAPPINGS {
-            LIVE_MAPPINGS.fetch_sub(1, Ordering::Relaxed);
-            return Err(Errno::ENOMEM);
-        }
+        let slot = LiveSlot::take()?;
         // No reservation: hugetlb pages are reserved by whoever faults them (the client's own
         // mapping), not for the whole window here.
         let flags = MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE;
-        // SAFETY: a fresh mapping chosen by the kernel (no address hint); nothing in the daemon
-        // aliases it, and it is never dereferenced by the daemon (see the module documentation).
-        let p = match unsafe { mmap(None, len_nz, prot, flags, fd, offset) } {
-            Ok(p) => p,
-            Err(e) => {
-                LIVE_MAPPINGS.fetch_sub(1, Ordering::Relaxed);
-                return Err(e);
-            }
-        };
+        // Never dereferenced by the daemon (see the module documentation).
+        let mapping = Mapping::file(fd, offset, len_nz, prot, flags)?;
         Ok(Self {
-            addr: p.as_ptr() as usize,
-            len: len as usize,
+            mapping,
+            _slot: slot,
         })
     }
 
     pub fn addr(&self) -> u64 {
-        self.addr as u64
+        self.mapping.addr() as u64
     }
 
     pub fn len(&self) -> u64 {
-        self.len as u64
+        self.mapping.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl Drop for DaemonMapping {
-    fn drop(&mut self) {
-        if let Some(p) = std::ptr::NonNull::new(self.addr as *mut libc::c_void) {
-            // SAFETY: the mapping was made by `map_file` with this length and is owned by `self`
-            // alone; nothing refers to it once the last Arc is dropped.
-            let _ = unsafe { nix::sys::mman::munmap(p, self.len) };
-        }
-        LIVE_MAPPINGS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.mapping.is_empty()
     }
 }
 
@@ -322,7 +324,8 @@ fn vma_mapping(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::mman::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
+    use crate::sys::mem::Mapping;
+    use nix::sys::mman::{MapFlags, ProtFlags};
     use std::num::NonZeroUsize;
 
     const LEN: usize = 64 * 1024;
@@ -338,11 +341,9 @@ mod tests {
             nix::sys::memfd::memfd_create(c"view", nix::sys::memfd::MFdFlags::empty()).unwrap();
         nix::unistd::ftruncate(&fd, LEN as i64).unwrap();
         let len = NonZeroUsize::new(LEN).unwrap();
-        // SAFETY: a fresh shared mapping owned by this test, unmapped at its end.
-        let p = unsafe { mmap(None, len, rw(), MapFlags::MAP_SHARED, &fd, 0).unwrap() };
-        let va = p.as_ptr() as u64;
-        // SAFETY: the mapping is LEN bytes long and nothing else uses it.
-        unsafe { p.as_ptr().cast::<u8>().wrapping_add(4096).write(0x5a) };
+        let m = Mapping::file(&fd, 0, len, rw(), MapFlags::MAP_SHARED).unwrap();
+        let va = m.addr() as u64;
+        nix::sys::uio::pwrite(&fd, &[0x5a], 4096).unwrap();
         let r = shared_ranges(&h, va + 4096, va + 2 * 4096, true).unwrap();
         assert_eq!(r.len(), 1);
         let (range, _hold) = &r[0];
@@ -354,18 +355,15 @@ mod tests {
             va + 4096,
             "the daemon's own mapping, not the caller's"
         );
-        // SAFETY: the daemon mapping is live (held) and covers this byte of the memfd; the test
-        // owns the file, so it cannot shrink underneath.
-        let seen = unsafe { (range.addr() as *const u8).read() };
-        assert_eq!(seen, 0x5a);
+        let mut seen = [0u8];
+        h.read(range.addr(), &mut seen).unwrap();
+        assert_eq!(seen, [0x5a]);
         let first = range.mapping.addr();
         drop(r);
         // Released mappings stay idle and are found again.
         let again = shared_ranges(&h, va + 4096, va + 2 * 4096, true).unwrap();
         assert_eq!(again[0].0.mapping.addr(), first);
         drop(again);
-        // SAFETY: unmapping the test's own mapping.
-        unsafe { munmap(p, LEN).unwrap() };
     }
 
     #[test]
@@ -373,22 +371,13 @@ mod tests {
         let h = Arc::new(ProcessHandle::current().unwrap());
         const HUGE: usize = 1 << 40;
         let len = NonZeroUsize::new(HUGE).unwrap();
-        // SAFETY: a fresh shared anonymous mapping owned by this test, unmapped at its end.
-        let p = unsafe {
-            mmap_anonymous(
-                None,
-                len,
-                rw(),
-                MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE,
-            )
-            .unwrap()
-        };
-        let va = p.as_ptr() as u64;
+        let m =
+            Mapping::anonymous(len, rw(), MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE).unwrap();
+        let va = m.addr() as u64;
         let r = shared_ranges(&h, va + (1 << 30), va + (1 << 30) + 4096, true).unwrap();
         let daemon_len = r[0].0.mapping.len();
         drop(r);
-        // SAFETY: unmapping the test's own mapping.
-        unsafe { munmap(p, HUGE).unwrap() };
+        drop(m);
         assert_eq!(daemon_len, 4096);
     }
 
@@ -396,16 +385,14 @@ mod tests {
     fn private_memory_is_refused() {
         let h = Arc::new(ProcessHandle::current().unwrap());
         let len = NonZeroUsize::new(LEN).unwrap();
-        // SAFETY: a fresh private mapping owned by this test, unmapped at its end.
-        let p = unsafe { mmap_anonymous(None, len, rw(), MapFlags::MAP_PRIVATE).unwrap() };
-        let va = p.as_ptr() as u64;
+        let m = Mapping::anonymous(len, rw(), MapFlags::MAP_PRIVATE).unwrap();
+        let va = m.addr() as u64;
         match shared_ranges(&h, va, va + LEN as u64, true) {
             Err(Ok(Unshareable::Private { start, .. })) => assert_eq!(start, va),
             other => panic!("expected Private, got {:?}", other.map(|v| v.len())),
         }
         // A hole in the range is EFAULT.
-        // SAFETY: unmapping the test's own mapping.
-        unsafe { munmap(p, LEN).unwrap() };
+        drop(m);
         assert!(matches!(
             shared_ranges(&h, va, va + LEN as u64, true),
             Err(Err(Errno::EFAULT))

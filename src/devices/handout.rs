@@ -24,11 +24,12 @@
 use super::legacy_group::LegacyGroups;
 use super::vfio_pci::VfioPci;
 use crate::caller::subids::SubordinateIds;
+use crate::sys::fd::recv_with_fds;
 use nix::errno::Errno;
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use std::collections::HashMap;
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -42,8 +43,6 @@ pub const REQUEST_DEVICE_FD: u8 = b'D';
 pub const REQUEST_SET_CONTAINER: u8 = b'G';
 /// "Take this group out of its container" (one fd: the group file).
 pub const REQUEST_UNSET_CONTAINER: u8 = b'U';
-/// Most fds one SCM_RIGHTS message carries (the kernel's SCM_MAX_FD).
-const SCM_MAX_FD: usize = 253;
 /// How long one client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -222,29 +221,6 @@ fn answer(conn: UnixStream, h: &HandOut) {
     }
 }
 
-/// One message on `conn` into `buf`: the bytes read and the fds that came with it. The control
-/// buffer has room for as many fds as one message can carry (SCM_MAX_FD), so none is installed
-/// without being owned (and closed) here.
-pub fn recv_with_fds(conn: &UnixStream, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), Errno> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; SCM_MAX_FD]);
-    let msg = recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let mut fds = Vec::new();
-    for c in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(r) = c {
-            // SAFETY: the kernel just installed these fds in our table for this message; each is
-            // owned once here.
-            fds.extend(r.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-        }
-    }
-    Ok((msg.bytes, fds))
-}
-
 /// The request byte and its fds.
 fn receive(conn: &UnixStream) -> Result<(u8, Vec<OwnedFd>), Errno> {
     let mut byte = [0u8; 1];
@@ -300,7 +276,7 @@ mod tests {
     #[test]
     fn extra_fds_are_closed() {
         const NAME: &str = "uiommufd-test-handout-extra-fds";
-        for count in [3usize, 16, SCM_MAX_FD] {
+        for count in [3usize, 16, crate::sys::fd::SCM_MAX_FD] {
             let probe = nix::sys::memfd::memfd_create(NAME, nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
                 .unwrap();
             let (client, daemon) = UnixStream::pair().unwrap();

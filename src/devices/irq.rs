@@ -296,14 +296,10 @@ fn single_trigger(slot: &mut Option<OwnedFd>, count: u32, data: Data) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::FromRawFd;
 
     fn efd() -> OwnedFd {
-        // SAFETY: eventfd() takes no pointers; the result is checked before use.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: `fd` was just returned by eventfd() and is owned by nothing else.
-        unsafe { OwnedFd::from_raw_fd(fd) }
+        use rustix::event::{eventfd, EventfdFlags};
+        eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC).unwrap()
     }
 
     fn count_of(fd: &OwnedFd) -> u64 {

@@ -21,8 +21,8 @@
 //! in use until it closes the container too.
 
 use super::context::ContextResolver;
+use crate::backends::vfio::container::Container;
 use crate::backends::vfio::host::{group_number, Group};
-use crate::backends::vfio::sys::Container;
 use crate::backends::vfio::VfioDomain;
 use crate::backends::Domain;
 use crate::objects::{Context, Device, DeviceBackend, ObjectUser};
@@ -129,7 +129,7 @@ impl LegacyGroups {
             (j.ctx.upgrade(), port)
         };
         // Compared (and `port` possibly dropped) with `joined` unlocked: its drop takes it.
-        if !crate::caller::same_open_file(port.group.file(), group) {
+        if !crate::sys::fd::same_open_file(port.group.file(), group) {
             return Err(Errno::ENOENT);
         }
         // The kernel decides first (EBUSY while the program has a device of the group open);

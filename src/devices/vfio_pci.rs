@@ -14,14 +14,15 @@
 
 use super::cdev::{read_min, CdevBinding};
 use super::context::ContextResolver;
+use crate::backends::vfio::container::Container;
 use crate::backends::vfio::host::{hw_info, HostDevice};
-use crate::backends::vfio::sys::{self, Container};
 use crate::backends::vfio::VfioDomain;
 use crate::backends::Domain;
 use crate::caller::context_query::ClientDup;
 use crate::caller::CallerMemory;
 use crate::objects::{Context, Device, DeviceBackend};
 use crate::service::OpenFile;
+use crate::sys::vfio;
 use nix::errno::Errno;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,9 +124,7 @@ impl VfioPci {
             return Err(Errno::EPERM);
         }
         let fd = self.dev_fd()?;
-        let dup = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(0))?;
-        // SAFETY: F_DUPFD_CLOEXEC just returned this new fd; nothing else owns it.
-        let dup = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) };
+        let dup = crate::sys::fd::dup_cloexec(fd.as_fd())?;
         *owner = Some(uid);
         tracing::info!(device = self.name(), uid, "kernel device fd handed out");
         Ok(dup)
@@ -156,14 +155,14 @@ impl VfioPci {
                 count: 0,
             };
             // EINVAL for interrupt types the device does not have.
-            let _ = sys::ioctl_buf(
+            let _ = vfio::ioctl_buf(
                 fd,
                 VFIO_DEVICE_SET_IRQS,
                 zerocopy::IntoBytes::as_mut_bytes(&mut set),
             );
         }
         if self.host.info.flags & VFIO_DEVICE_FLAGS_RESET != 0 {
-            if let Err(e) = sys::device_reset(fd) {
+            if let Err(e) = vfio::device_reset(fd) {
                 crate::warn_limited!(device = self.name(), %e, "VFIO_DEVICE_RESET failed");
             }
         }
@@ -317,7 +316,7 @@ impl VfioPciFile {
         let mut buf = vec![0u8; argsz];
         mem.read(arg, &mut buf)?;
         buf[..4].copy_from_slice(&(argsz as u32).to_ne_bytes());
-        let rc = sys::ioctl_buf(self.dev.dev_fd()?.as_fd(), cmd, &mut buf);
+        let rc = vfio::ioctl_buf(self.dev.dev_fd()?.as_fd(), cmd, &mut buf);
         // ENOSPC still carries an answer (GET_PCI_HOT_RESET_INFO's count).
         if let Err(e) = rc {
             if e != Errno::ENOSPC {
@@ -350,7 +349,7 @@ impl VfioPciFile {
             index: hdr.index,
             ..Default::default()
         };
-        sys::ioctl_buf(
+        vfio::ioctl_buf(
             fd.as_fd(),
             VFIO_DEVICE_GET_IRQ_INFO,
             zerocopy::IntoBytes::as_mut_bytes(&mut info),
@@ -404,7 +403,7 @@ impl VfioPciFile {
         hdr.argsz = (MINSZ + data_size) as u32;
         buf.extend_from_slice(zerocopy::IntoBytes::as_bytes(&hdr));
         buf.extend_from_slice(&data);
-        let rc = sys::ioctl_buf(fd.as_fd(), VFIO_DEVICE_SET_IRQS, &mut buf)?;
+        let rc = vfio::ioctl_buf(fd.as_fd(), VFIO_DEVICE_SET_IRQS, &mut buf)?;
         drop(held);
         Ok(i64::from(rc))
     }
@@ -437,16 +436,8 @@ pub fn query_file_id(node: std::os::fd::BorrowedFd<'_>) -> Result<u64, Errno> {
         key: query_key(),
         file: 0,
     };
-    // SAFETY: the command reads and writes exactly `q` (the answering side is this daemon's
-    // own node, which writes 16 bytes through the same pointer).
-    let rc = unsafe {
-        libc::ioctl(
-            node.as_raw_fd(),
-            libc::c_ulong::from(FILE_QUERY),
-            &mut q as *mut FileQuery,
-        )
-    };
-    Errno::result(rc)?;
+    // The answering side is this daemon's own node, which writes the 16 bytes of `q`.
+    crate::sys::ioctl::ioctl_struct(node, FILE_QUERY, &mut q)?;
     Ok(q.file)
 }
 
@@ -489,7 +480,7 @@ impl OpenFile for VfioPciFile {
                 }
             }),
             VFIO_DEVICE_SET_IRQS => self.set_irqs(arg, mem),
-            VFIO_DEVICE_RESET => sys::device_reset(self.dev.dev_fd()?.as_fd()).map(|()| 0),
+            VFIO_DEVICE_RESET => vfio::device_reset(self.dev.dev_fd()?.as_fd()).map(|()| 0),
             // Needs the group fds of every affected device, which the daemon does not hand out.
             VFIO_DEVICE_PCI_HOT_RESET => Err(Errno::EPERM),
             _ => Err(Errno::ENOTTY),

@@ -93,30 +93,16 @@ struct Arena {
 
 impl Arena {
     fn new() -> Self {
-        use nix::sys::mman::{mmap_anonymous, mprotect, MapFlags, ProtFlags};
+        use nix::sys::mman::{MapFlags, ProtFlags};
         let len = std::num::NonZeroUsize::new((ARENA_LEN + PAGE_SIZE) as usize).unwrap();
-        // SAFETY: a fresh private anonymous mapping aliases nothing; it is never unmapped (the
-        // test process ends with it), and only ever accessed through process_vm_* syscalls.
-        let p = unsafe {
-            mmap_anonymous(
-                None,
-                len,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_PRIVATE,
-            )
-        }
-        .expect("mmap arena");
-        let base = p.as_ptr() as u64;
-        // SAFETY: the last page of the mapping just created becomes inaccessible; no reference to
-        // it exists.
-        unsafe {
-            mprotect(
-                std::ptr::NonNull::new((base + ARENA_LEN) as *mut libc::c_void).unwrap(),
-                PAGE_SIZE as usize,
-                ProtFlags::PROT_NONE,
-            )
-        }
-        .expect("guard page");
+        let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+        let arena = crate::sys::mem::Mapping::anonymous(len, rw, MapFlags::MAP_PRIVATE)
+            .expect("mmap arena");
+        arena
+            .protect(ARENA_LEN as usize, PAGE_SIZE as usize, ProtFlags::PROT_NONE)
+            .expect("guard page");
+        // Kept for the rest of the test process, reached only through process_vm_* syscalls.
+        let base = arena.leak() as u64;
         Self { base }
     }
 

@@ -120,33 +120,10 @@ pub(crate) fn in_uncapped_child(name: &str, child_env: &str, extra: Duration) ->
     if std::env::var_os(child_env).is_some() {
         return true;
     }
-    use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(child_env, "1");
-    let limit_child = || {
-        // EPERM without CAP_SETPCAP: then the process had no CAP_IPC_LOCK to lose.
-        // SAFETY: prctl with integer arguments only.
-        unsafe {
-            libc::prctl(
-                libc::PR_CAPBSET_DROP,
-                crate::caller::CAP_IPC_LOCK as libc::c_ulong,
-                0,
-                0,
-                0,
-            )
-        };
-        let limit = libc::rlimit {
-            rlim_cur: 4 << 30,
-            rlim_max: 4 << 30,
-        };
-        // SAFETY: setrlimit reads `limit`, a live local.
-        unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) };
-        Ok(())
-    };
-    // SAFETY: the closure runs between fork and exec and only makes prctl and setrlimit calls,
-    // which are async-signal-safe; it touches no memory of the parent.
-    unsafe { cmd.pre_exec(limit_child) };
+    crate::sys::process::uncap_and_limit_child(&mut cmd, crate::caller::CAP_IPC_LOCK, 4 << 30);
     // Output to a file, and a deadline: a hang (a deadlock in the daemon code) must fail the
     // test rather than stall the run; RLIMIT_AS turns a runaway allocation into a failure of
     // this child instead of an OOM kill on the machine.

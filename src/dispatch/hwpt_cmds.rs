@@ -134,7 +134,7 @@ pub fn get_hw_info(u: &Ucmd) -> Result<(), Errno> {
         at += n;
         left -= n;
     }
-    cmd.data_len = data.len() as u32;
+    cmd.data_len = u32::try_from(data.len()).map_err(|_| Errno::EOVERFLOW)?;
     cmd.out_capabilities = caps;
     cmd.out_max_pasid_log2 = max_pasid_log2;
     u.respond(&cmd)

@@ -88,7 +88,7 @@ pub fn ioas_iova_ranges(u: &Ucmd) -> Result<(), Errno> {
     if !out.is_empty() {
         u.mem.write(cmd.allowed_iovas, &out)?;
     }
-    cmd.num_iovas = ranges.len() as u32;
+    cmd.num_iovas = u32::try_from(ranges.len()).map_err(|_| Errno::EOVERFLOW)?;
     cmd.out_iova_alignment = alignment;
     u.respond(&cmd)?;
     if ranges.len() > max {

@@ -5,10 +5,10 @@ use super::pages::{PageSource, PAGE_SIZE};
 use crate::backends::VaRun;
 use crate::caller::identity::{check_vmas, Vma};
 use crate::caller::ProcessHandle;
+use crate::sys::mem::Mapping;
 use nix::errno::Errno;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
 /// Physical address of each page in `[vaddr, vaddr + count * PAGE_SIZE)` of `pid`, from its pagemap.
@@ -432,8 +432,8 @@ impl SharedFile {
     }
 
     /// A transient shared mapping covering `[off, off + len)`; also returns where `off` is in it.
-    fn map(&self, off: u64, len: u64, write: bool) -> Result<(TempMap, usize), Errno> {
-        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+    fn map(&self, off: u64, len: u64, write: bool) -> Result<(Mapping, usize), Errno> {
+        use nix::sys::mman::{MapFlags, ProtFlags};
         let align = self.map_align();
         let map_start = off - off % align;
         let map_end = off
@@ -452,11 +452,9 @@ impl SharedFile {
             flags |= MapFlags::MAP_NORESERVE;
         }
         let offset = i64::try_from(map_start).map_err(|_| Errno::EOVERFLOW)?;
-        // SAFETY: a fresh shared mapping at an address of the kernel's choosing aliases no Rust
-        // object; it is only ever reached through syscalls (madvise, pagemap, process_vm_writev),
-        // never dereferenced, and unmapped by `TempMap`'s drop.
-        let ptr = unsafe { mmap(None, size, prot, flags, &self.fd, offset)? };
-        Ok((TempMap { ptr, len: map_len }, (off - map_start) as usize))
+        // Only ever reached through syscalls (madvise, pagemap, process_vm_writev).
+        let map = Mapping::file(&self.fd, offset, size, prot, flags)?;
+        Ok((map, (off - map_start) as usize))
     }
 
     /// Physical addresses of `count` pages from page-aligned file offset `off`.
@@ -470,10 +468,9 @@ impl SharedFile {
         } else {
             nix::sys::mman::MmapAdvise::MADV_POPULATE_READ
         };
-        let ptr = NonNull::new(addr as *mut std::ffi::c_void).ok_or(Errno::EFAULT)?;
-        // SAFETY: `[addr, addr + len)` lies inside the transient mapping `map`; populating only
-        // faults pages in (a page past the end of the file is EFAULT here, never a signal).
-        match unsafe { nix::sys::mman::madvise(ptr, len as usize, advice) } {
+        // Populating only faults pages in (a page past the end of the file is EFAULT here, never
+        // a signal).
+        match map.advise(delta, len as usize, advice) {
             Ok(()) => {}
             // Truncated between the size check and the populate, or no page to be had (a
             // hugetlbfs file without free huge pages).
@@ -522,25 +519,6 @@ impl Drop for SharedFile {
                 map.remove(&key);
             }
         }
-    }
-}
-
-/// A mapping that lives for one call.
-struct TempMap {
-    ptr: NonNull<std::ffi::c_void>,
-    len: usize,
-}
-
-impl TempMap {
-    fn addr(&self) -> usize {
-        self.ptr.as_ptr() as usize
-    }
-}
-
-impl Drop for TempMap {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` describe a mapping made by `SharedFile::map`, unmapped once here.
-        let _ = unsafe { nix::sys::mman::munmap(self.ptr, self.len) };
     }
 }
 

@@ -79,7 +79,7 @@ pub(super) fn ask_daemon(
         None,
     )?;
     let mut word = [0u8; 4];
-    let (n, mut got) = crate::devices::handout::recv_with_fds(&conn, &mut word)?;
+    let (n, mut got) = crate::sys::fd::recv_with_fds(&conn, &mut word)?;
     if n != 4 || got.len() > 1 {
         return Err(Errno::EPROTO);
     }
@@ -124,7 +124,7 @@ pub fn bind(n: &Notification<'_>) -> Reply {
     if let Some(f) = &iommufd {
         local.iommufd = f.as_raw_fd();
     }
-    let answer = super::seccomp::buf_ioctl(
+    let answer = crate::sys::ioctl::ioctl_vec(
         node.as_fd(),
         VFIO_DEVICE_BIND_IOMMUFD,
         local.as_bytes()[..16].to_vec(),
@@ -151,7 +151,7 @@ pub fn bind(n: &Notification<'_>) -> Reply {
         }
     };
     let flags = libc::SECCOMP_ADDFD_FLAG_SETFD as u32;
-    match super::seccomp::notif_addfd_at(
+    match crate::sys::seccomp::notif_addfd_at(
         n.listener,
         n.id,
         kernel.as_fd(),
@@ -183,7 +183,7 @@ pub fn attach_detach(n: &Notification<'_>) -> Reply {
     let installed = INSTALLED.lock().unwrap_or_else(|p| p.into_inner());
     let Some(entry) = installed
         .iter()
-        .find(|e| crate::caller::same_open_file(e.kernel.as_fd(), target.as_fd()))
+        .find(|e| crate::sys::fd::same_open_file(e.kernel.as_fd(), target.as_fd()))
     else {
         return Reply::Continue;
     };
@@ -208,7 +208,7 @@ pub fn attach_detach(n: &Notification<'_>) -> Reply {
     }
     let argsz = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
     buf[..4].copy_from_slice(&argsz.min(len as u32).to_ne_bytes());
-    let rc = match super::seccomp::buf_ioctl(node.as_fd(), cmd, buf[..len].to_vec()) {
+    let rc = match crate::sys::ioctl::ioctl_vec(node.as_fd(), cmd, buf[..len].to_vec()) {
         Ok((rc, out)) => {
             buf[..len].copy_from_slice(&out);
             rc
@@ -237,7 +237,7 @@ mod tests {
         let a = std::fs::File::open("/dev/null").unwrap();
         let b = a.try_clone().unwrap();
         let c = std::fs::File::open("/dev/null").unwrap();
-        assert!(crate::caller::same_open_file(a.as_fd(), b.as_fd()));
-        assert!(!crate::caller::same_open_file(a.as_fd(), c.as_fd()));
+        assert!(crate::sys::fd::same_open_file(a.as_fd(), b.as_fd()));
+        assert!(!crate::sys::fd::same_open_file(a.as_fd(), c.as_fd()));
     }
 }

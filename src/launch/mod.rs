@@ -37,7 +37,6 @@ mod zero_read;
 
 use nix::sys::signal::{SigSet, Signal};
 use std::ffi::OsString;
-use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -120,25 +119,22 @@ pub fn main(args: LaunchArgs) -> ExitCode {
         return ExitCode::from(EXIT_SETUP);
     }
     let numbers: Vec<u32> = supervisor::HANDLERS.iter().map(|(nr, _)| *nr).collect();
-    let listener =
-        match seccomp::install_filter(&seccomp::filter_program(arch, &numbers, trap_opens)) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(%e, "launch: cannot install the seccomp filter");
-                return ExitCode::from(EXIT_SETUP);
-            }
-        };
+    let listener = match crate::sys::seccomp::install_filter(&seccomp::filter_program(
+        arch, &numbers, trap_opens,
+    )) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%e, "launch: cannot install the seccomp filter");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
     if listener_tx.send(listener).is_err() {
         tracing::error!("launch: the supervisor is gone");
         return ExitCode::from(EXIT_SETUP);
     }
     let mut command = std::process::Command::new(program);
     command.args(rest);
-    // SAFETY: the hook runs in the child between fork and exec and only calls pthread_sigmask,
-    // which is async-signal-safe; it touches no lock or allocation of the parent.
-    unsafe {
-        command.pre_exec(move || signals.thread_unblock().map_err(std::io::Error::from));
-    }
+    crate::sys::process::unblock_signals_in_child(&mut command, signals);
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => {

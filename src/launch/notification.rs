@@ -1,8 +1,8 @@
 //! One intercepted system call (its id, thread and arguments), how it is answered, and reaching
 //! the thread behind it. The supervisor and every handler module share these.
 
-use super::seccomp::notif_id_valid;
 use crate::caller::{CallerMemory, ProcessMemory};
+use crate::sys::seccomp::notif_id_valid;
 use nix::errno::Errno;
 use std::os::fd::{BorrowedFd, OwnedFd};
 

@@ -11,8 +11,8 @@
 //! nothing is opened that the program could not open itself.
 
 use super::notification::{Notification, Reply};
-use super::seccomp::notif_addfd;
 use crate::caller::{CallerMemory, ProcessMemory};
+use crate::sys::seccomp::notif_addfd;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use std::os::fd::AsFd;
@@ -147,38 +147,23 @@ mod tests {
     }
 
     #[test]
-    fn a_path_before_an_unmapped_page_is_read() {
-        // Two pages, the second unmapped: a path in the last bytes of the first is still read.
-        // SAFETY: an anonymous private mapping of two fresh pages; nothing else refers to it.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                8192,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        // SAFETY: the second page of the mapping just made.
-        let rc = unsafe { libc::munmap(p.cast::<u8>().wrapping_add(4096).cast(), 4096) };
-        assert_eq!(rc, 0);
+    fn a_path_before_an_inaccessible_page_is_read() {
+        // Two pages, the second inaccessible: a path in the last bytes of the first is still read.
+        use nix::sys::mman::{MapFlags, ProtFlags};
+        let m = crate::sys::mem::Mapping::anonymous(
+            std::num::NonZeroUsize::new(8192).unwrap(),
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_PRIVATE,
+        )
+        .unwrap();
+        m.protect(4096, 4096, ProtFlags::PROT_NONE).unwrap();
+        let p = m.addr();
         let path = b"/dev/iommu\0";
         let at = 4096 - path.len();
-        // SAFETY: `at + path.len()` is exactly the end of the first page, still mapped.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                path.as_ptr(),
-                p.cast::<u8>().wrapping_add(at),
-                path.len(),
-            )
-        };
+        crate::caller::vm_write(nix::unistd::getpid(), (p + at) as u64, path).unwrap();
         let mem = ProcessMemory::new(std::process::id() as i32).unwrap();
         let got = read_path(&mem, p as u64 + at as u64).unwrap();
         assert_eq!(got, path);
         assert!(read_path(&mem, p as u64 + 4096).is_none());
-        // SAFETY: the first page of the mapping, no longer used.
-        unsafe { libc::munmap(p, 4096) };
     }
 }

@@ -1,13 +1,11 @@
-//! The launcher's system calls: the seccomp user-notify filter, thin wrappers around the
-//! listener's ioctls, and the ioctls the supervisor issues on node files itself.
+//! The launcher's seccomp user-notify filter program (installed, and its listener driven, by
+//! [`crate::sys::seccomp`]).
 //!
 //! The filter sends `ioctl(fd, N, arg)` to the listener when the low 32 bits of the request are one
 //! of the intercepted numbers (the kernel's `ioctl` takes an `unsigned int` request, so the upper
 //! half never matters), and every `read(fd, buf, 0)`; it allows every other system call untouched.
 
-use libc::{sock_filter, sock_fprog};
-use nix::errno::Errno;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use libc::sock_filter;
 
 /// `AUDIT_ARCH_*` of the architecture this binary is built for (`<linux/audit.h>`), the only one
 /// whose system calls the filter inspects: a compat (32-bit) syscall has other numbers and passes.
@@ -97,169 +95,21 @@ pub fn filter_program(arch: u32, ioctls: &[u32], opens: bool) -> Vec<sock_filter
     prog
 }
 
-/// Sets `PR_SET_NO_NEW_PRIVS` and installs `prog` on the calling thread with
-/// `SECCOMP_FILTER_FLAG_NEW_LISTENER`; returns the listener (close-on-exec).
-///
-/// The filter stays on the calling thread for its lifetime and is inherited by every process it
-/// forks afterwards, through execve.
-pub fn install_filter(prog: &[sock_filter]) -> Result<OwnedFd, Errno> {
-    nix::sys::prctl::set_no_new_privs()?;
-    let fprog = sock_fprog {
-        len: u16::try_from(prog.len()).map_err(|_| Errno::EINVAL)?,
-        filter: prog.as_ptr().cast_mut(),
-    };
-    // SAFETY: seccomp(SECCOMP_SET_MODE_FILTER) only reads `fprog` and the `len` instructions it
-    // points to, both alive for the call; the kernel validates the program itself.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-            &fprog as *const sock_fprog,
-        )
-    };
-    let fd = Errno::result(rc)? as RawFd;
-    // SAFETY: with NEW_LISTENER a successful seccomp() returns a new fd that nothing else owns.
-    let listener = unsafe { OwnedFd::from_raw_fd(fd) };
-    // The kernel already makes it O_CLOEXEC; say so explicitly, the target must never inherit it.
-    nix::fcntl::fcntl(
-        &listener,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    )?;
-    Ok(listener)
-}
-
-/// SECCOMP_IOCTL_NOTIF_RECV: blocks until a notification arrives.
-pub fn notif_recv(listener: BorrowedFd<'_>) -> Result<libc::seccomp_notif, Errno> {
-    // SAFETY: seccomp_notif is plain integers; all-zero is valid and is what RECV requires.
-    let mut notif: libc::seccomp_notif = unsafe { std::mem::zeroed() };
-    // SAFETY: RECV writes one `struct seccomp_notif` (the size encoded in the request) into `notif`.
-    let rc = unsafe {
-        libc::ioctl(
-            listener.as_raw_fd(),
-            libc::SECCOMP_IOCTL_NOTIF_RECV,
-            &mut notif as *mut libc::seccomp_notif,
-        )
-    };
-    Errno::result(rc).map(|_| notif)
-}
-
-/// SECCOMP_IOCTL_NOTIF_SEND: completes notification `id`. ENOENT when the target is gone.
-pub fn notif_send(
-    listener: BorrowedFd<'_>,
-    id: u64,
-    val: i64,
-    error: i32,
-    flags: u32,
-) -> Result<(), Errno> {
-    let mut resp = libc::seccomp_notif_resp {
-        id,
-        val,
-        error,
-        flags,
-    };
-    // SAFETY: SEND reads one `struct seccomp_notif_resp` from `resp`, alive for the call.
-    let rc = unsafe {
-        libc::ioctl(
-            listener.as_raw_fd(),
-            libc::SECCOMP_IOCTL_NOTIF_SEND,
-            &mut resp as *mut libc::seccomp_notif_resp,
-        )
-    };
-    Errno::result(rc).map(drop)
-}
-
-/// SECCOMP_IOCTL_NOTIF_ID_VALID: is the target of notification `id` still waiting for our answer?
-/// Once true after reading its memory, the tid it named still is that same (blocked) thread.
-pub fn notif_id_valid(listener: BorrowedFd<'_>, id: u64) -> bool {
-    let mut id = id;
-    // SAFETY: ID_VALID reads one u64 from `id`, alive for the call.
-    let rc = unsafe {
-        libc::ioctl(
-            listener.as_raw_fd(),
-            libc::SECCOMP_IOCTL_NOTIF_ID_VALID,
-            &mut id as *mut u64,
-        )
-    };
-    rc == 0
-}
-
-/// SECCOMP_IOCTL_NOTIF_ADDFD: installs a reference to `src` in the target of notification `id` at
-/// its lowest free fd number, with `newfd_flags` (O_CLOEXEC); returns that number.
-pub fn notif_addfd(
-    listener: BorrowedFd<'_>,
-    id: u64,
-    src: BorrowedFd<'_>,
-    flags: u32,
-    newfd_flags: u32,
-) -> Result<RawFd, Errno> {
-    notif_addfd_at(listener, id, src, flags, 0, newfd_flags)
-}
-
-/// SECCOMP_IOCTL_NOTIF_ADDFD with `newfd`: with SECCOMP_ADDFD_FLAG_SETFD in `flags` the target's
-/// fd `newfd` is replaced by `src` (an open file there is closed, as dup2 does); without it
-/// `newfd` must be 0.
-pub fn notif_addfd_at(
-    listener: BorrowedFd<'_>,
-    id: u64,
-    src: BorrowedFd<'_>,
-    flags: u32,
-    newfd: i32,
-    newfd_flags: u32,
-) -> Result<RawFd, Errno> {
-    let mut addfd = libc::seccomp_notif_addfd {
-        id,
-        flags,
-        srcfd: src.as_raw_fd() as u32,
-        newfd: newfd as u32,
-        newfd_flags,
-    };
-    // SAFETY: ADDFD reads one `struct seccomp_notif_addfd` from `addfd`, alive for the call; the
-    // source fd is borrowed, so it stays open during the call.
-    let rc = unsafe {
-        libc::ioctl(
-            listener.as_raw_fd(),
-            libc::SECCOMP_IOCTL_NOTIF_ADDFD,
-            &mut addfd as *mut libc::seccomp_notif_addfd,
-        )
-    };
-    Errno::result(rc)
-}
-
-/// An ioctl on `fd` whose argument is the plain-data struct `arg` (read and written in place):
-/// the return value or errno.
-pub fn struct_ioctl<T: zerocopy::IntoBytes + zerocopy::FromBytes>(
-    fd: BorrowedFd<'_>,
-    cmd: u32,
-    arg: &mut T,
-) -> Result<i32, Errno> {
-    // SAFETY: the argument is `arg`, a live exclusively borrowed struct for the whole call; the
-    // commands the supervisor issues read and write at most that struct (any bit pattern is a
-    // valid `T`), and a file that does not know `cmd` fails with ENOTTY.
-    Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::c_ulong::from(cmd), arg as *mut T) })
-}
-
-/// An ioctl on `fd` whose argument is `buf` (the struct's bytes, sized by the caller for `cmd`).
-pub fn buf_ioctl(fd: BorrowedFd<'_>, cmd: u32, mut buf: Vec<u8>) -> Result<(i32, Vec<u8>), Errno> {
-    // SAFETY: the argument is `buf`, owned here and as long as the struct the command reads and
-    // writes (the callers size it so); `fd` is open for the call.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::c_ulong::from(cmd), buf.as_mut_ptr()) };
-    Errno::result(rc).map(|rc| (rc, buf))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// A tiny interpreter of the four opcodes the program uses.
     fn run(prog: &[sock_filter], data: &libc::seccomp_data) -> u32 {
-        // SAFETY: seccomp_data is plain integers without padding; viewing it as bytes is sound.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                data as *const libc::seccomp_data as *const u8,
-                std::mem::size_of::<libc::seccomp_data>(),
-            )
-        };
+        // The struct's bytes, field by field (plain integers, no padding).
+        let mut bytes = Vec::with_capacity(std::mem::size_of::<libc::seccomp_data>());
+        bytes.extend_from_slice(&data.nr.to_ne_bytes());
+        bytes.extend_from_slice(&data.arch.to_ne_bytes());
+        bytes.extend_from_slice(&data.instruction_pointer.to_ne_bytes());
+        for a in data.args {
+            bytes.extend_from_slice(&a.to_ne_bytes());
+        }
+        assert_eq!(bytes.len(), std::mem::size_of::<libc::seccomp_data>());
         let (mut pc, mut acc) = (0usize, 0u32);
         loop {
             let i = prog[pc];

@@ -5,12 +5,12 @@
 //! need not take over, an errno when it took over and failed, or a value when it succeeded.
 
 use super::notification::{open_pidfd, Notification, Reply};
-use super::seccomp::{notif_addfd, notif_recv, notif_send};
 use crate::caller::{CallerMemory, ProcessMemory};
 use crate::dispatch::private_abi::{
     uiommufd_handle_bind, UIOMMUFD_HANDLE_BIND, UIOMMUFD_HANDLE_FAULT_QUEUE,
     UIOMMUFD_HANDLE_TEST_ACCESS, UIOMMUFD_HANDLE_TEST_DMABUF, UIOMMUFD_HANDLE_VEVENTQ,
 };
+use crate::sys::seccomp::{notif_addfd, notif_recv, notif_send};
 use nix::errno::Errno;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -388,7 +388,8 @@ fn bind_new_handle(
         arg3,
         ..Default::default()
     };
-    if let Err(e) = super::seccomp::struct_ioctl(fresh.as_fd(), UIOMMUFD_HANDLE_BIND, &mut bind) {
+    if let Err(e) = crate::sys::ioctl::ioctl_struct(fresh.as_fd(), UIOMMUFD_HANDLE_BIND, &mut bind)
+    {
         tracing::debug!(tid = n.tid, %e, "UIOMMUFD_HANDLE_BIND failed; errno relayed");
         return Err(Reply::Error(e));
     }

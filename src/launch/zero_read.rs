@@ -41,7 +41,7 @@ pub fn answer(n: &Notification<'_>) -> Reply {
         size: std::mem::size_of::<uiommufd_zero_read>() as u32,
         out_errno: 0,
     };
-    if super::seccomp::struct_ioctl(file.as_fd(), UIOMMUFD_ZERO_READ, &mut q).is_err() {
+    if crate::sys::ioctl::ioctl_struct(file.as_fd(), UIOMMUFD_ZERO_READ, &mut q).is_err() {
         return Reply::Continue;
     }
     tracing::debug!(

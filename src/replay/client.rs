@@ -79,7 +79,7 @@ struct Local {
 impl Drop for Local {
     fn drop(&mut self) {
         for &(addr, len) in &self.maps {
-            super::sys::unmap(addr, len);
+            crate::sys::mem::unmap_guarded(addr, len);
         }
     }
 }
@@ -266,7 +266,7 @@ impl Client {
             Proc::Local(l) => {
                 if let Some(i) = l.maps.iter().position(|&(a, _)| a == buf.addr) {
                     let (addr, len) = l.maps.swap_remove(i);
-                    super::sys::unmap(addr, len);
+                    crate::sys::mem::unmap_guarded(addr, len);
                 }
                 Ok(())
             }
@@ -316,7 +316,7 @@ impl Client {
 
     pub fn ioctl(&mut self, h: &Handle, cmd: u32, arg: u64) -> Result<Result<i64, Errno>, String> {
         match h {
-            Handle::Fd(fd) => Ok(raw_ioctl(fd.as_raw_fd(), cmd, arg)),
+            Handle::Fd(fd) => Ok(ioctl_script(fd.as_raw_fd(), cmd, arg)),
             Handle::InProc(f) => Ok(f.0.ioctl(cmd, arg, &self.mem()?)),
             Handle::ChildFd(fd) => match &mut self.proc_ {
                 Proc::Child(c) => match c.call(&Req::Ioctl { fd: *fd, cmd, arg })? {
@@ -338,7 +338,7 @@ impl Client {
         let (up_r, up_w) = nix::unistd::pipe().map_err(|e| e.to_string())?;
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
-        match super::sys::fork().map_err(|e| e.to_string())? {
+        match crate::sys::process::fork_single_threaded().map_err(|e| e.to_string())? {
             nix::unistd::ForkResult::Child => {
                 drop(down_w);
                 drop(up_r);
@@ -392,9 +392,12 @@ fn open_path(path: &std::path::Path) -> Result<OwnedFd, Errno> {
         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
-use super::sys::raw_ioctl;
+use crate::sys::ioctl::ioctl_script;
 
-pub use super::sys::BUFFER_PLACEMENT;
+/// Where buffers start: an odd multiple of this (its lowest set bit, exactly). The IOVA an
+/// IOMMU_IOAS_MAP without FIXED_IOVA gets is aligned like its user address (the kernel's rule, and
+/// ours), so with ASLR's placement two runs of one script would get different IOVAs.
+pub const BUFFER_PLACEMENT: u64 = 1 << 20;
 
 /// The length of a buffer's mapping with its guard page.
 fn mapped_len(size: u64) -> u64 {
@@ -412,7 +415,8 @@ fn prot_flags(prot: BufProt) -> libc::c_int {
 
 /// Sets the protection of pages of a buffer of this process (checked by the caller).
 fn protect_pages(addr: u64, len: u64, prot: BufProt) -> Result<(), String> {
-    super::sys::protect(addr, len as usize, prot_flags(prot)).map_err(|e| format!("mprotect: {e}"))
+    crate::sys::mem::protect_guarded(addr, len as usize, prot_flags(prot))
+        .map_err(|e| format!("mprotect: {e}"))
 }
 
 /// Maps a buffer of this process, fills it and sets its protection.
@@ -426,8 +430,12 @@ fn map_buffer(spec: &BufferSpec) -> Result<(u64, Option<OwnedFd>), String> {
     } else {
         None
     };
-    let addr = super::sys::map_guarded(len, memfd.as_ref().map(|f| f.as_fd()))
-        .map_err(|e| format!("mapping {len} bytes: {e}"))?;
+    let addr = crate::sys::mem::map_guarded(
+        len,
+        memfd.as_ref().map(|f| f.as_fd()),
+        BUFFER_PLACEMENT as usize,
+    )
+    .map_err(|e| format!("mapping {len} bytes: {e}"))?;
     let fill: Option<Vec<u8>> = match spec.fill {
         Fill::Zero => None,
         Fill::Byte(b) => Some(vec![b; len]),
@@ -439,7 +447,7 @@ fn map_buffer(spec: &BufferSpec) -> Result<(u64, Option<OwnedFd>), String> {
             .map_err(|e| format!("filling the buffer: {e}"))?;
     }
     if spec.prot != BufProt::ReadWrite {
-        super::sys::protect(addr, len, prot_flags(spec.prot))
+        crate::sys::mem::protect_guarded(addr, len, prot_flags(spec.prot))
             .map_err(|e| format!("mprotect: {e}"))?;
     }
     Ok((addr, memfd))
@@ -485,7 +493,7 @@ fn child_loop(from: OwnedFd, to: OwnedFd) -> ! {
                 }
             }
             Ok(Req::Free { addr, len }) => {
-                super::sys::unmap(addr, mapped_len(len));
+                crate::sys::mem::unmap_guarded(addr, mapped_len(len));
                 Resp::Done
             }
             Ok(Req::Open { path }) => match open_path(&path) {
@@ -501,7 +509,7 @@ fn child_loop(from: OwnedFd, to: OwnedFd) -> ! {
                     keep.swap_remove(i);
                 } else {
                     // An inherited descriptor: take ownership to close it.
-                    drop(super::sys::adopt_inherited(fd));
+                    drop(crate::sys::fd::adopt_inherited(fd));
                 }
                 Resp::Done
             }
@@ -509,7 +517,7 @@ fn child_loop(from: OwnedFd, to: OwnedFd) -> ! {
                 Ok(()) => Resp::Done,
                 Err(e) => Resp::Error(e),
             },
-            Ok(Req::Ioctl { fd, cmd, arg }) => match raw_ioctl(fd, cmd, arg) {
+            Ok(Req::Ioctl { fd, cmd, arg }) => match ioctl_script(fd, cmd, arg) {
                 Ok(r) => Resp::Ret(r),
                 Err(e) => Resp::Errno(e as i32),
             },
@@ -520,7 +528,7 @@ fn child_loop(from: OwnedFd, to: OwnedFd) -> ! {
             break;
         }
     }
-    super::sys::exit_child()
+    crate::sys::process::exit_child()
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ pub mod exec;
 pub mod layout;
 pub mod record;
 pub mod script;
-mod sys;
 pub mod trace;
 
 pub use client::Mode;

@@ -8,6 +8,8 @@
 //! `tests/layout.rs` pins sizes, offsets and ioctl numbers against the C
 //! headers.
 #![allow(non_camel_case_types)]
+// Plain data and numbers: no system call, so no unsafe (the daemon's are in its `sys` module).
+#![forbid(unsafe_code)]
 
 pub mod iommufd;
 pub mod selftest;

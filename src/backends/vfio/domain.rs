@@ -9,7 +9,7 @@
 //! The lock is held across MAP_DMA/UNMAP_DMA: those pin and unpin the daemon's own mappings of
 //! shmem/hugetlbfs pages and never wait on a client.
 
-use super::sys::{Container, Type1Info};
+use super::container::{Container, Type1Info};
 use crate::backends::{Backing, Domain, Prot, VaRun};
 use nix::errno::Errno;
 use std::collections::BTreeMap;

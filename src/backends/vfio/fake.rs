@@ -1,7 +1,7 @@
 //! A model of a kernel type1 v2 container for unit tests: the rules the domain must live with
 //! (no overlap, whole-mapping unmaps, a mapping count limit), with no kernel and no device.
 
-use super::sys::Container;
+use super::container::Container;
 use crate::backends::Prot;
 use nix::errno::Errno;
 use std::collections::BTreeMap;

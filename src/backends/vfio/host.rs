@@ -6,8 +6,9 @@
 //! system-wide. Devices of one group share the group and its container (and so must share a
 //! page table, as under a kernel iommufd). Every failure is one line saying what to do.
 
+use super::container::{container_info, KernelContainer, Type1Info};
 use super::domain::Geometry;
-use super::sys::{self, KernelContainer};
+use crate::sys::vfio;
 use nix::errno::Errno;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -91,7 +92,7 @@ impl HostDevice {
     /// A new device fd (VFIO_GROUP_GET_DEVICE_FD). When the last one closes the kernel disables
     /// and resets the device and restores its saved state.
     pub fn open(&self) -> Result<OwnedFd, Errno> {
-        sys::group_device_fd(group_fd(&self.group), &self.bdf)
+        vfio::group_device_fd(group_fd(&self.group), &self.bdf)
     }
 }
 
@@ -231,9 +232,9 @@ pub fn open_devices(sysfs: &Path, bdfs: &[String]) -> Result<Vec<Arc<HostDevice>
                 g
             }
         };
-        let fd = sys::group_device_fd(group_fd(&group), bdf)
+        let fd = vfio::group_device_fd(group_fd(&group), bdf)
             .map_err(|e| format!("--vfio {bdf}: VFIO_GROUP_GET_DEVICE_FD failed: {e}"))?;
-        let info = sys::device_info(fd.as_fd())
+        let info = vfio::device_info(fd.as_fd())
             .map_err(|e| format!("--vfio {bdf}: VFIO_DEVICE_GET_INFO failed: {e}"))?;
         if info.flags & VFIO_DEVICE_FLAGS_PCI == 0 {
             return Err(format!("--vfio {bdf}: not a vfio-pci device"));
@@ -258,14 +259,14 @@ fn group_fd(g: &Group) -> BorrowedFd<'_> {
 
 fn open_group(sysfs: &Path, bdf: &str, n: u32) -> Result<Group, String> {
     let path = format!("/dev/vfio/{n}");
-    let file = sys::open_path(&path).map_err(|e| match e {
+    let file = vfio::open_path(&path).map_err(|e| match e {
         Errno::EBUSY => format!(
             "--vfio {bdf}: {path} is already open (another VFIO user holds IOMMU group {n})"
         ),
         Errno::ENOENT => format!("--vfio {bdf}: no {path}: is the device bound to vfio-pci?"),
         e => format!("--vfio {bdf}: cannot open {path}: {e}"),
     })?;
-    let flags = sys::group_status(file.as_fd())
+    let flags = vfio::group_status(file.as_fd())
         .map_err(|e| format!("--vfio {bdf}: VFIO_GROUP_GET_STATUS on {path}: {e}"))?;
     if flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
         let others = unbound_members(sysfs, n);
@@ -315,26 +316,24 @@ impl ContainStep {
 
 /// Puts `group` in a new kernel container set to type1 v2; the container and its info. On
 /// failure the group is left out of any container.
-fn contain(group: BorrowedFd<'_>) -> Result<(OwnedFd, sys::Type1Info), (ContainStep, Errno)> {
-    let container = sys::open_container().map_err(|e| (ContainStep::Open, e))?;
-    sys::group_set_container(group, container.as_fd())
+fn contain(group: BorrowedFd<'_>) -> Result<(OwnedFd, Type1Info), (ContainStep, Errno)> {
+    let container = vfio::open_container().map_err(|e| (ContainStep::Open, e))?;
+    vfio::group_set_container(group, container.as_fd())
         .map_err(|e| (ContainStep::SetContainer, e))?;
-    let ready = sys::set_type1v2(container.as_fd())
+    let ready = vfio::set_type1v2(container.as_fd())
         .map_err(|e| (ContainStep::SetIommu, e))
-        .and_then(|()| {
-            sys::container_info(container.as_fd()).map_err(|e| (ContainStep::GetInfo, e))
-        });
+        .and_then(|()| container_info(container.as_fd()).map_err(|e| (ContainStep::GetInfo, e)));
     match ready {
         Ok(info) => Ok((container, info)),
         Err(e) => {
-            let _ = sys::group_unset_container(group);
+            let _ = vfio::group_unset_container(group);
             Err(e)
         }
     }
 }
 
 impl Group {
-    fn new(number: u32, file: OwnedFd, container: OwnedFd, info: &sys::Type1Info) -> Self {
+    fn new(number: u32, file: OwnedFd, container: OwnedFd, info: &Type1Info) -> Self {
         Group {
             number,
             _file: file,
@@ -366,7 +365,7 @@ impl Group {
     /// Takes the group out of its container (VFIO_GROUP_UNSET_CONTAINER): EBUSY while a device
     /// fd of it is open. The kernel then drops the container's IOMMU and every mapping in it.
     pub fn unset_container(&self) -> Result<(), Errno> {
-        sys::group_unset_container(group_fd(self))
+        vfio::group_unset_container(group_fd(self))
     }
 
     /// The group file, to compare with a program's.

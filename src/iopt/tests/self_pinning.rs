@@ -3,8 +3,8 @@
 //! never looks up frames unless a frame-consuming domain or an access needs them.
 
 use super::*;
+use crate::backends::vfio::container::{Container, Type1Info};
 use crate::backends::vfio::fake::FakeContainer;
-use crate::backends::vfio::sys::{Container, Type1Info};
 use crate::backends::vfio::{Geometry, VfioDomain};
 use crate::iopt::accounting::AccountMode;
 
