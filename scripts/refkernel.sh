@@ -2,7 +2,7 @@
 # The real kernel as the oracle: build Linux 7.2 (Debian's linux-source-7.2) with iommufd, its test
 # hooks (IOMMUFD_TEST), VFIO (cdev + the iommufd-provided /dev/vfio/vfio), FUSE and CUSE from the
 # small config scripts/refkernel.config, boot it under QEMU/TCG with a busybox initramfs, and run the
-# replay corpus (tests/replay/*.jsonl) in that guest twice: against the kernel's own /dev/iommu and
+# replay corpus (tests/replay/*.jsonl; in the test variant also tests/replay/selftest) in that guest twice: against the kernel's own /dev/iommu and
 # /dev/vfio/vfio, then against uiommufd serving the same corpus over FUSE (/run/u/iommu) in the same
 # guest. uiommufd is only the replay client in the first run. In the test variant the same guest
 # then runs the kernel's own iommufd selftest (the binary scripts/kselftest.sh built) against the
@@ -115,6 +115,17 @@ set_variant() {
       SERVE_FLAGS=
       { grep -vx 'enable IOMMUFD_TEST' "$FRAGMENT"; echo "disable IOMMUFD_TEST"; } > "$OUT/fragment" ;;
   esac
+}
+
+# gather_corpus DIR: the scripts this variant replays, copied into DIR: REPLAY, or tests/replay plus,
+# in the test variant, the selftest corpus (it needs IOMMU_TEST_CMD: that kernel, `serve --selftest`).
+gather_corpus() {
+  local dir=$1 sources=${REPLAY:-$ROOT/tests/replay} s
+  if [ -z "${REPLAY:-}" ] && [ "$VARIANT" = test ]; then sources="$sources $ROOT/tests/replay/selftest"; fi
+  mkdir -p "$dir"
+  for s in $sources; do
+    if [ -d "$s" ]; then cp "$s"/*.jsonl "$dir/"; else cp "$s" "$dir/"; fi
+  done
 }
 
 expected_header() {
@@ -776,7 +787,11 @@ if [ $mode = log ]; then
   rc=0
   judge "$log_in" || rc=1
   trace_judge "$log_in" corpus || rc=1
-  if grep -q '^RKREPLAY: ' "$log_in"; then recorded_judge "$log_in" "${REPLAY:-$ROOT/tests/replay}" || rc=1; fi
+  if grep -q '^RKREPLAY: ' "$log_in"; then
+    rm -rf "$OUT/corpus"
+    gather_corpus "$OUT/corpus"
+    recorded_judge "$log_in" "$OUT/corpus" || rc=1
+  fi
   if grep -q '^REFKERNEL: kselftest exit' "$log_in"; then ks_judge "$log_in" || rc=1; fi
   exit $rc
 fi
@@ -858,12 +873,7 @@ run_guest() {
   local R=$OUT/root s
   guest_root "$R" replay run/u run/r rec
   guest_add_bin "$R" "$UIOMMUFD" uiommufd
-  # The selftest corpus needs IOMMU_TEST_CMD: the test variant's kernel and `serve --selftest`.
-  local sources=${REPLAY:-tests/replay}
-  if [ -z "${REPLAY:-}" ] && [ "$VARIANT" = test ]; then sources="$sources tests/replay/selftest"; fi
-  for s in $sources; do
-    if [ -d "$s" ]; then cp "$s"/*.jsonl "$R/replay/"; else cp "$s" "$R/replay/"; fi
-  done
+  gather_corpus "$R/replay"
   local selftest=""
   if [ "$(run_kselftest)" = 1 ]; then
     guest_add_bin "$R" "$KSELFTEST_BIN" iommufd-selftest

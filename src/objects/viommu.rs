@@ -196,6 +196,9 @@ pub struct HwQueue {
     /// The queue is a user of `prev`.
     prev_user: Option<ObjectUser>,
     access: Arc<Access>,
+    /// The internal access's own ID, held by the queue: the kernel gives it one right after the
+    /// queue's, so IDs handed out later are the kernel's too (IOMMU_DESTROY of it is EBUSY).
+    access_id: Mutex<Option<(u32, ObjectUser)>>,
     /// The page-aligned pinned range.
     pin: (u64, u64),
 }
@@ -263,9 +266,19 @@ impl HwQueue {
             length,
             prev,
             access: access.clone(),
+            access_id: Mutex::new(None),
             pin,
         });
         let id = ctx.insert(super::Object::from(q.clone())).map_err(undo)?;
+        match ctx.insert_held(super::Object::Access(access)) {
+            Ok(held) => *q.access_id.lock().unwrap() = Some(held),
+            Err(e) => {
+                // The queue's destroy undoes the pin and the users (and takes the queues lock).
+                drop(queues);
+                let _ = ctx.destroy(id);
+                return Err(e);
+            }
+        }
         queues.insert(index, id);
         Ok((id, q))
     }
@@ -276,7 +289,7 @@ impl Extension for HwQueue {
         "hw_queue"
     }
 
-    fn destroy(&self, _ctx: &Context) {
+    fn destroy(&self, ctx: &Context) {
         self.viommu.hw_queues.lock().unwrap().remove(&self.index);
         if let Some(prev) = &self.prev_user {
             prev.release();
@@ -286,6 +299,11 @@ impl Extension for HwQueue {
                 .access_unpin_locked(self.pin.0, self.pin.1, true);
         }
         self.access.detach();
+        let access_id = self.access_id.lock().unwrap().take();
+        if let Some((id, user)) = access_id {
+            drop(user);
+            let _ = ctx.destroy(id);
+        }
         self.viommu_user.release();
     }
 

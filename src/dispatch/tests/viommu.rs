@@ -230,10 +230,25 @@ fn hw_queue_alloc_order() {
     c.index = 1;
     c.nesting_parent_iova = IOVA + 4096;
     let q1 = b.call(cmd, &c).unwrap().out_hw_queue_id;
+    // Each queue's internal access holds the ID after the queue's (Linux 7.2 allocates it second).
+    assert_eq!(q1, q0 + 2, "queue 0's access took {}", q0 + 1);
+    assert_eq!(b.ctx.get(q0 + 1).unwrap().type_name(), "access");
+    assert_eq!(
+        b.ctx.destroy(q0 + 1),
+        Err(Errno::EBUSY),
+        "the queue holds its access"
+    );
     assert_eq!(
         b.ctx.destroy(q0),
         Err(Errno::EBUSY),
         "queue 1 depends on it"
     );
     assert_eq!(b.ctx.destroy(q1), Ok(()));
+    assert_eq!(
+        b.ctx.get(q1 + 1).err(),
+        Some(Errno::ENOENT),
+        "its access went too"
+    );
+    assert_eq!(b.ctx.destroy(q0), Ok(()));
+    assert_eq!(b.ctx.objects_of_type("access").len(), 0);
 }
