@@ -15,7 +15,8 @@
 //! `cargo bench --bench fuse_rtt` (root only; ~1 min). Servers run on CPU 0 (the io_uring
 //! daemons' queue threads pin themselves, one per CPU); the clients are child processes pinned to
 //! CPU 0 (same CPU) or CPU 1. Prints medians and ratios to libfuse3. `FUSE_RTT_QUICK=1`: a
-//! smoke run of one short round.
+//! smoke run of one short round. `FUSE_RTT_BEFORE=PATH`: also time the /dev/fuse daemons of
+//! another uiommufd binary (e.g. built before a change) in the same run.
 
 #[path = "fuse_rtt/clients.rs"]
 mod clients;
@@ -31,6 +32,8 @@ const ROUNDS: usize = 5;
 /// Interleaved rounds of throughput samples.
 const THROUGHPUT_ROUNDS: usize = 3;
 const THREAD_COUNTS: [usize; 3] = [1, 2, 4];
+/// A uiommufd binary to time beside this build's (its /dev/fuse daemons, pinned and free).
+const BEFORE_ENV: &str = "FUSE_RTT_BEFORE";
 
 struct Target {
     name: &'static str,
@@ -99,6 +102,15 @@ fn main() {
         }
     };
 
+    // Another build's daemons in the same run, for before/after figures.
+    let before = std::env::var_os(BEFORE_ENV).map(|exe| {
+        let exe = PathBuf::from(exe);
+        (
+            Daemon::start_exe(&exe, "before", "off", false),
+            Daemon::start_exe(&exe, "before-free", "off", true),
+        )
+    });
+
     let mut targets = Vec::new();
     if let Some(l) = &libfuse {
         targets.push(Target {
@@ -121,6 +133,10 @@ fn main() {
     if let Some((ring, ring_free)) = &rings {
         daemons.insert(1, ("uiommufd io_uring", ring, false));
         daemons.push(("uiommufd io_uring free", ring_free, true));
+    }
+    if let Some((b, b_free)) = &before {
+        daemons.insert(0, ("before: /dev/fuse", b, false));
+        daemons.insert(1, ("before: /dev/fuse free", b_free, true));
     }
     for (name, d, free) in daemons {
         targets.push(Target {

@@ -87,10 +87,20 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(tag: &str, io_uring: &str, unpinned: bool) -> Self {
+        Self::start_exe(
+            Path::new(env!("CARGO_BIN_EXE_uiommufd")),
+            tag,
+            io_uring,
+            unpinned,
+        )
+    }
+
+    /// [`Daemon::start`] of another build of uiommufd (e.g. the one before a change).
+    pub fn start_exe(exe: &Path, tag: &str, io_uring: &str, unpinned: bool) -> Self {
         use std::os::unix::process::CommandExt;
         let dir = temp_dir(tag);
         let mount = dir.join("m");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_uiommufd"));
+        let mut cmd = Command::new(exe);
         if unpinned {
             // SAFETY: the closure runs between fork and exec and makes one syscall
             // (sched_setaffinity), which is async-signal-safe; it allocates nothing.

@@ -65,6 +65,8 @@ struct State {
     queued: usize,
     running: usize,
     stopping: bool,
+    /// Threads in [`Pool::drain`]: only then is going idle worth a wake-up (a syscall).
+    draining: usize,
 }
 
 struct Shared {
@@ -113,7 +115,7 @@ impl Shared {
         } else {
             self.schedule(&mut st, key);
         }
-        if st.queued + st.running == 0 {
+        if st.queued + st.running == 0 && st.draining > 0 {
             self.idle.notify_all();
         }
     }
@@ -217,9 +219,11 @@ impl Pool {
     pub fn drain(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut st = self.shared.lock();
+        st.draining += 1;
         while st.queued + st.running > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                st.draining -= 1;
                 return false;
             }
             st = self
@@ -229,6 +233,7 @@ impl Pool {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+        st.draining -= 1;
         true
     }
 }

@@ -13,7 +13,7 @@
 //!   workers count together, so a stalled user holds at most its share of all those threads.
 //!
 //! Otherwise the request goes to the pool as before (queued in its user's lane; ENOMEM past the
-//! user's byte cap), and the reader goes back to reading. A reader that finds `SPARE_READERS` (2)
+//! user's byte cap), and the reader goes back to reading. A reader that finds `SPARE_READERS` (4)
 //! others idle after answering ends, so the set shrinks again after a burst.
 //!
 //! Stopping: a reader blocked in read(2) wakes only for a message, the end of the connection or
@@ -38,8 +38,11 @@ use tokio::sync::Notify;
 pub const INITIAL_READERS: usize = 2;
 /// Most readers of one session; past them requests that may wait go to the pool.
 pub const MAX_READERS: usize = 16;
-/// A reader that finds this many others idle after answering ends.
-const SPARE_READERS: usize = 2;
+/// A reader that finds this many others idle after answering ends. Not fewer: a client answered
+/// on the reader's CPU often sends its next request before that reader is back in read(2), so
+/// another reader takes it and, finding none idle, starts one; ending readers sooner than this
+/// would start and end a thread every few requests.
+const SPARE_READERS: usize = 4;
 /// How often [`Readers::stop`] interrupts readers still in read(2), and for how long at most.
 const STOP_RETRY: Duration = Duration::from_millis(5);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
