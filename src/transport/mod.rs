@@ -11,8 +11,12 @@
 //! t.serve_until(shutdown).await?;                               // stops, releases, unmounts
 //! ```
 //!
-//! Both must run inside a tokio runtime (the multi-threaded one is expected). Requests that call the
-//! service run on the transport's own fixed worker pool (`pool`: per-user lanes), never on tokio.
+//! Both must run inside a tokio runtime (the multi-threaded one is expected); requests never run on
+//! tokio. Over /dev/fuse and /dev/cuse each session has a few reader threads ([`readers`]) that
+//! read a request, handle it and answer it themselves (no hand-off: the hot path of every iommufd
+//! ioctl), as long as another reader is left reading and the caller's user is under its share;
+//! otherwise the request goes to the transport's fixed worker pool (`pool`: per-user lanes). So a
+//! client that stalls the request it is in holds one thread of its own share, never the others'.
 //!
 //! # What is served
 //!
@@ -21,7 +25,7 @@
 //! start) and a read-only `status` file ([`Service::status`], read at each open). All files are opened
 //! with `FOPEN_DIRECT_IO`, so reads and writes reach the service at their real offsets.
 //!
-//! FUSE requests travel over /dev/fuse (read on tokio, `session`) or, with [`UringMode`] `auto`
+//! FUSE requests travel over /dev/fuse (`session`, [`readers`]) or, with [`UringMode`] `auto`
 //! when INIT offers it or `on`, over io_uring ([`uring`]): one ring and one thread per possible
 //! CPU, pinned there, so a caller is answered on its own CPU without waking another (the
 //! cross-CPU wake-up dominates the /dev/fuse round trip). INIT, FORGET, INTERRUPT and
@@ -48,6 +52,7 @@ pub mod handler;
 pub mod mounts;
 pub mod perms;
 pub mod pool;
+pub mod readers;
 pub mod session;
 pub mod tree;
 pub mod uring;

@@ -7,6 +7,9 @@
 //! - requests queue per user id (the FUSE header's uid) and at most [`PoolConfig::per_user`] of
 //!   one user run at once, users taken round-robin: one user's stalled requests hold only that
 //!   user's share of the threads, everyone else keeps being served;
+//! - a session's readers run a request in place only within the same per-user share
+//!   ([`Pool::run_in_place`]), so the share bounds a user's requests on readers and workers
+//!   together;
 //! - the reader never waits for the pool (it must stay free to answer the daemon's own queries and
 //!   to see new requests), so the queue is bounded by the kernel instead: every queued request is a
 //!   client thread blocked in a syscall, carrying at most one message of `MAX_WRITE` bytes; and
@@ -62,6 +65,8 @@ struct State {
     queued: usize,
     running: usize,
     stopping: bool,
+    /// Threads in [`Pool::drain`]: only then is going idle worth a wake-up (a syscall).
+    draining: usize,
 }
 
 struct Shared {
@@ -90,6 +95,42 @@ impl Shared {
                 self.work.notify_one();
             }
         }
+    }
+}
+
+impl Shared {
+    /// Counts one job of `key` (on a worker or run in place) as ended.
+    fn finish(&self, key: u32) {
+        let mut st = self.lock();
+        st.running = st.running.saturating_sub(1);
+        let remove = match st.lanes.get_mut(&key) {
+            Some(lane) => {
+                lane.running = lane.running.saturating_sub(1);
+                lane.running == 0 && lane.queue.is_empty()
+            }
+            None => false,
+        };
+        if remove {
+            st.lanes.remove(&key);
+        } else {
+            self.schedule(&mut st, key);
+        }
+        if st.queued + st.running == 0 && st.draining > 0 {
+            self.idle.notify_all();
+        }
+    }
+}
+
+/// A job of one key counted as running although no worker runs it: the thread that holds this
+/// runs it in place (a session's reader). Ends on drop.
+pub struct InPlace {
+    shared: Arc<Shared>,
+    key: u32,
+}
+
+impl Drop for InPlace {
+    fn drop(&mut self) {
+        self.shared.finish(self.key);
     }
 }
 
@@ -144,6 +185,30 @@ impl Pool {
         Ok(())
     }
 
+    /// Counts a job of `key` as running, to be run by the caller in place, when the key has
+    /// nothing queued and is under its share of running jobs ([`PoolConfig::per_user`], jobs in
+    /// place included): the same limit as on the workers, so one user's stalled jobs hold at most
+    /// its share of all the threads that run jobs. None: submit it instead.
+    pub fn run_in_place(&self, key: u32) -> Option<InPlace> {
+        let mut st = self.shared.lock();
+        if st.stopping {
+            return None;
+        }
+        let lane = st.lanes.entry(key).or_default();
+        if !lane.queue.is_empty() || lane.running >= self.shared.per_user {
+            if lane.running == 0 && lane.queue.is_empty() {
+                st.lanes.remove(&key);
+            }
+            return None;
+        }
+        lane.running += 1;
+        st.running += 1;
+        Some(InPlace {
+            shared: self.shared.clone(),
+            key,
+        })
+    }
+
     /// Jobs queued and running.
     pub fn load(&self) -> (usize, usize) {
         let st = self.shared.lock();
@@ -154,9 +219,11 @@ impl Pool {
     pub fn drain(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut st = self.shared.lock();
+        st.draining += 1;
         while st.queued + st.running > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                st.draining -= 1;
                 return false;
             }
             st = self
@@ -166,6 +233,7 @@ impl Pool {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+        st.draining -= 1;
         true
     }
 }
@@ -219,23 +287,7 @@ fn worker(s: &Shared) {
         // A panic is caught inside the job (it owes its caller a reply); this is a last guard so
         // the counters stay right even if that wrapper itself unwinds.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-        let mut st = s.lock();
-        st.running -= 1;
-        let remove = match st.lanes.get_mut(&key) {
-            Some(lane) => {
-                lane.running -= 1;
-                lane.running == 0 && lane.queue.is_empty()
-            }
-            None => false,
-        };
-        if remove {
-            st.lanes.remove(&key);
-        } else {
-            s.schedule(&mut st, key);
-        }
-        if st.queued + st.running == 0 {
-            s.idle.notify_all();
-        }
+        s.finish(key);
     }
 }
 
@@ -301,6 +353,31 @@ mod tests {
         }
         assert!(pool.drain(Duration::from_secs(10)));
         assert_eq!(started.load(Ordering::SeqCst), 50);
+    }
+
+    #[test]
+    fn jobs_in_place_count_against_the_users_share() {
+        let pool = Pool::new("t", cfg(2, 2)).unwrap();
+        let first = pool.run_in_place(1).expect("under its share");
+        let second = pool.run_in_place(1).expect("under its share");
+        assert!(pool.run_in_place(1).is_none(), "at its share");
+        let other = pool.run_in_place(2);
+        assert!(other.is_some(), "another user has its own share");
+        assert_eq!(pool.load(), (0, 3));
+        // A job submitted now waits for the share; once it is queued nothing of user 1 runs in
+        // place before it.
+        let (tx, rx) = mpsc::channel();
+        assert!(pool
+            .submit(1, 10, Box::new(move || tx.send(()).unwrap()))
+            .is_ok());
+        assert_eq!(pool.load(), (1, 3), "queued behind the share");
+        assert!(pool.run_in_place(1).is_none(), "behind its queued job");
+        drop(first);
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the queued job starts once the share frees");
+        drop((second, other));
+        assert!(pool.drain(Duration::from_secs(10)));
+        assert!(pool.run_in_place(1).is_some());
     }
 
     #[test]

@@ -1,69 +1,54 @@
-//! One session: a nonblocking /dev/fuse or /dev/cuse fd read on tokio, one task per request.
-//!
-//! The reader copies each message out of a reusable buffer; requests that call the service run on
-//! the transport's worker [`Pools`] (handlers are synchronous and may wait on their caller), the
-//! rest inline on the reader, which never waits for a worker. Each reply goes out whole with one
-//! write(2), from whichever thread produced it.
+//! One session: a /dev/fuse or /dev/cuse fd read by the session's [`Readers`] (blocking threads
+//! that read, handle and answer), and the worker [`Pools`] requests go to when they cannot be
+//! handled in place. Each reply goes out whole with one write(2), from whichever thread produced
+//! it.
 
-use super::handler::{Handler, Lane};
-use super::pool::{Job, Pool, PoolConfig};
+use super::handler::Handler;
+use super::pool::{InPlace, Job, Pool, PoolConfig};
+use super::readers::Readers;
 use super::wire;
-use nix::errno::Errno;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
-/// A /dev/fuse or /dev/cuse file descriptor registered with tokio.
+/// A /dev/fuse or /dev/cuse file descriptor, blocking: its readers are threads.
 pub struct Channel {
-    fd: AsyncFd<OwnedFd>,
+    fd: OwnedFd,
 }
 
 impl Channel {
-    /// Opens `path` (/dev/fuse or /dev/cuse) nonblocking, not yet registered with tokio.
+    /// Opens `path` (/dev/fuse or /dev/cuse).
     pub fn open_device(path: &Path) -> io::Result<OwnedFd> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .custom_flags(libc::O_CLOEXEC)
             .open(path)?;
         Ok(OwnedFd::from(file))
     }
 
-    /// Registers an open device fd with tokio. A /dev/fuse fd must be mounted first: before that its
-    /// poll answers EPOLLERR without joining the wait queue, so epoll would never see a request.
+    /// Wraps an open device fd. A /dev/fuse fd must be mounted before it is read: until then
+    /// read(2) fails (EPERM).
     pub fn new(fd: OwnedFd) -> io::Result<Self> {
-        // SAFETY: the OwnedFd is a valid open descriptor that AsyncFd owns from here on; nothing else
-        // closes or replaces it while it is registered (AsyncFd deregisters before dropping it).
-        let fd = unsafe { AsyncFd::register(fd)? };
         Ok(Self { fd })
     }
 
     pub fn raw_fd(&self) -> RawFd {
-        self.fd.get_ref().as_raw_fd()
+        self.fd.as_raw_fd()
     }
 
-    /// Reads one whole message into `buf`.
-    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| {
-                rustix::io::read(fd.get_ref().as_fd(), &mut *buf).map_err(io::Error::from)
-            }) {
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Ok(r) => return r,
-                Err(_would_block) => continue,
-            }
-        }
+    /// Reads one whole message into `buf`, waiting for one.
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        rustix::io::read(self.fd.as_fd(), buf).map_err(io::Error::from)
     }
 
     /// Writes one reply with a single write(2). Writes to the device never wait for space.
     pub fn write(&self, reply: &[u8]) -> io::Result<()> {
         loop {
-            match rustix::io::write(self.fd.get_ref().as_fd(), reply) {
+            match rustix::io::write(self.fd.as_fd(), reply) {
                 Ok(n) if n == reply.len() => return Ok(()),
                 Ok(n) => {
                     return Err(io::Error::other(format!(
@@ -78,7 +63,7 @@ impl Channel {
     }
 }
 
-fn send(chan: &Channel, reply: Option<Vec<u8>>) {
+pub(super) fn send(chan: &Channel, reply: Option<Vec<u8>>) {
     let Some(reply) = reply else { return };
     if let Err(e) = chan.write(&reply) {
         // ENOENT: the request was interrupted or the connection aborted; nobody waits for it any more.
@@ -122,58 +107,41 @@ impl Pools {
         self.owners.owner_of(uid)
     }
 
+    /// A turn to run a request of `uid` in place, within its owner's share (see [`Pool::run_in_place`]).
+    pub fn run_in_place(&self, uid: u32) -> Option<InPlace> {
+        self.requests.run_in_place(self.owner_of(uid))
+    }
+
     /// Waits for the pool to go idle, at most `timeout`. True if it did.
     pub fn drain(&self, timeout: std::time::Duration) -> bool {
         self.requests.drain(timeout)
     }
 }
 
-/// Serves `chan` until `stop` turns true or the kernel ends the connection. Requests still running
-/// on the pools are waited for by the transport's shutdown, with a deadline.
+/// Serves `chan` until `stop` turns true or the kernel ends the connection, on the session's
+/// [`Readers`]. Requests still running on the pools are waited for by the transport's shutdown,
+/// with a deadline.
 pub async fn serve(
     chan: Arc<Channel>,
     handler: Arc<Handler>,
     pools: Arc<Pools>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<SessionEnd> {
-    let mut buf = vec![0u8; wire::BUFFER_SIZE];
-    loop {
-        if *stop.borrow() {
-            return Ok(SessionEnd::Stopped);
-        }
-        let n = tokio::select! {
-            changed = stop.changed() => {
-                if changed.is_err() {
-                    return Ok(SessionEnd::Stopped);
-                }
-                continue;
-            }
-            r = chan.read(&mut buf) => r,
-        };
-        let n = match n {
-            Ok(0) => return Ok(SessionEnd::Disconnected),
-            Ok(n) => n,
-            Err(e) => match e.raw_os_error() {
-                Some(libc::ENODEV) => return Ok(SessionEnd::Disconnected),
-                // The kernel dropped the request between poll and read (interrupted caller).
-                Some(libc::ENOENT) => continue,
-                _ => return Err(e),
-            },
-        };
-        let msg = &buf[..n];
-        match handler.lane(msg) {
-            Lane::Inline => send(&chan, handler.handle_guarded(msg)),
-            Lane::User(uid) => {
-                let c = chan.clone();
-                if !submit_user(&pools, &handler, uid, msg, move |reply| send(&c, reply)) {
-                    send(&chan, Handler::refuse(msg, Errno::ENOMEM));
-                }
-            }
-        }
-    }
+    let readers = Arc::new(Readers::start(chan, handler, pools)?);
+    let end = tokio::select! {
+        // A dropped sender stops the session too.
+        _ = stop.wait_for(|s| *s) => Ok(SessionEnd::Stopped),
+        end = readers.ended() => end,
+    };
+    // The readers left after a disconnect end on their own; stop them all the same.
+    let r = readers.clone();
+    tokio::task::spawn_blocking(move || r.stop())
+        .await
+        .map_err(io::Error::other)?;
+    end
 }
 
-/// Queues a [`Lane::User`] message on the request pool; `answer` gets its reply on the worker.
+/// Queues a [`Lane::User`](super::handler::Lane::User) message on the request pool; `answer` gets its reply on the worker.
 /// False when the user's share of the queue is full: the caller answers ENOMEM at once.
 pub fn submit_user(
     pools: &Pools,

@@ -23,7 +23,9 @@
 //! queue. Entries cannot be unregistered; a queue keeps the ones it grew until the connection ends.
 //!
 //! Requests of the inline lane are answered on the queue thread. Requests that may block
-//! ([`Lane::User`]) go to the transport's worker pool, exactly as from /dev/fuse; the worker posts
+//! ([`Lane::User`]) go to the transport's worker pool (unlike /dev/fuse, whose readers handle them
+//! in place: a queue thread that waits on a caller would stall every other request of its CPU,
+//! and no other thread may enter its ring to take over); the worker posts
 //! the reply to the queue's mailbox (a list under a mutex plus an eventfd the ring reads), and the
 //! queue thread commits it. So only the queue thread ever touches its ring: no lock around the
 //! submission queue on the hot inline path, and no second thread entering a ring that another is
