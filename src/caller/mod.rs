@@ -14,6 +14,7 @@
 pub mod context_query;
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod files;
 pub mod identity;
 mod process;
 pub mod shared;

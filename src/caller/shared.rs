@@ -270,7 +270,7 @@ fn vma_mapping(
     if let Some(m) = cache.get(&key) {
         return Ok((key, m));
     }
-    if !crate::iopt::source::dev_is_pinnable(vma.dev, handle.tgid()) {
+    if !super::files::dev_is_pinnable(vma.dev, handle.tgid()) {
         return Err(Ok(Unshareable::FileKind { start, end }));
     }
     // The cache lock is held across the opens and the mmap: they concern only the daemon's /proc
@@ -301,11 +301,11 @@ fn vma_mapping(
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| Err(Errno::from_raw(e.raw_os_error())))?;
-    let info = crate::iopt::source::inspect_file(fd.as_fd(), handle.tgid()).map_err(Err)?;
+    let info = super::files::inspect_file(fd.as_fd(), handle.tgid()).map_err(Err)?;
     if info.dev() != vma.dev || info.inode() != vma.inode {
         return Err(Err(Errno::EFAULT));
     }
-    use crate::iopt::source::FileKind;
+    use super::files::FileKind;
     if !matches!(info.kind, FileKind::Shmem | FileKind::Hugetlb(_)) {
         return Err(Ok(Unshareable::FileKind { start, end }));
     }

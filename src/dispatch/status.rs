@@ -8,7 +8,8 @@ impl Daemon {
     /// A human- and machine-readable snapshot: contexts (owner, objects per type, whether the
     /// context's file is still open), pinned pages (in all, and charged to each owning user in
     /// user accounting mode), the daemon's mappings of clients' memory, devices. The FUSE `status`
-    /// file and the control socket (`uiommufd status`) serve it.
+    /// file and the control socket (`uiommufd status`) serve it, with the transport's part added
+    /// by the transport (`transport::with_transport_status`).
     pub fn status_json(&self) -> String {
         // Copied out first: a context's file state has its own lock, not taken under this one.
         let registered: Vec<_> = self
@@ -53,9 +54,6 @@ impl Daemon {
             "pinned_pages": self.ledger().pins.pinned_total(),
             "memlock_pages_per_user": per_user,
             "live_mappings": crate::caller::shared::live_mappings(),
-            "fuse_channel": crate::transport::fuse_channel(),
-            "io_uring_requests": crate::transport::uring::ring_requests(),
-            "io_uring_extra_entries": crate::transport::uring::extra_entries(),
             "devices": self.devices,
             "device_detail": self.device_bindings.get().map_or_else(Vec::new, |f| {
                 f().into_iter()

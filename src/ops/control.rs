@@ -263,7 +263,9 @@ async fn answer(mut stream: tokio::net::UnixStream, service: Arc<dyn Service>) -
     let reply = match request {
         Ok(req) => {
             // The snapshot takes the daemon's locks: off the async workers.
-            let json = tokio::task::spawn_blocking(move || service.status())
+            let json = tokio::task::spawn_blocking(move || {
+                crate::transport::with_transport_status(service.status())
+            })
                 .await
                 .map_err(io::Error::other)?;
             match req {

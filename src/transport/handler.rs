@@ -7,6 +7,7 @@
 
 use super::tree::{self, Node, Tree};
 use super::wire::{self, opcode, Request, WireError};
+use super::with_transport_status;
 use crate::caller::{CallerMemory, ProcessMemory};
 use crate::service::{NodeKind, OpenFile, Service};
 use nix::errno::Errno;
@@ -485,7 +486,7 @@ impl Handler {
                 if o.flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32 {
                     return Err(Errno::EACCES);
                 }
-                Handle::Status(self.service.status().into_bytes().into())
+                Handle::Status(with_transport_status(self.service.status()).into_bytes().into())
             }
             Node::Service(kind) => Handle::File(self.service.open_from(
                 &kind,

@@ -108,6 +108,18 @@ pub fn fuse_channel() -> &'static str {
     }
 }
 
+/// The daemon's status (JSON, from [`Service::status`]) with the transport's part added: the
+/// channel in use and the io_uring counters. Unchanged when it is not a JSON object.
+pub fn with_transport_status(status: String) -> String {
+    let Ok(serde_json::Value::Object(mut map)) = serde_json::from_str(&status) else {
+        return status;
+    };
+    map.insert("fuse_channel".into(), fuse_channel().into());
+    map.insert("io_uring_requests".into(), uring::ring_requests().into());
+    map.insert("io_uring_extra_entries".into(), uring::extra_entries().into());
+    serde_json::Value::Object(map).to_string()
+}
+
 /// Options of `uiommufd serve` that concern the transport.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TransportOptions {
