@@ -38,7 +38,12 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The top-level module a file of `src/` belongs to (`src/iopt/mod.rs` → iopt).
 fn module_of(src: &Path, file: &Path) -> String {
     let rel = file.strip_prefix(src).unwrap();
-    let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
     first.trim_end_matches(".rs").to_string()
 }
 
@@ -61,23 +66,25 @@ fn named_modules(text: &str) -> BTreeSet<String> {
     while let Some(at) = rest.find("crate::") {
         rest = &rest[at + "crate::".len()..];
         if let Some(group) = rest.strip_prefix('{') {
-            let end = group.find('}').unwrap_or(group.len());
-            // Top-level items of the group: split at commas outside nested braces.
+            // Top-level items of the group: split at commas outside nested braces, up to the
+            // brace that closes it.
             let mut depth = 0;
             let mut start = 0;
-            let body = &group[..end];
-            for (i, ch) in body.char_indices() {
+            for (i, ch) in group.char_indices() {
                 match ch {
                     '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        out.insert(ident(group[start..i].trim()));
+                        break;
+                    }
                     '}' => depth -= 1,
                     ',' if depth == 0 => {
-                        out.insert(ident(body[start..i].trim()));
+                        out.insert(ident(group[start..i].trim()));
                         start = i + 1;
                     }
                     _ => {}
                 }
             }
-            out.insert(ident(body[start..].trim()));
         } else {
             out.insert(ident(rest));
         }

@@ -7,7 +7,7 @@ mod support;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use support::{ioas_alloc, ioctl, test_cmd, DaemonProcess, StalledPage};
 use uiommufd_uapi::iommufd::*;
 use uiommufd_uapi::selftest::IOMMU_TEST_OP_MOCK_DOMAIN;
@@ -33,7 +33,12 @@ fn serve_zero_page(stall: &StalledPage) {
     // SAFETY: UFFDIO_ZEROPAGE reads the range and mode and writes the result word of the live
     // local array.
     let rc = unsafe { libc::ioctl(stall.uffd.as_raw_fd(), UFFDIO_ZEROPAGE, zp.as_mut_ptr()) };
-    assert_eq!(rc, 0, "UFFDIO_ZEROPAGE: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "UFFDIO_ZEROPAGE: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 #[test]
@@ -66,21 +71,33 @@ fn iova_ranges_is_answered_while_a_map_waits_on_its_caller() {
     };
     // The daemon's pin touched the page: the map is waiting in it.
     assert!(wait_for_fault(&stall), "the map never touched its page");
-    let t0 = Instant::now();
-    let mut ranges = iommu_ioas_iova_ranges {
-        size: std::mem::size_of::<iommu_ioas_iova_ranges>() as u32,
-        ioas_id: ioas,
-        ..Default::default()
-    };
-    // num_iovas 0 asks for the count: EMSGSIZE with out fields set, as the kernel.
-    let r = ioctl(&f, IOMMU_IOAS_IOVA_RANGES, &mut ranges);
-    let took = t0.elapsed();
-    assert!(
-        !mapped.load(Ordering::SeqCst),
-        "the map ended before the page arrived"
-    );
+    // The second call runs on a thread of its own so that, should it wait for the map, the
+    // test serves the page after a deadline and fails instead of hanging.
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let f = f.clone();
+        std::thread::spawn(move || {
+            let mut ranges = iommu_ioas_iova_ranges {
+                size: std::mem::size_of::<iommu_ioas_iova_ranges>() as u32,
+                ioas_id: ioas,
+                ..Default::default()
+            };
+            let t0 = Instant::now();
+            // num_iovas 0 asks for the count: EMSGSIZE with out fields set, as the kernel.
+            let r = ioctl(&f, IOMMU_IOAS_IOVA_RANGES, &mut ranges);
+            let _ = tx.send((r, ranges.num_iovas, t0.elapsed()));
+        });
+    }
+    let answer = rx.recv_timeout(Duration::from_secs(20));
+    let map_done_first = mapped.load(Ordering::SeqCst);
+    if answer.is_err() {
+        serve_zero_page(&stall);
+        panic!("IOAS_IOVA_RANGES waited for the map that waits on its caller");
+    }
+    let (r, num_iovas, took) = answer.unwrap();
+    assert!(!map_done_first, "the map ended before the page arrived");
     assert_eq!(r, Err(libc::EMSGSIZE));
-    assert!(ranges.num_iovas >= 1, "no allowed ranges reported");
+    assert!(num_iovas >= 1, "no allowed ranges reported");
     println!("IOAS_IOVA_RANGES while a map of the same IOAS waits on its caller: {took:?}");
     serve_zero_page(&stall);
     let iova = mapper.join().unwrap().expect("the map completes");

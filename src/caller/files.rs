@@ -23,7 +23,7 @@ pub enum FileKind {
 pub struct FileKey {
     dev: (u32, u32),
     ino: u64,
-    writable: bool,
+    pub writable: bool,
 }
 
 /// What IOAS_MAP_FILE learns about a client's file, without any call a FUSE server could stall
@@ -165,4 +165,3 @@ fn kind_of_dev(dev: (u32, u32), caller_pid: i32, blksize: u64) -> FileKind {
     }
     FileKind::Unsupported
 }
-

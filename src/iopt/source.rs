@@ -8,7 +8,7 @@ use crate::caller::ProcessHandle;
 use crate::sys::mem::Mapping;
 use nix::errno::Errno;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
 /// Physical address of each page in `[vaddr, vaddr + count * PAGE_SIZE)` of `pid`, from its pagemap.

@@ -266,8 +266,8 @@ async fn answer(mut stream: tokio::net::UnixStream, service: Arc<dyn Service>) -
             let json = tokio::task::spawn_blocking(move || {
                 crate::transport::with_transport_status(service.status())
             })
-                .await
-                .map_err(io::Error::other)?;
+            .await
+            .map_err(io::Error::other)?;
             match req {
                 Request::StatusJson => json,
                 Request::Status => render_table(&json),

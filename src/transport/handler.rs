@@ -486,7 +486,11 @@ impl Handler {
                 if o.flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32 {
                     return Err(Errno::EACCES);
                 }
-                Handle::Status(with_transport_status(self.service.status()).into_bytes().into())
+                Handle::Status(
+                    with_transport_status(self.service.status())
+                        .into_bytes()
+                        .into(),
+                )
             }
             Node::Service(kind) => Handle::File(self.service.open_from(
                 &kind,

@@ -116,7 +116,10 @@ pub fn with_transport_status(status: String) -> String {
     };
     map.insert("fuse_channel".into(), fuse_channel().into());
     map.insert("io_uring_requests".into(), uring::ring_requests().into());
-    map.insert("io_uring_extra_entries".into(), uring::extra_entries().into());
+    map.insert(
+        "io_uring_extra_entries".into(),
+        uring::extra_entries().into(),
+    );
     serde_json::Value::Object(map).to_string()
 }
 
