@@ -313,7 +313,11 @@ impl SharedFile {
         };
         // Populating only faults pages in (a page past the end of the file is EFAULT here, never
         // a signal).
-        match map.advise(delta, len as usize, advice) {
+        let advised = map.advise(delta, len as usize, advice);
+        if let Err(e) = advised {
+            tracing::debug!(%e, off, len, write, "populating a file window failed");
+        }
+        match advised {
             Ok(()) => {}
             // Truncated between the size check and the populate, or no page to be had (a
             // hugetlbfs file without free huge pages).
@@ -324,7 +328,9 @@ impl SharedFile {
             Err(Errno::ENOMEM) => return Err(Errno::ENOMEM),
             Err(_) => return Err(Errno::EFAULT),
         }
-        pagemap_paddrs("self", addr as u64, count)
+        pagemap_paddrs("self", addr as u64, count).inspect_err(|e| {
+            tracing::debug!(%e, off, count, "a populated file window has pages missing in pagemap");
+        })
     }
 
     fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<(), Errno> {

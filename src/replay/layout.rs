@@ -75,6 +75,15 @@ const TEST_OPS: &[(&str, u32, PayloadFields)] = &[
         &[("pt_id", 0, 4, Role::Id)],
     ),
     (
+        "IOMMU_TEST_OP_MD_CHECK_MAP",
+        IOMMU_TEST_OP_MD_CHECK_MAP,
+        &[
+            ("iova", 0, 8, Role::Iova),
+            ("length", 8, 8, Role::Int),
+            ("uptr", 16, 8, Role::Ptr { len: "length" }),
+        ],
+    ),
+    (
         "IOMMU_TEST_OP_MD_CHECK_REFS",
         IOMMU_TEST_OP_MD_CHECK_REFS,
         &[
