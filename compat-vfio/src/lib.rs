@@ -15,6 +15,8 @@
 
 // Operations on the host trait only: no system call, so no unsafe.
 #![forbid(unsafe_code)]
+// Narrowing is explicit: `try_from` with the kernel's errno.
+#![deny(clippy::cast_possible_truncation)]
 
 use nix::errno::Errno;
 use uiommufd_uapi::vfio::{
@@ -250,6 +252,9 @@ fn get_info(host: &dyn CompatHost, arg: u64) -> Result<(), Errno> {
     // only when it fits whole in argsz, and a capability's `next` only when argsz reaches the
     // following one's start. The caller learns the size of the whole chain from argsz.
     let argsz = u64::from(info.argsz);
+    // The chain's offsets and size are u32 words: a chain past 4 GiB (hundreds of millions of
+    // IOVA ranges) is EOVERFLOW rather than a wrapped size.
+    let to_u32 = |v: u64| u32::try_from(v).map_err(|_| Errno::EOVERFLOW);
     let info_size = size_of::<vfio_iommu_type1_info>() as u64;
     let mut total = info_size;
     let mut last_cap: Option<u64> = None;
@@ -265,7 +270,7 @@ fn get_info(host: &dyn CompatHost, arg: u64) -> Result<(), Errno> {
             if argsz >= total {
                 host.write(
                     last.wrapping_add(CAP_NEXT_OFFSET),
-                    &(total as u32).to_ne_bytes(),
+                    &to_u32(total)?.to_ne_bytes(),
                 )?;
             }
         }
@@ -274,9 +279,9 @@ fn get_info(host: &dyn CompatHost, arg: u64) -> Result<(), Errno> {
     }
 
     if argsz >= total {
-        info.cap_offset = info_size as u32;
+        info.cap_offset = to_u32(info_size)?;
     }
-    info.argsz = total as u32;
+    info.argsz = to_u32(total)?;
     info.flags |= VFIO_IOMMU_INFO_CAPS;
     host.write(arg, &info.as_bytes()[..copy_len])
 }
