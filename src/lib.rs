@@ -6,7 +6,8 @@
 //! `iopt` (the io_pagetable: areas, allowed/reserved ranges, IOVA allocation, pin accounting) →
 //! `backends` (mock domain) and `devices` (emulated VFIO PCI devices). `ops`: host-daemon commands beside
 //! `serve` (`doctor`). `sys`, beneath them all: every raw system call, each behind a safe wrapper
-//! saying why it is sound.
+//! saying why it is sound. `narrow`, beneath everything: the integer narrowings that cannot lose
+//! bits.
 
 // Raw system calls live in `sys` (each with its SAFETY); `transport` is still to move there.
 #![deny(unsafe_code)]

@@ -236,6 +236,12 @@ fn fill_cap_iova(host: &dyn CompatHost, ioas: u32, cur: u64, avail: u64) -> Resu
     Ok(size)
 }
 
+/// An offset or size of the info's capability chain as its u32 word: a chain past 4 GiB
+/// (hundreds of millions of IOVA ranges) is EOVERFLOW rather than a wrapped size.
+fn chain_word(v: u64) -> Result<u32, Errno> {
+    u32::try_from(v).map_err(|_| Errno::EOVERFLOW)
+}
+
 fn get_info(host: &dyn CompatHost, arg: u64) -> Result<(), Errno> {
     let mut info: vfio_iommu_type1_info = read_prefix(host, arg, INFO_MINSZ)?;
     if (info.argsz as usize) < INFO_MINSZ {
@@ -252,9 +258,6 @@ fn get_info(host: &dyn CompatHost, arg: u64) -> Result<(), Errno> {
     // only when it fits whole in argsz, and a capability's `next` only when argsz reaches the
     // following one's start. The caller learns the size of the whole chain from argsz.
     let argsz = u64::from(info.argsz);
-    // The chain's offsets and size are u32 words: a chain past 4 GiB (hundreds of millions of
-    // IOVA ranges) is EOVERFLOW rather than a wrapped size.
-    let to_u32 = |v: u64| u32::try_from(v).map_err(|_| Errno::EOVERFLOW);
     let info_size = size_of::<vfio_iommu_type1_info>() as u64;
     let mut total = info_size;
     let mut last_cap: Option<u64> = None;
@@ -270,7 +273,7 @@ fn get_info(host: &dyn CompatHost, arg: u64) -> Result<(), Errno> {
             if argsz >= total {
                 host.write(
                     last.wrapping_add(CAP_NEXT_OFFSET),
-                    &to_u32(total)?.to_ne_bytes(),
+                    &chain_word(total)?.to_ne_bytes(),
                 )?;
             }
         }
@@ -279,9 +282,9 @@ fn get_info(host: &dyn CompatHost, arg: u64) -> Result<(), Errno> {
     }
 
     if argsz >= total {
-        info.cap_offset = to_u32(info_size)?;
+        info.cap_offset = chain_word(info_size)?;
     }
-    info.argsz = to_u32(total)?;
+    info.argsz = chain_word(total)?;
     info.flags |= VFIO_IOMMU_INFO_CAPS;
     host.write(arg, &info.as_bytes()[..copy_len])
 }
@@ -333,4 +336,18 @@ fn unmap_dma(host: &dyn CompatHost, arg: u64) -> Result<(), Errno> {
     unmap.size = unmapped;
     host.write(arg, &unmap.as_bytes()[..UNMAP_MINSZ])?;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_past_4_gib_is_eoverflow_not_a_wrapped_size() {
+        let total = u64::from(u32::MAX) + 1 + 24;
+        // The plain `as u32` this replaces would have told the caller 24 bytes.
+        assert_eq!(total % (1 << 32), 24);
+        assert_eq!(chain_word(total), Err(Errno::EOVERFLOW));
+        assert_eq!(chain_word(u64::from(u32::MAX)), Ok(u32::MAX));
+    }
 }
