@@ -15,7 +15,7 @@
 
 use super::notification::{target_fd, Notification, Reply, ADDFD_FLAG_SETFD};
 use crate::caller::{CallerMemory, ProcessMemory};
-use crate::narrow::low_u32;
+use crate::narrow::{low_u32, struct_size};
 use nix::errno::Errno;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use std::io::IoSlice;
@@ -200,20 +200,17 @@ pub fn attach_detach(n: &Notification<'_>) -> Reply {
     let arg = n.args[2];
     // Both structs are 16 bytes at most (attach: argsz, flags, pt_id, pasid).
     let mut buf = [0u8; 16];
-    let len = if cmd == VFIO_DEVICE_ATTACH_IOMMUFD_PT {
-        size_of::<vfio_device_attach_iommufd_pt>()
+    let struct_len = if cmd == VFIO_DEVICE_ATTACH_IOMMUFD_PT {
+        struct_size::<vfio_device_attach_iommufd_pt>()
     } else {
-        size_of::<vfio_device_detach_iommufd_pt>()
+        struct_size::<vfio_device_detach_iommufd_pt>()
     };
+    let len = struct_len as usize;
     if mem.read(arg, &mut buf[..len]).is_err() {
         return Reply::Error(Errno::EFAULT);
     }
     let argsz = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
-    buf[..4].copy_from_slice(
-        &argsz
-            .min(u32::try_from(len).unwrap_or(u32::MAX))
-            .to_ne_bytes(),
-    );
+    buf[..4].copy_from_slice(&argsz.min(struct_len).to_ne_bytes());
     let rc = match crate::sys::ioctl::ioctl_vec(node.as_fd(), cmd, buf[..len].to_vec()) {
         Ok((rc, out)) => {
             buf[..len].copy_from_slice(&out);
