@@ -1,3 +1,6 @@
+// As the library: narrowing is explicit (`try_from` with an errno, or `uiommufd::narrow`).
+#![deny(clippy::cast_possible_truncation)]
+
 use clap::{CommandFactory, Parser, Subcommand};
 use std::sync::Arc;
 use uiommufd::dispatch::DaemonService;

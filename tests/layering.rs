@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 /// Top to bottom: a module may name modules of its own layer and of the layers below it.
 /// `service` is the interface between the transport and what serves it; `caller` (the caller's
 /// memory, fds and identity) and `sys` are foundations every layer uses; `ratelimit` gives the
-/// logging macros.
+/// logging macros; `narrow` the lossless integer conversions.
 const LAYERS: &[&str] = &[
     "transport",
     "dispatch",
@@ -19,6 +19,7 @@ const LAYERS: &[&str] = &[
     "caller",
     "sys",
     "ratelimit",
+    "narrow",
 ];
 
 /// Built on the layers: they may name anything; no layer names them.

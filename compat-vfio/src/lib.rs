@@ -15,6 +15,8 @@
 
 // Operations on the host trait only: no system call, so no unsafe.
 #![forbid(unsafe_code)]
+// Narrowing is explicit: `try_from` with the kernel's errno.
+#![deny(clippy::cast_possible_truncation)]
 
 use nix::errno::Errno;
 use uiommufd_uapi::vfio::{
@@ -234,6 +236,12 @@ fn fill_cap_iova(host: &dyn CompatHost, ioas: u32, cur: u64, avail: u64) -> Resu
     Ok(size)
 }
 
+/// An offset or size of the info's capability chain as its u32 word: a chain past 4 GiB
+/// (hundreds of millions of IOVA ranges) is EOVERFLOW rather than a wrapped size.
+fn chain_word(v: u64) -> Result<u32, Errno> {
+    u32::try_from(v).map_err(|_| Errno::EOVERFLOW)
+}
+
 fn get_info(host: &dyn CompatHost, arg: u64) -> Result<(), Errno> {
     let mut info: vfio_iommu_type1_info = read_prefix(host, arg, INFO_MINSZ)?;
     if (info.argsz as usize) < INFO_MINSZ {
@@ -265,7 +273,7 @@ fn get_info(host: &dyn CompatHost, arg: u64) -> Result<(), Errno> {
             if argsz >= total {
                 host.write(
                     last.wrapping_add(CAP_NEXT_OFFSET),
-                    &(total as u32).to_ne_bytes(),
+                    &chain_word(total)?.to_ne_bytes(),
                 )?;
             }
         }
@@ -274,9 +282,9 @@ fn get_info(host: &dyn CompatHost, arg: u64) -> Result<(), Errno> {
     }
 
     if argsz >= total {
-        info.cap_offset = info_size as u32;
+        info.cap_offset = chain_word(info_size)?;
     }
-    info.argsz = total as u32;
+    info.argsz = chain_word(total)?;
     info.flags |= VFIO_IOMMU_INFO_CAPS;
     host.write(arg, &info.as_bytes()[..copy_len])
 }
@@ -328,4 +336,18 @@ fn unmap_dma(host: &dyn CompatHost, arg: u64) -> Result<(), Errno> {
     unmap.size = unmapped;
     host.write(arg, &unmap.as_bytes()[..UNMAP_MINSZ])?;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_past_4_gib_is_eoverflow_not_a_wrapped_size() {
+        let total = u64::from(u32::MAX) + 1 + 24;
+        // The plain `as u32` this replaces would have told the caller 24 bytes.
+        assert_eq!(total % (1 << 32), 24);
+        assert_eq!(chain_word(total), Err(Errno::EOVERFLOW));
+        assert_eq!(chain_word(u64::from(u32::MAX)), Ok(u32::MAX));
+    }
 }

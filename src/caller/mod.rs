@@ -23,6 +23,7 @@ pub mod subids;
 pub use identity::{Credentials, ProcessHandle, ProcessHandles};
 pub use process::{vm_read, vm_write, ProcessMemory};
 
+use crate::narrow::usize_from;
 use nix::errno::Errno;
 use std::os::fd::OwnedFd;
 
@@ -76,12 +77,12 @@ pub fn write_struct<T: zerocopy::IntoBytes + zerocopy::Immutable>(
 /// one), so a non-zero byte before a hole is E2BIG.
 pub fn check_zeroed(mem: &dyn CallerMemory, addr: u64, len: u64) -> Result<(), Errno> {
     const CHUNK: u64 = 4096;
-    let mut chunk = [0u8; CHUNK as usize];
+    let mut chunk = [0u8; usize_from(CHUNK)];
     let mut at = addr;
     let end = addr.checked_add(len).ok_or(Errno::EFAULT)?;
     while at < end {
         let n = ((at / CHUNK + 1) * CHUNK).min(end) - at;
-        let part = &mut chunk[..n as usize];
+        let part = &mut chunk[..usize_from(n)];
         mem.read(at, part)?;
         if part.iter().any(|&b| b != 0) {
             return Err(Errno::E2BIG);
@@ -115,6 +116,10 @@ pub const CAP_SYS_RAWIO: u32 = 17;
 pub const CAP_SYS_RESOURCE: u32 = 24;
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod tests {
     use super::fake::FakeMemory;
     use super::*;

@@ -1,6 +1,7 @@
 //! process_vm_readv/writev + pidfd_getfd on a caller's thread id.
 
 use super::{CallerMemory, Credentials};
+use crate::narrow::usize_from;
 use nix::errno::Errno;
 use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
 use nix::unistd::Pid;
@@ -82,7 +83,7 @@ fn in_chunks(
     while done < len {
         let n = (len - done).min(MAX_CHUNK);
         let base = addr.checked_add(done as u64).ok_or(Errno::EFAULT)?;
-        match op(base as usize, done..done + n) {
+        match op(usize_from(base), done..done + n) {
             Ok(0) => return Err(Errno::EFAULT),
             Ok(moved) => done += moved,
             Err(Errno::ESRCH) => return Err(Errno::ESRCH),

@@ -26,8 +26,9 @@ pub const PCI_BAR0: usize = 0x10;
 pub const PCI_CAP_PTR: usize = 0x34;
 pub const PCI_INTERRUPT_LINE: usize = 0x3c;
 pub const PCI_INTERRUPT_PIN: usize = 0x3d;
-/// Offset of the MSI capability.
-pub const MSI_CAP: usize = 0x50;
+/// Offset of the MSI capability (the capability pointer is a byte).
+const MSI_CAP_PTR: u8 = 0x50;
+pub const MSI_CAP: usize = MSI_CAP_PTR as usize;
 
 pub const COMMAND_IO: u16 = 1 << 0;
 pub const COMMAND_MEMORY: u16 = 1 << 1;
@@ -74,7 +75,7 @@ impl Config {
         c.wmask[PCI_BAR0..PCI_BAR0 + 4].copy_from_slice(&bar_mask.to_le_bytes());
         c.set16(0x2c, SUBSYSTEM_VENDOR_ID);
         c.set16(0x2e, SUBSYSTEM_ID);
-        c.data[PCI_CAP_PTR] = MSI_CAP as u8;
+        c.data[PCI_CAP_PTR] = MSI_CAP_PTR;
         c.wmask[PCI_INTERRUPT_LINE] = 0xff;
         c.data[PCI_INTERRUPT_PIN] = 1; // INTA#
         c.data[MSI_CAP] = CAP_ID_MSI;
@@ -102,7 +103,8 @@ impl Config {
             let pos = off + i;
             *b = self.data.get(pos).copied().unwrap_or(0);
             if pos == PCI_STATUS && intx_asserted {
-                *b |= STATUS_INTERRUPT as u8;
+                // The bit sits in the register's low byte (PCI config space is little-endian).
+                *b |= STATUS_INTERRUPT.to_le_bytes()[0];
             }
         }
     }

@@ -420,7 +420,7 @@ impl OpenFile for DmaCopyFile {
         } else {
             self.bar_write(within, &data[..n]);
         }
-        Ok(n as u32)
+        u32::try_from(n).map_err(|_| Errno::EOVERFLOW)
     }
 
     fn release(&self) {

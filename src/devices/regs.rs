@@ -17,6 +17,7 @@
 //! disabled) it sets the error bit and writes nothing. Every completion sets done and raises the
 //! device's interrupt.
 
+use crate::narrow::{low_u32, usize_from};
 use nix::errno::Errno;
 
 pub const REG_ID: usize = 0x00;
@@ -62,9 +63,9 @@ impl Regs {
         let mut put = |off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_le_bytes());
         put(REG_ID, ID_VALUE);
         put(REG_STATUS, self.status);
-        put(REG_SRC_LO, self.src as u32);
+        put(REG_SRC_LO, low_u32(self.src));
         put(REG_SRC_HI, (self.src >> 32) as u32);
-        put(REG_DST_LO, self.dst as u32);
+        put(REG_DST_LO, low_u32(self.dst));
         put(REG_DST_HI, (self.dst >> 32) as u32);
         put(REG_LEN, self.len);
         put(REG_CMD, 0);
@@ -127,14 +128,14 @@ fn copy(dma: &dyn Dma, src: u64, dst: u64, len: u64) -> bool {
     if !dma.check(src, len, false) || !dma.check(dst, len, true) {
         return false;
     }
-    let mut buf = vec![0u8; (len as usize).min(CHUNK)];
+    let mut buf = vec![0u8; usize_from(len).min(CHUNK)];
     let mut done = 0u64;
     // Overlapping ranges copy as memmove does: backwards when the destination is above the source.
     let backwards = dst > src && dst - src < len;
     while done < len {
         let n = (len - done).min(CHUNK as u64);
         let off = if backwards { len - done - n } else { done };
-        let chunk = &mut buf[..n as usize];
+        let chunk = &mut buf[..usize_from(n)];
         if dma.read(src + off, chunk).is_err() {
             return false;
         }
@@ -147,6 +148,10 @@ fn copy(dma: &dyn Dma, src: u64, dst: u64, len: u64) -> bool {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod tests {
     use super::*;
     use std::cell::RefCell;

@@ -20,6 +20,7 @@ use crate::backends::vfio::VfioDomain;
 use crate::backends::Domain;
 use crate::caller::context_query::ClientDup;
 use crate::caller::CallerMemory;
+use crate::narrow::struct_size;
 use crate::objects::{Context, Device, DeviceBackend};
 use crate::service::OpenFile;
 use crate::sys::vfio;
@@ -148,7 +149,7 @@ impl VfioPci {
         }
         for index in 0..self.host.info.num_irqs.min(VFIO_PCI_NUM_IRQS) {
             let mut set = vfio_irq_set {
-                argsz: size_of::<vfio_irq_set>() as u32,
+                argsz: struct_size::<vfio_irq_set>(),
                 flags: VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
                 index,
                 start: 0,
@@ -315,7 +316,11 @@ impl VfioPciFile {
         let argsz = (u32::from_ne_bytes(w) as usize).clamp(4, MAX_ARGSZ);
         let mut buf = vec![0u8; argsz];
         mem.read(arg, &mut buf)?;
-        buf[..4].copy_from_slice(&(argsz as u32).to_ne_bytes());
+        // Clamped to MAX_ARGSZ just above: it fits.
+        let argsz_word = u32::try_from(argsz)
+            .map_err(|_| Errno::EINVAL)?
+            .to_ne_bytes();
+        buf[..4].copy_from_slice(&argsz_word);
         let rc = vfio::ioctl_buf(self.dev.dev_fd()?.as_fd(), cmd, &mut buf);
         // ENOSPC still carries an answer (GET_PCI_HOT_RESET_INFO's count).
         if let Err(e) = rc {
@@ -326,7 +331,7 @@ impl VfioPciFile {
         fix(&mut buf);
         // The kernel's argsz stands when it asks for more room; where it left the word alone,
         // the caller gets its own (clamped only when too big to be a real struct) back.
-        if buf[..4] == (argsz as u32).to_ne_bytes() {
+        if buf[..4] == argsz_word {
             buf[..4].copy_from_slice(&w);
         }
         mem.write(arg, &buf)?;
@@ -345,7 +350,7 @@ impl VfioPciFile {
             return Err(Errno::EINVAL);
         }
         let mut info = vfio_irq_info {
-            argsz: size_of::<vfio_irq_info>() as u32,
+            argsz: struct_size::<vfio_irq_info>(),
             index: hdr.index,
             ..Default::default()
         };
@@ -400,7 +405,8 @@ impl VfioPciFile {
             }
         }
         let mut buf = Vec::with_capacity(MINSZ + data_size);
-        hdr.argsz = (MINSZ + data_size) as u32;
+        // No larger than the caller's argsz (checked above) when there is data.
+        hdr.argsz = u32::try_from(MINSZ + data_size).map_err(|_| Errno::EINVAL)?;
         buf.extend_from_slice(zerocopy::IntoBytes::as_bytes(&hdr));
         buf.extend_from_slice(&data);
         let rc = vfio::ioctl_buf(fd.as_fd(), VFIO_DEVICE_SET_IRQS, &mut buf)?;
@@ -504,7 +510,7 @@ impl OpenFile for VfioPciFile {
             &data[..data.len().min(MAX_RW)],
             off,
         )?;
-        Ok(n as u32)
+        u32::try_from(n).map_err(|_| Errno::EOVERFLOW)
     }
 
     fn release(&self) {

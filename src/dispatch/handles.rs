@@ -290,7 +290,9 @@ impl Handle {
     /// write() on the handle's fd.
     pub fn write(&self, data: &[u8]) -> Result<u32, Errno> {
         match &self.object {
-            HandleObject::Fault(q) => q.write(data).map(|n| n as u32),
+            HandleObject::Fault(q) => q
+                .write(data)
+                .and_then(|n| u32::try_from(n).map_err(|_| Errno::EOVERFLOW)),
             HandleObject::Access(_) | HandleObject::Dmabuf(_) | HandleObject::Veventq(_) => {
                 Err(Errno::EINVAL)
             }

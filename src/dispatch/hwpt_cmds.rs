@@ -6,6 +6,7 @@
 //! ([`Domain`](crate::backends::Domain), [`NestedDomain`](crate::objects::NestedDomain)).
 
 use super::ucmd::Ucmd;
+use crate::narrow::usize_from;
 use crate::objects::{hwpt::HwptNested, HwptPaging, Object, UserArray, UserData};
 use nix::errno::Errno;
 use std::collections::BTreeMap;
@@ -130,7 +131,7 @@ pub fn get_hw_info(u: &Ucmd) -> Result<(), Errno> {
     let zeros = vec![0u8; left.min(4096) as usize];
     while left > 0 {
         let n = left.min(zeros.len() as u64);
-        u.mem.write(at, &zeros[..n as usize])?;
+        u.mem.write(at, &zeros[..usize_from(n)])?;
         at += n;
         left -= n;
     }
@@ -270,6 +271,10 @@ pub fn hwpt_invalidate(u: &Ucmd) -> Result<(), Errno> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod tests {
     use super::*;
     use crate::backends::Domain;

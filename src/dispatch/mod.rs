@@ -3,8 +3,16 @@
 pub mod daemon;
 pub mod extensions;
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod fail_nth;
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod fuzz;
 pub mod handles;
 #[cfg(test)]
@@ -16,6 +24,10 @@ pub mod selftest;
 mod status;
 pub mod table;
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod tests;
 pub mod ucmd;
 pub mod viommu_cmds;

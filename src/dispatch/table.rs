@@ -258,6 +258,10 @@ pub fn execute(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod tests {
     use super::*;
     use crate::caller::fake::FakeMemory;

@@ -80,6 +80,10 @@ impl<'a> Ucmd<'a> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod tests {
     use super::*;
     use crate::caller::fake::FakeMemory;

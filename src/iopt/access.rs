@@ -2,6 +2,7 @@
 //! copy through an IOAS by IOVA, without a domain.
 
 use super::{checked_last, IoPagetable, PAGE_SIZE};
+use crate::narrow::usize_from;
 use nix::errno::Errno;
 
 impl IoPagetable {
@@ -169,7 +170,7 @@ impl IoPagetable {
                 return Err(Errno::EINVAL);
             }
             let end = last.min(area.last);
-            let n = (end - cur + 1) as usize;
+            let n = usize_from(end - cur + 1);
             let off = area.start_byte_of(cur);
             let chunk = &mut buf[done..done + n];
             if write {

@@ -46,6 +46,10 @@ mod pin_runs;
 pub mod source;
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod tests;
 
 use crate::backends::{Backing, Domain, Prot};

@@ -5,6 +5,7 @@
 //! guest's memory costs the daemon a few runs of bookkeeping, not tens of bytes per page. Frames
 //! (physical addresses) are stored only for runs pinned for a domain that needs them.
 
+use crate::narrow::usize_from;
 use std::collections::BTreeMap;
 
 /// Pages `[start, start + len)` of one run.
@@ -100,7 +101,10 @@ impl PinRuns {
             return;
         }
         let mut head = r;
-        let tail_paddrs = head.paddrs.as_mut().map(|p| p.split_off((at - s) as usize));
+        let tail_paddrs = head
+            .paddrs
+            .as_mut()
+            .map(|p| p.split_off(usize_from(at - s)));
         let tail = Run {
             len: s + head.len - at,
             users: head.users,
@@ -177,11 +181,11 @@ impl PinRuns {
             r.users += 1;
         }
         let out = want_frames.then(|| {
-            let mut v = Vec::with_capacity((last - first + 1) as usize);
+            let mut v = Vec::with_capacity(usize_from(last - first + 1));
             for (_, r) in self.runs.range(first..=last) {
                 match &r.paddrs {
                     Some(p) => v.extend_from_slice(p),
-                    None => v.extend(std::iter::repeat_n(0, r.len as usize)),
+                    None => v.extend(std::iter::repeat_n(0, usize_from(r.len))),
                 }
             }
             v
@@ -227,6 +231,10 @@ impl PinRuns {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod tests {
     use super::*;
 

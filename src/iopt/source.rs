@@ -5,6 +5,7 @@ use super::pages::{PageSource, PAGE_SIZE};
 use crate::backends::VaRun;
 use crate::caller::identity::{check_vmas, Vma};
 use crate::caller::ProcessHandle;
+use crate::narrow::usize_from;
 use crate::sys::mem::Mapping;
 use nix::errno::Errno;
 use std::io::{Read, Seek, SeekFrom};
@@ -40,7 +41,7 @@ fn pagemap_entries(pid: &str, vaddr: u64, count: u64) -> Result<Vec<u64>, Errno>
     let mut f = std::fs::File::open(format!("/proc/{pid}/pagemap")).map_err(|_| Errno::EFAULT)?;
     f.seek(SeekFrom::Start(vaddr / PAGE_SIZE * 8))
         .map_err(|_| Errno::EFAULT)?;
-    let mut raw = vec![0u8; count as usize * 8];
+    let mut raw = vec![0u8; usize_from(count) * 8];
     f.read_exact(&mut raw).map_err(|_| Errno::EFAULT)?;
     Ok(raw
         .chunks_exact(8)
@@ -297,7 +298,7 @@ impl SharedFile {
         let offset = i64::try_from(map_start).map_err(|_| Errno::EOVERFLOW)?;
         // Only ever reached through syscalls (madvise, pagemap, process_vm_writev).
         let map = Mapping::file(&self.fd, offset, size, prot, flags)?;
-        Ok((map, (off - map_start) as usize))
+        Ok((map, usize_from(off - map_start)))
     }
 
     /// Physical addresses of `count` pages from page-aligned file offset `off`.
@@ -313,7 +314,7 @@ impl SharedFile {
         };
         // Populating only faults pages in (a page past the end of the file is EFAULT here, never
         // a signal).
-        let advised = map.advise(delta, len as usize, advice);
+        let advised = map.advise(delta, usize_from(len), advice);
         if let Err(e) = advised {
             tracing::debug!(%e, off, len, write, "populating a file window failed");
         }
@@ -514,7 +515,7 @@ impl PageSource for MemorySource {
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
         let data = self.data.lock().unwrap();
-        let off = offset as usize;
+        let off = usize_from(offset);
         let src = data.get(off..off + buf.len()).ok_or(Errno::EFAULT)?;
         buf.copy_from_slice(src);
         Ok(())
@@ -522,7 +523,7 @@ impl PageSource for MemorySource {
 
     fn write(&self, offset: u64, src: &[u8]) -> Result<(), Errno> {
         let mut data = self.data.lock().unwrap();
-        let off = offset as usize;
+        let off = usize_from(offset);
         let dst = data.get_mut(off..off + src.len()).ok_or(Errno::EFAULT)?;
         dst.copy_from_slice(src);
         Ok(())

@@ -13,8 +13,9 @@
 //! Whatever goes wrong after the bind leaves the program with the node file (pread/pwrite of
 //! regions, no mmap): a working device, only slower.
 
-use super::notification::{target_fd, Notification, Reply};
+use super::notification::{target_fd, Notification, Reply, ADDFD_FLAG_SETFD};
 use crate::caller::{CallerMemory, ProcessMemory};
+use crate::narrow::{low_u32, struct_size};
 use nix::errno::Errno;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use std::io::IoSlice;
@@ -150,7 +151,7 @@ pub fn bind(n: &Notification<'_>) -> Reply {
             return Reply::Value(0);
         }
     };
-    let flags = libc::SECCOMP_ADDFD_FLAG_SETFD as u32;
+    let flags = ADDFD_FLAG_SETFD;
     match crate::sys::seccomp::notif_addfd_at(
         n.listener,
         n.id,
@@ -194,20 +195,22 @@ pub fn attach_detach(n: &Notification<'_>) -> Reply {
     let Ok(mem) = ProcessMemory::new(n.tid) else {
         return Reply::Continue;
     };
-    let cmd = n.args[1] as u32;
+    // The kernel reads the ioctl number as an unsigned int.
+    let cmd = low_u32(n.args[1]);
     let arg = n.args[2];
     // Both structs are 16 bytes at most (attach: argsz, flags, pt_id, pasid).
     let mut buf = [0u8; 16];
-    let len = if cmd == VFIO_DEVICE_ATTACH_IOMMUFD_PT {
-        size_of::<vfio_device_attach_iommufd_pt>()
+    let struct_len = if cmd == VFIO_DEVICE_ATTACH_IOMMUFD_PT {
+        struct_size::<vfio_device_attach_iommufd_pt>()
     } else {
-        size_of::<vfio_device_detach_iommufd_pt>()
+        struct_size::<vfio_device_detach_iommufd_pt>()
     };
+    let len = struct_len as usize;
     if mem.read(arg, &mut buf[..len]).is_err() {
         return Reply::Error(Errno::EFAULT);
     }
     let argsz = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
-    buf[..4].copy_from_slice(&argsz.min(len as u32).to_ne_bytes());
+    buf[..4].copy_from_slice(&argsz.min(struct_len).to_ne_bytes());
     let rc = match crate::sys::ioctl::ioctl_vec(node.as_fd(), cmd, buf[..len].to_vec()) {
         Ok((rc, out)) => {
             buf[..len].copy_from_slice(&out);

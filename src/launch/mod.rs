@@ -158,6 +158,10 @@ pub fn main(args: LaunchArgs) -> ExitCode {
 }
 
 /// The exit status a shell would report for `status`.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "an exit status is 8 bits, as the kernel's wait status keeps"
+)]
 fn exit_code(status: std::process::ExitStatus) -> u8 {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {

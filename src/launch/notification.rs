@@ -2,9 +2,19 @@
 //! the thread behind it. The supervisor and every handler module share these.
 
 use crate::caller::{CallerMemory, ProcessMemory};
+use crate::narrow::low_u32;
 use crate::sys::seccomp::notif_id_valid;
 use nix::errno::Errno;
 use std::os::fd::{BorrowedFd, OwnedFd};
+
+// The seccomp flags as the u32 words of the notification structs (libc types them u64; each is
+// one low bit).
+#[expect(clippy::cast_possible_truncation, reason = "a single low bit")]
+pub(super) const ADDFD_FLAG_SEND: u32 = libc::SECCOMP_ADDFD_FLAG_SEND as u32;
+#[expect(clippy::cast_possible_truncation, reason = "a single low bit")]
+pub(super) const ADDFD_FLAG_SETFD: u32 = libc::SECCOMP_ADDFD_FLAG_SETFD as u32;
+#[expect(clippy::cast_possible_truncation, reason = "a single low bit")]
+pub(super) const USER_NOTIF_FLAG_CONTINUE: u32 = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
 
 /// How to answer one notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +47,8 @@ impl Notification<'_> {
         notif_id_valid(self.listener, self.id)
     }
     pub(super) fn fd(&self) -> i32 {
-        self.args[0] as u32 as i32
+        // The kernel reads the fd argument as an int: the low 32 bits.
+        low_u32(self.args[0]).cast_signed()
     }
     pub(super) fn arg(&self) -> u64 {
         self.args[2]

@@ -10,8 +10,9 @@
 //! are matched; every other open continues untouched. The launcher runs as the program's user, so
 //! nothing is opened that the program could not open itself.
 
-use super::notification::{Notification, Reply};
+use super::notification::{Notification, Reply, ADDFD_FLAG_SEND};
 use crate::caller::{CallerMemory, ProcessMemory};
+use crate::narrow::low_u32;
 use crate::sys::seccomp::notif_addfd;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -83,7 +84,8 @@ impl Redirects {
         let Some(node) = self.lookup(&path) else {
             return Reply::Continue;
         };
-        let flags = n.args[path_arg + 1] as i32;
+        // The kernel reads the flags as an int: the low 32 bits.
+        let flags = low_u32(n.args[path_arg + 1]).cast_signed();
         let keep = OFlag::O_ACCMODE | OFlag::O_NONBLOCK;
         let oflags = (OFlag::from_bits_truncate(flags) & keep) | OFlag::O_CLOEXEC;
         let file = match nix::fcntl::open(node, oflags, nix::sys::stat::Mode::empty()) {
@@ -94,13 +96,7 @@ impl Redirects {
             }
         };
         let cloexec = (flags & libc::O_CLOEXEC) as u32;
-        match notif_addfd(
-            n.listener,
-            n.id,
-            file.as_fd(),
-            libc::SECCOMP_ADDFD_FLAG_SEND as u32,
-            cloexec,
-        ) {
+        match notif_addfd(n.listener, n.id, file.as_fd(), ADDFD_FLAG_SEND, cloexec) {
             Ok(fd) => {
                 tracing::debug!(tid = n.tid, fd, node = %node.display(), "open redirected");
                 Reply::Answered

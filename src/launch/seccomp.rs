@@ -16,9 +16,14 @@ pub const AUDIT_ARCH_NATIVE: Option<u32> = Some(0xc000_00b7); // AUDIT_ARCH_AARC
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub const AUDIT_ARCH_NATIVE: Option<u32> = None;
 
-// Offsets into `struct seccomp_data` {int nr; u32 arch; u64 instruction_pointer; u64 args[6]}.
+// Offsets into `struct seccomp_data` {int nr; u32 arch; u64 instruction_pointer; u64 args[6]};
+// they, the BPF opcodes and the system call numbers are small kernel constants, narrowed to the
+// widths of `sock_filter`'s fields.
+#[expect(clippy::cast_possible_truncation, reason = "a small kernel constant")]
 const OFF_NR: u32 = std::mem::offset_of!(libc::seccomp_data, nr) as u32;
+#[expect(clippy::cast_possible_truncation, reason = "a small kernel constant")]
 const OFF_ARCH: u32 = std::mem::offset_of!(libc::seccomp_data, arch) as u32;
+#[expect(clippy::cast_possible_truncation, reason = "a small kernel constant")]
 const OFF_ARGS: u32 = std::mem::offset_of!(libc::seccomp_data, args) as u32;
 /// The low 32 bits of `args[1]`.
 #[cfg(target_endian = "little")]
@@ -35,8 +40,11 @@ const OFF_ARG2_LO: u32 = OFF_ARGS + 20;
 #[cfg(target_endian = "big")]
 const OFF_ARG2_HI: u32 = OFF_ARGS + 16;
 
+#[expect(clippy::cast_possible_truncation, reason = "a small kernel constant")]
 const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+#[expect(clippy::cast_possible_truncation, reason = "a small kernel constant")]
 const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+#[expect(clippy::cast_possible_truncation, reason = "a small kernel constant")]
 const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 
 const fn insn(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
@@ -46,9 +54,15 @@ const fn insn(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
 /// The system calls that open a file by path, trapped when the launcher redirects opens of the
 /// kernel's VFIO container to the daemon's compat node ([`super::open`]).
 #[cfg(target_arch = "x86_64")]
+#[expect(clippy::cast_possible_truncation, reason = "a small kernel constant")]
 const OPEN_CALLS: [u32; 2] = [libc::SYS_openat as u32, libc::SYS_open as u32];
 #[cfg(not(target_arch = "x86_64"))]
+#[expect(clippy::cast_possible_truncation, reason = "a small kernel constant")]
 const OPEN_CALLS: [u32; 2] = [libc::SYS_openat as u32, libc::SYS_openat as u32];
+#[expect(clippy::cast_possible_truncation, reason = "a small kernel constant")]
+const SYS_IOCTL: u32 = libc::SYS_ioctl as u32;
+#[expect(clippy::cast_possible_truncation, reason = "a small kernel constant")]
+const SYS_READ: u32 = libc::SYS_read as u32;
 /// A system call number no architecture has: the slot of a check that is switched off.
 const NO_CALL: u32 = u32::MAX;
 
@@ -68,16 +82,21 @@ pub fn filter_program(arch: u32, ioctls: &[u32], opens: bool) -> Vec<sock_filter
     let read = 9 + n;
     let allow = read + 4;
     let notify = allow + 1;
+    // Jumps stay within 255 instructions: the assert above bounds the program.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "bounded by the assert on n"
+    )]
     let to = |from: usize, target: usize| (target - from - 1) as u8;
     let [open_a, open_b] = if opens { OPEN_CALLS } else { [NO_CALL; 2] };
     let mut prog = vec![
         insn(LD_W_ABS, 0, 0, OFF_ARCH),
         insn(JEQ_K, 0, to(1, allow), arch),
         insn(LD_W_ABS, 0, 0, OFF_NR),
-        insn(JEQ_K, to(3, ioctl), 0, libc::SYS_ioctl as u32),
+        insn(JEQ_K, to(3, ioctl), 0, SYS_IOCTL),
         insn(JEQ_K, to(4, notify), 0, open_a),
         insn(JEQ_K, to(5, notify), 0, open_b),
-        insn(JEQ_K, to(6, read), to(6, allow), libc::SYS_read as u32),
+        insn(JEQ_K, to(6, read), to(6, allow), SYS_READ),
         insn(LD_W_ABS, 0, 0, OFF_ARG1_LO),
     ];
     for (k, &nr) in ioctls.iter().enumerate() {
@@ -96,6 +115,10 @@ pub fn filter_program(arch: u32, ioctls: &[u32], opens: bool) -> Vec<sock_filter
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod tests {
     use super::*;
 

@@ -4,12 +4,15 @@
 //! runs for real, and the daemon or the kernel validates it as usual) when the supervisor cannot or
 //! need not take over, an errno when it took over and failed, or a value when it succeeded.
 
-use super::notification::{open_pidfd, Notification, Reply};
+use super::notification::{
+    open_pidfd, Notification, Reply, ADDFD_FLAG_SEND, USER_NOTIF_FLAG_CONTINUE,
+};
 use crate::caller::{CallerMemory, ProcessMemory};
 use crate::dispatch::private_abi::{
     uiommufd_handle_bind, UIOMMUFD_HANDLE_BIND, UIOMMUFD_HANDLE_FAULT_QUEUE,
     UIOMMUFD_HANDLE_TEST_ACCESS, UIOMMUFD_HANDLE_TEST_DMABUF, UIOMMUFD_HANDLE_VEVENTQ,
 };
+use crate::narrow::{low_u32, struct_size};
 use crate::sys::seccomp::{notif_addfd, notif_recv, notif_send};
 use nix::errno::Errno;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -87,7 +90,8 @@ fn dispatch(n: &Notification<'_>, nr: i64, redirects: &super::open::Redirects) -
     if nr != libc::SYS_ioctl {
         return Reply::Continue;
     }
-    let request = n.args[1] as u32;
+    // The kernel reads the ioctl number as an unsigned int.
+    let request = low_u32(n.args[1]);
     match HANDLERS.iter().find(|(num, _)| *num == request) {
         Some((_, handler)) => handler(n),
         None => Reply::Continue,
@@ -96,7 +100,7 @@ fn dispatch(n: &Notification<'_>, nr: i64, redirects: &super::open::Redirects) -
 
 fn respond(n: &Notification<'_>, reply: Reply) {
     let (val, error, flags) = match reply {
-        Reply::Continue => (0, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32),
+        Reply::Continue => (0, 0, USER_NOTIF_FLAG_CONTINUE),
         Reply::Error(e) => (0, -(e as i32), 0),
         Reply::Value(v) => (v, 0, 0),
         Reply::Gone | Reply::Answered => return,
@@ -188,13 +192,7 @@ fn dmabuf_get(n: &Notification<'_>, mem: &ProcessMemory, payload_addr: u64) -> R
     };
     let cloexec = p.open_flags & libc::O_CLOEXEC as u32;
     // ADDFD_FLAG_SEND installs the fd and completes the ioctl with its number in one step.
-    match notif_addfd(
-        n.listener,
-        n.id,
-        buf.as_fd(),
-        libc::SECCOMP_ADDFD_FLAG_SEND as u32,
-        cloexec,
-    ) {
+    match notif_addfd(n.listener, n.id, buf.as_fd(), ADDFD_FLAG_SEND, cloexec) {
         Ok(fd) => {
             tracing::debug!(tid = n.tid, newfd = fd, "dma-buf fd returned to the target");
             Reply::Answered
@@ -379,7 +377,7 @@ fn bind_new_handle(
             Reply::Continue
         })?;
     let mut bind = uiommufd_handle_bind {
-        size: std::mem::size_of::<uiommufd_handle_bind>() as u32,
+        size: struct_size::<uiommufd_handle_bind>(),
         kind,
         iommufd: iommufd.as_raw_fd(),
         arg0,

@@ -5,6 +5,7 @@
 
 use super::notification::{open_pidfd, Notification, Reply};
 use crate::dispatch::private_abi::{uiommufd_zero_read, UIOMMUFD_ZERO_READ};
+use crate::narrow::struct_size;
 use nix::errno::Errno;
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -38,7 +39,7 @@ pub fn answer(n: &Notification<'_>) -> Reply {
         return Reply::Continue;
     }
     let mut q = uiommufd_zero_read {
-        size: std::mem::size_of::<uiommufd_zero_read>() as u32,
+        size: struct_size::<uiommufd_zero_read>(),
         out_errno: 0,
     };
     if crate::sys::ioctl::ioctl_struct(file.as_fd(), UIOMMUFD_ZERO_READ, &mut q).is_err() {

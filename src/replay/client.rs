@@ -7,6 +7,7 @@
 
 use super::script::{BufProt, BufferSpec, Fill, Node};
 use crate::caller::{CallerMemory, ProcessMemory};
+use crate::narrow::usize_from;
 use crate::service::{NodeKind, OpenFile, Service};
 use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
@@ -198,7 +199,7 @@ impl Client {
         let mut out = Vec::new();
         let mut at = addr;
         while out.len() < len {
-            let chunk = ((4096 - at % 4096) as usize).min(len - out.len());
+            let chunk = usize_from(4096 - at % 4096).min(len - out.len());
             match self.read(at, chunk) {
                 Ok(b) => out.extend_from_slice(&b),
                 Err(_) => break,
@@ -298,7 +299,9 @@ impl Client {
                 match &mut self.proc_ {
                     Proc::Local(_) => Ok(open_path(&path).map(|f| Handle::Fd(Arc::new(f)))),
                     Proc::Child(c) => match c.call(&Req::Open { path })? {
-                        Resp::Ret(fd) => Ok(Ok(Handle::ChildFd(fd as i32))),
+                        Resp::Ret(fd) => Ok(Ok(Handle::ChildFd(
+                            i32::try_from(fd).map_err(|_| "a client process answered a bad fd")?,
+                        ))),
                         Resp::Errno(e) => Ok(Err(Errno::from_raw(e))),
                         _ => Err("unexpected answer from a client process".into()),
                     },
@@ -415,13 +418,13 @@ fn prot_flags(prot: BufProt) -> libc::c_int {
 
 /// Sets the protection of pages of a buffer of this process (checked by the caller).
 fn protect_pages(addr: u64, len: u64, prot: BufProt) -> Result<(), String> {
-    crate::sys::mem::protect_guarded(addr, len as usize, prot_flags(prot))
+    crate::sys::mem::protect_guarded(addr, usize_from(len), prot_flags(prot))
         .map_err(|e| format!("mprotect: {e}"))
 }
 
 /// Maps a buffer of this process, fills it and sets its protection.
 fn map_buffer(spec: &BufferSpec) -> Result<(u64, Option<OwnedFd>), String> {
-    let len = spec.size as usize;
+    let len = usize_from(spec.size);
     let memfd = if spec.memfd {
         let fd = rustix::fs::memfd_create("uiommufd-replay", rustix::fs::MemfdFlags::empty())
             .map_err(|e| format!("memfd_create: {e}"))?;
@@ -433,13 +436,13 @@ fn map_buffer(spec: &BufferSpec) -> Result<(u64, Option<OwnedFd>), String> {
     let addr = crate::sys::mem::map_guarded(
         len,
         memfd.as_ref().map(|f| f.as_fd()),
-        BUFFER_PLACEMENT as usize,
+        usize_from(BUFFER_PLACEMENT),
     )
     .map_err(|e| format!("mapping {len} bytes: {e}"))?;
     let fill: Option<Vec<u8>> = match spec.fill {
         Fill::Zero => None,
         Fill::Byte(b) => Some(vec![b; len]),
-        Fill::Seq => Some((0..len).map(|i| i as u8).collect()),
+        Fill::Seq => Some((0..=u8::MAX).cycle().take(len).collect()),
     };
     if let Some(bytes) = fill {
         ProcessMemory::current()
@@ -532,6 +535,10 @@ fn child_loop(from: OwnedFd, to: OwnedFd) -> ! {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod tests {
     use super::*;
 

@@ -5,6 +5,7 @@ use super::client::{Client, Handle, Mode, SCRATCH};
 use super::layout::{self, ArgKind, Field, Role, RANGE_SIZE};
 use super::script::{self, Action, Expect, Expr, IoctlStep, Step, Term, Value2};
 use super::trace::{self, Normalizer, Region};
+use crate::narrow::usize_from;
 use std::collections::HashMap;
 use std::io::Write;
 
@@ -319,7 +320,7 @@ impl Runner<'_, '_> {
                 line.push_str(&t);
             }
             for (name, ptr, len) in trace::pointees(&before, fields) {
-                let want = len.min(trace::READ_CAP as u64) as usize;
+                let want = usize_from(len.min(trace::READ_CAP as u64));
                 let got = c.read_prefix(ptr, want);
                 if got.len() < want && got.is_empty() {
                     line.push_str(&format!(" *{name}=unmapped"));
@@ -535,7 +536,7 @@ pub fn get(bytes: &[u8], f: Field) -> u64 {
 fn put(bytes: &mut [u8], f: &Field, v: u64) -> R<()> {
     let w = f.width;
     if w < 8 {
-        let bits = 8 * w as u32;
+        let bits = 8 * w;
         let fits_unsigned = v >> bits == 0;
         let fits_signed = (v as i64) < 0 && (v as i64) >= -(1i64 << (bits - 1));
         if !fits_unsigned && !fits_signed {

@@ -13,6 +13,7 @@ use super::script::to_hex;
 use crate::caller::CallerMemory;
 use crate::dispatch::daemon::IoctlObserver;
 use crate::dispatch::NodeKind;
+use crate::narrow::{low_u32, usize_from};
 use crate::objects::Context;
 use nix::errno::Errno;
 use std::collections::HashMap;
@@ -207,7 +208,7 @@ fn faulting_page(
 ) -> Option<(u64, PageProt)> {
     let last = addr.saturating_add(len.max(1) - 1) / PAGE;
     (addr / PAGE..=last)
-        .take(MAX_STRUCT / PAGE as usize + 2)
+        .take(MAX_STRUCT / usize_from(PAGE) + 2)
         .find_map(|pg| {
             let at = pg * PAGE;
             let m = maps.iter().find(|m| at >= m.0 && at < m.1);
@@ -476,7 +477,7 @@ fn capture_before(c: &mut Call, def: Option<&IoctlDef>, mem: &dyn CallerMemory) 
     let Some(d) = def else {
         // Unknown to the table: keep what the daemon may read (trimmed after the call).
         let p = readable_prefix(mem, c.arg, MAX_UNKNOWN as u64);
-        let mut b = vec![0u8; p.readable as usize];
+        let mut b = vec![0u8; usize_from(p.readable)];
         if mem.read(c.arg, &mut b).is_ok() {
             if p.readable < MAX_UNKNOWN as u64 {
                 c.ptrs.push(("@", p));
@@ -493,7 +494,7 @@ fn capture_before(c: &mut Call, def: Option<&IoctlDef>, mem: &dyn CallerMemory) 
         let p = probe(mem, c.arg, want as u64);
         c.ptrs.push(("@", p));
         note_struct_end(c, p.readable);
-        b = vec![0u8; p.readable as usize];
+        b = vec![0u8; usize_from(p.readable)];
         if mem.read(c.arg, &mut b).is_err() {
             return;
         }
@@ -515,14 +516,14 @@ fn capture_before(c: &mut Call, def: Option<&IoctlDef>, mem: &dyn CallerMemory) 
                     let len = n.min(MAX_RANGES) * RANGE_SIZE as u64;
                     let p = probe(mem, v, len);
                     c.ptrs.push((f.name, p));
-                    let mut prefix = vec![0u8; p.readable.min(len) as usize];
+                    let mut prefix = vec![0u8; usize_from(p.readable.min(len))];
                     if input && !prefix.is_empty() && mem.read(v, &mut prefix).is_ok() {
                         c.data.push((v, prefix));
                     }
                 }
             }
             Role::Fd => {
-                if let Ok(fd) = mem.get_fd(v as u32 as i32) {
+                if let Ok(fd) = mem.get_fd(low_u32(v).cast_signed()) {
                     c.file_size = rustix::fs::fstat(&fd).ok().map(|st| st.st_size as u64);
                 }
             }
@@ -540,7 +541,7 @@ fn trim_unknown(c: &mut Call, daemon_read: u64) {
     let size_word = b
         .get(..4)
         .map_or(0, |w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]) as u64);
-    let want = daemon_read.max(size_word.min(MAX_UNKNOWN as u64)).max(4) as usize;
+    let want = usize_from(daemon_read.max(size_word.min(MAX_UNKNOWN as u64)).max(4));
     if want <= b.len() {
         b.truncate(want);
         c.ptrs.retain(|(n, _)| *n != "@");
@@ -907,7 +908,7 @@ impl Renderer {
     ) -> Vec<(String, &'static str)> {
         let get = |name: &str| d.field(name).map_or(0, |f| super::exec::get(b, *f));
         let mut args: Vec<String> = Vec::new();
-        let user = get(d.fields[0].name) as usize;
+        let user = usize_from(get(d.fields[0].name));
         let trailing = b.get(d.size..user.min(b.len())).unwrap_or(&[]);
         if user != d.size + trailing.len() {
             args.push(format!("\"{}\": {}", d.fields[0].name, num(user as u64)));
@@ -935,7 +936,7 @@ impl Renderer {
                     );
                     Some(json(&format!("#f{}", self.files)))
                 }
-                Role::Fd => Some((v as u32 as i32).to_string()),
+                Role::Fd => Some(low_u32(v).cast_signed().to_string()),
                 Role::Int if v >= LOW && c.touched.iter().any(|&(a, l)| v >= a && v - a < l) => {
                     Some(self.ptr(v, None))
                 }
@@ -973,7 +974,7 @@ impl Renderer {
                 saves.push((var, f.name));
             }
         }
-        let auto = get("flags") as u32 & IOMMU_IOAS_MAP_FIXED_IOVA == 0;
+        let auto = low_u32(get("flags")) & IOMMU_IOAS_MAP_FIXED_IOVA == 0;
         let out_iova = match d.cmd {
             IOMMU_IOAS_MAP | IOMMU_IOAS_MAP_FILE if auto => Some("iova"),
             IOMMU_IOAS_COPY if auto => Some("dst_iova"),

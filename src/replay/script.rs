@@ -10,6 +10,7 @@
 //! of a buffer (`&buf`) or the file descriptor of a memfd buffer (`#buf`).
 
 use super::layout::{self, ArgKind, IoctlDef, Role};
+use crate::narrow::usize_from;
 use nix::errno::Errno;
 use serde_json::{Map, Value};
 use std::fmt;
@@ -302,8 +303,8 @@ fn parse_buffer(obj: &Map<String, Value>) -> R<BufferSpec> {
         None => Fill::Zero,
         Some(Value::String(s)) if s == "seq" => Fill::Seq,
         Some(Value::String(s)) if s == "zero" => Fill::Zero,
-        Some(v) => match const_of(v) {
-            Ok(b) if b <= 0xff => Fill::Byte(b as u8),
+        Some(v) => match const_of(v).map(u8::try_from) {
+            Ok(Ok(b)) => Fill::Byte(b),
             _ => return Err("\"fill\" must be a byte value, \"seq\" or \"zero\"".into()),
         },
     };
@@ -335,11 +336,11 @@ fn parse_ioctl(obj: &Map<String, Value>) -> R<IoctlStep> {
             let d = layout::by_name(s).expect("checked");
             (Some(d), d.cmd, d.name.to_string())
         }
-        Some(v) => match const_of(v) {
-            Ok(n) if n <= u32::MAX as u64 => {
-                let d = layout::by_cmd(n as u32);
+        Some(v) => match const_of(v).map(u32::try_from) {
+            Ok(Ok(n)) => {
+                let d = layout::by_cmd(n);
                 let label = d.map_or_else(|| format!("ioctl {n:#x}"), |d| d.name.to_string());
-                (d, n as u32, label)
+                (d, n, label)
             }
             _ => {
                 let names: Vec<&str> = layout::ioctls().iter().map(|d| d.name).collect();
@@ -479,7 +480,7 @@ fn ranges_of(items: &[Value]) -> R<Vec<(Expr, Expr)>> {
 fn bytes_of(v: &Value) -> R<Vec<u8>> {
     match v {
         Value::Number(n) => match n.as_u64() {
-            Some(n) if n <= 1 << 16 => Ok(vec![0; n as usize]),
+            Some(n) if n <= 1 << 16 => Ok(vec![0; usize_from(n)]),
             _ => Err("a byte count from 0 to 65536".into()),
         },
         Value::String(s) => from_hex(s),

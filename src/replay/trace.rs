@@ -29,6 +29,7 @@
 
 use super::layout::{Field, Role, RANGE_SIZE};
 use super::script::to_hex;
+use crate::narrow::low_u32;
 
 /// Bytes of a caller buffer printed in full; the rest only as a digest.
 pub const SHOWN: usize = 256;
@@ -75,7 +76,7 @@ impl Normalizer<'_> {
         match f.role {
             Role::Fd => self.fd(v),
             // The kernel writes a descriptor number >= 0 only on success.
-            Role::OutFd if succeeded && (v as i32) >= 0 => "newfd".into(),
+            Role::OutFd if succeeded && low_u32(v).cast_signed() >= 0 => "newfd".into(),
             _ if f.width == 8 => self.addr(v),
             _ => format!("{v:#x}"),
         }
@@ -168,6 +169,10 @@ fn fnv64(b: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod tests {
     use super::*;
     use crate::replay::layout::by_name;

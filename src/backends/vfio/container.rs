@@ -3,6 +3,7 @@
 //! instead ([`super::fake::FakeContainer`]).
 
 use crate::backends::Prot;
+use crate::narrow::struct_size;
 use crate::sys::vfio::{ioctl_buf, ioctl_struct};
 use nix::errno::Errno;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -34,7 +35,8 @@ pub struct Type1Info {
 pub fn container_info(container: BorrowedFd<'_>) -> Result<Type1Info, Errno> {
     let mut buf = vec![0u8; size_of::<vfio_iommu_type1_info>()];
     for _ in 0..2 {
-        let argsz = buf.len() as u32;
+        // The struct's size, then the kernel's own (u32) argsz.
+        let argsz = u32::try_from(buf.len()).map_err(|_| Errno::EIO)?;
         buf[..4].copy_from_slice(&argsz.to_ne_bytes());
         ioctl_buf(container, VFIO_IOMMU_GET_INFO, &mut buf)?;
         let (info, _) = vfio_iommu_type1_info::read_from_prefix(&buf).map_err(|_| Errno::EIO)?;
@@ -130,7 +132,7 @@ impl Container for KernelContainer {
             flags |= VFIO_DMA_MAP_FLAG_WRITE;
         }
         let mut m = vfio_iommu_type1_dma_map {
-            argsz: size_of::<vfio_iommu_type1_dma_map>() as u32,
+            argsz: struct_size::<vfio_iommu_type1_dma_map>(),
             flags,
             vaddr,
             iova,
@@ -142,7 +144,7 @@ impl Container for KernelContainer {
 
     fn unmap_dma(&self, iova: u64, size: u64) -> Result<u64, Errno> {
         let mut u = vfio_iommu_type1_dma_unmap {
-            argsz: size_of::<vfio_iommu_type1_dma_unmap>() as u32,
+            argsz: struct_size::<vfio_iommu_type1_dma_unmap>(),
             flags: 0,
             iova,
             size,
@@ -153,7 +155,7 @@ impl Container for KernelContainer {
 
     fn unmap_all(&self) -> Result<u64, Errno> {
         let mut u = vfio_iommu_type1_dma_unmap {
-            argsz: size_of::<vfio_iommu_type1_dma_unmap>() as u32,
+            argsz: struct_size::<vfio_iommu_type1_dma_unmap>(),
             flags: VFIO_DMA_UNMAP_FLAG_ALL,
             iova: 0,
             size: 0,

@@ -13,6 +13,7 @@
 use crate::dispatch::handles::HandleObject;
 use crate::dispatch::ucmd::Ucmd;
 use crate::iopt::PAGE_SIZE;
+use crate::narrow::usize_from;
 use crate::objects::{Access, AccessOps, Context, Object, ObjectUser};
 use nix::errno::Errno;
 use std::sync::{Arc, Mutex};
@@ -178,7 +179,7 @@ pub fn access_rw(u: &Ucmd, cmd: &iommu_test_cmd) -> Result<(), Errno> {
     }
     let sa = access_of_fd(u, cmd.id)?;
     let write = p.flags & MOCK_ACCESS_RW_WRITE != 0;
-    let mut buf = vec![0u8; p.length as usize];
+    let mut buf = vec![0u8; usize_from(p.length)];
     if write {
         u.mem.read(p.uptr, &mut buf).map_err(|_| Errno::EFAULT)?;
     }

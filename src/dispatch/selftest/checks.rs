@@ -6,6 +6,7 @@ use crate::backends::Domain;
 use crate::dispatch::ucmd::Ucmd;
 use crate::iopt::source::ProcessSource;
 use crate::iopt::{PageSource, PAGE_SIZE};
+use crate::narrow::usize_from;
 use crate::objects::{Context, HwptPaging};
 use nix::errno::Errno;
 use std::io::{Read, Seek, SeekFrom};
@@ -49,7 +50,7 @@ pub fn check_map(u: &Ucmd, id: u32, iova: u64, length: u64, uptr: u64) -> Result
     let mut off = 0;
     while off < length {
         let va = uptr + off;
-        let want = paddrs[(va / PAGE_SIZE - first) as usize] + va % PAGE_SIZE;
+        let want = paddrs[usize_from(va / PAGE_SIZE - first)] + va % PAGE_SIZE;
         let io = iova.checked_add(off).ok_or(Errno::EINVAL)?;
         if mock.translate(io) != Some(want) {
             return Err(Errno::EINVAL);
@@ -125,7 +126,7 @@ pub fn dirty(u: &Ucmd, cmd: &mut iommu_test_cmd) -> Result<(), Errno> {
     if !mock.dirty_tracking() {
         return Err(Errno::EINVAL);
     }
-    let mut bitmap = vec![0u8; max.div_ceil(8) as usize];
+    let mut bitmap = vec![0u8; usize_from(max.div_ceil(8))];
     u.mem.read(p.uptr, &mut bitmap)?;
     let mut count = 0u64;
     for i in 0..max {

@@ -99,6 +99,10 @@ impl MockDev {
     }
 }
 
+/// The mock's PASID width as the u8 of the device info.
+#[expect(clippy::cast_possible_truncation, reason = "a small selftest constant")]
+const PASID_WIDTH_U8: u8 = MOCK_PASID_WIDTH as u8;
+
 /// The mock's IOMMU instance: every mock device sits behind the same one.
 const MOCK_IOMMU: u64 = u64::from_be_bytes(*b"mockiomm");
 
@@ -224,7 +228,7 @@ impl DeviceBackend for MockDev {
             caps |= IOMMU_HW_CAP_DIRTY_TRACKING;
         }
         let pasid_log2 = if self.pasid_capable() {
-            MOCK_PASID_WIDTH as u8
+            PASID_WIDTH_U8
         } else {
             0
         };
@@ -350,6 +354,10 @@ impl ViommuDriver for MockViommu {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod tests {
     use super::*;
     use zerocopy::FromBytes;
@@ -391,7 +399,7 @@ mod tests {
         assert_eq!(caps(0), (ats | IOMMU_HW_CAP_DIRTY_TRACKING, 0));
         assert_eq!(
             caps(MOCK_FLAGS_DEVICE_NO_DIRTY | MOCK_FLAGS_DEVICE_PASID),
-            (ats, MOCK_PASID_WIDTH as u8)
+            (ats, PASID_WIDTH_U8)
         );
     }
 

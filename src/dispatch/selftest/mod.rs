@@ -15,6 +15,7 @@ mod pasid;
 
 use super::ucmd::Ucmd;
 use crate::iopt::ReservedOwner;
+use crate::narrow::low_u32;
 use crate::objects::{Context, Device, Extension, Object, ObjectUser};
 use mockdev::MockDev;
 use nix::errno::Errno;
@@ -257,7 +258,8 @@ fn trigger_vevent(u: &Ucmd, cmd: &iommu_test_cmd) -> Result<(), Errno> {
         .and_then(std::sync::Weak::upgrade)
         .ok_or(Errno::EOPNOTSUPP)?;
     let event = iommu_viommu_event_selftest {
-        virt_id: vdev.virt_id as u32,
+        // The event's field is 32 bits wide: the kernel's selftest keeps the low half too.
+        virt_id: low_u32(vdev.virt_id),
     };
     queue.report(event.as_bytes());
     Ok(())
