@@ -7,7 +7,7 @@
 
 use super::tree::{self, Node, Tree};
 use super::wire::{self, opcode, Request, WireError};
-use super::with_transport_status;
+use super::{with_transport_status, TransportStats};
 use crate::caller::{CallerMemory, ProcessMemory};
 use crate::service::{NodeKind, OpenFile, Service};
 use nix::errno::Errno;
@@ -83,6 +83,8 @@ pub struct Handler {
     uring_offered: AtomicBool,
     /// Our INIT reply accepted it: requests move to the rings once every queue is registered.
     uring_negotiated: AtomicBool,
+    /// The counters of the transport this session belongs to (for the status file).
+    stats: Arc<TransportStats>,
 }
 
 impl Handler {
@@ -98,7 +100,14 @@ impl Handler {
             uring_wanted: AtomicBool::new(false),
             uring_offered: AtomicBool::new(false),
             uring_negotiated: AtomicBool::new(false),
+            stats: Arc::default(),
         }
+    }
+
+    /// Counts into (and reports in the status file) the counters of the transport it serves;
+    /// a handler made by [`Handler::new`] alone has counters of its own.
+    pub fn with_stats(self, stats: Arc<TransportStats>) -> Self {
+        Self { stats, ..self }
     }
 
     /// Lets INIT accept FUSE over io_uring when the kernel offers it (FUSE sessions only).
@@ -487,7 +496,7 @@ impl Handler {
                     return Err(Errno::EACCES);
                 }
                 Handle::Status(
-                    with_transport_status(self.service.status())
+                    with_transport_status(&self.stats, self.service.status())
                         .into_bytes()
                         .into(),
                 )
