@@ -47,20 +47,29 @@ mod tests {
         let signal = libc::SIGRTMIN() + 5;
         install_noop_handler(signal).unwrap();
         let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (read_tx, read_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let t = std::thread::spawn(move || {
-            tx.send(this_thread()).unwrap();
+            tid_tx.send(this_thread()).unwrap();
             let mut buf = [0u8; 1];
-            rustix::io::read(&reader, &mut buf)
+            read_tx.send(rustix::io::read(&reader, &mut buf)).unwrap();
+            // Stays alive while it may still be signalled: its tid is not reused meanwhile.
+            let _ = done_rx.recv();
         });
-        let tid = rx.recv().unwrap();
+        let tid = tid_rx.recv().unwrap();
         assert_ne!(tid, this_thread());
         // The thread may not be in read(2) yet: interrupt until it leaves it.
-        while !t.is_finished() {
+        let read = loop {
             interrupt_thread(tid, signal).unwrap();
+            if let Ok(r) = read_rx.try_recv() {
+                break r;
+            }
             std::thread::yield_now();
-        }
-        assert_eq!(t.join().unwrap(), Err(rustix::io::Errno::INTR));
+        };
+        assert_eq!(read, Err(rustix::io::Errno::INTR));
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
         drop(writer);
         assert_eq!(
             interrupt_thread(ThreadId(-1), signal),

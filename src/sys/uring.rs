@@ -3,18 +3,50 @@
 //! Submissions name only buffers of the ring itself ([`BufferId`], [`BufferSetId`]); a buffer is
 //! lent to the kernel from the submission that names it until that submission's completion is
 //! reaped ([`Ring::complete`]), and Rust code reaches its bytes only while it is not lent. The
-//! buffers are freed after the ring is closed (field order), which cancels its commands.
+//! buffers are freed after the ring is closed (field order), which cancels its commands. Ring
+//! commands go only to a checked /dev/fuse ([`FuseDevice`]), whose commands carry no address of
+//! their own.
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
 /// Bytes of an SQE128's command area (IORING_OP_URING_CMD).
 pub const CMD_AREA: usize = 80;
 /// Offset of `len` in an SQE (the io-uring crate's URING_CMD builder cannot set it).
 const SQE_LEN_OFFSET: usize = 24;
+
+/// The misc device numbers of /dev/fuse.
+const FUSE_MAJOR: u32 = 10;
+const FUSE_MINOR: u32 = 229;
+
+/// An open /dev/fuse file (checked by its device numbers): the only target of
+/// [`Ring::push_fuse_cmd`], whose commands make the kernel follow no address but the iovec array
+/// the ring passes.
+#[derive(Debug)]
+pub struct FuseDevice(OwnedFd);
+
+impl FuseDevice {
+    /// `fd` if it is /dev/fuse (the character device 10:229), else EINVAL.
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        let st = rustix::fs::fstat(&fd)?;
+        let is_char = rustix::fs::FileType::from_raw_mode(st.st_mode)
+            == rustix::fs::FileType::CharacterDevice;
+        let (major, minor) = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+        if !is_char || (major, minor) != (FUSE_MAJOR, FUSE_MINOR) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(Self(fd))
+    }
+}
+
+impl AsFd for FuseDevice {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
 
 /// One buffer of a [`Ring`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,13 +184,13 @@ impl Ring {
         self.push(&sqe.into(), user_data, lent)
     }
 
-    /// Queues an IORING_OP_URING_CMD `cmd_op` on the FUSE connection `fd` with `cmd` (a FUSE
+    /// Queues an IORING_OP_URING_CMD `cmd_op` on the FUSE connection `fuse` with `cmd` (a FUSE
     /// ring command request: plain integers, no address the kernel follows) in its command
     /// area, lending the buffers of `set`. With `pass_iovecs`, the SQE's `addr` and `len` name
     /// the set's iovec array (REGISTER); else the kernel uses the buffers it was given before.
     pub fn push_fuse_cmd(
         &mut self,
-        fd: BorrowedFd<'_>,
+        fuse: &FuseDevice,
         cmd_op: u32,
         cmd: &[u8],
         user_data: u64,
@@ -180,7 +212,7 @@ impl Ring {
             None
         };
         self.check_free(user_data, &lent)?;
-        let sqe = uring_cmd(fd.as_raw_fd(), cmd_op, cmd, user_data, iov);
+        let sqe = uring_cmd(fuse.as_fd().as_raw_fd(), cmd_op, cmd, user_data, iov);
         self.push(&sqe, user_data, lent)
     }
 
@@ -199,6 +231,7 @@ impl Ring {
             // SAFETY: the SQEs built in this module point only at buffers and iovec arrays this
             // Ring owns (kept until it is dropped, after the ring) and that are not lent, so no
             // Rust reference to them is alive; they stay lent until the completion is reaped.
+            // URING_CMDs go only to /dev/fuse (`FuseDevice`), which follows no other address.
             let pushed = unsafe { sq.push(sqe) };
             drop(sq);
             if pushed.is_ok() {
@@ -342,11 +375,17 @@ mod tests {
         assert_eq!(s.members, vec![1, 0]);
         assert_eq!(s.iov[0].iov_len, 16);
         assert_eq!(s.iov[1].iov_len, 8);
-        let too_long = [0u8; CMD_AREA + 1];
+        // Not /dev/fuse: refused (the device may be missing in a sandbox).
         let efd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
-        use std::os::fd::AsFd;
+        let refused = FuseDevice::new(efd).unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::EINVAL));
+        let Ok(dev) = std::fs::File::open("/dev/fuse") else {
+            return;
+        };
+        let fuse = FuseDevice::new(dev.into()).unwrap();
+        let too_long = [0u8; CMD_AREA + 1];
         assert!(r
-            .push_fuse_cmd(efd.as_fd(), 1, &too_long, 1, (set, true))
+            .push_fuse_cmd(&fuse, 1, &too_long, 1, (set, true))
             .is_err());
         assert!(r.bytes(a).is_some(), "a refused command lends nothing");
     }

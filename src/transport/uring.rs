@@ -40,7 +40,7 @@ use super::handler::{Handler, Lane};
 use super::session::{submit_user, Pools};
 use super::stats::TransportStats;
 use super::wire::{self, ring, RingCmdReq, RingEntInOut};
-use crate::sys::uring::{BufferId, BufferSetId, Ring};
+use crate::sys::uring::{BufferId, BufferSetId, FuseDevice, Ring};
 use nix::errno::Errno;
 use std::collections::HashMap;
 use std::io;
@@ -194,7 +194,7 @@ impl Queues {
     ) -> io::Result<Self> {
         let cpus = possible_cpus()?;
         let qids = u16::try_from(cpus).map_err(|_| io::Error::other("too many CPUs"))?;
-        let fd = Arc::new(fd);
+        let fd = Arc::new(FuseDevice::new(fd)?);
         let mut queues = Self { queues: Vec::new() };
         for qid in 0..qids {
             let mailbox = Arc::new(Mailbox::new()?);
@@ -248,7 +248,7 @@ impl Drop for Queues {
 
 struct QueueContext {
     qid: u16,
-    fd: Arc<OwnedFd>,
+    fd: Arc<FuseDevice>,
     handler: Arc<Handler>,
     pools: Arc<Pools>,
     mailbox: Arc<Mailbox>,
@@ -380,9 +380,9 @@ impl Queue {
             qid: self.ctx.qid,
             ..Default::default()
         };
-        let (fd, cmd, set) = (self.ctx.fd.as_fd(), req.as_bytes(), (e.buffers, true));
+        let (cmd, set) = (req.as_bytes(), (e.buffers, true));
         self.ring
-            .push_fuse_cmd(fd, ring::CMD_REGISTER, cmd, i as u64, set)
+            .push_fuse_cmd(&self.ctx.fd, ring::CMD_REGISTER, cmd, i as u64, set)
     }
 
     fn run(&mut self) {
@@ -586,9 +586,10 @@ impl Queue {
             qid: self.ctx.qid,
             ..Default::default()
         };
-        let (fd, cmd, set) = (self.ctx.fd.as_fd(), req.as_bytes(), (e.buffers, false));
+        let (cmd, set) = (req.as_bytes(), (e.buffers, false));
+        let op = ring::CMD_COMMIT_AND_FETCH;
         self.ring
-            .push_fuse_cmd(fd, ring::CMD_COMMIT_AND_FETCH, cmd, i as u64, set)
+            .push_fuse_cmd(&self.ctx.fd, op, cmd, i as u64, set)
     }
 }
 
