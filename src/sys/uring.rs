@@ -174,9 +174,11 @@ impl Ring {
         buf: BufferId,
         user_data: u64,
     ) -> io::Result<()> {
+        let Some(iov) = self.buffers.get(buf.0).map(KernelBuffer::iovec) else {
+            return Err(io::Error::other("unknown buffer"));
+        };
         let lent = vec![buf.0];
         self.check_free(user_data, &lent)?;
-        let iov = self.buffers[buf.0].iovec();
         let len = u32::try_from(iov.iov_len).map_err(|_| io::Error::other("buffer too long"))?;
         let sqe = opcode::Read::new(types::Fd(fd.as_raw_fd()), iov.iov_base.cast::<u8>(), len)
             .build()
@@ -356,6 +358,7 @@ mod tests {
         assert_eq!(busy.raw_os_error(), Some(libc::EBUSY));
         let busy = r.push_read(efd.as_fd(), b, 7).unwrap_err();
         assert_eq!(busy.raw_os_error(), Some(libc::EBUSY));
+        assert!(r.push_read(efd.as_fd(), BufferId(99), 9).is_err());
         rustix::io::write(&efd, &0x0102_0304u64.to_ne_bytes()).unwrap();
         let mut done = Vec::new();
         while done.is_empty() {
