@@ -9,7 +9,7 @@
 //! saying why it is sound. `narrow`, beneath everything: the integer narrowings that cannot lose
 //! bits.
 
-// Raw system calls live in `sys` (each with its SAFETY); `transport` is still to move there.
+// Raw system calls live in `sys` (each with its SAFETY); nothing else may hold `unsafe` code.
 #![deny(unsafe_code)]
 // Narrowing is explicit: `try_from` with the kernel's errno, or a helper of `narrow`.
 #![deny(clippy::cast_possible_truncation)]
@@ -26,11 +26,6 @@ pub mod ops;
 pub mod ratelimit;
 pub mod replay;
 pub mod service;
-// TODO(casts): after the transport/sys move
-#[allow(clippy::cast_possible_truncation)]
 #[allow(unsafe_code)]
 pub mod sys;
-// TODO(casts): after the transport/sys move
-#[allow(clippy::cast_possible_truncation)]
-#[allow(unsafe_code)]
 pub mod transport;

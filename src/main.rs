@@ -246,7 +246,7 @@ fn serve(args: ServeArgs) -> std::process::ExitCode {
                 return Err(e);
             }
         };
-        let control = match control.serve(service) {
+        let control = match control.serve(service, transport.stats()) {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::error!(error = %e, "control socket: cannot serve; `uiommufd status` will not answer");

@@ -139,14 +139,14 @@ fn io_uring_transport_and_fallback() {
 
     // Every transport scenario, with the test servers (and the child ones) on the rings.
     std::env::set_var(harness::URING_ENV, "on");
-    let before = uiommufd::transport::uring::ring_requests();
+    let before = harness::ring_requests_served();
     scenarios::fuse_client_round_trip();
     scenarios::concurrent_clients_both_progress();
     scenarios::sigkill_mid_ioctl_still_releases();
     scenarios::shutdown_releases_open_files_and_unmounts();
     scenarios::stale_mount_of_killed_server_is_cleaned();
     assert!(
-        uiommufd::transport::uring::ring_requests() > before,
+        harness::ring_requests_served() > before,
         "no request travelled over io_uring"
     );
     std::env::remove_var(harness::URING_ENV);

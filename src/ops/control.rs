@@ -14,6 +14,7 @@
 //! mount would hide a socket below it (`serve` refuses a control path under its mount).
 
 use crate::dispatch::Service;
+use crate::transport::{with_transport_status, TransportStats};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -162,8 +163,13 @@ impl ControlSocket {
         remove_if_ours(&self.path, self.id);
     }
 
-    /// Serves requests on the current tokio runtime until [`ControlTask::stop`].
-    pub fn serve(self, service: Arc<dyn Service>) -> io::Result<ControlTask> {
+    /// Serves requests on the current tokio runtime until [`ControlTask::stop`]; the status adds
+    /// the counters of the transport serving `service` (`stats`).
+    pub fn serve(
+        self,
+        service: Arc<dyn Service>,
+        stats: Arc<TransportStats>,
+    ) -> io::Result<ControlTask> {
         let listener = match tokio::net::UnixListener::from_std(self.listener) {
             Ok(l) => l,
             Err(e) => {
@@ -172,7 +178,7 @@ impl ControlSocket {
             }
         };
         tracing::info!(path = %self.path.display(), "control socket ready");
-        let task = tokio::spawn(accept_loop(listener, service));
+        let task = tokio::spawn(accept_loop(listener, service, stats));
         Ok(ControlTask {
             path: self.path,
             id: self.id,
@@ -209,7 +215,11 @@ fn remove_if_ours(path: &Path, id: (u64, u64)) {
     }
 }
 
-async fn accept_loop(listener: tokio::net::UnixListener, service: Arc<dyn Service>) {
+async fn accept_loop(
+    listener: tokio::net::UnixListener,
+    service: Arc<dyn Service>,
+    stats: Arc<TransportStats>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
         let stream = match listener.accept().await {
@@ -225,10 +235,10 @@ async fn accept_loop(listener: tokio::net::UnixListener, service: Arc<dyn Servic
             crate::warn_limited!("control socket: too many clients at once; connection closed");
             continue;
         };
-        let service = service.clone();
+        let (service, stats) = (service.clone(), stats.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(e) = answer(stream, service).await {
+            if let Err(e) = answer(stream, service, stats).await {
                 tracing::debug!(error = %e, "control socket: client");
             }
         });
@@ -255,7 +265,11 @@ async fn read_request(stream: &mut tokio::net::UnixStream) -> io::Result<Result<
     }
 }
 
-async fn answer(mut stream: tokio::net::UnixStream, service: Arc<dyn Service>) -> io::Result<()> {
+async fn answer(
+    mut stream: tokio::net::UnixStream,
+    service: Arc<dyn Service>,
+    stats: Arc<TransportStats>,
+) -> io::Result<()> {
     let request = match tokio::time::timeout(IO_TIMEOUT, read_request(&mut stream)).await {
         Ok(r) => r?.and_then(|line| Request::parse(&line)),
         Err(_) => Err(format!("no request line within {} s", IO_TIMEOUT.as_secs())),
@@ -264,7 +278,7 @@ async fn answer(mut stream: tokio::net::UnixStream, service: Arc<dyn Service>) -
         Ok(req) => {
             // The snapshot takes the daemon's locks: off the async workers.
             let json = tokio::task::spawn_blocking(move || {
-                crate::transport::with_transport_status(service.status())
+                with_transport_status(&stats, service.status())
             })
             .await
             .map_err(io::Error::other)?;

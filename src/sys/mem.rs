@@ -182,7 +182,7 @@ pub fn map_guarded(
 pub fn unmap_guarded(addr: u64, len: u64) {
     // SAFETY: callers pass a buffer this process made with map_guarded and no longer names;
     // such buffers are only ever reached through system calls, never as Rust memory.
-    unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) };
+    unsafe { libc::munmap(addr as *mut libc::c_void, crate::narrow::usize_from(len)) };
 }
 
 /// Sets the protection of `len` bytes (whole pages) inside a buffer made by [`map_guarded`].
@@ -193,6 +193,10 @@ pub fn protect_guarded(addr: u64, len: usize, prot: libc::c_int) -> Result<(), E
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod tests {
     use super::*;
 

@@ -60,7 +60,7 @@ pub fn open_path(path: &str) -> Result<OwnedFd, Errno> {
 /// VFIO_GROUP_GET_STATUS: the group's flags (VFIO_GROUP_FLAGS_VIABLE, ..._CONTAINER_SET).
 pub fn group_status(group: BorrowedFd<'_>) -> Result<u32, Errno> {
     let mut st = vfio_group_status {
-        argsz: size_of::<vfio_group_status>() as u32,
+        argsz: crate::narrow::struct_size::<vfio_group_status>(),
         flags: 0,
     };
     ioctl_struct(group, VFIO_GROUP_GET_STATUS, &mut st)?;
@@ -121,7 +121,7 @@ pub fn device_reset(device: BorrowedFd<'_>) -> Result<(), Errno> {
 /// VFIO_DEVICE_GET_INFO.
 pub fn device_info(device: BorrowedFd<'_>) -> Result<vfio_device_info, Errno> {
     let mut info = vfio_device_info {
-        argsz: size_of::<vfio_device_info>() as u32,
+        argsz: crate::narrow::struct_size::<vfio_device_info>(),
         ..Default::default()
     };
     ioctl_struct(device, VFIO_DEVICE_GET_INFO, &mut info)?;

@@ -7,7 +7,7 @@
 
 use super::tree::{self, Node, Tree};
 use super::wire::{self, opcode, Request, WireError};
-use super::with_transport_status;
+use super::{with_transport_status, TransportStats};
 use crate::caller::{CallerMemory, ProcessMemory};
 use crate::service::{NodeKind, OpenFile, Service};
 use nix::errno::Errno;
@@ -83,6 +83,8 @@ pub struct Handler {
     uring_offered: AtomicBool,
     /// Our INIT reply accepted it: requests move to the rings once every queue is registered.
     uring_negotiated: AtomicBool,
+    /// The counters of the transport this session belongs to (for the status file).
+    stats: Arc<TransportStats>,
 }
 
 impl Handler {
@@ -98,7 +100,14 @@ impl Handler {
             uring_wanted: AtomicBool::new(false),
             uring_offered: AtomicBool::new(false),
             uring_negotiated: AtomicBool::new(false),
+            stats: Arc::default(),
         }
+    }
+
+    /// Counts into (and reports in the status file) the counters of the transport it serves;
+    /// a handler made by [`Handler::new`] alone has counters of its own.
+    pub fn with_stats(self, stats: Arc<TransportStats>) -> Self {
+        Self { stats, ..self }
     }
 
     /// Lets INIT accept FUSE over io_uring when the kernel offers it (FUSE sessions only).
@@ -417,7 +426,7 @@ impl Handler {
         out.congestion_threshold = 48;
         out.max_write = wire::MAX_WRITE;
         out.time_gran = 1;
-        out.max_pages = (wire::MAX_WRITE / 4096) as u16;
+        out.max_pages = MAX_PAGES;
         let offered = i.flags & wire::FUSE_INIT_EXT != 0
             && wire::init_flags2(req.body) & wire::FUSE_OVER_IO_URING_FLAGS2 != 0;
         let take = offered && self.uring_wanted.load(Ordering::SeqCst);
@@ -487,7 +496,7 @@ impl Handler {
                     return Err(Errno::EACCES);
                 }
                 Handle::Status(
-                    with_transport_status(self.service.status())
+                    with_transport_status(&self.stats, self.service.status())
                         .into_bytes()
                         .into(),
                 )
@@ -645,6 +654,18 @@ fn wire_err(e: WireError) -> Errno {
     Errno::EINVAL
 }
 
+/// Pages of the largest write (INIT's max_pages), in its u16.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "checked at compile time just below"
+)]
+const MAX_PAGES: u16 = (wire::MAX_WRITE / 4096) as u16;
+const _: () = assert!(wire::MAX_WRITE / 4096 <= u16::MAX as u32);
+
 #[cfg(test)]
 #[path = "handler_tests.rs"]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod tests;

@@ -54,6 +54,7 @@ pub mod perms;
 pub mod pool;
 pub mod readers;
 pub mod session;
+pub mod stats;
 pub mod tree;
 pub mod uring;
 pub mod wire;
@@ -62,6 +63,7 @@ use crate::caller::context_query::{self, OwnNode};
 use crate::dispatch::{NodeKind, Service};
 use handler::{CallerResolver, Handler, ProcessCallers, Role};
 use session::{Channel, Pools, SessionEnd};
+pub use stats::{with_transport_status, FuseChannel, TransportStats};
 use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -93,34 +95,6 @@ pub enum UringMode {
     On,
     /// /dev/fuse only; INIT never accepts io_uring.
     Off,
-}
-
-/// Which channel carries this process's FUSE requests (for the status): 0 none yet, 1 /dev/fuse,
-/// 2 io_uring.
-static FUSE_CHANNEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-/// The FUSE request channel in use, for the status: "io_uring", "/dev/fuse" or "none".
-pub fn fuse_channel() -> &'static str {
-    match FUSE_CHANNEL.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => DEV_FUSE,
-        2 => "io_uring",
-        _ => "none",
-    }
-}
-
-/// The daemon's status (JSON, from [`Service::status`]) with the transport's part added: the
-/// channel in use and the io_uring counters. Unchanged when it is not a JSON object.
-pub fn with_transport_status(status: String) -> String {
-    let Ok(serde_json::Value::Object(mut map)) = serde_json::from_str(&status) else {
-        return status;
-    };
-    map.insert("fuse_channel".into(), fuse_channel().into());
-    map.insert("io_uring_requests".into(), uring::ring_requests().into());
-    map.insert(
-        "io_uring_extra_entries".into(),
-        uring::extra_entries().into(),
-    );
-    serde_json::Value::Object(map).to_string()
 }
 
 /// Options of `uiommufd serve` that concern the transport.
@@ -200,6 +174,8 @@ pub struct Transport {
     /// The io_uring queues of the FUSE connection, when it uses them.
     rings: Option<uring::Queues>,
     pools: Arc<Pools>,
+    /// This transport's counters, for the status.
+    stats: Arc<TransportStats>,
     stop: watch::Sender<bool>,
     ended: Arc<Notify>,
 }
@@ -249,6 +225,7 @@ impl Transport {
             sessions: Vec::new(),
             rings: None,
             pools: Arc::new(Pools::new()?),
+            stats: Arc::new(TransportStats::default()),
             stop: watch::channel(false).0,
             ended: Arc::new(Notify::new()),
         };
@@ -371,7 +348,8 @@ impl Transport {
         mode: UringMode,
     ) -> io::Result<()> {
         let (offered, negotiated) = h.uring();
-        let set_channel = |c| FUSE_CHANNEL.store(c, std::sync::atomic::Ordering::Relaxed);
+        let stats = self.stats.clone();
+        let set_channel = |c| stats.set_fuse_channel(c);
         let ring_fd = match ring_fd {
             Some(fd) if negotiated => fd,
             _ => {
@@ -383,7 +361,7 @@ impl Transport {
                          /sys/module/fuse/parameters/enable_uring = Y)",
                     ));
                 }
-                set_channel(1);
+                set_channel(FuseChannel::DevFuse);
                 tracing::info!(
                     io_uring_offered = offered,
                     "FUSE requests served through /dev/fuse"
@@ -391,10 +369,10 @@ impl Transport {
                 return Ok(());
             }
         };
-        let (handler, pools) = (h.clone(), self.pools.clone());
-        match blocking(move || uring::Queues::start(ring_fd, handler, pools)).await {
+        let (handler, pools, stats) = (h.clone(), self.pools.clone(), self.stats.clone());
+        match blocking(move || uring::Queues::start(ring_fd, handler, pools, stats)).await {
             Ok(q) => {
-                set_channel(2);
+                set_channel(FuseChannel::IoUring);
                 tracing::info!(
                     queues = q.len(),
                     depth = uring::QUEUE_DEPTH,
@@ -405,7 +383,7 @@ impl Transport {
             }
             // Requests keep coming through /dev/fuse until every queue is registered.
             Err(e) if mode == UringMode::Auto => {
-                set_channel(1);
+                set_channel(FuseChannel::DevFuse);
                 tracing::warn!(error = %e, "io_uring queues failed to start; FUSE requests served through /dev/fuse");
                 Ok(())
             }
@@ -424,7 +402,8 @@ impl Transport {
         (service, callers): (&Arc<dyn Service>, &Arc<dyn CallerResolver>),
         want_uring: bool,
     ) -> Arc<Handler> {
-        let handler = Arc::new(Handler::new(role, service.clone(), callers.clone()));
+        let handler = Handler::new(role, service.clone(), callers.clone());
+        let handler = Arc::new(handler.with_stats(self.stats.clone()));
         handler.want_uring(want_uring);
         let (h, pools, stop, ended, n) = (
             handler.clone(),
@@ -454,6 +433,11 @@ impl Transport {
     }
 
     /// The interface actually in use (never `Auto`).
+    /// This transport's counters (the status of the control socket reads them).
+    pub fn stats(&self) -> Arc<TransportStats> {
+        self.stats.clone()
+    }
+
     pub fn kind(&self) -> TransportKind {
         self.kind
     }

@@ -30,7 +30,13 @@ fn unescape(s: &str) -> String {
             let v = (b[i + 1] - b'0') as u32 * 64
                 + (b[i + 2] - b'0') as u32 * 8
                 + (b[i + 3] - b'0') as u32;
-            out.push(v as u8);
+            // \400 and above are no byte: kept as written.
+            let Ok(byte) = u8::try_from(v) else {
+                out.push(b[i]);
+                i += 1;
+                continue;
+            };
+            out.push(byte);
             i += 4;
         } else {
             out.push(b[i]);

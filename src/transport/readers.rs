@@ -27,6 +27,7 @@ use super::handler::{Handler, Lane};
 use super::pool::InPlace;
 use super::session::{send, submit_user, Channel, Pools, SessionEnd};
 use super::wire;
+use crate::sys::signal::{self, ThreadId};
 use nix::errno::Errno;
 use std::collections::HashMap;
 use std::io;
@@ -50,7 +51,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Default)]
 struct Registry {
     /// Readers in (or about to enter) read(2), by id, with their thread to interrupt at stop.
-    reading: HashMap<u64, libc::pthread_t>,
+    reading: HashMap<u64, ThreadId>,
     /// Readers started that have not read yet (counted as idle).
     starting: usize,
     live: usize,
@@ -130,11 +131,10 @@ impl Readers {
                 return;
             }
             for &thread in reg.reading.values() {
-                // SAFETY: a reader removes itself from `reading` (under this lock, held here)
-                // before its thread can end, so `thread` names a live thread.
-                let r = unsafe { libc::pthread_kill(thread, wake_signal()) };
-                if r != 0 {
-                    tracing::warn!(error = %Errno::from_raw(r), "interrupting a session reader");
+                // A reader removes itself from `reading` (under this lock, held here) before its
+                // thread can end, so `thread` names a live reader.
+                if let Err(e) = signal::interrupt_thread(thread, wake_signal()) {
+                    tracing::warn!(error = %e, "interrupting a session reader");
                 }
             }
             reg = self
@@ -237,9 +237,7 @@ impl Shared {
         if reg.stopping {
             return false;
         }
-        // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
-        reg.reading.insert(id, me);
+        reg.reading.insert(id, signal::this_thread());
         true
     }
 
@@ -301,23 +299,17 @@ fn wake_signal() -> libc::c_int {
     libc::SIGRTMIN() + 4
 }
 
-extern "C" fn ignore_wake(_signal: libc::c_int) {}
-
 /// Installs the do-nothing handler of [`wake_signal`] once, without SA_RESTART.
 fn install_wake_handler() -> io::Result<()> {
     static INSTALLED: OnceLock<Result<(), Errno>> = OnceLock::new();
-    let r = INSTALLED.get_or_init(|| {
-        // SAFETY: sigaction is plain data; all zeroes is a valid value (no flags, empty mask).
-        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-        action.sa_sigaction = ignore_wake as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        // SAFETY: installs a handler that does nothing (async-signal-safe) for a signal nothing
-        // else uses; `action` lives across the call and the old action is not asked for.
-        let r = unsafe { libc::sigaction(wake_signal(), &action, std::ptr::null_mut()) };
-        Errno::result(r).map(drop)
-    });
+    let r = INSTALLED.get_or_init(|| signal::install_noop_handler(wake_signal()));
     r.map_err(io::Error::from)
 }
 
 #[cfg(test)]
 #[path = "readers_tests.rs"]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod session_tests;

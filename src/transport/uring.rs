@@ -38,14 +38,13 @@
 
 use super::handler::{Handler, Lane};
 use super::session::{submit_user, Pools};
+use super::stats::TransportStats;
 use super::wire::{self, ring, RingCmdReq, RingEntInOut};
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use crate::sys::uring::{BufferId, BufferSetId, FuseDevice, Ring};
 use nix::errno::Errno;
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use zerocopy::IntoBytes;
@@ -68,23 +67,6 @@ const MAILBOX: u64 = u64::MAX;
 /// REGISTER says EAGAIN until the INIT reply is in; retried this often, this far apart.
 const REGISTER_ATTEMPTS: u32 = 5000;
 const REGISTER_RETRY: Duration = Duration::from_millis(1);
-/// Offset of `len` in an SQE (the crate's URING_CMD builder cannot set it).
-const SQE_LEN_OFFSET: usize = 24;
-
-/// Requests answered through the rings since start (for the status).
-static RING_REQUESTS: AtomicU64 = AtomicU64::new(0);
-/// Entries registered beyond [`QUEUE_DEPTH`], all queues together (for the status).
-static EXTRA_ENTRIES: AtomicU64 = AtomicU64::new(0);
-
-/// How many requests travelled over io_uring in this process.
-pub fn ring_requests() -> u64 {
-    RING_REQUESTS.load(Ordering::Relaxed)
-}
-
-/// How many entries the queues registered beyond their first [`QUEUE_DEPTH`] each.
-pub fn extra_entries() -> u64 {
-    EXTRA_ENTRIES.load(Ordering::Relaxed)
-}
 
 /// Which entries of one queue pooled requests hold, and how many entries it should have.
 #[derive(Debug, Default)]
@@ -130,8 +112,6 @@ impl EntryBudget {
             .min(MAX_ENTRIES.saturating_sub(self.made))
     }
 }
-
-type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
 
 /// The CPUs the kernel makes a queue for: every possible CPU (`/sys/devices/system/cpu/possible`,
 /// e.g. `0-3` or `0,2-5`): the count is the highest index + 1.
@@ -205,10 +185,16 @@ impl Queues {
     /// Starts one queue per possible CPU on `fd` (the connection's /dev/fuse fd, or a duplicate)
     /// and submits every entry's REGISTER. Returns once each queue is set up; the kernel moves
     /// requests to the rings when the last queue's first entry is registered.
-    pub fn start(fd: OwnedFd, handler: Arc<Handler>, pools: Arc<Pools>) -> io::Result<Self> {
+    /// `stats` counts the requests and the entries grown.
+    pub fn start(
+        fd: OwnedFd,
+        handler: Arc<Handler>,
+        pools: Arc<Pools>,
+        stats: Arc<TransportStats>,
+    ) -> io::Result<Self> {
         let cpus = possible_cpus()?;
         let qids = u16::try_from(cpus).map_err(|_| io::Error::other("too many CPUs"))?;
-        let fd = Arc::new(fd);
+        let fd = Arc::new(FuseDevice::new(fd)?);
         let mut queues = Self { queues: Vec::new() };
         for qid in 0..qids {
             let mailbox = Arc::new(Mailbox::new()?);
@@ -219,6 +205,7 @@ impl Queues {
                 handler: handler.clone(),
                 pools: pools.clone(),
                 mailbox: mailbox.clone(),
+                stats: stats.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("uiommufd-ring{qid}"))
@@ -261,10 +248,11 @@ impl Drop for Queues {
 
 struct QueueContext {
     qid: u16,
-    fd: Arc<OwnedFd>,
+    fd: Arc<FuseDevice>,
     handler: Arc<Handler>,
     pools: Arc<Pools>,
     mailbox: Arc<Mailbox>,
+    stats: Arc<TransportStats>,
 }
 
 fn run_queue(ctx: QueueContext, started: &mpsc::Sender<io::Result<()>>) {
@@ -295,44 +283,6 @@ fn pin_to_cpu(cpu: usize) -> nix::Result<()> {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
 }
 
-/// Memory the kernel writes while an entry is submitted. Held through a raw pointer, so no Rust
-/// reference to it lives across a submission; the queue thread touches it only while the entry
-/// is its own (between a request's completion and the entry's next commit).
-struct KernelBuffer {
-    ptr: NonNull<[u8]>,
-}
-
-impl KernelBuffer {
-    fn new(len: usize) -> Self {
-        let b = vec![0u8; len].into_boxed_slice();
-        Self {
-            ptr: NonNull::from(Box::leak(b)),
-        }
-    }
-
-    fn iovec(&self) -> libc::iovec {
-        libc::iovec {
-            iov_base: self.ptr.as_ptr().cast::<libc::c_void>(),
-            iov_len: self.ptr.len(),
-        }
-    }
-
-    fn bytes(&mut self) -> &mut [u8] {
-        // SAFETY: the pointer comes from a leaked Box of this length and stays valid until drop;
-        // `&mut self` makes this the only reference, and callers use it only while the kernel
-        // does not own the entry (see the type's documentation).
-        unsafe { self.ptr.as_mut() }
-    }
-}
-
-impl Drop for KernelBuffer {
-    fn drop(&mut self) {
-        // SAFETY: the pointer came from Box::leak in `new` and is freed only here, once; the ring
-        // (which could make the kernel write here) is dropped before the entries (field order).
-        drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EntryState {
     /// REGISTER submitted (no request yet).
@@ -345,11 +295,13 @@ enum EntryState {
     Ended,
 }
 
+/// One ring entry: its buffers are the ring's (see `sys::uring`), lent to the kernel from each
+/// REGISTER or COMMIT_AND_FETCH until its completion.
 struct Entry {
-    header: KernelBuffer,
-    payload: KernelBuffer,
-    /// The two iovecs REGISTER points the kernel at.
-    iov: Box<[libc::iovec; 2]>,
+    header: BufferId,
+    payload: BufferId,
+    /// Header then payload: what REGISTER points the kernel at.
+    buffers: BufferSetId,
     commit_id: u64,
     state: EntryState,
     register_attempts: u32,
@@ -358,14 +310,13 @@ struct Entry {
 }
 
 impl Entry {
-    fn new() -> Self {
-        let header = KernelBuffer::new(ring::HEADER_SIZE);
-        let payload = KernelBuffer::new(PAYLOAD_SIZE);
-        let iov = Box::new([header.iovec(), payload.iovec()]);
+    fn new(ring: &mut Ring) -> Self {
+        let header = ring.buffer(ring::HEADER_SIZE);
+        let payload = ring.buffer(PAYLOAD_SIZE);
         Self {
             header,
             payload,
-            iov,
+            buffers: ring.buffer_set(&[header, payload]),
             commit_id: 0,
             state: EntryState::Registering,
             register_attempts: 0,
@@ -375,22 +326,26 @@ impl Entry {
 }
 
 struct Queue {
-    // Dropped first: closing the ring cancels the commands that name the buffers below.
+    /// Owns every buffer the kernel writes (entries' and the wake buffer).
     ring: Ring,
     ctx: QueueContext,
     entries: Vec<Entry>,
     budget: EntryBudget,
     /// The 8 bytes the mailbox's eventfd read lands in.
-    wake_buf: KernelBuffer,
+    wake_buf: BufferId,
+}
+
+/// Ring slots for `n` (a power of two, at least `n`); `n` is a small constant.
+fn ring_size(n: usize) -> u32 {
+    u32::try_from(n.next_power_of_two()).unwrap_or(u32::MAX)
 }
 
 impl Queue {
     fn new(ctx: QueueContext) -> io::Result<Self> {
         // Room for a completion of every entry a queue may grow and of the mailbox.
-        let ring = Ring::builder()
-            .setup_cqsize((MAX_ENTRIES as u32 + 1).next_power_of_two())
-            .build((QUEUE_DEPTH as u32 + 1).next_power_of_two())?;
-        let entries: Vec<Entry> = (0..QUEUE_DEPTH).map(|_| Entry::new()).collect();
+        let mut ring = Ring::new(ring_size(QUEUE_DEPTH + 1), ring_size(MAX_ENTRIES + 1))?;
+        let entries: Vec<Entry> = (0..QUEUE_DEPTH).map(|_| Entry::new(&mut ring)).collect();
+        let wake_buf = ring.buffer(8);
         let budget = EntryBudget {
             made: entries.len(),
             ..Default::default()
@@ -400,12 +355,8 @@ impl Queue {
             ctx,
             entries,
             budget,
-            wake_buf: KernelBuffer::new(8),
+            wake_buf,
         })
-    }
-
-    fn fd(&self) -> RawFd {
-        self.ctx.fd.as_raw_fd()
     }
 
     /// Arms the mailbox and registers every entry.
@@ -418,50 +369,22 @@ impl Queue {
         Ok(())
     }
 
-    fn push(&mut self, sqe: &squeue::Entry128) -> io::Result<()> {
-        loop {
-            let mut sq = self.ring.submission();
-            // SAFETY: every SQE built here points only at memory owned by this Queue (entry
-            // buffers, iovecs, the wake buffer), which outlives the ring (field order).
-            let pushed = unsafe { sq.push(sqe) };
-            drop(sq);
-            if pushed.is_ok() {
-                return Ok(());
-            }
-            // Full: hand the queued ones to the kernel to make room.
-            self.ring.submit()?;
-        }
-    }
-
     fn arm_mailbox(&mut self) -> io::Result<()> {
-        let buf = self.wake_buf.iovec();
-        let read = opcode::Read::new(
-            types::Fd(self.ctx.mailbox.wake.as_raw_fd()),
-            buf.iov_base.cast::<u8>(),
-            8,
-        )
-        .build()
-        .user_data(MAILBOX);
-        self.push(&read.into())
+        let wake = self.ctx.mailbox.wake.as_fd();
+        self.ring.push_read(wake, self.wake_buf, MAILBOX)
     }
 
     fn register(&mut self, i: usize) -> io::Result<()> {
         let e = &mut self.entries[i];
         e.state = EntryState::Registering;
         e.register_attempts += 1;
-        let addr = e.iov.as_ptr() as u64;
         let req = RingCmdReq {
             qid: self.ctx.qid,
             ..Default::default()
         };
-        let sqe = uring_cmd(
-            self.fd(),
-            ring::CMD_REGISTER,
-            &req,
-            i as u64,
-            Some((addr, 2)),
-        );
-        self.push(&sqe)
+        let (cmd, set) = (req.as_bytes(), (e.buffers, true));
+        self.ring
+            .push_fuse_cmd(&self.ctx.fd, ring::CMD_REGISTER, cmd, i as u64, set)
     }
 
     fn run(&mut self) {
@@ -475,12 +398,12 @@ impl Queue {
                     return;
                 }
             }
-            done.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            self.ring.complete(&mut done);
             for (user_data, res) in done.drain(..) {
                 let go_on = if user_data == MAILBOX {
                     self.on_mailbox(res)
                 } else {
-                    self.on_entry(user_data as usize, res)
+                    self.on_entry(crate::narrow::usize_from(user_data), res)
                 };
                 if let Err(e) = go_on {
                     tracing::error!(qid = self.ctx.qid, error = %e, "io_uring queue failed");
@@ -490,7 +413,7 @@ impl Queue {
             if self.ctx.mailbox.lock().stop {
                 tracing::debug!(
                     qid = self.ctx.qid,
-                    total_requests = ring_requests(),
+                    total_requests = self.ctx.stats.ring_requests(),
                     "io_uring queue stopped"
                 );
                 return;
@@ -545,13 +468,14 @@ impl Queue {
             }
         }
         e.state = EntryState::Busy;
-        RING_REQUESTS.fetch_add(1, Ordering::Relaxed);
-        let payload = e.payload.bytes();
-        let parsed = wire::ring_request(e.header.bytes(), payload);
-        let (msg, ent) = match parsed {
+        self.ctx.stats.count_ring_request();
+        let Some((header, payload)) = self.ring.bytes_pair(e.header, e.payload) else {
+            return Err(still_lent(i));
+        };
+        let (msg, ent) = match wire::ring_request(header, payload) {
             Ok(m) => m,
             Err(err) => {
-                let unique = wire::peek_header(e.header.bytes()).map_or(0, |h| h.unique);
+                let unique = wire::peek_header(header).map_or(0, |h| h.unique);
                 e.commit_id = unique;
                 crate::warn_limited!(error = %err, "malformed io_uring request");
                 return self.commit(i, Some(wire::reply_err(unique, Errno::EIO as i32)));
@@ -602,9 +526,9 @@ impl Queue {
     /// Registers new entries while fewer than [`FREE_ENTRIES`] are free (up to the cap).
     fn keep_entries_free(&mut self) -> io::Result<()> {
         for _ in 0..self.budget.missing() {
-            self.entries.push(Entry::new());
+            self.entries.push(Entry::new(&mut self.ring));
             self.budget.made += 1;
-            EXTRA_ENTRIES.fetch_add(1, Ordering::Relaxed);
+            self.ctx.stats.count_extra_entry();
             tracing::debug!(
                 qid = self.ctx.qid,
                 entries = self.entries.len(),
@@ -647,12 +571,15 @@ impl Queue {
             reply = wire::reply_err(e.commit_id, Errno::EIO as i32);
         }
         let (out, args) = reply.split_at(out_len);
-        e.payload.bytes()[..args.len()].copy_from_slice(args);
-        let header = e.header.bytes();
+        let Some((header, payload)) = self.ring.bytes_pair(e.header, e.payload) else {
+            return Err(still_lent(i));
+        };
+        payload[..args.len()].copy_from_slice(args);
         header[..out_len].copy_from_slice(out);
         let ent = RingEntInOut {
             commit_id: e.commit_id,
-            payload_sz: args.len() as u32,
+            // The payload buffer bounds `args` far below 4 GiB.
+            payload_sz: u32::try_from(args.len()).map_err(|_| io::Error::from(Errno::EOVERFLOW))?,
             ..Default::default()
         };
         header[ring::ENT_IN_OUT..ring::HEADER_SIZE].copy_from_slice(ent.as_bytes());
@@ -662,44 +589,23 @@ impl Queue {
             qid: self.ctx.qid,
             ..Default::default()
         };
-        let sqe = uring_cmd(self.fd(), ring::CMD_COMMIT_AND_FETCH, &req, i as u64, None);
-        self.push(&sqe)
+        let (cmd, set) = (req.as_bytes(), (e.buffers, false));
+        let op = ring::CMD_COMMIT_AND_FETCH;
+        self.ring
+            .push_fuse_cmd(&self.ctx.fd, op, cmd, i as u64, set)
     }
 }
 
-/// An IORING_OP_URING_CMD on `fd` with `req` in its command area; `iov` sets `addr` and `len`.
-fn uring_cmd(
-    fd: RawFd,
-    cmd_op: u32,
-    req: &RingCmdReq,
-    user_data: u64,
-    iov: Option<(u64, u32)>,
-) -> squeue::Entry128 {
-    let mut cmd = [0u8; 80];
-    cmd[..std::mem::size_of::<RingCmdReq>()].copy_from_slice(req.as_bytes());
-    let mut op = opcode::UringCmd80::new(types::Fd(fd), cmd_op).cmd(cmd);
-    if let Some((addr, _)) = iov {
-        op = op.addr(Some(addr));
-    }
-    let sqe = op.build().user_data(user_data);
-    match iov {
-        Some((_, len)) => with_len(sqe, len),
-        None => sqe,
-    }
-}
-
-/// Sets an SQE's `len`, which the crate's URING_CMD builder leaves 0.
-fn with_len(sqe: squeue::Entry128, len: u32) -> squeue::Entry128 {
-    // SAFETY: Entry128 is #[repr(C)] over `io_uring_sqe` (64 bytes of integers and integer unions)
-    // and 64 more bytes: exactly 128 bytes, no padding, no pointers; any value is valid bytes.
-    let mut raw: [u8; 128] = unsafe { std::mem::transmute::<squeue::Entry128, [u8; 128]>(sqe) };
-    raw[SQE_LEN_OFFSET..SQE_LEN_OFFSET + 4].copy_from_slice(&len.to_ne_bytes());
-    // SAFETY: the same layout the other way: every 128-byte pattern is a valid Entry128 (plain
-    // integers); only `len` changed from the value the crate built.
-    unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
+/// A queue found entry `i`'s buffers with the kernel while it owns the entry: a bookkeeping bug.
+fn still_lent(i: usize) -> io::Error {
+    io::Error::other(format!("entry {i}'s buffers are still with the kernel"))
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod tests {
     use super::*;
 
@@ -758,27 +664,5 @@ mod tests {
         assert_eq!(b.missing(), 1);
         assert!(hold(&mut b, 1));
         assert_eq!(b.free(), FREE_ENTRIES);
-    }
-
-    #[test]
-    fn register_sqe_carries_addr_len_and_command() {
-        let req = RingCmdReq {
-            commit_id: 0x1122,
-            qid: 3,
-            ..Default::default()
-        };
-        let sqe = uring_cmd(9, ring::CMD_REGISTER, &req, 5, Some((0xdead_beef, 2)));
-        // SAFETY: the layout argument of `with_len`.
-        let raw: [u8; 128] = unsafe { std::mem::transmute::<squeue::Entry128, [u8; 128]>(sqe) };
-        assert_eq!(raw[0], opcode::UringCmd80::CODE);
-        assert_eq!(i32::from_ne_bytes(raw[4..8].try_into().unwrap()), 9);
-        assert_eq!(u32::from_ne_bytes(raw[8..12].try_into().unwrap()), 1);
-        assert_eq!(
-            u64::from_ne_bytes(raw[16..24].try_into().unwrap()),
-            0xdead_beef
-        );
-        assert_eq!(u32::from_ne_bytes(raw[24..28].try_into().unwrap()), 2);
-        assert_eq!(u64::from_ne_bytes(raw[32..40].try_into().unwrap()), 5);
-        assert_eq!(&raw[48..48 + 24], req.as_bytes());
     }
 }

@@ -443,7 +443,9 @@ pub fn reply(unique: u64, error: i32, parts: &[&[u8]]) -> Vec<u8> {
     let len = std::mem::size_of::<OutHeader>() + payload;
     let mut out = Vec::with_capacity(len);
     let header = OutHeader {
-        len: len as u32,
+        // Replies are bounded by max_write; one past 4 GiB would be refused by the kernel as the
+        // wrong length it then is, never cut to a plausible one.
+        len: u32::try_from(len).unwrap_or(u32::MAX),
         error,
         unique,
     };
@@ -475,10 +477,13 @@ pub fn push_dirent(
     if buf.len() + padded > max {
         return false;
     }
+    let Ok(namelen) = u32::try_from(name.len()) else {
+        return false;
+    };
     let d = Dirent {
         ino,
         off,
-        namelen: name.len() as u32,
+        namelen,
         typ,
     };
     buf.extend_from_slice(d.as_bytes());
@@ -488,6 +493,10 @@ pub fn push_dirent(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "tests narrow the inputs they build themselves"
+)]
 mod tests {
     use super::*;
 

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uiommufd::caller::{read_struct, write_struct, CallerMemory};
 use uiommufd::dispatch::{NodeKind, OpenFile, Service};
-use uiommufd::transport::{Transport, TransportKind, TransportOptions, UringMode};
+use uiommufd::transport::{
+    FuseChannel, Transport, TransportKind, TransportOptions, TransportStats, UringMode,
+};
 
 pub const ROLE_ENV: &str = "UIOMMUFD_TEST_ROLE";
 pub const MNT_ENV: &str = "UIOMMUFD_TEST_MNT";
@@ -137,6 +139,17 @@ pub struct Server {
     pub mount: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The transport's counters.
+    pub stats: Arc<TransportStats>,
+}
+
+/// Requests the io_uring queues of this process's stopped test servers answered, all together
+/// (each transport counts its own; a server adds its count here when it is dropped).
+static RING_REQUESTS_SERVED: AtomicU64 = AtomicU64::new(0);
+
+/// How many requests the test servers of this process that have stopped answered over io_uring.
+pub fn ring_requests_served() -> u64 {
+    RING_REQUESTS_SERVED.load(Ordering::SeqCst)
 }
 
 /// The io_uring mode of the test servers (`on`, `auto`; anything else `off`): an environment
@@ -173,10 +186,11 @@ impl Server {
             .expect("transport start");
         assert_eq!(t.kind(), TransportKind::Fuse);
         let channel = match opts.io_uring {
-            UringMode::On => "io_uring",
-            _ => "/dev/fuse",
+            UringMode::On => FuseChannel::IoUring,
+            _ => FuseChannel::DevFuse,
         };
-        assert_eq!(uiommufd::transport::fuse_channel(), channel);
+        let stats = t.stats();
+        assert_eq!(stats.fuse_channel(), channel);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = rt.spawn(t.serve_until(async move {
             let _ = rx.await;
@@ -187,6 +201,7 @@ impl Server {
             mount: mount.to_path_buf(),
             stop: Some(tx),
             task: Some(task),
+            stats,
         }
     }
 
@@ -205,6 +220,7 @@ impl Drop for Server {
             let _ = stop.send(());
             let _ = self.rt.block_on(task);
         }
+        RING_REQUESTS_SERVED.fetch_add(self.stats.ring_requests(), Ordering::SeqCst);
     }
 }
 
