@@ -1,6 +1,7 @@
 //! The daemon's [`Service`]: one iommufd context per open of `/dev/iommu` or `/dev/vfio/vfio`.
 
-use super::handles::{Handle, HandleRegistry};
+use super::handles::{self, Handle, HandleRegistry};
+use super::selftest::handle_kinds::SelftestHandleKinds;
 use super::table::{self, Extensions, Op};
 use crate::backends::Prot;
 use crate::caller::context_query;
@@ -171,12 +172,24 @@ impl ContextHold {
     pub fn context(&self) -> &Arc<Context> {
         &self.0.ctx
     }
+
+    /// The hold as the layers below keep it.
+    pub fn boxed(self) -> crate::devices::context::ContextHold {
+        crate::devices::context::ContextHold::new(Box::new(self))
+    }
 }
 
 impl std::ops::Deref for ContextHold {
     type Target = Arc<Context>;
 
     fn deref(&self) -> &Arc<Context> {
+        &self.0.ctx
+    }
+}
+
+/// The hold as the layers below see it (devices, object fds).
+impl crate::devices::context::HeldContext for ContextHold {
+    fn context(&self) -> &Arc<Context> {
         &self.0.ctx
     }
 }
@@ -442,7 +455,7 @@ impl IommuFile {
             );
             return Err(Errno::EBUSY);
         }
-        let h = super::handles::bind(&self.daemon, self.ctx.id, arg, mem)?;
+        let h = self.daemon.bind_handle(self.ctx.id, arg, mem)?;
         if let Err(h) = self.handle.set(h) {
             h.release(self.ctx.id);
             return Err(Errno::EBUSY);
@@ -474,7 +487,7 @@ impl OpenFile for IommuFile {
                 .handle
                 .get()
                 .map_or(Errno::EINVAL as u32, |h| h.zero_read_errno());
-            return super::handles::answer_zero_read(errno, arg, mem);
+            return handles::answer_zero_read(errno, arg, mem);
         }
         if self.handle.get().is_some() {
             // The kernel's object fds take no ioctls.
@@ -522,6 +535,49 @@ impl Daemon {
     pub fn context_of_file(&self, file: std::os::fd::BorrowedFd<'_>) -> Result<ContextHold, Errno> {
         let id = context_query::ask(file)?;
         self.hold_context(id).ok_or(Errno::EBADFD)
+    }
+
+    /// The object fd kinds made outside the handle registry: the selftest's, refused (ENOTTY)
+    /// unless this daemon serves the selftest.
+    fn handle_kinds(&self) -> SelftestHandleKinds {
+        SelftestHandleKinds {
+            served: self.selftest,
+        }
+    }
+
+    /// UIOMMUFD_HANDLE_BIND on this daemon's open file `file_id` (see [`handles::bind`]).
+    fn bind_handle(&self, file_id: u64, arg: u64, mem: &dyn CallerMemory) -> Result<Handle, Errno> {
+        let context_of_file =
+            |file: std::os::fd::BorrowedFd<'_>| self.context_of_file(file).map(ContextHold::boxed);
+        handles::bind(
+            &self.handles,
+            &self.handle_kinds(),
+            file_id,
+            arg,
+            mem,
+            &context_of_file,
+        )
+    }
+
+    /// [`Self::bind_handle`] with the caller's iommufd fd resolved by `context_of_fd` (see
+    /// [`handles::bind_with`]).
+    #[cfg(test)]
+    pub(crate) fn bind_handle_with(
+        &self,
+        file_id: u64,
+        arg: u64,
+        mem: &dyn CallerMemory,
+        context_of_fd: &dyn Fn(i32) -> Result<ContextHold, Errno>,
+    ) -> Result<Handle, Errno> {
+        let context_of_fd = |fd: i32| context_of_fd(fd).map(ContextHold::boxed);
+        handles::bind_with(
+            &self.handles,
+            &self.handle_kinds(),
+            file_id,
+            arg,
+            mem,
+            &context_of_fd,
+        )
     }
 }
 

@@ -7,27 +7,71 @@
 //! daemon never keeps a file of its own node open for that: see `daemon::Lifetime`).
 //! Closing the handle's last fd releases the object: a selftest access is destroyed, a fault or
 //! vEVENT queue only loses the fd as a user (IOMMU_DESTROY removes it), a dma-buf goes away.
+//!
+//! The registry knows the kinds of the iommufd uAPI itself; the selftest's kinds plug in through
+//! [`PluggedKinds`] and [`PluggedObject`], and the daemon passes in what binding needs of it, so
+//! this module names neither.
 
-use super::daemon::{ContextHold, Daemon};
-use super::selftest::access::TestAccess;
-use super::selftest::dmabuf::TestDmabuf;
 use crate::caller::{read_struct, write_struct, CallerMemory};
+use crate::devices::context::ContextHold;
 use crate::dispatch::private_abi::*;
 use crate::objects::fault::FaultQueue;
 use crate::objects::veventq::VeventQueue;
 use crate::objects::{Context, Object, ObjectUser};
 use nix::errno::Errno;
+use std::any::Any;
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// What a handle's fd stands for.
 #[derive(Clone)]
 pub enum HandleObject {
-    Access(Arc<TestAccess>),
     Fault(Arc<FaultQueue>),
-    Dmabuf(Arc<TestDmabuf>),
     Veventq(Arc<VeventQueue>),
+    /// An object of a kind made outside this module (the selftest's access or dma-buf).
+    Plugged(Arc<dyn PluggedObject>),
+}
+
+impl HandleObject {
+    /// The plugged object as a `T`; None for anything else.
+    pub fn plugged<T: PluggedObject>(self) -> Option<Arc<T>> {
+        match self {
+            Self::Plugged(object) => {
+                let any: Arc<dyn Any + Send + Sync> = object;
+                any.downcast().ok()
+            }
+            Self::Fault(_) | Self::Veventq(_) => None,
+        }
+    }
+}
+
+/// An object of a handle kind made outside this module: the registry knows it only this way.
+/// Such an object takes no reads or writes and is no user the fd keeps of a context's object.
+pub trait PluggedObject: Any + Send + Sync {
+    /// Its ID in the context it was made in (0 when it is no object of a context).
+    fn object_id(&self) -> u32;
+    /// What the fd stands for, in words.
+    fn kind_name(&self) -> &'static str;
+    /// Whether the handle keeps the context it was made in alive.
+    fn holds_context(&self) -> bool;
+    /// Whether closing the handle would drop a user of object `id` of its context.
+    fn release_may_free(&self, id: u32) -> bool;
+    /// The handle's last fd was closed (or nobody will ever hold it).
+    fn release(&self);
+}
+
+/// The handle kinds made outside this module.
+pub trait PluggedKinds {
+    /// Whether `kind` is one of them; an error, before the iommufd fd is looked at, when it is
+    /// one but cannot be made here.
+    fn claims(&self, kind: u32) -> Result<bool, Errno>;
+    /// The object `req` (of a kind [`Self::claims`]) asks for, in `ctx`.
+    fn make(
+        &self,
+        req: &uiommufd_handle_bind,
+        ctx: &Arc<Context>,
+    ) -> Result<Arc<dyn PluggedObject>, Errno>;
 }
 
 /// A bound handle as the registry knows it.
@@ -83,19 +127,15 @@ impl HandleRegistry {
         self.bound().values().any(|e| {
             e.ctx_id == ctx_id
                 && match &e.object {
-                    // An access with no IOAS is being torn down: its old IOAS is about to lose it.
-                    HandleObject::Access(a) => {
-                        e.object_id == id || a.ioas_id().is_none_or(|i| i == id)
-                    }
                     HandleObject::Fault(_) | HandleObject::Veventq(_) => e.object_id == id,
-                    HandleObject::Dmabuf(_) => false,
+                    HandleObject::Plugged(p) => p.release_may_free(id),
                 }
         })
     }
 
     /// What `file` (a duplicate of some caller's fd) is a handle of; None for any other file
     /// (a handle of another daemon included).
-    pub fn object_of_file(&self, file: std::os::fd::BorrowedFd<'_>) -> Option<HandleObject> {
+    pub fn object_of_file(&self, file: BorrowedFd<'_>) -> Option<HandleObject> {
         let id = crate::caller::context_query::ask(file).ok()?;
         self.bound().get(&id).map(|e| e.object.clone())
     }
@@ -138,27 +178,32 @@ fn fault_queue_alloc(
     Ok((id, q, user))
 }
 
-/// UIOMMUFD_HANDLE_BIND on the open file known to the daemon as `file_id`.
+/// UIOMMUFD_HANDLE_BIND on the open file known to the daemon as `file_id`, bound in `registry`;
+/// `context_of_file` finds the context behind a duplicate of the caller's iommufd fd (EBADFD for
+/// a file that is no context of this daemon).
 pub fn bind(
-    daemon: &Daemon,
+    registry: &Arc<HandleRegistry>,
+    plugged: &dyn PluggedKinds,
     file_id: u64,
     arg: u64,
     mem: &dyn CallerMemory,
+    context_of_file: &dyn Fn(BorrowedFd<'_>) -> Result<ContextHold, Errno>,
 ) -> Result<Handle, Errno> {
     let context_of_fd = |fd: i32| {
         let iommufd = mem.get_fd(fd).map_err(|_| Errno::EBADF)?;
-        let hold = daemon.context_of_file(iommufd.as_fd());
+        let hold = context_of_file(iommufd.as_fd());
         crate::caller::context_query::close_dup(iommufd);
         hold
     };
-    bind_with(daemon, file_id, arg, mem, &context_of_fd)
+    bind_with(registry, plugged, file_id, arg, mem, &context_of_fd)
 }
 
 /// [`bind`] with the caller's iommufd fd resolved to a context by `context_of_fd` (EBADF for an
 /// fd that is not open, EBADFD for a file that is no context of this daemon): the seam unit
 /// tests use, since only a served node answers the real query.
 pub(crate) fn bind_with(
-    daemon: &Daemon,
+    registry: &Arc<HandleRegistry>,
+    plugged: &dyn PluggedKinds,
     file_id: u64,
     arg: u64,
     mem: &dyn CallerMemory,
@@ -168,20 +213,13 @@ pub(crate) fn bind_with(
     if req.size as usize != std::mem::size_of::<uiommufd_handle_bind>() {
         return Err(Errno::EINVAL);
     }
-    let test_kind = matches!(
-        req.kind,
-        UIOMMUFD_HANDLE_TEST_ACCESS | UIOMMUFD_HANDLE_TEST_DMABUF
-    );
-    if test_kind && !daemon.selftest() {
-        // As IOMMU_TEST_CMD itself on a production kernel.
-        return Err(Errno::ENOTTY);
-    }
+    let plugged_kind = plugged.claims(req.kind)?;
     let hold = context_of_fd(req.iommufd)?;
     let ctx = hold.context().clone();
     let (object_id, object, user) = match req.kind {
-        UIOMMUFD_HANDLE_TEST_ACCESS => {
-            let a = TestAccess::create(&ctx, req.arg0, req.arg1)?;
-            (a.object_id(), HandleObject::Access(a), None)
+        _ if plugged_kind => {
+            let p = plugged.make(&req, &ctx)?;
+            (p.object_id(), HandleObject::Plugged(p), None)
         }
         UIOMMUFD_HANDLE_FAULT_QUEUE => {
             let (id, q, user) = fault_queue_alloc(&ctx, req.arg0)?;
@@ -192,19 +230,17 @@ pub(crate) fn bind_with(
             let user = ctx.hold_new(id)?;
             (id, HandleObject::Veventq(q), Some(user))
         }
-        UIOMMUFD_HANDLE_TEST_DMABUF => (
-            0,
-            HandleObject::Dmabuf(TestDmabuf::create(req.arg0.into())?),
-            None,
-        ),
         other => {
             crate::warn_limited!(kind = other, "UIOMMUFD_HANDLE_BIND of an unknown kind");
             return Err(Errno::EINVAL);
         }
     };
-    let holds_ctx = !matches!(object, HandleObject::Dmabuf(_));
+    let holds_ctx = match &object {
+        HandleObject::Plugged(p) => p.holds_context(),
+        HandleObject::Fault(_) | HandleObject::Veventq(_) => true,
+    };
     let handle = Handle {
-        registry: daemon.handles().clone(),
+        registry: registry.clone(),
         ctx: ctx.clone(),
         object_id,
         object,
@@ -243,8 +279,8 @@ pub(crate) fn bind_with(
 impl Handle {
     fn drop_object(&self) {
         match &self.object {
-            HandleObject::Access(a) => a.release(),
-            HandleObject::Fault(_) | HandleObject::Veventq(_) | HandleObject::Dmabuf(_) => {
+            HandleObject::Plugged(p) => p.release(),
+            HandleObject::Fault(_) | HandleObject::Veventq(_) => {
                 if let Some(user) = &self.user {
                     user.release();
                 }
@@ -260,11 +296,10 @@ impl Handle {
 
     /// What the fd stands for, in words.
     pub fn kind_name(&self) -> &'static str {
-        match self.object {
-            HandleObject::Access(_) => "selftest access (IOMMU_TEST_OP_CREATE_ACCESS)",
+        match &self.object {
             HandleObject::Fault(_) => "fault queue (IOMMU_FAULT_QUEUE_ALLOC)",
-            HandleObject::Dmabuf(_) => "dma-buf (IOMMU_TEST_OP_DMABUF_GET)",
             HandleObject::Veventq(_) => "vEVENT queue (IOMMU_VEVENTQ_ALLOC)",
+            HandleObject::Plugged(p) => p.kind_name(),
         }
     }
 
@@ -283,7 +318,7 @@ impl Handle {
         match &self.object {
             HandleObject::Fault(q) => q.read(size as usize),
             HandleObject::Veventq(q) => q.read(size as usize),
-            HandleObject::Access(_) | HandleObject::Dmabuf(_) => Err(Errno::EINVAL),
+            HandleObject::Plugged(_) => Err(Errno::EINVAL),
         }
     }
 
@@ -293,9 +328,7 @@ impl Handle {
             HandleObject::Fault(q) => q
                 .write(data)
                 .and_then(|n| u32::try_from(n).map_err(|_| Errno::EOVERFLOW)),
-            HandleObject::Access(_) | HandleObject::Dmabuf(_) | HandleObject::Veventq(_) => {
-                Err(Errno::EINVAL)
-            }
+            HandleObject::Veventq(_) | HandleObject::Plugged(_) => Err(Errno::EINVAL),
         }
     }
 

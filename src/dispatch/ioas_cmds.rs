@@ -1,6 +1,5 @@
 //! Handlers of the IOAS commands, IOMMU_DESTROY, IOMMU_OPTION and IOMMU_VFIO_IOAS.
 
-use super::handles::HandleObject;
 use super::selftest::dmabuf::TestDmabuf;
 use super::ucmd::Ucmd;
 use crate::backends::Prot;
@@ -242,8 +241,10 @@ pub fn ioas_map_file(u: &Ucmd) -> Result<(), Errno> {
     let file = crate::caller::context_query::ClientDup::new(
         u.mem.get_fd(cmd.fd).map_err(|_| Errno::EBADF)?,
     );
-    if let Some(HandleObject::Dmabuf(buf)) =
-        u.handles.object_of_file(std::os::fd::AsFd::as_fd(&file))
+    if let Some(buf) = u
+        .handles
+        .object_of_file(std::os::fd::AsFd::as_fd(&file))
+        .and_then(|o| o.plugged::<TestDmabuf>())
     {
         return map_dmabuf(u, cmd, &ioas, &buf);
     }

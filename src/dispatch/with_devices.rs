@@ -2,22 +2,14 @@
 //! resolving the contexts callers name through this daemon (the devices layer sees only
 //! [`crate::devices::context`]).
 
-use super::daemon::ContextHold as DaemonHold;
 use super::{Daemon, DeviceOpener, Extensions};
-use crate::devices::context::{ContextHold, ContextResolver, HeldContext};
+use crate::devices::context::{ContextHold, ContextResolver};
 use crate::devices::dmacopy::DmaCopy;
 use crate::devices::{legacy_group, vfio_pci, RealDevices};
-use crate::objects::Context;
 use nix::errno::Errno;
 use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 use std::sync::{Arc, OnceLock, Weak};
-
-impl HeldContext for DaemonHold {
-    fn context(&self) -> &Arc<Context> {
-        DaemonHold::context(self)
-    }
-}
 
 /// Resolves through the daemon (set once the daemon exists).
 struct DaemonResolver(OnceLock<Weak<Daemon>>);
@@ -27,7 +19,7 @@ impl ContextResolver for DaemonResolver {
         let daemon = self.0.get().and_then(Weak::upgrade).ok_or(Errno::EBADFD)?;
         daemon
             .context_of_file(file)
-            .map(|h| ContextHold::new(Box::new(h)))
+            .map(super::daemon::ContextHold::boxed)
     }
 }
 

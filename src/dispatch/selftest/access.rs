@@ -10,7 +10,6 @@
 //! An access keeps a list of the ranges it pinned (ACCESS_PAGES items). When the IOAS unmaps a
 //! range, the access's unmap callback drops every item overlapping it, as the kernel's mock does.
 
-use crate::dispatch::handles::HandleObject;
 use crate::dispatch::ucmd::Ucmd;
 use crate::iopt::PAGE_SIZE;
 use crate::narrow::usize_from;
@@ -110,7 +109,7 @@ impl TestAccess {
 /// else, as the kernel's lookup answers.
 fn access_of_fd(u: &Ucmd, fd: u32) -> Result<Arc<TestAccess>, Errno> {
     match u.handles.object_of_fd(u.mem, fd as i32) {
-        Ok(Some(HandleObject::Access(a))) => Ok(a),
+        Ok(Some(object)) => object.plugged::<TestAccess>().ok_or(Errno::EBADFD),
         _ => Err(Errno::EBADFD),
     }
 }

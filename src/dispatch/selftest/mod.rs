@@ -10,6 +10,7 @@
 pub mod access;
 mod checks;
 pub mod dmabuf;
+pub mod handle_kinds;
 pub mod mockdev;
 mod pasid;
 
@@ -177,15 +178,15 @@ pub fn test_cmd(u: &Ucmd) -> Result<(), Errno> {
             Err(Errno::EOPNOTSUPP)
         }
         IOMMU_TEST_OP_DMABUF_REVOKE => {
-            use crate::dispatch::handles::HandleObject;
             let p: iommu_test_cmd_dmabuf_revoke = payload(&cmd);
-            match u.handles.object_of_fd(u.mem, p.dmabuf_fd)? {
-                Some(HandleObject::Dmabuf(buf)) => {
+            let object = u.handles.object_of_fd(u.mem, p.dmabuf_fd)?;
+            match object.and_then(|o| o.plugged::<dmabuf::TestDmabuf>()) {
+                Some(buf) => {
                     buf.set_revoked(p.revoked != 0);
                     Ok(())
                 }
                 // Not a dma-buf at all, as dma_buf_get() answers.
-                _ => Err(Errno::EINVAL),
+                None => Err(Errno::EINVAL),
             }
         }
         IOMMU_TEST_OP_PASID_ATTACH => pasid::attach(u, &mut cmd),

@@ -6,7 +6,7 @@
 use super::*;
 use crate::dispatch::daemon::ContextHold;
 use crate::dispatch::extensions::production_extensions;
-use crate::dispatch::handles::{bind_with, Handle};
+use crate::dispatch::handles::Handle;
 use crate::dispatch::private_abi::*;
 
 /// The fd number the tests' resolver knows as the bench's context.
@@ -40,7 +40,7 @@ pub(super) fn bind(
             _ => Err(Errno::EBADF),
         }
     };
-    bind_with(&b.daemon, file_id, ARG, &b.mem, &resolve)
+    b.daemon.bind_handle_with(file_id, ARG, &b.mem, &resolve)
 }
 
 /// File ids for a daemon's handle registry (ids as a served node's files would have).
@@ -147,7 +147,9 @@ fn a_failed_copy_out_leaves_no_object() {
     let mut buf = r;
     let mem_arg = std::ptr::addr_of_mut!(buf) as u64;
     let resolve = |_: i32| b.daemon.hold_context(ctx).ok_or(Errno::EBADFD);
-    let got = bind_with(&b.daemon, file_id(20), mem_arg, &fail_write, &resolve);
+    let got = b
+        .daemon
+        .bind_handle_with(file_id(20), mem_arg, &fail_write, &resolve);
     assert_eq!(got.err(), Some(Errno::EFAULT));
     assert!(fail_write.fired());
     assert_eq!(b.ctx.num_objects(), before, "the fault queue went again");
@@ -155,7 +157,9 @@ fn a_failed_copy_out_leaves_no_object() {
     r.arg0 = ioas;
     buf = r;
     let fail_write = FailNthMemory::new(crate::caller::ProcessMemory::current(), Some(2));
-    let got = bind_with(&b.daemon, file_id(21), mem_arg, &fail_write, &resolve);
+    let got = b
+        .daemon
+        .bind_handle_with(file_id(21), mem_arg, &fail_write, &resolve);
     assert_eq!(got.err(), Some(Errno::EFAULT));
     assert_eq!(std::hint::black_box(buf).out_object_id, 0);
     assert_eq!(b.ctx.num_objects(), before, "the access went again");
