@@ -21,7 +21,9 @@ impl SubordinateIds {
                 let owner = owner.parse().ok().or_else(|| uid_of(owner))?;
                 Some((first.parse().ok()?, count.parse().ok()?, owner))
             })
-            .filter(|r| r.1 > 0)
+            // Root's ranges (container runtimes' default) hold other users, each its own: merged,
+            // one of them could take every share of root and of all the others.
+            .filter(|r| r.1 > 0 && r.2 != 0)
             .collect();
         ranges.sort_unstable();
         Self { ranges }
@@ -72,5 +74,19 @@ mod tests {
         assert_eq!(ids.owner_of(5), 5);
         assert_eq!(ids.owner_of(0), 0);
         assert_eq!(SubordinateIds::default().owner_of(123), 123);
+    }
+
+    /// A container runtime's range owned by root holds other users, each its own: merged into
+    /// root, any of them would share (and could exhaust) root's and every other one's share.
+    #[test]
+    fn roots_ranges_stay_separate_users() {
+        let ids = SubordinateIds::parse(
+            "root:1000000:1000000000
+0:200000:10
+",
+            |n| (n == "root").then_some(0),
+        );
+        assert_eq!(ids.owner_of(1000005), 1000005);
+        assert_eq!(ids.owner_of(200001), 200001);
     }
 }

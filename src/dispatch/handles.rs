@@ -226,8 +226,7 @@ pub(crate) fn bind_with(
             (id, HandleObject::Fault(q), Some(user))
         }
         UIOMMUFD_HANDLE_VEVENTQ => {
-            let (id, q) = VeventQueue::alloc(&ctx, req.arg0, req.arg1, req.arg2, req.arg3)?;
-            let user = ctx.hold_new(id)?;
+            let (id, q, user) = VeventQueue::alloc(&ctx, req.arg0, req.arg1, req.arg2, req.arg3)?;
             (id, HandleObject::Veventq(q), Some(user))
         }
         other => {

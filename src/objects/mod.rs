@@ -371,6 +371,10 @@ impl Context {
 
     /// Inserts `object` under the smallest free ID ≥ 1. ENOMEM past the object caps.
     pub fn insert(&self, object: Object) -> Result<u32, Errno> {
+        self.insert_with_users(object, 1)
+    }
+
+    fn insert_with_users(&self, object: Object, users: u32) -> Result<u32, Errno> {
         let charge = self.charge(Resource::Objects, 1)?;
         let mut table = self.table.lock().unwrap();
         let id = table.alloc_id()?;
@@ -378,26 +382,19 @@ impl Context {
             id,
             Entry {
                 object: Some(object),
-                users: 1,
+                users,
                 _charge: charge,
             },
         );
         Ok(id)
     }
 
-    /// Inserts `object` with a user for an outside holder (an fd), so that IOMMU_DESTROY answers
-    /// EBUSY until the holder lets the returned user go.
+    /// Inserts `object` with a user for an outside holder (an fd, an internal access), so that
+    /// IOMMU_DESTROY answers EBUSY until the holder lets the returned user go. The user is there
+    /// from the moment the ID is: no destroy can come between.
     pub fn insert_held(&self, object: Object) -> Result<(u32, ObjectUser), Errno> {
-        let id = self.insert(object)?;
-        Ok((id, self.hold_new(id)?))
-    }
-
-    /// A user of the just-inserted object `id` for an outside holder (see
-    /// [`Self::insert_held`]); destroys the object if that fails.
-    pub fn hold_new(&self, id: u32) -> Result<ObjectUser, Errno> {
-        self.take_user(id).inspect_err(|_| {
-            let _ = self.destroy(id);
-        })
+        let id = self.insert_with_users(object, 2)?;
+        Ok((id, ObjectUser::taken(&self.table, id)))
     }
 
     /// The object under `id`, whatever its type.

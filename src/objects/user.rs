@@ -28,6 +28,15 @@ impl std::fmt::Debug for ObjectUser {
 }
 
 impl ObjectUser {
+    /// The user an entry was inserted with (its count already includes it).
+    pub(super) fn taken(table: &std::sync::Arc<Mutex<Table>>, id: u32) -> Self {
+        ObjectUser {
+            table: std::sync::Arc::downgrade(table),
+            id,
+            held: AtomicBool::new(true),
+        }
+    }
+
     /// The object this is a user of.
     pub fn id(&self) -> u32 {
         self.id

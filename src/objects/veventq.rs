@@ -51,7 +51,7 @@ impl VeventQueue {
         viommu_id: u32,
         veventq_type: u32,
         depth: u32,
-    ) -> Result<(u32, Arc<VeventQueue>), Errno> {
+    ) -> Result<(u32, Arc<VeventQueue>, ObjectUser), Errno> {
         let viommu = Self::check(ctx, flags, viommu_id, veventq_type, depth)?;
         let mut queues = viommu.veventqs.lock().unwrap();
         if queues.contains_key(&veventq_type) {
@@ -65,9 +65,10 @@ impl VeventQueue {
             depth,
             queue: Mutex::new(Queue::default()),
         });
-        let id = ctx.insert(super::Object::from(q.clone()))?;
+        // Held from the start for the fd it is made for.
+        let (id, user) = ctx.insert_held(super::Object::from(q.clone()))?;
         queues.insert(veventq_type, Arc::downgrade(&q));
-        Ok((id, q))
+        Ok((id, q, user))
     }
 
     /// IOMMU_VEVENTQ_ALLOC's checks, in the kernel's order, without making anything: the vIOMMU
@@ -199,7 +200,7 @@ mod tests {
             VeventQueue::alloc(&ctx, 0, 99, 7, 2).err(),
             Some(Errno::ENOENT)
         );
-        let (_, q) = VeventQueue::alloc(&ctx, 0, vid, 7, depth).unwrap();
+        let (_, q, _user) = VeventQueue::alloc(&ctx, 0, vid, 7, depth).unwrap();
         assert_eq!(
             VeventQueue::alloc(&ctx, 0, vid, 7, depth).err(),
             Some(Errno::EEXIST)

@@ -199,6 +199,9 @@ pub struct HwQueue {
     /// The internal access's own ID, held by the queue: the kernel gives it one right after the
     /// queue's, so IDs handed out later are the kernel's too (IOMMU_DESTROY of it is EBUSY).
     access_id: Mutex<Option<(u32, ObjectUser)>>,
+    /// The queue's own ID, once inserted: its destroy takes its index out of the vIOMMU only
+    /// while the index is still its own.
+    own_id: std::sync::OnceLock<u32>,
     /// The page-aligned pinned range.
     pin: (u64, u64),
 }
@@ -267,9 +270,11 @@ impl HwQueue {
             prev,
             access: access.clone(),
             access_id: Mutex::new(None),
+            own_id: std::sync::OnceLock::new(),
             pin,
         });
         let id = ctx.insert(super::Object::from(q.clone())).map_err(undo)?;
+        let _ = q.own_id.set(id);
         match ctx.insert_held(super::Object::Access(access)) {
             Ok(held) => *q.access_id.lock().unwrap() = Some(held),
             Err(e) => {
@@ -290,7 +295,16 @@ impl Extension for HwQueue {
     }
 
     fn destroy(&self, ctx: &Context) {
-        self.viommu.hw_queues.lock().unwrap().remove(&self.index);
+        {
+            let mut queues = self.viommu.hw_queues.lock().unwrap();
+            if self
+                .own_id
+                .get()
+                .is_some_and(|id| queues.get(&self.index) == Some(id))
+            {
+                queues.remove(&self.index);
+            }
+        }
         if let Some(prev) = &self.prev_user {
             prev.release();
         }

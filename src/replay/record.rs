@@ -45,7 +45,14 @@ struct Session {
     calls: Vec<Call>,
     /// Set when this open became an object's fd (`uiommufd launch`): nothing to replay.
     object_fd: bool,
+    /// Bytes the calls kept so far; past [`MAX_SESSION_BYTES`] the rest of the session is not
+    /// recorded (the script says so), so a client cannot grow the daemon without bound.
+    bytes: usize,
+    cut: bool,
 }
+
+/// Most bytes of structs and caller data one recorded session keeps.
+const MAX_SESSION_BYTES: usize = 64 << 20;
 
 /// One pointer use: where, and how many bytes from there were readable (0: none).
 #[derive(Clone, Copy)]
@@ -132,6 +139,10 @@ impl Watched<'_> {
     }
 
     fn note_touched(&self, addr: u64, len: usize, read: Option<&[u8]>) {
+        // The struct itself (its size word and body, read from the argument) is kept apart.
+        if addr == self.arg {
+            return;
+        }
         let Ok(mut t) = self.touched.lock() else {
             return;
         };
@@ -245,6 +256,8 @@ impl IoctlObserver for Recorder {
                     node: node.clone(),
                     calls: Vec::new(),
                     object_fd: false,
+                    bytes: 0,
+                    cut: false,
                 },
             );
         }
@@ -315,7 +328,21 @@ impl IoctlObserver for Recorder {
         let result = c.result;
         if let Ok(mut s) = self.sessions.lock() {
             if let Some(s) = s.get_mut(&ctx.id) {
-                s.calls.push(c);
+                let kept = c.before.as_ref().map_or(0, Vec::len)
+                    + c.after.as_ref().map_or(0, Vec::len)
+                    + c.data.iter().map(|(_, d)| d.len()).sum::<usize>();
+                s.bytes = s.bytes.saturating_add(kept);
+                if s.bytes > MAX_SESSION_BYTES {
+                    if !s.cut {
+                        crate::warn_limited!(
+                            ctx = ctx.id,
+                            "recorded session past its size cap; the rest is not recorded"
+                        );
+                    }
+                    s.cut = true;
+                } else if !s.cut {
+                    s.calls.push(c);
+                }
             }
         }
         result
@@ -628,6 +655,13 @@ fn render(ctx: u64, s: &Session) -> String {
     };
     for c in &s.calls {
         r.call(c);
+    }
+    if s.cut {
+        let _ = writeln!(
+            r.out,
+            "# INCOMPLETE: the session passed {} MiB of recorded data; later ioctls NOT RECORDED.",
+            MAX_SESSION_BYTES >> 20
+        );
     }
     r.out.push_str("{\"close\": \"fd\"}\n");
     r.out

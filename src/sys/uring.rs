@@ -94,8 +94,9 @@ impl KernelBuffer {
 
 impl Drop for KernelBuffer {
     fn drop(&mut self) {
-        // SAFETY: the pointer came from Box::leak in `new` and is freed only here, once; the ring
-        // that could make the kernel write here is closed before the buffers (`Ring` field order).
+        // SAFETY: the pointer came from Box::leak in `new` and is freed only here, once; a buffer
+        // is dropped only when no submission in flight names it (`Ring`'s drop leaks them all
+        // otherwise), so the kernel does not write here afterwards.
         drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
     }
 }
@@ -114,6 +115,22 @@ pub struct Ring {
     sets: Vec<BufferSet>,
     /// The buffers lent by each submission in flight, by its user_data.
     lent: HashMap<u64, Vec<usize>>,
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // Closing a ring cancels its commands only later (the kernel's ring exit runs on a
+        // workqueue, and a forked copy of the fd keeps it open): buffers still lent may be
+        // written after this. Those are left to the process rather than freed under the kernel.
+        if !self.lent.is_empty() {
+            for b in self.buffers.drain(..) {
+                std::mem::forget(b);
+            }
+            for s in self.sets.drain(..) {
+                std::mem::forget(s);
+            }
+        }
+    }
 }
 
 impl Ring {
