@@ -393,6 +393,13 @@ impl Queue {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // The completion queue is full, or the kernel is short of memory for a moment:
+                // reaping the completions below makes room; giving up would strand this CPU's
+                // callers.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
+                    crate::warn_limited!(qid = self.ctx.qid, error = %e, "io_uring submit deferred");
+                    std::thread::yield_now();
+                }
                 Err(e) => {
                     tracing::error!(qid = self.ctx.qid, error = %e, "io_uring queue failed");
                     return;
@@ -464,7 +471,8 @@ impl Queue {
                     error = %Errno::from_raw(-r),
                     "io_uring entry ended by the kernel"
                 );
-                return Ok(());
+                // A replacement, so that inline requests still find an entry (up to the cap).
+                return self.keep_entries_free();
             }
         }
         e.state = EntryState::Busy;
