@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{ioas_alloc, ioctl, test_cmd, DaemonProcess, StalledPage};
 use uiommufd_uapi::iommufd::*;
-use uiommufd_uapi::selftest::IOMMU_TEST_OP_MOCK_DOMAIN;
+use uiommufd_uapi::selftest::{IOMMU_TEST_OP_MOCK_DOMAIN, MOCK_APERTURE_START};
 
 /// UFFDIO_COPY: _IOWR(0xAA, 3, struct uffdio_copy) (40 bytes).
 const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03;
@@ -37,6 +37,18 @@ fn serve_page(stall: &StalledPage) {
     assert_eq!(rc, 0, "UFFDIO_COPY: {}", std::io::Error::last_os_error());
 }
 
+/// IOAS_IOVA_RANGES with num_iovas 0, which asks for the count: EMSGSIZE with the count set, as
+/// the kernel. Returns the result and the count.
+fn range_count(f: &std::fs::File, ioas: u32) -> (Result<i32, i32>, u32) {
+    let mut ranges = iommu_ioas_iova_ranges {
+        size: std::mem::size_of::<iommu_ioas_iova_ranges>() as u32,
+        ioas_id: ioas,
+        ..Default::default()
+    };
+    let r = ioctl(f, IOMMU_IOAS_IOVA_RANGES, &mut ranges);
+    (r, ranges.num_iovas)
+}
+
 /// One try: a map of the stalled page on `ioas`, IOAS_IOVA_RANGES on the same IOAS while the map
 /// is in the daemon, then the page served. Some(latency) when the map waited for the page and
 /// completed (the second call was answered meanwhile); None when the map failed on its own
@@ -45,17 +57,7 @@ fn attempt(f: &Arc<std::fs::File>, ioas: u32) -> Option<Duration> {
     let stall = StalledPage::new().expect("userfaultfd");
     let mapper = {
         let (f, va) = (f.clone(), stall.addr);
-        std::thread::spawn(move || {
-            let mut m = iommu_ioas_map {
-                size: std::mem::size_of::<iommu_ioas_map>() as u32,
-                flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
-                ioas_id: ioas,
-                user_va: va,
-                length: 4096,
-                ..Default::default()
-            };
-            ioctl(&f, IOMMU_IOAS_MAP, &mut m).map(|_| m.iova)
-        })
+        std::thread::spawn(move || support::ioas_map_fixed(&f, ioas, va, 4096, MOCK_APERTURE_START))
     };
     // The daemon's pin touched the page.
     assert!(wait_for_fault(&stall), "the map never touched its page");
@@ -65,15 +67,9 @@ fn attempt(f: &Arc<std::fs::File>, ioas: u32) -> Option<Duration> {
     {
         let f = f.clone();
         std::thread::spawn(move || {
-            let mut ranges = iommu_ioas_iova_ranges {
-                size: std::mem::size_of::<iommu_ioas_iova_ranges>() as u32,
-                ioas_id: ioas,
-                ..Default::default()
-            };
             let t0 = Instant::now();
-            // num_iovas 0 asks for the count: EMSGSIZE with out fields set, as the kernel.
-            let r = ioctl(&f, IOMMU_IOAS_IOVA_RANGES, &mut ranges);
-            let _ = tx.send((r, ranges.num_iovas, t0.elapsed()));
+            let (r, num_iovas) = range_count(&f, ioas);
+            let _ = tx.send((r, num_iovas, t0.elapsed()));
         });
     }
     let answer = rx.recv_timeout(Duration::from_secs(20));
@@ -83,9 +79,9 @@ fn attempt(f: &Arc<std::fs::File>, ioas: u32) -> Option<Duration> {
     assert!(num_iovas >= 1, "no allowed ranges reported");
     match mapper.join().unwrap() {
         // The page existed only once served: the map was in the daemon all along.
-        Ok(iova) => {
+        Ok(()) => {
             assert_eq!(
-                support::ioas_unmap(f, ioas, iova, 4096),
+                support::ioas_unmap(f, ioas, MOCK_APERTURE_START, 4096),
                 Ok(4096),
                 "the committed area unmaps"
             );
@@ -114,16 +110,8 @@ fn iova_ranges_is_answered_while_a_map_waits_on_its_caller() {
     // benchmarks' business).
     let mut quiet: Vec<Duration> = (0..21)
         .map(|_| {
-            let mut ranges = iommu_ioas_iova_ranges {
-                size: std::mem::size_of::<iommu_ioas_iova_ranges>() as u32,
-                ioas_id: ioas,
-                ..Default::default()
-            };
             let t0 = Instant::now();
-            assert_eq!(
-                ioctl(&f, IOMMU_IOAS_IOVA_RANGES, &mut ranges),
-                Err(libc::EMSGSIZE)
-            );
+            assert_eq!(range_count(&f, ioas).0, Err(libc::EMSGSIZE));
             t0.elapsed()
         })
         .collect();

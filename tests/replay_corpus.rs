@@ -14,7 +14,12 @@ fn corpus() -> PathBuf {
 }
 
 fn corpus_len() -> usize {
-    std::fs::read_dir(corpus())
+    scripts_in(&corpus())
+}
+
+/// The replay scripts directly in `dir`.
+fn scripts_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
         .unwrap()
         .filter(|e| {
             e.as_ref()
@@ -62,16 +67,7 @@ fn selftest_corpus() -> PathBuf {
 }
 
 fn selftest_corpus_len() -> usize {
-    std::fs::read_dir(selftest_corpus())
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "jsonl")
-        })
-        .count()
+    scripts_in(&selftest_corpus())
 }
 
 #[test]

@@ -142,9 +142,10 @@ pub struct PendingMap {
 }
 
 impl PendingMap {
-    /// The IOVA spans of its areas, for [`IoPagetable::drop_pending`] should the fill never return.
-    pub fn spans(&self) -> Vec<(u64, u64)> {
-        self.areas.iter().map(|a| (a.iova, a.last)).collect()
+    /// The IOVA range its areas cover (they are adjacent), for [`IoPagetable::drop_pending`]
+    /// should the fill never return.
+    pub fn span(&self) -> (u64, u64) {
+        (self.start, self.areas.last().map_or(self.start, |a| a.last))
     }
 
     /// Pins the areas' pages and maps them into the domains; on failure nothing stays.
@@ -476,39 +477,33 @@ impl IoPagetable {
         pending: PendingMap,
         filled: Result<(), Errno>,
     ) -> Result<u64, Errno> {
-        let ok = filled.is_ok();
-        for area in &pending.areas {
-            if ok {
-                let a = self.areas.get_mut(&area.iova).expect("pending area");
-                a.pending = false;
-                a.filled = area.filled;
-            } else {
-                self.areas.remove(&area.iova);
-                self.hole_index
-                    .get_mut()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .unmapped(area.iova, area.last);
-            }
+        if let Err(e) = filled {
+            self.drop_pending(pending.span());
+            return Err(e);
         }
-        filled.map(|()| pending.start)
+        for area in &pending.areas {
+            let a = self.areas.get_mut(&area.iova).expect("pending area");
+            a.pending = false;
+            a.filled = area.filled;
+        }
+        Ok(pending.start)
     }
 
-    /// Takes the areas of a map whose fill unwound out of the table (those still pending), so
-    /// their IOVA does not stay busy. What the fill had mapped into domains before it unwound is
-    /// not known here and stays there.
-    pub fn drop_pending(&mut self, spans: &[(u64, u64)]) {
-        for &(iova, last) in spans {
-            if self
-                .areas
-                .get(&iova)
-                .is_some_and(|a| a.pending && a.last == last)
-            {
-                self.areas.remove(&iova);
-                self.hole_index
-                    .get_mut()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .unmapped(iova, last);
-            }
+    /// Takes the pending areas of a map out of the table (its range, [`PendingMap::span`]: no
+    /// other map can hold a pending area there), so their IOVA does not stay busy: a failed
+    /// fill, or one that unwound — then what it had mapped into domains is not known here and
+    /// stays there.
+    pub fn drop_pending(&mut self, (first, last): (u64, u64)) {
+        let pending: Vec<(u64, u64)> = self
+            .areas
+            .range(first..=last)
+            .filter(|(_, a)| a.pending)
+            .map(|(&iova, a)| (iova, a.last))
+            .collect();
+        let holes = self.hole_index.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (iova, area_last) in pending {
+            self.areas.remove(&iova);
+            holes.unmapped(iova, area_last);
         }
     }
 

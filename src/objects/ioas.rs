@@ -133,13 +133,12 @@ impl Ioas {
     ) -> Result<u64, Errno> {
         let _domains = self.domains_gate.read().unwrap();
         let mut pending = self.iopt().begin_map(slices, length, iova, prot)?;
-        let mut unwinding = PendingGuard {
+        let unwinding = PendingGuard {
             ioas: self,
-            spans: pending.spans(),
+            span: pending.span(),
         };
         let filled = pending.fill();
-        unwinding.spans.clear();
-        drop(unwinding);
+        std::mem::forget(unwinding);
         self.iopt().finish_map(pending, filled)
     }
 
@@ -222,15 +221,12 @@ impl Ioas {
 /// leave the table on the way out, or their IOVA would stay busy (EEXIST/EBUSY) for good.
 struct PendingGuard<'a> {
     ioas: &'a Ioas,
-    spans: Vec<(u64, u64)>,
+    span: (u64, u64),
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        if self.spans.is_empty() {
-            return;
-        }
         let mut iopt = self.ioas.iopt.write().unwrap_or_else(|p| p.into_inner());
-        iopt.drop_pending(&self.spans);
+        iopt.drop_pending(self.span);
     }
 }

@@ -76,10 +76,6 @@ impl Context {
             .filter(|e| e.object.is_some())
             .ok_or(Errno::ENOENT)?;
         e.users += 1;
-        Ok(ObjectUser {
-            table: std::sync::Arc::downgrade(&self.table),
-            id,
-            held: AtomicBool::new(true),
-        })
+        Ok(ObjectUser::taken(&self.table, id))
     }
 }

@@ -272,21 +272,7 @@ impl IoctlObserver for Recorder {
         call: &mut dyn FnMut(&dyn CallerMemory) -> Result<i64, Errno>,
     ) -> Result<i64, Errno> {
         let def = layout::by_cmd(cmd);
-        let mut c = Call {
-            cmd,
-            arg,
-            before: None,
-            after: None,
-            result: Ok(0),
-            ptrs: Vec::new(),
-            ranges_in: None,
-            ranges_out: None,
-            file_size: None,
-            data: Vec::new(),
-            touched: Vec::new(),
-            faults: Vec::new(),
-            object_fd: None,
-        };
+        let mut c = Call::new(cmd, arg);
         let is_struct = def.is_none_or(|d| d.kind == ArgKind::Struct);
         if is_struct {
             capture_before(&mut c, def, mem);
@@ -377,12 +363,11 @@ impl IoctlObserver for Recorder {
 }
 
 impl Call {
-    /// A marker for an object made with an fd through `uiommufd launch`: the program's ioctl went
-    /// to the launcher, which had the daemon bind the object to a fresh open file.
-    fn object_fd(object_id: u32, what: &str) -> Self {
+    /// An ioctl `cmd` on `arg`, nothing noted yet.
+    fn new(cmd: u32, arg: u64) -> Self {
         Call {
-            cmd: 0,
-            arg: 0,
+            cmd,
+            arg,
             before: None,
             after: None,
             result: Ok(0),
@@ -393,7 +378,16 @@ impl Call {
             data: Vec::new(),
             touched: Vec::new(),
             faults: Vec::new(),
+            object_fd: None,
+        }
+    }
+
+    /// A marker for an object made with an fd through `uiommufd launch`: the program's ioctl went
+    /// to the launcher, which had the daemon bind the object to a fresh open file.
+    fn object_fd(object_id: u32, what: &str) -> Self {
+        Call {
             object_fd: Some((object_id, what.to_string())),
+            ..Call::new(0, 0)
         }
     }
 }
