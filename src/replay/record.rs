@@ -77,9 +77,6 @@ struct Call {
     /// Caller memory the daemon reads that the script must write first (partly readable arrays,
     /// data behind pointers).
     data: Vec<(u64, Vec<u8>)>,
-    /// Ranges the call accessed outside its struct: an integer field pointing into one is a
-    /// pointer.
-    touched: Vec<(u64, u64)>,
     /// The first page of each caller access that failed, with its protection then: the replay
     /// protects it the same way for this call, so the call fails the same way.
     faults: Vec<(u64, PageProt)>,
@@ -376,10 +373,17 @@ impl Call {
             ranges_out: None,
             file_size: None,
             data: Vec::new(),
-            touched: Vec::new(),
             faults: Vec::new(),
             object_fd: None,
         }
+    }
+
+    /// Whether the call accessed `addr` outside its struct (an integer field holding it is a
+    /// pointer).
+    fn points_outside_struct(&self, addr: u64) -> bool {
+        self.ptrs
+            .iter()
+            .any(|(n, p)| *n == "*" && addr >= p.addr && addr - p.addr < p.readable)
     }
 
     /// A marker for an object made with an fd through `uiommufd launch`: the program's ioctl went
@@ -404,7 +408,6 @@ fn note_outside_struct(c: &mut Call, touched: Touched) {
         if addr >= c.arg && addr.saturating_add(len) <= struct_end {
             continue;
         }
-        c.touched.push((addr, len));
         c.ptrs.push((
             "*",
             PtrUse {
@@ -965,9 +968,7 @@ impl Renderer {
                     Some(json(&format!("#f{}", self.files)))
                 }
                 Role::Fd => Some(low_u32(v).cast_signed().to_string()),
-                Role::Int if v >= LOW && c.touched.iter().any(|&(a, l)| v >= a && v - a < l) => {
-                    Some(self.ptr(v, None))
-                }
+                Role::Int if v >= LOW && c.points_outside_struct(v) => Some(self.ptr(v, None)),
                 _ if v == 0 => None,
                 Role::Id => Some(self.id(v)),
                 Role::Iova => Some(self.iova(ioas_of(d, f.name).map(get), v)),
