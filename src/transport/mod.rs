@@ -110,9 +110,10 @@ pub struct TransportOptions {
     pub bind_dev: bool,
     /// FUSE requests over io_uring, one queue pinned per CPU so a caller is answered on its own
     /// CPU (Linux ≥ 6.14 with CONFIG_FUSE_IO_URING and the fuse module's enable_uring=Y): `auto`
-    /// uses it when the kernel offers it, `on` fails to start when it does not. CUSE devices
-    /// always use /dev/cuse.
-    #[arg(long = "io-uring", value_enum, default_value_t = UringMode::Auto)]
+    /// uses it when the kernel offers it, `on` fails to start when it does not. Off by default:
+    /// it is the slower mode today, and a request the kernel queues while a queue grows can wait
+    /// for good (docs/security.md). CUSE devices always use /dev/cuse.
+    #[arg(long = "io-uring", value_enum, default_value_t = UringMode::Off)]
     pub io_uring: UringMode,
     #[command(flatten)]
     pub perms: perms::NodePerms,
@@ -125,7 +126,7 @@ impl TransportOptions {
             transport: TransportKind::Fuse,
             mount: mount.to_path_buf(),
             bind_dev: false,
-            io_uring: UringMode::Auto,
+            io_uring: UringMode::Off,
             perms: perms::NodePerms::default(),
         }
     }
