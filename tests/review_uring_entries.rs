@@ -36,7 +36,7 @@ fn fd_taking_calls_over_io_uring_are_all_answered() {
     let d = DaemonProcess::start(&["--io-uring", "on"]);
     assert_eq!(d.status()["fuse_channel"], "io_uring");
     std::fs::write(ENABLE_URING, &_restore.0).unwrap();
-    const CALLS: usize = 64;
+    const CALLS: usize = 1000;
     let f = d.open_iommu();
     let ioas = ioas_alloc(&f);
     let fd = f.as_raw_fd();

@@ -22,7 +22,7 @@ use support::{
     ioas_alloc, ioas_map_fixed, ioas_unmap, ioctl, open_node, AnonPages, DaemonProcess,
     StalledPage, TempDir,
 };
-use uiommufd::transport::uring::{FREE_ENTRIES, QUEUE_DEPTH};
+use uiommufd::transport::uring::{INITIAL_THREADS, OWNER_THREADS};
 use uiommufd_uapi::iommufd::{
     iommu_ioas_map_file, iommu_option, IOMMU_IOAS_ALLOC, IOMMU_IOAS_MAP_FILE,
     IOMMU_IOAS_MAP_READABLE, IOMMU_OPTION, IOMMU_OPTION_HUGE_PAGES, IOMMU_OPTION_OP_GET,
@@ -176,7 +176,7 @@ fn io_uring_transport_and_fallback() {
     assert!(served >= (4 * cpus * 5 * 32) as u64, "{s}");
     assert!(d.stop().success(), "the daemon's shutdown failed");
 
-    more_stalled_requests_than_entries_on_one_cpu();
+    more_stalled_requests_than_a_users_share_on_one_cpu();
 
     // Not offered: auto serves through /dev/fuse, on refuses to start with a clear error.
     param.set(false);
@@ -214,12 +214,13 @@ fn map_file_of_itself(f: &std::fs::File, ioas: u32) -> i32 {
     unsafe { libc::ioctl(f.as_raw_fd(), IOMMU_IOAS_MAP_FILE as libc::c_ulong, &mut m) }
 }
 
-/// Three times a queue's first entries in requests that wait on a userfaultfd, all from one CPU:
-/// the queue registers more entries instead of letting them hold every one, so another user on
-/// that CPU still opens, allocates and maps its own file (whose context query is answered inline),
-/// and once the stall ends every stalled request is answered.
-fn more_stalled_requests_than_entries_on_one_cpu() {
-    const STALLED: usize = 3 * QUEUE_DEPTH;
+/// More requests that wait on a userfaultfd than one user's share of a CPU's ring threads, all
+/// from one CPU: the CPU starts a thread for each one held (in place or on the pool) and answers
+/// the rest ENOMEM at once, so another user on that CPU still opens, allocates and maps its own
+/// file (whose context query is answered in place), and once the stall ends every stalled request
+/// is answered.
+fn more_stalled_requests_than_a_users_share_on_one_cpu() {
+    const STALLED: usize = OWNER_THREADS + 8;
     let (staller, prober) = (
         users::test_user("uiommufd-t2").expect("test user uiommufd-t2"),
         users::test_user("uiommufd-t1").expect("test user uiommufd-t1"),
@@ -268,9 +269,9 @@ fn more_stalled_requests_than_entries_on_one_cpu() {
     drop((ready_w, go_r));
     let mut b = [0u8; 1];
     assert_eq!(nix::unistd::read(&ready_r, &mut b), Ok(1), "staller set up");
-    // Every stalled request holds an entry of queue 0 once it arrived: the queue grew by the
-    // number held beyond its first entries less the ones kept free.
-    let grown = (STALLED - (QUEUE_DEPTH - FREE_ENTRIES)) as u64;
+    // The user's share of CPU 0's threads holds a stalled request each: every one held beyond the
+    // first thread brought a new idle one.
+    let grown = (OWNER_THREADS - (INITIAL_THREADS - 1)) as u64;
     let s =
         d.wait_status(|s| s["io_uring_extra_entries"].as_u64().unwrap() >= extra_before + grown);
     assert!(

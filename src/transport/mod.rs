@@ -371,12 +371,13 @@ impl Transport {
             }
         };
         let (handler, pools, stats) = (h.clone(), self.pools.clone(), self.stats.clone());
-        match blocking(move || uring::Queues::start(ring_fd, handler, pools, stats)).await {
+        let mount = self.mount.clone();
+        match blocking(move || uring::Queues::start(ring_fd, mount, handler, pools, stats)).await {
             Ok(q) => {
                 set_channel(FuseChannel::IoUring);
                 tracing::info!(
                     queues = q.len(),
-                    depth = uring::QUEUE_DEPTH,
+                    threads_per_cpu = uring::INITIAL_THREADS,
                     "FUSE requests served through io_uring (one queue pinned per CPU)"
                 );
                 self.rings = Some(q);

@@ -30,7 +30,7 @@ pub struct TransportStats {
     channel: AtomicU8,
     /// Requests answered through the rings since start.
     ring_requests: AtomicU64,
-    /// Entries registered beyond `uring::QUEUE_DEPTH`, all queues together.
+    /// Ring threads (each one entry) started beyond `uring::INITIAL_THREADS` per CPU, all CPUs together.
     extra_entries: AtomicU64,
 }
 
@@ -57,7 +57,8 @@ impl TransportStats {
         self.ring_requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// How many entries the queues registered beyond their first `uring::QUEUE_DEPTH` each.
+    /// How many ring threads (each one entry) the CPUs started beyond their first
+    /// `uring::INITIAL_THREADS` each.
     pub fn extra_entries(&self) -> u64 {
         self.extra_entries.load(Ordering::Relaxed)
     }
