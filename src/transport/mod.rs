@@ -26,8 +26,8 @@
 //! with `FOPEN_DIRECT_IO`, so reads and writes reach the service at their real offsets.
 //!
 //! FUSE requests travel over /dev/fuse (`session`, [`readers`]) or, with [`UringMode`] `auto`
-//! when INIT offers it or `on`, over io_uring ([`uring`]): one ring and one thread per possible
-//! CPU, pinned there, so a caller is answered on its own CPU without waking another (the
+//! when INIT offers it or `on`, over io_uring ([`uring`]): ring threads pinned to each possible
+//! CPU, so a caller is answered on its own CPU without waking another (the
 //! cross-CPU wake-up dominates the /dev/fuse round trip). INIT, FORGET, INTERRUPT and
 //! notifications stay on /dev/fuse either way. CUSE stays on /dev/cuse: the kernel turns io_uring
 //! on only while processing a FUSE INIT reply (CUSE_INIT has no such flag).
@@ -110,10 +110,9 @@ pub struct TransportOptions {
     pub bind_dev: bool,
     /// FUSE requests over io_uring, one queue pinned per CPU so a caller is answered on its own
     /// CPU (Linux ≥ 6.14 with CONFIG_FUSE_IO_URING and the fuse module's enable_uring=Y): `auto`
-    /// uses it when the kernel offers it, `on` fails to start when it does not. Off by default:
-    /// it is the slower mode today, and a request the kernel queues while a queue grows can wait
-    /// for good (docs/security.md). CUSE devices always use /dev/cuse.
-    #[arg(long = "io-uring", value_enum, default_value_t = UringMode::Off)]
+    /// uses it when the kernel offers it, `on` fails to start when it does not. CUSE devices
+    /// always use /dev/cuse.
+    #[arg(long = "io-uring", value_enum, default_value_t = UringMode::Auto)]
     pub io_uring: UringMode,
     #[command(flatten)]
     pub perms: perms::NodePerms,
@@ -126,7 +125,7 @@ impl TransportOptions {
             transport: TransportKind::Fuse,
             mount: mount.to_path_buf(),
             bind_dev: false,
-            io_uring: UringMode::Off,
+            io_uring: UringMode::Auto,
             perms: perms::NodePerms::default(),
         }
     }

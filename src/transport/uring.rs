@@ -56,18 +56,20 @@ use super::handler::Handler;
 use super::session::Pools;
 use super::stats::TransportStats;
 use crate::sys::uring::FuseDevice;
+use nix::errno::Errno;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use uring_thread::Mailbox;
 
 /// Ring threads a CPU starts with: one answers in place while the other waits for the next request.
 pub const INITIAL_THREADS: usize = 2;
 /// Most ring threads of one CPU (each has one entry with a `PAYLOAD_SIZE` buffer, backed only as
 /// far as messages used it).
-pub const MAX_THREADS: usize = 64;
+pub const MAX_THREADS: usize = 256;
 /// Ring threads of a CPU that requests which may wait never hold.
 pub const FREE_THREADS: usize = 2;
 /// Most ring threads of one CPU that one owner's requests hold (in place or on the pool).
@@ -75,6 +77,9 @@ pub const OWNER_THREADS: usize = MAX_THREADS / 4;
 /// Replacements one CPU starts for entries the kernel ended with an error (not the connection's
 /// end): a kernel that keeps refusing entries must not make the daemon spin.
 const MAX_REPLACEMENTS: usize = 16;
+/// How long [`Queues::stop`] waits for ring threads, and how often it looks.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+const STOP_POLL: Duration = Duration::from_millis(5);
 
 /// Which threads of one CPU are idle, and which hold requests that may wait.
 #[derive(Debug, Default)]
@@ -147,8 +152,9 @@ struct Shared {
     handler: Arc<Handler>,
     pools: Arc<Pools>,
     stats: Arc<TransportStats>,
-    /// The mount whose root a poke asks about (see the module comment).
-    mount: PathBuf,
+    /// The mount's root (O_PATH), which a poke asks about (see the module comment): held from the
+    /// start, so a lazy unmount at shutdown or a mount over it does not divert pokes.
+    root: OwnedFd,
 }
 
 /// The ring threads of one CPU's queue.
@@ -210,15 +216,23 @@ impl CpuQueue {
         if !first {
             self.shared.stats.count_extra_entry();
             tracing::debug!(qid = self.qid, "io_uring: one more ring thread");
-            let (mount, qid) = (self.shared.mount.clone(), self.qid);
-            let poker = std::thread::Builder::new()
-                .name(format!("uiommufd-poke{qid}"))
-                .spawn(move || poke(&mount, qid));
-            if let Err(e) = poker {
-                crate::warn_limited!(qid, error = %e, "io_uring: starting a poke");
-            }
+            self.poke();
         }
         Ok(true)
+    }
+
+    /// Pokes this CPU's queue from a short-lived thread (see the module comment).
+    fn poke(self: &Arc<Self>) {
+        if self.budget().stopping {
+            return;
+        }
+        let queue = self.clone();
+        let poker = std::thread::Builder::new()
+            .name(format!("uiommufd-poke{}", self.qid))
+            .spawn(move || poke(&queue.shared.root, queue.qid));
+        if let Err(e) = poker {
+            crate::warn_limited!(qid = self.qid, error = %e, "io_uring: starting a poke");
+        }
     }
 
     /// Starts a thread when none of this CPU is idle; true when one is idle now.
@@ -235,8 +249,15 @@ impl CpuQueue {
         }
     }
 
-    /// Replaces a thread whose entry the kernel ended with an error, a bounded number of times.
-    fn replace_failed(self: &Arc<Self>) {
+    /// Replaces a thread whose entry the kernel ended with an error (not one that refuses every
+    /// entry: io_uring turned off for the connection, or its abort), a bounded number of times.
+    fn replace_failed(self: &Arc<Self>, error: Errno) {
+        if matches!(
+            error,
+            Errno::EOPNOTSUPP | Errno::ECONNABORTED | Errno::ENOTCONN
+        ) {
+            return;
+        }
         let replace = {
             let mut b = self.budget();
             let go = b.idle == 0 && b.replacements < MAX_REPLACEMENTS && !b.stopping;
@@ -256,10 +277,12 @@ pub struct Queues {
 
 impl Queues {
     /// Starts [`INITIAL_THREADS`] ring threads per possible CPU on `fd` (the connection's
-    /// /dev/fuse fd, or a duplicate), each with its entry registered; pokes ask for `mount`'s
-    /// attributes. Returns once every thread is set up; the kernel moves requests to
-    /// the rings when the last queue's first entry is registered. `stats` counts the requests and
-    /// the threads started beyond the first ones.
+    /// /dev/fuse fd, or a duplicate), each with its entry registered, then pokes every CPU once
+    /// (a request queued while the last queues registered is fetched); pokes ask for `mount`'s
+    /// attributes. Returns once every thread is set up; the kernel moves requests to the rings when
+    /// the last queue's first entry is registered. `stats` counts the requests and the threads
+    /// started beyond the first ones. Fails when the daemon may not run on every online CPU (a
+    /// CPU set from systemd's AllowedCPUs=, taskset): a poke must run on the CPU it pokes.
     pub fn start(
         fd: OwnedFd,
         mount: PathBuf,
@@ -269,12 +292,15 @@ impl Queues {
     ) -> io::Result<Self> {
         let cpus = possible_cpus()?;
         let qids = u16::try_from(cpus).map_err(|_| io::Error::other("too many CPUs"))?;
+        check_affinity_covers_online_cpus()?;
+        let flags = rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC;
+        let root = rustix::fs::open(&mount, flags, rustix::fs::Mode::empty())?;
         let shared = Arc::new(Shared {
             fd: Arc::new(FuseDevice::new(fd)?),
             handler,
             pools,
             stats,
-            mount,
+            root,
         });
         let mut queues = Self { cpus: Vec::new() };
         for qid in 0..qids {
@@ -293,6 +319,9 @@ impl Queues {
                 }
             }
         }
+        for cpu in &queues.cpus {
+            cpu.poke();
+        }
         Ok(queues)
     }
 
@@ -305,19 +334,40 @@ impl Queues {
         self.cpus.is_empty()
     }
 
-    /// Tells every ring thread to end and waits for them. Answers posted after this are dropped
-    /// (their callers get an error when the connection ends).
+    /// Tells every ring thread to end and waits for them, at most [`STOP_TIMEOUT`]: a thread
+    /// answering a request in place whose caller stalls it is left behind (the transport then
+    /// does not tear contexts down, and the process's exit ends it). Answers posted after this
+    /// are dropped (their callers get an error when the connection ends).
     pub fn stop(&mut self) {
-        let mut all = Vec::new();
+        let deadline = Instant::now() + STOP_TIMEOUT;
         for cpu in &self.cpus {
             cpu.budget().stopping = true;
-            all.append(&mut lock(&cpu.threads));
         }
-        for (mailbox, _) in &all {
-            mailbox.stop();
-        }
-        for (_, thread) in all {
-            let _ = thread.join();
+        let mut left = Vec::new();
+        loop {
+            // Threads started while stopping was being set are in the lists too.
+            for cpu in &self.cpus {
+                for (mailbox, thread) in lock(&cpu.threads).drain(..) {
+                    mailbox.stop();
+                    left.push(thread);
+                }
+            }
+            let (done, busy): (Vec<_>, Vec<_>) = left.into_iter().partition(|t| t.is_finished());
+            for t in done {
+                let _ = t.join();
+            }
+            left = busy;
+            if left.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    threads = left.len(),
+                    "io_uring ring threads still answering requests in place at stop; left behind"
+                );
+                return;
+            }
+            std::thread::sleep(STOP_POLL);
         }
     }
 }
@@ -328,22 +378,17 @@ impl Drop for Queues {
     }
 }
 
-/// A poke of CPU `qid`'s queue: moves there and forces a GETATTR of `mount`'s root, which the
-/// kernel puts on that CPU's queue. Returns with its answer, or an error once the connection ends.
-fn poke(mount: &std::path::Path, qid: u16) {
+/// A poke of CPU `qid`'s queue: moves there and forces a GETATTR of the mount's `root`, which
+/// the kernel puts on that CPU's queue. Returns with its answer, or an error once the connection
+/// ends.
+fn poke(root: &OwnedFd, qid: u16) {
     if let Err(e) = pin_to_cpu(usize::from(qid)) {
-        // An offline CPU: no caller runs there to be queued.
+        // An offline CPU (the start checked every online one is allowed): no caller runs there.
         tracing::debug!(qid, error = %e, "io_uring poke skipped");
         return;
     }
-    let flags = rustix::fs::AtFlags::STATX_FORCE_SYNC;
-    let r = rustix::fs::statx(
-        rustix::fs::CWD,
-        mount,
-        flags,
-        rustix::fs::StatxFlags::BASIC_STATS,
-    );
-    if let Err(e) = r {
+    let flags = rustix::fs::AtFlags::STATX_FORCE_SYNC | rustix::fs::AtFlags::EMPTY_PATH;
+    if let Err(e) = rustix::fs::statx(root, "", flags, rustix::fs::StatxFlags::BASIC_STATS) {
         tracing::debug!(qid, error = %e, "io_uring poke");
     }
 }
@@ -352,6 +397,39 @@ fn pin_to_cpu(cpu: usize) -> nix::Result<()> {
     let mut set = nix::sched::CpuSet::new();
     set.set(cpu)?;
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+}
+
+/// Fails unless this thread may run on every online CPU (`/sys/devices/system/cpu/online`).
+fn check_affinity_covers_online_cpus() -> io::Result<()> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))?;
+    let online = parse_cpu_ranges(&text).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("cannot parse the online CPUs {text:?}"),
+        )
+    })?;
+    for cpu in online {
+        if !allowed.is_set(cpu).unwrap_or(false) {
+            return Err(io::Error::other(format!(
+                "the daemon may not run on CPU {cpu}, which is online: io_uring needs every \
+                 online CPU (a request queued on a CPU is fetched by a poke from that CPU)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Every CPU of a list such as `0-3` or `0,2-5`.
+fn parse_cpu_ranges(text: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',') {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        let first: usize = first.trim().parse().ok()?;
+        let last: usize = last.trim().parse().ok()?;
+        cpus.extend(first..=last);
+    }
+    Some(cpus)
 }
 
 /// The CPUs the kernel makes a queue for: every possible CPU (`/sys/devices/system/cpu/possible`,
@@ -367,12 +445,7 @@ pub fn possible_cpus() -> io::Result<usize> {
 }
 
 fn parse_cpu_list(text: &str) -> Option<usize> {
-    let mut highest = None;
-    for part in text.trim().split(',') {
-        let last = part.rsplit('-').next()?.trim().parse::<usize>().ok()?;
-        highest = highest.max(Some(last));
-    }
-    highest.map(|h| h + 1)
+    parse_cpu_ranges(text)?.into_iter().max().map(|h| h + 1)
 }
 
 #[cfg(test)]
@@ -389,6 +462,8 @@ mod tests {
         assert_eq!(parse_cpu_list("0"), Some(1));
         assert_eq!(parse_cpu_list("0,2-5"), Some(6));
         assert_eq!(parse_cpu_list("x"), None);
+        assert_eq!(parse_cpu_ranges("0,2-4\n"), Some(vec![0, 2, 3, 4]));
+        check_affinity_covers_online_cpus().expect("the tests run on every CPU");
         assert!(possible_cpus().unwrap() >= 1);
     }
 

@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 /// The payload buffer: the kernel wants at least max(8 KiB, max_write, max_pages pages).
 const PAYLOAD_SIZE: usize = wire::MAX_WRITE as usize;
@@ -120,6 +120,8 @@ struct RingThread {
     held_by: Option<u32>,
     /// Counted out of the budget already.
     left: bool,
+    /// Completions reaped while starting, for `serve` to take first.
+    early: Vec<(u64, i32)>,
 }
 
 impl RingThread {
@@ -144,15 +146,35 @@ impl RingThread {
             idle: true,
             held_by: None,
             left: false,
+            early: Vec::new(),
         })
     }
 
-    /// Arms the mailbox and registers the entry.
+    /// Arms the mailbox and registers the entry. A REGISTER the kernel refuses completes at once:
+    /// that is a failed start (EAGAIN, INIT's answer not in yet, is tried again), so that no one
+    /// counts on this thread to be idle.
     fn start(&mut self) -> io::Result<()> {
         self.arm_mailbox()?;
         self.register()?;
-        self.ring.submit()?;
-        Ok(())
+        loop {
+            self.ring.submit()?;
+            self.ring.complete(&mut self.early);
+            let Some(at) = self
+                .early
+                .iter()
+                .position(|&(u, res)| u == ENTRY && res < 0)
+            else {
+                // Registered (a request may already be in: `serve` takes it first).
+                return Ok(());
+            };
+            let (_, res) = self.early.remove(at);
+            if -res != libc::EAGAIN || self.register_attempts >= REGISTER_ATTEMPTS {
+                self.state = EntryState::Ended;
+                return Err(io::Error::from_raw_os_error(-res));
+            }
+            std::thread::sleep(REGISTER_RETRY);
+            self.register()?;
+        }
     }
 
     fn arm_mailbox(&mut self) -> io::Result<()> {
@@ -175,9 +197,16 @@ impl RingThread {
 
     fn serve(&mut self) {
         let qid = self.queue.qid;
-        let mut done: Vec<(u64, i32)> = Vec::with_capacity(2);
+        let mut done: Vec<(u64, i32)> = std::mem::take(&mut self.early);
+        let mut first = true;
         loop {
-            match self.ring.submit_and_wait(1) {
+            let r = if std::mem::take(&mut first) && !done.is_empty() {
+                // Completions reaped at start: take them before waiting.
+                Ok(0)
+            } else {
+                self.ring.submit_and_wait(1)
+            };
+            match r {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 // The kernel is short of memory for a moment: reaping the completions below and
@@ -258,7 +287,7 @@ impl RingThread {
                 );
                 // Counted out first, so that the CPU sees it has one idle thread fewer.
                 self.leave();
-                self.queue.replace_failed();
+                self.queue.replace_failed(Errno::from_raw(-r));
                 return Ok(());
             }
         }
@@ -275,8 +304,12 @@ impl RingThread {
         let (msg, ent) = match wire::ring_request(header, payload) {
             Ok(m) => m,
             Err(err) => {
+                // The kernel finds the entry by the commit ID it wrote, the caller by `unique`.
                 let unique = wire::peek_header(header).map_or(0, |h| h.unique);
-                self.commit_id = unique;
+                self.commit_id = header
+                    .get(ring::ENT_IN_OUT..)
+                    .and_then(|b| RingEntInOut::read_from_prefix(b).ok())
+                    .map_or(unique, |(ent, _)| ent.commit_id);
                 crate::warn_limited!(error = %err, "malformed io_uring request");
                 return self.commit(Some(wire::reply_err(unique, Errno::EIO as i32)));
             }

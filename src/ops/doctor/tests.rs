@@ -786,10 +786,9 @@ fn qemu_versions_and_the_iommufd_backend() {
 #[test]
 fn io_uring_is_reported_by_the_fuse_module_parameter() {
     let t = Tree::new();
-    // Off by default (nothing to say then); auto notes what the kernel lacks.
-    assert_eq!(args(&[]).serve.io_uring, crate::transport::UringMode::Off);
-    let mut auto = args(&[]);
-    auto.serve.io_uring = crate::transport::UringMode::Auto;
+    // Auto by default.
+    let auto = args(&[]);
+    assert_eq!(auto.serve.io_uring, crate::transport::UringMode::Auto);
     one(&t.check(&auto), "io_uring", Level::Note, &["Linux >= 6.14"]);
     t.file("/sys/module/fuse/parameters/enable_uring", "N\n");
     one(&t.check(&auto), "io_uring", Level::Note, &["echo Y >"]);
