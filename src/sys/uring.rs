@@ -134,10 +134,14 @@ impl Drop for Ring {
 }
 
 impl Ring {
-    /// A ring with room for `sq_entries` submissions and `cq_entries` completions.
+    /// A ring with room for `sq_entries` submissions and `cq_entries` completions, used only by
+    /// the thread that creates it (IORING_SETUP_SINGLE_ISSUER): the kernel's work for it then
+    /// runs when that thread waits for completions (DEFER_TASKRUN) rather than interrupting it.
     pub fn new(sq_entries: u32, cq_entries: u32) -> io::Result<Self> {
         let ring = IoUring::builder()
             .setup_cqsize(cq_entries)
+            .setup_single_issuer()
+            .setup_defer_taskrun()
             .build(sq_entries)?;
         Ok(Self {
             ring,
