@@ -399,25 +399,35 @@ fn pin_to_cpu(cpu: usize) -> nix::Result<()> {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
 }
 
-/// Fails unless this thread may run on every online CPU (`/sys/devices/system/cpu/online`).
+/// Fails unless a thread of the daemon can be pinned to every online CPU
+/// (`/sys/devices/system/cpu/online`): not when a cpuset (systemd's AllowedCPUs=) leaves one out.
+/// A narrower inherited affinity (taskset) is fine: ring threads and pokes pin themselves.
 fn check_affinity_covers_online_cpus() -> io::Result<()> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
-    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))?;
     let online = parse_cpu_ranges(&text).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("cannot parse the online CPUs {text:?}"),
         )
     })?;
-    for cpu in online {
-        if !allowed.is_set(cpu).unwrap_or(false) {
-            return Err(io::Error::other(format!(
-                "the daemon may not run on CPU {cpu}, which is online: io_uring needs every \
-                 online CPU (a request queued on a CPU is fetched by a poke from that CPU)"
-            )));
-        }
-    }
-    Ok(())
+    // Tried on a thread of its own, which ends with whatever affinity it got.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                for &cpu in &online {
+                    if pin_to_cpu(cpu).is_err() {
+                        return Err(io::Error::other(format!(
+                            "the daemon may not run on CPU {cpu}, which is online: io_uring needs \
+                             every online CPU (a request queued on a CPU is fetched by a poke \
+                             from that CPU)"
+                        )));
+                    }
+                }
+                Ok(())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("checking the CPUs panicked")))
+    })
 }
 
 /// Every CPU of a list such as `0-3` or `0,2-5`.
