@@ -45,8 +45,9 @@ fail() {
 }
 
 MNT=$W/m
+REC=$W/rec
 RUST_LOG=${RUST_LOG:-warn} "$UIOMMUFD" serve --transport fuse --mount "$MNT" --device dmacopy \
-  --control "$W/control.sock" 2>"$W/daemon.log" &
+  --control "$W/control.sock" --record "$REC" 2>"$W/daemon.log" &
 DAEMON_PID=$!
 for _ in $(seq 200); do [ -e "$MNT/iommu" ] && break; sleep 0.05; done
 [ -e "$MNT/vfio/devices/dmacopy0" ] || fail "daemon did not come up"

@@ -8,6 +8,8 @@
 //! literal value below 64 KiB) so that the replay fails the same way. IDs and automatically
 //! allocated IOVAs returned by the daemon are saved in variables and referenced by later calls.
 
+mod device;
+
 use super::layout::{self, ArgKind, IoctlDef, Role, RANGE_SIZE};
 use super::script::to_hex;
 use crate::caller::CallerMemory;
@@ -38,6 +40,8 @@ const LOW: u64 = 0x10000;
 pub struct Recorder {
     dir: PathBuf,
     sessions: Mutex<HashMap<u64, Session>>,
+    /// Device files bound through a recorded BIND: (context, the device's name in its script).
+    device_files: Mutex<HashMap<u64, (u64, String)>>,
 }
 
 struct Session {
@@ -82,6 +86,10 @@ struct Call {
     faults: Vec<(u64, PageProt)>,
     /// Not an ioctl: the object (ID, kind) an fd-returning ioctl made through `uiommufd launch`.
     object_fd: Option<(u32, String)>,
+    /// The ioctl went to this device node (its name in the script), not to the context's fd.
+    device: Option<String>,
+    /// Not an ioctl: the device node of this name was closed.
+    device_closed: Option<String>,
 }
 
 /// What a faulting page allowed.
@@ -235,6 +243,7 @@ impl Recorder {
         Ok(Self {
             dir,
             sessions: Mutex::new(HashMap::new()),
+            device_files: Mutex::new(HashMap::new()),
         })
     }
 
@@ -309,25 +318,7 @@ impl IoctlObserver for Recorder {
             }
         }
         let result = c.result;
-        if let Ok(mut s) = self.sessions.lock() {
-            if let Some(s) = s.get_mut(&ctx.id) {
-                let kept = c.before.as_ref().map_or(0, Vec::len)
-                    + c.after.as_ref().map_or(0, Vec::len)
-                    + c.data.iter().map(|(_, d)| d.len()).sum::<usize>();
-                s.bytes = s.bytes.saturating_add(kept);
-                if s.bytes > MAX_SESSION_BYTES {
-                    if !s.cut {
-                        crate::warn_limited!(
-                            ctx = ctx.id,
-                            "recorded session past its size cap; the rest is not recorded"
-                        );
-                    }
-                    s.cut = true;
-                } else if !s.cut {
-                    s.calls.push(c);
-                }
-            }
-        }
+        self.push_call(ctx.id, c);
         result
     }
 
@@ -346,6 +337,23 @@ impl IoctlObserver for Recorder {
             }
         }
     }
+    fn device_ioctl(
+        &self,
+        device: &str,
+        file: u64,
+        cmd: u32,
+        arg: u64,
+        mem: &dyn CallerMemory,
+        call: &mut dyn FnMut(&dyn CallerMemory) -> Result<i64, Errno>,
+        bound_context: &dyn Fn() -> Option<u64>,
+    ) -> Result<i64, Errno> {
+        self.record_device_ioctl(device, file, cmd, arg, mem, call, bound_context)
+    }
+
+    fn device_release(&self, file: u64) {
+        self.record_device_release(file);
+    }
+
     fn handle_bound(&self, file_ctx: u64, origin: u64, object_id: u32, what: &str) {
         let Ok(mut sessions) = self.sessions.lock() else {
             return;
@@ -355,6 +363,32 @@ impl IoctlObserver for Recorder {
         }
         if let Some(s) = sessions.get_mut(&origin) {
             s.calls.push(Call::object_fd(object_id, what));
+        }
+    }
+}
+
+
+impl Recorder {
+    /// Appends `c` to context `ctx`'s session, within the session's size cap.
+    fn push_call(&self, ctx: u64, c: Call) {
+        if let Ok(mut s) = self.sessions.lock() {
+            if let Some(s) = s.get_mut(&ctx) {
+                let kept = c.before.as_ref().map_or(0, Vec::len)
+                    + c.after.as_ref().map_or(0, Vec::len)
+                    + c.data.iter().map(|(_, d)| d.len()).sum::<usize>();
+                s.bytes = s.bytes.saturating_add(kept);
+                if s.bytes > MAX_SESSION_BYTES {
+                    if !s.cut {
+                        crate::warn_limited!(
+                            ctx,
+                            "recorded session past its size cap; the rest is not recorded"
+                        );
+                    }
+                    s.cut = true;
+                } else if !s.cut {
+                    s.calls.push(c);
+                }
+            }
         }
     }
 }
@@ -375,6 +409,8 @@ impl Call {
             data: Vec::new(),
             faults: Vec::new(),
             object_fd: None,
+            device: None,
+            device_closed: None,
         }
     }
 
@@ -617,9 +653,10 @@ fn render(ctx: u64, s: &Session) -> String {
         _ => "iommu",
     };
     let fds = s.calls.iter().filter(|c| c.object_fd.is_some()).count();
+    let closes = s.calls.iter().filter(|c| c.device_closed.is_some()).count();
     let mut out = format!(
         "# Recorded by `uiommufd serve --record`: context {ctx} ({} ioctls).\n",
-        s.calls.len() - fds
+        s.calls.len() - fds - closes
     );
     if fds > 0 {
         let _ = writeln!(
@@ -648,6 +685,7 @@ fn render(ctx: u64, s: &Session) -> String {
         iovas: Vec::new(),
         files: 0,
         vars: 0,
+        devices: Vec::new(),
         out,
     };
     for c in &s.calls {
@@ -737,6 +775,8 @@ struct Renderer {
     iovas: Vec<(u64, u64, u64, String)>,
     files: usize,
     vars: usize,
+    /// Device nodes opened so far (by their name in the script).
+    devices: Vec<String>,
     out: String,
 }
 
@@ -811,6 +851,20 @@ impl Renderer {
             );
             return;
         }
+        if let Some(name) = &c.device_closed {
+            let _ = writeln!(self.out, "{{\"close\": {}}}", json(name));
+            return;
+        }
+        if let Some(name) = c.device.as_ref().filter(|n| !self.devices.contains(n)) {
+            // Opened where it is first used: the device's open itself is no context's.
+            let _ = writeln!(
+                self.out,
+                "{{\"open\": {}, \"as\": {}}}",
+                json(&format!("device:{name}")),
+                json(name)
+            );
+            self.devices.push(name.clone());
+        }
         // Memory is written before any page is protected.
         for (addr, bytes) in &c.data {
             let at = self.ptr(
@@ -867,13 +921,19 @@ impl Renderer {
 
     fn call_step(&mut self, c: &Call) {
         // IOMMU_TEST_CMD is written as its op's alias, so that the payload's fields replay.
-        let def =
-            layout::by_cmd(c.cmd).map(|d| layout::refine(d, c.before.as_deref().unwrap_or(&[])));
+        let def = match c.device {
+            Some(_) => layout::device_op(c.cmd),
+            None => layout::by_cmd(c.cmd)
+                .map(|d| layout::refine(d, c.before.as_deref().unwrap_or(&[]))),
+        };
         let label = match def {
             Some(d) => json(d.name),
             None => json(&format!("{:#x}", c.cmd)),
         };
         let mut line = format!("{{\"ioctl\": {label}");
+        if let Some(name) = &c.device {
+            let _ = write!(line, ", \"fd\": {}", json(name));
+        }
         let expect = match c.result {
             Ok(_) => "ok".to_string(),
             Err(e) => layout::errno_name(e),
@@ -958,6 +1018,8 @@ impl Renderer {
                     Some(show_ranges(rs))
                 }
                 Role::Ptr { .. } | Role::Ranges { .. } if v >= LOW => Some(self.ptr(v, ptr)),
+                // A device's BIND names the context's own open (the script's "fd").
+                Role::Fd if c.device.is_some() => Some(json("%fd")),
                 Role::Fd if c.file_size.is_some() => {
                     let size = c.file_size.unwrap_or(PAGE).max(1).next_multiple_of(PAGE);
                     let _ = writeln!(
@@ -996,7 +1058,11 @@ impl Renderer {
         };
         let aget = |name: &str| d.field(name).map_or(0, |f| super::exec::get(after, *f));
         for f in &d.fields {
-            if f.role == Role::OutId {
+            // A device attached to an IOAS gets the ID of the HWPT made for it back in pt_id.
+            let attached_anew = c.device.is_some()
+                && f.role == Role::Id
+                && super::exec::get(after, *f) != super::exec::get(b, *f);
+            if f.role == Role::OutId || attached_anew {
                 self.vars += 1;
                 let var = format!("id{}", self.vars);
                 self.ids.insert(super::exec::get(after, *f), var.clone());

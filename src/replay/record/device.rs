@@ -1,0 +1,109 @@
+//! The device side of a recorded session: a VFIO device node's iommufd ioctls
+//! (VFIO_DEVICE_BIND_IOMMUFD, ATTACH/DETACH_IOMMUFD_PT) join the script of the context the device
+//! is bound to, as steps on the device's own open (`{"open": "device:NAME", "as": NAME}`), so the
+//! IDs they return (`out_devid`) are variables later steps use, and the session replays against a
+//! daemon serving the same device (or, transformed, on the selftest's mock: `replay::mock`).
+
+use super::{Call, Recorder, MAX_STRUCT};
+use crate::caller::CallerMemory;
+use crate::replay::layout;
+use nix::errno::Errno;
+use uiommufd_uapi::vfio::VFIO_DEVICE_BIND_IOMMUFD;
+
+impl Recorder {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn record_device_ioctl(
+        &self,
+        device: &str,
+        file: u64,
+        cmd: u32,
+        arg: u64,
+        mem: &dyn CallerMemory,
+        call: &mut dyn FnMut(&dyn CallerMemory) -> Result<i64, Errno>,
+        bound_context: &dyn Fn() -> Option<u64>,
+    ) -> Result<i64, Errno> {
+        let Some(before) = read_struct(mem, arg, cmd) else {
+            // Nothing a script could replay the same way (an unreadable struct).
+            return call(mem);
+        };
+        let result = call(mem);
+        let mut after = vec![0u8; before.len()];
+        let after = mem.read(arg, &mut after).is_ok().then_some(after);
+        let known = self
+            .device_files
+            .lock()
+            .ok()
+            .and_then(|f| f.get(&file).cloned());
+        let (ctx, name) = match known {
+            Some(k) => k,
+            // Only a successful BIND ties a device file to a context: a failed one, or a call on a
+            // file that never bound, belongs to no session.
+            None if cmd == VFIO_DEVICE_BIND_IOMMUFD && result.is_ok() => {
+                let Some(ctx) = bound_context() else {
+                    return result;
+                };
+                let name = self.device_name(ctx, device);
+                if let Ok(mut f) = self.device_files.lock() {
+                    f.insert(file, (ctx, name.clone()));
+                }
+                (ctx, name)
+            }
+            None => return result,
+        };
+        let mut c = Call::new(cmd, arg);
+        c.before = Some(before);
+        c.after = after;
+        c.result = result;
+        c.device = Some(name);
+        self.push_call(ctx, c);
+        result
+    }
+
+    pub(super) fn record_device_release(&self, file: u64) {
+        let known = self.device_files.lock().ok().and_then(|mut f| f.remove(&file));
+        if let Some((ctx, name)) = known {
+            let mut c = Call::new(0, 0);
+            c.device_closed = Some(name);
+            self.push_call(ctx, c);
+        }
+    }
+
+    /// The device's name in context `ctx`'s script: the node's name, made unique among the
+    /// context's device files.
+    fn device_name(&self, ctx: u64, device: &str) -> String {
+        let clean: String = device
+            .chars()
+            .map(|ch| if ch.is_ascii_alphanumeric() || ch == '_' { ch } else { '_' })
+            .collect();
+        let taken = |n: &str| {
+            self.device_files
+                .lock()
+                .map(|f| f.values().any(|(c, m)| *c == ctx && m == n))
+                .unwrap_or(false)
+        };
+        let mut name = clean.clone();
+        let mut k = 1;
+        while taken(&name) || name == "fd" {
+            k += 1;
+            name = format!("{clean}_{k}");
+        }
+        name
+    }
+}
+
+/// The struct of a device ioctl as the caller passed it: as long as its `argsz` says (at least
+/// the descriptor's size, at most [`MAX_STRUCT`]); None when unreadable.
+fn read_struct(mem: &dyn CallerMemory, arg: u64, cmd: u32) -> Option<Vec<u8>> {
+    let def = layout::device_op(cmd)?;
+    let mut size = [0u8; 4];
+    mem.read(arg, &mut size).ok()?;
+    let want = def.size.max(u32::from_ne_bytes(size) as usize).min(MAX_STRUCT);
+    let mut b = vec![0u8; want];
+    match mem.read(arg, &mut b) {
+        Ok(()) => Some(b),
+        Err(_) => {
+            b.truncate(def.size);
+            mem.read(arg, &mut b).ok().map(|()| b)
+        }
+    }
+}
