@@ -90,6 +90,31 @@ fn selftest_corpus_in_process_and_against_a_fuse_daemon() {
     assert_eq!(s["objects"], 0, "{s}");
 }
 
+/// The QEMU e2e's recorded session (tests/replay/qemu): as recorded, on a fresh daemon serving the
+/// dmacopy device it was recorded with; transformed for the selftest's mock device (the form
+/// scripts/refkernel.sh replays on the real kernel), in process and on a `--selftest` daemon.
+#[test]
+fn qemu_recording_replays_raw_and_on_the_mock() {
+    let dir = corpus().join("qemu");
+    assert_eq!(scripts_in(&dir), 1);
+    let d = DaemonProcess::start(&["--device", "dmacopy"]);
+    let node = d.node("iommu");
+    assert_all_pass(&replay(&["--node", node.to_str().unwrap()], &[&dir]), 1);
+    let s = d.wait_idle();
+    assert_eq!(s["objects"], 0, "{s}");
+    drop(d);
+    let mock = TempDir::new("mock");
+    let o = replay(&["--to-mock", mock.0.to_str().unwrap()], &[&dir]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(mock.0.join("qemu_dmacopy.jsonl")).unwrap();
+    assert!(text.contains("IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE"), "{text}");
+    assert!(!text.contains("\"open\": \"device:"), "{text}");
+    assert_all_pass(&replay(&["--in-process"], &[&mock.0]), 1);
+    let d = DaemonProcess::start(&[]);
+    let node = d.node("iommu");
+    assert_all_pass(&replay(&["--node", node.to_str().unwrap()], &[&mock.0]), 1);
+}
+
 #[test]
 fn corpus_against_a_fuse_daemon() {
     let d = DaemonProcess::start(&[]);

@@ -35,9 +35,13 @@ const KEEP_ALIGN: u64 = 2 << 20;
 /// Ioctls whose outputs describe the device (or its domain's aperture).
 const DEVICE_ANSWERS: &[&str] = &["IOMMU_GET_HW_INFO", "IOMMU_IOAS_IOVA_RANGES"];
 
+/// One step of a script, as JSON.
+type Step = Map<String, Value>;
+
 /// Transforms one recorded script (its text); Err names the line that cannot be transformed.
 pub fn to_mock(text: &str) -> Result<String, String> {
-    let mut steps: Vec<(usize, Option<Map<String, Value>>, &str)> = Vec::new();
+    // (line number, the step or None for a comment, the line as written)
+    let mut steps: Vec<(usize, Option<Step>, &str)> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let t = raw.trim();
         if t.is_empty() || t.starts_with('#') || t.starts_with("//") {
@@ -73,7 +77,10 @@ pub fn to_mock(text: &str) -> Result<String, String> {
         if let Some(node) = s.get("open").and_then(Value::as_str) {
             if let Some(name) = node.strip_prefix("device:") {
                 let handle = s.get("as").and_then(Value::as_str).unwrap_or("fd");
-                let _ = writeln!(out, "# device {name} (\"{handle}\"): the selftest's mock device");
+                let _ = writeln!(
+                    out,
+                    "# device {name} (\"{handle}\"): the selftest's mock device"
+                );
                 devices.push(handle.to_string());
                 continue;
             }
@@ -134,7 +141,12 @@ impl Vars {
 }
 
 /// One of the device's own steps, as its mock equivalent.
-fn device_step(out: &mut String, h: &str, name: &str, s: &Map<String, Value>) -> Result<(), String> {
+fn device_step(
+    out: &mut String,
+    h: &str,
+    name: &str,
+    s: &Map<String, Value>,
+) -> Result<(), String> {
     let v = Vars::new(h);
     let args = s.get("args").and_then(Value::as_object);
     let arg = |k: &str| args.and_then(|a| a.get(k)).cloned();
@@ -149,8 +161,14 @@ fn device_step(out: &mut String, h: &str, name: &str, s: &Map<String, Value>) ->
             let mut ioas = Map::new();
             ioas.insert("ioctl".into(), "IOMMU_IOAS_ALLOC".into());
             ioas.insert("fd".into(), fd.clone().into());
-            ioas.insert("save".into(), obj([(&*format!("{}_ioas", v.0), "out_ioas_id".into())]));
-            ioas.insert("note".into(), format!("{h}: the IOAS its mock is created in").into());
+            ioas.insert(
+                "save".into(),
+                obj([(&*format!("{}_ioas", v.0), "out_ioas_id".into())]),
+            );
+            ioas.insert(
+                "note".into(),
+                format!("{h}: the IOAS its mock is created in").into(),
+            );
             push(out, ioas);
             let mut save = Map::new();
             save.insert(format!("{}_stdev", v.0), "out_stdev_id".into());
@@ -167,7 +185,10 @@ fn device_step(out: &mut String, h: &str, name: &str, s: &Map<String, Value>) ->
             m.insert("args".into(), obj([("id", v.ioas())]));
             m.insert("expect".into(), expect);
             m.insert("save".into(), Value::Object(save));
-            m.insert("note".into(), format!("{h}: VFIO_DEVICE_BIND_IOMMUFD").into());
+            m.insert(
+                "note".into(),
+                format!("{h}: VFIO_DEVICE_BIND_IOMMUFD").into(),
+            );
         }
         "VFIO_DEVICE_ATTACH_IOMMUFD_PT" | "VFIO_DEVICE_DETACH_IOMMUFD_PT" => {
             let attach = name == "VFIO_DEVICE_ATTACH_IOMMUFD_PT";
@@ -210,7 +231,10 @@ fn push(out: &mut String, mut m: Map<String, Value>) {
             items.push(format!("{}: {v}", Value::from(*k)));
         }
     }
-    items.extend(m.iter().map(|(k, v)| format!("{}: {v}", Value::from(k.as_str()))));
+    items.extend(
+        m.iter()
+            .map(|(k, v)| format!("{}: {v}", Value::from(k.as_str()))),
+    );
     let _ = writeln!(out, "{{{}}}", items.join(", "));
 }
 
@@ -324,9 +348,15 @@ mod tests {
         assert!(!t.contains(r#""ioctl": "VFIO_DEVICE_"#), "{t}");
         let has = |s: &str| assert!(t.contains(s), "{s} not in:\n{t}");
         has(r#"{"ioctl": "IOMMU_IOAS_ALLOC", "fd": "fd", "note""#);
-        has(r#"{"ioctl": "IOMMU_TEST_OP_MOCK_DOMAIN", "fd": "fd", "args": {"id":"$mock_dmacopy0_ioas"}"#);
-        has(r#""save": {"id1":"out_idev_id","mock_dmacopy0_hwpt":"out_hwpt_id","mock_dmacopy0_stdev":"out_stdev_id"}"#);
-        has(r#"{"ioctl": "IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE", "args": {"id":"$mock_dmacopy0_stdev","pt_id":"$id2"}"#);
+        has(
+            r#"{"ioctl": "IOMMU_TEST_OP_MOCK_DOMAIN", "fd": "fd", "args": {"id":"$mock_dmacopy0_ioas"}"#,
+        );
+        has(
+            r#""save": {"id1":"out_idev_id","mock_dmacopy0_hwpt":"out_hwpt_id","mock_dmacopy0_stdev":"out_stdev_id"}"#,
+        );
+        has(
+            r#"{"ioctl": "IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE", "args": {"id":"$mock_dmacopy0_stdev","pt_id":"$id2"}"#,
+        );
         has(r#""save": {"id3":"pt_id"}"#);
         has(r#""pt_id":"$mock_dmacopy0_ioas""#);
         has(r#"{"ioctl": "IOMMU_DESTROY", "args": {"id":"$mock_dmacopy0_stdev"}}"#);
@@ -340,8 +370,7 @@ mod tests {
     #[test]
     fn runs_on_the_in_process_selftest_daemon() {
         let steps = crate::replay::script::parse(&to_mock(SESSION).unwrap()).unwrap();
-        let daemon =
-            crate::dispatch::Daemon::new(crate::dispatch::extensions::daemon_extensions());
+        let daemon = crate::dispatch::Daemon::new(crate::dispatch::extensions::daemon_extensions());
         let mode = crate::replay::Mode::InProcess(std::sync::Arc::new(
             crate::dispatch::DaemonService(daemon),
         ));

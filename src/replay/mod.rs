@@ -189,7 +189,9 @@ fn write_mock(files: &[std::path::PathBuf], dir: &Path) -> std::process::ExitCod
         for f in files {
             let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
             let out = mock::to_mock(&text).map_err(|e| format!("{}: {e}", f.display()))?;
-            let name = f.file_name().ok_or_else(|| format!("{}: no file name", f.display()))?;
+            let name = f
+                .file_name()
+                .ok_or_else(|| format!("{}: no file name", f.display()))?;
             let to = dir.join(name);
             std::fs::write(&to, out).map_err(|e| format!("{}: {e}", to.display()))?;
         }

@@ -367,7 +367,6 @@ impl IoctlObserver for Recorder {
     }
 }
 
-
 impl Recorder {
     /// Appends `c` to context `ctx`'s session, within the session's size cap.
     fn push_call(&self, ctx: u64, c: Call) {
@@ -923,8 +922,9 @@ impl Renderer {
         // IOMMU_TEST_CMD is written as its op's alias, so that the payload's fields replay.
         let def = match c.device {
             Some(_) => layout::device_op(c.cmd),
-            None => layout::by_cmd(c.cmd)
-                .map(|d| layout::refine(d, c.before.as_deref().unwrap_or(&[]))),
+            None => {
+                layout::by_cmd(c.cmd).map(|d| layout::refine(d, c.before.as_deref().unwrap_or(&[])))
+            }
         };
         let label = match def {
             Some(d) => json(d.name),

@@ -60,7 +60,11 @@ impl Recorder {
     }
 
     pub(super) fn record_device_release(&self, file: u64) {
-        let known = self.device_files.lock().ok().and_then(|mut f| f.remove(&file));
+        let known = self
+            .device_files
+            .lock()
+            .ok()
+            .and_then(|mut f| f.remove(&file));
         if let Some((ctx, name)) = known {
             let mut c = Call::new(0, 0);
             c.device_closed = Some(name);
@@ -73,7 +77,13 @@ impl Recorder {
     fn device_name(&self, ctx: u64, device: &str) -> String {
         let clean: String = device
             .chars()
-            .map(|ch| if ch.is_ascii_alphanumeric() || ch == '_' { ch } else { '_' })
+            .map(|ch| {
+                if ch.is_ascii_alphanumeric() || ch == '_' {
+                    ch
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let taken = |n: &str| {
             self.device_files
@@ -97,7 +107,10 @@ fn read_struct(mem: &dyn CallerMemory, arg: u64, cmd: u32) -> Option<Vec<u8>> {
     let def = layout::device_op(cmd)?;
     let mut size = [0u8; 4];
     mem.read(arg, &mut size).ok()?;
-    let want = def.size.max(u32::from_ne_bytes(size) as usize).min(MAX_STRUCT);
+    let want = def
+        .size
+        .max(u32::from_ne_bytes(size) as usize)
+        .min(MAX_STRUCT);
     let mut b = vec![0u8; want];
     match mem.read(arg, &mut b) {
         Ok(()) => Some(b),
