@@ -129,6 +129,9 @@ gather_corpus() {
     if [ -d "$s" ]; then cp "$s"/*.jsonl "$dir/"; else cp "$s" "$dir/"; fi
   done
   if [ -z "${REPLAY:-}" ] && [ "$VARIANT" = test ]; then
+    # (--log judges before the guest helpers are loaded)
+    # shellcheck source=scripts/lib-guest.sh
+    command -v guest_build_uiommufd >/dev/null || . "$ROOT/scripts/lib-guest.sh"
     guest_build_uiommufd
     "$UIOMMUFD" replay --to-mock "$dir" "$ROOT"/tests/replay/qemu/*.jsonl \
       || die "cannot transform tests/replay/qemu for the mock device"

@@ -97,11 +97,33 @@ fn selftest_corpus_in_process_and_against_a_fuse_daemon() {
 fn qemu_recording_replays_raw_and_on_the_mock() {
     let dir = corpus().join("qemu");
     assert_eq!(scripts_in(&dir), 1);
-    let d = DaemonProcess::start(&["--device", "dmacopy"]);
+    // Replayed through a recording daemon: the replay's own session (device node included) is
+    // recorded again, and that recording replays on a fresh daemon too.
+    let rec = TempDir::new("rec");
+    let d = DaemonProcess::start(&["--device", "dmacopy", "--record", rec.0.to_str().unwrap()]);
     let node = d.node("iommu");
     assert_all_pass(&replay(&["--node", node.to_str().unwrap()], &[&dir]), 1);
     let s = d.wait_idle();
     assert_eq!(s["objects"], 0, "{s}");
+    assert!(d.stop().success());
+    let again = recordings(&rec.0);
+    assert_eq!(again.len(), 1, "{again:?}");
+    let text = std::fs::read_to_string(&again[0]).unwrap();
+    for step in [
+        r#"{"open": "device:dmacopy0", "as": "dmacopy0"}"#,
+        r#"{"ioctl": "VFIO_DEVICE_BIND_IOMMUFD", "fd": "dmacopy0", "args": {"argsz": 16, "iommufd": "%fd""#,
+        r#""save": {"id1": "out_devid"}"#,
+        r#"{"ioctl": "VFIO_DEVICE_ATTACH_IOMMUFD_PT", "fd": "dmacopy0", "args": {"argsz": 12, "pt_id": "$id3"}"#,
+        r#"{"close": "dmacopy0"}"#,
+    ] {
+        assert!(text.contains(step), "{step} not in:\n{text}");
+    }
+    let d = DaemonProcess::start(&["--device", "dmacopy"]);
+    let node = d.node("iommu");
+    assert_all_pass(
+        &replay(&["--node", node.to_str().unwrap()], &[&again[0]]),
+        1,
+    );
     drop(d);
     let mock = TempDir::new("mock");
     let o = replay(&["--to-mock", mock.0.to_str().unwrap()], &[&dir]);
