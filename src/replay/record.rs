@@ -41,7 +41,7 @@ pub struct Recorder {
     dir: PathBuf,
     sessions: Mutex<HashMap<u64, Session>>,
     /// Device files bound through a recorded BIND: (context, the device's name in its script).
-    device_files: Mutex<HashMap<u64, (u64, String)>>,
+    device_files: Mutex<HashMap<u64, (u64, DeviceRef)>>,
 }
 
 struct Session {
@@ -86,10 +86,18 @@ struct Call {
     faults: Vec<(u64, PageProt)>,
     /// Not an ioctl: the object (ID, kind) an fd-returning ioctl made through `uiommufd launch`.
     object_fd: Option<(u32, String)>,
-    /// The ioctl went to this device node (its name in the script), not to the context's fd.
-    device: Option<String>,
+    /// The ioctl went to this device node, not to the context's fd.
+    device: Option<DeviceRef>,
     /// Not an ioctl: the device node of this name was closed.
     device_closed: Option<String>,
+}
+
+/// A device node a session used: its node name (`vfio/devices/NODE`) and its open's name in the
+/// script (the node name made a variable-like name, unique in the session).
+#[derive(Clone, PartialEq, Eq)]
+struct DeviceRef {
+    node: String,
+    handle: String,
 }
 
 /// What a faulting page allowed.
@@ -852,17 +860,23 @@ impl Renderer {
         }
         if let Some(name) = &c.device_closed {
             let _ = writeln!(self.out, "{{\"close\": {}}}", json(name));
+            // A later bind of the device in this session opens it again.
+            self.devices.retain(|h| h != name);
             return;
         }
-        if let Some(name) = c.device.as_ref().filter(|n| !self.devices.contains(n)) {
+        if let Some(d) = c
+            .device
+            .as_ref()
+            .filter(|d| !self.devices.contains(&d.handle))
+        {
             // Opened where it is first used: the device's open itself is no context's.
             let _ = writeln!(
                 self.out,
                 "{{\"open\": {}, \"as\": {}}}",
-                json(&format!("device:{name}")),
-                json(name)
+                json(&format!("device:{}", d.node)),
+                json(&d.handle)
             );
-            self.devices.push(name.clone());
+            self.devices.push(d.handle.clone());
         }
         // Memory is written before any page is protected.
         for (addr, bytes) in &c.data {
@@ -931,8 +945,8 @@ impl Renderer {
             None => json(&format!("{:#x}", c.cmd)),
         };
         let mut line = format!("{{\"ioctl\": {label}");
-        if let Some(name) = &c.device {
-            let _ = write!(line, ", \"fd\": {}", json(name));
+        if let Some(d) = &c.device {
+            let _ = write!(line, ", \"fd\": {}", json(&d.handle));
         }
         let expect = match c.result {
             Ok(_) => "ok".to_string(),

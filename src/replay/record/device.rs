@@ -4,7 +4,7 @@
 //! IDs they return (`out_devid`) are variables later steps use, and the session replays against a
 //! daemon serving the same device (or, transformed, on the selftest's mock: `replay::mock`).
 
-use super::{Call, Recorder, MAX_STRUCT};
+use super::{Call, DeviceRef, Recorder, MAX_STRUCT};
 use crate::caller::CallerMemory;
 use crate::replay::layout;
 use nix::errno::Errno;
@@ -34,7 +34,7 @@ impl Recorder {
             .lock()
             .ok()
             .and_then(|f| f.get(&file).cloned());
-        let (ctx, name) = match known {
+        let (ctx, dev) = match known {
             Some(k) => k,
             // Only a successful BIND ties a device file to a context: a failed one, or a call on a
             // file that never bound, belongs to no session.
@@ -42,11 +42,14 @@ impl Recorder {
                 let Some(ctx) = bound_context() else {
                     return result;
                 };
-                let name = self.device_name(ctx, device);
+                let dev = DeviceRef {
+                    node: device.to_string(),
+                    handle: self.handle_name(ctx, device),
+                };
                 if let Ok(mut f) = self.device_files.lock() {
-                    f.insert(file, (ctx, name.clone()));
+                    f.insert(file, (ctx, dev.clone()));
                 }
-                (ctx, name)
+                (ctx, dev)
             }
             None => return result,
         };
@@ -54,7 +57,7 @@ impl Recorder {
         c.before = Some(before);
         c.after = after;
         c.result = result;
-        c.device = Some(name);
+        c.device = Some(dev);
         self.push_call(ctx, c);
         result
     }
@@ -65,16 +68,16 @@ impl Recorder {
             .lock()
             .ok()
             .and_then(|mut f| f.remove(&file));
-        if let Some((ctx, name)) = known {
+        if let Some((ctx, dev)) = known {
             let mut c = Call::new(0, 0);
-            c.device_closed = Some(name);
+            c.device_closed = Some(dev.handle);
             self.push_call(ctx, c);
         }
     }
 
-    /// The device's name in context `ctx`'s script: the node's name, made unique among the
-    /// context's device files.
-    fn device_name(&self, ctx: u64, device: &str) -> String {
+    /// The name of the device's open in context `ctx`'s script: the node's name as a name a
+    /// script expression can use (`%name`), unique among the context's device files.
+    fn handle_name(&self, ctx: u64, device: &str) -> String {
         let clean: String = device
             .chars()
             .map(|ch| {
@@ -88,7 +91,7 @@ impl Recorder {
         let taken = |n: &str| {
             self.device_files
                 .lock()
-                .map(|f| f.values().any(|(c, m)| *c == ctx && m == n))
+                .map(|f| f.values().any(|(c, d)| *c == ctx && d.handle == n))
                 .unwrap_or(false)
         };
         let mut name = clean.clone();
