@@ -286,15 +286,7 @@ struct Relocation {
 impl Relocation {
     /// None when the session uses no fixed IOVA, or its windows do not fit the aperture.
     fn of<'a>(steps: impl Iterator<Item = &'a Map<String, Value>>) -> Option<Self> {
-        let mut spans: Vec<(u64, u64)> = steps.filter_map(fixed_span).collect();
-        spans.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::new();
-        for (s, e) in spans {
-            match merged.last_mut() {
-                Some(last) if s <= last.1 => last.1 = last.1.max(e),
-                _ => merged.push((s, e)),
-            }
-        }
+        let merged = super::merge_spans(steps.filter_map(fixed_span).collect());
         let mut cursor = APERTURE_START;
         let mut windows = Vec::new();
         for (s, e) in merged {

@@ -102,6 +102,19 @@ pub fn expand(args: &[std::path::PathBuf]) -> std::io::Result<Vec<std::path::Pat
     Ok(files)
 }
 
+/// Half-open spans `[start, end)` sorted, those that overlap or touch merged into one.
+pub(crate) fn merge_spans(mut spans: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    spans.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in spans {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
+}
+
 /// Options of `uiommufd replay`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReplayArgs {
