@@ -8,6 +8,7 @@ use super::{Call, DeviceRef, Recorder, MAX_STRUCT};
 use crate::caller::CallerMemory;
 use crate::replay::layout;
 use nix::errno::Errno;
+use std::collections::HashMap;
 use uiommufd_uapi::vfio::VFIO_DEVICE_BIND_IOMMUFD;
 
 impl Recorder {
@@ -42,14 +43,10 @@ impl Recorder {
                 let Some(ctx) = bound_context() else {
                     return result;
                 };
-                let dev = DeviceRef {
-                    node: device.to_string(),
-                    handle: self.handle_name(ctx, device),
-                };
-                if let Ok(mut f) = self.device_files.lock() {
-                    f.insert(file, (ctx, dev.clone()));
+                match self.bind_file(file, ctx, device) {
+                    Some(k) => k,
+                    None => return result,
                 }
-                (ctx, dev)
             }
             None => return result,
         };
@@ -75,33 +72,45 @@ impl Recorder {
         }
     }
 
-    /// The name of the device's open in context `ctx`'s script: the node's name as a name a
-    /// script expression can use (`%name`), unique among the context's device files.
-    fn handle_name(&self, ctx: u64, device: &str) -> String {
-        let clean: String = device
-            .chars()
-            .map(|ch| {
-                if ch.is_ascii_alphanumeric() || ch == '_' {
-                    ch
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let taken = |n: &str| {
-            self.device_files
-                .lock()
-                .map(|f| f.values().any(|(c, d)| *c == ctx && d.handle == n))
-                .unwrap_or(false)
-        };
-        let mut name = clean.clone();
-        let mut k = 1;
-        while taken(&name) || name == "fd" {
-            k += 1;
-            name = format!("{clean}_{k}");
+    /// Ties device file `file` to context `ctx` (its first successful BIND), or returns the tie
+    /// a concurrent BIND of the same file made first. The name is picked and inserted under one
+    /// lock, so concurrent BINDs into one context never get the same name.
+    fn bind_file(&self, file: u64, ctx: u64, device: &str) -> Option<(u64, DeviceRef)> {
+        let mut files = self.device_files.lock().ok()?;
+        if let Some(k) = files.get(&file) {
+            return Some(k.clone());
         }
-        name
+        let dev = DeviceRef {
+            node: device.to_string(),
+            handle: handle_name(&files, ctx, device),
+        };
+        files.insert(file, (ctx, dev.clone()));
+        Some((ctx, dev))
     }
+}
+
+/// The name of the device's open in context `ctx`'s script: the node's name as a name a script
+/// expression can use (`%name`), unique among the context's device files (`files`) and never the
+/// context's own open (`fd`).
+fn handle_name(files: &HashMap<u64, (u64, DeviceRef)>, ctx: u64, device: &str) -> String {
+    let clean: String = device
+        .chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() || ch == '_' {
+                ch
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let taken = |n: &str| files.values().any(|(c, d)| *c == ctx && d.handle == n);
+    let mut name = clean.clone();
+    let mut k = 1;
+    while taken(&name) || name == "fd" {
+        k += 1;
+        name = format!("{clean}_{k}");
+    }
+    name
 }
 
 /// The struct of a device ioctl as the caller passed it: as long as its `argsz` says (at least
@@ -121,5 +130,44 @@ fn read_struct(mem: &dyn CallerMemory, arg: u64, cmd: u32) -> Option<Vec<u8>> {
             b.truncate(def.size);
             mem.read(arg, &mut b).ok().map(|()| b)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+
+    #[test]
+    fn concurrent_binds_with_colliding_names_get_distinct_handles() {
+        let dir = std::env::temp_dir().join(format!("uiommufd-bindnames-{}", std::process::id()));
+        let rec = Recorder::new(&dir).unwrap();
+        // "dev-0", "dev.0", "dev 0" … all clean up to "dev_0".
+        let nodes = [
+            "dev-0", "dev.0", "dev 0", "dev:0", "dev_0", "dev+0", "dev/0", "dev@0",
+        ];
+        let start = Barrier::new(nodes.len());
+        let mut handles: Vec<String> = std::thread::scope(|s| {
+            let threads: Vec<_> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, node)| {
+                    let (rec, start) = (&rec, &start);
+                    s.spawn(move || {
+                        start.wait();
+                        rec.bind_file(i as u64, 7, node).unwrap().1.handle
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        // A second BIND of a bound file keeps its name; another context may reuse a name.
+        assert_eq!(rec.bind_file(0, 7, "dev-0").unwrap().1.handle, handles[0]);
+        assert_eq!(rec.bind_file(100, 8, "dev-0").unwrap().1.handle, "dev_0");
+        assert_eq!(rec.bind_file(101, 8, "fd").unwrap().1.handle, "fd_2");
+        handles.sort();
+        handles.dedup();
+        assert_eq!(handles.len(), nodes.len(), "{handles:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
