@@ -18,13 +18,23 @@
 //!   `IOMMU_GET_HW_INFO` and `IOMMU_IOAS_IOVA_RANGES`): the mock answers with its own type, data
 //!   and aperture, on the kernel and on uiommufd alike.
 //! * Fixed IOVAs move into the mock's aperture (`MOCK_APERTURE_START`..`MOCK_APERTURE_LAST`,
-//!   outside which the mock's domain reserves the IOVA space): the IOVA windows the session uses
-//!   (maps and unmaps at fixed IOVAs, merged where they overlap or touch) are laid out one after the
-//!   other from the aperture's start, each keeping its offset within 2 MiB, so maps stay as
-//!   contiguous and as aligned as they were. A session whose windows do not fit keeps its IOVAs.
+//!   outside which the mock's domain reserves the IOVA space): the IOVA windows the session names
+//!   (every plain-number IOVA field with its length: fixed maps, unmaps, copies, dirty bitmaps,
+//!   VFIO type1 maps and unmaps, allowed ranges; merged where they overlap or touch) are packed
+//!   one below the other from the aperture's top (automatic IOVAs are allocated from its bottom),
+//!   each keeping its offset within 2 MiB, so maps stay as contiguous and as aligned as they were.
+//!   Every IOVA field moves through that one mapping; one that does not lie in a window whole
+//!   (an unmap of everything) is kept, with a note in its step. A session whose windows do not
+//!   fit keeps its IOVAs.
+//! * A device step the device refused (a second BIND, an ATTACH to a bad ID) becomes a comment:
+//!   its mock equivalent would not fail alike, and a BIND's would make new mock objects.
+//! * A device open needs its own name (`"as"`, not `"fd"`): otherwise its steps could not be told
+//!   from those on the context's own open.
 
+use crate::replay::layout::{self, Role};
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
+use uiommufd_uapi::iommufd::IOMMU_IOAS_MAP_FIXED_IOVA;
 
 /// The selftest mock's IOVA aperture (`iommufd_test.h`).
 const APERTURE_START: u64 = 1 << 24;
@@ -76,7 +86,16 @@ pub fn to_mock(text: &str) -> Result<String, String> {
         let err = |m: &str| format!("line {line}: {m}");
         if let Some(node) = s.get("open").and_then(Value::as_str) {
             if let Some(name) = node.strip_prefix("device:") {
-                let handle = s.get("as").and_then(Value::as_str).unwrap_or("fd");
+                // Without its own name the device's steps would be those on the context's
+                // open ("fd"), which the transform could not tell apart.
+                let handle = match s.get("as").and_then(Value::as_str) {
+                    Some(h) if h != "fd" => h,
+                    _ => {
+                        return Err(err(&format!(
+                            "the device open of {name} needs its own name (\"as\", not \"fd\")"
+                        )))
+                    }
+                };
                 let _ = writeln!(
                     out,
                     "# device {name} (\"{handle}\"): the selftest's mock device"
@@ -106,19 +125,24 @@ pub fn to_mock(text: &str) -> Result<String, String> {
             .unwrap_or("")
             .to_string();
         if let Some(h) = on_device {
+            let expect = s.get("expect").and_then(Value::as_str).unwrap_or("ok");
+            if expect != "ok" && expect != "any" {
+                // The device refused it; its mock equivalent would not fail alike (and a BIND's
+                // would make new mock objects in the device's variables): kept as a comment.
+                let _ = writeln!(
+                    out,
+                    "# {h}: {name} failed with {expect} on the device; not replayed on the mock"
+                );
+                continue;
+            }
             device_step(&mut out, &h, &name, &s).map_err(|m| err(&m))?;
             continue;
         }
         if DEVICE_ANSWERS.contains(&name.as_str()) {
             s.remove("out");
         }
-        let span = fixed_span(&s);
-        if let (Some(r), Some((iova, _)), Some(Value::Object(args))) =
-            (&reloc, span, s.get_mut("args"))
-        {
-            if let Some(to) = r.map(iova) {
-                args.insert("iova".into(), hex(to));
-            }
+        if let Some(r) = &reloc {
+            r.apply(&mut s);
         }
         push(&mut out, s);
     }
@@ -259,57 +283,187 @@ fn number(v: &Value) -> Option<u64> {
     }
 }
 
-/// The IOVA span `[start, end)` a step maps or unmaps at a fixed IOVA (an absent `iova` is 0);
-/// None for other steps, IOVAs through variables, and spans larger than the aperture (unmap all).
-fn fixed_span(s: &Map<String, Value>) -> Option<(u64, u64)> {
-    let args = s.get("args")?.as_object()?;
-    let fixed = match s.get("ioctl")?.as_str()? {
-        "IOMMU_IOAS_MAP" | "IOMMU_IOAS_MAP_FILE" => args
-            .get("flags")
-            .and_then(Value::as_str)
-            .is_some_and(|f| f.contains("IOMMU_IOAS_MAP_FIXED_IOVA")),
-        "IOMMU_IOAS_UNMAP" => true,
-        _ => false,
-    };
-    let iova = args.get("iova").map_or(Some(0), number)?;
-    let len = args.get("length").and_then(number)?;
-    (fixed && len > 0 && len <= APERTURE_LAST - APERTURE_START + 1)
-        .then(|| Some((iova, iova.checked_add(len)?)))
-        .flatten()
+/// Where a step names IOVAs: the `args` fields holding one (with the field holding the length
+/// of what starts there, if any) and the input range arrays (`{start, last}` items).
+struct IovaFields {
+    scalars: Vec<(&'static str, Option<&'static str>)>,
+    ranges: Vec<&'static str>,
 }
 
-/// Where the session's fixed IOVA windows go: (original start, length, new start).
+/// The IOVA fields of a step's ioctl (the descriptor's `Iova` and input `Ranges` fields), less
+/// those that are outputs: the IOVA of a map, or a copy's destination, without FIXED_IOVA.
+fn iova_fields(s: &Map<String, Value>) -> Option<IovaFields> {
+    let name = s.get("ioctl")?.as_str()?;
+    let def = layout::by_name(name)?;
+    let fixed = s
+        .get("args")
+        .and_then(|a| a.get("flags"))
+        .is_some_and(|f| match f {
+            Value::String(t) if number(f).is_none() => t.contains("IOMMU_IOAS_MAP_FIXED_IOVA"),
+            _ => number(f).is_some_and(|n| n & u64::from(IOMMU_IOAS_MAP_FIXED_IOVA) != 0),
+        });
+    let output = |field: &str| {
+        !fixed
+            && matches!(
+                (name, field),
+                ("IOMMU_IOAS_MAP" | "IOMMU_IOAS_MAP_FILE", "iova")
+                    | ("IOMMU_IOAS_COPY", "dst_iova")
+            )
+    };
+    // The length: `length`, or VFIO's `size` (iommufd structs' `size` is the struct's).
+    let len = ["length", "size"]
+        .into_iter()
+        .find(|l| def.field(l).is_some_and(|f| matches!(f.role, Role::Int)));
+    let mut fields = IovaFields {
+        scalars: Vec::new(),
+        ranges: Vec::new(),
+    };
+    for f in &def.fields {
+        match f.role {
+            Role::Iova if !output(f.name) => fields.scalars.push((f.name, len)),
+            Role::Ranges { input: true, .. } => fields.ranges.push(f.name),
+            _ => {}
+        }
+    }
+    Some(fields)
+}
+
+/// A range item's (start, last).
+fn range_ends(item: &Value) -> Option<(u64, u64)> {
+    match item {
+        Value::Object(m) => Some((number(m.get("start")?)?, number(m.get("last")?)?)),
+        Value::Array(p) if p.len() == 2 => Some((number(&p[0])?, number(&p[1])?)),
+        _ => None,
+    }
+}
+
+/// The IOVA spans `[start, end)` a step names at plain-number IOVAs (an absent field is 0);
+/// not IOVAs through variables (automatic ones, placed in the aperture by the daemon), empty
+/// spans, or spans larger than the aperture (an unmap of everything, an allow-all).
+fn spans(s: &Map<String, Value>) -> Vec<(u64, u64)> {
+    let (Some(f), Some(args)) = (iova_fields(s), s.get("args").and_then(Value::as_object)) else {
+        return Vec::new();
+    };
+    let field = |k: &str| args.get(k).map_or(Some(0), number);
+    let mut out: Vec<(u64, Option<u64>)> = Vec::new();
+    for (iova, len) in &f.scalars {
+        if let (Some(start), Some(len)) = (field(iova), len.and_then(field)) {
+            out.push((start, start.checked_add(len)));
+        }
+    }
+    for k in &f.ranges {
+        let items = args.get(*k).and_then(Value::as_array).into_iter().flatten();
+        out.extend(
+            items
+                .filter_map(range_ends)
+                .map(|(s, l)| (s, l.checked_add(1))),
+        );
+    }
+    let fits = |(s, e): (u64, u64)| e > s && e - s <= APERTURE_LAST - APERTURE_START + 1;
+    out.into_iter()
+        .filter_map(|(s, e)| Some((s, e?)))
+        .filter(|&span| fits(span))
+        .collect()
+}
+
+/// Where the session's IOVA windows go: (original start, length, new start).
 struct Relocation {
     windows: Vec<(u64, u64, u64)>,
 }
 
 impl Relocation {
-    /// None when the session uses no fixed IOVA, or its windows do not fit the aperture.
+    /// None when the session names no IOVA, or its windows do not fit the aperture. The windows
+    /// are packed down from the aperture's top, in their order: the daemon allocates automatic
+    /// IOVAs from the bottom (lowest fit), so they meet the session's fixed ones no sooner than
+    /// they did where the session ran.
     fn of<'a>(steps: impl Iterator<Item = &'a Map<String, Value>>) -> Option<Self> {
-        let merged = super::merge_spans(steps.filter_map(fixed_span).collect());
-        let mut cursor = APERTURE_START;
+        let merged = super::merge_spans(steps.flat_map(spans).collect());
+        let mut cursor = APERTURE_LAST + 1;
         let mut windows = Vec::new();
-        for (s, e) in merged {
-            // The first address from the cursor on with the window's offset within KEEP_ALIGN.
-            let mut base = cursor - cursor % KEEP_ALIGN + s % KEEP_ALIGN;
-            if base < cursor {
-                base += KEEP_ALIGN;
-            }
-            let end = base.checked_add(e - s)?;
-            if end - 1 > APERTURE_LAST {
+        for (s, e) in merged.into_iter().rev() {
+            // The last address that ends at or below the cursor and keeps the start's offset
+            // within KEEP_ALIGN.
+            let top = cursor.checked_sub(e - s)?;
+            let base = top.checked_sub((top.checked_sub(s % KEEP_ALIGN)?) % KEEP_ALIGN)?;
+            if base < APERTURE_START {
                 return None;
             }
             windows.push((s, e - s, base));
-            cursor = end;
+            cursor = base;
         }
+        windows.reverse();
         (!windows.is_empty()).then_some(Self { windows })
     }
 
-    fn map(&self, iova: u64) -> Option<u64> {
+    fn window_of(&self, iova: u64) -> Option<usize> {
         self.windows
             .iter()
-            .find(|(s, l, _)| iova >= *s && iova - s < *l)
-            .map(|(s, _, to)| to + (iova - s))
+            .position(|(s, l, _)| iova >= *s && iova - s < *l)
+    }
+
+    fn map(&self, iova: u64) -> Option<u64> {
+        let (s, _, to) = self.windows[self.window_of(iova)?];
+        Some(to + (iova - s))
+    }
+
+    /// Moves every plain-number IOVA of the step into its window's new place. One outside every
+    /// window (an unmap of everything, a range larger than the aperture) is kept, and the step
+    /// says so in a note.
+    fn apply(&self, s: &mut Map<String, Value>) {
+        let Some(f) = iova_fields(s) else {
+            return;
+        };
+        let Some(Value::Object(args)) = s.get_mut("args") else {
+            return;
+        };
+        let mut kept: Vec<String> = Vec::new();
+        for (k, len) in &f.scalars {
+            let field = |k: &str| args.get(k).map_or(Some(0), number);
+            let Some(iova) = field(k) else {
+                continue;
+            };
+            // What starts there moves only when it lies in the window whole (not an unmap of
+            // everything from a window's start).
+            let last = len
+                .and_then(field)
+                .map_or(Some(iova), |l| iova.checked_add(l.max(1) - 1));
+            let whole = last.is_some_and(|l| self.window_of(l) == self.window_of(iova));
+            match self.map(iova).filter(|_| whole) {
+                Some(to) => {
+                    args.insert((*k).into(), hex(to));
+                }
+                None => kept.push(format!("{k} {iova:#x}")),
+            }
+        }
+        for k in &f.ranges {
+            let Some(Value::Array(items)) = args.get_mut(*k) else {
+                continue;
+            };
+            for item in items.iter_mut() {
+                let Some((start, last)) = range_ends(item) else {
+                    continue;
+                };
+                // A range moves whole or not at all.
+                match (self.window_of(start), self.window_of(last)) {
+                    (Some(a), Some(b)) if a == b => {
+                        let (s, _, to) = self.windows[a];
+                        *item = Value::Array(vec![hex(to + (start - s)), hex(to + (last - s))]);
+                    }
+                    _ => kept.push(format!("{k} [{start:#x}, {last:#x}]")),
+                }
+            }
+        }
+        if !kept.is_empty() {
+            let why = format!(
+                "IOVA outside the session's moved windows, kept as recorded: {}",
+                kept.join(", ")
+            );
+            let note = match s.get("note").and_then(Value::as_str) {
+                Some(n) => format!("{n}; {why}"),
+                None => why,
+            };
+            s.insert("note".into(), note.into());
+        }
     }
 }
 
@@ -353,21 +507,99 @@ mod tests {
         has(r#""pt_id":"$mock_dmacopy0_ioas""#);
         has(r#"{"ioctl": "IOMMU_DESTROY", "args": {"id":"$mock_dmacopy0_stdev"}}"#);
         assert!(!t.contains("out_capabilities"), "{t}");
-        // Windows [0, 4K) and [0xfffc0000, +8K): 16 MiB, then the next 2 MiB step + 0x1c0000.
-        has(r#""iova":"0x1000000""#);
-        has(r#""iova":"0x11c0000""#);
+        // Windows [0, 4K) and [0xfffc0000, +8K), packed down from the aperture's top (2 GiB),
+        // each keeping its offset within 2 MiB.
+        has(r#""iova":"0x7fe00000""#);
+        has(r#""iova":"0x7ffc0000""#);
         assert_eq!(steps.len(), 13);
     }
 
-    #[test]
-    fn runs_on_the_in_process_selftest_daemon() {
-        let steps = crate::replay::script::parse(&to_mock(SESSION).unwrap()).unwrap();
+    fn run_on_selftest_daemon(session: &str) {
+        let steps = crate::replay::script::parse(&to_mock(session).unwrap()).unwrap();
         let daemon = crate::dispatch::Daemon::new(crate::dispatch::extensions::daemon_extensions());
         let mode = crate::replay::Mode::InProcess(std::sync::Arc::new(
             crate::dispatch::DaemonService(daemon),
         ));
         crate::replay::exec::run_traced(&mode, &steps, None)
             .unwrap_or_else(|f| panic!("{}: {}", f.line, f.msg));
+    }
+
+    #[test]
+    fn runs_on_the_in_process_selftest_daemon() {
+        run_on_selftest_daemon(SESSION);
+    }
+
+    /// An automatic map before a fixed one, a refused second BIND, a copy between fixed IOVAs,
+    /// an allowed range on a second IOAS and an unmap of everything.
+    const SESSION2: &str = r#"{"open": "iommu"}
+{"buffer": "b1", "size": 8192}
+{"open": "device:dmacopy0", "as": "dmacopy0"}
+{"ioctl": "VFIO_DEVICE_BIND_IOMMUFD", "fd": "dmacopy0", "args": {"argsz": 16, "iommufd": "%fd"}, "expect": "ok", "save": {"id1": "out_devid"}}
+{"ioctl": "IOMMU_IOAS_ALLOC", "expect": "ok", "save": {"id2": "out_ioas_id"}}
+{"ioctl": "VFIO_DEVICE_ATTACH_IOMMUFD_PT", "fd": "dmacopy0", "args": {"argsz": 12, "pt_id": "$id2"}, "expect": "ok", "save": {"id3": "pt_id"}}
+{"ioctl": "VFIO_DEVICE_BIND_IOMMUFD", "fd": "dmacopy0", "args": {"argsz": 16, "iommufd": "%fd"}, "expect": "EBUSY"}
+{"ioctl": "VFIO_DEVICE_ATTACH_IOMMUFD_PT", "fd": "dmacopy0", "args": {"argsz": 12, "pt_id": 999}, "expect": "ENOENT"}
+{"ioctl": "IOMMU_IOAS_MAP", "args": {"flags": "IOMMU_IOAS_MAP_READABLE", "ioas_id": "$id2", "user_va": "&b1", "length": 4096}, "expect": "ok", "save": {"iova1": "iova"}}
+{"ioctl": "IOMMU_IOAS_MAP", "args": {"flags": "IOMMU_IOAS_MAP_FIXED_IOVA|IOMMU_IOAS_MAP_READABLE", "ioas_id": "$id2", "user_va": "&b1", "length": 4096}, "expect": "ok"}
+{"ioctl": "IOMMU_IOAS_COPY", "args": {"flags": "IOMMU_IOAS_MAP_FIXED_IOVA|IOMMU_IOAS_MAP_READABLE", "dst_ioas_id": "$id2", "src_ioas_id": "$id2", "length": 4096, "dst_iova": "0x10000"}, "expect": "ok"}
+{"ioctl": "IOMMU_IOAS_ALLOC", "expect": "ok", "save": {"id4": "out_ioas_id"}}
+{"ioctl": "IOMMU_IOAS_ALLOW_IOVAS", "args": {"ioas_id": "$id4", "allowed_iovas": [["0x100000", "0x1fffff"]]}, "expect": "ok"}
+{"ioctl": "IOMMU_IOAS_UNMAP", "args": {"ioas_id": "$id2", "length": "0xffffffffffffffff"}, "expect": "ok"}
+{"ioctl": "VFIO_DEVICE_DETACH_IOMMUFD_PT", "fd": "dmacopy0", "args": {"argsz": 8}, "expect": "ok"}
+{"close": "dmacopy0"}
+{"close": "fd"}
+"#;
+
+    #[test]
+    fn every_iova_moves_and_fixed_windows_stay_clear_of_automatic_iovas() {
+        let t = to_mock(SESSION2).unwrap();
+        let has = |s: &str| assert!(t.contains(s), "{s} not in:\n{t}");
+        // Windows [0, 4K), [64K, +4K), [1M, 2M) packed down from 2 GiB.
+        has(
+            r#""args": {"flags":"IOMMU_IOAS_MAP_FIXED_IOVA|IOMMU_IOAS_MAP_READABLE","ioas_id":"$id2","iova":"0x7fe00000","length""#,
+        );
+        has(r#""dst_iova":"0x7fe10000","#);
+        has(r#""src_iova":"0x7fe00000""#);
+        has(r#""allowed_iovas":[["0x7ff00000","0x7fffffff"]]"#);
+        has(r#""note": "IOVA outside the session's moved windows, kept as recorded: iova 0x0""#);
+        // The automatic map keeps no IOVA of its own.
+        has(
+            r#"{"ioctl": "IOMMU_IOAS_MAP", "args": {"flags":"IOMMU_IOAS_MAP_READABLE","ioas_id":"$id2","length":4096,"user_va":"&b1"}"#,
+        );
+        // The refused device calls are comments, not mock calls.
+        has("# dmacopy0: VFIO_DEVICE_BIND_IOMMUFD failed with EBUSY on the device");
+        has("# dmacopy0: VFIO_DEVICE_ATTACH_IOMMUFD_PT failed with ENOENT on the device");
+        assert_eq!(t.matches("IOMMU_TEST_OP_MOCK_DOMAIN\"").count(), 1, "{t}");
+        assert_eq!(
+            t.matches("IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE").count(),
+            2,
+            "{t}"
+        );
+        // The automatic map takes the aperture's bottom; the fixed map's window is clear of it.
+        run_on_selftest_daemon(SESSION2);
+    }
+
+    #[test]
+    fn vfio_and_dirty_bitmap_iovas_move_with_their_window() {
+        let s = r#"{"open": "iommu"}
+{"ioctl": "VFIO_IOMMU_MAP_DMA", "args": {"argsz": 32, "flags": 3, "vaddr": "&b", "iova": "0x200000", "size": 8192}}
+{"ioctl": "IOMMU_HWPT_GET_DIRTY_BITMAP", "args": {"hwpt_id": "$h", "iova": "0x201000", "length": 4096, "page_size": 4096, "data": "&out"}}
+{"ioctl": "VFIO_IOMMU_UNMAP_DMA", "args": {"argsz": 24, "iova": "0x200000", "size": 8192}}
+"#;
+        let t = to_mock(s).unwrap();
+        assert_eq!(t.matches(r#""iova":"0x7fe00000""#).count(), 2, "{t}");
+        assert_eq!(t.matches(r#""iova":"0x7fe01000""#).count(), 1, "{t}");
+    }
+
+    #[test]
+    fn a_device_open_needs_its_own_name() {
+        for open in [
+            r#"{"open": "device:d"}"#,
+            r#"{"open": "device:d", "as": "fd"}"#,
+        ] {
+            let e = to_mock(&format!("{{\"open\": \"iommu\"}}\n{open}\n")).unwrap_err();
+            assert!(e.starts_with("line 2:") && e.contains("\"as\""), "{e}");
+        }
     }
 
     #[test]
