@@ -6,11 +6,14 @@
 # pattern preloaded into guest RAM by -device loader. Over QMP (human-monitor-command) it places
 # BAR0 and enables I/O + bus mastering through 0xcf8/0xcfc, programs the registers by port I/O,
 # checks with `xp` that the pattern was copied, that an unmapped IOVA sets the error bit, and that
-# after QEMU quits the daemon's status shows no objects and no pinned pages.
+# after QEMU quits the daemon's status shows no objects and no pinned pages. The daemon records the
+# session (`--record`); the recording must replay on a fresh dmacopy daemon and, transformed for the
+# selftest's mock device (`replay --to-mock`), on a fresh `--selftest` one (docs/refkernel.md).
 #
 # Env: UIOMMUFD (binary; default: cargo build, target/debug/uiommufd), QEMU (default
 # qemu-system-x86_64), TRACE=1 (QEMU -trace 'vfio_*' -trace 'iommufd_*', printed at the end),
-# KEEP=1 (keep the work directory). Exit 0 pass, 1 fail, 77 skip (no QEMU; see ci-install.sh).
+# KEEP=1 (keep the work directory), RECORD_OUT=DIR (copy the recording there, e.g. to refresh
+# tests/replay/qemu/qemu_dmacopy.jsonl). Exit 0 pass, 1 fail, 77 skip (no QEMU; see ci-install.sh).
 # Needs root (FUSE mount, pidfd_getfd), perl (perl-base) for the QMP socket.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,8 +48,9 @@ fail() {
 }
 
 MNT=$W/m
+REC=$W/rec
 RUST_LOG=${RUST_LOG:-warn} "$UIOMMUFD" serve --transport fuse --mount "$MNT" --device dmacopy \
-  --control "$W/control.sock" 2>"$W/daemon.log" &
+  --control "$W/control.sock" --record "$REC" 2>"$W/daemon.log" &
 DAEMON_PID=$!
 for _ in $(seq 200); do [ -e "$MNT/iommu" ] && break; sleep 0.05; done
 [ -e "$MNT/vfio/devices/dmacopy0" ] || fail "daemon did not come up"
@@ -147,5 +151,34 @@ for _ in $(seq 100); do
 done
 check "objects after quit" "$(field objects)" 0
 check "pinned pages after quit" "$(field pinned_pages)" 0
+
+# The recorded session (serve --record): one script, the device's BIND/ATTACH as steps. It must
+# replay on a fresh daemon serving dmacopy as recorded, and, transformed for the selftest's mock
+# device (replay --to-mock, what scripts/refkernel.sh runs on the real kernel from the committed
+# tests/replay/qemu/qemu_dmacopy.jsonl), on a fresh `--selftest` daemon. RECORD_OUT=DIR keeps it.
+kill -TERM "$DAEMON_PID"; wait "$DAEMON_PID" || fail "daemon exit status $?"; DAEMON_PID=
+recs=("$REC"/*.jsonl)
+[ "${#recs[@]}" = 1 ] && [ -f "${recs[0]}" ] || fail "recordings: ${recs[*]}"
+grep -q '"ioctl": "VFIO_DEVICE_BIND_IOMMUFD", "fd": "dmacopy0"' "${recs[0]}" || fail "no BIND in ${recs[0]}"
+grep -q '"ioctl": "VFIO_DEVICE_ATTACH_IOMMUFD_PT"' "${recs[0]}" || fail "no ATTACH in ${recs[0]}"
+[ -n "${RECORD_OUT:-}" ] && { mkdir -p "$RECORD_OUT"; cp "${recs[0]}" "$RECORD_OUT/"; }
+"$UIOMMUFD" replay --to-mock "$W/mock" "${recs[0]}" || fail "replay --to-mock"
+fresh_replay() {  # MOUNT SERVE-FLAGS... -- SCRIPT
+  local m=$1 out; shift
+  local flags=(); while [ "$1" != -- ]; do flags+=("$1"); shift; done; shift
+  RUST_LOG=warn "$UIOMMUFD" serve --transport fuse --mount "$m" "${flags[@]}" 2>>"$W/daemon.log" &
+  DAEMON_PID=$!
+  for _ in $(seq 200); do [ -e "$m/iommu" ] && break; sleep 0.05; done
+  [ -e "$m/iommu" ] || fail "fresh daemon (${flags[*]}) did not come up"
+  out=$("$UIOMMUFD" replay --node "$m/iommu" "$1" 2>&1) || fail "replay of $1: $out"
+  kill -TERM "$DAEMON_PID"; wait "$DAEMON_PID" || true; DAEMON_PID=
+  echo "$out" | tail -n1
+}
+# (Not in a $(...) subshell: a failure must stop the daemon it started, through cleanup.)
+fresh_replay "$W/m2" --device dmacopy -- "${recs[0]}" >"$W/raw.out"
+check "recording replays on a fresh dmacopy daemon" "$(cat "$W/raw.out")" "1 passed, 0 failed"
+fresh_replay "$W/m3" --selftest -- "$W/mock/$(basename "${recs[0]}")" >"$W/mock.out"
+check "transformed for the mock, it replays on a fresh --selftest daemon" "$(cat "$W/mock.out")" \
+  "1 passed, 0 failed"
 [ "${TRACE:-0}" = 1 ] && { echo "---- QEMU trace ----"; cat "$W/qemu.log"; }
 echo "PASS: QEMU $("$QEMU" --version | head -n1 | awk '{print $4}') drove dmacopy through uiommufd"

@@ -118,7 +118,9 @@ set_variant() {
 }
 
 # gather_corpus DIR: the scripts this variant replays, copied into DIR: REPLAY, or tests/replay plus,
-# in the test variant, the selftest corpus (it needs IOMMU_TEST_CMD: that kernel, `serve --selftest`).
+# in the test variant, the selftest corpus (it needs IOMMU_TEST_CMD: that kernel, `serve --selftest`)
+# and the recorded QEMU e2e sessions of tests/replay/qemu transformed for the selftest's mock device
+# (`uiommufd replay --to-mock`: the kernel has no dmacopy; docs/refkernel.md).
 gather_corpus() {
   local dir=$1 sources=${REPLAY:-$ROOT/tests/replay} s
   if [ -z "${REPLAY:-}" ] && [ "$VARIANT" = test ]; then sources="$sources $ROOT/tests/replay/selftest"; fi
@@ -126,6 +128,14 @@ gather_corpus() {
   for s in $sources; do
     if [ -d "$s" ]; then cp "$s"/*.jsonl "$dir/"; else cp "$s" "$dir/"; fi
   done
+  if [ -z "${REPLAY:-}" ] && [ "$VARIANT" = test ]; then
+    # (--log judges before the guest helpers are loaded)
+    # shellcheck source=scripts/lib-guest.sh
+    command -v guest_build_uiommufd >/dev/null || . "$ROOT/scripts/lib-guest.sh"
+    guest_build_uiommufd
+    "$UIOMMUFD" replay --to-mock "$dir" "$ROOT"/tests/replay/qemu/*.jsonl \
+      || die "cannot transform tests/replay/qemu for the mock device"
+  fi
 }
 
 expected_header() {

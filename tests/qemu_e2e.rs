@@ -4,7 +4,9 @@
 //! RAM by `-device loader`. Over QMP (human-monitor-command) the test places BAR0 and enables I/O
 //! and bus mastering through 0xcf8/0xcfc, programs the registers by port I/O, and checks with `xp`
 //! that the pattern arrived at the destination; an unmapped IOVA sets the error bit. Quitting QEMU
-//! must leave the daemon with no objects and no pinned pages.
+//! must leave the daemon with no objects and no pinned pages. The daemon records the session
+//! (`--record`): the recording replays on a fresh dmacopy daemon and, transformed for the selftest's
+//! mock device (`replay --to-mock`), in process (docs/refkernel.md).
 //!
 //! Without `qemu-system-x86_64` the test fails under `CI=true` and is skipped (with a message)
 //! elsewhere; `scripts/ci-install.sh` installs QEMU 10 from bookworm-backports. `QEMU_E2E_TRACE=1` adds
@@ -209,8 +211,9 @@ fn qemu_vfio_pci_drives_dmacopy() {
     ) else {
         return;
     };
-    let d = DaemonProcess::start(&["--device", "dmacopy"]);
     let work = TempDir::new("qemu");
+    let rec = work.0.join("rec");
+    let d = DaemonProcess::start(&["--device", "dmacopy", "--record", rec.to_str().unwrap()]);
     let sock = work.0.join("qmp.sock");
     let pattern_file = work.0.join("pattern.bin");
     std::fs::write(&pattern_file, pattern()).unwrap();
@@ -328,4 +331,53 @@ fn qemu_vfio_pci_drives_dmacopy() {
     assert_eq!(st["pinned_pages"], 0, "{st}");
     assert_eq!(st["contexts"], 0, "{st}");
     assert!(d.stop().success());
+    recording_replays(&rec, &work.0);
+}
+
+fn uiommufd_replay(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_uiommufd"))
+        .arg("replay")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run uiommufd replay");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "replay {args:?}: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// The session QEMU ran, as recorded: one script with the device's BIND and ATTACH as steps. It
+/// replays on a fresh daemon serving dmacopy, and, transformed for the selftest's mock device
+/// (what scripts/refkernel.sh replays on the real kernel), in process.
+fn recording_replays(rec: &Path, work: &Path) {
+    let files: Vec<PathBuf> = std::fs::read_dir(rec)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let script = std::fs::read_to_string(&files[0]).unwrap();
+    for step in [
+        r#""ioctl": "VFIO_DEVICE_BIND_IOMMUFD", "fd": "dmacopy0""#,
+        r#""ioctl": "VFIO_DEVICE_ATTACH_IOMMUFD_PT", "fd": "dmacopy0""#,
+        r#""ioctl": "IOMMU_HWPT_ALLOC", "args": {"dev_id": "$id1""#,
+    ] {
+        assert!(script.contains(step), "{step} not in:\n{script}");
+    }
+    let path = files[0].to_str().unwrap();
+    let fresh = DaemonProcess::start(&["--device", "dmacopy"]);
+    let node = fresh.node("iommu");
+    let out = uiommufd_replay(&["--node", node.to_str().unwrap(), path]);
+    assert!(out.ends_with("1 passed, 0 failed\n"), "{out}");
+    assert!(fresh.stop().success());
+    let mock = work.join("mock");
+    uiommufd_replay(&["--to-mock", mock.to_str().unwrap(), path]);
+    let out = uiommufd_replay(&[
+        "--in-process",
+        mock.join(files[0].file_name().unwrap()).to_str().unwrap(),
+    ]);
+    assert!(out.ends_with("1 passed, 0 failed\n"), "{out}");
 }

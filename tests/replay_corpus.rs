@@ -90,6 +90,117 @@ fn selftest_corpus_in_process_and_against_a_fuse_daemon() {
     assert_eq!(s["objects"], 0, "{s}");
 }
 
+/// The QEMU e2e's recorded session (tests/replay/qemu): as recorded, on a fresh daemon serving the
+/// dmacopy device it was recorded with; transformed for the selftest's mock device (the form
+/// scripts/refkernel.sh replays on the real kernel), in process and on a `--selftest` daemon.
+#[test]
+fn qemu_recording_replays_raw_and_on_the_mock() {
+    let dir = corpus().join("qemu");
+    assert_eq!(scripts_in(&dir), 1);
+    // Replayed through a recording daemon: the replay's own session (device node included) is
+    // recorded again, and that recording replays on a fresh daemon too.
+    let rec = TempDir::new("rec");
+    let d = DaemonProcess::start(&["--device", "dmacopy", "--record", rec.0.to_str().unwrap()]);
+    let node = d.node("iommu");
+    assert_all_pass(&replay(&["--node", node.to_str().unwrap()], &[&dir]), 1);
+    let s = d.wait_idle();
+    assert_eq!(s["objects"], 0, "{s}");
+    assert!(d.stop().success());
+    let again = recordings(&rec.0);
+    assert_eq!(again.len(), 1, "{again:?}");
+    let text = std::fs::read_to_string(&again[0]).unwrap();
+    for step in [
+        r#"{"open": "device:dmacopy0", "as": "dmacopy0"}"#,
+        r#"{"ioctl": "VFIO_DEVICE_BIND_IOMMUFD", "fd": "dmacopy0", "args": {"argsz": 16, "iommufd": "%fd""#,
+        r#""save": {"id1": "out_devid"}"#,
+        r#"{"ioctl": "VFIO_DEVICE_ATTACH_IOMMUFD_PT", "fd": "dmacopy0", "args": {"argsz": 12, "pt_id": "$id3"}"#,
+        r#"{"close": "dmacopy0"}"#,
+    ] {
+        assert!(text.contains(step), "{step} not in:\n{text}");
+    }
+    let d = DaemonProcess::start(&["--device", "dmacopy"]);
+    let node = d.node("iommu");
+    assert_all_pass(
+        &replay(&["--node", node.to_str().unwrap()], &[&again[0]]),
+        1,
+    );
+    drop(d);
+    let mock = TempDir::new("mock");
+    let o = replay(&["--to-mock", mock.0.to_str().unwrap()], &[&dir]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(mock.0.join("qemu_dmacopy.jsonl")).unwrap();
+    assert!(text.contains("IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE"), "{text}");
+    assert!(!text.contains("\"open\": \"device:"), "{text}");
+    assert_all_pass(&replay(&["--in-process"], &[&mock.0]), 1);
+    let d = DaemonProcess::start(&[]);
+    let node = d.node("iommu");
+    assert_all_pass(&replay(&["--node", node.to_str().unwrap()], &[&mock.0]), 1);
+}
+
+/// A device bound, attached to an IOAS (its HWPT comes back in pt_id), detached, closed and
+/// bound again: recorded as steps on the device's opens, the recording replays on a fresh daemon,
+/// and transformed for the mock device it replays in process.
+#[test]
+fn device_steps_record_and_replay() {
+    let work = TempDir::new("devsteps");
+    let script = work.0.join("bind_twice.jsonl");
+    std::fs::write(
+        &script,
+        r#"{"open": "iommu"}
+{"open": "device:dmacopy0", "as": "d"}
+{"ioctl": "VFIO_DEVICE_BIND_IOMMUFD", "fd": "d", "args": {"iommufd": "%fd"}, "save": {"dev": "out_devid"}}
+{"ioctl": "IOMMU_IOAS_ALLOC", "save": {"ioas": "out_ioas_id"}}
+{"ioctl": "VFIO_DEVICE_ATTACH_IOMMUFD_PT", "fd": "d", "args": {"pt_id": "$ioas"}, "save": {"hwpt": "pt_id"}}
+{"ioctl": "IOMMU_DESTROY", "args": {"id": "$hwpt"}, "expect": "EBUSY"}
+{"ioctl": "VFIO_DEVICE_DETACH_IOMMUFD_PT", "fd": "d"}
+{"close": "d"}
+{"open": "device:dmacopy0", "as": "d"}
+{"ioctl": "VFIO_DEVICE_BIND_IOMMUFD", "fd": "d", "args": {"iommufd": "%fd"}, "save": {"dev2": "out_devid"}}
+{"ioctl": "IOMMU_GET_HW_INFO", "args": {"dev_id": "$dev2"}}
+{"ioctl": "VFIO_DEVICE_ATTACH_IOMMUFD_PT", "fd": "d", "args": {"pt_id": "$ioas"}}
+{"close": "d"}
+{"close": "fd"}
+"#,
+    )
+    .unwrap();
+    let rec = TempDir::new("devrec");
+    let d = DaemonProcess::start(&["--device", "dmacopy", "--record", rec.0.to_str().unwrap()]);
+    let node = d.node("iommu");
+    assert_all_pass(&replay(&["--node", node.to_str().unwrap()], &[&script]), 1);
+    d.wait_idle();
+    assert!(d.stop().success());
+    let files = recordings(&rec.0);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert_eq!(
+        text.matches(r#"{"open": "device:dmacopy0", "as": "dmacopy0"}"#)
+            .count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches(r#"{"close": "dmacopy0"}"#).count(),
+        2,
+        "{text}"
+    );
+    assert!(text.contains(r#""save": {"id3": "pt_id"}"#), "{text}");
+    assert!(
+        text.contains(r#"{"ioctl": "IOMMU_DESTROY", "args": {"id": "$id3"}, "expect": "EBUSY"}"#),
+        "{text}"
+    );
+    let fresh = DaemonProcess::start(&["--device", "dmacopy"]);
+    let node = fresh.node("iommu");
+    assert_all_pass(
+        &replay(&["--node", node.to_str().unwrap()], &[&files[0]]),
+        1,
+    );
+    drop(fresh);
+    let mock = work.0.join("mock");
+    let o = replay(&["--to-mock", mock.to_str().unwrap()], &[&files[0]]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_all_pass(&replay(&["--in-process"], &[&mock]), 1);
+}
+
 #[test]
 fn corpus_against_a_fuse_daemon() {
     let d = DaemonProcess::start(&[]);

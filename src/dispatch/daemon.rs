@@ -41,6 +41,24 @@ pub trait IoctlObserver: Send + Sync {
     /// context `origin` (UIOMMUFD_HANDLE_BIND, from `uiommufd launch`): the fd-returning ioctl the
     /// program issued never reached the daemon as such.
     fn handle_bound(&self, _file_ctx: u64, _origin: u64, _object_id: u32, _what: &str) {}
+    /// Wraps an iommufd ioctl of a device node (VFIO_DEVICE_BIND_IOMMUFD, ATTACH/DETACH_IOMMUFD_PT)
+    /// on the device's open file `file` (a number of the observer's own): must run `call` once.
+    /// `bound_context` says which context the device is bound to (after a BIND, the caller's).
+    #[allow(clippy::too_many_arguments)]
+    fn device_ioctl(
+        &self,
+        _device: &str,
+        _file: u64,
+        _cmd: u32,
+        _arg: u64,
+        mem: &dyn CallerMemory,
+        call: &mut dyn FnMut(&dyn CallerMemory) -> Result<i64, Errno>,
+        _bound_context: &dyn Fn() -> Option<u64>,
+    ) -> Result<i64, Errno> {
+        call(mem)
+    }
+    /// The device's open file `file` (see [`Self::device_ioctl`]) was released.
+    fn device_release(&self, _file: u64) {}
 }
 
 /// When a context goes: once its file is released *and* nothing holds it any more.
@@ -624,9 +642,12 @@ impl Service for DaemonService {
                     handle: OnceLock::new(),
                 }))
             }
-            NodeKind::Device(name) => match &self.0.device_opener {
-                Some(open) => open(name),
-                None => Err(Errno::ENODEV),
+            NodeKind::Device(name) => match (&self.0.device_opener, self.0.observer.get()) {
+                (Some(open), Some(o)) => open(name).map(|f| {
+                    super::observed_device::ObservedDevice::wrap(f, self.0.clone(), o.clone(), name)
+                }),
+                (Some(open), None) => open(name),
+                (None, _) => Err(Errno::ENODEV),
             },
         }
     }

@@ -19,6 +19,7 @@ pub mod handles;
 mod harness;
 pub mod hwpt_cmds;
 pub mod ioas_cmds;
+mod observed_device;
 pub mod private_abi;
 pub mod selftest;
 mod status;

@@ -286,6 +286,7 @@ impl Client {
                 let kind = match node {
                     Node::Iommu => NodeKind::Iommu,
                     Node::Vfio => NodeKind::VfioContainer,
+                    Node::Device(name) => NodeKind::Device(name.clone()),
                 };
                 Ok(svc
                     .open(&kind)
@@ -295,6 +296,11 @@ impl Client {
                 let path = match node {
                     Node::Iommu => iommu.clone(),
                     Node::Vfio => vfio.clone(),
+                    Node::Device(name) => iommu
+                        .parent()
+                        .unwrap_or(std::path::Path::new("/"))
+                        .join("vfio/devices")
+                        .join(name),
                 };
                 match &mut self.proc_ {
                     Proc::Local(_) => Ok(open_path(&path).map(|f| Handle::Fd(Arc::new(f)))),

@@ -8,6 +8,7 @@ use super::trace::{self, Normalizer, Region};
 use crate::narrow::usize_from;
 use std::collections::HashMap;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 
 /// Why a script failed: the line of the step and what went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +174,14 @@ impl Runner<'_, '_> {
                     .map(|fd| fd as u64)
                     .ok_or_else(|| format!("buffer \"{b}\" is not a memfd")),
                 None => Err(format!("no buffer \"{b}\"")),
+            },
+            Term::HandleFd(h) => match c.handles.get(h) {
+                Some(Handle::Fd(fd)) => Ok(fd.as_raw_fd() as u64),
+                Some(Handle::ChildFd(fd)) => Ok(*fd as u64),
+                Some(Handle::InProc(_)) => Err(format!(
+                    "%{h}: an in-process open has no descriptor (run against a node)"
+                )),
+                None => Err(format!("no open node \"{h}\"")),
             },
             Term::Num(n) => Ok(*n),
         })

@@ -13,7 +13,75 @@ pub use uiommufd_uapi::table::{by_cmd, ioctls, ArgKind, Field, IoctlDesc as Ioct
 
 /// An ioctl by kernel name, or an `IOMMU_TEST_CMD` op by its op name ([`test_ops`]).
 pub fn by_name(name: &str) -> Option<&'static IoctlDef> {
-    uiommufd_uapi::table::by_name(name).or_else(|| test_ops().iter().find(|d| d.name == name))
+    uiommufd_uapi::table::by_name(name)
+        .or_else(|| test_ops().iter().find(|d| d.name == name))
+        .or_else(|| device_ops().iter().find(|d| d.name == name))
+}
+
+/// The iommufd ioctls of a VFIO device node (cdev), by number: script-level descriptors (the
+/// daemon's table serves `/dev/iommu`, these go to a device file), so that a recorded session
+/// can name a device's BIND/ATTACH/DETACH and their IDs.
+pub fn device_op(cmd: u32) -> Option<&'static IoctlDef> {
+    device_ops().iter().find(|d| d.cmd == cmd)
+}
+
+/// See [`device_op`].
+pub fn device_ops() -> &'static [IoctlDef] {
+    static OPS: std::sync::OnceLock<Vec<IoctlDef>> = std::sync::OnceLock::new();
+    OPS.get_or_init(|| {
+        let f = |name, off, width, role| Field {
+            name,
+            off,
+            width,
+            role,
+        };
+        let def = |name, cmd, size, min_size, fields| IoctlDef {
+            name,
+            cmd,
+            kind: ArgKind::Struct,
+            size,
+            min_size,
+            fields,
+        };
+        vec![
+            def(
+                "VFIO_DEVICE_BIND_IOMMUFD",
+                VFIO_DEVICE_BIND_IOMMUFD,
+                size_of::<vfio_device_bind_iommufd>(),
+                16,
+                vec![
+                    f("argsz", 0, 4, Role::Size),
+                    f("flags", 4, 4, Role::Int),
+                    f("iommufd", 8, 4, Role::Fd),
+                    f("out_devid", 12, 4, Role::OutId),
+                    f("token_uuid_ptr", 16, 8, Role::Int),
+                ],
+            ),
+            def(
+                "VFIO_DEVICE_ATTACH_IOMMUFD_PT",
+                VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+                size_of::<vfio_device_attach_iommufd_pt>(),
+                12,
+                vec![
+                    f("argsz", 0, 4, Role::Size),
+                    f("flags", 4, 4, Role::Int),
+                    f("pt_id", 8, 4, Role::Id),
+                    f("pasid", 12, 4, Role::Int),
+                ],
+            ),
+            def(
+                "VFIO_DEVICE_DETACH_IOMMUFD_PT",
+                VFIO_DEVICE_DETACH_IOMMUFD_PT,
+                size_of::<vfio_device_detach_iommufd_pt>(),
+                8,
+                vec![
+                    f("argsz", 0, 4, Role::Size),
+                    f("flags", 4, 4, Role::Int),
+                    f("pasid", 8, 4, Role::Int),
+                ],
+            ),
+        ]
+    })
 }
 
 /// The descriptor a call's bytes are best described by: the `IOMMU_TEST_CMD` op alias for its

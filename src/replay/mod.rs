@@ -9,6 +9,7 @@
 pub mod client;
 pub mod exec;
 pub mod layout;
+pub mod mock;
 pub mod record;
 pub mod script;
 pub mod trace;
@@ -101,6 +102,19 @@ pub fn expand(args: &[std::path::PathBuf]) -> std::io::Result<Vec<std::path::Pat
     Ok(files)
 }
 
+/// Half-open spans `[start, end)` sorted, those that overlap or touch merged into one.
+pub(crate) fn merge_spans(mut spans: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    spans.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in spans {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
+}
+
 /// Options of `uiommufd replay`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReplayArgs {
@@ -120,6 +134,11 @@ pub struct ReplayArgs {
     /// the caller buffers it points to (format in `replay::trace`), before each PASS/FAIL line.
     #[arg(long)]
     pub trace: bool,
+    /// Run nothing: write each script transformed for the selftest's mock device into this
+    /// directory (same file name), its device node's BIND/ATTACH/DETACH as IOMMU_TEST_CMD mock
+    /// steps ([`mock`]); the result runs on an IOMMUFD_TEST kernel and `serve --selftest`.
+    #[arg(long, conflicts_with_all = ["in_process", "record", "trace"])]
+    pub to_mock: Option<std::path::PathBuf>,
     /// Script files, or directories of *.jsonl scripts.
     #[arg(required = true)]
     pub scripts: Vec<std::path::PathBuf>,
@@ -134,6 +153,9 @@ pub fn main(args: ReplayArgs) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Some(dir) = &args.to_mock {
+        return write_mock(&files, dir);
+    }
     let vfio = args.vfio_node.clone().unwrap_or_else(|| {
         args.node
             .parent()
@@ -170,5 +192,29 @@ pub fn main(args: ReplayArgs) -> std::process::ExitCode {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::FAILURE
+    }
+}
+
+/// `replay --to-mock DIR`: see [`mock`].
+fn write_mock(files: &[std::path::PathBuf], dir: &Path) -> std::process::ExitCode {
+    let run = || -> Result<(), String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for f in files {
+            let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+            let out = mock::to_mock(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+            let name = f
+                .file_name()
+                .ok_or_else(|| format!("{}: no file name", f.display()))?;
+            let to = dir.join(name);
+            std::fs::write(&to, out).map_err(|e| format!("{}: {e}", to.display()))?;
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("uiommufd replay --to-mock: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

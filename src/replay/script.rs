@@ -35,6 +35,9 @@ pub enum Term {
     Var(String),
     BufAddr(String),
     BufFd(String),
+    /// `%name`: the descriptor number of the open node `name` in the client's process (a
+    /// device's VFIO_DEVICE_BIND_IOMMUFD names its iommufd by it).
+    HandleFd(String),
 }
 
 /// An integer expression, evaluated when its step runs.
@@ -82,6 +85,8 @@ pub struct BufferSpec {
 pub enum Node {
     Iommu,
     Vfio,
+    /// `"device:NAME"`: the VFIO device node `vfio/devices/NAME` next to the iommufd node.
+    Device(String),
 }
 
 /// Expected outcome of an ioctl.
@@ -222,7 +227,16 @@ fn parse_step(obj: &Map<String, Value>) -> R<Step> {
             node: match req_str(obj, "open")?.as_str() {
                 "iommu" => Node::Iommu,
                 "vfio" => Node::Vfio,
-                other => return Err(format!("open: unknown node \"{other}\" (iommu or vfio)")),
+                other => match other.strip_prefix("device:") {
+                    Some(name) if !name.is_empty() && !name.contains('/') => {
+                        Node::Device(name.to_string())
+                    }
+                    _ => {
+                        return Err(format!(
+                            "open: unknown node \"{other}\" (iommu, vfio or device:NAME)"
+                        ))
+                    }
+                },
             },
             name: opt_str(obj, "as")?.unwrap_or_else(|| "fd".into()),
         },
@@ -580,6 +594,11 @@ fn term_of(tok: &str) -> R<Term> {
             .then(|| Term::BufFd(n.into()))
             .ok_or_else(|| format!("bad buffer \"{tok}\""));
     }
+    if let Some(n) = tok.strip_prefix('%') {
+        return name_ok(n)
+            .then(|| Term::HandleFd(n.into()))
+            .ok_or_else(|| format!("bad open node \"{tok}\""));
+    }
     let num = if let Some(h) = tok.strip_prefix("0x").or_else(|| tok.strip_prefix("0X")) {
         u64::from_str_radix(&h.replace('_', ""), 16).ok()
     } else if tok.starts_with(|c: char| c.is_ascii_digit()) {
@@ -625,6 +644,7 @@ impl fmt::Display for Expr {
                 Term::Var(v) => write!(f, "${v}")?,
                 Term::BufAddr(b) => write!(f, "&{b}")?,
                 Term::BufFd(b) => write!(f, "#{b}")?,
+                Term::HandleFd(h) => write!(f, "%{h}")?,
             }
         }
         Ok(())
