@@ -94,10 +94,14 @@ pub(super) fn run(
     let r = t.start();
     let ok = r.is_ok();
     let _ = started.send(r);
-    if ok {
-        t.serve();
-    }
+    let failed = if ok { t.serve() } else { None };
     t.leave();
+    // Its ring goes now (an entry still with the kernel is cancelled), before a replacement.
+    drop(t);
+    if let Some(e) = failed {
+        let errno = e.raw_os_error().map_or(Errno::EIO, Errno::from_raw);
+        queue.replace_failed(errno);
+    }
 }
 
 struct RingThread {
@@ -195,7 +199,8 @@ impl RingThread {
             .push_fuse_cmd(fd, ring::CMD_REGISTER, req.as_bytes(), ENTRY, set)
     }
 
-    fn serve(&mut self) {
+    /// Serves until stopped or the entry ended; the error that ended it otherwise.
+    fn serve(&mut self) -> Option<io::Error> {
         let qid = self.queue.qid;
         let mut done: Vec<(u64, i32)> = std::mem::take(&mut self.early);
         let mut first = true;
@@ -217,7 +222,7 @@ impl RingThread {
                 }
                 Err(e) => {
                     tracing::error!(qid, error = %e, "io_uring ring thread failed");
-                    return;
+                    return Some(e);
                 }
             }
             self.ring.complete(&mut done);
@@ -229,11 +234,11 @@ impl RingThread {
                 };
                 if let Err(e) = go_on {
                     tracing::error!(qid, error = %e, "io_uring ring thread failed");
-                    return;
+                    return Some(e);
                 }
             }
             if lock(&self.mailbox.state).stop || self.state == EntryState::Ended {
-                return;
+                return None;
             }
         }
     }
