@@ -202,6 +202,18 @@ fn read_all(fd: OwnedFd) -> Result<Vec<u8>, Errno> {
     }
 }
 
+/// The text of `/proc/<tid>/status`, read a page at a time (two reads where a growing buffer
+/// takes eight: this is on the path of every map); None when it cannot be read.
+pub fn read_status(tid: i32) -> Option<String> {
+    let fd = rustix::fs::open(
+        format!("/proc/{tid}/status").as_str(),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    String::from_utf8(read_all(fd).ok()?).ok()
+}
+
 /// The auxiliary vector of thread `tid`'s current program: changes with every exec.
 pub(super) fn exec_identity(tid: i32) -> Result<Vec<u8>, Errno> {
     let dir = open_dir(&format!("/proc/{tid}"))?;

@@ -47,7 +47,7 @@ impl ProcessMemory {
 
     fn status(&self) -> Option<ThreadStatus> {
         *self.status.get_or_init(|| {
-            let status = std::fs::read_to_string(format!("/proc/{}/status", self.tid)).ok()?;
+            let status = super::identity::read_status(self.tid)?;
             let tgid = thread_group_of(&status).ok()?;
             Some((tgid, super::identity::parse_status_creds(&status)))
         })
