@@ -47,6 +47,9 @@ impl ProcessMemory {
 
     fn status(&self) -> Option<ThreadStatus> {
         *self.status.get_or_init(|| {
+            if let Some((tgid, uid, cap_eff)) = super::identity::thread_status(self.tid) {
+                return Some((tgid, Some((uid, cap_eff))));
+            }
             let status = super::identity::read_status(self.tid)?;
             let tgid = thread_group_of(&status).ok()?;
             Some((tgid, super::identity::parse_status_creds(&status)))
