@@ -37,10 +37,14 @@ pub trait IoctlObserver: Send + Sync {
     ) -> Result<i64, Errno>;
     /// The context's file was released (before its objects are destroyed).
     fn release(&self, ctx: &Context);
-    /// The open file of context `file_ctx` became the fd of object `object_id` (`what`) of
-    /// context `origin` (UIOMMUFD_HANDLE_BIND, from `uiommufd launch`): the fd-returning ioctl the
-    /// program issued never reached the daemon as such.
-    fn handle_bound(&self, _file_ctx: u64, _origin: u64, _object_id: u32, _what: &str) {}
+    /// The open file of context `file_ctx` became the fd of an object of context `origin`
+    /// (UIOMMUFD_HANDLE_BIND, from `uiommufd launch`), or failed to (the launcher relays the
+    /// errno, and closes the file): the fd-returning ioctl the program issued never reached the
+    /// daemon as such.
+    fn handle_bound(&self, _file_ctx: u64, _origin: u64, _bound: &BoundHandle) {}
+    /// A read, write or the close of the open file of context `file_ctx`, bound as an object's fd
+    /// (see [`Self::handle_bound`]); a close is told before the object lets go of its context.
+    fn handle_io(&self, _file_ctx: u64, _io: HandleIo<'_>) {}
     /// Wraps an iommufd ioctl of a device node (VFIO_DEVICE_BIND_IOMMUFD, ATTACH/DETACH_IOMMUFD_PT)
     /// on the device's open file `file` (a number of the observer's own): must run `call` once.
     /// `bound_context` says which context the device is bound to (after a BIND, the caller's).
@@ -59,6 +63,32 @@ pub trait IoctlObserver: Send + Sync {
     }
     /// The device's open file `file` (see [`Self::device_ioctl`]) was released.
     fn device_release(&self, _file: u64) {}
+}
+
+/// An object fd made through UIOMMUFD_HANDLE_BIND (see [`IoctlObserver::handle_bound`]).
+pub struct BoundHandle {
+    /// The new object's ID, or why the bind (the program's fd-returning ioctl) failed.
+    pub object_id: Result<u32, Errno>,
+    /// What the fd stands for, in words.
+    pub what: &'static str,
+    /// The UIOMMUFD_HANDLE_* kind and its arguments (the fd-returning ioctl's inputs).
+    pub kind: u32,
+    pub args: [u32; 4],
+}
+
+/// What happened on a bound object fd (see [`IoctlObserver::handle_io`]).
+pub enum HandleIo<'a> {
+    /// read(2) of `size` bytes and what it returned.
+    Read {
+        size: u32,
+        result: Result<&'a [u8], Errno>,
+    },
+    /// write(2) of `data` and what it returned.
+    Write {
+        data: &'a [u8],
+        result: Result<u32, Errno>,
+    },
+    Close,
 }
 
 /// When a context goes: once its file is released *and* nothing holds it any more.
@@ -473,7 +503,13 @@ impl IommuFile {
             );
             return Err(Errno::EBUSY);
         }
-        let h = self.daemon.bind_handle(self.ctx.id, arg, mem)?;
+        let h = match self.daemon.bind_handle(self.ctx.id, arg, mem) {
+            Ok(h) => h,
+            Err(e) => {
+                self.observe_failed_bind(arg, mem, e);
+                return Err(e);
+            }
+        };
         if let Err(h) = self.handle.set(h) {
             h.release(self.ctx.id);
             return Err(Errno::EBUSY);
@@ -482,9 +518,44 @@ impl IommuFile {
         self.daemon.contexts.lock().unwrap().remove(&self.ctx.id);
         if let (Some(o), Some(h)) = (self.daemon.observer.get(), self.handle.get()) {
             let (origin, object_id) = h.origin();
-            o.handle_bound(self.ctx.id, origin, object_id, h.kind_name());
+            let (kind, args) = h.request();
+            let bound = BoundHandle {
+                object_id: Ok(object_id),
+                what: h.kind_name(),
+                kind,
+                args,
+            };
+            o.handle_bound(self.ctx.id, origin, &bound);
         }
         Ok(0)
+    }
+}
+
+impl IommuFile {
+    /// Tells the observer of a bind that failed in a context of this daemon (a request naming
+    /// no such context is no session's).
+    fn observe_failed_bind(&self, arg: u64, mem: &dyn CallerMemory, e: Errno) {
+        use crate::dispatch::private_abi::uiommufd_handle_bind;
+        let Some(o) = self.daemon.observer.get() else {
+            return;
+        };
+        let Ok(req) = crate::caller::read_struct::<uiommufd_handle_bind>(mem, arg) else {
+            return;
+        };
+        let Ok(file) = mem.get_fd(req.iommufd) else {
+            return;
+        };
+        let origin = context_query::ask(std::os::fd::AsFd::as_fd(&file));
+        context_query::close_dup(file);
+        if let Ok(origin) = origin {
+            let bound = BoundHandle {
+                object_id: Err(e),
+                what: "object fd",
+                kind: req.kind,
+                args: [req.arg0, req.arg1, req.arg2, req.arg3],
+            };
+            o.handle_bound(self.ctx.id, origin, &bound);
+        }
     }
 }
 
@@ -518,22 +589,34 @@ impl OpenFile for IommuFile {
     }
 
     fn read(&self, _offset: u64, size: u32, _mem: &dyn CallerMemory) -> Result<Vec<u8>, Errno> {
-        match self.handle.get() {
-            Some(h) => h.read(size),
-            None => Err(Errno::EINVAL),
+        let Some(h) = self.handle.get() else {
+            return Err(Errno::EINVAL);
+        };
+        let r = h.read(size);
+        if let Some(o) = self.daemon.observer.get() {
+            let result = r.as_deref().map_err(|e| *e);
+            o.handle_io(self.ctx.id, HandleIo::Read { size, result });
         }
+        r
     }
 
     fn write(&self, _offset: u64, data: &[u8], _mem: &dyn CallerMemory) -> Result<u32, Errno> {
-        match self.handle.get() {
-            Some(h) => h.write(data),
-            None => Err(Errno::EINVAL),
+        let Some(h) = self.handle.get() else {
+            return Err(Errno::EINVAL);
+        };
+        let result = h.write(data);
+        if let Some(o) = self.daemon.observer.get() {
+            o.handle_io(self.ctx.id, HandleIo::Write { data, result });
         }
+        result
     }
 
     fn release(&self) {
         // A handle's own context stayed empty; the observer still saw it open, so it sees it go.
         if let Some(h) = self.handle.get() {
+            if let Some(o) = self.daemon.observer.get() {
+                o.handle_io(self.ctx.id, HandleIo::Close);
+            }
             h.release(self.ctx.id);
         }
         tracing::debug!(

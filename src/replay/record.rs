@@ -14,7 +14,7 @@ mod render;
 use super::layout::{self, ArgKind, IoctlDef, Role, RANGE_SIZE};
 use super::script::to_hex;
 use crate::caller::CallerMemory;
-use crate::dispatch::daemon::IoctlObserver;
+use crate::dispatch::daemon::{BoundHandle, HandleIo, IoctlObserver};
 use crate::dispatch::NodeKind;
 use crate::narrow::{low_u32, usize_from};
 use crate::objects::Context;
@@ -43,13 +43,19 @@ pub struct Recorder {
     sessions: Mutex<HashMap<u64, Session>>,
     /// Device files bound through a recorded BIND: (context, the device's name in its script).
     device_files: Mutex<HashMap<u64, (u64, DeviceRef)>>,
+    /// Open files bound as object fds whose creation the script issues (by the file's context):
+    /// (the context the object is in, the fd's name in its script).
+    object_files: Mutex<HashMap<u64, (u64, String)>>,
 }
 
 struct Session {
     node: NodeKind,
     calls: Vec<Call>,
-    /// Set when this open became an object's fd (`uiommufd launch`): nothing to replay.
+    /// Set when this open became an object's fd (`uiommufd launch`): its steps are in the
+    /// script of the context the object is in.
     object_fd: bool,
+    /// Object fds made in this context so far (they are named `objfd1`, `objfd2`, ...).
+    object_fds: usize,
     /// Bytes the calls kept so far; past [`MAX_SESSION_BYTES`] the rest of the session is not
     /// recorded (the script says so), so a client cannot grow the daemon without bound.
     bytes: usize,
@@ -85,8 +91,14 @@ struct Call {
     /// The first page of each caller access that failed, with its protection then: the replay
     /// protects it the same way for this call, so the call fails the same way.
     faults: Vec<(u64, PageProt)>,
-    /// Not an ioctl: the object (ID, kind) an fd-returning ioctl made through `uiommufd launch`.
+    /// Not an ioctl: the object (ID, kind) an fd-returning ioctl made through `uiommufd launch`
+    /// that the script cannot issue itself.
     object_fd: Option<(u32, String)>,
+    /// The fd-returning ioctl made through `uiommufd launch`, rebuilt from what the launcher
+    /// passed on: the name its returned fd gets in the script.
+    fd_as: Option<String>,
+    /// Not an ioctl: a read, write or close of an object fd (by its name in the script).
+    fd_op: Option<(String, FdOp)>,
     /// The ioctl went to this device node, not to the context's fd.
     device: Option<DeviceRef>,
     /// Not an ioctl: the device node of this name was closed.
@@ -99,6 +111,30 @@ struct Call {
 struct DeviceRef {
     node: String,
     handle: String,
+}
+
+/// What a recorded session did on an object fd.
+enum FdOp {
+    Read {
+        size: u32,
+        result: Result<Vec<u8>, Errno>,
+    },
+    Write {
+        data: Vec<u8>,
+        result: Result<u32, Errno>,
+    },
+    Close,
+}
+
+impl FdOp {
+    /// The bytes it keeps.
+    fn bytes(&self) -> usize {
+        match self {
+            FdOp::Read { result: Ok(b), .. } => b.len(),
+            FdOp::Write { data, .. } => data.len(),
+            _ => 0,
+        }
+    }
 }
 
 /// What a faulting page allowed.
@@ -253,6 +289,7 @@ impl Recorder {
             dir,
             sessions: Mutex::new(HashMap::new()),
             device_files: Mutex::new(HashMap::new()),
+            object_files: Mutex::new(HashMap::new()),
         })
     }
 
@@ -271,6 +308,7 @@ impl IoctlObserver for Recorder {
                     node: node.clone(),
                     calls: Vec::new(),
                     object_fd: false,
+                    object_fds: 0,
                     bytes: 0,
                     cut: false,
                 },
@@ -363,16 +401,70 @@ impl IoctlObserver for Recorder {
         self.record_device_release(file);
     }
 
-    fn handle_bound(&self, file_ctx: u64, origin: u64, object_id: u32, what: &str) {
-        let Ok(mut sessions) = self.sessions.lock() else {
+    fn handle_bound(&self, file_ctx: u64, origin: u64, bound: &BoundHandle) {
+        let named = {
+            let Ok(mut sessions) = self.sessions.lock() else {
+                return;
+            };
+            if let Some(s) = sessions.get_mut(&file_ctx) {
+                s.object_fd = true;
+            }
+            let Some(s) = sessions.get_mut(&origin) else {
+                return;
+            };
+            match Call::fd_returning(bound, s.object_fds + 1) {
+                Some(c) => {
+                    let named = c.fd_as.clone();
+                    s.calls.push(c);
+                    let Some(name) = named else {
+                        return;
+                    };
+                    s.object_fds += 1;
+                    name
+                }
+                None => {
+                    if let Ok(id) = bound.object_id {
+                        s.calls.push(Call::object_fd(id, bound.what));
+                    }
+                    return;
+                }
+            }
+        };
+        if let Ok(mut files) = self.object_files.lock() {
+            files.insert(file_ctx, (origin, named));
+        }
+    }
+
+    fn handle_io(&self, file_ctx: u64, io: HandleIo<'_>) {
+        let found = self
+            .object_files
+            .lock()
+            .ok()
+            .and_then(|mut files| match io {
+                HandleIo::Close => files.remove(&file_ctx),
+                _ => files.get(&file_ctx).cloned(),
+            });
+        let Some((origin, name)) = found else {
             return;
         };
-        if let Some(s) = sessions.get_mut(&file_ctx) {
-            s.object_fd = true;
-        }
-        if let Some(s) = sessions.get_mut(&origin) {
-            s.calls.push(Call::object_fd(object_id, what));
-        }
+        let op = match io {
+            HandleIo::Read { size, result } => FdOp::Read {
+                size,
+                result: result.map(<[u8]>::to_vec),
+            },
+            HandleIo::Write { data, result } => FdOp::Write {
+                data: data.to_vec(),
+                result,
+            },
+            HandleIo::Close => FdOp::Close,
+        };
+        self.push_call(
+            origin,
+            Call {
+                fd_op: Some((name, op)),
+                ..Call::new(0, 0)
+            },
+        );
     }
 }
 
@@ -383,7 +475,8 @@ impl Recorder {
             if let Some(s) = s.get_mut(&ctx) {
                 let kept = c.before.as_ref().map_or(0, Vec::len)
                     + c.after.as_ref().map_or(0, Vec::len)
-                    + c.data.iter().map(|(_, d)| d.len()).sum::<usize>();
+                    + c.data.iter().map(|(_, d)| d.len()).sum::<usize>()
+                    + c.fd_op.as_ref().map_or(0, |(_, op)| op.bytes());
                 s.bytes = s.bytes.saturating_add(kept);
                 if s.bytes > MAX_SESSION_BYTES {
                     if !s.cut {
@@ -417,9 +510,52 @@ impl Call {
             data: Vec::new(),
             faults: Vec::new(),
             object_fd: None,
+            fd_as: None,
+            fd_op: None,
             device: None,
             device_closed: None,
         }
+    }
+
+    /// The fd-returning ioctl behind an object fd made through `uiommufd launch`, as the program
+    /// issued it (the launcher passed its inputs on), its fd named `objfd<n>`; None for the
+    /// kinds a script cannot make this way (the selftest's accesses and dma-bufs).
+    fn fd_returning(bound: &BoundHandle, n: usize) -> Option<Self> {
+        use crate::dispatch::private_abi::{UIOMMUFD_HANDLE_FAULT_QUEUE, UIOMMUFD_HANDLE_VEVENTQ};
+        let [a0, a1, a2, a3] = bound.args.map(u64::from);
+        let (name, inputs, out_id): (_, &[(&str, u64)], _) = match bound.kind {
+            UIOMMUFD_HANDLE_FAULT_QUEUE => {
+                ("IOMMU_FAULT_QUEUE_ALLOC", &[("flags", a0)], "out_fault_id")
+            }
+            UIOMMUFD_HANDLE_VEVENTQ => (
+                "IOMMU_VEVENTQ_ALLOC",
+                &[
+                    ("flags", a0),
+                    ("viommu_id", a1),
+                    ("type", a2),
+                    ("veventq_depth", a3),
+                ],
+                "out_veventq_id",
+            ),
+            _ => return None,
+        };
+        let d = layout::by_name(name)?;
+        let mut before = vec![0u8; d.size];
+        let size = (d.fields[0].name, d.size as u64);
+        for (field, v) in std::iter::once(&size).chain(inputs) {
+            super::exec::put(&mut before, d.field(field)?, *v).ok()?;
+        }
+        let mut after = before.clone();
+        if let Ok(id) = bound.object_id {
+            super::exec::put(&mut after, d.field(out_id)?, u64::from(id)).ok()?;
+        }
+        Some(Call {
+            before: Some(before),
+            after: Some(after),
+            result: bound.object_id.map(|_| 0),
+            fd_as: bound.object_id.is_ok().then(|| format!("objfd{n}")),
+            ..Call::new(d.cmd, 0)
+        })
     }
 
     /// Whether the call accessed `addr` outside its struct (an integer field holding it is a
