@@ -302,11 +302,22 @@ impl Runner<'_, '_> {
             }
             _ => None,
         };
+        if !io.fds.is_empty() && matches!(h, Handle::InProc(_)) {
+            return Err(format!(
+                "{label}: an in-process daemon returns no fds (\"as\"): run against a node"
+            ));
+        }
         let result = self.client(cname).ioctl(&h, io.cmd, arg)?;
         if self.trace.is_some() {
             self.trace_line(cname, io, arg, &built, arg_struct, result);
         }
-        self.check_result(label, io.expect, result)?;
+        self.check_result(label, io.expect, result).map_err(|e| {
+            if io.fds.is_empty() || result != Err(nix::errno::Errno::EOPNOTSUPP) {
+                return e;
+            }
+            // A uiommufd node cannot install an fd in its caller: `uiommufd launch` does.
+            format!("{e} (on a uiommufd node, run the replay under `uiommufd launch`)")
+        })?;
         self.check_ret(cname, label, io.ret.as_ref(), result)?;
         let wants_after = !io.out.is_empty()
             || io.save.iter().any(|(_, f)| f != "ret")
