@@ -118,12 +118,13 @@ set_variant() {
 }
 
 # gather_corpus DIR: the scripts this variant replays, copied into DIR: REPLAY, or tests/replay plus,
-# in the test variant, the selftest corpus (it needs IOMMU_TEST_CMD: that kernel, `serve --selftest`)
-# and the recorded QEMU e2e sessions of tests/replay/qemu transformed for the selftest's mock device
+# in the test variant, the selftest corpus (it needs IOMMU_TEST_CMD: that kernel, `serve --selftest`),
+# the object-fd scripts (tests/replay/objfd: fault and vEVENT queues on the mock device; the
+# uiommufd side runs under `uiommufd launch`, see run_guest) and the recorded QEMU e2e sessions of tests/replay/qemu transformed for the selftest's mock device
 # (`uiommufd replay --to-mock`: the kernel has no dmacopy; docs/refkernel.md).
 gather_corpus() {
   local dir=$1 sources=${REPLAY:-$ROOT/tests/replay} s
-  if [ -z "${REPLAY:-}" ] && [ "$VARIANT" = test ]; then sources="$sources $ROOT/tests/replay/selftest"; fi
+  if [ -z "${REPLAY:-}" ] && [ "$VARIANT" = test ]; then sources="$sources $ROOT/tests/replay/selftest $ROOT/tests/replay/objfd"; fi
   mkdir -p "$dir"
   for s in $sources; do
     if [ -d "$s" ]; then cp "$s"/*.jsonl "$dir/"; else cp "$s" "$dir/"; fi
@@ -899,6 +900,14 @@ sed 's/^/KSELFTEST: /' /tmp/ks.tap
 EOS
 )
   fi
+  # In the test variant the uiommufd-side replays run under `uiommufd launch`: the object-fd
+  # scripts' IOMMU_FAULT_QUEUE_ALLOC / VEVENTQ_ALLOC return an fd, which a FUSE node cannot install
+  # in its caller (the kernel's node needs nothing: its replays run as they are).
+  local ulaunch="" rlaunch=""
+  if [ "$VARIANT" = test ]; then
+    ulaunch="/bin/uiommufd launch --mount /run/u --"
+    rlaunch="/bin/uiommufd launch --mount /run/r --"
+  fi
   local record_flags="" recorded=""
   if [ "$(run_recorded)" = 1 ]; then
     # The uiommufd run records its sessions; once that daemon is gone (every session written),
@@ -920,7 +929,7 @@ while [ \$i -lt 600 ] && ! [ -e /run/r/iommu ]; do
 done
 t0=\$(cut -d' ' -f1 /proc/uptime)
 if [ -e /run/r/iommu ]; then
-  /bin/uiommufd replay --trace --node /run/r/iommu --vfio-node /run/r/vfio/vfio /rec >/tmp/ru.log 2>&1
+  $rlaunch /bin/uiommufd replay --trace --node /run/r/iommu --vfio-node /run/r/vfio/vfio /rec >/tmp/ru.log 2>&1
   echo "REFKERNEL: recorded uiommufd replay exit \$? (uptime \$t0 -> \$(cut -d' ' -f1 /proc/uptime))"
   sed 's/^/RUREPLAY: /' /tmp/ru.log
 else
@@ -948,7 +957,7 @@ while [ \$i -lt 600 ] && ! [ -e /run/u/iommu ]; do
 done
 t0=\$(cut -d' ' -f1 /proc/uptime)
 if [ -e /run/u/iommu ]; then
-  /bin/uiommufd replay --trace --node /run/u/iommu --vfio-node /run/u/vfio/vfio /replay >/tmp/u.log 2>&1
+  $ulaunch /bin/uiommufd replay --trace --node /run/u/iommu --vfio-node /run/u/vfio/vfio /replay >/tmp/u.log 2>&1
   echo "REFKERNEL: uiommufd replay exit \$? (uptime \$t0 -> \$(cut -d' ' -f1 /proc/uptime))"
   sed 's/^/UREPLAY: /' /tmp/u.log
 else

@@ -58,9 +58,7 @@ fn outcomes(trace: &str) -> Vec<Vec<String>> {
         };
         // TRACE <script> <step> <label> result=<r> [bytes=<hex>] ...
         let words: Vec<&str> = rest.split(' ').collect();
-        // A read or write names its fd ("read(q)"): the recording names it otherwise.
-        let label = words[2].split('(').next().unwrap();
-        let mut kept = vec![label.to_string(), words[3].to_string()];
+        let mut kept = vec![words[2].to_string(), words[3].to_string()];
         kept.extend(
             words
                 .iter()

@@ -176,10 +176,8 @@ impl Runner<'_, '_> {
                 Ok(r) => r.to_string(),
                 Err(e) => layout::errno_name(e),
             };
-            let mut line = format!(
-                "TRACE {} {} {label}({}) result={shown}",
-                t.script, self.step_no, io.fd
-            );
+            // No fd name: a recording names its fds otherwise, and traces are compared.
+            let mut line = format!("TRACE {} {} {label} result={shown}", t.script, self.step_no);
             if let Some(b) = &got {
                 line.push_str(&format!(" bytes={}", script::to_hex(b)));
             }
