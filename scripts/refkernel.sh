@@ -2,7 +2,8 @@
 # The real kernel as the oracle: build Linux 7.2 (Debian's linux-source-7.2) with iommufd, its test
 # hooks (IOMMUFD_TEST), VFIO (cdev + the iommufd-provided /dev/vfio/vfio), FUSE and CUSE from the
 # small config scripts/refkernel.config, boot it under QEMU/TCG with a busybox initramfs, and run the
-# replay corpus (tests/replay/*.jsonl; in the test variant also tests/replay/selftest) in that guest twice: against the kernel's own /dev/iommu and
+# replay corpus (tests/replay/*.jsonl; in the test variant also tests/replay/selftest and tests/replay/objfd, the
+# uiommufd side then under `uiommufd launch`) in that guest twice: against the kernel's own /dev/iommu and
 # /dev/vfio/vfio, then against uiommufd serving the same corpus over FUSE (/run/u/iommu) in the same
 # guest. uiommufd is only the replay client in the first run. In the test variant the same guest
 # then runs the kernel's own iommufd selftest (the binary scripts/kselftest.sh built) against the
@@ -55,7 +56,7 @@
 # Env: LINUX_SRC (an unpacked tree; default: scripts/fetch-linux-source.sh into target/linux-src),
 # LINUX_SOURCE_VERSION (Debian version to fetch), UIOMMUFD (binary; default cargo build --release),
 # GUEST_PKG_DIR (busybox-static, via scripts/lib-guest.sh), QEMU, BOOT_TIMEOUT (default 600 s),
-# REPLAY (scripts or dirs, default tests/replay, plus tests/replay/selftest in the test variant), KSELFTEST_BIN (the selftest binary, default
+# REPLAY (scripts or dirs, default tests/replay, plus tests/replay/selftest and tests/replay/objfd in the test variant), KSELFTEST_BIN (the selftest binary, default
 # $CARGO_TARGET_DIR/kselftest/iommufd, built by scripts/kselftest.sh --build-only when missing),
 # KSELFTEST_TAP (uiommufd's result, default $CARGO_TARGET_DIR/kselftest/output.tap: run
 # scripts/kselftest.sh first). Under CI=true a missing selftest binary or TAP fails; elsewhere a
@@ -900,11 +901,12 @@ sed 's/^/KSELFTEST: /' /tmp/ks.tap
 EOS
 )
   fi
-  # In the test variant the uiommufd-side replays run under `uiommufd launch`: the object-fd
-  # scripts' IOMMU_FAULT_QUEUE_ALLOC / VEVENTQ_ALLOC return an fd, which a FUSE node cannot install
-  # in its caller (the kernel's node needs nothing: its replays run as they are).
+  # In the test variant's corpus run the uiommufd-side replays run under `uiommufd launch`: the
+  # object-fd scripts' IOMMU_FAULT_QUEUE_ALLOC / VEVENTQ_ALLOC return an fd, which a FUSE node
+  # cannot install in its caller (the kernel's node needs nothing: its replays run as they are).
+  # The probe stays without it: it shows what a node alone answers.
   local ulaunch="" rlaunch=""
-  if [ "$VARIANT" = test ]; then
+  if [ "$VARIANT" = test ] && [ "$mode" = run ]; then
     ulaunch="/bin/uiommufd launch --mount /run/u --"
     rlaunch="/bin/uiommufd launch --mount /run/r --"
   fi
