@@ -2,7 +2,8 @@
 # The real kernel as the oracle: build Linux 7.2 (Debian's linux-source-7.2) with iommufd, its test
 # hooks (IOMMUFD_TEST), VFIO (cdev + the iommufd-provided /dev/vfio/vfio), FUSE and CUSE from the
 # small config scripts/refkernel.config, boot it under QEMU/TCG with a busybox initramfs, and run the
-# replay corpus (tests/replay/*.jsonl; in the test variant also tests/replay/selftest) in that guest twice: against the kernel's own /dev/iommu and
+# replay corpus (tests/replay/*.jsonl; in the test variant also tests/replay/selftest and tests/replay/objfd, the
+# uiommufd side then under `uiommufd launch`) in that guest twice: against the kernel's own /dev/iommu and
 # /dev/vfio/vfio, then against uiommufd serving the same corpus over FUSE (/run/u/iommu) in the same
 # guest. uiommufd is only the replay client in the first run. In the test variant the same guest
 # then runs the kernel's own iommufd selftest (the binary scripts/kselftest.sh built) against the
@@ -55,7 +56,7 @@
 # Env: LINUX_SRC (an unpacked tree; default: scripts/fetch-linux-source.sh into target/linux-src),
 # LINUX_SOURCE_VERSION (Debian version to fetch), UIOMMUFD (binary; default cargo build --release),
 # GUEST_PKG_DIR (busybox-static, via scripts/lib-guest.sh), QEMU, BOOT_TIMEOUT (default 600 s),
-# REPLAY (scripts or dirs, default tests/replay, plus tests/replay/selftest in the test variant), KSELFTEST_BIN (the selftest binary, default
+# REPLAY (scripts or dirs, default tests/replay, plus tests/replay/selftest and tests/replay/objfd in the test variant), KSELFTEST_BIN (the selftest binary, default
 # $CARGO_TARGET_DIR/kselftest/iommufd, built by scripts/kselftest.sh --build-only when missing),
 # KSELFTEST_TAP (uiommufd's result, default $CARGO_TARGET_DIR/kselftest/output.tap: run
 # scripts/kselftest.sh first). Under CI=true a missing selftest binary or TAP fails; elsewhere a
@@ -118,12 +119,13 @@ set_variant() {
 }
 
 # gather_corpus DIR: the scripts this variant replays, copied into DIR: REPLAY, or tests/replay plus,
-# in the test variant, the selftest corpus (it needs IOMMU_TEST_CMD: that kernel, `serve --selftest`)
-# and the recorded QEMU e2e sessions of tests/replay/qemu transformed for the selftest's mock device
+# in the test variant, the selftest corpus (it needs IOMMU_TEST_CMD: that kernel, `serve --selftest`),
+# the object-fd scripts (tests/replay/objfd: fault and vEVENT queues on the mock device; the
+# uiommufd side runs under `uiommufd launch`, see run_guest) and the recorded QEMU e2e sessions of tests/replay/qemu transformed for the selftest's mock device
 # (`uiommufd replay --to-mock`: the kernel has no dmacopy; docs/refkernel.md).
 gather_corpus() {
   local dir=$1 sources=${REPLAY:-$ROOT/tests/replay} s
-  if [ -z "${REPLAY:-}" ] && [ "$VARIANT" = test ]; then sources="$sources $ROOT/tests/replay/selftest"; fi
+  if [ -z "${REPLAY:-}" ] && [ "$VARIANT" = test ]; then sources="$sources $ROOT/tests/replay/selftest $ROOT/tests/replay/objfd"; fi
   mkdir -p "$dir"
   for s in $sources; do
     if [ -d "$s" ]; then cp "$s"/*.jsonl "$dir/"; else cp "$s" "$dir/"; fi
@@ -899,6 +901,15 @@ sed 's/^/KSELFTEST: /' /tmp/ks.tap
 EOS
 )
   fi
+  # In the test variant's corpus run the uiommufd-side replays run under `uiommufd launch`: the
+  # object-fd scripts' IOMMU_FAULT_QUEUE_ALLOC / VEVENTQ_ALLOC return an fd, which a FUSE node
+  # cannot install in its caller (the kernel's node needs nothing: its replays run as they are).
+  # The probe stays without it: it shows what a node alone answers.
+  local ulaunch="" rlaunch=""
+  if [ "$VARIANT" = test ] && [ "$mode" = run ]; then
+    ulaunch="/bin/uiommufd launch --mount /run/u --"
+    rlaunch="/bin/uiommufd launch --mount /run/r --"
+  fi
   local record_flags="" recorded=""
   if [ "$(run_recorded)" = 1 ]; then
     # The uiommufd run records its sessions; once that daemon is gone (every session written),
@@ -920,7 +931,7 @@ while [ \$i -lt 600 ] && ! [ -e /run/r/iommu ]; do
 done
 t0=\$(cut -d' ' -f1 /proc/uptime)
 if [ -e /run/r/iommu ]; then
-  /bin/uiommufd replay --trace --node /run/r/iommu --vfio-node /run/r/vfio/vfio /rec >/tmp/ru.log 2>&1
+  $rlaunch /bin/uiommufd replay --trace --node /run/r/iommu --vfio-node /run/r/vfio/vfio /rec >/tmp/ru.log 2>&1
   echo "REFKERNEL: recorded uiommufd replay exit \$? (uptime \$t0 -> \$(cut -d' ' -f1 /proc/uptime))"
   sed 's/^/RUREPLAY: /' /tmp/ru.log
 else
@@ -948,7 +959,7 @@ while [ \$i -lt 600 ] && ! [ -e /run/u/iommu ]; do
 done
 t0=\$(cut -d' ' -f1 /proc/uptime)
 if [ -e /run/u/iommu ]; then
-  /bin/uiommufd replay --trace --node /run/u/iommu --vfio-node /run/u/vfio/vfio /replay >/tmp/u.log 2>&1
+  $ulaunch /bin/uiommufd replay --trace --node /run/u/iommu --vfio-node /run/u/vfio/vfio /replay >/tmp/u.log 2>&1
   echo "REFKERNEL: uiommufd replay exit \$? (uptime \$t0 -> \$(cut -d' ' -f1 /proc/uptime))"
   sed 's/^/UREPLAY: /' /tmp/u.log
 else

@@ -47,17 +47,7 @@ fn stdout(o: &Output) -> String {
 
 /// Asserts a clean run of `n` scripts: exit 0 and the summary alone on the last line.
 fn assert_all_pass(o: &Output, n: usize) {
-    let out = stdout(o);
-    assert!(
-        o.status.success(),
-        "{out}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(
-        out.lines().last(),
-        Some(format!("{n} passed, 0 failed").as_str()),
-        "{out}"
-    );
+    support::assert_replay_passed(o, n);
 }
 
 /// The scripts that need the selftest surface (mock devices through IOMMU_TEST_CMD ops): run here
@@ -625,7 +615,7 @@ fn recorded_faults_replay_as_faults() {
 }
 
 #[test]
-fn object_fds_are_marked_not_dropped() {
+fn object_fds_a_script_cannot_make_are_marked_not_dropped() {
     use std::os::fd::AsRawFd;
     use uiommufd::dispatch::private_abi::*;
     let rec = TempDir::new("rec");
@@ -633,12 +623,15 @@ fn object_fds_are_marked_not_dropped() {
     {
         let f = d.open_iommu();
         let ioas = support::ioas_alloc(&f);
-        // What `uiommufd launch` does for IOMMU_FAULT_QUEUE_ALLOC: bind a fresh open file.
+        let accessed = support::ioas_alloc(&f);
+        // What `uiommufd launch` does for IOMMU_TEST_OP_CREATE_ACCESS: bind a fresh open file.
+        // (Fault and vEVENT queues are recorded as steps: tests/replay_objfd.rs.)
         let handle = support::open_node(&d.node("iommu"));
         let mut bind = uiommufd_handle_bind {
             size: std::mem::size_of::<uiommufd_handle_bind>() as u32,
-            kind: UIOMMUFD_HANDLE_FAULT_QUEUE,
+            kind: UIOMMUFD_HANDLE_TEST_ACCESS,
             iommufd: f.as_raw_fd(),
+            arg0: accessed,
             ..Default::default()
         };
         ioctl(&handle, UIOMMUFD_HANDLE_BIND, &mut bind).unwrap();
@@ -652,7 +645,7 @@ fn object_fds_are_marked_not_dropped() {
     let text = std::fs::read_to_string(&files[0]).unwrap();
     assert!(text.contains("# INCOMPLETE: 1 object fd(s)"), "{text}");
     assert!(
-        text.contains("# NOT RECORDED: object 2, a fault queue (IOMMU_FAULT_QUEUE_ALLOC)"),
+        text.contains("a selftest access (IOMMU_TEST_OP_CREATE_ACCESS) with an fd"),
         "{text}"
     );
     assert!(text.contains("\"ioctl\": \"IOMMU_DESTROY\""), "{text}");

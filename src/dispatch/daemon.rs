@@ -20,46 +20,7 @@ pub type DeviceOpener = Arc<dyn Fn(&str) -> Result<Arc<dyn OpenFile>, Errno> + S
 /// Which context (and device object ID in it) each device is bound to now, by name (status).
 pub type DeviceBindings = Arc<dyn Fn() -> Vec<(String, Option<(u64, u32)>)> + Send + Sync>;
 
-/// Sees every context's open, ioctls and release (session recording, `serve --record`).
-pub trait IoctlObserver: Send + Sync {
-    /// A context was created for an open of `node`.
-    fn open(&self, ctx: &Context, node: &NodeKind);
-    /// Wraps one ioctl: must run `call` once and return its result; may look at caller memory
-    /// before and after. `call` runs the ioctl on the memory it is given: `mem` itself, or a view
-    /// of it that watches what the ioctl reads and writes.
-    fn ioctl(
-        &self,
-        ctx: &Context,
-        cmd: u32,
-        arg: u64,
-        mem: &dyn CallerMemory,
-        call: &mut dyn FnMut(&dyn CallerMemory) -> Result<i64, Errno>,
-    ) -> Result<i64, Errno>;
-    /// The context's file was released (before its objects are destroyed).
-    fn release(&self, ctx: &Context);
-    /// The open file of context `file_ctx` became the fd of object `object_id` (`what`) of
-    /// context `origin` (UIOMMUFD_HANDLE_BIND, from `uiommufd launch`): the fd-returning ioctl the
-    /// program issued never reached the daemon as such.
-    fn handle_bound(&self, _file_ctx: u64, _origin: u64, _object_id: u32, _what: &str) {}
-    /// Wraps an iommufd ioctl of a device node (VFIO_DEVICE_BIND_IOMMUFD, ATTACH/DETACH_IOMMUFD_PT)
-    /// on the device's open file `file` (a number of the observer's own): must run `call` once.
-    /// `bound_context` says which context the device is bound to (after a BIND, the caller's).
-    #[allow(clippy::too_many_arguments)]
-    fn device_ioctl(
-        &self,
-        _device: &str,
-        _file: u64,
-        _cmd: u32,
-        _arg: u64,
-        mem: &dyn CallerMemory,
-        call: &mut dyn FnMut(&dyn CallerMemory) -> Result<i64, Errno>,
-        _bound_context: &dyn Fn() -> Option<u64>,
-    ) -> Result<i64, Errno> {
-        call(mem)
-    }
-    /// The device's open file `file` (see [`Self::device_ioctl`]) was released.
-    fn device_release(&self, _file: u64) {}
-}
+pub use super::observer::{BoundHandle, HandleIo, IoctlObserver};
 
 /// When a context goes: once its file is released *and* nothing holds it any more.
 ///
@@ -473,7 +434,13 @@ impl IommuFile {
             );
             return Err(Errno::EBUSY);
         }
-        let h = self.daemon.bind_handle(self.ctx.id, arg, mem)?;
+        let h = match self.daemon.bind_handle(self.ctx.id, arg, mem) {
+            Ok(h) => h,
+            Err(e) => {
+                self.observe_failed_bind(arg, mem, e);
+                return Err(e);
+            }
+        };
         if let Err(h) = self.handle.set(h) {
             h.release(self.ctx.id);
             return Err(Errno::EBUSY);
@@ -482,9 +449,44 @@ impl IommuFile {
         self.daemon.contexts.lock().unwrap().remove(&self.ctx.id);
         if let (Some(o), Some(h)) = (self.daemon.observer.get(), self.handle.get()) {
             let (origin, object_id) = h.origin();
-            o.handle_bound(self.ctx.id, origin, object_id, h.kind_name());
+            let (kind, args) = h.request();
+            let bound = BoundHandle {
+                object_id: Ok(object_id),
+                what: h.kind_name(),
+                kind,
+                args,
+            };
+            o.handle_bound(self.ctx.id, origin, &bound);
         }
         Ok(0)
+    }
+}
+
+impl IommuFile {
+    /// Tells the observer of a bind that failed in a context of this daemon (a request naming
+    /// no such context is no session's).
+    fn observe_failed_bind(&self, arg: u64, mem: &dyn CallerMemory, e: Errno) {
+        use crate::dispatch::private_abi::uiommufd_handle_bind;
+        let Some(o) = self.daemon.observer.get() else {
+            return;
+        };
+        let Ok(req) = crate::caller::read_struct::<uiommufd_handle_bind>(mem, arg) else {
+            return;
+        };
+        let Ok(file) = mem.get_fd(req.iommufd) else {
+            return;
+        };
+        let origin = context_query::ask(std::os::fd::AsFd::as_fd(&file));
+        context_query::close_dup(file);
+        if let Ok(origin) = origin {
+            let bound = BoundHandle {
+                object_id: Err(e),
+                what: "object fd",
+                kind: req.kind,
+                args: [req.arg0, req.arg1, req.arg2, req.arg3],
+            };
+            o.handle_bound(self.ctx.id, origin, &bound);
+        }
     }
 }
 
@@ -518,22 +520,34 @@ impl OpenFile for IommuFile {
     }
 
     fn read(&self, _offset: u64, size: u32, _mem: &dyn CallerMemory) -> Result<Vec<u8>, Errno> {
-        match self.handle.get() {
-            Some(h) => h.read(size),
-            None => Err(Errno::EINVAL),
+        let Some(h) = self.handle.get() else {
+            return Err(Errno::EINVAL);
+        };
+        let r = h.read(size);
+        if let Some(o) = self.daemon.observer.get() {
+            let result = r.as_deref().map_err(|e| *e);
+            o.handle_io(self.ctx.id, HandleIo::Read { size, result });
         }
+        r
     }
 
     fn write(&self, _offset: u64, data: &[u8], _mem: &dyn CallerMemory) -> Result<u32, Errno> {
-        match self.handle.get() {
-            Some(h) => h.write(data),
-            None => Err(Errno::EINVAL),
+        let Some(h) = self.handle.get() else {
+            return Err(Errno::EINVAL);
+        };
+        let result = h.write(data);
+        if let Some(o) = self.daemon.observer.get() {
+            o.handle_io(self.ctx.id, HandleIo::Write { data, result });
         }
+        result
     }
 
     fn release(&self) {
         // A handle's own context stayed empty; the observer still saw it open, so it sees it go.
         if let Some(h) = self.handle.get() {
+            if let Some(o) = self.daemon.observer.get() {
+                o.handle_io(self.ctx.id, HandleIo::Close);
+            }
             h.release(self.ctx.id);
         }
         tracing::debug!(

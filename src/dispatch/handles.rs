@@ -163,6 +163,8 @@ pub struct Handle {
     user: Option<ObjectUser>,
     /// Keeps the creating context alive while the object lives in it; a dma-buf does not.
     hold: Mutex<Option<ContextHold>>,
+    /// What UIOMMUFD_HANDLE_BIND asked for: the kind and its four arguments.
+    request: (u32, [u32; 4]),
 }
 
 /// IOMMU_FAULT_QUEUE_ALLOC's object: a fault queue the fd holds as a user.
@@ -245,6 +247,7 @@ pub(crate) fn bind_with(
         object,
         user,
         hold: Mutex::new(holds_ctx.then_some(hold)),
+        request: (req.kind, [req.arg0, req.arg1, req.arg2, req.arg3]),
     };
     req.out_object_id = object_id;
     if let Err(e) = write_struct(mem, arg, &req) {
@@ -291,6 +294,12 @@ impl Handle {
     /// The context the object lives in, and its ID there (0 for a dma-buf).
     pub fn origin(&self) -> (u64, u32) {
         (self.ctx.id, self.object_id)
+    }
+
+    /// The kind UIOMMUFD_HANDLE_BIND asked for and its arguments (the fd-returning ioctl's
+    /// inputs, as `uiommufd launch` passed them on).
+    pub fn request(&self) -> (u32, [u32; 4]) {
+        self.request
     }
 
     /// What the fd stands for, in words.

@@ -20,6 +20,7 @@ mod harness;
 pub mod hwpt_cmds;
 pub mod ioas_cmds;
 mod observed_device;
+pub mod observer;
 pub mod private_abi;
 pub mod selftest;
 mod status;

@@ -114,6 +114,14 @@ enum Req {
         cmd: u32,
         arg: u64,
     },
+    Read {
+        fd: i32,
+        size: u64,
+    },
+    Write {
+        fd: i32,
+        bytes: Vec<u8>,
+    },
     Protect {
         addr: u64,
         len: u64,
@@ -126,6 +134,7 @@ enum Req {
 enum Resp {
     Buf { addr: u64, fd: Option<i32> },
     Ret(i64),
+    Bytes(Vec<u8>),
     Errno(i32),
     Error(String),
     Done,
@@ -338,6 +347,59 @@ impl Client {
         }
     }
 
+    /// read(2) of up to `size` bytes on an open.
+    pub fn read_fd(&mut self, h: &Handle, size: u64) -> Result<Result<Vec<u8>, Errno>, String> {
+        match h {
+            Handle::Fd(fd) => Ok(read_script(fd.as_raw_fd(), usize_from(size))),
+            Handle::InProc(f) => Ok(f.0.read(0, low_size(size), &self.mem()?)),
+            Handle::ChildFd(fd) => match self.child()?.call(&Req::Read { fd: *fd, size })? {
+                Resp::Bytes(b) => Ok(Ok(b)),
+                Resp::Errno(e) => Ok(Err(Errno::from_raw(e))),
+                _ => Err("unexpected answer from a client process".into()),
+            },
+        }
+    }
+
+    /// write(2) of `bytes` on an open; the bytes written.
+    pub fn write_fd(&mut self, h: &Handle, bytes: &[u8]) -> Result<Result<i64, Errno>, String> {
+        match h {
+            Handle::Fd(fd) => Ok(write_script(fd.as_raw_fd(), bytes)),
+            Handle::InProc(f) => Ok(f.0.write(0, bytes, &self.mem()?).map(i64::from)),
+            Handle::ChildFd(fd) => {
+                let req = Req::Write {
+                    fd: *fd,
+                    bytes: bytes.to_vec(),
+                };
+                match self.child()?.call(&req)? {
+                    Resp::Ret(r) => Ok(Ok(r)),
+                    Resp::Errno(e) => Ok(Err(Errno::from_raw(e))),
+                    _ => Err("unexpected answer from a client process".into()),
+                }
+            }
+        }
+    }
+
+    /// The open behind fd number `fd`, which a call of this client just returned (an object fd).
+    pub fn returned_fd(&self, mode: &Mode, fd: u64) -> Result<Handle, String> {
+        let n = i32::try_from(fd).map_err(|_| format!("{fd:#x} is no fd"))?;
+        match (mode, &self.proc_) {
+            (Mode::InProcess(_), _) => {
+                Err("an in-process daemon returns no fds (run against a node)".into())
+            }
+            (Mode::Real { .. }, Proc::Local(_)) => crate::sys::fd::adopt_returned(n)
+                .map(|f| Handle::Fd(Arc::new(f)))
+                .map_err(|e| format!("fd {n} returned: {e}")),
+            (Mode::Real { .. }, Proc::Child(_)) => Ok(Handle::ChildFd(n)),
+        }
+    }
+
+    fn child(&mut self) -> Result<&mut Child, String> {
+        match &mut self.proc_ {
+            Proc::Child(c) => Ok(c),
+            Proc::Local(_) => Err("descriptor of another process".into()),
+        }
+    }
+
     /// Forks a child client that inherits this client's memory, buffers and open nodes.
     pub fn fork(&self) -> Result<Client, String> {
         if !matches!(self.proc_, Proc::Local(_)) {
@@ -401,7 +463,11 @@ fn open_path(path: &std::path::Path) -> Result<OwnedFd, Errno> {
         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
-use crate::sys::ioctl::ioctl_script;
+use crate::sys::ioctl::{ioctl_script, read_script, write_script};
+
+fn low_size(size: u64) -> u32 {
+    u32::try_from(size).unwrap_or(u32::MAX)
+}
 
 /// Where buffers start: an odd multiple of this (its lowest set bit, exactly). The IOVA an
 /// IOMMU_IOAS_MAP without FIXED_IOVA gets is aligned like its user address (the kernel's rule, and
@@ -527,6 +593,14 @@ fn child_loop(from: OwnedFd, to: OwnedFd) -> ! {
                 Err(e) => Resp::Error(e),
             },
             Ok(Req::Ioctl { fd, cmd, arg }) => match ioctl_script(fd, cmd, arg) {
+                Ok(r) => Resp::Ret(r),
+                Err(e) => Resp::Errno(e as i32),
+            },
+            Ok(Req::Read { fd, size }) => match read_script(fd, usize_from(size)) {
+                Ok(b) => Resp::Bytes(b),
+                Err(e) => Resp::Errno(e as i32),
+            },
+            Ok(Req::Write { fd, bytes }) => match write_script(fd, &bytes) {
                 Ok(r) => Resp::Ret(r),
                 Err(e) => Resp::Errno(e as i32),
             },

@@ -3,7 +3,7 @@
 
 use super::client::{Client, Handle, Mode, SCRATCH};
 use super::layout::{self, ArgKind, Field, Role, RANGE_SIZE};
-use super::script::{self, Action, Expect, Expr, IoctlStep, Step, Term, Value2};
+use super::script::{self, Action, Expect, Expr, FdIo, IoctlStep, Step, Term, Value2};
 use super::trace::{self, Normalizer, Region};
 use crate::narrow::usize_from;
 use std::collections::HashMap;
@@ -148,7 +148,92 @@ impl Runner<'_, '_> {
                 self.client(&cname).protect(addr, *size, *prot)
             }
             Action::Ioctl(io) => self.ioctl(&cname, io),
+            Action::FdRead(io) => self.fd_io(&cname, io, false),
+            Action::FdWrite(io) => self.fd_io(&cname, io, true),
         }
+    }
+
+    /// An `fd_read` or `fd_write` step: the call, its result and, for a read, the bytes.
+    fn fd_io(&mut self, cname: &str, io: &FdIo, write: bool) -> R<()> {
+        let label = if write { "write" } else { "read" };
+        let h = self.clients[cname]
+            .handles
+            .get(&io.fd)
+            .cloned()
+            .ok_or_else(|| format!("{label}: nothing open as \"{}\"", io.fd))?;
+        let c = self.client(cname);
+        let (result, got) = if write {
+            let bytes = io.hex.as_deref().unwrap_or(&[]);
+            (c.write_fd(&h, bytes)?, None)
+        } else {
+            match c.read_fd(&h, io.size)? {
+                Ok(b) => (Ok(b.len() as i64), Some(b)),
+                Err(e) => (Err(e), None),
+            }
+        };
+        if let Some(t) = &mut self.trace {
+            let shown = match result {
+                Ok(r) => r.to_string(),
+                Err(e) => layout::errno_name(e),
+            };
+            // No fd name: a recording names its fds otherwise, and traces are compared.
+            let mut line = format!("TRACE {} {} {label} result={shown}", t.script, self.step_no);
+            if let Some(b) = &got {
+                line.push_str(&format!(" bytes={}", script::to_hex(b)));
+            }
+            let _ = writeln!(t.out, "{line}");
+        }
+        self.check_result(label, io.expect, result)?;
+        self.check_ret(cname, label, io.ret.as_ref(), result)?;
+        if let (Some(want), Some(got)) = (io.hex.as_ref().filter(|_| !write), &got) {
+            if want != got {
+                return Err(format!(
+                    "{label}: expected bytes {}, got {}",
+                    script::to_hex(want),
+                    script::to_hex(got)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a call's outcome against `expect`.
+    fn check_result(
+        &self,
+        label: &str,
+        expect: Expect,
+        result: Result<i64, nix::errno::Errno>,
+    ) -> R<()> {
+        let got = match result {
+            Ok(r) => format!("ok (returned {r})"),
+            Err(e) => layout::errno_name(e),
+        };
+        match (expect, result) {
+            (Expect::Any, _) | (Expect::Ok, Ok(_)) => Ok(()),
+            (Expect::Err(want), Err(e)) if want == e => Ok(()),
+            (Expect::Ok, _) => Err(format!("{label}: expected ok, got {got}")),
+            (Expect::Err(want), _) => {
+                let want = layout::errno_name(want);
+                Err(format!("{label}: expected {want}, got {got}"))
+            }
+        }
+    }
+
+    /// Checks a successful call's return value against `ret`, when given.
+    fn check_ret(
+        &self,
+        cname: &str,
+        label: &str,
+        ret: Option<&Expr>,
+        result: Result<i64, nix::errno::Errno>,
+    ) -> R<()> {
+        if let (Some(e), Ok(r)) = (ret, result) {
+            let want = self.eval(cname, e)?;
+            if want as i64 != r {
+                return Err(format!("{label}: expected return value {want}, got {r}"));
+            }
+        }
+        Ok(())
     }
 
     fn client(&mut self, name: &str) -> &mut Client {
@@ -215,33 +300,28 @@ impl Runner<'_, '_> {
             }
             _ => None,
         };
+        if !io.fds.is_empty() && matches!(h, Handle::InProc(_)) {
+            return Err(format!(
+                "{label}: an in-process daemon returns no fds (\"as\"): run against a node"
+            ));
+        }
         let result = self.client(cname).ioctl(&h, io.cmd, arg)?;
         if self.trace.is_some() {
             self.trace_line(cname, io, arg, &built, arg_struct, result);
         }
-        let got = match result {
-            Ok(r) => format!("ok (returned {r})"),
-            Err(e) => layout::errno_name(e),
-        };
-        match (io.expect, result) {
-            (Expect::Any, _) | (Expect::Ok, Ok(_)) => {}
-            (Expect::Err(want), Err(e)) if want == e => {}
-            (Expect::Ok, _) => return Err(format!("{label}: expected ok, got {got}")),
-            (Expect::Err(want), _) => {
-                let want = layout::errno_name(want);
-                return Err(format!("{label}: expected {want}, got {got}"));
+        self.check_result(label, io.expect, result).map_err(|e| {
+            if io.fds.is_empty() || result != Err(nix::errno::Errno::EOPNOTSUPP) {
+                return e;
             }
-        }
-        if let (Some(e), Ok(r)) = (&io.ret, result) {
-            let want = self.eval(cname, e)?;
-            if want as i64 != r {
-                return Err(format!("{label}: expected return value {want}, got {r}"));
-            }
-        }
+            // A uiommufd node cannot install an fd in its caller: `uiommufd launch` does.
+            format!("{e} (on a uiommufd node, run the replay under `uiommufd launch`)")
+        })?;
+        self.check_ret(cname, label, io.ret.as_ref(), result)?;
+        let wants_after = !io.out.is_empty()
+            || io.save.iter().any(|(_, f)| f != "ret")
+            || io.fds.iter().any(|(_, f)| f != "ret");
         let after = match &built {
-            Some(b) if !io.out.is_empty() || io.save.iter().any(|(_, f)| f != "ret") => {
-                Some(self.clients[cname].read(b.addr, b.bytes.len())?)
-            }
+            Some(b) if wants_after => Some(self.clients[cname].read(b.addr, b.bytes.len())?),
             _ => None,
         };
         if let (Some(b), Some(after)) = (&built, &after) {
@@ -258,6 +338,37 @@ impl Runner<'_, '_> {
                 _ => return Err(format!("{label}: no struct to save \"{field}\" from")),
             };
             self.vars.insert(var.clone(), v);
+        }
+        self.take_returned_fds(cname, io, &built, &after, result)
+    }
+
+    /// Names the fds a successful call returned (`"as"`), as opens of the client.
+    fn take_returned_fds(
+        &mut self,
+        cname: &str,
+        io: &IoctlStep,
+        built: &Option<Built>,
+        after: &Option<Vec<u8>>,
+        result: Result<i64, nix::errno::Errno>,
+    ) -> R<()> {
+        let label = &io.label;
+        if io.fds.is_empty() || result.is_err() {
+            return Ok(());
+        }
+        for (name, field) in &io.fds {
+            let fd = match (field.as_str(), built, after) {
+                ("ret", _, _) => result.map_or(0, |r| r as u64),
+                (f, Some(b), Some(after)) => get(after, b.field(f)?),
+                _ => return Err(format!("{label}: no struct to take fd \"{field}\" from")),
+            };
+            let c = &self.clients[cname];
+            if c.handles.contains_key(name) {
+                return Err(format!("{label}: \"{name}\" is already open"));
+            }
+            let h = c
+                .returned_fd(self.mode, fd)
+                .map_err(|e| format!("{label}: as.{name}: {e}"))?;
+            self.client(cname).handles.insert(name.clone(), h);
         }
         Ok(())
     }
@@ -542,7 +653,7 @@ pub fn get(bytes: &[u8], f: Field) -> u64 {
 }
 
 /// Writes a field; the value must fit its width (negative numbers as two's complement).
-fn put(bytes: &mut [u8], f: &Field, v: u64) -> R<()> {
+pub(crate) fn put(bytes: &mut [u8], f: &Field, v: u64) -> R<()> {
     let w = f.width;
     if w < 8 {
         let bits = 8 * w;

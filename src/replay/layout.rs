@@ -110,8 +110,9 @@ type PayloadFields = &'static [(&'static str, usize, usize, Role)];
 
 /// The `IOMMU_TEST_CMD` ops a script can name, with the union member's fields (the kernel's
 /// member names; a member field that would clash with the header's `id` is named after its
-/// member, `iotlb_id` / `cache_id`). Ops that return or need an object fd (accesses, dma-bufs,
-/// fault and vEVENT triggers) are left out: a script cannot hold such an fd.
+/// member, `iotlb_id` / `cache_id`). The fault and vEVENT triggers name a device and feed the
+/// queues a script reads through their fds (`"as"` of IOMMU_FAULT_QUEUE_ALLOC / VEVENTQ_ALLOC).
+/// Ops that return or take an access or dma-buf fd are left out.
 const TEST_OPS: &[(&str, u32, PayloadFields)] = &[
     (
         "IOMMU_TEST_OP_ADD_RESERVED",
@@ -186,6 +187,22 @@ const TEST_OPS: &[(&str, u32, PayloadFields)] = &[
         "IOMMU_TEST_OP_DEV_CHECK_CACHE",
         IOMMU_TEST_OP_DEV_CHECK_CACHE,
         &[("cache_id", 0, 4, Role::Int), ("cache", 4, 4, Role::Int)],
+    ),
+    (
+        "IOMMU_TEST_OP_TRIGGER_IOPF",
+        IOMMU_TEST_OP_TRIGGER_IOPF,
+        &[
+            ("dev_id", 0, 4, Role::Id),
+            ("pasid", 4, 4, Role::Int),
+            ("grpid", 8, 4, Role::Int),
+            ("perm", 12, 4, Role::Int),
+            ("addr", 16, 8, Role::Int),
+        ],
+    ),
+    (
+        "IOMMU_TEST_OP_TRIGGER_VEVENT",
+        IOMMU_TEST_OP_TRIGGER_VEVENT,
+        &[("dev_id", 0, 4, Role::Id)],
     ),
     (
         "IOMMU_TEST_OP_PASID_ATTACH",
@@ -345,6 +362,20 @@ pub const CONSTANTS: &[(&str, u64)] = &[
     (
         "IOMMU_VIOMMU_TYPE_DEFAULT",
         IOMMU_VIOMMU_TYPE_DEFAULT as u64,
+    ),
+    (
+        "IOMMU_VEVENTQ_TYPE_SELFTEST",
+        IOMMU_VEVENTQ_TYPE_SELFTEST as u64,
+    ),
+    ("IOMMU_PGFAULT_PERM_READ", IOMMU_PGFAULT_PERM_READ as u64),
+    ("IOMMU_PGFAULT_PERM_WRITE", IOMMU_PGFAULT_PERM_WRITE as u64),
+    (
+        "IOMMUFD_PAGE_RESP_SUCCESS",
+        IOMMUFD_PAGE_RESP_SUCCESS as u64,
+    ),
+    (
+        "IOMMUFD_PAGE_RESP_INVALID",
+        IOMMUFD_PAGE_RESP_INVALID as u64,
     ),
     (
         "IOMMU_HW_QUEUE_TYPE_SELFTEST",

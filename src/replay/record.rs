@@ -9,16 +9,18 @@
 //! allocated IOVAs returned by the daemon are saved in variables and referenced by later calls.
 
 mod device;
+mod objfd;
 mod render;
 
 use super::layout::{self, ArgKind, IoctlDef, Role, RANGE_SIZE};
 use super::script::to_hex;
 use crate::caller::CallerMemory;
-use crate::dispatch::daemon::IoctlObserver;
+use crate::dispatch::daemon::{BoundHandle, HandleIo, IoctlObserver};
 use crate::dispatch::NodeKind;
 use crate::narrow::{low_u32, usize_from};
 use crate::objects::Context;
 use nix::errno::Errno;
+use objfd::FdOp;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -43,13 +45,19 @@ pub struct Recorder {
     sessions: Mutex<HashMap<u64, Session>>,
     /// Device files bound through a recorded BIND: (context, the device's name in its script).
     device_files: Mutex<HashMap<u64, (u64, DeviceRef)>>,
+    /// Open files bound as object fds whose creation the script issues (by the file's context):
+    /// (the context the object is in, the fd's name in its script).
+    object_files: Mutex<HashMap<u64, (u64, String)>>,
 }
 
 struct Session {
     node: NodeKind,
     calls: Vec<Call>,
-    /// Set when this open became an object's fd (`uiommufd launch`): nothing to replay.
+    /// Set when this open became an object's fd (`uiommufd launch`): its steps are in the
+    /// script of the context the object is in.
     object_fd: bool,
+    /// Object fds made in this context so far (they are named `objfd1`, `objfd2`, ...).
+    object_fds: usize,
     /// Bytes the calls kept so far; past [`MAX_SESSION_BYTES`] the rest of the session is not
     /// recorded (the script says so), so a client cannot grow the daemon without bound.
     bytes: usize,
@@ -85,8 +93,14 @@ struct Call {
     /// The first page of each caller access that failed, with its protection then: the replay
     /// protects it the same way for this call, so the call fails the same way.
     faults: Vec<(u64, PageProt)>,
-    /// Not an ioctl: the object (ID, kind) an fd-returning ioctl made through `uiommufd launch`.
+    /// Not an ioctl: the object (ID, kind) an fd-returning ioctl made through `uiommufd launch`
+    /// that the script cannot issue itself.
     object_fd: Option<(u32, String)>,
+    /// The fd-returning ioctl made through `uiommufd launch`, rebuilt from what the launcher
+    /// passed on: the name its returned fd gets in the script.
+    fd_as: Option<String>,
+    /// Not an ioctl: a read, write or close of an object fd (by its name in the script).
+    fd_op: Option<(String, FdOp)>,
     /// The ioctl went to this device node, not to the context's fd.
     device: Option<DeviceRef>,
     /// Not an ioctl: the device node of this name was closed.
@@ -253,6 +267,7 @@ impl Recorder {
             dir,
             sessions: Mutex::new(HashMap::new()),
             device_files: Mutex::new(HashMap::new()),
+            object_files: Mutex::new(HashMap::new()),
         })
     }
 
@@ -271,6 +286,7 @@ impl IoctlObserver for Recorder {
                     node: node.clone(),
                     calls: Vec::new(),
                     object_fd: false,
+                    object_fds: 0,
                     bytes: 0,
                     cut: false,
                 },
@@ -363,16 +379,12 @@ impl IoctlObserver for Recorder {
         self.record_device_release(file);
     }
 
-    fn handle_bound(&self, file_ctx: u64, origin: u64, object_id: u32, what: &str) {
-        let Ok(mut sessions) = self.sessions.lock() else {
-            return;
-        };
-        if let Some(s) = sessions.get_mut(&file_ctx) {
-            s.object_fd = true;
-        }
-        if let Some(s) = sessions.get_mut(&origin) {
-            s.calls.push(Call::object_fd(object_id, what));
-        }
+    fn handle_bound(&self, file_ctx: u64, origin: u64, bound: &BoundHandle) {
+        self.record_handle_bound(file_ctx, origin, bound);
+    }
+
+    fn handle_io(&self, file_ctx: u64, io: HandleIo<'_>) {
+        self.record_handle_io(file_ctx, io);
     }
 }
 
@@ -383,7 +395,8 @@ impl Recorder {
             if let Some(s) = s.get_mut(&ctx) {
                 let kept = c.before.as_ref().map_or(0, Vec::len)
                     + c.after.as_ref().map_or(0, Vec::len)
-                    + c.data.iter().map(|(_, d)| d.len()).sum::<usize>();
+                    + c.data.iter().map(|(_, d)| d.len()).sum::<usize>()
+                    + c.fd_op.as_ref().map_or(0, |(_, op)| op.bytes());
                 s.bytes = s.bytes.saturating_add(kept);
                 if s.bytes > MAX_SESSION_BYTES {
                     if !s.cut {
@@ -417,6 +430,8 @@ impl Call {
             data: Vec::new(),
             faults: Vec::new(),
             object_fd: None,
+            fd_as: None,
+            fd_op: None,
             device: None,
             device_closed: None,
         }

@@ -113,6 +113,23 @@ pub struct IoctlStep {
     pub ret: Option<Expr>,
     pub out: Vec<(String, Value2)>,
     pub save: Vec<(String, String)>,
+    /// `"as": {"q": "out_fault_fd"}`: the fds the call returns (an `OutFd` field or `"ret"`),
+    /// named as opens are, for later steps' `"fd"`, `%q` and `close`.
+    pub fds: Vec<(String, String)>,
+}
+
+/// A `read` or `write` on an open (an object fd: a fault or vEVENT queue).
+#[derive(Debug, Clone)]
+pub struct FdIo {
+    /// The open's name.
+    pub fd: String,
+    /// Bytes to read (`fd_read`'s `size`; the length of `hex` when absent).
+    pub size: u64,
+    /// `fd_read`: the bytes expected (checked when given); `fd_write`: the bytes written.
+    pub hex: Option<Vec<u8>>,
+    pub expect: Expect,
+    /// The expected return value (bytes read or written).
+    pub ret: Option<Expr>,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +158,10 @@ pub enum Action {
         at: Expr,
         bytes: Vec<u8>,
     },
+    /// `{"fd_read": "q", "size": N, "hex": "…"}`: read(2) on an open.
+    FdRead(FdIo),
+    /// `{"fd_write": "q", "hex": "…"}`: write(2) on an open.
+    FdWrite(FdIo),
     /// Changes the protection of whole pages of one buffer.
     Protect {
         at: Expr,
@@ -188,6 +209,7 @@ type R<T> = Result<T, String>;
 fn parse_step(obj: &Map<String, Value>) -> R<Step> {
     let kinds = [
         "open", "close", "buffer", "free", "ioctl", "fork", "exit", "set", "write", "protect",
+        "fd_read", "fd_write",
     ];
     let present: Vec<&str> = kinds
         .iter()
@@ -213,8 +235,11 @@ fn parse_step(obj: &Map<String, Value>) -> R<Step> {
         "set" => &["set"],
         "write" => &["write", "hex"],
         "protect" => &["protect", "size", "prot"],
+        "fd_read" => &["fd_read", "size", "hex", "expect", "ret"],
+        "fd_write" => &["fd_write", "hex", "expect", "ret"],
         _ => &[
             "ioctl", "fd", "args", "trailing", "raw", "arg", "at", "expect", "ret", "out", "save",
+            "as",
         ],
     };
     for k in obj.keys() {
@@ -278,12 +303,55 @@ fn parse_step(obj: &Map<String, Value>) -> R<Step> {
             }
             Action::Set(vars)
         }
+        "fd_read" => Action::FdRead(parse_fd_io(obj, "fd_read")?),
+        "fd_write" => Action::FdWrite(parse_fd_io(obj, "fd_write")?),
         _ => Action::Ioctl(Box::new(parse_ioctl(obj)?)),
     };
     Ok(Step {
         line: 0,
         client,
         action,
+    })
+}
+
+fn parse_fd_io(obj: &Map<String, Value>, kind: &str) -> R<FdIo> {
+    let ctx = |e: String| format!("{kind}: {e}");
+    let hex = match obj.get("hex") {
+        Some(v) => Some(bytes_of(v).map_err(|e| ctx(format!("hex: {e}")))?),
+        None if kind == "fd_write" => return Err(ctx("missing \"hex\"".into())),
+        None => None,
+    };
+    let size = match (obj.get("size"), &hex) {
+        (Some(v), _) => const_of(v).map_err(|e| ctx(format!("size: {e}")))?,
+        (None, Some(h)) => h.len() as u64,
+        (None, None) => return Err(ctx("missing \"size\" (or the expected \"hex\")".into())),
+    };
+    if size > 1 << 16 {
+        return Err(ctx(format!("size {size} above 64 KiB")));
+    }
+    Ok(FdIo {
+        fd: req_str(obj, kind)?,
+        size,
+        hex,
+        expect: expect_of(obj).map_err(ctx)?,
+        ret: obj
+            .get("ret")
+            .map(|v| expr_of(v).map_err(|e| ctx(format!("ret: {e}"))))
+            .transpose()?,
+    })
+}
+
+/// `"expect"`: `"ok"` (the default), `"any"` or an errno name.
+fn expect_of(obj: &Map<String, Value>) -> R<Expect> {
+    Ok(match obj.get("expect") {
+        None => Expect::Ok,
+        Some(Value::String(s)) if s == "ok" => Expect::Ok,
+        Some(Value::String(s)) if s == "any" => Expect::Any,
+        Some(Value::String(s)) => Expect::Err(
+            layout::errno_by_name(s)
+                .ok_or_else(|| format!("expect: unknown errno name \"{s}\""))?,
+        ),
+        Some(_) => return Err("expect: \"ok\", \"any\" or an errno name".into()),
     })
 }
 
@@ -381,6 +449,7 @@ fn parse_ioctl(obj: &Map<String, Value>) -> R<IoctlStep> {
         ret: None,
         out: Vec::new(),
         save: Vec::new(),
+        fds: Vec::new(),
     };
     if let Some(v) = obj.get("args") {
         step.args = fields_of(def, v, false).map_err(|e| ctx(format!("args.{e}")))?;
@@ -417,16 +486,7 @@ fn parse_ioctl(obj: &Map<String, Value>) -> R<IoctlStep> {
     if def.is_none() && !step.args.is_empty() {
         return Err(ctx("fields need a known ioctl; use \"raw\" bytes".into()));
     }
-    step.expect = match obj.get("expect") {
-        None => Expect::Ok,
-        Some(Value::String(s)) if s == "ok" => Expect::Ok,
-        Some(Value::String(s)) if s == "any" => Expect::Any,
-        Some(Value::String(s)) => Expect::Err(
-            layout::errno_by_name(s)
-                .ok_or_else(|| ctx(format!("expect: unknown errno name \"{s}\"")))?,
-        ),
-        Some(_) => return Err(ctx("expect: \"ok\", \"any\" or an errno name".into())),
-    };
+    step.expect = expect_of(obj).map_err(ctx)?;
     if let Some(v) = obj.get("save") {
         let Value::Object(m) = v else {
             return Err(ctx("save: expected an object of variable: field".into()));
@@ -440,6 +500,24 @@ fn parse_ioctl(obj: &Map<String, Value>) -> R<IoctlStep> {
                 return Err(ctx(format!("save.{var}: no field \"{field}\"")));
             }
             step.save.push((var.clone(), field.to_string()));
+        }
+    }
+    if let Some(v) = obj.get("as") {
+        let Value::Object(m) = v else {
+            return Err(ctx("as: expected an object of name: fd field".into()));
+        };
+        for (name, field) in m {
+            let fd_field = |f: &str| def.and_then(|d| d.field(f)).map(|f| f.role);
+            match field.as_str() {
+                Some(f) if f == "ret" || fd_field(f) == Some(Role::OutFd) => {
+                    step.fds.push((name.clone(), f.to_string()));
+                }
+                _ => {
+                    return Err(ctx(format!(
+                        "as.{name}: expected \"ret\" or a returned fd field"
+                    )))
+                }
+            }
         }
     }
     Ok(step)
@@ -652,50 +730,4 @@ impl fmt::Display for Expr {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expressions() {
-        let e = parse_expr("IOMMU_IOAS_MAP_READABLE|IOMMU_IOAS_MAP_WRITEABLE").unwrap();
-        assert_eq!(eval(&e, &|_| Err("x".into())).unwrap(), 6);
-        let e = parse_expr("$iova+0x1000").unwrap();
-        let v = eval(&e, &|t| match t {
-            Term::Var(v) if v == "iova" => Ok(0x10000),
-            _ => Err("?".into()),
-        });
-        assert_eq!(v.unwrap(), 0x11000);
-        assert_eq!(
-            eval(&parse_expr("-1").unwrap(), &|_| Ok(0)).unwrap(),
-            u64::MAX
-        );
-        assert!(parse_expr("FOO").unwrap_err().contains("FOO"));
-        assert!(parse_expr("1+").is_err());
-    }
-
-    #[test]
-    fn errors_name_the_line() {
-        let text =
-            "# c\n{\"open\":\"iommu\"}\n{\"ioctl\":\"IOMMU_IOAS_MAP\",\"args\":{\"flagz\":1}}\n";
-        let e = parse(text).unwrap_err();
-        assert_eq!(e.line, 3);
-        assert!(e.msg.contains("flagz"), "{e}");
-        for bad in [
-            "{",
-            "[1]",
-            "{\"ioctl\":\"NOPE\"}",
-            "{\"open\":\"iommu\",\"close\":\"fd\"}",
-            "{\"buffer\":\"b\"}",
-            "{\"ioctl\":\"IOMMU_DESTROY\",\"expect\":\"EWHAT\"}",
-            "{\"ioctl\":\"VFIO_SET_IOMMU\",\"args\":{\"x\":1}}",
-            "{\"ioctl\":\"IOMMU_DESTROY\",\"trailing\":\"0\"}",
-            "{\"ioctl\":\"IOMMU_IOAS_ALLOW_IOVAS\",\"args\":{\"allowed_iovas\":[{\"start\":1}]}}",
-            "{\"ioctl\":\"IOMMU_DESTROY\",\"save\":{\"x\":\"nope\"}}",
-            "{\"ioctl\":\"IOMMU_DESTROY\",\"args\":{\"id\":\"$\"}}",
-            "{\"set\":{\"a\":null}}",
-        ] {
-            let e = parse(bad).unwrap_err();
-            assert_eq!(e.line, 1, "{bad}: {e}");
-        }
-    }
-}
+mod tests;

@@ -14,6 +14,9 @@
 //! * `*<field>`: what the caller buffer a `Ptr` / `Ranges` field points to holds after the call
 //!   (length from the field the table names, as sent), `unmapped` when it cannot be read.
 //!
+//! An `fd_read` / `fd_write` step on an object fd traces as `TRACE <script> <step> read|write
+//! result=<n|ERRNO>`, a read followed by ` bytes=<hex>` (what it returned).
+//!
 //! Bytes are `<n>:<hex>` with runs of 8 or more equal bytes as `(<byte>*<count>)`; past
 //! [`SHOWN`] bytes only a digest of the rest follows (`~<fnv64>`).
 //!

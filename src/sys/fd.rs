@@ -64,6 +64,16 @@ pub fn adopt_inherited(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// Takes ownership of `fd`, which a call just returned into this process (an object fd of an
+/// iommufd ioctl); EBADF when no such fd is open.
+pub fn adopt_returned(fd: RawFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: F_GETFD only asks for the fd's flags.
+    Errno::result(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: the fd is open (checked above) and was just handed to this process by the call
+    // that returned it; nothing else names it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

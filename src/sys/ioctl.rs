@@ -43,6 +43,22 @@ pub fn ioctl_script(fd: RawFd, cmd: u32, arg: u64) -> Result<i64, Errno> {
     Errno::result(rc).map(i64::from)
 }
 
+/// The read(2) a replay script step issues on an fd number of its process: up to `size` bytes.
+pub fn read_script(fd: RawFd, size: usize) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; size];
+    // SAFETY: the kernel writes at most `size` bytes into `buf`, which is that long.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), size) };
+    buf.truncate(usize::try_from(Errno::result(n)?).unwrap_or(0));
+    Ok(buf)
+}
+
+/// The write(2) a replay script step issues on an fd number of its process.
+pub fn write_script(fd: RawFd, bytes: &[u8]) -> Result<i64, Errno> {
+    // SAFETY: the kernel only reads `bytes.len()` bytes from `bytes`.
+    let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    Errno::result(n).map(|n| n as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

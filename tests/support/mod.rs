@@ -446,3 +446,20 @@ impl StalledPage {
         })
     }
 }
+
+/// Asserts a clean `uiommufd replay` of `n` scripts: exit 0 and the summary alone on the last
+/// line; returns its output.
+pub fn assert_replay_passed(o: &std::process::Output, n: usize) -> String {
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        out.lines().last(),
+        Some(format!("{n} passed, 0 failed").as_str()),
+        "{out}"
+    );
+    out
+}

@@ -247,8 +247,14 @@ fn trigger_vevent(u: &Ucmd, cmd: &iommu_test_cmd) -> Result<(), Errno> {
     use zerocopy::IntoBytes;
     let p: iommu_test_cmd_trigger_vevent = payload(cmd);
     let device = u.ctx.get_device(p.dev_id)?;
+    // The mock device raises events to the vIOMMU whose nested HWPT it is attached to, naming
+    // its vDEVICE there: neither is ENOENT (Linux 7.2 in refkernel's test guest).
+    let viommu = device
+        .attachment()
+        .and_then(|a| a.viommu_nested.as_ref().map(|n| n.viommu.clone()))
+        .ok_or(Errno::ENOENT)?;
     let vdev = crate::objects::viommu::vdevice_of(u.ctx, &device)
-        .filter(|v| v.virt_id != 0)
+        .filter(|v| v.virt_id != 0 && Arc::ptr_eq(&v.viommu, &viommu))
         .ok_or(Errno::ENOENT)?;
     let queue = vdev
         .viommu

@@ -19,11 +19,13 @@ pub(super) fn render(ctx: u64, s: &Session) -> String {
         _ => "iommu",
     };
     let fds = s.calls.iter().filter(|c| c.object_fd.is_some()).count();
-    let closes = s.calls.iter().filter(|c| c.device_closed.is_some()).count();
-    let mut out = format!(
-        "# Recorded by `uiommufd serve --record`: context {ctx} ({} ioctls).\n",
-        s.calls.len() - fds - closes
-    );
+    let ioctls = s
+        .calls
+        .iter()
+        .filter(|c| c.object_fd.is_none() && c.device_closed.is_none() && c.fd_op.is_none())
+        .count();
+    let mut out =
+        format!("# Recorded by `uiommufd serve --record`: context {ctx} ({ioctls} ioctls).\n");
     if fds > 0 {
         let _ = writeln!(
             out,
@@ -210,6 +212,10 @@ impl Renderer {
             );
             return;
         }
+        if let Some((name, op)) = &c.fd_op {
+            self.fd_op(name, op);
+            return;
+        }
         if let Some(name) = &c.device_closed {
             let _ = writeln!(self.out, "{{\"close\": {}}}", json(name));
             // A later bind of the device in this session opens it again.
@@ -270,6 +276,35 @@ impl Renderer {
                 "{{\"protect\": {at}, \"size\": {PAGE}, \"prot\": \"rw\"}}"
             );
         }
+    }
+
+    /// A read, write or close of an object fd the script made (`"as"` of its ioctl).
+    fn fd_op(&mut self, name: &str, op: &FdOp) {
+        let name = json(name);
+        let outcome = |r: Result<u64, Errno>| match r {
+            Ok(n) => format!("\"ret\": {n}"),
+            Err(e) => format!("\"expect\": {}", json(&layout::errno_name(e))),
+        };
+        let line = match op {
+            FdOp::Read { size, result } => {
+                let hex = match result {
+                    Ok(b) => format!(", \"hex\": {}", json(&to_hex(b))),
+                    Err(_) => String::new(),
+                };
+                let r = result.as_ref().map(|b| b.len() as u64).map_err(|e| *e);
+                format!(
+                    "{{\"fd_read\": {name}, \"size\": {size}{hex}, {}}}",
+                    outcome(r)
+                )
+            }
+            FdOp::Write { data, result } => format!(
+                "{{\"fd_write\": {name}, \"hex\": {}, {}}}",
+                json(&to_hex(data)),
+                outcome(result.map(u64::from))
+            ),
+            FdOp::Close => format!("{{\"close\": {name}}}"),
+        };
+        let _ = writeln!(self.out, "{line}");
     }
 
     /// Where a call whose struct sits in read-only memory has it (see [`struct_write_faulted`]).
@@ -339,6 +374,10 @@ impl Renderer {
                         .map(|(var, f)| format!("{}: {}", json(var), json(f)))
                         .collect();
                     let _ = write!(line, ", \"save\": {{{}}}", items.join(", "));
+                }
+                let out_fd = d.fields.iter().find(|f| f.role == Role::OutFd);
+                if let (Some(name), Some(f)) = (&c.fd_as, out_fd) {
+                    let _ = write!(line, ", \"as\": {{{}: {}}}", json(name), json(f.name));
                 }
                 line.push_str("}\n");
                 self.out.push_str(&line);
