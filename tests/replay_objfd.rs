@@ -144,4 +144,17 @@ fn objfd_scripts_record_completely_and_replay_the_same_under_the_launcher() {
         ),
         "{text}"
     );
+
+    // A script naming the result of an ioctl that returns no fd as one is refused, rather than
+    // taking ownership of fd 0 (or of one of its own opens).
+    let bad = rec.0.join("ret_is_no_fd.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"open\": \"iommu\"}\n{\"ioctl\": \"IOMMU_IOAS_ALLOC\", \"as\": {\"x\": \"ret\"}}\n",
+    )
+    .unwrap();
+    let out = replay(&fresh, true, &[bad]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("fd 0 is not a new fd of this call"), "{text}");
 }

@@ -873,9 +873,14 @@ pub fn thread_status(tid: i32) -> Option<(i32, u32, u64)> {
     if info.mask & want != want || i32::try_from(info.pid).ok()? != tid {
         return None;
     }
-    // By thread id, as the status file is: the caller is blocked in its request, so `tid` still
-    // names the thread the pidfd was opened on.
+    // capget goes by thread id: asking the pidfd again afterwards (ESRCH once its thread is gone)
+    // shows the thread lived through it, so `tid` could not name another task meanwhile.
     let caps = rustix::thread::capabilities(Some(pid)).ok()?;
+    let mut again = PidfdInfo {
+        mask: PIDFD_INFO_PID,
+        ..Default::default()
+    };
+    crate::sys::ioctl::ioctl_struct(pidfd.as_fd(), PIDFD_GET_INFO, &mut again).ok()?;
     Some((
         i32::try_from(info.tgid).ok()?,
         info.ruid,

@@ -380,8 +380,19 @@ impl Client {
     }
 
     /// The open behind fd number `fd`, which a call of this client just returned (an object fd).
+    /// A number that cannot be a new fd (the standard streams, or one of this client's own
+    /// opens: a script saying `"ret"` of an ioctl that returns no fd) is refused, so no fd gets
+    /// two owners.
     pub fn returned_fd(&self, mode: &Mode, fd: u64) -> Result<Handle, String> {
         let n = i32::try_from(fd).map_err(|_| format!("{fd:#x} is no fd"))?;
+        let owned = self.handles.values().any(|h| match h {
+            Handle::Fd(f) => f.as_raw_fd() == n,
+            Handle::ChildFd(c) => *c == n,
+            Handle::InProc(_) => false,
+        });
+        if n <= 2 || owned {
+            return Err(format!("fd {n} is not a new fd of this call"));
+        }
         match (mode, &self.proc_) {
             (Mode::InProcess(_), _) => {
                 Err("an in-process daemon returns no fds (run against a node)".into())

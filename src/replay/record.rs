@@ -56,6 +56,9 @@ struct Session {
     /// Set when this open became an object's fd (`uiommufd launch`): its steps are in the
     /// script of the context the object is in.
     object_fd: bool,
+    /// A UIOMMUFD_HANDLE_BIND of this file failed: it stays a context, written unless it made
+    /// no call at all (the launcher's fresh file for an object that was refused).
+    failed_bind: bool,
     /// Object fds made in this context so far (they are named `objfd1`, `objfd2`, ...).
     object_fds: usize,
     /// Bytes the calls kept so far; past [`MAX_SESSION_BYTES`] the rest of the session is not
@@ -66,6 +69,54 @@ struct Session {
 
 /// Most bytes of structs and caller data one recorded session keeps.
 const MAX_SESSION_BYTES: usize = 64 << 20;
+/// What a call costs against [`MAX_SESSION_BYTES`] besides its data: a session of calls that
+/// carry no bytes (failed binds, say) is bounded too.
+const CALL_OVERHEAD: usize = 64;
+
+impl Session {
+    fn new(node: NodeKind) -> Self {
+        Self {
+            node,
+            calls: Vec::new(),
+            object_fd: false,
+            failed_bind: false,
+            object_fds: 0,
+            bytes: 0,
+            cut: false,
+        }
+    }
+
+    /// Whether its script is written at release: not an object fd's (those steps are in their
+    /// context's script), nor the empty session of a file whose bind was refused.
+    fn is_written(&self) -> bool {
+        !(self.object_fd || self.failed_bind && self.calls.is_empty())
+    }
+
+    /// Keeps `c` unless the session is past its size cap (then it is cut: nothing more is kept).
+    /// True when kept.
+    fn keep(&mut self, ctx: u64, c: Call) -> bool {
+        let kept = CALL_OVERHEAD
+            + c.before.as_ref().map_or(0, Vec::len)
+            + c.after.as_ref().map_or(0, Vec::len)
+            + c.data.iter().map(|(_, d)| d.len()).sum::<usize>()
+            + c.fd_op.as_ref().map_or(0, |(_, op)| op.bytes());
+        self.bytes = self.bytes.saturating_add(kept);
+        if self.bytes > MAX_SESSION_BYTES {
+            if !self.cut {
+                crate::warn_limited!(
+                    ctx,
+                    "recorded session past its size cap; the rest is not recorded"
+                );
+            }
+            self.cut = true;
+        }
+        if self.cut {
+            return false;
+        }
+        self.calls.push(c);
+        true
+    }
+}
 
 /// One pointer use: where, and how many bytes from there were readable (0: none).
 #[derive(Clone, Copy)]
@@ -280,17 +331,7 @@ impl Recorder {
 impl IoctlObserver for Recorder {
     fn open(&self, ctx: &Context, node: &NodeKind) {
         if let Ok(mut s) = self.sessions.lock() {
-            s.insert(
-                ctx.id,
-                Session {
-                    node: node.clone(),
-                    calls: Vec::new(),
-                    object_fd: false,
-                    object_fds: 0,
-                    bytes: 0,
-                    cut: false,
-                },
-            );
+            s.insert(ctx.id, Session::new(node.clone()));
         }
     }
 
@@ -353,7 +394,7 @@ impl IoctlObserver for Recorder {
             .lock()
             .ok()
             .and_then(|mut s| s.remove(&ctx.id));
-        if let Some(s) = session.filter(|s| !s.object_fd) {
+        if let Some(s) = session.filter(Session::is_written) {
             let path = self.path_for(ctx.id);
             if let Err(e) = std::fs::write(&path, render::render(ctx.id, &s)) {
                 tracing::warn!(path = %path.display(), %e, "cannot write the recorded session");
@@ -393,22 +434,7 @@ impl Recorder {
     fn push_call(&self, ctx: u64, c: Call) {
         if let Ok(mut s) = self.sessions.lock() {
             if let Some(s) = s.get_mut(&ctx) {
-                let kept = c.before.as_ref().map_or(0, Vec::len)
-                    + c.after.as_ref().map_or(0, Vec::len)
-                    + c.data.iter().map(|(_, d)| d.len()).sum::<usize>()
-                    + c.fd_op.as_ref().map_or(0, |(_, op)| op.bytes());
-                s.bytes = s.bytes.saturating_add(kept);
-                if s.bytes > MAX_SESSION_BYTES {
-                    if !s.cut {
-                        crate::warn_limited!(
-                            ctx,
-                            "recorded session past its size cap; the rest is not recorded"
-                        );
-                    }
-                    s.cut = true;
-                } else if !s.cut {
-                    s.calls.push(c);
-                }
+                s.keep(ctx, c);
             }
         }
     }

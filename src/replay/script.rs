@@ -326,8 +326,10 @@ fn parse_fd_io(obj: &Map<String, Value>, kind: &str) -> R<FdIo> {
         (None, Some(h)) => h.len() as u64,
         (None, None) => return Err(ctx("missing \"size\" (or the expected \"hex\")".into())),
     };
-    if size > 1 << 16 {
-        return Err(ctx(format!("size {size} above 64 KiB")));
+    // The most one read of a FUSE file carries (the daemon's max_write, 128 KiB): a recording
+    // of any read the daemon answered parses.
+    if size > 1 << 17 {
+        return Err(ctx(format!("size {size} above 128 KiB")));
     }
     Ok(FdIo {
         fd: req_str(obj, kind)?,

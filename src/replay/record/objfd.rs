@@ -38,8 +38,13 @@ impl Recorder {
             let Ok(mut sessions) = self.sessions.lock() else {
                 return;
             };
+            // Only a bound file is an object fd (its session is not a context's); after a failed
+            // bind it stays an ordinary context, recorded as such if it makes any call.
             if let Some(s) = sessions.get_mut(&file_ctx) {
-                s.object_fd = true;
+                match bound.object_id {
+                    Ok(_) => s.object_fd = true,
+                    Err(_) => s.failed_bind = true,
+                }
             }
             let Some(s) = sessions.get_mut(&origin) else {
                 return;
@@ -47,7 +52,10 @@ impl Recorder {
             match Call::fd_returning(bound, s.object_fds + 1) {
                 Some(c) => {
                     let named = c.fd_as.clone();
-                    s.calls.push(c);
+                    // Counted against the session's size cap like every call.
+                    if !s.keep(origin, c) {
+                        return;
+                    }
                     let Some(name) = named else {
                         return;
                     };
@@ -56,7 +64,7 @@ impl Recorder {
                 }
                 None => {
                     if let Ok(id) = bound.object_id {
-                        s.calls.push(Call::object_fd(id, bound.what));
+                        s.keep(origin, Call::object_fd(id, bound.what));
                     }
                     return;
                 }
@@ -140,5 +148,62 @@ impl Call {
             fd_as: bound.object_id.is_ok().then(|| format!("objfd{n}")),
             ..Call::new(d.cmd, 0)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Session, MAX_SESSION_BYTES};
+    use super::*;
+    use crate::dispatch::private_abi::UIOMMUFD_HANDLE_FAULT_QUEUE;
+    use crate::service::NodeKind;
+
+    fn session() -> Session {
+        Session::new(NodeKind::Iommu)
+    }
+
+    fn refused() -> BoundHandle {
+        BoundHandle {
+            object_id: Err(Errno::EINVAL),
+            what: "a fault queue",
+            kind: UIOMMUFD_HANDLE_FAULT_QUEUE,
+            args: [7, 0, 0, 0],
+        }
+    }
+
+    /// A refused bind neither stops the file's own recording (a client could hide its session
+    /// that way) nor grows the context's script without bound.
+    #[test]
+    fn refused_binds_leave_the_file_recorded_and_the_script_bounded() {
+        let dir = std::env::temp_dir().join(format!("uiommufd-objfd-{}", std::process::id()));
+        let rec = Recorder::new(&dir).unwrap();
+        {
+            let mut s = rec.sessions.lock().unwrap();
+            s.insert(1, session());
+            s.insert(2, session());
+        }
+        // File 2 binds (and fails) an object into context 1, over and over.
+        let mut n = 0;
+        loop {
+            rec.record_handle_bound(2, 1, &refused());
+            n += 1;
+            if rec.sessions.lock().unwrap()[&1].cut || n > 2 * MAX_SESSION_BYTES / 64 {
+                break;
+            }
+        }
+        let s = rec.sessions.lock().unwrap();
+        assert!(s[&1].cut, "the refused binds were never cut: {n} of them");
+        assert!(
+            s[&1].calls.len() < n,
+            "{} calls kept of {n}",
+            s[&1].calls.len()
+        );
+        assert!(
+            !s[&2].object_fd,
+            "a refused bind made the file an object fd"
+        );
+        assert!(s[&2].failed_bind);
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
