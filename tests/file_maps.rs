@@ -349,22 +349,8 @@ impl Client {
 /// mem, pagemap, maps, its /proc directory and a pidfd), shared by all of that process's maps.
 const PROCESS_IDENTITY_FDS: usize = 5;
 
-/// The daemon's open files, less its io_uring transport's own (each ring thread has a ring and
-/// an eventfd; threads are started under load and kept while the connection lives).
 fn daemon_fds(d: &DaemonProcess) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", d.child.id()))
-        .unwrap()
-        .filter(|e| {
-            let target = e
-                .as_ref()
-                .ok()
-                .and_then(|e| std::fs::read_link(e.path()).ok());
-            !target.is_some_and(|t| {
-                let t = t.to_string_lossy();
-                t == "anon_inode:[io_uring]" || t == "anon_inode:[eventfd]"
-            })
-        })
-        .count()
+    support::fds_without_transport(d.child.id() as i32)
 }
 
 fn start_daemon() -> DaemonProcess {

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::os::unix::fs::FileTypeExt;
 use support::{ioas_alloc, ioas_unmap, ioctl, ioctl_raw, DaemonProcess};
 use uiommufd_uapi::iommufd::*;
 
@@ -360,6 +361,29 @@ fn concurrent_ioctls_on_one_context() {
         ioas_unmap(&f, ioas, 0, u64::MAX),
         Ok(0),
         "every mapping was undone"
+    );
+}
+
+/// The daemon's FUSE session readers each read and answer on a clone of the session's fd
+/// (FUSE_DEV_IOC_CLONE, as libfuse's multi-threaded loop): with the session's own fd the daemon
+/// holds more /dev/fuse files than one per session. (Over io_uring the rings serve instead.)
+#[test]
+fn session_readers_answer_on_clones_of_the_fuse_fd() {
+    let d = DaemonProcess::start(&["--io-uring", "off"]);
+    let f = d.open_iommu();
+    ioas_alloc(&f);
+    let dev_fuse = std::fs::metadata("/dev/fuse").unwrap();
+    let clones = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .unwrap()
+        .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+        .filter(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.rdev() == dev_fuse.rdev() && m.file_type().is_char_device()
+        })
+        .count();
+    assert!(
+        clones > 2,
+        "/dev/fuse files open in the daemon: {clones} (the session's and one per reader)"
     );
 }
 

@@ -343,11 +343,7 @@ fn short_lived_processes_cannot_fill_the_fd_table() {
     const CHILDREN: usize = 40;
     let d = DaemonProcess::start(&["--iommu-perm", "0666"]);
     let u1 = user("uiommufd-t1");
-    let fds = |d: &DaemonProcess| {
-        std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
-            .unwrap()
-            .count()
-    };
+    let fds = |d: &DaemonProcess| support::fds_without_transport(d.pid());
     let before = fds(&d);
     let p = d.node("iommu");
     let (done_r, done_w) = nix::unistd::pipe().unwrap();

@@ -170,10 +170,19 @@ impl Shared {
             reg.next_id += 1;
             reg.next_id
         };
+        // Each reader reads and answers on a clone of the session's fd where it can be cloned
+        // (FUSE; CUSE keeps the one fd).
+        let chan = match self.chan.clone_session() {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::debug!(error = %e, "session reader on the shared fd");
+                self.chan.clone()
+            }
+        };
         let shared = self.clone();
         let spawned = std::thread::Builder::new()
             .name("uiommufd-reader".into())
-            .spawn(move || shared.read_loop(id));
+            .spawn(move || shared.read_loop(id, &chan));
         if let Err(e) = spawned {
             crate::warn_limited!(error = %e, "starting a session reader");
             let mut reg = lock(&self.registry);
@@ -184,14 +193,14 @@ impl Shared {
         true
     }
 
-    fn read_loop(self: Arc<Self>, id: u64) {
+    fn read_loop(self: Arc<Self>, id: u64, chan: &Arc<Channel>) {
         let mut buf = vec![0u8; wire::BUFFER_SIZE];
         let mut first = true;
         loop {
             if !self.enter_read(id, std::mem::take(&mut first)) {
                 break;
             }
-            let r = self.chan.read(&mut buf);
+            let r = chan.read(&mut buf);
             let idle_others = self.leave_read(id);
             let n = match r {
                 Ok(0) => {
@@ -213,7 +222,7 @@ impl Shared {
                     }
                 },
             };
-            self.dispatch(&buf[..n], idle_others);
+            self.dispatch(chan, &buf[..n], idle_others);
             if self.is_spare() {
                 break;
             }
@@ -265,21 +274,23 @@ impl Shared {
         }
     }
 
-    fn dispatch(self: &Arc<Self>, msg: &[u8], idle_others: usize) {
+    /// Handles `msg`, read on `chan`, whose answer goes back on `chan` (a request is answered on
+    /// the clone that read it).
+    fn dispatch(self: &Arc<Self>, chan: &Arc<Channel>, msg: &[u8], idle_others: usize) {
         match self.handler.lane(msg) {
-            Lane::Inline => send(&self.chan, self.handler.handle_guarded(msg)),
+            Lane::Inline => send(chan, self.handler.handle_guarded(msg)),
             Lane::User(uid) => {
                 if let Some(turn) = self.in_place(uid, idle_others) {
                     let reply = self.handler.handle_guarded(msg);
                     // The share is given back before the answer is out: whoever sees the answer
                     // sees the share free.
                     drop(turn);
-                    send(&self.chan, reply);
+                    send(chan, reply);
                     return;
                 }
-                let c = self.chan.clone();
+                let c = chan.clone();
                 if !submit_user(&self.pools, &self.handler, uid, msg, move |r| send(&c, r)) {
-                    send(&self.chan, Handler::refuse(msg, Errno::ENOMEM));
+                    send(chan, Handler::refuse(msg, Errno::ENOMEM));
                 }
             }
         }

@@ -40,6 +40,20 @@ impl Channel {
         self.fd.as_raw_fd()
     }
 
+    /// A channel of its own onto this one's FUSE connection (FUSE_DEV_IOC_CLONE, as libfuse's
+    /// multi-threaded loop gives each thread): requests still come from the connection's one
+    /// input queue, but each clone keeps its own list of requests being processed (its own lock),
+    /// and a request read on a clone is answered on it. EINVAL for /dev/cuse, whose connections
+    /// cannot be cloned this way.
+    pub fn clone_session(&self) -> io::Result<Self> {
+        /// `_IOR(229, 0, uint32_t)`.
+        const FUSE_DEV_IOC_CLONE: u32 = 0x8004_E500;
+        let fd = Self::open_device(Path::new(super::DEV_FUSE))?;
+        let mut session = u32::try_from(self.fd.as_raw_fd()).map_err(|_| io::Error::other("fd"))?;
+        crate::sys::ioctl::ioctl_struct(fd.as_fd(), FUSE_DEV_IOC_CLONE, &mut session)?;
+        Ok(Self { fd })
+    }
+
     /// Reads one whole message into `buf`, waiting for one.
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         rustix::io::read(self.fd.as_fd(), buf).map_err(io::Error::from)

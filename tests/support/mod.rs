@@ -463,3 +463,21 @@ pub fn assert_replay_passed(o: &std::process::Output, n: usize) -> String {
     );
     out
 }
+
+/// The open files of process `pid`, less its transport's own, which come and go with load:
+/// each session reader's clone of /dev/fuse, each io_uring ring thread's ring and eventfd.
+pub fn fds_without_transport(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter(|e| {
+            let target = e
+                .as_ref()
+                .ok()
+                .and_then(|e| std::fs::read_link(e.path()).ok());
+            !target.is_some_and(|t| {
+                let t = t.to_string_lossy();
+                t == "anon_inode:[io_uring]" || t == "anon_inode:[eventfd]" || t == "/dev/fuse"
+            })
+        })
+        .count()
+}
