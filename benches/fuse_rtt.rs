@@ -13,7 +13,7 @@
 //!   MAP+UNMAP pairs through the free daemons.
 //!
 //! `cargo bench --bench fuse_rtt` (root only; ~1 min). Servers run on CPU 0 (the io_uring
-//! daemons' queue threads pin themselves, one per CPU); the clients are child processes pinned to
+//! daemons' ring threads pin themselves to their CPUs); the clients are child processes pinned to
 //! CPU 0 (same CPU) or CPU 1. Prints medians and ratios to libfuse3. `FUSE_RTT_QUICK=1`: a
 //! smoke run of one short round. `FUSE_RTT_BEFORE=PATH`: also time the /dev/fuse daemons of
 //! another uiommufd binary (e.g. built before a change) in the same run.

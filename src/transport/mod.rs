@@ -108,8 +108,8 @@ pub struct TransportOptions {
     /// In FUSE mode, also bind-mount the node files over /dev/iommu and /dev/vfio/vfio.
     #[arg(long)]
     pub bind_dev: bool,
-    /// FUSE requests over io_uring, one queue pinned per CPU so a caller is answered on its own
-    /// CPU (Linux ≥ 6.14 with CONFIG_FUSE_IO_URING and the fuse module's enable_uring=Y): `auto`
+    /// FUSE requests over io_uring, ring threads pinned to each CPU so a caller is answered on its
+    /// own CPU (Linux ≥ 6.14 with CONFIG_FUSE_IO_URING and the fuse module's enable_uring=Y): `auto`
     /// uses it when the kernel offers it, `on` fails to start when it does not. CUSE devices
     /// always use /dev/cuse.
     #[arg(long = "io-uring", value_enum, default_value_t = UringMode::Auto)]
@@ -377,7 +377,7 @@ impl Transport {
                 tracing::info!(
                     queues = q.len(),
                     threads_per_cpu = uring::INITIAL_THREADS,
-                    "FUSE requests served through io_uring (one queue pinned per CPU)"
+                    "FUSE requests served through io_uring (ring threads pinned to each CPU)"
                 );
                 self.rings = Some(q);
                 Ok(())
