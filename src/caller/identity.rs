@@ -862,30 +862,38 @@ const PIDFD_GET_INFO: u32 = 0xC040_FF0B;
 /// (~20 µs here). None where the kernel lacks one of them (the caller reads the status then).
 pub fn thread_status(tid: i32) -> Option<(i32, u32, u64)> {
     let pid = rustix::process::Pid::from_raw(tid)?;
-    let flags = rustix::process::PidfdFlags::from_bits_retain(PIDFD_THREAD);
-    let pidfd = rustix::process::pidfd_open(pid, flags).ok()?;
-    let mut info = PidfdInfo {
-        mask: PIDFD_INFO_PID | PIDFD_INFO_CREDS,
-        ..Default::default()
-    };
-    crate::sys::ioctl::ioctl_struct(pidfd.as_fd(), PIDFD_GET_INFO, &mut info).ok()?;
+    let pidfd = thread_pidfd(pid).ok()?;
     let want = PIDFD_INFO_PID | PIDFD_INFO_CREDS;
+    let info = pidfd_info(&pidfd, want)?;
     if info.mask & want != want || i32::try_from(info.pid).ok()? != tid {
         return None;
     }
     // capget goes by thread id: asking the pidfd again afterwards (ESRCH once its thread is gone)
     // shows the thread lived through it, so `tid` could not name another task meanwhile.
     let caps = rustix::thread::capabilities(Some(pid)).ok()?;
-    let mut again = PidfdInfo {
-        mask: PIDFD_INFO_PID,
-        ..Default::default()
-    };
-    crate::sys::ioctl::ioctl_struct(pidfd.as_fd(), PIDFD_GET_INFO, &mut again).ok()?;
+    pidfd_info(&pidfd, PIDFD_INFO_PID)?;
     Some((
         i32::try_from(info.tgid).ok()?,
         info.ruid,
         caps.effective.bits(),
     ))
+}
+
+/// A pidfd naming thread `pid` itself (PIDFD_THREAD; EINVAL on kernels before 6.9).
+pub fn thread_pidfd(pid: rustix::process::Pid) -> rustix::io::Result<OwnedFd> {
+    let flags = rustix::process::PidfdFlags::from_bits_retain(PIDFD_THREAD);
+    rustix::process::pidfd_open(pid, flags)
+}
+
+/// PIDFD_GET_INFO of `pidfd` asking for `mask`; None when the kernel refuses (ESRCH once the
+/// task is gone, ENOTTY before 6.13).
+fn pidfd_info(pidfd: &OwnedFd, mask: u64) -> Option<PidfdInfo> {
+    let mut info = PidfdInfo {
+        mask,
+        ..Default::default()
+    };
+    crate::sys::ioctl::ioctl_struct(pidfd.as_fd(), PIDFD_GET_INFO, &mut info).ok()?;
+    Some(info)
 }
 
 /// Duplicates fd `fd` from the table of thread `tid` (its own table, which a thread created
@@ -895,8 +903,7 @@ pub fn get_thread_fd(tid: i32, tgid: i32, fd: i32) -> Result<OwnedFd, Errno> {
         return Err(Errno::EBADF);
     }
     let pid = rustix::process::Pid::from_raw(tid).ok_or(Errno::ESRCH)?;
-    let flags = rustix::process::PidfdFlags::from_bits_retain(PIDFD_THREAD);
-    let pidfd = match rustix::process::pidfd_open(pid, flags) {
+    let pidfd = match thread_pidfd(pid) {
         Ok(p) => p,
         // A kernel without PIDFD_THREAD: only the group leader can be named (same table for
         // every thread that shares it).

@@ -59,9 +59,7 @@ impl Notification<'_> {
 pub fn open_pidfd(tid: i32) -> Result<OwnedFd, Errno> {
     use rustix::process::{pidfd_open, Pid, PidfdFlags};
     let pid = Pid::from_raw(tid).ok_or(Errno::ESRCH)?;
-    // PIDFD_THREAD is O_EXCL.
-    let thread = PidfdFlags::from_bits_retain(libc::O_EXCL as u32);
-    match pidfd_open(pid, thread) {
+    match crate::caller::identity::thread_pidfd(pid) {
         Ok(fd) => return Ok(fd),
         Err(e) if e.raw_os_error() != libc::EINVAL => {
             return Err(Errno::from_raw(e.raw_os_error()))
