@@ -122,8 +122,6 @@ struct RingThread {
     idle: bool,
     /// The owner whose request (one that may wait) this thread holds.
     held_by: Option<u32>,
-    /// Counted out of the budget already.
-    left: bool,
     /// Completions reaped while starting, for `serve` to take first.
     early: Vec<(u64, i32)>,
 }
@@ -149,7 +147,6 @@ impl RingThread {
             register_attempts: 0,
             idle: true,
             held_by: None,
-            left: false,
             early: Vec::new(),
         })
     }
@@ -245,9 +242,6 @@ impl RingThread {
 
     /// Counts this thread out of its CPU's budget.
     fn leave(&mut self) {
-        if std::mem::replace(&mut self.left, true) {
-            return;
-        }
         let mut b = self.queue.budget();
         if let Some(owner) = self.held_by.take() {
             b.unhold(owner);
@@ -283,17 +277,11 @@ impl RingThread {
                 return Ok(());
             }
             r => {
+                // The thread ends like one that failed (`run` counts it out, closes its ring and
+                // starts a replacement where one is due).
                 self.state = EntryState::Ended;
-                crate::warn_limited!(
-                    qid = self.queue.qid,
-                    was = ?state,
-                    error = %Errno::from_raw(-r),
-                    "io_uring entry ended by the kernel"
-                );
-                // Counted out first, so that the CPU sees it has one idle thread fewer.
-                self.leave();
-                self.queue.replace_failed(Errno::from_raw(-r));
-                return Ok(());
+                tracing::debug!(qid = self.queue.qid, was = ?state, "io_uring entry ended by the kernel");
+                return Err(io::Error::from_raw_os_error(-r));
             }
         }
         self.state = EntryState::Busy;
