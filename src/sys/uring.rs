@@ -8,7 +8,6 @@
 //! their own.
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
@@ -113,8 +112,15 @@ pub struct Ring {
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
     buffers: Vec<KernelBuffer>,
     sets: Vec<BufferSet>,
-    /// The buffers lent by each submission in flight, by its user_data.
-    lent: HashMap<u64, Vec<usize>>,
+    /// What each submission in flight lent, by its user_data (a few at most: a short list).
+    lent: Vec<(u64, Lent)>,
+}
+
+/// What one submission lends the kernel.
+#[derive(Debug, Clone, Copy)]
+enum Lent {
+    Buffer(usize),
+    Set(usize),
 }
 
 impl Drop for Ring {
@@ -135,19 +141,22 @@ impl Drop for Ring {
 
 impl Ring {
     /// A ring with room for `sq_entries` submissions and `cq_entries` completions, used only by
-    /// the thread that creates it (IORING_SETUP_SINGLE_ISSUER): the kernel's work for it then
-    /// runs when that thread waits for completions (DEFER_TASKRUN) rather than interrupting it.
+    /// the thread that creates it (IORING_SETUP_SINGLE_ISSUER).
+    ///
+    /// Not DEFER_TASKRUN: the kernel's work for the ring (e.g. copying a FUSE request into the
+    /// entry's buffers) then runs on the thread's way back to userspace from any syscall, so
+    /// [`Ring::submit_then_wait`] finds a completion that came in while the thread was
+    /// preempted without a second syscall; deferred, only an enter that waits would run it.
     pub fn new(sq_entries: u32, cq_entries: u32) -> io::Result<Self> {
         let ring = IoUring::builder()
             .setup_cqsize(cq_entries)
             .setup_single_issuer()
-            .setup_defer_taskrun()
             .build(sq_entries)?;
         Ok(Self {
             ring,
             buffers: Vec::new(),
             sets: Vec::new(),
-            lent: HashMap::new(),
+            lent: Vec::new(),
         })
     }
 
@@ -198,8 +207,8 @@ impl Ring {
         let Some(iov) = self.buffers.get(buf.0).map(KernelBuffer::iovec) else {
             return Err(io::Error::other("unknown buffer"));
         };
-        let lent = vec![buf.0];
-        self.check_free(user_data, &lent)?;
+        let lent = Lent::Buffer(buf.0);
+        self.check_free(user_data, lent)?;
         let len = u32::try_from(iov.iov_len).map_err(|_| io::Error::other("buffer too long"))?;
         let sqe = opcode::Read::new(types::Fd(fd.as_raw_fd()), iov.iov_base.cast::<u8>(), len)
             .build()
@@ -227,28 +236,50 @@ impl Ring {
                 "command larger than the SQE's command area",
             ));
         }
-        let lent = s.members.clone();
+        let lent = Lent::Set(set.0);
         let iov = if pass_iovecs {
             let count = u32::try_from(s.iov.len()).map_err(|_| io::Error::other("set too big"))?;
             Some((s.iov.as_ptr() as u64, count))
         } else {
             None
         };
-        self.check_free(user_data, &lent)?;
+        self.check_free(user_data, lent)?;
         let sqe = uring_cmd(fuse.as_fd().as_raw_fd(), cmd_op, cmd, user_data, iov);
         self.push(&sqe, user_data, lent)
     }
 
     /// EBUSY when `user_data` or one of the buffers is already with the kernel.
-    fn check_free(&self, user_data: u64, buffers: &[usize]) -> io::Result<()> {
-        if self.lent.contains_key(&user_data) || buffers.iter().any(|&b| self.buffers[b].lent) {
+    fn check_free(&self, user_data: u64, lent: Lent) -> io::Result<()> {
+        let in_flight = self.lent.iter().any(|&(u, _)| u == user_data);
+        if in_flight || self.members(lent).any(|b| self.buffers[b].lent) {
             return Err(io::Error::from_raw_os_error(libc::EBUSY));
         }
         Ok(())
     }
 
+    /// The buffers `lent` names.
+    fn members(&self, lent: Lent) -> impl Iterator<Item = usize> + '_ {
+        let (one, set) = match lent {
+            Lent::Buffer(b) => (Some(b), &[][..]),
+            Lent::Set(s) => (None, &self.sets[s].members[..]),
+        };
+        one.into_iter().chain(set.iter().copied())
+    }
+
+    /// Marks the buffers `lent` names as with the kernel or back.
+    fn mark(&mut self, lent: Lent, with_kernel: bool) {
+        match lent {
+            Lent::Buffer(b) => self.buffers[b].lent = with_kernel,
+            Lent::Set(s) => {
+                for &b in &self.sets[s].members {
+                    self.buffers[b].lent = with_kernel;
+                }
+            }
+        }
+    }
+
     /// Queues `sqe`, which names only the buffers `lent` (all free, checked by the caller).
-    fn push(&mut self, sqe: &squeue::Entry128, user_data: u64, lent: Vec<usize>) -> io::Result<()> {
+    fn push(&mut self, sqe: &squeue::Entry128, user_data: u64, lent: Lent) -> io::Result<()> {
         loop {
             let mut sq = self.ring.submission();
             // SAFETY: the SQEs built in this module point only at buffers and iovec arrays this
@@ -263,10 +294,8 @@ impl Ring {
             // Full: hand the queued ones to the kernel to make room.
             self.ring.submit()?;
         }
-        for &b in &lent {
-            self.buffers[b].lent = true;
-        }
-        self.lent.insert(user_data, lent);
+        self.mark(lent, true);
+        self.lent.push((user_data, lent));
         Ok(())
     }
 
@@ -275,18 +304,34 @@ impl Ring {
         self.ring.submit()
     }
 
-    /// Hands the queued submissions to the kernel and waits for `want` completions.
-    pub fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
-        self.ring.submit_and_wait(want)
+    /// Hands the queued submissions (if any) to the kernel, then waits for a completion unless
+    /// one is already in.
+    ///
+    /// Two steps, not one enter that submits and waits: a submission that wakes a thread on
+    /// this CPU (a FUSE answer wakes its caller) lets that thread run when this one returns to
+    /// userspace, and whatever the woken thread sends meanwhile (the caller's next request) is
+    /// usually in by the time this one runs again, so it need not sleep and be woken for it.
+    pub fn submit_then_wait(&mut self) -> io::Result<usize> {
+        let submitted = if self.ring.submission().is_empty() {
+            0
+        } else {
+            self.ring.submit()?
+        };
+        if self.ring.completion().is_empty() {
+            self.ring.submit_and_wait(1)
+        } else {
+            Ok(submitted)
+        }
     }
 
     /// Appends the completions ready (user_data, result) to `done`; their buffers come back.
     pub fn complete(&mut self, done: &mut Vec<(u64, i32)>) {
         let start = done.len();
         done.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
-        for (user_data, _) in &done[start..] {
-            for b in self.lent.remove(user_data).unwrap_or_default() {
-                self.buffers[b].lent = false;
+        for &(user_data, _) in &done[start..] {
+            if let Some(at) = self.lent.iter().position(|&(u, _)| u == user_data) {
+                let (_, lent) = self.lent.swap_remove(at);
+                self.mark(lent, false);
             }
         }
     }
@@ -383,7 +428,7 @@ mod tests {
         rustix::io::write(&efd, &0x0102_0304u64.to_ne_bytes()).unwrap();
         let mut done = Vec::new();
         while done.is_empty() {
-            r.submit_and_wait(1).unwrap();
+            r.submit_then_wait().unwrap();
             r.complete(&mut done);
         }
         assert_eq!(done, vec![(7, 8)]);

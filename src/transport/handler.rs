@@ -11,7 +11,7 @@ use super::{with_transport_status, TransportStats};
 use crate::caller::{CallerMemory, ProcessMemory};
 use crate::service::{NodeKind, OpenFile, Service};
 use nix::errno::Errno;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -71,10 +71,10 @@ pub struct Handler {
     role: Role,
     service: Arc<dyn Service>,
     callers: Arc<dyn CallerResolver>,
-    handles: Mutex<HashMap<u64, Handle>>,
+    handles: Mutex<FxHashMap<u64, Handle>>,
     /// The uid that opened each handle: its RELEASE runs in that user's lane (RELEASE itself
     /// carries no credentials), so a user whose requests are stuck delays only its own releases.
-    openers: Mutex<HashMap<u64, u32>>,
+    openers: Mutex<FxHashMap<u64, u32>>,
     next_fh: AtomicU64,
     ready: watch::Sender<bool>,
     /// Whether INIT may accept FUSE over io_uring (set before the session starts).
@@ -93,8 +93,8 @@ impl Handler {
             role,
             service,
             callers,
-            handles: Mutex::new(HashMap::new()),
-            openers: Mutex::new(HashMap::new()),
+            handles: Mutex::default(),
+            openers: Mutex::default(),
             next_fh: AtomicU64::new(1),
             ready: watch::channel(false).0,
             uring_wanted: AtomicBool::new(false),
@@ -205,7 +205,7 @@ impl Handler {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Handle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FxHashMap<u64, Handle>> {
         // A panicking service call must not take the whole session down with a poisoned lock.
         self.handles.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -20,7 +20,8 @@
 //! [`Pool::drain`] waits, with a deadline, for the queue to empty at shutdown: requests stuck on a
 //! client must not keep SIGTERM from completing.
 
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,7 +60,7 @@ struct Lane {
 
 #[derive(Default)]
 struct State {
-    lanes: HashMap<u32, Lane>,
+    lanes: FxHashMap<u32, Lane>,
     /// Keys with a job that may start now, in round-robin order.
     ready: VecDeque<u32>,
     queued: usize,

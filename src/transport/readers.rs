@@ -29,7 +29,7 @@ use super::session::{send, submit_user, Channel, Pools, SessionEnd};
 use super::wire;
 use crate::sys::signal::{self, ThreadId};
 use nix::errno::Errno;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -51,7 +51,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Default)]
 struct Registry {
     /// Readers in (or about to enter) read(2), by id, with their thread to interrupt at stop.
-    reading: HashMap<u64, ThreadId>,
+    reading: FxHashMap<u64, ThreadId>,
     /// Readers started that have not read yet (counted as idle).
     starting: usize,
     live: usize,

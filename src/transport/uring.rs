@@ -57,7 +57,7 @@ use super::session::Pools;
 use super::stats::TransportStats;
 use crate::sys::uring::FuseDevice;
 use nix::errno::Errno;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -90,7 +90,7 @@ struct Budget {
     idle: usize,
     /// Threads holding a request that may wait.
     held: usize,
-    held_by_owner: HashMap<u32, usize>,
+    held_by_owner: FxHashMap<u32, usize>,
     replacements: usize,
     stopping: bool,
 }

@@ -206,7 +206,7 @@ impl RingThread {
                 // Completions reaped at start: take them before waiting.
                 Ok(0)
             } else {
-                self.ring.submit_and_wait(1)
+                self.ring.submit_then_wait()
             };
             match r {
                 Ok(_) => {}
