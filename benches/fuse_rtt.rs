@@ -15,8 +15,9 @@
 //! `cargo bench --bench fuse_rtt` (root only; ~1 min). Servers run on CPU 0 (the io_uring
 //! daemons' ring threads pin themselves to their CPUs); the clients are child processes pinned to
 //! CPU 0 (same CPU) or CPU 1. Prints medians and ratios to libfuse3. `FUSE_RTT_QUICK=1`: a
-//! smoke run of one short round. `FUSE_RTT_BEFORE=PATH`: also time the /dev/fuse daemons of
-//! another uiommufd binary (e.g. built before a change) in the same run.
+//! smoke run of one short round. `FUSE_RTT_BEFORE=PATH`: also time the daemons of another
+//! uiommufd binary (e.g. built before a change) in the same run: /dev/fuse pinned and free,
+//! io_uring pinned.
 
 #[path = "fuse_rtt/clients.rs"]
 mod clients;
@@ -32,7 +33,7 @@ const ROUNDS: usize = 5;
 /// Interleaved rounds of throughput samples.
 const THROUGHPUT_ROUNDS: usize = 3;
 const THREAD_COUNTS: [usize; 3] = [1, 2, 4];
-/// A uiommufd binary to time beside this build's (its /dev/fuse daemons, pinned and free).
+/// A uiommufd binary to time beside this build's (/dev/fuse pinned and free, io_uring pinned).
 const BEFORE_ENV: &str = "FUSE_RTT_BEFORE";
 
 struct Target {
@@ -90,11 +91,15 @@ fn main() {
     let minimal = MinimalLoop::start();
     let dev = Daemon::start("dev-fuse", "off", false);
     let dev_free = Daemon::start("dev-fuse-free", "off", true);
+    let before_exe = std::env::var_os(BEFORE_ENV).map(PathBuf::from);
     let rings = match EnableUring::set_on() {
         // enable_uring is read when the connection is made: put back once the daemons are up.
         Some(_on) => Some((
             Daemon::start("io-uring", "on", false),
             Daemon::start("io-uring-free", "on", true),
+            before_exe
+                .as_ref()
+                .map(|exe| Daemon::start_exe(exe, "before-io-uring", "on", false)),
         )),
         None => {
             eprintln!("fuse_rtt: no enable_uring (CONFIG_FUSE_IO_URING); io_uring mode skipped");
@@ -103,11 +108,10 @@ fn main() {
     };
 
     // Another build's daemons in the same run, for before/after figures.
-    let before = std::env::var_os(BEFORE_ENV).map(|exe| {
-        let exe = PathBuf::from(exe);
+    let before = before_exe.as_ref().map(|exe| {
         (
-            Daemon::start_exe(&exe, "before", "off", false),
-            Daemon::start_exe(&exe, "before-free", "off", true),
+            Daemon::start_exe(exe, "before", "off", false),
+            Daemon::start_exe(exe, "before-free", "off", true),
         )
     });
 
@@ -130,9 +134,12 @@ fn main() {
         ("uiommufd /dev/fuse", &dev, false),
         ("uiommufd /dev/fuse free", &dev_free, true),
     ];
-    if let Some((ring, ring_free)) = &rings {
+    if let Some((ring, ring_free, ring_before)) = &rings {
         daemons.insert(1, ("uiommufd io_uring", ring, false));
         daemons.push(("uiommufd io_uring free", ring_free, true));
+        if let Some(b) = ring_before {
+            daemons.insert(0, ("before: io_uring", b, false));
+        }
     }
     if let Some((b, b_free)) = &before {
         daemons.insert(0, ("before: /dev/fuse", b, false));

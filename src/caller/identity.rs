@@ -202,6 +202,26 @@ fn read_all(fd: OwnedFd) -> Result<Vec<u8>, Errno> {
     }
 }
 
+/// A file the kernel serves from one buffer (e.g. auxv, not a seq_file): a read shorter than asked
+/// is its end, so a small one takes a single read.
+fn read_whole_blob(fd: OwnedFd) -> Result<Vec<u8>, Errno> {
+    let f = File::from(fd);
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match f.read_at(&mut buf, out.len() as u64) {
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if n < buf.len() {
+                    return Ok(out);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(errno_of(&e)),
+        }
+    }
+}
+
 /// The text of `/proc/<tid>/status`, read a page at a time (two reads where a growing buffer
 /// takes eight: this is on the path of every map); None when it cannot be read.
 pub fn read_status(tid: i32) -> Option<String> {
@@ -214,10 +234,22 @@ pub fn read_status(tid: i32) -> Option<String> {
     String::from_utf8(read_all(fd).ok()?).ok()
 }
 
-/// The auxiliary vector of thread `tid`'s current program: changes with every exec.
+/// The auxiliary vector of thread `tid`'s current program: changes with every exec. On the path
+/// of every map: one open, one read (the kernel hands the whole vector, a few hundred bytes, to
+/// one read of a page), one close.
 pub(super) fn exec_identity(tid: i32) -> Result<Vec<u8>, Errno> {
-    let dir = open_dir(&format!("/proc/{tid}"))?;
-    let auxv = read_all(open_at(&dir, "auxv", rustix::fs::OFlags::RDONLY)?)?;
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        format!("/proc/{tid}/auxv").as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match Errno::from_raw(e.raw_os_error()) {
+        // No such thread (any more).
+        Errno::ENOENT => Errno::ESRCH,
+        other => other,
+    })?;
+    let auxv = read_whole_blob(fd)?;
     if auxv.is_empty() {
         // A kernel thread or a process past exit_mm: nothing to bind to.
         return Err(Errno::ESRCH);
@@ -920,6 +952,15 @@ pub fn get_thread_fd(tid: i32, tgid: i32, fd: i32) -> Result<OwnedFd, Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_identity_is_the_whole_auxiliary_vector() {
+        let tid = rustix::thread::gettid().as_raw_nonzero().get();
+        let whole = std::fs::read("/proc/self/auxv").unwrap();
+        assert!(!whole.is_empty());
+        assert_eq!(exec_identity(tid).unwrap(), whole);
+        assert_eq!(exec_identity(i32::MAX), Err(Errno::ESRCH));
+    }
     use std::os::fd::AsRawFd;
     use std::process::{Command, Stdio};
 
