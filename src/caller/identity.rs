@@ -189,30 +189,27 @@ fn open_dir(path: &str) -> Result<OwnedFd, Errno> {
 
 /// Reads a whole (small) file from its start.
 fn read_all(fd: OwnedFd) -> Result<Vec<u8>, Errno> {
+    read_from_start(fd, false)
+}
+
+/// A file the kernel serves from one buffer (e.g. auxv, not a seq_file): a read shorter than asked
+/// is its end, so a small one takes a single read.
+fn read_whole_blob(fd: OwnedFd) -> Result<Vec<u8>, Errno> {
+    read_from_start(fd, true)
+}
+
+/// Reads `fd` from its start a page at a time until a read returns nothing or, with
+/// `short_read_ends`, less than a page.
+fn read_from_start(fd: OwnedFd, short_read_ends: bool) -> Result<Vec<u8>, Errno> {
     let f = File::from(fd);
     let mut out = Vec::new();
     let mut buf = vec![0u8; 4096];
     loop {
         match f.read_at(&mut buf, out.len() as u64) {
             Ok(0) => return Ok(out),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(errno_of(&e)),
-        }
-    }
-}
-
-/// A file the kernel serves from one buffer (e.g. auxv, not a seq_file): a read shorter than asked
-/// is its end, so a small one takes a single read.
-fn read_whole_blob(fd: OwnedFd) -> Result<Vec<u8>, Errno> {
-    let f = File::from(fd);
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 4096];
-    loop {
-        match f.read_at(&mut buf, out.len() as u64) {
             Ok(n) => {
                 out.extend_from_slice(&buf[..n]);
-                if n < buf.len() {
+                if short_read_ends && n < buf.len() {
                     return Ok(out);
                 }
             }
