@@ -242,9 +242,11 @@ pub(super) fn exec_identity(tid: i32) -> Result<Vec<u8>, Errno> {
         Mode::empty(),
     )
     .map_err(|e| match Errno::from_raw(e.raw_os_error()) {
-        // No such thread (any more).
-        Errno::ENOENT => Errno::ESRCH,
-        other => other,
+        // The file's own access check (ptrace read access to the thread).
+        denied @ (Errno::EACCES | Errno::EPERM) => denied,
+        // No such thread (any more), or /proc/<tid> could not be reached: as before, when the
+        // directory was opened on its own.
+        _ => Errno::ESRCH,
     })?;
     let auxv = read_whole_blob(fd)?;
     if auxv.is_empty() {
@@ -949,6 +951,8 @@ pub fn get_thread_fd(tid: i32, tgid: i32, fd: i32) -> Result<OwnedFd, Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
+    use std::process::{Command, Stdio};
 
     #[test]
     fn exec_identity_is_the_whole_auxiliary_vector() {
@@ -958,8 +962,6 @@ mod tests {
         assert_eq!(exec_identity(tid).unwrap(), whole);
         assert_eq!(exec_identity(i32::MAX), Err(Errno::ESRCH));
     }
-    use std::os::fd::AsRawFd;
-    use std::process::{Command, Stdio};
 
     /// The pidfd answer is the status file's, for the main thread and for another thread (whose
     /// thread group is the process's).

@@ -25,6 +25,12 @@
 //! worker's answer in its mailbox (an eventfd read on its ring). Requests that cannot wait
 //! ([`Lane::Inline`]) are always answered in place.
 //!
+//! A thread submits its COMMIT_AND_FETCH and returns to userspace before it waits
+//! (`Ring::submit_then_wait`): a caller on the same CPU, woken by the answer, runs then and its
+//! next request only queues task work for the entry, which runs on the thread's way back (the ring
+//! does not defer it); so the thread finds the request without sleeping and being woken for it
+//! (docs/benchmarks.md).
+//!
 //! # Limits, and the queued-request wedge
 //!
 //! A CPU has at most [`MAX_THREADS`]. Requests that may wait hold at most `MAX_THREADS -`

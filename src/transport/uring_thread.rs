@@ -95,10 +95,14 @@ pub(super) fn run(
     let ok = r.is_ok();
     let _ = started.send(r);
     let failed = if ok { t.serve() } else { None };
-    t.leave();
-    // Its ring goes now (an entry still with the kernel is cancelled), before a replacement.
-    drop(t);
+    // The ring goes first, before any other syscall (logging included): the ring does not defer
+    // the kernel's task work, so a request handed to an entry still with the kernel would be
+    // copied in at this thread's next return to userspace and then never answered; once the
+    // ring is closed, it is cancelled instead (the caller sees an error). The io-uring crate
+    // unmaps the ring's memory just before closing it: those few syscalls are the window left.
+    t.close_and_leave();
     if let Some(e) = failed {
+        tracing::error!(qid = queue.qid, error = %e, "io_uring ring thread failed");
         let errno = e.raw_os_error().map_or(Errno::EIO, Errno::from_raw);
         queue.replace_failed(errno);
     }
@@ -217,10 +221,7 @@ impl RingThread {
                     crate::warn_limited!(qid, error = %e, "io_uring submit deferred");
                     std::thread::yield_now();
                 }
-                Err(e) => {
-                    tracing::error!(qid, error = %e, "io_uring ring thread failed");
-                    return Some(e);
-                }
+                Err(e) => return Some(e),
             }
             self.ring.complete(&mut done);
             for (user_data, res) in done.drain(..) {
@@ -230,7 +231,6 @@ impl RingThread {
                     self.on_entry(res)
                 };
                 if let Err(e) = go_on {
-                    tracing::error!(qid, error = %e, "io_uring ring thread failed");
                     return Some(e);
                 }
             }
@@ -240,13 +240,21 @@ impl RingThread {
         }
     }
 
-    /// Counts this thread out of its CPU's budget.
-    fn leave(&mut self) {
-        let mut b = self.queue.budget();
-        if let Some(owner) = self.held_by.take() {
+    /// Closes the ring (see `run`), then counts this thread out of its CPU's budget.
+    fn close_and_leave(self) {
+        let Self {
+            ring,
+            queue,
+            held_by,
+            idle,
+            ..
+        } = self;
+        drop(ring);
+        let mut b = queue.budget();
+        if let Some(owner) = held_by {
             b.unhold(owner);
         }
-        b.end_one(std::mem::take(&mut self.idle));
+        b.end_one(idle);
     }
 
     fn on_mailbox(&mut self, res: i32) -> io::Result<()> {
