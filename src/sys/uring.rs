@@ -251,30 +251,16 @@ impl Ring {
     /// EBUSY when `user_data` or one of the buffers is already with the kernel.
     fn check_free(&self, user_data: u64, lent: Lent) -> io::Result<()> {
         let in_flight = self.lent.iter().any(|&(u, _)| u == user_data);
-        if in_flight || self.members(lent).any(|b| self.buffers[b].lent) {
+        if in_flight || members(&self.sets, lent).any(|b| self.buffers[b].lent) {
             return Err(io::Error::from_raw_os_error(libc::EBUSY));
         }
         Ok(())
     }
 
-    /// The buffers `lent` names.
-    fn members(&self, lent: Lent) -> impl Iterator<Item = usize> + '_ {
-        let (one, set) = match lent {
-            Lent::Buffer(b) => (Some(b), &[][..]),
-            Lent::Set(s) => (None, &self.sets[s].members[..]),
-        };
-        one.into_iter().chain(set.iter().copied())
-    }
-
     /// Marks the buffers `lent` names as with the kernel or back.
     fn mark(&mut self, lent: Lent, with_kernel: bool) {
-        match lent {
-            Lent::Buffer(b) => self.buffers[b].lent = with_kernel,
-            Lent::Set(s) => {
-                for &b in &self.sets[s].members {
-                    self.buffers[b].lent = with_kernel;
-                }
-            }
+        for b in members(&self.sets, lent) {
+            self.buffers[b].lent = with_kernel;
         }
     }
 
@@ -335,6 +321,15 @@ impl Ring {
             }
         }
     }
+}
+
+/// The buffers `lent` names (`sets`: the ring's buffer sets).
+fn members(sets: &[BufferSet], lent: Lent) -> impl Iterator<Item = usize> + '_ {
+    let (one, set) = match lent {
+        Lent::Buffer(b) => (Some(b), &[][..]),
+        Lent::Set(s) => (None, &sets[s].members[..]),
+    };
+    one.into_iter().chain(set.iter().copied())
 }
 
 /// An IORING_OP_URING_CMD on `fd` with `cmd` at the start of its command area; `iov` sets `addr`
