@@ -19,9 +19,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::users::{self, run_as, wait_child};
 use support::{
-    ioas_alloc, ioas_map_fixed, ioas_unmap, ioctl, open_node, AnonPages, DaemonProcess,
-    StalledPage, TempDir,
+    ioas_alloc, ioas_map_fixed, ioas_unmap, ioctl, open_node, AnonPages, DaemonProcess, TempDir,
 };
+use uiommufd::sys::uffd::UnservedPage;
 use uiommufd::transport::uring::{INITIAL_THREADS, OWNER_THREADS};
 use uiommufd_uapi::iommufd::{
     iommu_ioas_map_file, iommu_option, IOMMU_IOAS_ALLOC, IOMMU_IOAS_MAP_FILE,
@@ -236,7 +236,7 @@ fn more_stalled_requests_than_a_users_share_on_one_cpu() {
     if pid == 0 {
         let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // Root makes the userfaultfd (unprivileged ones may not catch the daemon's reads).
-            let Some(stall) = StalledPage::new() else {
+            let Ok(stall) = UnservedPage::new() else {
                 return 3;
             };
             pin_to(0);
@@ -244,7 +244,7 @@ fn more_stalled_requests_than_a_users_share_on_one_cpu() {
             let f = std::sync::Arc::new(open_node(&node));
             let (tx, rx) = std::sync::mpsc::channel();
             for _ in 0..STALLED {
-                let (f, tx, addr) = (f.clone(), tx.clone(), stall.addr);
+                let (f, tx, addr) = (f.clone(), tx.clone(), stall.addr());
                 std::thread::spawn(move || {
                     // SAFETY: the argument is the stalled page, which only the daemon reads.
                     let rc = unsafe {

@@ -10,7 +10,8 @@ mod support;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 use support::users::{self, open_errno, run_as, run_forked, TestUser};
-use support::{ioas_alloc, ioctl, open_node, DaemonProcess, StalledPage};
+use support::{ioas_alloc, ioctl, open_node, DaemonProcess};
+use uiommufd::sys::uffd::UnservedPage;
 use uiommufd_uapi::iommufd::*;
 use uiommufd_uapi::vfio::*;
 
@@ -185,11 +186,11 @@ fn a_stalled_client_stalls_nobody_else() {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            let Some(stall) = StalledPage::new() else {
+            let Ok(stall) = UnservedPage::new() else {
                 // SAFETY: leaves the child at once.
                 unsafe { libc::_exit(3) };
             };
-            let page = stall.addr;
+            let page = stall.addr();
             let f = open_node(&p);
             let _ = nix::unistd::write(&ready_w, b"r");
             // The daemon reads the size word from the unserved page: this never returns while

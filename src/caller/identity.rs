@@ -20,8 +20,10 @@
 //! - a pidfd tells whether the process is still alive.
 //!
 //! [`ProcessHandle`] holds these; everything that touches an area's memory after its request
-//! goes through one (never through a pid number). Once the process or its address space is gone
-//! the handle is *retired*: its files are closed and every later access is EFAULT.
+//! goes through one, never through a pid number. (One thread id is used: to wait for a page that
+//! a userfaultfd has not served, through a caller held in the request being served; see
+//! [`super::RequestCaller`].) Once the process or its address space is gone the handle is
+//! *retired*: its files are closed and every later access is EFAULT.
 //!
 //! Handles are shared so that a client cannot make the daemon hold unbounded files: one handle
 //! per (process, program) daemon-wide, found through a registry of weak references keyed by
@@ -330,6 +332,11 @@ impl ProcessHandle {
     /// The thread group id the process had when bound (for logs; never used to reach it).
     pub fn tgid(&self) -> i32 {
         self.tgid
+    }
+
+    /// The auxiliary vector the bound program had.
+    pub(super) fn exec_id(&self) -> &[u8] {
+        &self.exec_id
     }
 
     fn bound(&self) -> Result<Arc<Bound>, Errno> {

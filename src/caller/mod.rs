@@ -15,11 +15,13 @@ pub mod context_query;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod files;
+mod held;
 pub mod identity;
 mod process;
 pub mod shared;
 pub mod subids;
 
+pub use held::RequestCaller;
 pub use identity::{Credentials, ProcessHandle, ProcessHandles};
 pub use process::{vm_read, vm_write, ProcessMemory};
 

@@ -119,10 +119,9 @@ impl PageSource for ProcessSource {
         // Fault in (as pinning does) only the pages that are not resident yet, one byte each.
         let mut entries = self.process.pagemap(start, count)?;
         let mut faulted = false;
-        let mut byte = [0u8; 1];
         for (k, entry) in entries.iter().enumerate() {
             if *entry & PM_PRESENT == 0 {
-                self.process.read(start + k as u64 * PAGE_SIZE, &mut byte)?;
+                self.process.fault_in(start + k as u64 * PAGE_SIZE)?;
                 faulted = true;
             }
         }

@@ -12,5 +12,6 @@ pub mod mem;
 pub mod process;
 pub mod seccomp;
 pub mod signal;
+pub mod uffd;
 pub mod uring;
 pub mod vfio;

@@ -573,6 +573,8 @@ impl Handler {
             return Err(Errno::ENOTTY);
         };
         let mem = self.caller(req)?;
+        // The caller waits in this request: pins in it may wait for its pages through it.
+        let _held = crate::caller::RequestCaller::enter(&*mem);
         // Unrestricted (CUSE) or not, the argument is used raw and no retry is ever asked for.
         let r = f.ioctl(a.cmd, a.arg, &*mem)?;
         let result = i32::try_from(r).map_err(|_| {

@@ -398,55 +398,6 @@ impl Drop for AnonPages {
     }
 }
 
-/// A page registered with a userfaultfd nobody serves (missing mode): whoever reads it (the
-/// daemon, through process_vm_readv) waits until the userfaultfd is closed, then reads zeros.
-pub struct StalledPage {
-    pub uffd: std::os::fd::OwnedFd,
-    pub addr: u64,
-}
-
-impl StalledPage {
-    /// None when userfaultfd is not available to this process.
-    pub fn new() -> Option<Self> {
-        use std::os::fd::FromRawFd;
-        const UFFD_API: u64 = 0xaa;
-        const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
-        const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
-        const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
-        // SAFETY: userfaultfd(2) takes flags only.
-        let raw = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) } as i32;
-        if raw < 0 {
-            return None;
-        }
-        // SAFETY: a fresh fd that nothing else owns.
-        let uffd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
-        // SAFETY: a fresh anonymous mapping, never unmapped (the test process owns it to its end).
-        let page = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if page == libc::MAP_FAILED {
-            return None;
-        }
-        let mut api = [UFFD_API, 0, 0];
-        let mut reg = [page as u64, 4096, UFFDIO_REGISTER_MODE_MISSING, 0];
-        // SAFETY: UFFDIO_API and UFFDIO_REGISTER read and write the live local arrays only.
-        let ok = unsafe { libc::ioctl(raw, UFFDIO_API, api.as_mut_ptr()) } == 0
-            // SAFETY: as above.
-            && unsafe { libc::ioctl(raw, UFFDIO_REGISTER, reg.as_mut_ptr()) } == 0;
-        ok.then_some(Self {
-            uffd,
-            addr: page as u64,
-        })
-    }
-}
-
 /// Asserts a clean `uiommufd replay` of `n` scripts: exit 0 and the summary alone on the last
 /// line; returns its output.
 pub fn assert_replay_passed(o: &std::process::Output, n: usize) -> String {
