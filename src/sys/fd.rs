@@ -1,4 +1,5 @@
-//! File descriptors: taking ownership of fds the kernel just installed, duplicating, comparing.
+//! File descriptors: taking ownership of fds the kernel just installed, duplicating, comparing,
+//! and a private fd table for a thread.
 
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
@@ -32,6 +33,36 @@ pub fn dup_cloexec(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
     let dup = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(0))?;
     // SAFETY: F_DUPFD_CLOEXEC just returned this new fd; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
+}
+
+/// Gives the calling thread a private fd table in which only the standard streams and `keep`
+/// (which must be above them) stay open (close_range with CLOSE_RANGE_UNSHARE, Linux 5.9). The
+/// process's other fds then no longer depend on this thread: once every other thread has ended
+/// they are closed even while this one still waits, say on a FUSE request to a mount its own
+/// process serves, which that close then aborts. The other fds are closed for this thread only:
+/// it must not use them afterwards, nor drop what owns them.
+pub fn private_fd_table_keeping(keep: BorrowedFd<'_>) -> Result<(), Errno> {
+    let keep = u32::try_from(keep.as_raw_fd()).map_err(|_| Errno::EBADF)?;
+    if keep < 3 {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: close_range takes integers only. With CLOSE_RANGE_UNSHARE it first gives this
+    // thread its own copy of the fd table and closes the range in that copy, so every fd of the
+    // process stays open for the other threads and what owns it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            keep + 1,
+            u32::MAX,
+            libc::CLOSE_RANGE_UNSHARE,
+        )
+    };
+    Errno::result(rc)?;
+    if keep > 3 {
+        // SAFETY: as above; the table is already this thread's own.
+        Errno::result(unsafe { libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32) })?;
+    }
+    Ok(())
 }
 
 /// One message on `conn` into `buf`: the bytes read and the fds that came with it. The control
@@ -112,5 +143,56 @@ mod tests {
         assert!(fds.iter().all(|g| same_open_file(g.as_fd(), f.as_fd())));
         drop(tx);
         assert_eq!(recv_with_fds(&rx, &mut buf).unwrap().0, 0);
+    }
+
+    fn is_open(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD only asks for the flags of a number in this thread's table.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    }
+
+    /// A thread with a private table keeps its fd, loses the others, and no longer holds the
+    /// process's files open: a pipe's write end closed by the process reads as EOF in the thread,
+    /// while the process's own fds are untouched.
+    #[test]
+    fn a_private_table_keeps_one_fd_and_holds_no_other_open() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let other = std::fs::File::open("/dev/null").unwrap();
+        let (r_raw, other_raw) = (r.as_raw_fd(), other.as_raw_fd());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // Only the raw number crosses: nothing owned is dropped in the private table but `r`.
+            private_fd_table_keeping(r.as_fd()).unwrap();
+            let other_gone = !is_open(other_raw);
+            ready_tx.send(other_gone).unwrap();
+            closed_rx.recv().unwrap();
+            let mut b = [0u8; 1];
+            let n = nix::unistd::read(&r, &mut b);
+            // `r` was moved here; this table's copy is closed with it.
+            (n, r_raw)
+        });
+        assert!(
+            ready_rx.recv().unwrap(),
+            "other fds stay open in the thread"
+        );
+        // The process still has both.
+        assert!(nix::fcntl::fcntl(&other, nix::fcntl::FcntlArg::F_GETFD).is_ok());
+        assert!(is_open(r_raw));
+        drop(w);
+        closed_tx.send(()).unwrap();
+        let (n, _) = thread.join().unwrap();
+        assert_eq!(
+            n,
+            Ok(0),
+            "the write end closed by the process is closed for the thread"
+        );
+        // The process's copy of the read end is still open (the thread closed its own copy):
+        // adopted here to be closed once.
+        let r_again = adopt_returned(r_raw).unwrap();
+        drop(r_again);
+        assert_eq!(
+            private_fd_table_keeping(std::io::stdin().as_fd()),
+            Err(Errno::EINVAL)
+        );
     }
 }

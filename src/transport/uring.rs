@@ -65,7 +65,7 @@ use crate::sys::uring::FuseDevice;
 use nix::errno::Errno;
 use rustc_hash::FxHashMap;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -159,8 +159,9 @@ struct Shared {
     pools: Arc<Pools>,
     stats: Arc<TransportStats>,
     /// The mount's root (O_PATH), which a poke asks about (see the module comment): held from the
-    /// start, so a lazy unmount at shutdown or a mount over it does not divert pokes.
-    root: OwnedFd,
+    /// start, so a lazy unmount at shutdown or a mount over it does not divert pokes. Shared
+    /// with each poke thread on its own: a poke holds nothing else of the connection.
+    root: Arc<OwnedFd>,
 }
 
 /// The ring threads of one CPU's queue.
@@ -232,10 +233,10 @@ impl CpuQueue {
         if self.budget().stopping {
             return;
         }
-        let queue = self.clone();
+        let (root, qid) = (self.shared.root.clone(), self.qid);
         let poker = std::thread::Builder::new()
-            .name(format!("uiommufd-poke{}", self.qid))
-            .spawn(move || poke(&queue.shared.root, queue.qid));
+            .name(format!("uiommufd-poke{qid}"))
+            .spawn(move || poke(root, qid));
         if let Err(e) = poker {
             crate::warn_limited!(qid = self.qid, error = %e, "io_uring: starting a poke");
         }
@@ -306,7 +307,7 @@ impl Queues {
             handler,
             pools,
             stats,
-            root,
+            root: Arc::new(root),
         });
         let mut queues = Self { cpus: Vec::new() };
         for qid in 0..qids {
@@ -387,14 +388,28 @@ impl Drop for Queues {
 /// A poke of CPU `qid`'s queue: moves there and forces a GETATTR of the mount's `root`, which
 /// the kernel puts on that CPU's queue. Returns with its answer, or an error once the connection
 /// ends.
-fn poke(root: &OwnedFd, qid: u16) {
+///
+/// The GETATTR is a request to this very daemon, and once an entry has taken it the poke waits
+/// uninterruptibly for the answer. Were the daemon to die (SIGKILL, a crash, a shutdown with the
+/// request in a thread's entry) the answer never comes, and the connection would end only when
+/// its /dev/fuse fds close, which a thread sharing the fd table keeps open: the process could
+/// never finish dying and its mount would hang. So the poke first takes a private fd table
+/// holding the root alone; the daemon's end then closes /dev/fuse, which ends the request.
+fn poke(root: Arc<OwnedFd>, qid: u16) {
     if let Err(e) = pin_to_cpu(usize::from(qid)) {
         // An offline CPU (the start checked every online one is allowed): no caller runs there.
         tracing::debug!(qid, error = %e, "io_uring poke skipped");
         return;
     }
+    // The root's Arc lives until after the table is private, so its number is valid when
+    // copied; should this thread drop the last one, it closes only its own copy (the
+    // daemon's copy then stays open until the process ends).
+    if let Err(e) = crate::sys::fd::private_fd_table_keeping(root.as_fd()) {
+        // Linux < 5.9: poked as before, from the shared table.
+        tracing::debug!(qid, error = %e, "io_uring poke: no private fd table");
+    }
     let flags = rustix::fs::AtFlags::STATX_FORCE_SYNC | rustix::fs::AtFlags::EMPTY_PATH;
-    if let Err(e) = rustix::fs::statx(root, "", flags, rustix::fs::StatxFlags::BASIC_STATS) {
+    if let Err(e) = rustix::fs::statx(&*root, "", flags, rustix::fs::StatxFlags::BASIC_STATS) {
         tracing::debug!(qid, error = %e, "io_uring poke");
     }
 }
