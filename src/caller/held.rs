@@ -17,29 +17,30 @@
 //! the bound program. The transport marks the caller of every FUSE and CUSE ioctl.
 
 use super::identity::{exec_identity, ProcessHandle};
-use super::CallerMemory;
+use super::{CallerMemory, ProcessMemory};
 use nix::errno::Errno;
 use nix::unistd::Pid;
 use std::cell::Cell;
 use std::marker::PhantomData;
 
 thread_local! {
-    /// (thread group id, thread id) of the caller whose request this daemon thread serves.
-    static SERVING: Cell<Option<(i32, i32)>> = const { Cell::new(None) };
+    /// Thread id of the caller whose request this daemon thread serves.
+    static SERVING: Cell<Option<i32>> = const { Cell::new(None) };
 }
 
 /// While alive: the caller behind `mem` waits in the request this daemon thread is serving.
-/// Dropped on the thread that made it (not `Send`).
+/// Dropped on the thread that made it (not `Send`). Costs no syscall: what the caller is, is
+/// looked up only when a fault-in needs it.
 #[must_use = "the caller is marked only while the guard lives"]
 pub struct RequestCaller {
-    previous: Option<(i32, i32)>,
+    previous: Option<i32>,
     _this_thread: PhantomData<*const ()>,
 }
 
 impl RequestCaller {
     /// Marks the thread behind `mem` as the caller held by the request being served.
     pub fn enter(mem: &dyn CallerMemory) -> Self {
-        let previous = SERVING.with(|s| s.replace(Some((mem.pid(), mem.tid()))));
+        let previous = SERVING.with(|s| s.replace(Some(mem.tid())));
         Self {
             previous,
             _this_thread: PhantomData,
@@ -49,9 +50,9 @@ impl RequestCaller {
     /// The held caller's thread id, if it is a thread of the process bound as `handle` (by
     /// number only: [`ProcessHandle::fault_in`] checks the rest).
     fn of(handle: &ProcessHandle) -> Option<i32> {
-        SERVING
-            .with(Cell::get)
-            .and_then(|(tgid, tid)| (tgid == handle.tgid()).then_some(tid))
+        let tid = SERVING.with(Cell::get)?;
+        let tgid = ProcessMemory::new(tid).ok()?.pid();
+        (tgid == handle.tgid()).then_some(tid)
     }
 }
 
@@ -85,7 +86,6 @@ impl ProcessHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::caller::ProcessMemory;
     use crate::sys::uffd::UnservedPage;
 
     fn this_thread() -> i32 {
