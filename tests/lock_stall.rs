@@ -1,6 +1,7 @@
 //! A map whose pin waits on its caller's memory (a userfaultfd page nobody serves yet) leaves the
 //! IOAS to other requests: IOAS_IOVA_RANGES on the same IOAS is answered while the map is still
-//! pinning, and the map completes once the page arrives. Prints the second call's latency.
+//! pinning, and the map completes once the page arrives. Prints the second call's latency. A
+//! caller killed while its map waits dies, and the daemon lets go of what it held.
 
 mod support;
 
@@ -106,4 +107,90 @@ fn iova_ranges_is_answered_while_a_map_waits_on_its_caller() {
         (Some(0), Some(0)),
         "{s}"
     );
+}
+
+/// A caller killed while its map waits for a page it never serves (SIGKILL, as an operator ends
+/// a QEMU whose postcopy source is gone) dies: the daemon gives the wait up as the kernel's pin
+/// does, so the caller's last thread returns and the daemon lets go of everything the caller
+/// held. Here another process keeps the userfaultfd open, so the daemon's read of the page waits
+/// on until the daemon stops, which it still does at once.
+#[test]
+fn a_caller_killed_while_its_map_waits_dies() {
+    if !support::require("userfaultfd", UnservedPage::new().is_ok()) {
+        return;
+    }
+    let d = DaemonProcess::start(&[]);
+    let node = d.node("iommu");
+    let (ready_r, ready_w) = nix::unistd::pipe().unwrap();
+    // The userfaultfd's other holder lives until this end is closed.
+    let (hold_r, hold_w) = nix::unistd::pipe().unwrap();
+    // SAFETY: fork; the child sets up its stalled map, reports it and waits to be killed.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let stall = UnservedPage::new().expect("userfaultfd");
+            // SAFETY: fork; the grandchild only holds its copy of the userfaultfd until the
+            // test closes its end of the pipe.
+            if unsafe { libc::fork() } == 0 {
+                drop(hold_w);
+                let _ = nix::unistd::read(&hold_r, &mut [0u8; 1]);
+                // SAFETY: ends the forked grandchild.
+                unsafe { libc::_exit(0) };
+            }
+            let f = Arc::new(support::open_node(&node));
+            let ioas = ioas_alloc(&f);
+            test_cmd(&f, IOMMU_TEST_OP_MOCK_DOMAIN, ioas, &[0u8; 0]).expect("MOCK_DOMAIN");
+            let va = stall.addr();
+            let mapper = {
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    support::ioas_map_fixed(&f, ioas, va, 4096, MOCK_APERTURE_START)
+                })
+            };
+            if stall.next_fault(30_000) != Some(va) {
+                return 3;
+            }
+            let _ = nix::unistd::write(&ready_w, b"r");
+            // Never served: only SIGKILL ends this process.
+            let _ = mapper.join();
+            4
+        }))
+        .unwrap_or(101);
+        // SAFETY: ends the forked child.
+        unsafe { libc::_exit(code) };
+    }
+    drop(ready_w);
+    let mut b = [0u8; 1];
+    assert_eq!(
+        nix::unistd::read(&ready_r, &mut b),
+        Ok(1),
+        "the child's map did not reach its page"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(
+        support::users::wait_child(pid, Instant::now() + Duration::from_secs(20)),
+        Some(128 + libc::SIGKILL),
+        "the killed caller did not die"
+    );
+    let s = d.wait_idle();
+    assert_eq!(
+        (s["contexts"].as_u64(), s["pinned_pages"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    // The daemon's read of the page still waits (its thread names itself for this).
+    let waiting = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.starts_with("uiommufd-pagew"))
+        .count();
+    assert_eq!(
+        waiting, 1,
+        "one read waits for the page the dead caller never served"
+    );
+    // stop() fails the test unless the daemon is gone within its deadline.
+    assert!(d.stop().success(), "the daemon's shutdown failed");
+    drop((hold_r, hold_w));
 }

@@ -1,8 +1,8 @@
 //! Faulting a caller's page in the way the kernel's pin does: waiting for a page that a
 //! userfaultfd has yet to serve, while the caller is held in its request.
 //!
-//! A read through a bound `mem` file never waits for such a page: the kernel tells the
-//! userfaultfd's handler and fails the read at once (EIO). The kernel's own pin of the same page
+//! A read through a bound `mem` file never waits for such a page: the kernel fails it at once
+//! (EIO) without telling the userfaultfd's handler. The kernel's own pin of the same page
 //! (iommufd's IOAS_MAP, run in the caller's context) waits until the handler has served it, as
 //! QEMU's postcopy migration expects of guest memory. process_vm_readv waits the same way, but
 //! reaches a process through a thread id, which the identity design refuses for memory reached
@@ -15,6 +15,16 @@
 //! [`ProcessHandle::fault_in`] waits through it only for a handle of the same process, and only
 //! after checking that the process still has the bound address space and the thread still runs
 //! the bound program. The transport marks the caller of every FUSE and CUSE ioctl.
+//!
+//! The kernel's pin gives up when its caller is killed; process_vm_readv only when the *daemon*
+//! is. And a killed caller never lets go of its userfaultfd by itself: its last thread waits
+//! for the daemon's answer, keeping its fd table (and so the userfaultfd) open, so the page would
+//! never come. So the waiting read runs on a thread of its own while the request's thread looks
+//! every [`KILL_CHECK`] for SIGKILL pending on the caller and then answers EINTR (as the kernel's
+//! pin fails); the caller then ends, its userfaultfd closes, and the read returns. Such threads
+//! are capped per user and in all ([`WAITS_PER_USER`], [`WAITS_TOTAL`]): one whose userfaultfd
+//! lives on elsewhere unserved waits until the daemon ends; beyond the cap a fault-in that would
+//! wait is EFAULT at once.
 
 use super::identity::{exec_identity, ProcessHandle};
 use super::{CallerMemory, ProcessMemory};
@@ -22,6 +32,18 @@ use nix::errno::Errno;
 use nix::unistd::Pid;
 use std::cell::Cell;
 use std::marker::PhantomData;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How often a request waiting for its caller's page looks for SIGKILL pending on the caller.
+pub const KILL_CHECK: Duration = Duration::from_millis(50);
+/// Threads waiting for a page of one user's callers at once.
+pub const WAITS_PER_USER: usize = 16;
+/// Threads waiting for a page of any caller at once.
+pub const WAITS_TOTAL: usize = 256;
+
+/// Waiting threads alive, per uid of their caller, and in all.
+static WAITS: Mutex<(usize, Vec<(u32, usize)>)> = Mutex::new((0, Vec::new()));
 
 thread_local! {
     /// Thread id of the caller whose request this daemon thread serves.
@@ -47,12 +69,12 @@ impl RequestCaller {
         }
     }
 
-    /// The held caller's thread id, if it is a thread of the process bound as `handle` (by
-    /// number only: [`ProcessHandle::fault_in`] checks the rest).
-    fn of(handle: &ProcessHandle) -> Option<i32> {
+    /// The held caller (thread id and its memory), if it is a thread of the process bound as
+    /// `handle` (by number only: [`ProcessHandle::fault_in`] checks the rest).
+    fn of(handle: &ProcessHandle) -> Option<(i32, ProcessMemory)> {
         let tid = SERVING.with(Cell::get)?;
-        let tgid = ProcessMemory::new(tid).ok()?.pid();
-        (tgid == handle.tgid()).then_some(tid)
+        let mem = ProcessMemory::new(tid).ok()?;
+        (mem.pid() == handle.tgid()).then_some((tid, mem))
     }
 }
 
@@ -73,13 +95,102 @@ impl ProcessHandle {
         }
         // Possibly a page a userfaultfd has not served yet: wait for it through the held
         // caller, if there is one and it still runs the program this handle was bound to.
-        let Some(tid) = RequestCaller::of(self) else {
+        let Some((tid, mem)) = RequestCaller::of(self) else {
             return through_mem;
         };
         if !self.alive() || exec_identity(tid).ok().as_deref() != Some(self.exec_id()) {
             return through_mem;
         }
-        super::vm_read(Pid::from_raw(tid), addr, &mut byte)
+        let Ok(uid) = mem.credentials().map(|c| c.uid) else {
+            return through_mem;
+        };
+        let Some(slot) = WaitSlot::take(uid) else {
+            crate::warn_limited!(uid, "fault-in: too many waits for unserved pages; EFAULT");
+            return through_mem;
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("uiommufd-pagewait".into())
+            .spawn(move || {
+                let _slot = slot;
+                let mut byte = [0u8; 1];
+                let _ = tx.send(super::vm_read(Pid::from_raw(tid), addr, &mut byte));
+            });
+        if spawned.is_err() {
+            return Err(Errno::ENOMEM);
+        }
+        loop {
+            match rx.recv_timeout(KILL_CHECK) {
+                Ok(read) => return read.map_err(|_| Errno::EFAULT),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(Errno::EFAULT),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if being_killed(tid) => {
+                    return Err(Errno::EINTR)
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+}
+
+/// Whether thread `tid` has SIGKILL pending (its process is being killed), or is gone.
+fn being_killed(tid: i32) -> bool {
+    let Some(status) = super::identity::read_status(tid) else {
+        return true;
+    };
+    killed_in_status(&status)
+}
+
+/// SIGKILL in the SigPnd (thread) or ShdPnd (process) mask of a `/proc/<tid>/status` text.
+fn killed_in_status(status: &str) -> bool {
+    let kill = 1u64 << (libc::SIGKILL - 1);
+    status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("SigPnd:")
+                .or_else(|| l.strip_prefix("ShdPnd:"))
+        })
+        .any(|mask| u64::from_str_radix(mask.trim(), 16).is_ok_and(|m| m & kill != 0))
+}
+
+/// One waiting thread counted against its caller's user and in all (released on drop).
+struct WaitSlot {
+    uid: u32,
+}
+
+impl WaitSlot {
+    fn take(uid: u32) -> Option<Self> {
+        let mut w = WAITS.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per_user) = &mut *w;
+        let i = match per_user.iter().position(|(u, _)| *u == uid) {
+            Some(i) => i,
+            None => {
+                per_user.push((uid, 0));
+                per_user.len() - 1
+            }
+        };
+        if per_user[i].1 >= WAITS_PER_USER || *total >= WAITS_TOTAL {
+            if per_user[i].1 == 0 {
+                per_user.swap_remove(i);
+            }
+            return None;
+        }
+        per_user[i].1 += 1;
+        *total += 1;
+        Some(Self { uid })
+    }
+}
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        let mut w = WAITS.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per_user) = &mut *w;
+        *total = total.saturating_sub(1);
+        if let Some(i) = per_user.iter().position(|(u, _)| *u == self.uid) {
+            per_user[i].1 = per_user[i].1.saturating_sub(1);
+            if per_user[i].1 == 0 {
+                per_user.swap_remove(i);
+            }
+        }
     }
 }
 
@@ -92,26 +203,30 @@ mod tests {
         rustix::thread::gettid().as_raw_nonzero().get()
     }
 
+    fn held_tid(h: &ProcessHandle) -> Option<i32> {
+        RequestCaller::of(h).map(|(tid, _)| tid)
+    }
+
     /// The mark is per daemon thread, names one process, and nests.
     #[test]
     fn the_mark_names_one_process_on_one_thread_and_nests() {
         let h = ProcessHandle::current().unwrap();
-        assert_eq!(RequestCaller::of(&h), None);
+        assert_eq!(held_tid(&h), None);
         {
             let me = ProcessMemory::new(this_thread()).unwrap();
             let _outer = RequestCaller::enter(&me);
-            assert_eq!(RequestCaller::of(&h), Some(this_thread()));
+            assert_eq!(held_tid(&h), Some(this_thread()));
             {
                 // A caller of another process (pid 1) is no thread of `h`'s process.
                 let init = ProcessMemory::new(1).unwrap();
                 let _inner = RequestCaller::enter(&init);
-                assert_eq!(RequestCaller::of(&h), None);
+                assert_eq!(held_tid(&h), None);
             }
-            assert_eq!(RequestCaller::of(&h), Some(this_thread()));
-            let elsewhere = std::thread::scope(|s| s.spawn(|| RequestCaller::of(&h)).join());
+            assert_eq!(held_tid(&h), Some(this_thread()));
+            let elsewhere = std::thread::scope(|s| s.spawn(|| held_tid(&h)).join());
             assert_eq!(elsewhere.unwrap(), None);
         }
-        assert_eq!(RequestCaller::of(&h), None);
+        assert_eq!(held_tid(&h), None);
     }
 
     /// A page its userfaultfd has not served: without a held caller the fault-in gives up at
@@ -155,6 +270,45 @@ mod tests {
         let mut byte = [0u8; 1];
         assert_eq!(h.read(stall.addr(), &mut byte), Ok(()));
         assert_eq!(byte, [0x5a]);
+    }
+
+    #[test]
+    fn sigkill_pending_is_read_from_either_mask() {
+        let status = |sig: &str, shd: &str| format!("Name:\tx\nSigPnd:\t{sig}\nShdPnd:\t{shd}\n");
+        assert!(!killed_in_status(&status(
+            "0000000000000000",
+            "0000000000000000"
+        )));
+        assert!(killed_in_status(&status(
+            "0000000000000100",
+            "0000000000000000"
+        )));
+        assert!(killed_in_status(&status(
+            "0000000000000000",
+            "0000000000000100"
+        )));
+        // SIGTERM, SIGINT, SIGSTOP: not a kill.
+        assert!(!killed_in_status(&status(
+            "0000000000004002",
+            "0000000000020000"
+        )));
+        assert!(!being_killed(this_thread()));
+        assert!(being_killed(i32::MAX));
+    }
+
+    #[test]
+    fn waits_are_capped_per_user_and_released() {
+        // A uid no other test uses.
+        let uid = 0xfff0_0001;
+        let held: Vec<WaitSlot> = (0..WAITS_PER_USER)
+            .filter_map(|_| WaitSlot::take(uid))
+            .collect();
+        assert_eq!(held.len(), WAITS_PER_USER);
+        assert!(WaitSlot::take(uid).is_none());
+        let other = WaitSlot::take(uid + 1);
+        assert!(other.is_some(), "another user still gets one");
+        drop(held);
+        assert!(WaitSlot::take(uid).is_some());
     }
 
     /// A present page faults in through `mem`; a hole is EFAULT with or without a held caller.
