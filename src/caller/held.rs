@@ -252,6 +252,13 @@ mod tests {
             None,
             "a read through mem told the handler"
         );
+        {
+            // A held caller of another process (pid 1) is no way into this one.
+            let init = ProcessMemory::new(1).unwrap();
+            let _held = RequestCaller::enter(&init);
+            assert_eq!(h.fault_in(stall.addr()), Err(Errno::EFAULT));
+            assert_eq!(stall.next_fault(0), None, "waited through another process");
+        }
         std::thread::scope(|s| {
             let server = s.spawn(|| {
                 let fault = stall.next_fault(20_000);
