@@ -114,22 +114,39 @@ impl ProcessHandle {
             .spawn(move || {
                 let _slot = slot;
                 let mut byte = [0u8; 1];
-                let _ = tx.send(super::vm_read(Pid::from_raw(tid), addr, &mut byte));
+                // The thread id must name the held thread when the read starts: an EINTR
+                // answer (after which the thread may end and its id be reused) waits for this
+                // word. Only the few instructions between it and the syscall remain open.
+                let _ = tx.send(Wait::Reading);
+                let _ = tx.send(Wait::Read(super::vm_read(
+                    Pid::from_raw(tid),
+                    addr,
+                    &mut byte,
+                )));
             });
         if spawned.is_err() {
             return Err(Errno::ENOMEM);
         }
+        let mut reading = false;
         loop {
             match rx.recv_timeout(KILL_CHECK) {
-                Ok(read) => return read.map_err(|_| Errno::EFAULT),
+                Ok(Wait::Reading) => reading = true,
+                Ok(Wait::Read(read)) => return read.map_err(|_| Errno::EFAULT),
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(Errno::EFAULT),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if being_killed(tid) => {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if reading && being_killed(tid) => {
                     return Err(Errno::EINTR)
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             }
         }
     }
+}
+
+/// What the thread waiting for a page tells the request's thread.
+enum Wait {
+    /// About to read through the held caller's thread id.
+    Reading,
+    Read(Result<(), Errno>),
 }
 
 /// Whether thread `tid` has SIGKILL pending (its process is being killed), or is gone.
