@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{ioas_alloc, ioctl, test_cmd, DaemonProcess};
@@ -133,6 +134,16 @@ fn a_caller_killed_while_its_map_waits_dies() {
             // SAFETY: fork; the grandchild only holds its copy of the userfaultfd until the
             // test closes its end of the pipe.
             if unsafe { libc::fork() } == 0 {
+                // Only the userfaultfd and the read end of `hold` stay: the test's pipes must
+                // see EOF when the child ends, whatever happens to it.
+                // SAFETY: closes this process's own copies; nothing here uses them again.
+                unsafe {
+                    libc::close(ready_w.as_raw_fd());
+                }
+                // SAFETY: as above.
+                unsafe {
+                    libc::close(ready_r.as_raw_fd());
+                }
                 drop(hold_w);
                 let _ = nix::unistd::read(&hold_r, &mut [0u8; 1]);
                 // SAFETY: ends the forked grandchild.
@@ -161,12 +172,17 @@ fn a_caller_killed_while_its_map_waits_dies() {
         unsafe { libc::_exit(code) };
     }
     drop(ready_w);
-    let mut b = [0u8; 1];
-    assert_eq!(
-        nix::unistd::read(&ready_r, &mut b),
-        Ok(1),
-        "the child's map did not reach its page"
-    );
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&ready_r),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(60_000u16)) == Ok(1)
+        && nix::unistd::read(&ready_r, &mut [0u8; 1]) == Ok(1);
+    if !ready {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        panic!("the child's map did not reach its page");
+    }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert_eq!(

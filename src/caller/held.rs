@@ -22,7 +22,8 @@
 //! never come. So the waiting read runs on a thread of its own while the request's thread looks
 //! every [`KILL_CHECK`] for SIGKILL pending on the caller and then answers EINTR (as the kernel's
 //! pin fails); the caller then ends, its userfaultfd closes, and the read returns. Such threads
-//! are capped per user and in all ([`WAITS_PER_USER`], [`WAITS_TOTAL`]): one whose userfaultfd
+//! are capped per user (subordinate ids counting as their owner) and in all ([`WAITS_PER_USER`],
+//! [`WAITS_TOTAL`]): one whose userfaultfd
 //! lives on elsewhere unserved waits until the daemon ends; beyond the cap a fault-in that would
 //! wait is EFAULT at once.
 
@@ -104,6 +105,12 @@ impl ProcessHandle {
         let Ok(uid) = mem.credentials().map(|c| c.uid) else {
             return through_mem;
         };
+        // Subordinate ids count as their owner, as for every per-user share.
+        static OWNERS: std::sync::OnceLock<super::subids::SubordinateIds> =
+            std::sync::OnceLock::new();
+        let uid = OWNERS
+            .get_or_init(super::subids::SubordinateIds::load)
+            .owner_of(uid);
         let Some(slot) = WaitSlot::take(uid) else {
             crate::warn_limited!(uid, "fault-in: too many waits for unserved pages; EFAULT");
             return through_mem;
@@ -149,12 +156,16 @@ enum Wait {
     Read(Result<(), Errno>),
 }
 
-/// Whether thread `tid` has SIGKILL pending (its process is being killed), or is gone.
+/// Whether thread `tid` has SIGKILL pending (its process is being killed), or is gone. A status
+/// that cannot be read for another reason (no fd or memory left) says neither.
 fn being_killed(tid: i32) -> bool {
-    let Some(status) = super::identity::read_status(tid) else {
-        return true;
-    };
-    killed_in_status(&status)
+    match std::fs::read_to_string(format!("/proc/{tid}/status")) {
+        Ok(status) => killed_in_status(&status),
+        Err(e) => matches!(
+            e.raw_os_error().map(Errno::from_raw),
+            Some(Errno::ENOENT | Errno::ESRCH)
+        ),
+    }
 }
 
 /// SIGKILL in the SigPnd (thread) or ShdPnd (process) mask of a `/proc/<tid>/status` text.

@@ -105,8 +105,15 @@ pub fn wait_child(pid: i32, deadline: Instant) -> Option<i32> {
         if Instant::now() >= deadline {
             // SAFETY: kills our own child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            // SAFETY: reaps it; `status` is a live local.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
+            // Reaped if it dies within 5 s more; a child stuck in an uninterruptible wait (a
+            // FUSE request nobody answers) is left behind rather than hanging the test.
+            let until = Instant::now() + Duration::from_secs(5);
+            // SAFETY: reaps our own child; `status` is a live local.
+            while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0
+                && Instant::now() < until
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             return None;
         }
         std::thread::sleep(Duration::from_millis(10));
