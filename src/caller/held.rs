@@ -28,12 +28,12 @@
 //! wait is EFAULT at once.
 
 use super::identity::{exec_identity, ProcessHandle};
+use super::user_counts::UserCounts;
 use super::{CallerMemory, ProcessMemory};
 use nix::errno::Errno;
 use nix::unistd::Pid;
 use std::cell::Cell;
 use std::marker::PhantomData;
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// How often a request waiting for its caller's page looks for SIGKILL pending on the caller.
@@ -44,7 +44,7 @@ pub const WAITS_PER_USER: usize = 16;
 pub const WAITS_TOTAL: usize = 256;
 
 /// Waiting threads alive, per uid of their caller, and in all.
-static WAITS: Mutex<(usize, Vec<(u32, usize)>)> = Mutex::new((0, Vec::new()));
+static WAITS: UserCounts = UserCounts::new();
 
 thread_local! {
     /// Thread id of the caller whose request this daemon thread serves.
@@ -111,7 +111,7 @@ impl ProcessHandle {
         let uid = OWNERS
             .get_or_init(super::subids::SubordinateIds::load)
             .owner_of(uid);
-        let Some(slot) = WaitSlot::take(uid) else {
+        let Some(slot) = WAITS.take(uid, WAITS_PER_USER, WAITS_TOTAL) else {
             crate::warn_limited!(uid, "fault-in: too many waits for unserved pages; EFAULT");
             return through_mem;
         };
@@ -159,12 +159,9 @@ enum Wait {
 /// Whether thread `tid` has SIGKILL pending (its process is being killed), or is gone. A status
 /// that cannot be read for another reason (no fd or memory left) says neither.
 fn being_killed(tid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{tid}/status")) {
+    match super::identity::read_status(tid) {
         Ok(status) => killed_in_status(&status),
-        Err(e) => matches!(
-            e.raw_os_error().map(Errno::from_raw),
-            Some(Errno::ENOENT | Errno::ESRCH)
-        ),
+        Err(e) => matches!(e, Errno::ENOENT | Errno::ESRCH),
     }
 }
 
@@ -178,48 +175,6 @@ fn killed_in_status(status: &str) -> bool {
                 .or_else(|| l.strip_prefix("ShdPnd:"))
         })
         .any(|mask| u64::from_str_radix(mask.trim(), 16).is_ok_and(|m| m & kill != 0))
-}
-
-/// One waiting thread counted against its caller's user and in all (released on drop).
-struct WaitSlot {
-    uid: u32,
-}
-
-impl WaitSlot {
-    fn take(uid: u32) -> Option<Self> {
-        let mut w = WAITS.lock().unwrap_or_else(|e| e.into_inner());
-        let (total, per_user) = &mut *w;
-        let i = match per_user.iter().position(|(u, _)| *u == uid) {
-            Some(i) => i,
-            None => {
-                per_user.push((uid, 0));
-                per_user.len() - 1
-            }
-        };
-        if per_user[i].1 >= WAITS_PER_USER || *total >= WAITS_TOTAL {
-            if per_user[i].1 == 0 {
-                per_user.swap_remove(i);
-            }
-            return None;
-        }
-        per_user[i].1 += 1;
-        *total += 1;
-        Some(Self { uid })
-    }
-}
-
-impl Drop for WaitSlot {
-    fn drop(&mut self) {
-        let mut w = WAITS.lock().unwrap_or_else(|e| e.into_inner());
-        let (total, per_user) = &mut *w;
-        *total = total.saturating_sub(1);
-        if let Some(i) = per_user.iter().position(|(u, _)| *u == self.uid) {
-            per_user[i].1 = per_user[i].1.saturating_sub(1);
-            if per_user[i].1 == 0 {
-                per_user.swap_remove(i);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -333,17 +288,16 @@ mod tests {
 
     #[test]
     fn waits_are_capped_per_user_and_released() {
+        let take = |uid| WAITS.take(uid, WAITS_PER_USER, WAITS_TOTAL);
         // A uid no other test uses.
         let uid = 0xfff0_0001;
-        let held: Vec<WaitSlot> = (0..WAITS_PER_USER)
-            .filter_map(|_| WaitSlot::take(uid))
-            .collect();
+        let held: Vec<_> = (0..WAITS_PER_USER).filter_map(|_| take(uid)).collect();
         assert_eq!(held.len(), WAITS_PER_USER);
-        assert!(WaitSlot::take(uid).is_none());
-        let other = WaitSlot::take(uid + 1);
+        assert!(take(uid).is_none());
+        let other = take(uid + 1);
         assert!(other.is_some(), "another user still gets one");
         drop(held);
-        assert!(WaitSlot::take(uid).is_some());
+        assert!(take(uid).is_some());
     }
 
     /// A present page faults in through `mem`; a hole is EFAULT with or without a held caller.

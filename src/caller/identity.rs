@@ -38,6 +38,7 @@
 //! (normally the initial) user namespace, as `capable()` asks about the initial namespace: a
 //! process that ran `unshare -U -r` has every capability in its own namespace and none here.
 
+use super::user_counts::{UserCounts, UserSlot};
 use super::CallerMemory;
 use nix::errno::Errno;
 use std::fs::File;
@@ -57,78 +58,43 @@ const BOUND_FD_SHARE: u64 = 4;
 pub const FDS_PER_BOUND: u64 = 5;
 
 /// Bound processes alive, per uid of the thread that bound them, and in all.
-static BOUND_COUNT: Mutex<(usize, Vec<(u32, usize)>)> = Mutex::new((0, Vec::new()));
+static BOUND_COUNT: UserCounts = UserCounts::new();
 
 /// One bound process counted against its user and the daemon (released on drop).
-#[derive(Debug)]
-struct BoundSlot {
-    uid: u32,
+type BoundSlot = UserSlot;
+
+fn bound_daemon_cap() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft / BOUND_FD_SHARE / FDS_PER_BOUND).unwrap_or(usize::MAX)
 }
 
-impl BoundSlot {
-    fn daemon_cap() -> usize {
-        let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-            .map_or(1024, |(soft, _)| soft);
-        usize::try_from(soft / BOUND_FD_SHARE / FDS_PER_BOUND).unwrap_or(usize::MAX)
-    }
-
-    /// A slot for `uid`, or None at a cap.
-    fn try_take(uid: u32) -> Option<Self> {
-        let cap = Self::daemon_cap();
-        let mut c = BOUND_COUNT.lock().unwrap_or_else(|e| e.into_inner());
-        let (total, per_user) = &mut *c;
-        let i = match per_user.iter().position(|(u, _)| *u == uid) {
-            Some(i) => i,
-            None => {
-                per_user.push((uid, 0));
-                per_user.len() - 1
-            }
-        };
-        if per_user[i].1 >= MAX_BOUND_PER_USER || *total >= cap {
-            return None;
-        }
-        per_user[i].1 += 1;
-        *total += 1;
-        Some(Self { uid })
-    }
-
-    /// A slot for `uid`; at a cap, first lets go of bound processes that are gone, then ENOMEM.
-    fn take(uid: u32) -> Result<Self, Errno> {
-        if let Some(s) = Self::try_take(uid) {
-            return Ok(s);
-        }
-        let held: Vec<Arc<ProcessHandle>> = REGISTRY
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
-        for h in held {
-            // Probing retires a handle whose process exited or exec'd.
-            h.alive();
-        }
-        Self::try_take(uid).ok_or(Errno::ENOMEM)
-    }
+/// A slot for `uid`, or None at a cap.
+fn try_take_bound(uid: u32) -> Option<BoundSlot> {
+    BOUND_COUNT.take(uid, MAX_BOUND_PER_USER, bound_daemon_cap())
 }
 
-impl Drop for BoundSlot {
-    fn drop(&mut self) {
-        let mut c = BOUND_COUNT.lock().unwrap_or_else(|e| e.into_inner());
-        let (total, per_user) = &mut *c;
-        *total = total.saturating_sub(1);
-        if let Some(i) = per_user.iter().position(|(u, _)| *u == self.uid) {
-            per_user[i].1 = per_user[i].1.saturating_sub(1);
-            if per_user[i].1 == 0 {
-                per_user.swap_remove(i);
-            }
-        }
+/// A slot for `uid`; at a cap, first lets go of bound processes that are gone, then ENOMEM.
+fn take_bound(uid: u32) -> Result<BoundSlot, Errno> {
+    if let Some(s) = try_take_bound(uid) {
+        return Ok(s);
     }
+    let held: Vec<Arc<ProcessHandle>> = REGISTRY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for h in held {
+        // Probing retires a handle whose process exited or exec'd.
+        h.alive();
+    }
+    try_take_bound(uid).ok_or(Errno::ENOMEM)
 }
 
 /// Bound processes of user `uid` alive now (tests and status).
 pub fn bound_of_user(uid: u32) -> usize {
-    let c = BOUND_COUNT.lock().unwrap_or_else(|e| e.into_inner());
-    c.1.iter().find(|(u, _)| *u == uid).map_or(0, |(_, n)| *n)
+    BOUND_COUNT.of_user(uid)
 }
 
 const PAGE_SIZE: u64 = 4096;
@@ -222,15 +188,16 @@ fn read_from_start(fd: OwnedFd, short_read_ends: bool) -> Result<Vec<u8>, Errno>
 }
 
 /// The text of `/proc/<tid>/status`, read a page at a time (two reads where a growing buffer
-/// takes eight: this is on the path of every map); None when it cannot be read.
-pub fn read_status(tid: i32) -> Option<String> {
+/// takes eight: this is on the path of every map). The open's errno when it cannot be opened
+/// (ENOENT: no such thread), EIO when it is not text.
+pub fn read_status(tid: i32) -> Result<String, Errno> {
     let fd = rustix::fs::open(
         format!("/proc/{tid}/status").as_str(),
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
-    .ok()?;
-    String::from_utf8(read_all(fd).ok()?).ok()
+    .map_err(|e| Errno::from_raw(e.raw_os_error()))?;
+    String::from_utf8(read_all(fd)?).map_err(|_| Errno::EIO)
 }
 
 /// The auxiliary vector of thread `tid`'s current program: changes with every exec. On the path
@@ -291,7 +258,7 @@ impl ProcessHandle {
         if tid <= 0 || tgid <= 0 {
             return Err(Errno::ESRCH);
         }
-        let slot = BoundSlot::take(uid)?;
+        let slot = take_bound(uid)?;
         let thread_dir = open_dir(&format!("/proc/{tid}"))?;
         let mem = File::from(open_at(&thread_dir, "mem", OFlags::RDWR)?);
         let pagemap = File::from(open_at(&thread_dir, "pagemap", OFlags::RDONLY)?);

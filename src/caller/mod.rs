@@ -20,6 +20,7 @@ pub mod identity;
 mod process;
 pub mod shared;
 pub mod subids;
+mod user_counts;
 
 pub use held::RequestCaller;
 pub use identity::{Credentials, ProcessHandle, ProcessHandles};

@@ -50,7 +50,7 @@ impl ProcessMemory {
             if let Some((tgid, uid, cap_eff)) = super::identity::thread_status(self.tid) {
                 return Some((tgid, Some((uid, cap_eff))));
             }
-            let status = super::identity::read_status(self.tid)?;
+            let status = super::identity::read_status(self.tid).ok()?;
             let tgid = thread_group_of(&status).ok()?;
             Some((tgid, super::identity::parse_status_creds(&status)))
         })
